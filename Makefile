@@ -1,0 +1,50 @@
+# tokenlimit — the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ZIG    := $(BIN)/python -m ziglang
+WASM_DIR := controlplane/tokenlimit/wasm
+WASM   := $(WASM_DIR)/tokenlimit.wasm $(WASM_DIR)/tokenlimit-higress.wasm
+FILTER_SOURCES := $(wildcard filter/src/*.zig) filter/build.zig
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: all venv wasm test test-zig test-python demo lint bench clean
+
+all: wasm
+
+# The virtualenv is rebuilt when pyproject.toml changes (stamp file).
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(WASM): $(BIN)/.installed $(FILTER_SOURCES)
+	cd filter && ../$(ZIG) build --summary none
+	mkdir -p $(WASM_DIR)
+	cp filter/zig-out/bin/tokenlimit.wasm filter/zig-out/bin/tokenlimit-higress.wasm $(WASM_DIR)/
+
+wasm: $(WASM)
+
+test-zig: $(BIN)/.installed
+	cd filter && ../$(ZIG) build test --summary all
+
+test-python: $(WASM)
+	$(BIN)/python -m pytest -q
+
+test: test-zig test-python
+
+demo: $(WASM)
+	$(BIN)/tokenlimit demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check controlplane tests bench
+	cd filter && ../$(ZIG) fmt --check src build.zig
+
+bench: $(WASM)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf filter/zig-out filter/.zig-cache $(WASM) .pytest_cache

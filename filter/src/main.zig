@@ -1,0 +1,114 @@
+//! Proxy-Wasm ABI 0.2.1 exports: the host calls these; each finds its context in the table and
+//! hands over to `filter.zig`. Contexts are created and freed here and nowhere else.
+const std = @import("std");
+const filter = @import("filter.zig");
+const host = @import("host.zig");
+
+const allocator = host.allocator;
+
+var root_contexts: std.AutoHashMapUnmanaged(u32, *filter.RootContext) = .empty;
+var http_contexts: std.AutoHashMapUnmanaged(u32, *filter.HttpContext) = .empty;
+
+export fn proxy_abi_version_0_2_1() void {}
+
+/// Memory the host hands to us (header values, bodies) is allocated here and freed by us.
+export fn proxy_on_memory_allocate(size: usize) ?[*]u8 {
+    const bytes = allocator.alloc(u8, size) catch return null;
+    return bytes.ptr;
+}
+
+export fn proxy_on_vm_start(root_context_id: u32, vm_config_size: u32) u32 {
+    _ = root_context_id;
+    _ = vm_config_size;
+    filter.metrics = filter.Metrics.define();
+    return 1;
+}
+
+export fn proxy_on_context_create(context_id: u32, parent_context_id: u32) void {
+    if (parent_context_id == 0) {
+        const root = allocator.create(filter.RootContext) catch return outOfMemory("root context");
+        root.* = .{ .id = context_id };
+        root_contexts.put(allocator, context_id, root) catch {
+            allocator.destroy(root);
+            return outOfMemory("root context table");
+        };
+        return;
+    }
+    const http = allocator.create(filter.HttpContext) catch return outOfMemory("http context");
+    http.* = .{ .id = context_id, .root_id = parent_context_id };
+    http_contexts.put(allocator, context_id, http) catch {
+        allocator.destroy(http);
+        return outOfMemory("http context table");
+    };
+}
+
+fn outOfMemory(what: []const u8) void {
+    // A request without a context is passed through unlimited; say so loudly.
+    host.logf(.critical, "tokenlimit: out of memory creating {s}; requests pass unlimited", .{what});
+}
+
+export fn proxy_on_configure(root_context_id: u32, plugin_config_size: u32) u32 {
+    const root = root_contexts.get(root_context_id) orelse return 0;
+    return @intFromBool(root.configure(plugin_config_size));
+}
+
+export fn proxy_on_request_headers(context_id: u32, header_count: u32, end_of_stream: u32) u32 {
+    _ = header_count;
+    _ = end_of_stream;
+    const http = http_contexts.get(context_id) orelse return @backingInt(host.Action.@"continue");
+    return @backingInt(http.onRequestHeaders(root_contexts.get(http.root_id)));
+}
+
+export fn proxy_on_request_body(context_id: u32, body_size: u32, end_of_stream: u32) u32 {
+    _ = context_id;
+    _ = body_size;
+    _ = end_of_stream;
+    return @backingInt(host.Action.@"continue");
+}
+
+export fn proxy_on_request_trailers(context_id: u32, trailer_count: u32) u32 {
+    _ = context_id;
+    _ = trailer_count;
+    return @backingInt(host.Action.@"continue");
+}
+
+export fn proxy_on_response_headers(context_id: u32, header_count: u32, end_of_stream: u32) u32 {
+    _ = header_count;
+    const http = http_contexts.get(context_id) orelse return @backingInt(host.Action.@"continue");
+    const action = http.onResponseHeaders();
+    if (end_of_stream != 0) http.onLog(); // a header-only response ends here
+    return @backingInt(action);
+}
+
+export fn proxy_on_response_body(context_id: u32, body_size: u32, end_of_stream: u32) u32 {
+    const http = http_contexts.get(context_id) orelse return @backingInt(host.Action.@"continue");
+    return @backingInt(http.onResponseBody(body_size, end_of_stream != 0));
+}
+
+export fn proxy_on_response_trailers(context_id: u32, trailer_count: u32) u32 {
+    _ = trailer_count;
+    const http = http_contexts.get(context_id) orelse return @backingInt(host.Action.@"continue");
+    return @backingInt(http.onResponseTrailers());
+}
+
+export fn proxy_on_log(context_id: u32) void {
+    const http = http_contexts.get(context_id) orelse return;
+    http.onLog();
+}
+
+export fn proxy_on_done(context_id: u32) u32 {
+    _ = context_id;
+    return 1;
+}
+
+export fn proxy_on_delete(context_id: u32) void {
+    if (http_contexts.fetchRemove(context_id)) |entry| {
+        entry.value.deinit();
+        allocator.destroy(entry.value);
+        return;
+    }
+    if (root_contexts.fetchRemove(context_id)) |entry| {
+        entry.value.deinit();
+        allocator.destroy(entry.value);
+    }
+}
