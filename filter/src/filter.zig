@@ -58,11 +58,11 @@ pub const RootContext = struct {
         const parsed = config.parse(allocator, bytes.bytes, &diagnostic) catch |err| {
             host.incrementMetric(metrics.config_rejected, 1);
             switch (err) {
-                error.OutOfMemory => host.log(.err, "tokenlimit: invalid config: out of memory while parsing"),
+                error.OutOfMemory => host.log(.err, "invalid config: out of memory while parsing"),
                 error.InvalidConfig => if (diagnostic.field().len > 0)
-                    host.logf(.err, "tokenlimit: invalid config: {s}: {s}", .{ diagnostic.field(), diagnostic.reason() })
+                    host.logf(.err, "invalid config: {s}: {s}", .{ diagnostic.field(), diagnostic.reason() })
                 else
-                    host.logf(.err, "tokenlimit: invalid config: {s}", .{diagnostic.reason()}),
+                    host.logf(.err, "invalid config: {s}", .{diagnostic.reason()}),
             }
             return false;
         };
@@ -70,9 +70,9 @@ pub const RootContext = struct {
         self.config = parsed;
         const rule_name = if (parsed.default_rule) |rule| rule.name else "(none)";
         const item_count = if (parsed.default_rule) |rule| rule.items.len else 0;
-        host.logf(.info, "tokenlimit: config loaded: rule {s}, {d} rule items, {d} route rules, local store", .{ rule_name, item_count, parsed.route_rules.len });
+        host.logf(.info, "config loaded: rule {s}, {d} rule items, {d} route rules, local store", .{ rule_name, item_count, parsed.route_rules.len });
         if (parsed.redis) |redis| {
-            host.logf(.warn, "tokenlimit: redis ({s}:{d}) is configured but this build keeps budgets in the local store (per gateway)", .{ redis.service_name, redis.service_port });
+            host.logf(.warn, "redis ({s}:{d}) is configured but this build keeps budgets in the local store (per gateway)", .{ redis.service_name, redis.service_port });
         }
         return true;
     }
@@ -110,7 +110,7 @@ pub const HttpContext = struct {
         const now_ms = host.nowMs();
         self.collectCharges(&rule) catch |err| {
             // Without the counters the request cannot be judged; admit it and say why.
-            host.logf(.warn, "tokenlimit: rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
+            host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
             self.charges.clearRetainingCapacity();
             return .@"continue";
         };
@@ -120,7 +120,7 @@ pub const HttpContext = struct {
         for (self.charges.items) |*charge| {
             const record = local_store.read(charge.key.slice()) catch |err| {
                 host.incrementMetric(metrics.store_errors, 1);
-                host.logf(.warn, "tokenlimit: store read failed for {s}: {s}; treating as unused", .{ charge.key.slice(), @errorName(err) });
+                host.logf(.warn, "store read failed for {s}: {s}; treating as unused", .{ charge.key.slice(), @errorName(err) });
                 continue;
             };
             if (record == null) local_store.ensure(charge.key.slice(), now_ms, charge.window) catch {};
@@ -138,9 +138,9 @@ pub const HttpContext = struct {
             host.incrementMetric(metrics.requests_rejected, 1);
             setProperty("tokenlimit_decision", "rejected");
             setProperty("tokenlimit_key", counterIdentity(refused.charge.key.slice()));
-            host.logf(.debug, "tokenlimit: rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, refused.charge.key.slice(), refused.budget.used, refused.budget.limit, refused.budget.reset_in_ms });
+            host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, refused.charge.key.slice(), refused.budget.used, refused.budget.limit, refused.budget.reset_in_ms });
             response.sendRejection(rule.rejected_code, rule.rejected_msg, refused.budget) catch |err| {
-                host.logf(.err, "tokenlimit: could not send the rejection: {s}", .{@errorName(err)});
+                host.logf(.err, "could not send the rejection: {s}", .{@errorName(err)});
                 return .@"continue";
             };
             self.charges.clearRetainingCapacity();
@@ -150,7 +150,7 @@ pub const HttpContext = struct {
         host.incrementMetric(metrics.requests_allowed, 1);
         setProperty("tokenlimit_decision", "allowed");
         setProperty("tokenlimit_key", counterIdentity(self.charges.items[0].key.slice()));
-        host.logf(.debug, "tokenlimit: allowed rule={s} counters={d} first={s}", .{ rule.name, self.charges.items.len, self.charges.items[0].key.slice() });
+        host.logf(.debug, "allowed rule={s} counters={d} first={s}", .{ rule.name, self.charges.items.len, self.charges.items[0].key.slice() });
         return .@"continue";
     }
 
@@ -237,7 +237,7 @@ pub const HttpContext = struct {
         for (self.charges.items) |*charge| {
             _ = local_store.charge(charge.key.slice(), now_ms, charge.window, tokens) catch |err| {
                 host.incrementMetric(metrics.store_errors, 1);
-                host.logf(.err, "tokenlimit: charge of {d} tokens to {s} failed: {s}", .{ tokens, charge.key.slice(), @errorName(err) });
+                host.logf(.err, "charge of {d} tokens to {s} failed: {s}", .{ tokens, charge.key.slice(), @errorName(err) });
                 continue;
             };
         }
@@ -246,7 +246,7 @@ pub const HttpContext = struct {
         var tokens_text: [24]u8 = undefined;
         setProperty("tokenlimit_tokens", std.fmt.bufPrint(&tokens_text, "{d}", .{tokens}) catch "");
         if (estimated) setProperty("tokenlimit_usage", "estimated") else setProperty("tokenlimit_usage", "reported");
-        host.logf(.debug, "tokenlimit: charged {d} tokens ({s}, {s}) to {d} counters, first={s}", .{ tokens, if (estimated) "estimated" else "reported", reason, self.charges.items.len, self.charges.items[0].key.slice() });
+        host.logf(.debug, "charged {d} tokens ({s}, {s}) to {d} counters, first={s}", .{ tokens, if (estimated) "estimated" else "reported", reason, self.charges.items.len, self.charges.items[0].key.slice() });
     }
 };
 

@@ -44,7 +44,7 @@ export fn proxy_on_context_create(context_id: u32, parent_context_id: u32) void 
 
 fn outOfMemory(what: []const u8) void {
     // A request without a context is passed through unlimited; say so loudly.
-    host.logf(.critical, "tokenlimit: out of memory creating {s}; requests pass unlimited", .{what});
+    host.logf(.critical, "out of memory creating {s}; requests pass unlimited", .{what});
 }
 
 export fn proxy_on_configure(root_context_id: u32, plugin_config_size: u32) u32 {
