@@ -421,7 +421,7 @@ def test_credentials_never_appear_in_store_keys_logs_or_access_log_fields(host: 
     everything = b" ".join(store_keys).decode() + " ".join(host.log_messages())
     everything += " ".join(v.decode() for v in stream.properties_set.values())
     assert secret not in everything
-    assert any(k.startswith(b"tokenlimit:chat:per_header:x-api-key:60:") for k in store_keys)
+    assert any(k.startswith(b"tokenlimit:{chat}:per_header:x-api-key:tokens:60:") for k in store_keys)
 
 
 def test_hostile_header_values_do_not_stall_or_crash(make_host):

@@ -5,7 +5,8 @@
 const std = @import("std");
 const ip = @import("ip.zig");
 const regex = @import("regex.zig");
-const window = @import("window.zig");
+const budget = @import("budget.zig");
+const usage = @import("usage.zig");
 
 const Value = std.json.Value;
 const ObjectMap = std.json.ObjectMap;
@@ -67,8 +68,43 @@ pub const KeyMatcher = union(enum) {
     ip_range: ip.Range,
 };
 
-/// Token limit per window; null where the key sets none.
-pub const Limits = [4]?u64;
+pub const Unit = enum { tokens, requests };
+
+/// Limits per unit and window (indexed by `budget.Window`); null where the key sets none.
+pub const Limits = struct {
+    tokens: [4]?u64 = .{ null, null, null, null },
+    requests: [4]?u64 = .{ null, null, null, null },
+
+    pub fn get(self: *const Limits, unit: Unit, window: budget.Window) ?u64 {
+        const per_window = switch (unit) {
+            .tokens => &self.tokens,
+            .requests => &self.requests,
+        };
+        return per_window[@backingInt(window)];
+    }
+};
+
+/// `token_per_second` … `request_per_day`: the limit fields, in the order they are checked.
+const limit_fields = blk: {
+    var fields: [8]struct { name: []const u8, unit: Unit, window: budget.Window } = undefined;
+    var i: usize = 0;
+    for ([_]Unit{ .tokens, .requests }) |unit| {
+        for (std.meta.tags(budget.Window)) |window| {
+            const prefix = if (unit == .tokens) "token_per_" else "request_per_";
+            fields[i] = .{ .name = prefix ++ @tagName(window), .unit = unit, .window = window };
+            i += 1;
+        }
+    }
+    break :blk fields;
+};
+
+const limit_field_names = blk: {
+    var names: [limit_fields.len][]const u8 = undefined;
+    for (limit_fields, 0..) |field, i| names[i] = field.name;
+    break :blk names;
+};
+
+pub const Admission = enum { postpaid, reserve };
 
 pub const LimitKey = struct {
     /// The key as configured (`*`, `regexp:...`, an address), for logs.
@@ -90,8 +126,16 @@ pub const RuleItem = struct {
 pub const Rule = struct {
     name: []const u8,
     items: []const RuleItem,
-    rejected_code: u32,
-    rejected_msg: []const u8,
+    rejected_code: u32 = 429,
+    rejected_msg: []const u8 = "Too many requests",
+    admission: Admission = .postpaid,
+    algorithm: budget.Algorithm = .fixed,
+    /// Decide and report, never reject.
+    shadow: bool = false,
+    show_limit_headers: bool = false,
+    /// Output tokens reserved for a request that declares no max_tokens.
+    default_output_tokens: u64 = 1024,
+    weights: usage.Weights = .{},
 };
 
 pub const RouteRule = struct {
@@ -113,13 +157,28 @@ pub const Config = struct {
     default_rule: ?Rule,
     route_rules: []const RouteRule,
     redis: ?Redis,
+    /// Holders of this config: the root context, and each request admitted under it, so a
+    /// config replaced mid-request lives until that request ends (the VM is single-threaded).
+    references: u32 = 1,
 
     pub fn deinit(self: *Config) void {
         var arena = self.arena;
         self.* = undefined;
         arena.deinit();
     }
+
+    pub fn retain(self: *Config) *Config {
+        self.references += 1;
+        return self;
+    }
 };
+
+/// Drops one reference; the last one frees the config.
+pub fn release(gpa: std.mem.Allocator, config: *Config) void {
+    std.debug.assert(config.references > 0);
+    config.references -= 1;
+    if (config.references == 0) destroy(gpa, config);
+}
 
 /// Where a config error is and what it is: `field` is the path in the config's own names.
 pub const Diagnostic = struct {
@@ -269,7 +328,10 @@ const Parser = struct {
 
     // ---- document ------------------------------------------------------------------------
 
-    const rule_fields = [_][]const u8{ "rule_name", "global_threshold", "rule_items", "rejected_code", "rejected_msg", "redis" };
+    const rule_fields = [_][]const u8{
+        "rule_name", "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
+        "admission", "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
+    };
     const top_fields = rule_fields ++ [_][]const u8{"_rules_"};
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_" };
 
@@ -388,24 +450,99 @@ const Parser = struct {
             rejected_msg = try self.string(value, rejected_msg_bytes_max);
             self.leave(saved);
         }
-        return .{ .name = name, .items = rule_items, .rejected_code = rejected_code, .rejected_msg = rejected_msg };
+        var parsed = Rule{ .name = name, .items = rule_items, .rejected_code = rejected_code, .rejected_msg = rejected_msg };
+        if (map.get("admission")) |value| parsed.admission = try self.enumField(Admission, "admission", value);
+        if (map.get("algorithm")) |value| parsed.algorithm = try self.enumField(budget.Algorithm, "algorithm", value);
+        if (map.get("shadow")) |value| parsed.shadow = try self.boolField("shadow", value);
+        if (map.get("show_limit_headers")) |value| parsed.show_limit_headers = try self.boolField("show_limit_headers", value);
+        if (map.get("default_output_tokens")) |value| {
+            const saved = self.enter("default_output_tokens");
+            parsed.default_output_tokens = @intCast(try self.integer(value, 0, 10_000_000));
+            self.leave(saved);
+        }
+        if (map.get("weights")) |value| parsed.weights = try self.weightsField(value);
+        return parsed;
     }
 
-    /// Reads token_per_* fields; at least one must be present.
+    fn enumField(self: *Parser, comptime E: type, name: []const u8, value: Value) ParseError!E {
+        const saved = self.enter(name);
+        defer self.leave(saved);
+        const text = try self.string(value, 32);
+        inline for (comptime std.meta.fieldNames(E)) |option| {
+            if (std.mem.eql(u8, text, option)) return @field(E, option);
+        }
+        const options = comptime blk: {
+            var joined: []const u8 = "";
+            for (std.meta.fieldNames(E), 0..) |option, i| joined = joined ++ (if (i > 0) ", " else "") ++ option;
+            break :blk joined;
+        };
+        return self.fail("must be one of " ++ options ++ ", got \"{s}\"", .{text});
+    }
+
+    fn boolField(self: *Parser, name: []const u8, value: Value) ParseError!bool {
+        return switch (value) {
+            .bool => |b| b,
+            else => self.failField(name, "must be true or false, got {s}", .{typeName(value)}),
+        };
+    }
+
+    /// `weights: {input, output, cached}`: non-negative decimals with up to three places.
+    fn weightsField(self: *Parser, value: Value) ParseError!usage.Weights {
+        const saved = self.enter("weights");
+        defer self.leave(saved);
+        const map = try self.object(value);
+        try self.rejectUnknown(map, &.{ "input", "output", "cached" });
+        var weights = usage.Weights{};
+        inline for (.{ .{ "input", "input_milli" }, .{ "output", "output_milli" }, .{ "cached", "cached_milli" } }) |pair| {
+            if (map.get(pair[0])) |weight| {
+                const saved_field = self.enter(pair[0]);
+                @field(weights, pair[1]) = try self.milli(weight);
+                self.leave(saved_field);
+            }
+        }
+        return weights;
+    }
+
+    /// A decimal such as 0.5 or 4 as thousandths, from 0 to 1000 (so 1000000 thousandths).
+    fn milli(self: *Parser, value: Value) ParseError!u32 {
+        const text = switch (value) {
+            .number_string => |t| t,
+            .integer => |i| return if (i >= 0 and i <= 1000) @intCast(i * 1000) else self.fail("must be a number from 0 to 1000, got {d}", .{i}),
+            else => return self.fail("must be a number from 0 to 1000, got {s}", .{typeName(value)}),
+        };
+        const dot = std.mem.indexOfScalar(u8, text, '.') orelse text.len;
+        const whole = std.fmt.parseInt(u32, text[0..dot], 10) catch return self.fail("must be a number from 0 to 1000 with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
+        const fraction_text = if (dot < text.len) text[dot + 1 ..] else "";
+        if (fraction_text.len > 3 or whole > 1000) return self.fail("must be a number from 0 to 1000 with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
+        var fraction: u32 = 0;
+        for (0..3) |i| {
+            const digit: u32 = if (i < fraction_text.len) fraction_text[i] -% '0' else 0;
+            if (digit > 9) return self.fail("must be a number from 0 to 1000 with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
+            fraction = fraction * 10 + digit;
+        }
+        const result = whole * 1000 + fraction;
+        if (result > 1_000_000) return self.fail("must be a number from 0 to 1000, got {s}", .{text});
+        return result;
+    }
+
+    /// Reads token_per_* / request_per_* fields; at least one must be present.
     fn limitsOf(self: *Parser, map: ObjectMap, comptime with_key: bool) ParseError!Limits {
-        const window_fields = [_][]const u8{ "token_per_second", "token_per_minute", "token_per_hour", "token_per_day" };
-        try self.rejectUnknown(map, &(window_fields ++ if (with_key) [_][]const u8{"key"} else [_][]const u8{}));
-        var limits: Limits = .{ null, null, null, null };
+        try self.rejectUnknown(map, &(limit_field_names ++ if (with_key) [_][]const u8{"key"} else [_][]const u8{}));
+        var limits: Limits = .{};
         var count: usize = 0;
-        inline for (std.meta.tags(window.Window)) |w| {
-            if (map.get(w.tokenField())) |value| {
-                const saved = self.enter(w.tokenField());
-                limits[@backingInt(w)] = @intCast(try self.integer(value, 1, window.limit_max));
+        inline for (limit_fields) |field| {
+            if (map.get(field.name)) |value| {
+                const saved = self.enter(field.name);
+                const limit: u64 = @intCast(try self.integer(value, 1, budget.limit_max));
+                switch (field.unit) {
+                    .tokens => limits.tokens[@backingInt(field.window)] = limit,
+                    .requests => limits.requests[@backingInt(field.window)] = limit,
+                }
                 self.leave(saved);
                 count += 1;
             }
         }
-        if (count == 0) return self.fail("needs at least one of token_per_second, token_per_minute, token_per_hour, token_per_day", .{});
+        if (count == 0) return self.fail("needs at least one of token_per_second/minute/hour/day or request_per_second/minute/hour/day", .{});
         return limits;
     }
 
@@ -471,7 +608,7 @@ const Parser = struct {
     fn limitKey(self: *Parser, value: Value, limit_type: LimitType) ParseError!LimitKey {
         const map = try self.object(value);
         const key_value = map.get("key") orelse {
-            try self.rejectUnknown(map, &.{ "key", "token_per_second", "token_per_minute", "token_per_hour", "token_per_day" });
+            try self.rejectUnknown(map, &(limit_field_names ++ [_][]const u8{"key"}));
             return self.failField("key", "is required", .{});
         };
         const saved = self.enter("key");
@@ -572,9 +709,9 @@ test "config: Higress example parses into items, keys and windows" {
     try std.testing.expectEqual(LimitType.per_param, rule.items[0].limit_type);
     try std.testing.expect(rule.items[0].keys[0].matcher == .pattern);
     try std.testing.expect(rule.items[0].keys[1].matcher == .any);
-    try std.testing.expectEqual(@as(?u64, 5), rule.items[0].keys[1].limits[@backingInt(window.Window.day)]);
+    try std.testing.expectEqual(@as(?u64, 5), rule.items[0].keys[1].limits.get(.tokens, .day));
     try std.testing.expectEqualStrings("x-api-key", rule.items[1].source);
-    try std.testing.expectEqual(@as(?u64, 50), rule.items[1].keys[0].limits[@backingInt(window.Window.hour)]);
+    try std.testing.expectEqual(@as(?u64, 50), rule.items[1].keys[0].limits.get(.tokens, .hour));
     try std.testing.expectEqual(@as(u16, 80), config.redis.?.service_port);
 }
 

@@ -1,28 +1,39 @@
 //! The plugin's behaviour: a root context per plugin config (configure, metrics) and an HTTP
-//! context per request (admit or reject on request headers, read usage as the response passes,
-//! charge when the stream ends). `main.zig` owns the context table and the ABI exports.
+//! context per request. A request is admitted or rejected once: on its headers (postpaid), or
+//! when its body is complete (reserve, which sizes the reservation from the body). Usage is
+//! read as the response passes, and the reservation is settled against it when the stream ends.
+//! `main.zig` owns the context table and the ABI exports.
 const std = @import("std");
+const budget = @import("budget.zig");
 const config = @import("config.zig");
 const host = @import("host.zig");
 const ip = @import("ip.zig");
 const local_store = @import("local_store.zig");
 const match = @import("match.zig");
+const request = @import("request.zig");
 const response = @import("response.zig");
+const store = @import("store.zig");
 const usage = @import("usage.zig");
-const window = @import("window.zig");
 
 const allocator = host.allocator;
 
-/// Counters one request may touch: every matching item times its windows (bounded by config).
-pub const charges_max = config.rule_items_max * 4;
+/// Counters one request may touch: every matching item times its windows and units.
+pub const counters_max = config.rule_items_max * 8;
+/// Request bodies up to this size are read (for reservations and `include_usage`); larger
+/// ones pass unread and are estimated from their length. Envoy's default buffer limit is 1 MiB.
+pub const request_body_bytes_max = 1024 * 1024;
+/// Bytes that `"stream_options":{"include_usage":true},` adds at most.
+const include_usage_bytes_max = 64;
 
 // ---- metrics ---------------------------------------------------------------------------------
 
 pub const Metrics = struct {
     requests_allowed: u32 = 0,
     requests_rejected: u32 = 0,
+    requests_shadow_rejected: u32 = 0,
     tokens_charged: u32 = 0,
     usage_estimated: u32 = 0,
+    include_usage_added: u32 = 0,
     store_errors: u32 = 0,
     config_rejected: u32 = 0,
 
@@ -45,7 +56,7 @@ pub const RootContext = struct {
     config: ?*config.Config = null,
 
     pub fn deinit(self: *RootContext) void {
-        if (self.config) |current| config.destroy(allocator, current);
+        if (self.config) |current| config.release(allocator, current);
         self.* = undefined;
     }
 
@@ -66,11 +77,15 @@ pub const RootContext = struct {
             }
             return false;
         };
-        if (self.config) |previous| config.destroy(allocator, previous);
+        if (self.config) |previous| config.release(allocator, previous);
         self.config = parsed;
-        const rule_name = if (parsed.default_rule) |rule| rule.name else "(none)";
-        const item_count = if (parsed.default_rule) |rule| rule.items.len else 0;
-        host.logf(.info, "config loaded: rule {s}, {d} rule items, {d} route rules, local store", .{ rule_name, item_count, parsed.route_rules.len });
+        if (parsed.default_rule) |rule| {
+            host.logf(.info, "config loaded: rule {s} ({d} rule items, {s}, {s}{s}), {d} route rules, local store", .{
+                rule.name, rule.items.len, @tagName(rule.admission), @tagName(rule.algorithm), if (rule.shadow) ", shadow" else "", parsed.route_rules.len,
+            });
+        } else {
+            host.logf(.info, "config loaded: {d} route rules, local store", .{parsed.route_rules.len});
+        }
         if (parsed.redis) |redis| {
             host.logf(.warn, "redis ({s}:{d}) is configured but this build keeps budgets in the local store (per gateway)", .{ redis.service_name, redis.service_port });
         }
@@ -80,82 +95,148 @@ pub const RootContext = struct {
 
 // ---- HTTP context ----------------------------------------------------------------------------
 
-const Charge = struct {
-    key: match.CounterKey,
-    window: window.Window,
-    limit: u64,
+const Phase = enum {
+    /// No rule applies, or the request was rejected: nothing more to do.
+    idle,
+    /// Admission waits for the whole request body.
+    awaiting_body,
+    /// Admitted; usage is read from the response and settled at the end.
+    admitted,
+    settled,
 };
-
-const Decision = enum { none, allowed, rejected };
 
 pub const HttpContext = struct {
     id: u32,
     root_id: u32,
-    charges: std.ArrayList(Charge) = .empty,
-    decision: Decision = .none,
+    phase: Phase = .idle,
+    /// The config the request was admitted under (retained; released in deinit).
+    config: ?*config.Config = null,
+    rule: ?*const config.Rule = null,
+    counters: std.ArrayList(store.Counter) = .empty,
+    /// Whether the body should gain `stream_options.include_usage` (OpenAI-style path, JSON).
+    include_usage_candidate: bool = false,
     response_ok: bool = false,
     scanner: usage.Scanner = .{ .json = .{} },
     response_bytes: u64 = 0,
-    settled: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
-        self.charges.deinit(allocator);
+        self.counters.deinit(allocator);
+        if (self.config) |held| config.release(allocator, held);
         self.* = undefined;
     }
 
-    pub fn onRequestHeaders(self: *HttpContext, root: ?*RootContext) host.Action {
-        const root_context = root orelse return .@"continue";
-        const current = root_context.config orelse return .@"continue";
+    pub fn onRequestHeaders(self: *HttpContext, root: ?*RootContext, end_of_stream: bool) host.Action {
+        const current = (root orelse return .@"continue").config orelse return .@"continue";
         const rule = selectRule(current) orelse return .@"continue";
-        const now_ms = host.nowMs();
-        self.collectCharges(&rule) catch |err| {
-            // Without the counters the request cannot be judged; admit it and say why.
+        self.collectCounters(rule) catch |err| {
+            // Without its counters the request cannot be judged; admit it and say why.
             host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
-            self.charges.clearRetainingCapacity();
-            return .@"continue";
+            self.counters.clearRetainingCapacity();
         };
-        if (self.charges.items.len == 0) return .@"continue";
+        if (self.counters.items.len == 0) return .@"continue";
+        self.config = current.retain();
+        self.rule = rule;
+        setProperty("tokenlimit_rule", rule.name);
 
-        var refusing: ?struct { charge: *const Charge, budget: window.Check } = null;
-        for (self.charges.items) |*charge| {
-            const record = local_store.read(charge.key.slice()) catch |err| {
-                host.incrementMetric(metrics.store_errors, 1);
-                host.logf(.warn, "store read failed for {s}: {s}; treating as unused", .{ charge.key.slice(), @errorName(err) });
-                continue;
-            };
-            if (record == null) local_store.ensure(charge.key.slice(), now_ms, charge.window) catch {};
-            const budget = window.check(record, now_ms, charge.window, charge.limit);
-            if (!budget.exhausted()) continue;
-            // Of several spent budgets, report the one that resets last: retrying earlier fails.
-            if (refusing == null or budget.reset_in_ms > refusing.?.budget.reset_in_ms) {
-                refusing = .{ .charge = charge, .budget = budget };
+        const body_length = if (end_of_stream) 0 else contentLength();
+        const body_readable = !end_of_stream and body_length != null and body_length.? <= request_body_bytes_max and isJson();
+        self.include_usage_candidate = body_readable and isOpenAiCompletionsPath();
+        // The body may grow by the include_usage member: its length is no longer known here.
+        if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
+
+        if (rule.admission == .reserve and body_readable) {
+            self.phase = .awaiting_body;
+            return .@"continue"; // headers go on; the body is held until it is complete
+        }
+        const estimate = request.estimateTokens(.{}, body_length orelse 0, rule.default_output_tokens);
+        return self.decide(estimate);
+    }
+
+    pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.Action {
+        if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) return .@"continue";
+        if (!end_of_stream) return .pause; // Envoy buffers until the body is complete
+        var info: request.RequestInfo = .{};
+        if (size <= request_body_bytes_max) {
+            if (host.getBuffer(.request_body, 0, size) catch null) |body| {
+                var bytes = body;
+                defer bytes.deinit();
+                info = request.scan(bytes.bytes);
+                if (self.include_usage_candidate) self.addIncludeUsage(bytes.bytes, info);
             }
         }
+        self.include_usage_candidate = false;
+        if (self.phase != .awaiting_body) return .@"continue";
+        return self.decide(request.estimateTokens(info, size, self.rule.?.default_output_tokens));
+    }
 
-        setProperty("tokenlimit_rule", rule.name);
-        if (refusing) |refused| {
-            self.decision = .rejected;
+    fn addIncludeUsage(self: *HttpContext, body: []const u8, info: request.RequestInfo) void {
+        _ = self;
+        var path = (host.getHeader(.request_headers, ":path") catch null) orelse return;
+        defer path.deinit();
+        if (!request.needsIncludeUsage(info, path.bytes)) return;
+        const out = allocator.alloc(u8, body.len + include_usage_bytes_max) catch return;
+        defer allocator.free(out);
+        const rewritten = request.withIncludeUsage(body, info, out) orelse return;
+        host.setBuffer(.request_body, 0, body.len, rewritten) catch |err| {
+            host.logf(.warn, "could not add stream_options.include_usage: {s}", .{@errorName(err)});
+            return;
+        };
+        host.incrementMetric(metrics.include_usage_added, 1);
+    }
+
+    /// Admits or rejects the request against every counter, reserving `estimate` tokens under
+    /// `reserve` admission.
+    fn decide(self: *HttpContext, estimate: u64) host.Action {
+        const rule = self.rule.?;
+        const now_ms = host.nowMs();
+        for (self.counters.items) |*counter| {
+            counter.admitted_at_ms = now_ms;
+            counter.admit_amount = switch (counter.unit) {
+                .requests => 1,
+                .tokens => if (rule.admission == .reserve) estimate else 0,
+            };
+        }
+        const refused = local_store.admit(self.counters.items, now_ms, rule.shadow) catch |err| {
+            // The store is in this process; failing means memory or host trouble. Admit: a
+            // gateway that stops serving over its own bookkeeping helps no one.
+            host.incrementMetric(metrics.store_errors, 1);
+            host.logf(.err, "rule {s}: budget store failed ({s}); request admitted uncounted", .{ rule.name, @errorName(err) });
+            self.phase = .idle;
+            return .@"continue";
+        };
+        if (refused) |index| {
+            const counter = &self.counters.items[index];
+            setProperty("tokenlimit_key", counterIdentity(counter.key.slice()));
+            if (rule.shadow) {
+                host.incrementMetric(metrics.requests_shadow_rejected, 1);
+                setProperty("tokenlimit_decision", "shadow_rejected");
+                host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
+                return self.admitted();
+            }
+            self.phase = .idle;
             host.incrementMetric(metrics.requests_rejected, 1);
             setProperty("tokenlimit_decision", "rejected");
-            setProperty("tokenlimit_key", counterIdentity(refused.charge.key.slice()));
-            host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, refused.charge.key.slice(), refused.budget.used, refused.budget.limit, refused.budget.reset_in_ms });
-            response.sendRejection(rule.rejected_code, rule.rejected_msg, refused.budget) catch |err| {
+            host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit, counter.check.reset_in_ms });
+            response.sendRejection(rule.rejected_code, rule.rejected_msg, counter.unit == .requests, counter.check) catch |err| {
                 host.logf(.err, "could not send the rejection: {s}", .{@errorName(err)});
                 return .@"continue";
             };
-            self.charges.clearRetainingCapacity();
             return .pause;
         }
-        self.decision = .allowed;
-        host.incrementMetric(metrics.requests_allowed, 1);
+        setProperty("tokenlimit_key", counterIdentity(self.counters.items[0].key.slice()));
         setProperty("tokenlimit_decision", "allowed");
-        setProperty("tokenlimit_key", counterIdentity(self.charges.items[0].key.slice()));
-        host.logf(.debug, "allowed rule={s} counters={d} first={s}", .{ rule.name, self.charges.items.len, self.charges.items[0].key.slice() });
+        host.logf(.debug, "allowed rule={s} counters={d} first={s} reserved={d}", .{ rule.name, self.counters.items.len, self.counters.items[0].key.slice(), self.counters.items[0].reserved });
+        return self.admitted();
+    }
+
+    fn admitted(self: *HttpContext) host.Action {
+        self.phase = .admitted;
+        host.incrementMetric(metrics.requests_allowed, 1);
         return .@"continue";
     }
 
-    /// Adds one charge per (matching item, window), merging items that name the same counter.
-    fn collectCharges(self: *HttpContext, rule: *const config.Rule) !void {
+    /// Adds one counter per (matching item, unit, window), merging items that name the same one.
+    fn collectCounters(self: *HttpContext, rule: *const config.Rule) !void {
         for (rule.items) |*item| {
             var raw = try requestValue(item);
             defer if (raw) |*bytes| bytes.deinit();
@@ -163,27 +244,33 @@ pub const HttpContext = struct {
             const key = if (item.limit_type == .global) &item.keys[0] else match.matchKey(item, value) orelse continue;
             var hashed: match.HashedValue = undefined;
             const caller = match.identity(item.limit_type, value, &hashed);
-            for (std.meta.tags(window.Window)) |w| {
-                const limit = key.limits[@backingInt(w)] orelse continue;
-                const counter = try match.counterKey(rule.name, item, w, caller);
-                try self.addCharge(.{ .key = counter, .window = w, .limit = limit });
+            for ([_]config.Unit{ .requests, .tokens }) |unit| {
+                for (std.meta.tags(budget.Window)) |window| {
+                    const limit = key.limits.get(unit, window) orelse continue;
+                    try self.addCounter(.{
+                        .key = try match.counterKey(rule.name, item, unit, window, caller),
+                        .budget = .{ .algorithm = rule.algorithm, .window = window, .limit = limit },
+                        .unit = unit,
+                    });
+                }
             }
         }
     }
 
-    fn addCharge(self: *HttpContext, charge: Charge) !void {
-        for (self.charges.items) |*existing| {
-            if (std.mem.eql(u8, existing.key.slice(), charge.key.slice())) {
-                existing.limit = @min(existing.limit, charge.limit); // one counter, strictest limit
+    fn addCounter(self: *HttpContext, counter: store.Counter) !void {
+        for (self.counters.items) |*existing| {
+            if (std.mem.eql(u8, existing.key.slice(), counter.key.slice())) {
+                existing.budget.limit = @min(existing.budget.limit, counter.budget.limit); // strictest
                 return;
             }
         }
-        if (self.charges.items.len == charges_max) return error.TooManyCounters;
-        try self.charges.append(allocator, charge);
+        if (self.counters.items.len == counters_max) return error.TooManyCounters;
+        try self.counters.append(allocator, counter);
     }
 
     pub fn onResponseHeaders(self: *HttpContext) host.Action {
-        if (self.decision != .allowed) return .@"continue";
+        if (self.phase != .admitted) return .@"continue";
+        if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
         var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
         defer status.deinit();
         const code = std.fmt.parseInt(u16, status.bytes, 10) catch 0;
@@ -197,7 +284,7 @@ pub const HttpContext = struct {
     }
 
     pub fn onResponseBody(self: *HttpContext, size: usize, end_of_stream: bool) host.Action {
-        if (self.decision != .allowed or !self.response_ok or self.settled) return .@"continue";
+        if (self.phase != .admitted or !self.response_ok) return .@"continue";
         if (size > 0) {
             // Scan the chunk as it passes; it is forwarded at once (never buffered).
             if (host.getBuffer(.response_body, 0, size) catch null) |chunk| {
@@ -221,48 +308,62 @@ pub const HttpContext = struct {
         self.settle("stream closed");
     }
 
-    /// Charges the request's usage to every counter it was admitted under, exactly once.
+    /// Replaces the reservation with the request's real cost, exactly once.
     fn settle(self: *HttpContext, reason: []const u8) void {
-        if (self.settled or self.decision != .allowed) return;
-        self.settled = true;
-        if (!self.response_ok) return;
-        self.scanner.finish();
-        const seen = self.scanner.usage();
-        const estimated = !seen.seen();
-        // No usage reported (upstream without it, aborted stream): estimate ~4 bytes per token
-        // of what was seen rather than charge nothing.
-        const tokens = if (estimated) std.math.divCeil(u64, self.response_bytes, 4) catch 0 else seen.total();
-        if (tokens == 0) return;
-        const now_ms = host.nowMs();
-        for (self.charges.items) |*charge| {
-            _ = local_store.charge(charge.key.slice(), now_ms, charge.window, tokens) catch |err| {
-                host.incrementMetric(metrics.store_errors, 1);
-                host.logf(.err, "charge of {d} tokens to {s} failed: {s}", .{ tokens, charge.key.slice(), @errorName(err) });
-                continue;
-            };
+        if (self.phase != .admitted) return;
+        self.phase = .settled;
+        const rule = self.rule.?;
+        var cost: u64 = 0;
+        var estimated = false;
+        if (self.response_ok) {
+            self.scanner.finish();
+            const seen = self.scanner.usage();
+            estimated = !seen.seen();
+            // No usage reported (upstream without it, aborted stream): ~4 bytes a token of
+            // what was seen, rather than nothing.
+            cost = if (estimated) std.math.divCeil(u64, self.response_bytes, 4) catch 0 else seen.weighted(rule.weights);
         }
-        host.incrementMetric(metrics.tokens_charged, @intCast(@min(tokens, std.math.maxInt(i64))));
-        if (estimated) host.incrementMetric(metrics.usage_estimated, 1);
-        var tokens_text: [24]u8 = undefined;
-        setProperty("tokenlimit_tokens", std.fmt.bufPrint(&tokens_text, "{d}", .{tokens}) catch "");
-        if (estimated) setProperty("tokenlimit_usage", "estimated") else setProperty("tokenlimit_usage", "reported");
-        host.logf(.debug, "charged {d} tokens ({s}, {s}) to {d} counters, first={s}", .{ tokens, if (estimated) "estimated" else "reported", reason, self.charges.items.len, self.charges.items[0].key.slice() });
+        local_store.settle(self.counters.items, host.nowMs(), cost) catch |err| {
+            host.incrementMetric(metrics.store_errors, 1);
+            host.logf(.err, "rule {s}: settling {d} tokens failed: {s}", .{ rule.name, cost, @errorName(err) });
+        };
+        if (cost > 0) host.incrementMetric(metrics.tokens_charged, @intCast(@min(cost, std.math.maxInt(i64))));
+        if (estimated and cost > 0) host.incrementMetric(metrics.usage_estimated, 1);
+        var cost_text: [24]u8 = undefined;
+        setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost}) catch "");
+        setProperty("tokenlimit_usage", if (!self.response_ok) "none" else if (estimated) "estimated" else "reported");
+        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost, if (estimated) "estimated" else "reported", reason, rule.name, self.counters.items.len });
     }
 };
 
-/// The rule for this request: the first `_rules_` entry that matches, else the default.
-fn selectRule(current: *const config.Config) ?config.Rule {
-    for (current.route_rules) |*route_rule| {
-        if (routeRuleMatches(route_rule)) return route_rule.rule;
+/// OpenAI-style headers on an admitted response: the token budget with the least room, and the
+/// request budget with the least room, as admission left them.
+fn addLimitHeaders(counters: []const store.Counter) void {
+    for ([_]config.Unit{ .tokens, .requests }) |unit| {
+        var tightest: ?budget.Check = null;
+        for (counters) |counter| {
+            if (counter.unit != unit) continue;
+            if (tightest == null or counter.check.remaining() < tightest.?.remaining()) tightest = counter.check;
+        }
+        if (tightest) |check| response.addLimitHeaders(unit == .requests, check);
     }
-    return current.default_rule;
+}
+
+/// The rule for this request: the first `_rules_` entry that matches, else the default.
+fn selectRule(current: *const config.Config) ?*const config.Rule {
+    for (current.route_rules) |*route_rule| {
+        if (routeRuleMatches(route_rule)) return if (route_rule.rule) |*rule| rule else null;
+    }
+    return if (current.default_rule) |*rule| rule else null;
 }
 
 fn routeRuleMatches(route_rule: *const config.RouteRule) bool {
     if (route_rule.routes.len > 0) {
-        var name = (host.getProperty("route_name") catch null) orelse return false;
-        defer name.deinit();
-        for (route_rule.routes) |route| if (std.mem.eql(u8, route, name.bytes)) return true;
+        if (host.getProperty("route_name") catch null) |name| {
+            var bytes = name;
+            defer bytes.deinit();
+            for (route_rule.routes) |route| if (std.mem.eql(u8, route, bytes.bytes)) return true;
+        }
     }
     if (route_rule.domains.len > 0) {
         if (host.getHeader(.request_headers, ":authority") catch null) |authority| {
@@ -309,15 +410,30 @@ fn narrow(item: *const config.RuleItem, raw: []const u8) ?[]const u8 {
     };
 }
 
+fn contentLength() ?u64 {
+    var value = (host.getHeader(.request_headers, "content-length") catch null) orelse return null;
+    defer value.deinit();
+    return std.fmt.parseInt(u64, value.bytes, 10) catch null;
+}
+
+fn isJson() bool {
+    var value = (host.getHeader(.request_headers, "content-type") catch null) orelse return false;
+    defer value.deinit();
+    return std.ascii.findIgnoreCase(value.bytes, "json") != null;
+}
+
+fn isOpenAiCompletionsPath() bool {
+    var path = (host.getHeader(.request_headers, ":path") catch null) orelse return false;
+    defer path.deinit();
+    return request.needsIncludeUsage(.{ .stream = true }, path.bytes);
+}
+
 fn setProperty(name: []const u8, value: []const u8) void {
     host.setProperty(name, value) catch {}; // access-log fields are best effort
 }
 
-/// "per_header:x-api-key:<hash>" out of a counter key, for the access log: no rule, no window.
+/// "per_header:x-api-key:tokens:60:<hash>" out of a counter key, for the access log.
 fn counterIdentity(key: []const u8) []const u8 {
-    var parts = std.mem.splitScalar(u8, key, ':');
-    _ = parts.next(); // prefix
-    _ = parts.next(); // rule
-    const rest_start = parts.index orelse return key;
-    return key[rest_start..];
+    const tag_end = std.mem.indexOf(u8, key, "}:") orelse return key;
+    return key[tag_end + 2 ..];
 }

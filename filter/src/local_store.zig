@@ -1,55 +1,118 @@
 //! The local budget store: Envoy shared data, one record per counter, shared by every worker
 //! thread (each worker runs its own VM; shared data is per VM id, so all of them see it).
-//! Updates are compare-and-swap loops, so concurrent charges from several workers all land.
+//! Each counter is updated with a compare-and-swap loop, so concurrent charges from several
+//! workers all land. Admission across several counters is per counter: when a later counter
+//! refuses, the amounts already added to earlier ones are taken back.
 const std = @import("std");
+const budget = @import("budget.zig");
 const host = @import("host.zig");
-const window = @import("window.zig");
+const store = @import("store.zig");
 
 /// Bound on compare-and-swap attempts: contention on one key from N workers resolves in at
-/// most N rounds; hitting this bound means something else is wrong, and it is logged.
+/// most N rounds; hitting this bound means something else is wrong, and it is reported.
 pub const cas_attempts_max = 32;
 
 pub const Error = error{ StoreUnavailable, Contended };
 
-/// The counter's current record, or null when it was never written.
-pub fn read(key: []const u8) Error!?window.Record {
-    var shared = (host.getSharedData(key) catch return error.StoreUnavailable) orelse return null;
-    defer shared.value.deinit();
-    return window.Record.decode(shared.value.bytes);
-}
+/// What one compare-and-swap round decides: the record to write, or null to write nothing.
+const Update = struct {
+    context: *const anyopaque,
+    apply: *const fn (context: *const anyopaque, record: budget.Record) ?budget.Record,
+};
 
-/// Creates the counter when it does not exist yet. Done at admission, long before any charge
-/// for it can arrive: shared data ignores `cas` when inserting, so two first writers race, and
-/// racing zero records are harmless where racing charges would lose one.
-pub fn ensure(key: []const u8, now_ms: u64, w: window.Window) Error!void {
-    if (host.getSharedData(key) catch return error.StoreUnavailable) |existing| {
-        var value = existing.value;
-        value.deinit();
-        return;
-    }
-    const empty = window.Record{ .window_start_ms = window.windowStartMs(now_ms, w), .used = 0 };
-    host.setSharedData(key, &empty.encode(), 0) catch return error.StoreUnavailable;
-}
-
-/// Adds `tokens` to the counter's current window. Returns the usage after the charge.
-pub fn charge(key: []const u8, now_ms: u64, w: window.Window, tokens: u64) Error!u64 {
+/// Reads the counter, lets `update` decide, writes with the read's CAS token; retries when
+/// another worker wrote in between. Returns the record as it stands after the operation.
+fn modify(key: []const u8, update: Update) Error!budget.Record {
     var attempt: usize = 0;
     while (attempt < cas_attempts_max) : (attempt += 1) {
-        const current = host.getSharedData(key) catch return error.StoreUnavailable;
-        var record = window.Record{ .window_start_ms = 0, .used = 0 };
+        var record = budget.Record{};
         var cas: u32 = 0;
-        if (current) |shared| {
+        if (host.getSharedData(key) catch return error.StoreUnavailable) |shared| {
             var value = shared.value;
             defer value.deinit();
-            if (window.Record.decode(value.bytes)) |decoded| record = decoded;
+            if (budget.Record.decode(value.bytes)) |decoded| record = decoded;
             cas = shared.cas;
         }
-        const next = record.charged(now_ms, w, tokens);
+        const next = update.apply(update.context, record) orelse return record;
+        // A first write (cas 0) cannot lose a race it cannot see: shared data ignores the
+        // token on insert. Counters are created at admission, long before charges arrive.
         host.setSharedData(key, &next.encode(), cas) catch |err| switch (err) {
-            error.CasMismatch => continue, // another worker charged first; re-read and retry
+            error.CasMismatch => continue,
             else => return error.StoreUnavailable,
         };
-        return next.used;
+        return next;
     }
     return error.Contended;
+}
+
+const AdmitStep = struct {
+    counter: *store.Counter,
+    now_ms: u64,
+    force: bool,
+    refused: *bool,
+
+    fn apply(context: *const anyopaque, record: budget.Record) ?budget.Record {
+        const self: *const AdmitStep = @ptrCast(@alignCast(context));
+        const b = self.counter.budget;
+        const state = b.current(record, self.now_ms);
+        self.counter.check = b.check(state, self.now_ms);
+        const amount = self.counter.admit_amount;
+        self.refused.* = !self.counter.check.fits(amount);
+        if (self.refused.* and !self.force) return if (std.meta.eql(state, record)) null else state;
+        const next = b.add(state, self.now_ms, @min(amount, b.limit));
+        self.counter.reserved = @min(amount, b.limit);
+        self.counter.check = b.check(next, self.now_ms);
+        return if (std.meta.eql(next, record)) null else next; // nothing changed: no write
+    }
+};
+
+/// Admits a request against all its counters: each must have room for its `admit_amount`
+/// (postpaid token counters ask for 0: room means "not spent"). Fills `check` on every counter
+/// looked at and returns the index of the refusing counter, or null when admitted. With
+/// `force` (shadow mode) amounts are added even where a counter refuses.
+pub fn admit(counters: []store.Counter, now_ms: u64, force: bool) Error!?usize {
+    for (counters, 0..) |*counter, index| {
+        var refused = false;
+        var step = AdmitStep{ .counter = counter, .now_ms = now_ms, .force = force, .refused = &refused };
+        _ = try modify(counter.key.slice(), .{ .context = &step, .apply = AdmitStep.apply });
+        if (refused and !force) {
+            for (counters[0..index]) |*earlier| try refund(earlier, now_ms, earlier.reserved);
+            for (counters[0..index]) |*earlier| earlier.reserved = 0;
+            return index;
+        }
+    }
+    return null;
+}
+
+const SettleStep = struct {
+    counter: *const store.Counter,
+    now_ms: u64,
+    actual: u64,
+
+    fn apply(context: *const anyopaque, record: budget.Record) ?budget.Record {
+        const self: *const SettleStep = @ptrCast(@alignCast(context));
+        const b = self.counter.budget;
+        const reserved = self.counter.reserved;
+        if (self.actual >= reserved) return b.add(record, self.now_ms, self.actual - reserved);
+        return b.refund(record, self.now_ms, reserved - self.actual, self.counter.admitted_at_ms);
+    }
+};
+
+/// Replaces each counter's reservation with the request's real cost `actual`.
+pub fn settle(counters: []const store.Counter, now_ms: u64, actual_tokens: u64) Error!void {
+    for (counters) |*counter| {
+        const actual = switch (counter.unit) {
+            .tokens => actual_tokens,
+            .requests => counter.reserved, // a request counts once, at admission
+        };
+        if (actual == counter.reserved) continue;
+        var step = SettleStep{ .counter = counter, .now_ms = now_ms, .actual = actual };
+        _ = try modify(counter.key.slice(), .{ .context = &step, .apply = SettleStep.apply });
+    }
+}
+
+fn refund(counter: *const store.Counter, now_ms: u64, amount: u64) Error!void {
+    if (amount == 0) return;
+    var step = SettleStep{ .counter = counter, .now_ms = now_ms, .actual = counter.reserved - amount };
+    _ = try modify(counter.key.slice(), .{ .context = &step, .apply = SettleStep.apply });
 }

@@ -54,16 +54,13 @@ export fn proxy_on_configure(root_context_id: u32, plugin_config_size: u32) u32 
 
 export fn proxy_on_request_headers(context_id: u32, header_count: u32, end_of_stream: u32) u32 {
     _ = header_count;
-    _ = end_of_stream;
     const http = http_contexts.get(context_id) orelse return @backingInt(host.Action.@"continue");
-    return @backingInt(http.onRequestHeaders(root_contexts.get(http.root_id)));
+    return @backingInt(http.onRequestHeaders(root_contexts.get(http.root_id), end_of_stream != 0));
 }
 
 export fn proxy_on_request_body(context_id: u32, body_size: u32, end_of_stream: u32) u32 {
-    _ = context_id;
-    _ = body_size;
-    _ = end_of_stream;
-    return @backingInt(host.Action.@"continue");
+    const http = http_contexts.get(context_id) orelse return @backingInt(host.Action.@"continue");
+    return @backingInt(http.onRequestBody(body_size, end_of_stream != 0));
 }
 
 export fn proxy_on_request_trailers(context_id: u32, trailer_count: u32) u32 {

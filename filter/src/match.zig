@@ -4,7 +4,7 @@
 const std = @import("std");
 const config = @import("config.zig");
 const ip = @import("ip.zig");
-const window = @import("window.zig");
+const budget = @import("budget.zig");
 
 /// Longest key value read from a request; longer values are refused (and do not match)
 /// rather than truncated, so two long values can never share a budget by accident.
@@ -126,14 +126,15 @@ fn isPlain(value: []const u8) bool {
     return true;
 }
 
-/// `tokenlimit:<rule>:<type>[:<source>]:<window seconds>:<identity>` — the counter's name in
-/// every store. It leaves out the matched `limit_keys` entry, so editing a limit keeps usage.
-pub fn counterKey(rule_name: []const u8, item: *const config.RuleItem, w: window.Window, caller: []const u8) error{Overflow}!CounterKey {
+/// `tokenlimit:{<rule>}:<type>[:<source>]:<unit>:<window seconds>:<identity>` — the counter's
+/// name in every store. The `{rule}` hash tag keeps one request's counters on one Redis Cluster
+/// slot (one script touches them all). It leaves out the matched `limit_keys` entry, so
+/// editing a limit keeps the usage counted so far.
+pub fn counterKey(rule_name: []const u8, item: *const config.RuleItem, unit: config.Unit, w: budget.Window, caller: []const u8) error{Overflow}!CounterKey {
     var key: CounterKey = .{};
-    const source_part: []const u8 = if (item.source.len > 0) item.source else "";
     const separator: []const u8 = if (item.source.len > 0) ":" else "";
-    const text = std.fmt.bufPrint(&key.bytes, "tokenlimit:{s}:{s}{s}{s}:{d}:{s}", .{
-        rule_name, @tagName(item.limit_type), separator, source_part, w.seconds(), caller,
+    const text = std.fmt.bufPrint(&key.bytes, "tokenlimit:{{{s}}}:{s}{s}{s}:{s}:{d}:{s}", .{
+        rule_name, @tagName(item.limit_type), separator, item.source, @tagName(unit), w.seconds(), caller,
     }) catch return error.Overflow;
     key.len = text.len;
     return key;
@@ -188,15 +189,15 @@ test "match: counter keys hash credentials and keep addresses readable" {
     const caller = identity(item.limit_type, "Bearer sk-secret", &hashed);
     try std.testing.expect(std.mem.indexOf(u8, caller, "sk-secret") == null);
     try std.testing.expectEqual(@as(usize, 32), caller.len);
-    const key = try counterKey("chat", &item, .minute, caller);
-    try std.testing.expect(std.mem.startsWith(u8, key.slice(), "tokenlimit:chat:per_header:authorization:60:"));
+    const key = try counterKey("chat", &item, .tokens, .minute, caller);
+    try std.testing.expect(std.mem.startsWith(u8, key.slice(), "tokenlimit:{chat}:per_header:authorization:tokens:60:"));
     // Pinned so `tokenlimit usage --key` (Python) computes the same name.
     try std.testing.expectEqualStrings("afa6f8ec47e70b6579157f844acfdd33", &hashValue("Bearer sk-secret"));
 
     const ip_item = config.RuleItem{ .limit_type = .per_ip, .source = "from-remote-addr", .keys = &.{} };
-    const ip_key = try counterKey("chat", &ip_item, .hour, identity(.per_ip, "10.1.2.3", &hashed));
-    try std.testing.expectEqualStrings("tokenlimit:chat:per_ip:from-remote-addr:3600:10.1.2.3", ip_key.slice());
+    const ip_key = try counterKey("chat", &ip_item, .requests, .hour, identity(.per_ip, "10.1.2.3", &hashed));
+    try std.testing.expectEqualStrings("tokenlimit:{chat}:per_ip:from-remote-addr:requests:3600:10.1.2.3", ip_key.slice());
     const global_item = config.RuleItem{ .limit_type = .global, .source = "", .keys = &.{} };
-    const global_key = try counterKey("chat", &global_item, .day, identity(.global, "", &hashed));
-    try std.testing.expectEqualStrings("tokenlimit:chat:global:86400:global", global_key.slice());
+    const global_key = try counterKey("chat", &global_item, .tokens, .day, identity(.global, "", &hashed));
+    try std.testing.expectEqualStrings("tokenlimit:{chat}:global:tokens:86400:global", global_key.slice());
 }

