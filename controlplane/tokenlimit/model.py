@@ -77,7 +77,18 @@ _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 _IP_HEADER_PREFIX = "from-header-"
 _IP_REMOTE_ADDR = "from-remote-addr"
 _REGEXP_PREFIX = "regexp:"
-_WINDOWS = ("token_per_second", "token_per_minute", "token_per_hour", "token_per_day")
+_WINDOWS = (
+    "token_per_second",
+    "token_per_minute",
+    "token_per_hour",
+    "token_per_day",
+    "request_per_second",
+    "request_per_minute",
+    "request_per_hour",
+    "request_per_day",
+)
+DEFAULT_OUTPUT_TOKENS_MAX = 10_000_000
+WEIGHT_MAX = 1000
 _EXACT_KINDS = ("limit_by_header", "limit_by_param", "limit_by_cookie", "limit_by_consumer")
 _PER_KINDS = (
     "limit_by_per_header",
@@ -204,6 +215,33 @@ def _literal(expected: str) -> WrapValidator:
     return WrapValidator(check)
 
 
+def _one_of(options: tuple[str, ...]) -> WrapValidator:
+    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
+        if value not in options:
+            raise _error(f"must be one of {', '.join(options)}, got {show(value)}")
+        return handler(value)
+
+    return WrapValidator(check)
+
+
+def _boolean(value: Any, handler: Callable[[Any], Any]) -> Any:
+    if type(value) is not bool:
+        raise _error(f"must be true or false, got {show(value)}")
+    return handler(value)
+
+
+def _weight(value: Any, handler: Callable[[Any], Any]) -> Any:
+    # Thousandths are the filter's unit: more decimals would be silently rounded there.
+    ok = type(value) in (int, float) and 0 <= value <= WEIGHT_MAX
+    if ok and type(value) is float:
+        ok = abs(value * 1000 - round(value * 1000)) < 1e-6
+    if not ok:
+        raise _error(
+            f"must be a number from 0 to {WEIGHT_MAX} with at most 3 decimals, got {show(value)}"
+        )
+    return handler(value)
+
+
 def _dns_name(pattern: re.Pattern[str], chars_max: int, what: str, chars: str) -> WrapValidator:
     def check(value: Any, handler: Callable[[Any], Any]) -> Any:
         if not (isinstance(value, str) and pattern.fullmatch(value) and len(value) <= chars_max):
@@ -241,6 +279,25 @@ OptCredential = Annotated[
 ]
 Key = Annotated[str, Field(min_length=1), _text(1, KEY_BYTES_MAX)]
 Port = Annotated[int, Field(ge=1, le=PORT_MAX), _int_in(1, PORT_MAX)]
+ADMISSIONS = ("postpaid", "reserve")
+ALGORITHMS = ("fixed", "sliding", "token_bucket")
+FAILURE_MODES = ("open", "closed", "local")
+OptAdmission = Annotated[Annotated[str, _one_of(ADMISSIONS)] | None, _Present]
+OptAlgorithm = Annotated[Annotated[str, _one_of(ALGORITHMS)] | None, _Present]
+OptFailureMode = Annotated[Annotated[str, _one_of(FAILURE_MODES)] | None, _Present]
+OptBool = Annotated[Annotated[bool, WrapValidator(_boolean)] | None, _Present]
+OptOutputTokens = Annotated[
+    Annotated[
+        int,
+        Field(ge=0, le=DEFAULT_OUTPUT_TOKENS_MAX),
+        _int_in(0, DEFAULT_OUTPUT_TOKENS_MAX),
+    ]
+    | None,
+    _Present,
+]
+OptWeight = Annotated[
+    Annotated[float | int, Field(ge=0, le=WEIGHT_MAX), WrapValidator(_weight)] | None, _Present
+]
 Matches = Annotated[list[Annotated[str, _text(0, None)]], _array(0, None, "strings")]
 OptMatches = Annotated[Matches | None, _Present]
 
@@ -303,6 +360,10 @@ class GlobalThreshold(_Model):
     token_per_minute: OptTokenLimit = None
     token_per_hour: OptTokenLimit = None
     token_per_day: OptTokenLimit = None
+    request_per_second: OptTokenLimit = None
+    request_per_minute: OptTokenLimit = None
+    request_per_hour: OptTokenLimit = None
+    request_per_day: OptTokenLimit = None
 
     @model_validator(mode="after")
     def _windows(self, info: ValidationInfo) -> Self:
@@ -318,6 +379,10 @@ class LimitKey(_Model):
     token_per_minute: OptTokenLimit = None
     token_per_hour: OptTokenLimit = None
     token_per_day: OptTokenLimit = None
+    request_per_second: OptTokenLimit = None
+    request_per_minute: OptTokenLimit = None
+    request_per_hour: OptTokenLimit = None
+    request_per_day: OptTokenLimit = None
 
     @model_validator(mode="after")
     def _windows(self, info: ValidationInfo) -> Self:
@@ -390,6 +455,15 @@ class RedisConfig(_Model):
     ] = None
 
 
+class Weights(_Model):
+    """What one token of each kind costs (1 = counts once): output can cost more than input."""
+
+    input: OptWeight = None
+    output: OptWeight = None
+    cached: OptWeight = None
+
+
+_OptWeights = Annotated[Annotated[Weights, WrapValidator(_object)] | None, _Present]
 _OptGlobal = Annotated[Annotated[GlobalThreshold, WrapValidator(_object)] | None, _Present]
 _OptItems = Annotated[
     Annotated[list[RuleItem], _array(1, RULE_ITEMS_MAX, "rule items")] | None, _Present
@@ -418,6 +492,13 @@ class _RuleFields(_Model):
         _Present,
     ] = None
     redis: _OptRedis = None
+    admission: OptAdmission = None
+    algorithm: OptAlgorithm = None
+    shadow: OptBool = None
+    show_limit_headers: OptBool = None
+    default_output_tokens: OptOutputTokens = None
+    weights: _OptWeights = None
+    failure_mode: OptFailureMode = None
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

@@ -106,6 +106,10 @@ const limit_field_names = blk: {
 
 pub const Admission = enum { postpaid, reserve };
 
+/// What to do when the Redis store cannot answer: admit (Higress's behaviour), reject, or
+/// enforce from the local store meanwhile.
+pub const FailureMode = enum { open, closed, local };
+
 pub const LimitKey = struct {
     /// The key as configured (`*`, `regexp:...`, an address), for logs.
     text: []const u8,
@@ -136,6 +140,7 @@ pub const Rule = struct {
     /// Output tokens reserved for a request that declares no max_tokens.
     default_output_tokens: u64 = 1024,
     weights: usage.Weights = .{},
+    failure_mode: FailureMode = .open,
 };
 
 pub const RouteRule = struct {
@@ -329,8 +334,9 @@ const Parser = struct {
     // ---- document ------------------------------------------------------------------------
 
     const rule_fields = [_][]const u8{
-        "rule_name", "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
-        "admission", "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
+        "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
+        "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
+        "failure_mode",
     };
     const top_fields = rule_fields ++ [_][]const u8{"_rules_"};
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_" };
@@ -461,6 +467,7 @@ const Parser = struct {
             self.leave(saved);
         }
         if (map.get("weights")) |value| parsed.weights = try self.weightsField(value);
+        if (map.get("failure_mode")) |value| parsed.failure_mode = try self.enumField(FailureMode, "failure_mode", value);
         return parsed;
     }
 
