@@ -37,7 +37,7 @@ test-python: $(WASM)
 test: test-zig test-python
 
 demo: $(WASM)
-	$(BIN)/tokenlimit demo
+	$(BIN)/python -m tokenlimit.demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check controlplane tests bench

@@ -208,7 +208,9 @@ class Gateway:
 
     @property
     def ecds_path(self) -> Path:
-        return self.work_dir / "tokenlimit-ecds.yaml"
+        # A directory of its own: Envoy watches the whole directory of a path_config_source,
+        # and log files written beside it would wake the watcher on every line.
+        return self.work_dir / "ecds" / "tokenlimit-ecds.yaml"
 
     @property
     def bootstrap_path(self) -> Path:
@@ -279,6 +281,7 @@ class Gateway:
         else:
             self._work_dir_arg.mkdir(parents=True, exist_ok=True)
             self._work_dir = self._work_dir_arg.resolve()
+        self.ecds_path.parent.mkdir(exist_ok=True)
         self._final_logs = None
 
     def _write_ecds(self, config: FilterConfig, wasm: str) -> bool:

@@ -171,9 +171,7 @@ pub const HttpContext = struct {
 
     fn addIncludeUsage(self: *HttpContext, body: []const u8, info: request.RequestInfo) void {
         _ = self;
-        var path = (host.getHeader(.request_headers, ":path") catch null) orelse return;
-        defer path.deinit();
-        if (!request.needsIncludeUsage(info, path.bytes)) return;
+        if (!request.needsIncludeUsage(info)) return;
         const out = allocator.alloc(u8, body.len + include_usage_bytes_max) catch return;
         defer allocator.free(out);
         const rewritten = request.withIncludeUsage(body, info, out) orelse return;
@@ -425,7 +423,7 @@ fn isJson() bool {
 fn isOpenAiCompletionsPath() bool {
     var path = (host.getHeader(.request_headers, ":path") catch null) orelse return false;
     defer path.deinit();
-    return request.needsIncludeUsage(.{ .stream = true }, path.bytes);
+    return request.isCompletionsPath(path.bytes);
 }
 
 fn setProperty(name: []const u8, value: []const u8) void {

@@ -71,17 +71,21 @@ const AdmitStep = struct {
 /// looked at and returns the index of the refusing counter, or null when admitted. With
 /// `force` (shadow mode) amounts are added even where a counter refuses.
 pub fn admit(counters: []store.Counter, now_ms: u64, force: bool) Error!?usize {
+    var first_refused: ?usize = null;
     for (counters, 0..) |*counter, index| {
         var refused = false;
         var step = AdmitStep{ .counter = counter, .now_ms = now_ms, .force = force, .refused = &refused };
         _ = try modify(counter.key.slice(), .{ .context = &step, .apply = AdmitStep.apply });
-        if (refused and !force) {
-            for (counters[0..index]) |*earlier| try refund(earlier, now_ms, earlier.reserved);
-            for (counters[0..index]) |*earlier| earlier.reserved = 0;
-            return index;
+        if (!refused) continue;
+        if (force) {
+            if (first_refused == null) first_refused = index;
+            continue;
         }
+        for (counters[0..index]) |*earlier| try refund(earlier, now_ms, earlier.reserved);
+        for (counters[0..index]) |*earlier| earlier.reserved = 0;
+        return index;
     }
-    return null;
+    return first_refused;
 }
 
 const SettleStep = struct {

@@ -49,11 +49,16 @@ pub fn scan(body: []const u8) RequestInfo {
     return scanner.handler.info;
 }
 
-/// Whether the request streams OpenAI-style chunks that omit usage unless asked for.
-pub fn needsIncludeUsage(info: RequestInfo, path: []const u8) bool {
-    if (!info.stream or info.include_usage != null) return false; // an explicit choice stands
+/// Whether the path is an OpenAI-style completions endpoint, whose streams omit usage unless
+/// the request asks for it (Anthropic, Gemini and the Responses API always report it).
+pub fn isCompletionsPath(path: []const u8) bool {
     const path_only = path[0 .. std.mem.indexOfScalar(u8, path, '?') orelse path.len];
     return std.mem.endsWith(u8, path_only, "/chat/completions") or std.mem.endsWith(u8, path_only, "/completions");
+}
+
+/// Whether a completions request streams without having said anything about usage.
+pub fn needsIncludeUsage(info: RequestInfo) bool {
+    return info.stream and info.include_usage == null; // an explicit choice stands
 }
 
 /// The body with `"include_usage":true` added (inside an existing `stream_options`, or as a new
@@ -92,8 +97,9 @@ test "request: finds limits, stream flags and offsets" {
     try std.testing.expectEqual(@as(?u64, 300), info.max_output_tokens);
     try std.testing.expect(info.stream);
     try std.testing.expectEqual(@as(?usize, 1), info.root_open);
-    try std.testing.expect(needsIncludeUsage(info, "/v1/chat/completions?x=1"));
-    try std.testing.expect(!needsIncludeUsage(info, "/v1/messages"));
+    try std.testing.expect(needsIncludeUsage(info));
+    try std.testing.expect(isCompletionsPath("/v1/chat/completions?x=1"));
+    try std.testing.expect(!isCompletionsPath("/v1/messages"));
     const gemini = scan("{\"generationConfig\":{\"maxOutputTokens\":77}}");
     try std.testing.expectEqual(@as(?u64, 77), gemini.max_output_tokens);
     try std.testing.expectEqual(@as(?u64, null), scan("{\"max_tokens\":").max_output_tokens);
@@ -108,7 +114,7 @@ test "request: include_usage is added where it belongs, and explicit choices sta
     const empty_options = "{\"stream\":true,\"stream_options\":{ }}";
     try std.testing.expectEqualStrings("{\"stream\":true,\"stream_options\":{\"include_usage\":true }}", withIncludeUsage(empty_options, scan(empty_options), &out).?);
     const declined = "{\"stream\":true,\"stream_options\":{\"include_usage\":false}}";
-    try std.testing.expect(!needsIncludeUsage(scan(declined), "/v1/chat/completions"));
+    try std.testing.expect(!needsIncludeUsage(scan(declined)));
     try std.testing.expectEqual(@as(?[]u8, null), withIncludeUsage(plain, scan(plain), out[0..10]));
 }
 
