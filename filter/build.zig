@@ -32,7 +32,7 @@ pub fn build(b: *std.Build) void {
     const test_options = b.addOptions();
     test_options.addOption([]const u8, "transport", "http");
     const test_module = b.createModule(.{
-        .root_source_file = b.path("src/unit_tests.zig"),
+        .root_source_file = b.path("unit_tests.zig"),
         .target = b.graph.host,
         .optimize = .debug,
     });

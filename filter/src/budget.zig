@@ -158,6 +158,25 @@ pub const Budget = struct {
         return state;
     }
 
+    /// Admission against one counter: is there room for `amount` (0 = "is it not spent"),
+    /// and if so (or when `force`d, in shadow mode) the record with it added.
+    pub fn admit(self: Budget, record: Record, now_ms: u64, amount: u64, force: bool) Admitted {
+        const state = self.current(record, now_ms);
+        const before = self.check(state, now_ms);
+        const refused = !before.fits(amount);
+        if (refused and !force) return .{ .record = state, .check = before, .refused = true, .reserved = 0 };
+        const reserved = @min(amount, self.limit);
+        const next = self.add(state, now_ms, reserved);
+        return .{ .record = next, .check = self.check(next, now_ms), .refused = refused, .reserved = reserved };
+    }
+
+    /// Replaces a reservation with the real cost: adds what was under-reserved, refunds what
+    /// was over-reserved (in the reservation's window only).
+    pub fn settle(self: Budget, record: Record, now_ms: u64, reserved: u64, actual: u64, admitted_at_ms: u64) Record {
+        if (actual >= reserved) return self.add(record, now_ms, actual - reserved);
+        return self.refund(record, now_ms, reserved - actual, admitted_at_ms);
+    }
+
     /// The record after taking back `amount` (a reservation larger than the real usage), but
     /// only if it was made in the window still current: an expired window's reservation is gone.
     pub fn refund(self: Budget, record: Record, now_ms: u64, amount: u64, reserved_at_ms: u64) Record {
@@ -166,6 +185,15 @@ pub const Budget = struct {
         state.used -|= amount;
         return state;
     }
+};
+
+/// The outcome of admitting one request against one counter.
+pub const Admitted = struct {
+    record: Record,
+    check: Check,
+    refused: bool,
+    /// What was added: the amount, capped at the limit (0 when refused and not forced).
+    reserved: u64,
 };
 
 fn mulDiv(a: u64, b: u64, c: u64) u64 {
@@ -236,4 +264,47 @@ test "adding saturates instead of wrapping" {
     const b = Budget{ .algorithm = .fixed, .window = .day, .limit = 1 };
     const r = b.add(.{ .used = std.math.maxInt(u64) - 1 }, 0, 5);
     try testing.expectEqual(std.math.maxInt(u64), r.used);
+}
+
+test "shared vectors: the same steps give the same results as the Redis scripts" {
+    // filter/vectors/budget.json is also run against filter/src/redis/*.lua on a real Redis
+    // (tests/test_budget_vectors.py): one set of expectations for both stores.
+    const Step = struct {
+        op: []const u8,
+        at_ms: u64,
+        amount: u64 = 0,
+        force: bool = false,
+        reserved: u64 = 0,
+        actual: u64 = 0,
+        admitted_at_ms: u64 = 0,
+        expect: ?struct { refused: bool, used: u64, reset_ms: u64 } = null,
+    };
+    const Scenario = struct { name: []const u8, algorithm: []const u8, window_ms: u64, limit: u64, steps: []const Step };
+    const parsed = try std.json.parseFromSlice([]const Scenario, testing.allocator, @embedFile("../vectors/budget.json"), .{});
+    defer parsed.deinit();
+    try testing.expect(parsed.value.len > 0);
+    for (parsed.value) |scenario| {
+        const window: Window = switch (scenario.window_ms) {
+            1000 => .second,
+            60_000 => .minute,
+            3_600_000 => .hour,
+            else => .day,
+        };
+        const b = Budget{ .algorithm = std.meta.stringToEnum(Algorithm, scenario.algorithm).?, .window = window, .limit = scenario.limit };
+        var record = Record{};
+        for (scenario.steps, 0..) |step, index| {
+            if (std.mem.eql(u8, step.op, "settle")) {
+                record = b.settle(record, step.at_ms, step.reserved, step.actual, step.admitted_at_ms);
+                continue;
+            }
+            const outcome = b.admit(record, step.at_ms, step.amount, step.force);
+            // The store writes nothing on a refusal it does not force.
+            if (!outcome.refused or step.force) record = outcome.record;
+            const expect = step.expect.?;
+            errdefer std.debug.print("scenario \"{s}\" step {d}: refused={} used={d} reset_ms={d}\n", .{ scenario.name, index, outcome.refused, outcome.check.used, outcome.check.reset_in_ms });
+            try testing.expectEqual(expect.refused, outcome.refused);
+            try testing.expectEqual(expect.used, outcome.check.used);
+            try testing.expectEqual(expect.reset_ms, outcome.check.reset_in_ms);
+        }
+    }
 }

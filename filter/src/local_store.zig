@@ -53,16 +53,12 @@ const AdmitStep = struct {
 
     fn apply(context: *const anyopaque, record: budget.Record) ?budget.Record {
         const self: *const AdmitStep = @ptrCast(@alignCast(context));
-        const b = self.counter.budget;
-        const state = b.current(record, self.now_ms);
-        self.counter.check = b.check(state, self.now_ms);
-        const amount = self.counter.admit_amount;
-        self.refused.* = !self.counter.check.fits(amount);
-        if (self.refused.* and !self.force) return if (std.meta.eql(state, record)) null else state;
-        const next = b.add(state, self.now_ms, @min(amount, b.limit));
-        self.counter.reserved = @min(amount, b.limit);
-        self.counter.check = b.check(next, self.now_ms);
-        return if (std.meta.eql(next, record)) null else next; // nothing changed: no write
+        const outcome = self.counter.budget.admit(record, self.now_ms, self.counter.admit_amount, self.force);
+        self.counter.check = outcome.check;
+        self.counter.reserved = outcome.reserved;
+        self.refused.* = outcome.refused;
+        if (outcome.refused and !self.force) return null; // a refusal changes nothing
+        return if (std.meta.eql(outcome.record, record)) null else outcome.record; // no change: no write
     }
 };
 
@@ -95,10 +91,8 @@ const SettleStep = struct {
 
     fn apply(context: *const anyopaque, record: budget.Record) ?budget.Record {
         const self: *const SettleStep = @ptrCast(@alignCast(context));
-        const b = self.counter.budget;
-        const reserved = self.counter.reserved;
-        if (self.actual >= reserved) return b.add(record, self.now_ms, self.actual - reserved);
-        return b.refund(record, self.now_ms, reserved - self.actual, self.counter.admitted_at_ms);
+        const counter = self.counter;
+        return counter.budget.settle(record, self.now_ms, counter.reserved, self.actual, counter.admitted_at_ms);
     }
 };
 
