@@ -141,6 +141,8 @@ pub const Rule = struct {
     default_output_tokens: u64 = 1024,
     weights: usage.Weights = .{},
     failure_mode: FailureMode = .open,
+    /// Budgets live in Redis when set (Higress semantics), else in the local store.
+    redis: ?Redis = null,
 };
 
 pub const RouteRule = struct {
@@ -151,17 +153,20 @@ pub const RouteRule = struct {
 };
 
 pub const Redis = struct {
+    /// Higress: the Redis service (`name.dns`, `name.static`, `svc.ns.svc.cluster.local`);
+    /// Envoy build: the Envoy cluster of the tokenlimit bridge.
     service_name: []const u8,
-    service_port: u16,
-    timeout_ms: u32,
-    database: u32,
+    service_port: u16 = 6379,
+    username: []const u8 = "",
+    password: []const u8 = "",
+    timeout_ms: u32 = 1000,
+    database: u32 = 0,
 };
 
 pub const Config = struct {
     arena: std.heap.ArenaAllocator,
     default_rule: ?Rule,
     route_rules: []const RouteRule,
-    redis: ?Redis,
     /// Holders of this config: the root context, and each request admitted under it, so a
     /// config replaced mid-request lives until that request ends (the VM is single-threaded).
     references: u32 = 1,
@@ -210,7 +215,7 @@ pub fn parse(gpa: std.mem.Allocator, document: []const u8, diagnostic: *Diagnost
     var parser = Parser{ .arena = arena.allocator(), .diagnostic = diagnostic };
     const parsed = try parser.document(document);
     const config = try gpa.create(Config);
-    config.* = .{ .arena = arena, .default_rule = parsed.default_rule, .route_rules = parsed.route_rules, .redis = parsed.redis };
+    config.* = .{ .arena = arena, .default_rule = parsed.default_rule, .route_rules = parsed.route_rules };
     return config;
 }
 
@@ -220,7 +225,7 @@ pub fn destroy(gpa: std.mem.Allocator, config: *Config) void {
     gpa.destroy(config);
 }
 
-const Parsed = struct { default_rule: ?Rule, route_rules: []const RouteRule, redis: ?Redis };
+const Parsed = struct { default_rule: ?Rule, route_rules: []const RouteRule };
 
 const Parser = struct {
     arena: std.mem.Allocator,
@@ -355,7 +360,6 @@ const Parser = struct {
         try self.rejectUnknown(map, &top_fields);
         const has_route_rules = map.get("_rules_") != null;
         const default_rule = if (has_route_rules and !hasLimits(map)) null else try self.rule(map);
-        const redis = try self.redisField(map);
         var route_rules: []RouteRule = &.{};
         if (map.get("_rules_")) |value| {
             const saved = self.enter("_rules_");
@@ -368,7 +372,7 @@ const Parser = struct {
             }
             self.leave(saved);
         }
-        return .{ .default_rule = default_rule, .route_rules = route_rules, .redis = redis };
+        return .{ .default_rule = default_rule, .route_rules = route_rules };
     }
 
     fn hasLimits(map: ObjectMap) bool {
@@ -468,6 +472,7 @@ const Parser = struct {
         }
         if (map.get("weights")) |value| parsed.weights = try self.weightsField(value);
         if (map.get("failure_mode")) |value| parsed.failure_mode = try self.enumField(FailureMode, "failure_mode", value);
+        parsed.redis = try self.redisField(map);
         return parsed;
     }
 
@@ -653,7 +658,7 @@ const Parser = struct {
         const redis_map = try self.object(value);
         try self.rejectUnknown(redis_map, &.{ "service_name", "service_port", "username", "password", "timeout", "database" });
         const name_value = redis_map.get("service_name") orelse return self.failField("service_name", "is required", .{});
-        var redis = Redis{ .service_name = undefined, .service_port = 6379, .timeout_ms = 1000, .database = 0 };
+        var redis = Redis{ .service_name = undefined };
         {
             const saved_field = self.enter("service_name");
             redis.service_name = try self.string(name_value, 253);
@@ -669,7 +674,7 @@ const Parser = struct {
         inline for (.{ "username", "password" }) |name| {
             if (redis_map.get(name)) |credential| {
                 const saved_field = self.enter(name);
-                _ = try self.string(credential, 1024);
+                @field(redis, name) = try self.string(credential, 1024);
                 self.leave(saved_field);
             }
         }
@@ -719,7 +724,7 @@ test "config: Higress example parses into items, keys and windows" {
     try std.testing.expectEqual(@as(?u64, 5), rule.items[0].keys[1].limits.get(.tokens, .day));
     try std.testing.expectEqualStrings("x-api-key", rule.items[1].source);
     try std.testing.expectEqual(@as(?u64, 50), rule.items[1].keys[0].limits.get(.tokens, .hour));
-    try std.testing.expectEqual(@as(u16, 80), config.redis.?.service_port);
+    try std.testing.expectEqual(@as(u16, 80), rule.redis.?.service_port);
 }
 
 test "config: errors name the field and the reason" {

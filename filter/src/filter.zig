@@ -10,6 +10,7 @@ const host = @import("host.zig");
 const ip = @import("ip.zig");
 const local_store = @import("local_store.zig");
 const match = @import("match.zig");
+const redis_store = @import("redis_store.zig");
 const request = @import("request.zig");
 const response = @import("response.zig");
 const store = @import("store.zig");
@@ -35,6 +36,7 @@ pub const Metrics = struct {
     usage_estimated: u32 = 0,
     include_usage_added: u32 = 0,
     store_errors: u32 = 0,
+    store_fallbacks: u32 = 0,
     config_rejected: u32 = 0,
 
     /// Names as Envoy's /stats/prometheus shows them: `tokenlimit_requests_allowed` etc.
@@ -79,19 +81,23 @@ pub const RootContext = struct {
         };
         if (self.config) |previous| config.release(allocator, previous);
         self.config = parsed;
-        if (parsed.default_rule) |rule| {
-            host.logf(.info, "config loaded: rule {s} ({d} rule items, {s}, {s}{s}), {d} route rules, local store", .{
-                rule.name, rule.items.len, @tagName(rule.admission), @tagName(rule.algorithm), if (rule.shadow) ", shadow" else "", parsed.route_rules.len,
-            });
-        } else {
-            host.logf(.info, "config loaded: {d} route rules, local store", .{parsed.route_rules.len});
-        }
-        if (parsed.redis) |redis| {
-            host.logf(.warn, "redis ({s}:{d}) is configured but this build keeps budgets in the local store (per gateway)", .{ redis.service_name, redis.service_port });
+        if (parsed.default_rule) |*rule| logRule(rule, "default");
+        for (parsed.route_rules) |*route_rule| {
+            if (route_rule.rule) |*rule| logRule(rule, "route");
         }
         return true;
     }
 };
+
+fn logRule(rule: *const config.Rule, scope: []const u8) void {
+    redis_store.configure(rule);
+    const store_name = if (rule.redis) |redis| redis.service_name else "local store";
+    host.logf(.info, "config loaded: {s} rule {s} ({d} rule items, {s}, {s}{s}), budgets in {s}{s}{s}", .{
+        scope,                    rule.name,                                         rule.items.len,
+        @tagName(rule.admission), @tagName(rule.algorithm),                          if (rule.shadow) ", shadow" else "",
+        store_name,               if (rule.redis != null) ", failure_mode " else "", if (rule.redis != null) @tagName(rule.failure_mode) else "",
+    });
+}
 
 // ---- HTTP context ----------------------------------------------------------------------------
 
@@ -100,6 +106,8 @@ const Phase = enum {
     idle,
     /// Admission waits for the whole request body.
     awaiting_body,
+    /// Admission waits for the Redis store's reply (the request is paused).
+    awaiting_store,
     /// Admitted; usage is read from the response and settled at the end.
     admitted,
     settled,
@@ -118,6 +126,8 @@ pub const HttpContext = struct {
     response_ok: bool = false,
     scanner: usage.Scanner = .{ .json = .{} },
     response_bytes: u64 = 0,
+    /// Where admission counted the request, so settlement goes to the same store.
+    counted_in: enum { local, redis } = .local,
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
@@ -183,7 +193,7 @@ pub const HttpContext = struct {
     }
 
     /// Admits or rejects the request against every counter, reserving `estimate` tokens under
-    /// `reserve` admission.
+    /// `reserve` admission. With a Redis store the answer comes later (`onStoreReply`).
     fn decide(self: *HttpContext, estimate: u64) host.Action {
         const rule = self.rule.?;
         const now_ms = host.nowMs();
@@ -194,6 +204,22 @@ pub const HttpContext = struct {
                 .tokens => if (rule.admission == .reserve) estimate else 0,
             };
         }
+        if (rule.redis) |redis| {
+            if (!redis_store.available(now_ms)) return self.storeUnavailable(redis_store.Failure.timeout, false);
+            redis_store.admit(redis, self.counters.items, rule.shadow, self.id) catch |err| {
+                host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ rule.name, @errorName(err) });
+                return self.storeUnavailable(.not_sent, false);
+            };
+            self.phase = .awaiting_store;
+            self.counted_in = .redis;
+            return .pause;
+        }
+        return self.decideLocally(now_ms);
+    }
+
+    fn decideLocally(self: *HttpContext, now_ms: u64) host.Action {
+        const rule = self.rule.?;
+        self.counted_in = .local;
         const refused = local_store.admit(self.counters.items, now_ms, rule.shadow) catch |err| {
             // The store is in this process; failing means memory or host trouble. Admit: a
             // gateway that stops serving over its own bookkeeping helps no one.
@@ -202,6 +228,80 @@ pub const HttpContext = struct {
             self.phase = .idle;
             return .@"continue";
         };
+        return self.conclude(refused);
+    }
+
+    /// The Redis store answered (or failed) for this paused request: finish admission and let
+    /// the request go on, or reject it.
+    pub fn onStoreReply(self: *HttpContext, outcome: redis_store.Outcome) void {
+        if (self.phase != .awaiting_store) return;
+        const action = switch (outcome) {
+            .admitted => |values| self.applyStoreReply(values),
+            .settled => self.storeUnavailable(.bad_reply, true),
+            .failed => |failure| self.storeUnavailable(failure, true),
+        };
+        if (action == .@"continue") host.continueRequest() catch |err| {
+            host.logf(.err, "could not resume the request: {s}", .{@errorName(err)});
+        };
+    }
+
+    /// admit.lua's reply: refused index (1-based, 0 = none), server time, then per counter
+    /// (used, limit, reset_ms).
+    fn applyStoreReply(self: *HttpContext, values: []const i64) host.Action {
+        const counters = self.counters.items;
+        if (values.len != 2 + 3 * counters.len) return self.storeUnavailable(.bad_reply, true);
+        const refused_index: usize = @intCast(@max(values[0], 0));
+        const server_now_ms: u64 = @intCast(@max(values[1], 0));
+        const forced = self.rule.?.shadow;
+        for (counters, 0..) |*counter, i| {
+            counter.admitted_at_ms = server_now_ms;
+            counter.check = .{
+                .used = @intCast(@max(values[2 + 3 * i], 0)),
+                .limit = @intCast(@max(values[3 + 3 * i], 1)),
+                .reset_in_ms = @intCast(@max(values[4 + 3 * i], 0)),
+            };
+            const applied = refused_index == 0 or forced;
+            counter.reserved = if (applied) @min(counter.admit_amount, counter.budget.limit) else 0;
+        }
+        if (refused_index > counters.len) return self.storeUnavailable(.bad_reply, true);
+        return self.conclude(if (refused_index == 0) null else refused_index - 1);
+    }
+
+    /// Redis could not be asked: the rule's failure_mode decides. `resumed`: the request is
+    /// paused and waits for this answer.
+    fn storeUnavailable(self: *HttpContext, failure: redis_store.Failure, resumed: bool) host.Action {
+        const rule = self.rule.?;
+        host.incrementMetric(metrics.store_fallbacks, 1);
+        host.logf(.debug, "rule {s}: redis store unavailable ({s}); failure_mode {s}", .{ rule.name, failure.describe(), @tagName(rule.failure_mode) });
+        switch (rule.failure_mode) {
+            .open => {
+                setProperty("tokenlimit_decision", "allowed_store_unavailable");
+                self.phase = .idle; // admitted uncounted, as Higress does
+                host.incrementMetric(metrics.requests_allowed, 1);
+                return .@"continue";
+            },
+            .closed => {
+                self.phase = .idle;
+                host.incrementMetric(metrics.requests_rejected, 1);
+                setProperty("tokenlimit_decision", "rejected_store_unavailable");
+                var headers: host.HeaderMapWriter(2) = .{};
+                headers.add("content-type", "text/plain; charset=utf-8");
+                headers.add("retry-after", "1");
+                var buffer: [128]u8 = undefined;
+                const serialized = headers.write(&buffer) catch return .@"continue";
+                host.sendLocalResponse(503, "tokenlimit_store_unavailable", "Token budget store unavailable", serialized) catch return .@"continue";
+                return .pause;
+            },
+            .local => {
+                const action = self.decideLocally(host.nowMs());
+                if (resumed and action == .pause) return .pause;
+                return action;
+            },
+        }
+    }
+
+    fn conclude(self: *HttpContext, refused: ?usize) host.Action {
+        const rule = self.rule.?;
         if (refused) |index| {
             const counter = &self.counters.items[index];
             setProperty("tokenlimit_key", counterIdentity(counter.key.slice()));
@@ -321,10 +421,16 @@ pub const HttpContext = struct {
             // what was seen, rather than nothing.
             cost = if (estimated) std.math.divCeil(u64, self.response_bytes, 4) catch 0 else seen.weighted(rule.weights);
         }
-        local_store.settle(self.counters.items, host.nowMs(), cost) catch |err| {
-            host.incrementMetric(metrics.store_errors, 1);
-            host.logf(.err, "rule {s}: settling {d} tokens failed: {s}", .{ rule.name, cost, @errorName(err) });
-        };
+        switch (self.counted_in) {
+            .local => local_store.settle(self.counters.items, host.nowMs(), cost) catch |err| {
+                host.incrementMetric(metrics.store_errors, 1);
+                host.logf(.err, "rule {s}: settling {d} tokens failed: {s}", .{ rule.name, cost, @errorName(err) });
+            },
+            .redis => redis_store.settle(rule.redis.?, self.counters.items, cost, self.root_id) catch |err| {
+                host.incrementMetric(metrics.store_errors, 1);
+                host.logf(.err, "rule {s}: settling {d} tokens in redis failed: {s}", .{ rule.name, cost, @errorName(err) });
+            },
+        }
         if (cost > 0) host.incrementMetric(metrics.tokens_charged, @intCast(@min(cost, std.math.maxInt(i64))));
         if (estimated and cost > 0) host.incrementMetric(metrics.usage_estimated, 1);
         var cost_text: [24]u8 = undefined;

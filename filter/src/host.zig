@@ -229,6 +229,85 @@ pub fn continueRequest() Error!void {
     return check(proxy_continue_stream(0));
 }
 
+/// Reads a header of the HTTP call response being delivered (map 6), as a number.
+pub fn httpCallStatus() ?u16 {
+    var status = (getHeader(.http_call_response_headers, ":status") catch return null) orelse return null;
+    defer status.deinit();
+    return std.fmt.parseInt(u16, status.bytes, 10) catch null;
+}
+
+// ---- calls out -------------------------------------------------------------------------------
+
+extern "env" fn proxy_http_call(upstream: [*]const u8, upstream_len: usize, headers: [*]const u8, headers_len: usize, body: [*]const u8, body_len: usize, trailers: [*]const u8, trailers_len: usize, timeout_ms: u32, ret_call_id: *u32) u32;
+
+/// Starts an HTTP call to an Envoy cluster; the answer arrives in proxy_on_http_call_response.
+pub fn httpCall(cluster: []const u8, serialized_headers: []const u8, body: []const u8, timeout_ms: u32) Error!u32 {
+    var call_id: u32 = 0;
+    const no_trailers = [_]u8{ 0, 0, 0, 0 };
+    try check(proxy_http_call(cluster.ptr, cluster.len, serialized_headers.ptr, serialized_headers.len, body.ptr, body.len, &no_trailers, no_trailers.len, timeout_ms, &call_id));
+    return call_id;
+}
+
+extern "env" fn proxy_set_effective_context(context_id: u32) u32;
+
+/// Makes later host calls act on `context_id` (needed in callbacks that arrive on the root).
+pub fn setEffectiveContext(context_id: u32) Error!void {
+    return check(proxy_set_effective_context(context_id));
+}
+
+extern "env" fn proxy_set_tick_period_milliseconds(period_ms: u32) u32;
+
+pub fn setTickPeriod(period_ms: u32) Error!void {
+    return check(proxy_set_tick_period_milliseconds(period_ms));
+}
+
+/// Higress's Redis ABI: only the Higress build references these (a stock Envoy refuses to load
+/// a module that imports them).
+pub const higress = struct {
+    extern "env" fn proxy_redis_init(upstream: [*]const u8, upstream_len: usize, username: [*]const u8, username_len: usize, password: [*]const u8, password_len: usize, timeout_ms: u32) u32;
+
+    pub fn redisInit(upstream: []const u8, username: []const u8, password: []const u8, timeout_ms: u32) Error!void {
+        return check(proxy_redis_init(upstream.ptr, upstream.len, username.ptr, username.len, password.ptr, password.len, timeout_ms));
+    }
+
+    extern "env" fn proxy_redis_call(upstream: [*]const u8, upstream_len: usize, query: [*]const u8, query_len: usize, ret_callout_id: *u32) u32;
+
+    /// Sends one RESP command; the reply arrives in proxy_on_redis_call_response (buffer 9).
+    pub fn redisCall(upstream: []const u8, query: []const u8) Error!u32 {
+        var callout_id: u32 = 0;
+        try check(proxy_redis_call(upstream.ptr, upstream.len, query.ptr, query.len, &callout_id));
+        return callout_id;
+    }
+};
+
+// ---- environment (WASI) ----------------------------------------------------------------------
+
+extern "wasi_snapshot_preview1" fn environ_sizes_get(ret_count: *usize, ret_buffer_size: *usize) u16;
+extern "wasi_snapshot_preview1" fn environ_get(ret_pointers: [*][*:0]u8, ret_buffer: [*]u8) u16;
+
+/// A variable Envoy passes to the VM (`vm_config.environment_variables`), copied into `out`.
+/// How secrets such as the bridge token reach the filter without being in its config.
+pub fn environmentVariable(name: []const u8, out: []u8) ?[]u8 {
+    var count: usize = 0;
+    var size: usize = 0;
+    if (environ_sizes_get(&count, &size) != 0 or count == 0 or size > 64 * 1024) return null;
+    const pointers = allocator.alloc([*:0]u8, count) catch return null;
+    defer allocator.free(pointers);
+    const buffer = allocator.alloc(u8, size) catch return null;
+    defer allocator.free(buffer);
+    if (environ_get(pointers.ptr, buffer.ptr) != 0) return null;
+    for (pointers) |pointer| {
+        const entry = std.mem.span(pointer);
+        if (entry.len > name.len and entry[name.len] == '=' and std.mem.eql(u8, entry[0..name.len], name)) {
+            const value = entry[name.len + 1 ..];
+            if (value.len > out.len) return null;
+            @memcpy(out[0..value.len], value);
+            return out[0..value.len];
+        }
+    }
+    return null;
+}
+
 // ---- metrics ---------------------------------------------------------------------------------
 
 extern "env" fn proxy_define_metric(metric_type: u32, name: [*]const u8, name_len: usize, ret_id: *u32) u32;
@@ -237,6 +316,12 @@ pub fn defineMetric(metric_type: MetricType, name: []const u8) Error!u32 {
     var id: u32 = 0;
     try check(proxy_define_metric(@backingInt(metric_type), name.ptr, name.len, &id));
     return id;
+}
+
+extern "env" fn proxy_record_metric(metric_id: u32, value: u64) u32;
+
+pub fn recordMetric(metric_id: u32, value: u64) void {
+    _ = proxy_record_metric(metric_id, value); // best effort, as increments
 }
 
 extern "env" fn proxy_increment_metric(metric_id: u32, offset: i64) u32;

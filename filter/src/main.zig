@@ -3,6 +3,7 @@
 const std = @import("std");
 const filter = @import("filter.zig");
 const host = @import("host.zig");
+const redis_store = @import("redis_store.zig");
 
 const allocator = host.allocator;
 
@@ -21,6 +22,7 @@ export fn proxy_on_vm_start(root_context_id: u32, vm_config_size: u32) u32 {
     _ = root_context_id;
     _ = vm_config_size;
     filter.metrics = filter.Metrics.define();
+    redis_store.start();
     return 1;
 }
 
@@ -108,4 +110,45 @@ export fn proxy_on_delete(context_id: u32) void {
         entry.value.deinit();
         allocator.destroy(entry.value);
     }
+}
+
+export fn proxy_on_tick(root_context_id: u32) void {
+    redis_store.onTick(root_context_id);
+}
+
+/// A reply from the tokenlimit bridge (stock Envoy build).
+export fn proxy_on_http_call_response(root_context_id: u32, call_id: u32, header_count: u32, body_size: u32, trailer_count: u32) void {
+    _ = root_context_id;
+    _ = trailer_count;
+    const status = if (header_count > 0) host.httpCallStatus() else null;
+    var bridge_error_buffer: [64]u8 = undefined;
+    var bridge_error: []const u8 = "";
+    if (host.getHeader(.http_call_response_headers, "x-tokenlimit-bridge-error") catch null) |value| {
+        var bytes = value;
+        defer bytes.deinit();
+        const n = @min(bytes.bytes.len, bridge_error_buffer.len);
+        @memcpy(bridge_error_buffer[0..n], bytes.bytes[0..n]);
+        bridge_error = bridge_error_buffer[0..n];
+    }
+    var body = if (status == 200 and body_size > 0) host.getBuffer(.http_call_response_body, 0, body_size) catch null else null;
+    defer if (body) |*bytes| bytes.deinit();
+    const reply: ?[]const u8 = if (body) |bytes| bytes.bytes else null;
+    deliver(redis_store.onReply(call_id, reply, redis_store.bridgeReply(status, bridge_error)));
+}
+
+/// A reply from Redis through Higress's Redis ABI (Higress build).
+export fn proxy_on_redis_call_response(root_context_id: u32, call_id: u32, status: u32, response_size: u32) void {
+    _ = root_context_id;
+    var body = if (status == 0 and response_size > 0) host.getBuffer(.redis_call_response, 0, response_size) catch null else null;
+    defer if (body) |*bytes| bytes.deinit();
+    const reply: ?[]const u8 = if (body) |bytes| bytes.bytes else null;
+    deliver(redis_store.onReply(call_id, reply, .redis_unreachable));
+}
+
+fn deliver(delivery: ?redis_store.Delivery) void {
+    const ready = delivery orelse return;
+    // The request may have ended (client gone) while it waited: nothing left to resume.
+    const http = http_contexts.get(ready.http_context_id) orelse return;
+    host.setEffectiveContext(http.id) catch return;
+    http.onStoreReply(ready.outcome);
 }
