@@ -205,7 +205,7 @@ pub const HttpContext = struct {
             };
         }
         if (rule.redis) |redis| {
-            if (!redis_store.available(now_ms)) return self.storeUnavailable(redis_store.Failure.timeout, false);
+            if (!redis_store.available(now_ms)) return self.storeUnavailable(.circuit_open, false);
             redis_store.admit(redis, self.counters.items, rule.shadow, self.id) catch |err| {
                 host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ rule.name, @errorName(err) });
                 return self.storeUnavailable(.not_sent, false);

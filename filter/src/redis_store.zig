@@ -47,6 +47,7 @@ pub const Failure = enum {
     redis_error,
     bad_reply,
     not_sent,
+    circuit_open,
 
     pub fn describe(self: Failure) []const u8 {
         return switch (self) {
@@ -57,6 +58,7 @@ pub const Failure = enum {
             .redis_error => "Redis answered with an error",
             .bad_reply => "the reply was not what the script returns",
             .not_sent => "the call could not be started (unknown cluster or upstream?)",
+            .circuit_open => "not called: repeated failures opened the circuit",
         };
     }
 };
