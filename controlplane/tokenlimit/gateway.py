@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from tokenlimit.model import FilterConfig
+from tokenlimit.model import FilterConfig, filter_json, parse_filter_config
 from tokenlimit.modules import filter_path
 from tokenlimit.render.envoy import (
     FILTER_NAME,
@@ -46,6 +46,8 @@ from tokenlimit.render.envoy import (
 )
 
 MOCK = "mock"
+BRIDGE_CLUSTER = "tokenlimit-bridge"
+BRIDGE_TIMEOUT_MS = 300
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 UPDATE_TIMEOUT_S = 10.0
@@ -55,6 +57,7 @@ LOG_TAIL_LINES = 30
 COMPLAINT_WAIT_S = 2.0
 _COMPLAINT = re.compile(r"\]\[(warning|error|critical)\]")
 _MOCK_READY = re.compile(r"mock-llm listening on (http://\S+)")
+_BRIDGE_READY = re.compile(r"tokenlimit bridge listening on (http://\S+)")
 _ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}"
 _PR_SET_PDEATHSIG = 1
 
@@ -105,8 +108,12 @@ class Gateway:
         envoy_bin: str | None = None,
         mock_name: str = "mock-llm",
         ready_timeout_s: float = READY_TIMEOUT_S,
+        redis: str | None = None,
     ) -> None:
-        self.config = config
+        # With `redis` (a redis:// URL) budgets live in Redis, reached through a tokenlimit
+        # bridge this gateway starts; several gateways on one Redis share one budget.
+        self.redis_url = redis
+        self.config = _through_bridge(config) if redis else config
         self.upstream_label = upstream
         self.concurrency = concurrency
         self.log_level = log_level
@@ -122,6 +129,8 @@ class Gateway:
         self._upstream: Upstream | None = None
         self._envoy: subprocess.Popen[bytes] | None = None
         self._mock: subprocess.Popen[bytes] | None = None
+        self._bridge: subprocess.Popen[bytes] | None = None
+        self._bridge_url: str | None = None
         self._open_files: list[IO[bytes]] = []
         self._final_logs: GatewayLogs | None = None
         self._ecds_text = ""
@@ -156,7 +165,11 @@ class Gateway:
                 listen_port=self.listen_port,
                 admin_port=self.admin_port,
             )
-            self.bootstrap_path.write_text(to_yaml(bootstrap(options)), encoding="utf-8")
+            document = bootstrap(options)
+            if self.redis_url:
+                self._bridge_url = self._start_bridge(self.redis_url)
+                document["static_resources"]["clusters"].append(_bridge_cluster(self._bridge_url))
+            self.bootstrap_path.write_text(to_yaml(document), encoding="utf-8")
             self._start_envoy()
             self._wait_ready()
         except BaseException:
@@ -167,7 +180,7 @@ class Gateway:
 
     def stop(self) -> None:
         """Stop Envoy, then the mock (SIGTERM, SIGKILL after a timeout). Safe to call twice."""
-        for proc in (self._envoy, self._mock):
+        for proc in (self._envoy, self._mock, self._bridge):
             if proc is not None:
                 _terminate(proc)
         for handle in self._open_files:
@@ -175,7 +188,7 @@ class Gateway:
         self._open_files.clear()
         if self._work_dir is not None and self._final_logs is None:
             self._final_logs = self._read_logs()
-        self._envoy = self._mock = None
+        self._envoy = self._mock = self._bridge = None
         if self._owns_work_dir and self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._owns_work_dir = False
@@ -223,6 +236,14 @@ class Gateway:
     @property
     def envoy_log_path(self) -> Path:
         return self.work_dir / "envoy.stderr.log"
+
+    @property
+    def bridge_url(self) -> str | None:
+        return self._bridge_url
+
+    @property
+    def bridge_log_path(self) -> Path:
+        return self.work_dir / "bridge.log"
 
     @property
     def mock_log_path(self) -> Path:
@@ -334,6 +355,34 @@ class Gateway:
             + _tail(self.mock_log_path)
         )
 
+    def _start_bridge(self, redis_url: str) -> str:
+        argv = [
+            sys.executable,
+            "-m",
+            "tokenlimit.bridge",
+            "--redis",
+            redis_url,
+            "--host",
+            "127.0.0.1",
+            "--listen",
+            str(free_port()),
+            "--timeout-ms",
+            str(BRIDGE_TIMEOUT_MS),
+        ]
+        self._bridge = self._spawn(argv, self.bridge_log_path, None)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            found = _BRIDGE_READY.search(self.bridge_log_path.read_text(errors="replace"))
+            if found:
+                return found.group(1)
+            if self._bridge.poll() is not None:
+                raise GatewayError(
+                    f"the bridge exited with status {self._bridge.returncode}:\n"
+                    + _tail(self.bridge_log_path)
+                )
+            time.sleep(POLL_INTERVAL_S)
+        raise GatewayError("the bridge did not start:\n" + _tail(self.bridge_log_path))
+
     def _start_envoy(self) -> None:
         argv = [
             self._envoy_bin or envoy_binary(),
@@ -421,6 +470,41 @@ class Gateway:
             if any("rejected" in line for line in complaints) or time.monotonic() > deadline:
                 return "\n".join(complaints[-LOG_TAIL_LINES:]) or "(no log lines explain it)"
             time.sleep(POLL_INTERVAL_S)
+
+
+def _through_bridge(config: FilterConfig) -> FilterConfig:
+    """The config with its budgets in Redis through the bridge cluster this gateway adds."""
+    redis = {"service_name": BRIDGE_CLUSTER, "timeout": BRIDGE_TIMEOUT_MS + 200}
+    if config.redis is not None:
+        redis = {**config.redis.model_dump(exclude_none=True), "service_name": BRIDGE_CLUSTER}
+    data = json.loads(filter_json(config))
+    data["redis"] = redis
+    return parse_filter_config(data)
+
+
+def _bridge_cluster(bridge_url: str) -> dict[str, object]:
+    host, port = bridge_url.removeprefix("http://").rsplit(":", 1)
+    return {
+        "name": BRIDGE_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "load_assignment": {
+            "cluster_name": BRIDGE_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": host, "port_value": int(port)}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
 
 
 def _accepts(port: int) -> bool:

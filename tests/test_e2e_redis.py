@@ -1,0 +1,159 @@
+"""End to end with Redis: real Envoys running tokenlimit.wasm, each with its tokenlimit bridge,
+sharing one real redis-server. One budget across gateways, and Redis faults survived."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer
+from tokenlimit.gateway import Gateway
+from tokenlimit.model import parse_filter_config
+
+COST = 100  # tokens per answer (prompt 40 + completion 60)
+
+
+def config(failure_mode: str = "open", budget: int = 1000):
+    return parse_filter_config(
+        {
+            "rule_name": "fleet",
+            "rule_items": [
+                {
+                    "limit_by_per_header": "x-api-key",
+                    "limit_keys": [{"key": "*", "token_per_minute": budget}],
+                }
+            ],
+            "failure_mode": failure_mode,
+            "redis": {"service_name": "placeholder", "timeout": 500},
+        }
+    )
+
+
+def post(gw: Gateway, api_key: str, timeout_s: float = 5.0) -> tuple[int, float]:
+    request = urllib.request.Request(
+        gw.listen_url + "/v1/chat/completions",
+        data=json.dumps({"model": "m", "messages": []}).encode(),
+        headers={
+            "content-type": "application/json",
+            "x-api-key": api_key,
+            "x-mock-prompt-tokens": "40",
+            "x-mock-completion-tokens": "60",
+        },
+    )
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            response.read()
+            return response.status, time.monotonic() - started
+    except urllib.error.HTTPError as refused:
+        return refused.code, time.monotonic() - started
+
+
+def avoid_minute_boundary(seconds_needed: float = 15.0) -> None:
+    into_minute = time.time() % 60
+    if into_minute > 60 - seconds_needed:
+        time.sleep(60 - into_minute + 0.2)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def test_two_envoys_enforce_one_budget(filter_wasm: Path, redis_server: RedisServer) -> None:
+    with (
+        Gateway(config(), wasm_path=filter_wasm, concurrency=2, redis=redis_server.url) as a,
+        Gateway(config(), wasm_path=filter_wasm, concurrency=2, redis=redis_server.url) as b,
+    ):
+        avoid_minute_boundary()
+        statuses = [post(gw, "shared-key")[0] for gw in (a, b) * 7]
+        # One gateway alone admits 10 answers of 100 tokens on a 1000 budget; two together
+        # admit the same 10, not 20.
+        assert statuses.count(200) == 10, statuses
+        assert statuses[10:] == [429] * 4
+        for gw in (a, b):
+            log = gw.logs().stderr
+            assert "budgets in tokenlimit-bridge" in log
+
+
+def test_redis_killed_under_load_then_restarted(
+    filter_wasm: Path, redis_server: RedisServer
+) -> None:
+    with Gateway(
+        config(budget=10**9), wasm_path=filter_wasm, concurrency=2, redis=redis_server.url
+    ) as gw:
+        results: list[tuple[int, float]] = []
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def client(index: int) -> None:
+            while not stop.is_set():
+                outcome = post(gw, f"load-{index}")
+                with lock:
+                    results.append(outcome)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        redis_server.kill()
+        time.sleep(2)
+        redis_server.restart()
+        time.sleep(2.5)  # back-off (1 s) passes, a probe succeeds, the circuit closes
+        stop.set()
+        for t in threads:
+            t.join()
+
+        statuses = {status for status, _ in results}
+        slowest = max(duration for _, duration in results)
+        assert statuses == {200}, statuses  # failure_mode open: served throughout
+        assert slowest < 1.5, slowest  # never more than redis.timeout (0.5 s) plus slack
+        assert gw.is_running()
+        stats = gw.stats()
+        assert stats["wasmcustom.tokenlimit.redis_circuit_opened"] >= 1
+        assert stats["wasmcustom.tokenlimit.redis_circuit_open"] == 0  # recovered
+        log = gw.logs().stderr
+        opened = re.findall(r"redis store unavailable: (.*?);", log)
+        assert opened and set(opened) <= {
+            "Redis is unreachable",
+            "Redis did not answer within redis.timeout",
+            "Redis answered with an error",
+        }
+        assert len(opened) <= 2 * gw.concurrency  # once per worker per outage, not per request
+        assert "redis store recovered" in log
+
+
+def test_budgets_are_enforced_again_after_recovery(
+    filter_wasm: Path, redis_server: RedisServer
+) -> None:
+    with Gateway(
+        config(budget=300), wasm_path=filter_wasm, concurrency=1, redis=redis_server.url
+    ) as gw:
+        redis_server.kill()
+        assert [post(gw, "k")[0] for _ in range(4)] == [200] * 4  # open, uncounted
+        redis_server.restart()
+        time.sleep(1.2)
+        avoid_minute_boundary()
+        statuses = [post(gw, "k")[0] for _ in range(6)]
+        assert statuses.count(200) == 3 and statuses[-1] == 429, statuses
+
+
+def test_failure_mode_closed_answers_503_without_waiting(
+    filter_wasm: Path, redis_server: RedisServer
+) -> None:
+    with Gateway(
+        config("closed"), wasm_path=filter_wasm, concurrency=1, redis=redis_server.url
+    ) as gw:
+        assert post(gw, "k")[0] == 200
+        redis_server.kill()
+        outcomes = [post(gw, "k") for _ in range(5)]
+        assert {status for status, _ in outcomes} == {503}
+        assert max(duration for _, duration in outcomes) < 1.0
