@@ -332,3 +332,6 @@ def test_higress_build_uses_proxy_redis_and_shares_the_budget(higress_wasm, redi
     assert refused(ask(hosts[1], "h"))
     queries = [c.query for c in hosts[0].redis_calls]
     assert queries[0].startswith(b"*") and b"EVALSHA" in queries[0] and b"EVAL\r\n" in queries[1]
+    # Once Redis has the script, the built-in digests hit: no more EVAL for admissions.
+    (refusal,) = [c.query for c in hosts[1].redis_calls]  # refused: nothing to settle
+    assert b"$7\r\nEVALSHA\r\n" in refusal and b"$4\r\nEVAL\r\n" not in refusal

@@ -325,10 +325,10 @@ const Parser = struct {
         return number;
     }
 
-    fn rejectUnknown(self: *Parser, map: ObjectMap, comptime known: []const []const u8) ParseError!void {
+    fn rejectUnknown(self: *Parser, map: ObjectMap, known: []const []const u8) ParseError!void {
         var it = map.iterator();
         next_field: while (it.next()) |entry| {
-            inline for (known) |name| {
+            for (known) |name| {
                 if (std.mem.eql(u8, entry.key_ptr.*, name)) continue :next_field;
             }
             const name = entry.key_ptr.*;
@@ -542,14 +542,15 @@ const Parser = struct {
         try self.rejectUnknown(map, &(limit_field_names ++ if (with_key) [_][]const u8{"key"} else [_][]const u8{}));
         var limits: Limits = .{};
         var count: usize = 0;
-        inline for (limit_fields) |field| {
+        for (limit_fields) |field| {
             if (map.get(field.name)) |value| {
                 const saved = self.enter(field.name);
                 const limit: u64 = @intCast(try self.integer(value, 1, budget.limit_max));
-                switch (field.unit) {
-                    .tokens => limits.tokens[@backingInt(field.window)] = limit,
-                    .requests => limits.requests[@backingInt(field.window)] = limit,
-                }
+                const per_window = switch (field.unit) {
+                    .tokens => &limits.tokens,
+                    .requests => &limits.requests,
+                };
+                per_window[@backingInt(field.window)] = limit;
                 self.leave(saved);
                 count += 1;
             }

@@ -186,18 +186,23 @@ pub var metrics: Metrics = .{};
 var circuit: Circuit = .{};
 var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retry_queue: std.ArrayList(Pending) = .empty;
-var script_shas: [2][40]u8 = undefined;
+/// EVALSHA names, computed at build time (no SHA-1 code in the module).
+const script_shas = [2][40]u8{ scriptSha(admit_script), scriptSha(settle_script) };
+
+fn scriptSha(comptime script: []const u8) [40]u8 {
+    @setEvalBranchQuota(1_000_000);
+    comptime {
+        var digest: [20]u8 = undefined;
+        std.crypto.hash.Sha1.hash(script, &digest, .{});
+        return std.fmt.bytesToHex(digest, .lower);
+    }
+}
 var bridge_token: [256]u8 = undefined;
 var bridge_token_len: usize = 0;
 
-/// Once per VM: script digests, the bridge token, metrics, the retry tick.
+/// Once per VM: the bridge token, metrics, the retry tick.
 pub fn start() void {
     metrics = Metrics.define();
-    inline for (.{ admit_script, settle_script }, 0..) |script, index| {
-        var digest: [20]u8 = undefined;
-        std.crypto.hash.Sha1.hash(script, &digest, .{});
-        script_shas[index] = std.fmt.bytesToHex(digest, .lower);
-    }
     if (!is_higress) {
         if (host.environmentVariable(bridge_token_variable, &bridge_token)) |token| bridge_token_len = token.len;
     }
