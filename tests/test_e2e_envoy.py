@@ -213,3 +213,40 @@ def test_reserve_keeps_concurrent_requests_near_the_budget(filter_wasm: Path) ->
         # within one request of the budget, where postpaid would admit all 16 (1200 tokens).
         assert 2 <= admitted <= 5, results
         assert admitted * 75 <= BUDGET + 75
+
+
+DIALECTS = [
+    ("openai-json", "/v1/chat/completions", {"model": "m", "messages": []}),
+    ("openai-sse", "/v1/chat/completions", {"model": "m", "stream": True, "messages": []}),
+    (
+        "azure-sse",
+        "/openai/deployments/d/chat/completions?api-version=2024-06-01",
+        {"stream": True, "messages": []},
+    ),
+    ("responses-json", "/v1/responses", {"model": "m", "input": "hi"}),
+    ("responses-sse", "/v1/responses", {"model": "m", "input": "hi", "stream": True}),
+    ("anthropic-json", "/v1/messages", {"model": "m", "max_tokens": 9, "messages": []}),
+    (
+        "anthropic-sse",
+        "/v1/messages",
+        {"model": "m", "max_tokens": 9, "stream": True, "messages": []},
+    ),
+    ("gemini-json", "/v1beta/models/g:generateContent", {"contents": []}),
+    ("gemini-sse", "/v1beta/models/g:streamGenerateContent?alt=sse", {"contents": []}),
+    ("gemini-json-stream", "/v1beta/models/g:streamGenerateContent", {"contents": []}),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "body"), DIALECTS, ids=[d[0] for d in DIALECTS])
+def test_every_dialect_is_charged_its_real_usage_through_envoy(gateway: Gateway, name, path, body):
+    headers = {**tokens(13, 29), "x-mock-chunk-bytes": "11"}  # events straddle chunks
+    tagged = path + ("&" if "?" in path else "?") + f"case={name}"  # find this request's line
+    status, _, _ = post(gateway, f"dialect-{name}", path=tagged, body=body, headers=headers)
+    assert status == 200
+    deadline = time.monotonic() + 5
+    lines: list[str] = []
+    while time.monotonic() < deadline and not lines:
+        lines = [line for line in gateway.logs().stdout.splitlines() if f"case={name} " in line]
+        time.sleep(0.05)
+    assert lines, gateway.logs().stdout[-1500:]
+    assert "tokens=42 " in lines[-1], lines[-1]  # 13 + 29, never an estimate
