@@ -658,3 +658,18 @@ def test_each_dialect_is_charged_its_reported_usage(host: Host, content_type, ch
     )
     assert stream.properties_set["tokenlimit_tokens"] == str(expected).encode()
     assert stream.properties_set["tokenlimit_usage"] == b"reported"
+
+
+def test_upstream_filter_role_renames_the_model_and_limits_nothing(make_host):
+    h = make_host()
+    assert h.configure({"model_rewrite": "claude-3-5-haiku"})
+    headers, body = chat_with_body("alice", {"model": "gpt-4o", "messages": [{"model": "x"}]})
+    stream = h.http_stream()
+    stream.complete(headers, JSON_RESPONSE, [openai_body(500, 500)], body)
+    forwarded = json.loads(b"".join(stream.request_body_chunks_forwarded))
+    assert forwarded["model"] == "claude-3-5-haiku"
+    assert forwarded["messages"] == [{"model": "x"}]
+    assert "content-length" not in stream.request_header_map
+    assert h.metrics["tokenlimit.models_rewritten"] == 1
+    assert h.metrics.get("tokenlimit.tokens_charged", 0) == 0
+    assert not h.configure({"model_rewrite": "m", "rule_name": "r"})

@@ -167,6 +167,8 @@ pub const Config = struct {
     arena: std.heap.ArenaAllocator,
     default_rule: ?Rule,
     route_rules: []const RouteRule,
+    /// Set for the upstream-filter role: the model name this upstream expects.
+    model_rewrite: ?[]const u8 = null,
     /// Holders of this config: the root context, and each request admitted under it, so a
     /// config replaced mid-request lives until that request ends (the VM is single-threaded).
     references: u32 = 1,
@@ -215,7 +217,7 @@ pub fn parse(gpa: std.mem.Allocator, document: []const u8, diagnostic: *Diagnost
     var parser = Parser{ .arena = arena.allocator(), .diagnostic = diagnostic };
     const parsed = try parser.document(document);
     const config = try gpa.create(Config);
-    config.* = .{ .arena = arena, .default_rule = parsed.default_rule, .route_rules = parsed.route_rules };
+    config.* = .{ .arena = arena, .default_rule = parsed.default_rule, .route_rules = parsed.route_rules, .model_rewrite = parsed.model_rewrite };
     return config;
 }
 
@@ -225,7 +227,7 @@ pub fn destroy(gpa: std.mem.Allocator, config: *Config) void {
     gpa.destroy(config);
 }
 
-const Parsed = struct { default_rule: ?Rule, route_rules: []const RouteRule };
+const Parsed = struct { default_rule: ?Rule, route_rules: []const RouteRule, model_rewrite: ?[]const u8 = null };
 
 const Parser = struct {
     arena: std.mem.Allocator,
@@ -343,7 +345,7 @@ const Parser = struct {
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
         "failure_mode",
     };
-    const top_fields = rule_fields ++ [_][]const u8{"_rules_"};
+    const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_" };
 
     fn document(self: *Parser, bytes: []const u8) ParseError!Parsed {
@@ -358,6 +360,7 @@ const Parser = struct {
         };
         const map = try self.object(root);
         try self.rejectUnknown(map, &top_fields);
+        if (map.get("model_rewrite")) |value| return .{ .default_rule = null, .route_rules = &.{}, .model_rewrite = try self.modelRewrite(map, value) };
         const has_route_rules = map.get("_rules_") != null;
         const default_rule = if (has_route_rules and !hasLimits(map)) null else try self.rule(map);
         var route_rules: []RouteRule = &.{};
@@ -373,6 +376,22 @@ const Parser = struct {
             self.leave(saved);
         }
         return .{ .default_rule = default_rule, .route_rules = route_rules };
+    }
+
+    /// The upstream-filter role (fallback routes): rewrite the request's `model`, limit nothing
+    /// (the listener-level instance already counted the request).
+    fn modelRewrite(self: *Parser, map: ObjectMap, value: Value) ParseError![]const u8 {
+        if (map.count() != 1) {
+            return self.fail("model_rewrite configures the upstream filter that renames the model for one upstream; it cannot be combined with other fields", .{});
+        }
+        const saved = self.enter("model_rewrite");
+        defer self.leave(saved);
+        const model = try self.string(value, 128);
+        if (model.len == 0) return self.fail("must not be empty", .{});
+        for (model) |c| {
+            if (c < ' ' or c >= 0x7f or c == '"' or c == '\\') return self.fail("must be printable ASCII without quotes or backslashes, got \"{s}\"", .{model});
+        }
+        return model;
     }
 
     fn hasLimits(map: ObjectMap) bool {

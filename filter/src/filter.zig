@@ -35,6 +35,7 @@ pub const Metrics = struct {
     tokens_charged: u32 = 0,
     usage_estimated: u32 = 0,
     include_usage_added: u32 = 0,
+    models_rewritten: u32 = 0,
     store_errors: u32 = 0,
     store_fallbacks: u32 = 0,
     config_rejected: u32 = 0,
@@ -81,6 +82,7 @@ pub const RootContext = struct {
         };
         if (self.config) |previous| config.release(allocator, previous);
         self.config = parsed;
+        if (parsed.model_rewrite) |model| host.logf(.info, "config loaded: upstream filter, model rewritten to {s}", .{model});
         if (parsed.default_rule) |*rule| logRule(rule, "default");
         for (parsed.route_rules) |*route_rule| {
             if (route_rule.rule) |*rule| logRule(rule, "route");
@@ -108,6 +110,8 @@ const Phase = enum {
     awaiting_body,
     /// Admission waits for the Redis store's reply (the request is paused).
     awaiting_store,
+    /// Upstream-filter role: the body is held until its `model` is renamed.
+    rewriting_model,
     /// Admitted; usage is read from the response and settled at the end.
     admitted,
     settled,
@@ -137,6 +141,7 @@ pub const HttpContext = struct {
 
     pub fn onRequestHeaders(self: *HttpContext, root: ?*RootContext, end_of_stream: bool) host.Action {
         const current = (root orelse return .@"continue").config orelse return .@"continue";
+        if (current.model_rewrite != null) return self.prepareModelRewrite(current, end_of_stream);
         const rule = selectRule(current) orelse return .@"continue";
         self.collectCounters(rule) catch |err| {
             // Without its counters the request cannot be judged; admit it and say why.
@@ -162,7 +167,37 @@ pub const HttpContext = struct {
         return self.decide(estimate);
     }
 
+    /// Upstream-filter role: hold the JSON body so its `model` can be renamed for this upstream.
+    fn prepareModelRewrite(self: *HttpContext, current: *config.Config, end_of_stream: bool) host.Action {
+        const length = if (end_of_stream) null else contentLength();
+        if (length == null or length.? > request_body_bytes_max or !isJson()) return .@"continue";
+        host.removeHeader(.request_headers, "content-length") catch {};
+        self.config = current.retain();
+        self.phase = .rewriting_model;
+        return .@"continue";
+    }
+
+    fn rewriteModel(self: *HttpContext, size: usize) void {
+        const model = self.config.?.model_rewrite.?;
+        var body = (host.getBuffer(.request_body, 0, size) catch null) orelse return;
+        defer body.deinit();
+        const out = allocator.alloc(u8, body.bytes.len + model.len) catch return;
+        defer allocator.free(out);
+        const rewritten = request.withModel(body.bytes, request.scan(body.bytes), model, out) orelse return;
+        host.setBuffer(.request_body, 0, body.bytes.len, rewritten) catch |err| {
+            host.logf(.warn, "could not rewrite the model: {s}", .{@errorName(err)});
+            return;
+        };
+        host.incrementMetric(metrics.models_rewritten, 1);
+    }
+
     pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.Action {
+        if (self.phase == .rewriting_model) {
+            if (!end_of_stream) return .pause;
+            if (size <= request_body_bytes_max) self.rewriteModel(size);
+            self.phase = .idle;
+            return .@"continue";
+        }
         if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) return .@"continue";
         if (!end_of_stream) return .pause; // Envoy buffers until the body is complete
         var info: request.RequestInfo = .{};

@@ -30,6 +30,8 @@ pub const Path = struct {
 ///   fn number(handler: *Handler, path: Path, value: u64) void   — non-negative integers only
 ///   fn literal(handler: *Handler, path: Path, value: bool) void — true / false
 ///   fn objectOpen(handler: *Handler, path: Path, offset: usize) void — offset of its '{'
+///   fn stringValue(handler: *Handler, path: Path, start: usize, end: usize) void — offsets of
+///      its opening and closing quotes (a value string, not a key)
 /// Invalid JSON stops scanning (state `failed`) without error; callers fall back to estimates.
 pub fn JsonScanner(comptime Handler: type) type {
     return struct {
@@ -72,6 +74,7 @@ pub fn JsonScanner(comptime Handler: type) type {
         /// Bytes fed so far (offsets reported to the handler count from the first byte).
         offset: usize = 0,
         literal_first: u8 = 0,
+        string_start: usize = 0,
         state: State = .value,
         depth: usize = 0,
         /// Bit i set: the container at level i is an object.
@@ -138,7 +141,10 @@ pub fn JsonScanner(comptime Handler: type) type {
                     self.state = .value;
                 },
                 .string => switch (c) {
-                    '"' => self.endValue(),
+                    '"' => {
+                        if (self.path()) |p| self.handler.stringValue(p, self.string_start, self.offset);
+                        self.endValue();
+                    },
                     '\\' => self.state = .string_escape,
                     else => {},
                 },
@@ -185,7 +191,10 @@ pub fn JsonScanner(comptime Handler: type) type {
                 ' ', '\t', '\r', '\n' => {},
                 '{', '[' => self.openContainer(c == '{'),
                 ']' => self.closeContainer(false), // empty array
-                '"' => self.state = .string,
+                '"' => {
+                    self.string_start = self.offset;
+                    self.state = .string;
+                },
                 '-' => {
                     self.number = 0;
                     self.number_valid = false;

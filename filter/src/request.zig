@@ -12,6 +12,9 @@ pub const RequestInfo = struct {
     root_open: ?usize = null,
     stream_options_open: ?usize = null,
     include_usage: ?bool = null,
+    /// Offsets of the quotes around the top-level `model` string.
+    model_start: ?usize = null,
+    model_end: usize = 0,
 };
 
 const Handler = struct {
@@ -31,6 +34,13 @@ const Handler = struct {
         if (path.depth == 1 and std.mem.eql(u8, path.key, "stream")) self.info.stream = value;
         if (path.depth == 2 and std.mem.eql(u8, path.parent, "stream_options") and std.mem.eql(u8, path.key, "include_usage")) {
             self.info.include_usage = value;
+        }
+    }
+
+    pub fn stringValue(self: *Handler, path: json_scan.Path, start: usize, end: usize) void {
+        if (path.depth == 1 and std.mem.eql(u8, path.key, "model")) {
+            self.info.model_start = start;
+            self.info.model_end = end;
         }
     }
 
@@ -84,6 +94,20 @@ fn streamOptionsMember(body: []const u8, open: usize) []const u8 {
     return if (i < body.len and body[i] == '}') "\"include_usage\":true" else "\"include_usage\":true,";
 }
 
+/// The body with its top-level `model` replaced by `model` (already a valid JSON string body,
+/// without quotes). Null when the body names no model or `out` is too small.
+pub fn withModel(body: []const u8, info: RequestInfo, model: []const u8, out: []u8) ?[]u8 {
+    const start = info.model_start orelse return null;
+    const end = info.model_end;
+    if (end <= start or end >= body.len) return null;
+    const new_len = body.len - (end - start - 1) + model.len;
+    if (out.len < new_len) return null;
+    @memcpy(out[0 .. start + 1], body[0 .. start + 1]);
+    @memcpy(out[start + 1 ..][0..model.len], model);
+    @memcpy(out[start + 1 + model.len ..][0 .. body.len - end], body[end..]);
+    return out[0..new_len];
+}
+
 /// Tokens a request may use, for a reservation: its prompt (about 4 bytes a token of JSON) plus
 /// its declared output limit or `default_output_tokens`.
 pub fn estimateTokens(info: RequestInfo, body_bytes: u64, default_output_tokens: u64) u64 {
@@ -121,4 +145,12 @@ test "request: include_usage is added where it belongs, and explicit choices sta
 test "request: estimate is prompt bytes over four plus the output limit" {
     try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300 }, 100, 512));
     try std.testing.expectEqual(@as(u64, 1 + 512), estimateTokens(.{}, 3, 512));
+}
+
+test "request: the top-level model is rewritten, nested ones are not" {
+    var out: [128]u8 = undefined;
+    const body = "{\"messages\":[{\"model\":\"inner\"}],\"model\" : \"gpt-4o\",\"x\":1}";
+    const info = scan(body);
+    try std.testing.expectEqualStrings("{\"messages\":[{\"model\":\"inner\"}],\"model\" : \"claude-3-haiku\",\"x\":1}", withModel(body, info, "claude-3-haiku", &out).?);
+    try std.testing.expectEqual(@as(?[]u8, null), withModel("{}", scan("{}"), "m", &out));
 }
