@@ -13,6 +13,7 @@ the test FAILS with the install hint; it never skips.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +42,15 @@ def redis_server_binary() -> str:
     return path
 
 
+def redis_server_version(binary: str) -> tuple[int, ...]:
+    """``redis-server --version`` as a tuple, e.g. (6, 2, 5)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"v=(\d+(?:\.\d+)*)", out.stdout)
+    if match is None:
+        raise RuntimeError(f"unexpected `redis-server --version` output: {out.stdout!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -50,9 +60,22 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1 with no persistence. Starts in the constructor."""
 
-    def __init__(self, password: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        password: str | None = None,
+        port: int | None = None,
+        *,
+        debug_command: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        """``debug_command=True`` makes ``DEBUG`` (e.g. ``DEBUG SLEEP``) usable: Redis 7
+        disables it by default, 6.2 has no option for it."""
         self.binary = redis_server_binary()
+        self.version = redis_server_version(self.binary)
         self.password = password
+        self.extra_args = list(extra_args or [])
+        if debug_command and self.version >= (7,):
+            self.extra_args += ["--enable-debug-command", "yes"]
         self.port = port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="tokenlimit-redis-"))
         self.log_path = self._dir / "redis.log"
@@ -79,6 +102,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -31,9 +31,7 @@ def test_encode_golden() -> None:
     assert encode_command("SET", "ключ", b"\r\n\x00") == (
         b"*3\r\n$3\r\nSET\r\n$8\r\n\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87\r\n$3\r\n\r\n\x00\r\n"
     )
-    assert encode_commands([("PING",), ("TIME",)]) == (
-        b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nTIME\r\n"
-    )
+    assert encode_commands([("PING",), ("TIME",)]) == (b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nTIME\r\n")
 
 
 def test_encode_rejects_odd_arguments() -> None:

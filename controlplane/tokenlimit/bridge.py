@@ -23,19 +23,23 @@ Protocol (the filter depends on this exactly)
 
     Otherwise a one-line ``text/plain`` body and ``x-tokenlimit-bridge-error``:
 
-    ====  =====================  ===========================================================
-    401   ``unauthorized``       a token is configured and ``authorization: Bearer <token>``
-                                 is missing or wrong (constant-time compare)
-    403   ``command-not-allowed`` some command is not in the allowlist; body names it;
-                                 nothing was sent to Redis
-    400   ``bad-request``        malformed RESP, more than 64 commands, a bound exceeded, or a
-                                 bad ``x-tokenlimit-timeout-ms``
-    413   ``bad-request``        body larger than 1 MiB
-    503   ``redis-unreachable``  connect refused, DNS failure, host down / connect timed out
-    503   ``redis-auth-failed``  WRONGPASS / NOAUTH / invalid password (on connect or reply)
-    503   ``redis-timeout``      no complete reply within the deadline
-    503   ``redis-error``        anything else (connection reset mid-reply, bad SELECT, ...)
-    ====  =====================  ===========================================================
+    ====  =========================  ========================================================
+    401   ``unauthorized``           a token is configured and ``authorization: Bearer <token>``
+                                     is missing or wrong (constant-time compare)
+    403   ``command-not-allowed``    some command is not in the allowlist; the body names it;
+                                     nothing was sent to Redis
+    400   ``bad-request``            malformed RESP, more than 64 commands, a bound exceeded,
+                                     or a bad ``x-tokenlimit-timeout-ms``
+    413   ``bad-request``            body larger than 1 MiB
+    503   ``redis-unreachable``      connect refused, DNS failure, host down (connect did not
+                                     complete in time)
+    503   ``redis-auth-failed``      WRONGPASS / NOAUTH / invalid password (on connect or in a
+                                     reply); answered at once, never after a hang
+    503   ``redis-timeout``          no complete reply within the deadline
+    503   ``redis-error``            anything else (connection reset mid-reply, bad SELECT...)
+    ====  =========================  ========================================================
+
+    The 503 body is one line of details (never the password).
 
     Deadline: ``--timeout-ms`` (default 500) covers getting a connection, sending and reading
     every reply; a request header ``x-tokenlimit-timeout-ms: N`` lowers it for that request
@@ -132,6 +136,7 @@ OUTCOMES = (
 HISTOGRAM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 _BACKOFF_FIRST = 0.025
+_BATCH_MAX = 128  # HTTP requests coalesced into one write to Redis
 _AUTH_ERRORS = (b"-NOAUTH", b"-WRONGPASS")
 
 
@@ -276,6 +281,7 @@ class _Conn:
         "_loop",
         "alive",
         "draining",
+        "outbox",
         "parser",
         "pending",
         "pool",
@@ -296,16 +302,32 @@ class _Conn:
         self.writer = writer
         self.parser = parser
         self.pending: collections.deque[_Pending] = collections.deque()
+        self.outbox: list[bytes] = []
         self.alive = True
         self.draining = False
         self._loop = asyncio.get_running_loop()
         self.task = self._loop.create_task(self._read_loop())
 
     def send(self, payload: bytes, count: int) -> asyncio.Future[list[Reply]]:
+        """Queues a pipeline; the bytes go out at the end of this loop iteration together with
+        those of every other caller that picked this connection meanwhile (one syscall here,
+        one read for Redis, one read for the replies)."""
         future: asyncio.Future[list[Reply]] = self._loop.create_future()
         self.pending.append(_Pending(future, count))
-        self.writer.write(payload)
+        out = self.outbox
+        out.append(payload)
+        if len(out) == 1:
+            self._loop.call_soon(self._flush)
+            self.pool._batching = self
         return future
+
+    def _flush(self) -> None:
+        if self.pool._batching is self:
+            self.pool._batching = None
+        out = self.outbox
+        if self.alive and out:
+            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
 
     def abandon(self) -> None:
         """A caller gave up waiting: replies still due would be out of step for a new caller,
@@ -326,7 +348,7 @@ class _Conn:
             while True:
                 data = await reader.read(262144)
                 if not data:
-                    fault = RedisFault("redis-error", "redis closed the connection")
+                    fault = RedisFault("redis-error", f"{self._where()} closed the connection")
                     break
                 for reply in parser.feed(data):
                     if not pending:
@@ -344,10 +366,14 @@ class _Conn:
         except asyncio.CancelledError:
             return
         except ProtocolError as e:
-            fault = RedisFault("redis-error", f"unparseable reply from redis: {e}")
+            fault = RedisFault("redis-error", f"unparseable reply from {self._where()}: {e}")
         except OSError as e:
-            fault = RedisFault("redis-error", f"connection lost: {e.strerror or e}")
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            fault = RedisFault("redis-error", f"connection to {self._where()} lost: {reason}")
         self.close(fault)
+
+    def _where(self) -> str:
+        return f"redis {self.pool.target.describe()}"
 
     def close(self, fault: RedisFault | None) -> None:
         """Closes for good; callers still waiting get ``fault``."""
@@ -383,6 +409,7 @@ class RedisPool:
         self._state: str | None = None  # None until the first connect attempt ends
         self._closed = False
         self._connect_phase = ""  # "tcp" or "handshake" while a connect is in progress
+        self._batching: _Conn | None = None  # connection whose outbox is not yet flushed
 
     # ---- public
 
@@ -445,6 +472,14 @@ class RedisPool:
     # ---- internals
 
     def _pick(self) -> _Conn | None:
+        batching = self._batching
+        if (
+            batching is not None
+            and batching.alive
+            and not batching.draining
+            and len(batching.outbox) < _BATCH_MAX
+        ):
+            return batching  # join the pipeline being collected in this loop iteration
         best: _Conn | None = None
         for conn in self._conns:
             if not conn.pending:

