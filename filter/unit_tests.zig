@@ -11,4 +11,6 @@ test {
     _ = @import("src/budget.zig");
     _ = @import("src/json_scan.zig");
     _ = @import("src/request.zig");
+    _ = @import("src/json_tree.zig");
+    _ = @import("src/sha256.zig");
 }

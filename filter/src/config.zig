@@ -1,5 +1,5 @@
 //! The filter's JSON config (docs/config.md): a strict superset of Higress ai-token-ratelimit's.
-//! The document is walked as a `std.json.Value` tree and checked by hand so that an error names
+//! The document is walked as a `json_tree.Value` tree and checked by hand so that an error names
 //! the field path (`rule_items[0].limit_keys[1].key`) and the reason. Everything the filter
 //! keeps lives in one arena owned by `Config`; replacing a config frees the old arena at once.
 const std = @import("std");
@@ -8,8 +8,10 @@ const regex = @import("regex.zig");
 const budget = @import("budget.zig");
 const usage = @import("usage.zig");
 
-const Value = std.json.Value;
-const ObjectMap = std.json.ObjectMap;
+const json_tree = @import("json_tree.zig");
+
+const Value = json_tree.Value;
+const ObjectMap = json_tree.Object;
 
 pub const config_bytes_max = 256 * 1024;
 pub const rule_name_bytes_max = 64;
@@ -283,7 +285,7 @@ const Parser = struct {
         return switch (value) {
             .null => "null",
             .bool => "a boolean",
-            .integer, .float, .number_string => "a number",
+            .number_string => "a number",
             .string => "a string",
             .array => "an array",
             .object => "an object",
@@ -318,7 +320,6 @@ const Parser = struct {
 
     fn integer(self: *Parser, value: Value, min: i64, max: i64) ParseError!i64 {
         const number: i64 = switch (value) {
-            .integer => |i| i,
             .number_string => |text| std.fmt.parseInt(i64, text, 10) catch
                 return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, text[0..@min(text.len, 32)] }),
             else => return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, typeName(value) }),
@@ -350,11 +351,8 @@ const Parser = struct {
 
     fn document(self: *Parser, bytes: []const u8) ParseError!Parsed {
         if (bytes.len > config_bytes_max) return self.fail("config is {d} bytes, more than the {d} allowed", .{ bytes.len, config_bytes_max });
-        const root = std.json.parseFromSliceLeaky(Value, self.arena, bytes, .{
-            .duplicate_field_behavior = .@"error",
-            // Numbers stay text: limits are integers, and float parsing would double the module.
-            .parse_numbers = false,
-        }) catch |err| switch (err) {
+        // Numbers stay text (limits are integers); duplicate keys are refused.
+        const root = json_tree.parse(self.arena, bytes) catch |err| switch (err) {
             error.OutOfMemory => return error.OutOfMemory,
             else => return self.fail("not valid JSON ({s})", .{@errorName(err)}),
         };
@@ -538,7 +536,6 @@ const Parser = struct {
     fn milli(self: *Parser, value: Value) ParseError!u32 {
         const text = switch (value) {
             .number_string => |t| t,
-            .integer => |i| return if (i >= 0 and i <= 1000) @intCast(i * 1000) else self.fail("must be a number from 0 to 1000, got {d}", .{i}),
             else => return self.fail("must be a number from 0 to 1000, got {s}", .{typeName(value)}),
         };
         const dot = std.mem.indexOfScalar(u8, text, '.') orelse text.len;

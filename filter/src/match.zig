@@ -5,6 +5,7 @@ const std = @import("std");
 const config = @import("config.zig");
 const ip = @import("ip.zig");
 const budget = @import("budget.zig");
+const sha256 = @import("sha256.zig");
 
 /// Longest key value read from a request; longer values are refused (and do not match)
 /// rather than truncated, so two long values can never share a budget by accident.
@@ -105,8 +106,7 @@ pub const CounterKey = struct {
 pub const HashedValue = [32]u8;
 
 pub fn hashValue(value: []const u8) HashedValue {
-    var digest: [std.crypto.hash.sha2.Sha256.digest_length]u8 = undefined;
-    std.crypto.hash.sha2.Sha256.hash(value, &digest, .{});
+    const digest = sha256.hash(value);
     return std.fmt.bytesToHex(digest[0..16].*, .lower);
 }
 
