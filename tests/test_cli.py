@@ -46,7 +46,8 @@ def test_validate_examples() -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == (
         f"{POLICY}: ok (rule per-api-key, 1 rule item)\n"
-        f"{HIGRESS}: ok (rule global-budget, global threshold)\n"
+        f"{HIGRESS}: ok (rule global-budget, global threshold, "
+        "store redis.default.svc.cluster.local)\n"
     )
 
 

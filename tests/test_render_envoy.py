@@ -167,3 +167,42 @@ def test_envoy_accepts_ecds_bootstrap(
     config = tmp_path / "envoy.yaml"
     config.write_text(to_yaml(bootstrap(ecds_options(str(ecds)))))
     envoy_validate(envoy, config)
+
+
+def test_policy_options_name_the_listener_and_add_the_bridge_cluster(
+    envoy: str, filter_wasm: Path, tmp_path: Path
+) -> None:
+    from tokenlimit.loader import policy_from_data
+    from tokenlimit.model import ENVOY_BRIDGE_CLUSTER
+    from tokenlimit.render.envoy import policy_options
+
+    document = {
+        "apiVersion": "tokenlimit.io/v1alpha1",
+        "kind": "TokenRateLimitPolicy",
+        "metadata": {"name": "edge"},
+        "spec": {
+            "ruleName": "edge",
+            "globalThreshold": {"tokenPerMinute": 1000},
+            "targetRef": {"gateway": "envoy", "listener": "llm-edge"},
+            "redis": {"bridge": {"host": "bridge.internal", "port": 8080}, "timeoutMs": 50},
+        },
+    }
+    loaded = policy_from_data(document, "edge.yaml")
+    assert loaded.policy is not None and loaded.config.redis is not None
+    assert loaded.config.redis.service_name == ENVOY_BRIDGE_CLUSTER
+    inline = InlineFilter(filter_typed_config(loaded.config, str(filter_wasm)))
+    options = EnvoyOptions(
+        upstream=Upstream.parse(GOLDEN_UPSTREAM),
+        filter=inline,
+        **policy_options(loaded.policy.spec),
+    )
+    rendered = bootstrap(options)
+    assert rendered["static_resources"]["listeners"][0]["name"] == "llm-edge"
+    bridge = rendered["static_resources"]["clusters"][1]
+    assert bridge["name"] == ENVOY_BRIDGE_CLUSTER
+    assert bridge["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"] == {
+        "address": {"socket_address": {"address": "bridge.internal", "port_value": 8080}}
+    }
+    config = tmp_path / "envoy.yaml"
+    config.write_text(to_yaml(rendered))
+    envoy_validate(envoy, config)

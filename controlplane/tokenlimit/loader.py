@@ -1,14 +1,21 @@
 """The one loader for policy files.
 
-`tokenlimit validate`, `render`, `up` (and `push` and the operator) all read policies through
+`tokenlimit validate`, `render`, `up`, `push` and the operator all read policies through
 `load_policy`/`policy_from_data`, so a file that validates is exactly a file that deploys.
+
+    loaded = policy_from_data(data, origin)   # raises PolicyError (one line per problem)
+    loaded.config   # the FilterConfig the filter reads
+    loaded.policy   # the TokenRateLimitPolicy (None for a bare Higress config)
+
+The renderers (tokenlimit.render.higress / istio / envoy) take `loaded.policy`.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +28,7 @@ from tokenlimit.model import (
     ConfigInvalid,
     FilterConfig,
     Problem,
+    TokenRateLimitPolicy,
     parse_filter_config,
     parse_policy,
     policy_filter_config,
@@ -47,6 +55,8 @@ class LoadedPolicy:
     source: SourceKind
     origin: str  # file path, or a description such as "TokenRateLimitPolicy ns/name"
     namespace: str | None = None
+    policy: TokenRateLimitPolicy | None = None  # None for a bare Higress config
+    document: Mapping[str, Any] | None = None  # the policy as written (what `push` applies)
 
 
 class PolicyError(Exception):
@@ -124,6 +134,8 @@ def policy_from_data(data: object, origin: str) -> LoadedPolicy:
                 source="policy",
                 origin=origin,
                 namespace=policy.metadata.namespace,
+                policy=policy,
+                document=copy.deepcopy(data) if isinstance(data, dict) else None,
             )
         config = parse_filter_config(data)
     except ConfigInvalid as exc:
@@ -176,6 +188,11 @@ def summary(policy: LoadedPolicy) -> str:
         parts.append("global threshold")
     if cfg.rules:
         parts.append(_count(len(cfg.rules), "route rule"))
+    spec = policy.policy.spec if policy.policy is not None else None
+    if spec is not None and spec.gateway is not None:
+        parts.append(f"gateway {spec.gateway}")
+    if cfg.redis is not None:
+        parts.append(f"store {cfg.redis.service_name}")
     return ", ".join(parts)
 
 

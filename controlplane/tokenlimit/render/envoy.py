@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tokenlimit.model import FilterConfig, filter_json
+from tokenlimit.model import ENVOY_BRIDGE_CLUSTER, FilterConfig, PolicySpec, filter_json
 
 FILTER_NAME = "tokenlimit"  # plugin name, root_id, vm_id and ECDS resource name
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -33,6 +33,7 @@ DOWNSTREAM_CONNECTIONS_TYPE = (
     ".DownstreamConnectionsConfig"
 )
 UPSTREAM_CLUSTER = "upstream"
+LISTENER_NAME_DEFAULT = "tokenlimit"
 
 # The properties the filter sets with proxy_set_property, as Envoy's access log reads them.
 DECISION_FIELDS = ("decision", "rule", "key", "tokens")
@@ -126,6 +127,24 @@ class EnvoyOptions:
     stream_idle_timeout_s: int = STREAM_IDLE_TIMEOUT_S
     upstream_ca_file: str = SYSTEM_CA_FILE  # for https upstreams
     max_connections: int = MAX_CONNECTIONS
+    listener_name: str = LISTENER_NAME_DEFAULT
+    # The tokenlimit bridge (RESP over HTTP to Redis), as the cluster the filter's
+    # http_call names (model.ENVOY_BRIDGE_CLUSTER); None: no shared store.
+    bridge: Upstream | None = None
+
+
+def policy_options(spec: PolicySpec | None) -> dict[str, Any]:
+    """The EnvoyOptions a policy's spec decides: its listener and its bridge."""
+    found: dict[str, Any] = {}
+    if spec is None:
+        return found
+    target = spec.target_ref
+    if target is not None and target.listener is not None:
+        found["listener_name"] = target.listener
+    bridge = spec.redis.bridge if spec.redis is not None else None
+    if bridge is not None:
+        found["bridge"] = Upstream(host=bridge.address, port=bridge.port, tls=bool(bridge.tls))
+    return found
 
 
 def filter_typed_config(cfg: FilterConfig, wasm_path: str) -> dict[str, Any]:
@@ -168,7 +187,7 @@ def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         "admin": {"address": _socket_address(options.admin_address, options.admin_port)},
         "static_resources": {
             "listeners": [_listener(options)],
-            "clusters": [_upstream_cluster(options.upstream, options.upstream_ca_file)],
+            "clusters": _clusters(options),
         },
         # A cap on open client connections, so a connection flood cannot exhaust the host
         # (Envoy warns at startup when there is none).
@@ -207,9 +226,18 @@ def _socket_address(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
+def _clusters(options: EnvoyOptions) -> list[dict[str, Any]]:
+    clusters = [_upstream_cluster(options.upstream, options.upstream_ca_file, UPSTREAM_CLUSTER)]
+    if options.bridge is not None:
+        clusters.append(
+            _upstream_cluster(options.bridge, options.upstream_ca_file, ENVOY_BRIDGE_CLUSTER)
+        )
+    return clusters
+
+
 def _listener(options: EnvoyOptions) -> dict[str, Any]:
     return {
-        "name": "tokenlimit",
+        "name": options.listener_name,
         "address": _socket_address(options.listen_address, options.listen_port),
         "filter_chains": [
             {
@@ -285,16 +313,16 @@ def _tokenlimit_http_filter(filter_source: InlineFilter | EcdsFilter) -> dict[st
     }
 
 
-def _upstream_cluster(upstream: Upstream, ca_file: str) -> dict[str, Any]:
+def _upstream_cluster(upstream: Upstream, ca_file: str, name: str) -> dict[str, Any]:
     cluster: dict[str, Any] = {
-        "name": UPSTREAM_CLUSTER,
+        "name": name,
         "type": "STATIC" if upstream.is_ip else "LOGICAL_DNS",
         "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
     }
     if not upstream.is_ip:
         cluster["dns_lookup_family"] = "V4_PREFERRED"  # `localhost` must not mean ::1 only
     cluster["load_assignment"] = {
-        "cluster_name": UPSTREAM_CLUSTER,
+        "cluster_name": name,
         "endpoints": [
             {
                 "lb_endpoints": [
