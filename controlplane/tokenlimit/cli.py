@@ -475,6 +475,13 @@ def mock_llm(port: int, host: str, name: str) -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--log-level", type=click.Choice(ENVOY_LOG_LEVELS), default="info", show_default=True)
 @click.option("--wasm", "wasm_path", default=None, metavar="PATH", help="Use this filter module.")
+@click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    metavar="URL",
+    help="redis://host:port/db: keep budgets in Redis (a tokenlimit bridge is started).",
+)
 def up(
     policy_file: str,
     listen: int,
@@ -483,6 +490,7 @@ def up(
     concurrency: int,
     log_level: str,
     wasm_path: str | None,
+    redis_url: str | None,
 ) -> None:
     """Run a local gateway: Envoy with the filter, in front of UPSTREAM.
 
@@ -504,6 +512,7 @@ def up(
         wasm_path=wasm_path,
         concurrency=concurrency,
         log_level=log_level,
+        redis=redis_url,
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -517,6 +526,41 @@ def up(
     finally:
         gateway.stop()
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+@main.command()
+@click.option(
+    "--redis",
+    "redis_url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    metavar="URL",
+    help="The Redis the filter's bridge (or Higress) writes to.",
+)
+@click.option("--rule", default=None, help="Only this rule's budgets.")
+@click.option(
+    "--key", "key_value", default=None, help="Only this caller (raw key value; hashed here)."
+)
+def usage(redis_url: str, rule: str | None, key_value: str | None) -> None:
+    """Print the budgets Redis holds now: rule, counter, caller, window, used, reset."""
+    import redis
+    from rich.console import Console
+    from rich.table import Table
+
+    from tokenlimit.usage import read_usage, table_rows
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        rows = read_usage(client, rule=rule, key_value=key_value)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"{redis_url}: {exc}") from None
+    if not rows:
+        click.echo("no budgets in use" + (f" for key {key_value!r}" if key_value else ""))
+        return
+    table = Table("rule", "counter", "caller", "window", "used", "resets in")
+    for cells in table_rows(rows):
+        table.add_row(*cells)
+    Console().print(table)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -689,9 +733,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
 def _ready_line(gateway: Gateway, policy: loader.LoadedPolicy) -> str:
     target = f"mock ({gateway.upstream_url})" if gateway.uses_mock else gateway.upstream_label
     rules = ", ".join(policy.config.rule_names) or policy.name
+    store = f"redis via bridge {gateway.bridge_url}" if gateway.bridge_url else "local store"
     return (
         f"tokenlimit up: gateway {gateway.listen_url} → upstream {target}, "
-        f"admin {gateway.admin_url}, rule {rules}; Ctrl-C to stop"
+        f"admin {gateway.admin_url}, rule {rules}, {store}; Ctrl-C to stop"
     )
 
 

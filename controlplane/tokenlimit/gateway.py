@@ -255,6 +255,8 @@ class Gateway:
         """Replace the filter config through ECDS and wait until Envoy took or refused it."""
         if self._envoy is None or self._wasm_path is None:
             raise GatewayError("gateway not running")
+        if self.redis_url:
+            config = _through_bridge(config)
         before = self._ecds_counters()
         log_offset = _size(self.envoy_log_path)
         if not self._write_ecds(config, self._wasm_path):
