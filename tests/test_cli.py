@@ -313,7 +313,7 @@ def test_up_serves_logs_and_stops_on_sigint(filter_wasm: Path, tmp_path: Path) -
             f"tokenlimit up: gateway http://127.0.0.1:{listen} → upstream mock"
         )
         assert lines[0].endswith(
-            f"admin http://127.0.0.1:{admin}, rule per-api-key; Ctrl-C to stop"
+            f"admin http://127.0.0.1:{admin}, rule per-api-key, local store; Ctrl-C to stop"
         )
         request = urllib.request.Request(
             f"http://127.0.0.1:{listen}/v1/chat/completions",
