@@ -74,11 +74,14 @@ def test_two_envoys_enforce_one_budget(filter_wasm: Path, redis_server: RedisSer
         Gateway(config(), wasm_path=filter_wasm, concurrency=2, redis=redis_server.url) as b,
     ):
         avoid_minute_boundary()
-        statuses = [post(gw, "shared-key")[0] for gw in (a, b) * 7]
-        # One gateway alone admits 10 answers of 100 tokens on a 1000 budget; two together
-        # admit the same 10, not 20.
-        assert statuses.count(200) == 10, statuses
-        assert statuses[10:] == [429] * 4
+        alone = [post(a, "alone-key")[0] for _ in range(14)]
+        together = [post(gw, "shared-key")[0] for gw in (a, b) * 7]
+        # 100-token answers on a 1000 budget: one gateway alone admits 10, and two together
+        # admit the same, not 20. (Postpaid charges land just after each answer; a request
+        # can slip in before the last one lands, in either setup.)
+        assert 10 <= alone.count(200) <= 11, alone
+        assert abs(together.count(200) - alone.count(200)) <= 1, (alone, together)
+        assert together[-3:] == [429] * 3
         for gw in (a, b):
             log = gw.logs().stderr
             assert "budgets in tokenlimit-bridge" in log

@@ -673,3 +673,8 @@ def test_upstream_filter_role_renames_the_model_and_limits_nothing(make_host):
     assert h.metrics["tokenlimit.models_rewritten"] == 1
     assert h.metrics.get("tokenlimit.tokens_charged", 0) == 0
     assert not h.configure({"model_rewrite": "m", "rule_name": "r"})
+    # A chunked body (no content-length, e.g. after the limiter added include_usage) too.
+    del headers["content-length"]
+    chunked = h.http_stream()
+    chunked.complete(headers, JSON_RESPONSE, [openai_body(1, 1)], body)
+    assert json.loads(b"".join(chunked.request_body_chunks_forwarded))["model"] == "claude-3-5-haiku"

@@ -169,8 +169,12 @@ pub const HttpContext = struct {
 
     /// Upstream-filter role: hold the JSON body so its `model` can be renamed for this upstream.
     fn prepareModelRewrite(self: *HttpContext, current: *config.Config, end_of_stream: bool) host.Action {
-        const length = if (end_of_stream) null else contentLength();
-        if (length == null or length.? > request_body_bytes_max or !isJson()) return .@"continue";
+        // A body of unknown length (chunked, or one an earlier tokenlimit instance grew by
+        // include_usage) is held too; one larger than the bound is passed on unread.
+        if (end_of_stream or !isJson()) return .@"continue";
+        if (contentLength()) |length| {
+            if (length > request_body_bytes_max) return .@"continue";
+        }
         host.removeHeader(.request_headers, "content-length") catch {};
         self.config = current.retain();
         self.phase = .rewriting_model;
