@@ -677,4 +677,5 @@ def test_upstream_filter_role_renames_the_model_and_limits_nothing(make_host):
     del headers["content-length"]
     chunked = h.http_stream()
     chunked.complete(headers, JSON_RESPONSE, [openai_body(1, 1)], body)
-    assert json.loads(b"".join(chunked.request_body_chunks_forwarded))["model"] == "claude-3-5-haiku"
+    rewritten = json.loads(b"".join(chunked.request_body_chunks_forwarded))
+    assert rewritten["model"] == "claude-3-5-haiku"

@@ -247,6 +247,14 @@ def render(
     Istio, what the bridge needs) for `kubectl apply -f -`.
     """
     policy = _load(file)
+    if policy.policy is not None and policy.policy.spec.fallback is not None:
+        # Fallback chains add clusters, routes and an RDS file: rendering the rules alone
+        # would silently drop them.
+        raise click.UsageError(
+            f"{file} has spec.fallback: render it with "
+            f"`tokenlimit fallback render {file} --target {target}`"
+            + (" (with --out-dir DIR)" if target == "envoy" else ""),
+        )
     if target != "envoy":
         objects = _render_kube(
             policy,
@@ -815,6 +823,15 @@ def _register_operator() -> None:
     from tokenlimit.operator.command import operator_command
 
     main.add_command(operator_command)
+
+
+def _register_fallback() -> None:
+    from tokenlimit.fallback.cli import fallback_group
+
+    main.add_command(fallback_group)
+
+
+_register_fallback()
 
 
 _register_operator()

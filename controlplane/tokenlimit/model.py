@@ -48,6 +48,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from tokenlimit._regexp import regexp_problem
+from tokenlimit.fallback.model import FallbackSpec
 
 API_VERSION = "tokenlimit.io/v1alpha1"
 KIND = "TokenRateLimitPolicy"
@@ -965,6 +966,8 @@ class PolicySpec(_BudgetFields):
     decides (Higress: every route; Envoy: the `tokenlimit` listener)."""
     redis: Annotated[Annotated[PolicyRedis, WrapValidator(_object)] | None, _Present] = None
     """The shared budget store (Redis). Without it, budgets are per gateway."""
+    fallback: Annotated[Annotated[FallbackSpec, WrapValidator(_object)] | None, _Present] = None
+    """Model fallback routes under the same budget (docs/fallback.md)."""
 
     @model_validator(mode="after")
     def _rule(self, info: ValidationInfo) -> Self:

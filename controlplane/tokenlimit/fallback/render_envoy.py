@@ -1,0 +1,505 @@
+"""Standalone Envoy: a fallback chain as clusters, a retry policy and a file-based RDS route.
+
+Pure functions of their arguments (golden-tested): the same spec and state give the same bytes.
+
+How a request moves along the chain (Envoy 1.40):
+
+- Each upstream is a cluster of its own (`fallback_<route>_<upstream>`); an **aggregate
+  cluster** (`envoy.clusters.aggregate`) lists them in priority order. Envoy linearises the
+  priority levels of the listed clusters (primary = P0, first fallback = P1, ...), and with
+  every upstream healthy all load goes to P0.
+- The route's **retry policy** carries `retry_priority: envoy.retry_priorities.previous_priorities`
+  with `update_frequency: 1`: every attempt excludes the priority it used, so attempt 2 goes to
+  P1, attempt 3 to P2, and after the last one the exclusions reset (the primary again). The
+  aggregate load balancer consults the retry priority (it maps each host back to its
+  linearised priority), which is what moves a retry to the next cluster.
+- What is retried: `retriable-status-codes` (the route's list, default 429 and 5xx),
+  `reset` (includes a per-try timeout) and `connect-failure`. Between attempts the
+  exponential back-off (`retry_back_off`, Envoy adds full jitter) applies, or, when the failed
+  response carries `Retry-After: <seconds>` no longer than the configured maximum,
+  `rate_limited_retry_back_off` waits that long (plus up to 50% jitter).
+- The limiter is the listener-level HTTP filter before the router: it decides once per
+  request, its rejection is a local reply that never reaches the router (so it is never
+  retried and never falls back), and it reads usage from the one response the client gets, so
+  a request served by any upstream is charged once, against the same key.
+- An upstream whose `model` is set is reached through an **internal listener**
+  (`fallback_<route>_<upstream>_rewrite`, in-process, no socket) running the filter in its
+  model-rewrite role (`{"model_rewrite": "<model>"}`: renames the body's top-level `model`,
+  limits nothing) behind Envoy's buffer filter, then a router to the upstream's own cluster
+  (`..._direct`). Not an upstream HTTP filter on the member cluster: a request routed to an
+  aggregate cluster gets the aggregate's upstream filter chain, never the member's
+  (envoyproxy/envoy#29318; checked here: the member's filter did not run). The buffer filter
+  is there because the limiter drops `Content-Length` (it may grow the body) and the rewrite
+  needs a complete body of known length; the buffer filter sets it.
+- `Host` follows the upstream: `auto_host_rewrite` with each endpoint's `hostname` set.
+
+Modes (the route is served through RDS, so switching rewrites one file; see toggles):
+
+- `auto`: the chain from the primary.
+- `forced` (to X): the chain from X (X, then the others in their order) — requests still fall
+  back if X fails. When the watcher forces it, `probe_percent` of the requests still take the
+  chain from the primary (weighted clusters), so the primary's recovery shows in its stats.
+- `off`: the primary's cluster alone, no retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tokenlimit.fallback.model import FallbackRoute, FallbackSpec, FallbackUpstream
+from tokenlimit.render.envoy import (
+    CONNECT_TIMEOUT_S,
+    FILTER_NAME,
+    HCM_TYPE,
+    HTTP_OPTIONS_TYPE,
+    ROUTE_TIMEOUT_S,
+    ROUTER_TYPE,
+    STREAM_IDLE_TIMEOUT_S,
+    STRING_VALUE_TYPE,
+    SYSTEM_CA_FILE,
+    TLS_TYPE,
+    UPSTREAM_CLUSTER,
+    WASM_TYPE,
+    EnvoyOptions,
+    Upstream,
+    bootstrap,
+)
+
+ROUTE_CONFIG_NAME = "tokenlimit"
+ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+AGGREGATE_TYPE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
+PREVIOUS_PRIORITIES_TYPE = (
+    "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3"
+    ".PreviousPrioritiesConfig"
+)
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+BUFFER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+INTERNAL_LISTENER_TYPE = (
+    "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+)
+REWRITE_FILTER_NAME = "tokenlimit-model-rewrite"
+# Larger bodies are answered 413 by the buffer filter; the outer route never buffers more than
+# FallbackRoute.buffer_bytes (at most this) for another attempt.
+REWRITE_BUFFER_BYTES = 64 * 1024 * 1024
+# The rewrite filters of all clusters share one VM (same module, same VM id), apart from the
+# limiter's: nothing they do can touch the budgets kept in the limiter's VM.
+REWRITE_VM_ID = "tokenlimit-upstream"
+RETRY_ON = "retriable-status-codes,reset,connect-failure"
+RETRY_AFTER_HEADER = "retry-after"
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """How a route is served right now (the spec's mode unless a toggle changed it)."""
+
+    mode: str  # auto | forced | off
+    to: str | None = None  # forced: the upstream requests start at
+    probe_percent: int = 0  # forced by the watcher: share still starting at the primary
+
+    @classmethod
+    def of(cls, route: FallbackRoute) -> RouteState:
+        """The state the spec itself asks for."""
+        if route.mode == "forced":
+            return cls("forced", route.forced_upstream or route.fallbacks[0].name)
+        return cls(route.mode)
+
+
+def upstream_cluster_name(route: str, upstream: str) -> str:
+    """`fallback_<route>_<upstream>` (names hold no `_` or `.`: unambiguous, stat-safe)."""
+    return f"fallback_{route}_{upstream}"
+
+
+def chain_cluster_name(route: str, first: str) -> str:
+    """The aggregate cluster whose chain starts at `first`."""
+    return f"fallback_{route}_chain_from_{first}"
+
+
+def direct_cluster_name(route: str, upstream: str) -> str:
+    """The cluster behind an upstream's rewrite listener: `fallback_<route>_<upstream>_direct`."""
+    return f"fallback_{route}_{upstream}_direct"
+
+
+def rewrite_listener_name(route: str, upstream: str) -> str:
+    """The internal listener renaming the model for one upstream."""
+    return f"fallback_{route}_{upstream}_rewrite"
+
+
+def duration(ms: int) -> str:
+    """Milliseconds as a protobuf Duration string: 250 → `0.25s`, 2000 → `2s`."""
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000:g}s"
+
+
+# --- clusters ---------------------------------------------------------------------------------
+
+
+def clusters(spec: FallbackSpec, ca_file: str = SYSTEM_CA_FILE) -> list[dict[str, Any]]:
+    """Every route's member clusters (and, for a renamed model, the cluster behind the
+    rewrite listener), then its chain (aggregate) clusters."""
+    found: list[dict[str, Any]] = []
+    for route in spec.routes:
+        for upstream in route.upstreams:
+            if upstream.model is None:
+                found.append(upstream_cluster(route.name, upstream, ca_file))
+            else:
+                found.append(member_cluster_via_rewrite(route.name, upstream))
+                found.append(
+                    upstream_cluster(
+                        route.name,
+                        upstream,
+                        ca_file,
+                        direct_cluster_name(route.name, upstream.name),
+                    )
+                )
+        found.extend(chain_cluster(route, upstream.name) for upstream in route.upstreams)
+    return found
+
+
+def listeners(
+    spec: FallbackSpec, wasm_path: str, stream_idle_timeout_s: int = STREAM_IDLE_TIMEOUT_S
+) -> list[dict[str, Any]]:
+    """The internal listeners that rename the model for one upstream each."""
+    return [
+        rewrite_listener(route.name, upstream, wasm_path, stream_idle_timeout_s)
+        for route in spec.routes
+        for upstream in route.upstreams
+        if upstream.model is not None
+    ]
+
+
+def chain_order(route: FallbackRoute, first: str) -> list[str]:
+    """The upstreams in the order a chain starting at `first` tries them."""
+    names = [u.name for u in route.upstreams]
+    return [first, *(n for n in names if n != first)]
+
+
+def chain_cluster(route: FallbackRoute, first: str) -> dict[str, Any]:
+    name = chain_cluster_name(route.name, first)
+    return {
+        "name": name,
+        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.aggregate",
+            "typed_config": {
+                "@type": AGGREGATE_TYPE,
+                "clusters": [
+                    upstream_cluster_name(route.name, n) for n in chain_order(route, first)
+                ],
+            },
+        },
+    }
+
+
+def _endpoint(address: dict[str, Any], hostname: str, cluster: str) -> dict[str, Any]:
+    return {
+        "cluster_name": cluster,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    # `hostname` is what auto_host_rewrite puts in Host for this upstream.
+                    {"endpoint": {"address": address, "hostname": hostname}}
+                ]
+            }
+        ],
+    }
+
+
+def _http1_options() -> dict[str, Any]:
+    # HTTP/1.1 to the upstream: what every OpenAI-compatible server speaks.
+    return {
+        HTTP_OPTIONS_KEY: {
+            "@type": HTTP_OPTIONS_TYPE,
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }
+
+
+def upstream_cluster(
+    route: str, upstream: FallbackUpstream, ca_file: str = SYSTEM_CA_FILE, name: str | None = None
+) -> dict[str, Any]:
+    """The cluster that reaches the upstream itself: its endpoint, HTTP/1.1, TLS for https."""
+    target = upstream.upstream
+    name = name or upstream_cluster_name(route, upstream.name)
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if target.is_ip else "LOGICAL_DNS",
+        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+    }
+    if not target.is_ip:
+        cluster["dns_lookup_family"] = "V4_PREFERRED"  # `localhost` must not mean ::1 only
+    address = {"socket_address": {"address": target.host, "port_value": target.port}}
+    cluster["load_assignment"] = _endpoint(address, target.authority, name)
+    cluster["typed_extension_protocol_options"] = _http1_options()
+    if target.tls:
+        cluster["transport_socket"] = _tls(target, ca_file)
+    return cluster
+
+
+def member_cluster_via_rewrite(route: str, upstream: FallbackUpstream) -> dict[str, Any]:
+    """The chain's member for an upstream with another model: the rewrite listener.
+
+    Envoy gives a request routed to an aggregate cluster the *aggregate's* upstream filter
+    chain, never the member cluster's (envoyproxy/envoy#29318), so a per-upstream upstream
+    filter would never run. The member is instead an internal listener (in-process, no
+    socket) whose HTTP filters rename the model and whose router forwards to the upstream.
+    Retries, Retry-After and per-upstream host stats stay with the outer router.
+    """
+    name = upstream_cluster_name(route, upstream.name)
+    address = {
+        "envoy_internal_address": {
+            "server_listener_name": rewrite_listener_name(route, upstream.name)
+        }
+    }
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+        "load_assignment": _endpoint(address, upstream.upstream.authority, name),
+        "typed_extension_protocol_options": _http1_options(),
+    }
+
+
+def rewrite_listener(
+    route: str,
+    upstream: FallbackUpstream,
+    wasm_path: str,
+    stream_idle_timeout_s: int = STREAM_IDLE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """An internal listener: buffer the body (so it has a length), rename the model, forward."""
+    assert upstream.model is not None
+    name = rewrite_listener_name(route, upstream.name)
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        "stream_idle_timeout": f"{stream_idle_timeout_s}s",
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [
+                {
+                    "name": name,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {
+                                "cluster": direct_cluster_name(route, upstream.name),
+                                # The outer route's timeout and per-try timeout govern.
+                                "timeout": "0s",
+                                "auto_host_rewrite": True,
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            # The limiter drops Content-Length (it may grow the body); the rewrite needs a
+            # complete body of known length. The buffer filter holds the body and sets it.
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": BUFFER_TYPE, "max_request_bytes": REWRITE_BUFFER_BYTES},
+            },
+            model_rewrite_filter(upstream.model, wasm_path),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+        ],
+    }
+    return {
+        "name": name,
+        "internal_listener": {},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def model_rewrite_filter(model: str, wasm_path: str) -> dict[str, Any]:
+    """The filter in its upstream role: `{"model_rewrite": model}` and nothing else."""
+    configuration = json.dumps({"model_rewrite": model}, separators=(",", ":"))
+    return {
+        "name": REWRITE_FILTER_NAME,
+        "typed_config": {
+            "@type": WASM_TYPE,
+            "config": {
+                "name": REWRITE_FILTER_NAME,
+                "root_id": FILTER_NAME,
+                "vm_config": {
+                    "vm_id": REWRITE_VM_ID,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_path}},
+                },
+                "configuration": {"@type": STRING_VALUE_TYPE, "value": configuration},
+            },
+        },
+    }
+
+
+def _tls(target: Upstream, ca_file: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TLS_TYPE,
+            "sni": target.host,
+            # Verify the server like a browser would: trusted CA, host name in the certificate.
+            "common_tls_context": {
+                "validation_context": {
+                    "trusted_ca": {"filename": ca_file},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": target.host}}
+                    ],
+                }
+            },
+        },
+    }
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+def retry_policy(route: FallbackRoute) -> dict[str, Any]:
+    """The retry policy that walks the chain (see the module docstring)."""
+    policy: dict[str, Any] = {
+        "retry_on": RETRY_ON,
+        "num_retries": route.retries,
+    }
+    if route.per_try_timeout_ms is not None:
+        policy["per_try_timeout"] = duration(route.per_try_timeout_ms)
+    policy["retriable_status_codes"] = list(route.retriable_status_codes)
+    policy["retry_priority"] = {
+        "name": "envoy.retry_priorities.previous_priorities",
+        "typed_config": {"@type": PREVIOUS_PRIORITIES_TYPE, "update_frequency": 1},
+    }
+    policy["retry_back_off"] = {
+        "base_interval": duration(route.back_off.base_interval_ms),
+        "max_interval": duration(route.back_off.max_interval_ms),
+    }
+    if route.retry_after.honor:
+        policy["rate_limited_retry_back_off"] = {
+            "reset_headers": [{"name": RETRY_AFTER_HEADER, "format": "SECONDS"}],
+            "max_interval": duration(route.retry_after.max_interval_ms),
+        }
+    return policy
+
+
+def route_entry(
+    route: FallbackRoute, state: RouteState, route_timeout_s: int = ROUTE_TIMEOUT_S
+) -> dict[str, Any]:
+    """The route for one fallback chain in its current mode."""
+    action: dict[str, Any] = {}
+    start = route.primary.name
+    if state.mode == "forced":
+        start = state.to or route.fallbacks[0].name
+    if state.mode == "off":
+        action["cluster"] = upstream_cluster_name(route.name, route.primary.name)
+    elif state.mode == "forced" and state.probe_percent > 0 and start != route.primary.name:
+        action["weighted_clusters"] = {
+            "clusters": [
+                {
+                    "name": chain_cluster_name(route.name, start),
+                    "weight": 100 - state.probe_percent,
+                },
+                {
+                    "name": chain_cluster_name(route.name, route.primary.name),
+                    "weight": state.probe_percent,
+                },
+            ]
+        }
+    else:
+        action["cluster"] = chain_cluster_name(route.name, start)
+    action["timeout"] = f"{route_timeout_s}s"
+    action["auto_host_rewrite"] = True
+    if state.mode != "off":
+        action["retry_policy"] = retry_policy(route)
+    entry: dict[str, Any] = {
+        "name": route.name,
+        "match": {"prefix": route.path_prefix},
+        "route": action,
+    }
+    if state.mode != "off":
+        # Bodies up to this size are kept so that another attempt can send them again.
+        entry["request_body_buffer_limit"] = route.buffer_bytes
+    return entry
+
+
+def route_configuration(
+    spec: FallbackSpec,
+    states: Mapping[str, RouteState] | None = None,
+    route_timeout_s: int = ROUTE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """The RouteConfiguration (one virtual host, the spec's routes in order)."""
+    states = states or {}
+    return {
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [
+            {
+                "name": "fallback",
+                "domains": ["*"],
+                "routes": [
+                    route_entry(r, states.get(r.name) or RouteState.of(r), route_timeout_s)
+                    for r in spec.routes
+                ],
+            }
+        ],
+    }
+
+
+def rds_resource(
+    spec: FallbackSpec,
+    states: Mapping[str, RouteState] | None = None,
+    route_timeout_s: int = ROUTE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """The file-based RDS document; `version_info` is a digest of the route configuration,
+    so Envoy's config_dump tells which version it serves."""
+    config = {"@type": ROUTE_CONFIG_TYPE, **route_configuration(spec, states, route_timeout_s)}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return {"version_info": digest, "resources": [config]}
+
+
+# --- bootstrap ---------------------------------------------------------------------------------
+
+
+def fallback_bootstrap(
+    options: EnvoyOptions, spec: FallbackSpec, rds_path: str, wasm_path: str
+) -> dict[str, Any]:
+    """`render.envoy.bootstrap(options)` with the fallback chains instead of its one upstream:
+    the route configuration comes from the RDS file at `rds_path` (give it a directory of its
+    own: Envoy watches the directory), and the clusters are the chains' clusters (plus the
+    bridge cluster, if any). `options.upstream` is not used for routing; pass the primary's."""
+    document = bootstrap(options)
+    listener = document["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    rebuilt: dict[str, Any] = {}
+    for key, value in hcm.items():
+        if key == "route_config":
+            rebuilt["rds"] = {
+                "route_config_name": ROUTE_CONFIG_NAME,
+                "config_source": {
+                    "path_config_source": {"path": rds_path},
+                    "resource_api_version": "V3",
+                },
+            }
+        else:
+            rebuilt[key] = value
+    listener["filter_chains"][0]["filters"][0]["typed_config"] = rebuilt
+    others = [c for c in document["static_resources"]["clusters"] if c["name"] != UPSTREAM_CLUSTER]
+    document["static_resources"]["clusters"] = [
+        *clusters(spec, options.upstream_ca_file),
+        *others,
+    ]
+    internal = listeners(spec, wasm_path, options.stream_idle_timeout_s)
+    if internal:
+        document["static_resources"]["listeners"].extend(internal)
+        document["bootstrap_extensions"] = [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {"@type": INTERNAL_LISTENER_TYPE},
+            }
+        ]
+    return document
