@@ -1,4 +1,4 @@
-"""The Redis store's Lua scripts against the shared budget vectors (filter/vectors/budget.json),
+"""The Redis store's Lua script against the shared budget vectors (filter/vectors/budget.json),
 on a real redis-server. budget.zig passes the same vectors in `zig build test`, so the local and
 the Redis store count alike."""
 
@@ -13,7 +13,7 @@ import redis
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "filter" / "src" / "redis"
+SCRIPT = (ROOT / "filter" / "src" / "redis" / "budget.lua").read_text()
 VECTORS = json.loads((ROOT / "filter" / "vectors" / "budget.json").read_text())
 ALGORITHMS = {"fixed": 0, "sliding": 1, "token_bucket": 2}
 
@@ -25,18 +25,18 @@ def client() -> Iterator[redis.Redis]:
 
 
 def run_admit(client: redis.Redis, keys: list[str], now_ms: int, force: bool, counters) -> list:
-    args: list[int] = [now_ms, int(force)]
+    args: list[int | str] = ["admit", now_ms, int(force)]
     for algorithm, window_ms, limit, amount in counters:
         args += [algorithm, window_ms, limit, amount]
-    return client.eval((SCRIPTS / "admit.lua").read_text(), len(keys), *keys, *args)
+    return client.eval(SCRIPT, len(keys), *keys, *args)
 
 
 def run_settle(client, keys, now_ms, counters, admitted_at_ms) -> int:
-    args: list[int] = [now_ms]
+    args: list[int | str] = ["settle", now_ms]
     for algorithm, window_ms, limit, reserved, actual in counters:
         args += [algorithm, window_ms, limit, reserved, actual]
     args.append(admitted_at_ms)
-    return client.eval((SCRIPTS / "settle.lua").read_text(), len(keys), *keys, *args)
+    return client.eval(SCRIPT, len(keys), *keys, *args)
 
 
 @pytest.mark.parametrize("scenario", VECTORS, ids=[v["name"] for v in VECTORS])
@@ -80,3 +80,8 @@ def test_server_time_is_used_when_no_clock_is_given(client: redis.Redis) -> None
     reply = run_admit(client, [key], 0, False, [(0, 60_000, 10, 1)])
     assert abs(reply[1] - server_ms) < 5000
     assert 0 < client.pttl(key) <= 60_000  # records expire with their window
+
+
+def test_an_unknown_operation_is_an_error_reply(client: redis.Redis) -> None:
+    with pytest.raises(redis.ResponseError, match="unknown operation"):
+        client.eval(SCRIPT, 0, "refund", 0)

@@ -1,5 +1,5 @@
 //! Budget math: pure functions of `now_ms` and a stored record, so tests need no host and the
-//! Redis Lua scripts (filter/redis/*.lua) can be checked against the same vectors
+//! Redis Lua script (src/redis/budget.lua) can be checked against the same vectors
 //! (filter/vectors/budget.json).
 //!
 //! Three algorithms, one record shape:
@@ -267,7 +267,7 @@ test "adding saturates instead of wrapping" {
 }
 
 test "shared vectors: the same steps give the same results as the Redis scripts" {
-    // filter/vectors/budget.json is also run against filter/src/redis/*.lua on a real Redis
+    // filter/vectors/budget.json is also run against filter/src/redis/budget.lua on a real Redis
     // (tests/test_budget_vectors.py): one set of expectations for both stores.
     const Step = struct {
         op: []const u8,

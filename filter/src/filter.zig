@@ -284,7 +284,7 @@ pub const HttpContext = struct {
         };
     }
 
-    /// admit.lua's reply: refused index (1-based, 0 = none), server time, then per counter
+    /// budget.lua's admit reply: refused index (1-based, 0 = none), server time, then per counter
     /// (used, limit, reset_ms).
     fn applyStoreReply(self: *HttpContext, values: []const i64) host.Action {
         const counters = self.counters.items;

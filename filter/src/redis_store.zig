@@ -1,5 +1,6 @@
-//! The Redis budget store: one atomic Lua script per operation (src/redis/admit.lua and
-//! settle.lua, embedded here), sent as EVALSHA and re-sent as EVAL on NOSCRIPT. Windows use
+//! The Redis budget store: one atomic Lua script (src/redis/budget.lua, embedded here) whose
+//! first argument names the operation (admit, settle), sent as EVALSHA and re-sent as EVAL on
+//! NOSCRIPT. Windows use
 //! Redis server time, so gateways with skewed clocks agree.
 //!
 //! Two transports, chosen at build time (build.zig `transport`), everything else shared:
@@ -20,8 +21,7 @@ const store = @import("store.zig");
 
 const allocator = host.allocator;
 
-pub const admit_script = @embedFile("redis/admit.lua");
-pub const settle_script = @embedFile("redis/settle.lua");
+pub const budget_script = @embedFile("redis/budget.lua");
 pub const transport = build_options.transport;
 /// Comptime-known, so the other transport's host functions are never referenced (a stock Envoy
 /// refuses a module that imports proxy_redis_*).
@@ -187,7 +187,7 @@ var circuit: Circuit = .{};
 var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retry_queue: std.ArrayList(Pending) = .empty;
 /// EVALSHA names, computed at build time (no SHA-1 code in the module).
-const script_shas = [2][40]u8{ scriptSha(admit_script), scriptSha(settle_script) };
+const script_sha = scriptSha(budget_script);
 
 fn scriptSha(comptime script: []const u8) [40]u8 {
     @setEvalBranchQuota(1_000_000);
@@ -230,6 +230,7 @@ pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, 
     var tail: resp.Command = .{};
     errdefer tail.deinit(allocator);
     try appendKeys(&tail, counters);
+    try tail.arg(allocator, "admit");
     try tail.argInt(allocator, 0); // now: the server's clock
     try tail.argInt(allocator, @intFromBool(force));
     for (counters) |counter| {
@@ -251,6 +252,7 @@ pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_token
     var tail: resp.Command = .{};
     errdefer tail.deinit(allocator);
     try appendKeys(&tail, counters);
+    try tail.arg(allocator, "settle");
     try tail.argInt(allocator, 0);
     for (counters) |counter| {
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
@@ -281,17 +283,15 @@ fn appendKeys(tail: *resp.Command, counters: []const store.Counter) !void {
 /// owns `call.tail`; on failure the caller still does.
 fn send(call: Pending) !void {
     if (pending.count() >= pending_max) return error.TooManyCallsInFlight;
-    const script = if (call.op == .admit) admit_script else settle_script;
-    const sha = &script_shas[@backingInt(call.op)];
     var command: resp.Command = .{};
     defer command.deinit(allocator);
     try command.begin(allocator, 2 + countArguments(call.tail));
     if (call.sent_as_eval) {
         try command.arg(allocator, "EVAL");
-        try command.arg(allocator, script);
+        try command.arg(allocator, budget_script);
     } else {
         try command.arg(allocator, "EVALSHA");
-        try command.arg(allocator, sha);
+        try command.arg(allocator, &script_sha);
     }
     try command.bytes.appendSlice(allocator, call.tail);
     const call_id = try transmit(call.target, command.bytes.items);

@@ -1,0 +1,134 @@
+-- tokenlimit: every budget operation, one atomic script (EVALSHA, EVAL on NOSCRIPT).
+-- The same budget math as filter/src/budget.zig, checked by the same vectors
+-- (filter/vectors/budget.json) against both. One script, so the math exists once here.
+--
+-- KEYS[i]  counter keys; all share one {rule} hash tag, so this runs on Redis Cluster too.
+-- ARGV[1]  'admit' or 'settle'
+-- ARGV[2]  now in ms, or 0 to use the Redis server's clock (so skewed gateways agree)
+--
+-- admit:  ARGV[3] 1 = shadow mode: add the amounts even where a counter refuses;
+--         ARGV[4 + 4(i-1) ...] per counter: algorithm (0 fixed, 1 sliding, 2 token_bucket),
+--         window length ms, limit, amount to add (0 = only check).
+--         Returns {refused (1-based index, 0 = admitted), now_ms, then per counter:
+--         used, limit, reset_ms}.
+-- settle: ARGV[3 + 5(i-1) ...] per counter: algorithm, window length ms, limit, reserved,
+--         actual; ARGV[last] the admission time (ms, as admit returned it): a refund only
+--         applies to the window the reservation was made in. Returns the counters changed.
+--
+-- Records are hashes {s = start ms, u = used, p = previous window's usage}.
+
+local function now_ms()
+  if tonumber(ARGV[2]) > 0 then return tonumber(ARGV[2]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function read(key)
+  local v = redis.call('HMGET', key, 's', 'u', 'p')
+  return {s = tonumber(v[1]) or 0, u = tonumber(v[2]) or 0, p = tonumber(v[3]) or 0}
+end
+
+-- The record brought forward to `now`: windows rolled, bucket refilled.
+local function current(r, algorithm, length, limit, now)
+  if algorithm == 2 then
+    if r.u == 0 or now <= r.s then
+      return {s = (r.u == 0) and now or r.s, u = r.u, p = 0}
+    end
+    local refilled = math.floor((now - r.s) * limit / length)
+    if refilled >= r.u then return {s = now, u = 0, p = 0} end
+    local spent = math.ceil(refilled * length / limit)
+    return {s = r.s + spent, u = r.u - refilled, p = 0}
+  end
+  local start = now - (now % length)
+  if r.s == start then return r end
+  local previous = 0
+  if algorithm == 1 and start >= length and r.s == start - length then previous = r.u end
+  return {s = start, u = 0, p = previous}
+end
+
+-- {used, reset_ms} of a current record.
+local function check(r, algorithm, length, limit, now)
+  if algorithm == 0 then return r.u, r.s + length - now end
+  if algorithm == 1 then
+    local weighted = math.floor(r.p * (length - (now - r.s)) / length)
+    return r.u + weighted, r.s + length - now
+  end
+  local excess = math.max(r.u - limit, 0) + 1
+  local wait = math.ceil(excess * length / limit)
+  return r.u, math.max(1, wait - math.max(now - r.s, 0))
+end
+
+local function fits(used, limit, amount)
+  if used >= limit then return false end
+  if amount > limit then return used == 0 end
+  return used + amount <= limit
+end
+
+-- Keep a record as long as it can still matter: sliding windows look one window back, and an
+-- overdrawn bucket needs longer than one window to refill.
+local function ttl(r, algorithm, length, limit)
+  if algorithm == 1 then return 2 * length end
+  if algorithm == 2 then return math.max(length, math.ceil(r.u * length / limit)) end
+  return length
+end
+
+local function write(key, r, algorithm, length, limit)
+  redis.call('HSET', key, 's', r.s, 'u', r.u, 'p', r.p)
+  redis.call('PEXPIRE', key, ttl(r, algorithm, length, limit))
+end
+
+local function admit(now)
+  local force = tonumber(ARGV[3]) == 1
+  local states, results, refused = {}, {}, 0
+  for i, key in ipairs(KEYS) do
+    local base = 4 + 4 * (i - 1)
+    local algorithm, length = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
+    local limit, amount = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+    local r = current(read(key), algorithm, length, limit, now)
+    local used, reset = check(r, algorithm, length, limit, now)
+    states[i] = {r = r, algorithm = algorithm, length = length, limit = limit, amount = math.min(amount, limit)}
+    results[i] = {used, limit, reset}
+    if refused == 0 and not fits(used, limit, amount) then refused = i end
+  end
+  if refused == 0 or force then
+    for i, key in ipairs(KEYS) do
+      local st = states[i]
+      st.r.u = st.r.u + st.amount
+      write(key, st.r, st.algorithm, st.length, st.limit)
+      local used, reset = check(st.r, st.algorithm, st.length, st.limit, now)
+      results[i] = {used, st.limit, reset}
+    end
+  end
+  local reply = {refused, now}
+  for i = 1, #KEYS do
+    reply[#reply + 1] = results[i][1]
+    reply[#reply + 1] = results[i][2]
+    reply[#reply + 1] = results[i][3]
+  end
+  return reply
+end
+
+local function settle(now)
+  local admitted_at = tonumber(ARGV[#ARGV])
+  local changed = 0
+  for i, key in ipairs(KEYS) do
+    local base = 3 + 5 * (i - 1)
+    local algorithm, length = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
+    local limit, reserved, actual = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+    if actual ~= reserved then
+      local r = current(read(key), algorithm, length, limit, now)
+      if actual > reserved then
+        r.u = r.u + (actual - reserved)
+      elseif algorithm == 2 or (admitted_at - (admitted_at % length)) == r.s then
+        r.u = math.max(r.u - (reserved - actual), 0)
+      end
+      write(key, r, algorithm, length, limit)
+      changed = changed + 1
+    end
+  end
+  return changed
+end
+
+if ARGV[1] == 'admit' then return admit(now_ms()) end
+if ARGV[1] == 'settle' then return settle(now_ms()) end
+return redis.error_reply('tokenlimit: unknown operation ' .. tostring(ARGV[1]))
