@@ -7,6 +7,7 @@ which headers, what is charged, and what never happens (credentials in logs, lea
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -679,3 +680,25 @@ def test_upstream_filter_role_renames_the_model_and_limits_nothing(make_host):
     chunked.complete(headers, JSON_RESPONSE, [openai_body(1, 1)], body)
     rewritten = json.loads(b"".join(chunked.request_body_chunks_forwarded))
     assert rewritten["model"] == "claude-3-5-haiku"
+
+
+def test_a_counter_two_workers_create_at_once_keeps_both_reservations(make_host, clock: Clock):
+    shared = SharedData()
+    h = make_host(clock=clock, shared_data=shared)
+    assert h.configure({**PER_KEY, "admission": "reserve", "default_output_tokens": 40})
+    now_ms = clock.now_ns // 10**6
+    # What another worker's admission wrote: format 2, window start, used 30, previous 0.
+    other_worker = struct.pack("<BQQQ", 2, now_ms - now_ms % 60_000, 30, 0)
+    created: list[bytes] = []
+
+    def another_worker_creates_it_first(key: bytes, value: bytes, cas: int) -> None:
+        if not created:
+            created.append(key)
+            shared.set(key, other_worker)
+
+    shared.before_set = another_worker_creates_it_first
+    stream = h.http_stream()
+    assert stream.request_headers(chat_request("race"), end_of_stream=True) == Action.CONTINUE
+    shared.before_set = None
+    value, _ = shared.get(created[0])
+    assert struct.unpack("<BQQQ", value)[2] == 30 + 40  # neither reservation was lost

@@ -47,6 +47,12 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from tokenlimit._checks import an_object as _object
+from tokenlimit._checks import array as _array
+from tokenlimit._checks import int_in as _int_in
+from tokenlimit._checks import one_of as _one_of
+from tokenlimit._checks import refusal as _error
+from tokenlimit._checks import show
 from tokenlimit._regexp import regexp_problem
 from tokenlimit.fallback.model import FallbackSpec
 
@@ -68,7 +74,6 @@ REDIS_SERVICE_NAME_BYTES_MAX = 253
 REDIS_CREDENTIAL_BYTES_MAX = 1024
 REDIS_TIMEOUT_MS_MAX = 60_000
 REDIS_DATABASE_MAX = 1_000_000
-SHOWN_CHARS_MAX = 40  # longer bad values are cut in error messages
 
 REJECTED_CODE_DEFAULT = 429
 REJECTED_MSG_DEFAULT = "Too many requests"
@@ -120,28 +125,6 @@ def camel_name(name: str) -> str:
 # --- values in error messages -------------------------------------------------------------
 
 
-def show(value: object) -> str:
-    """A bad value as an error message quotes it: JSON spelling, cut when long."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    if len(text) <= SHOWN_CHARS_MAX:
-        return text
-    cut = text[: SHOWN_CHARS_MAX - 4] + "..."
-    return cut + '"' if text.startswith('"') else cut
-
-
-def _error(message: str, at: Loc = ()) -> PydanticCustomError:
-    """A refusal; `at` extends the error's location below the object that raised it."""
-    # Braces in a message would be read as placeholders by pydantic: pass it through ctx.
-    return PydanticCustomError("tokenlimit", "{reason}", {"reason": message, "at": at})
-
-
 # --- value types ---------------------------------------------------------------------------
 
 
@@ -151,16 +134,6 @@ def _present(value: Any, handler: Callable[[Any], Any]) -> Any:
     if value is None:
         raise _error("must not be null (leave the field out to unset it)")
     return handler(value)
-
-
-def _int_in(low: int, high: int) -> WrapValidator:
-    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
-        # `type(...) is int` refuses true/false, which Python counts as integers.
-        if type(value) is not int or not low <= value <= high:
-            raise _error(f"must be an integer from {low} to {high}, got {show(value)}")
-        return handler(value)
-
-    return WrapValidator(check)
 
 
 def _text(min_bytes: int, max_bytes: int | None) -> WrapValidator:
@@ -175,24 +148,6 @@ def _text(min_bytes: int, max_bytes: int | None) -> WrapValidator:
         return handler(value)
 
     return WrapValidator(check)
-
-
-def _array(low: int, high: int | None, noun: str) -> WrapValidator:
-    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
-        if not isinstance(value, list):
-            raise _error(f"must be an array of {noun}, got {show(value)}")
-        if len(value) < low or (high is not None and len(value) > high):
-            bounds = f"{low} to {high}" if high is not None else f"at least {low}"
-            raise _error(f"must hold {bounds} {noun}, got {len(value)}")
-        return handler(value)
-
-    return WrapValidator(check)
-
-
-def _object(value: Any, handler: Callable[[Any], Any]) -> Any:
-    if not isinstance(value, dict | BaseModel):
-        raise _error(f"must be an object, got {show(value)}")
-    return handler(value)
 
 
 def _check_rule_name(value: Any, handler: Callable[[Any], Any]) -> Any:
@@ -222,15 +177,6 @@ def _literal(expected: str) -> WrapValidator:
     def check(value: Any, handler: Callable[[Any], Any]) -> Any:
         if value != expected:
             raise _error(f"must be {expected}, got {show(value)}")
-        return handler(value)
-
-    return WrapValidator(check)
-
-
-def _one_of(options: tuple[str, ...]) -> WrapValidator:
-    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
-        if value not in options:
-            raise _error(f"must be one of {', '.join(options)}, got {show(value)}")
         return handler(value)
 
     return WrapValidator(check)

@@ -12,6 +12,10 @@ const store = @import("store.zig");
 /// most N rounds; hitting this bound means something else is wrong, and it is reported.
 pub const cas_attempts_max = 32;
 
+/// Envoy hands out CAS tokens counting up from 1; this one is reached only after 2^32 - 1
+/// writes, and then costs one retry.
+const insert_cas: u32 = std.math.maxInt(u32);
+
 pub const Error = error{ StoreUnavailable, Contended };
 
 /// What one compare-and-swap round decides: the record to write, or null to write nothing.
@@ -26,7 +30,11 @@ fn modify(key: []const u8, update: Update) Error!budget.Record {
     var attempt: usize = 0;
     while (attempt < cas_attempts_max) : (attempt += 1) {
         var record = budget.Record{};
-        var cas: u32 = 0;
+        // A counter not there yet is created with a token no entry holds yet: shared data
+        // ignores the token on a true insert, but if another worker created the counter in
+        // the meantime the write fails with CAS_MISMATCH and we retry on its record (cas 0
+        // would overwrite it, losing that worker's reservation).
+        var cas: u32 = insert_cas;
         if (host.getSharedData(key) catch return error.StoreUnavailable) |shared| {
             var value = shared.value;
             defer value.deinit();
@@ -34,8 +42,6 @@ fn modify(key: []const u8, update: Update) Error!budget.Record {
             cas = shared.cas;
         }
         const next = update.apply(update.context, record) orelse return record;
-        // A first write (cas 0) cannot lose a race it cannot see: shared data ignores the
-        // token on insert. Counters are created at admission, long before charges arrive.
         host.setSharedData(key, &next.encode(), cas) catch |err| switch (err) {
             error.CasMismatch => continue,
             else => return error.StoreUnavailable,

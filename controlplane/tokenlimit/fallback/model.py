@@ -23,7 +23,6 @@ What the fields mean on the wire is in docs/fallback.md.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
@@ -38,7 +37,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+
+from tokenlimit._checks import an_object as _object
+from tokenlimit._checks import array as _array
+from tokenlimit._checks import int_in as _int_in
+from tokenlimit._checks import one_of as _one_of
+from tokenlimit._checks import refusal as _error
+from tokenlimit._checks import show
 
 if TYPE_CHECKING:
     from tokenlimit.render.envoy import Upstream
@@ -57,7 +62,6 @@ NUM_RETRIES_MAX = 16
 INTERVAL_MS_MAX = 300_000
 ROUTE_TIMEOUT_S = 300  # tokenlimit.render.envoy.ROUTE_TIMEOUT_S (a test pins the two equal)
 TIMEOUT_MS_MAX = ROUTE_TIMEOUT_S * 1000
-SHOWN_CHARS_MAX = 40
 BUFFER_BYTES_MIN = 64 * 1024
 BUFFER_BYTES_MAX = 64 * 1024 * 1024
 HIGRESS_ROUTE_CHARS_MAX = 317  # namespace (63) + '/' + name (253)
@@ -88,40 +92,10 @@ _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HIGRESS_ROUTE = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
-def show(value: object) -> str:
-    """A bad value as an error message quotes it (tokenlimit.model.show's rules)."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    if len(text) <= SHOWN_CHARS_MAX:
-        return text
-    cut = text[: SHOWN_CHARS_MAX - 4] + "..."
-    return cut + '"' if text.startswith('"') else cut
-
-
 def _parse_upstream(url: str) -> Upstream:
     from tokenlimit.render.envoy import Upstream
 
     return Upstream.parse(url)
-
-
-def _error(message: str, at: tuple[str | int, ...] = ()) -> PydanticCustomError:
-    """A refusal in the project's error shape (tokenlimit.model.problems reads it)."""
-    return PydanticCustomError("tokenlimit", "{reason}", {"reason": message, "at": at})
-
-
-def _int_in(low: int, high: int) -> WrapValidator:
-    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
-        if type(value) is not int or not low <= value <= high:
-            raise _error(f"must be an integer from {low} to {high}, got {show(value)}")
-        return handler(value)
-
-    return WrapValidator(check)
 
 
 def _ratio(low_open: bool) -> WrapValidator:
@@ -164,15 +138,6 @@ def _model_name(value: Any, handler: Callable[[Any], Any]) -> Any:
     return handler(value)
 
 
-def _one_of(choices: tuple[str, ...] | dict[str, str]) -> WrapValidator:
-    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
-        if value not in choices:
-            raise _error(f"must be one of {', '.join(choices)}, got {show(value)}")
-        return handler(value)
-
-    return WrapValidator(check)
-
-
 def _higress_route(value: Any, handler: Callable[[Any], Any]) -> Any:
     if not isinstance(value, str) or not (
         _HIGRESS_ROUTE.fullmatch(value) and len(value) <= HIGRESS_ROUTE_CHARS_MAX
@@ -192,23 +157,6 @@ def _codes(value: Any, handler: Callable[[Any], Any]) -> Any:
             raise _error(f"must be a status code from 400 to 599, got {show(code)}", (index,))
         if code in value[:index]:
             raise _error(f"{code} is listed twice", (index,))
-    return handler(value)
-
-
-def _array(low: int, high: int, noun: str) -> WrapValidator:
-    def check(value: Any, handler: Callable[[Any], Any]) -> Any:
-        if not isinstance(value, list):
-            raise _error(f"must be an array of {noun}, got {show(value)}")
-        if not low <= len(value) <= high:
-            raise _error(f"must hold {low} to {high} {noun}, got {len(value)}")
-        return handler(value)
-
-    return WrapValidator(check)
-
-
-def _object(value: Any, handler: Callable[[Any], Any]) -> Any:
-    if not isinstance(value, dict | BaseModel):
-        raise _error(f"must be an object, got {show(value)}")
     return handler(value)
 
 

@@ -1,0 +1,504 @@
+"""Benchmark: how far concurrent clients overshoot a token budget, `postpaid` vs. `reserve`.
+
+The question an operator paying for tokens asks (issue 4): N clients share one API key with a
+small per-minute budget; how many tokens does the gateway let through before it says no,
+relative to the budget? Under `postpaid` (Higress semantics) a request is admitted while the
+budget is not yet spent and charged when its usage arrives, so every request in flight when
+the budget runs out overshoots it. Under `reserve` each request reserves its estimate (prompt
+bytes / 4 + `max_tokens`) at admission and settles the difference when usage is known.
+
+Setup (127.0.0.1 only): one real Envoy (2 workers; budgets in Envoy shared data, the `local`
+store) with tokenlimit.wasm, through `tokenlimit.gateway.Gateway`, in front of the mock LLM.
+Every request is an OpenAI chat completion with a random prompt (200-1200 bytes), a random
+`max_tokens` (128, 256 or 512) and a random real completion (25-100 % of `max_tokens`, set with
+`x-mock-completion-tokens`), and the mock waits a random 200-500 ms before answering, so
+requests overlap as real LLM calls do.
+
+One round per (store, admission mode, N): the policy is replaced through ECDS with a fresh
+`rule_name`, so the round's budget starts empty; N asyncio clients then loop for `--seconds`
+(a 200 gets the next request at once, a 429 is retried after 200-400 ms — aggressive clients
+that ignore Retry-After, the worst case for overshoot); in-flight requests are awaited. Budget
+windows are fixed per minute, aligned to the epoch: a round starts only when it fits in what is
+left of the current minute, and a round whose window rolled over anyway is run again.
+
+Reported per round: admitted and rejected requests, admitted tokens (sum of the mock's `usage`
+over 200 responses) ÷ budget, and as a cross-check Envoy's own counters
+(`tokenlimit.tokens_charged`, `requests_allowed`, `requests_rejected`) for the same round.
+
+    .venv/bin/python bench/accuracy.py [--quick] [--clients 8,32,128] [--budget 10000]
+        [--seconds 8] [--repeat 2] [--store local[,redis]] [--seed 1]
+
+Default run: about 2-3 minutes; `--quick`: about 1 minute. Markdown on stdout, progress on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h
+from tokenlimit.gateway import Gateway
+from tokenlimit.model import FilterConfig, parse_filter_config
+
+WINDOW_S = 60  # token_per_minute: fixed windows aligned to the epoch
+API_KEY = "bench-shared-key"
+MAX_TOKENS_CHOICES = (128, 256, 512)
+PROMPT_BYTES = (200, 1200)
+COMPLETION_SHARE = (0.25, 1.0)
+REJECT_BACKOFF_S = (0.2, 0.4)
+REQUEST_TIMEOUT_S = 10.0
+WINDOW_MARGIN_S = 2.0  # slack past the last answer before a round may end
+STATS_SETTLE_S = 0.3
+STORES = ("local", "redis")
+MODES = ("postpaid", "reserve")
+WORDS = ("invoice", "refund", "customer", "billing", "account", "plan", "upgrade", "support")
+
+
+# --- where budgets live: the extension point for the Redis store -----------------------------
+
+
+class Target(Protocol):
+    """A gateway under test: where to send requests, how to swap its rule, its counters."""
+
+    store: str
+    listen_url: str
+
+    def apply(self, cfg: FilterConfig) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+def rule_config(store: str, rule_name: str, admission: str, budget: int) -> FilterConfig:
+    """One shared key with `budget` tokens a minute. A Redis target will add its `redis` block."""
+    doc = {
+        "rule_name": rule_name,
+        "admission": admission,
+        "rule_items": [
+            {
+                "limit_by_header": "x-api-key",
+                "limit_keys": [{"key": API_KEY, "token_per_minute": budget}],
+            }
+        ],
+    }
+    if store == "redis":
+        sys.exit(not_yet())  # the `redis: {...}` block goes here
+    return parse_filter_config(doc)
+
+
+def not_yet() -> str:
+    return (
+        "not yet: needs the Redis store (issue 3). (To wire --store redis: start redis-server, "
+        "and the bridge for stock Envoy, in open_target() and add the `redis` block in "
+        "rule_config(); the rounds and the report need no change.)"
+    )
+
+
+@dataclass
+class LocalTarget:
+    gateway: Gateway
+    store: str = "local"
+
+    @property
+    def listen_url(self) -> str:
+        return self.gateway.listen_url
+
+    def apply(self, cfg: FilterConfig) -> None:
+        self.gateway.update_policy(cfg)
+
+    def stats(self) -> dict[str, int]:
+        return self.gateway.stats()
+
+
+@contextlib.contextmanager
+def open_target(store: str, args: argparse.Namespace) -> Iterator[Target]:
+    """A running gateway keeping budgets in `store`, stopped on exit."""
+    if store == "redis":
+        sys.exit(not_yet())  # start redis-server (+ bridge) and a Gateway pointing at it
+    initial = rule_config(store, "bench-accuracy-start", "postpaid", args.budget)
+    with Gateway(
+        initial, upstream="mock", concurrency=args.envoy_workers, wasm_path=args.wasm
+    ) as gw:
+        yield LocalTarget(gw)
+
+
+# --- one round -------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    store: str
+    mode: str
+    clients: int
+    budget: int
+    repeat: int
+    admitted: int = 0
+    rejected: int = 0
+    errors: int = 0
+    tokens: int = 0  # from the mock's usage in 200 responses
+    envoy_allowed: int = 0
+    envoy_rejected: int = 0
+    envoy_charged: int = 0
+    envoy_store_errors: int = 0  # store failures admit uncounted: they would explain an overshoot
+    envoy_estimated: int = 0  # responses charged from a byte estimate instead of usage
+    seconds: float = 0.0
+    window_ok: bool = True
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.tokens / self.budget
+
+    @property
+    def counters_agree(self) -> bool:
+        return (
+            self.envoy_charged == self.tokens
+            and self.envoy_allowed == self.admitted
+            and self.envoy_rejected == self.rejected
+            and self.envoy_store_errors == 0
+            and self.envoy_estimated == 0
+        )
+
+
+def request_plan(rng: random.Random, delay_ms: tuple[int, int]) -> tuple[bytes, dict[str, str]]:
+    """A chat completion request and the mock's knobs for it."""
+    max_tokens = rng.choice(MAX_TOKENS_CHOICES)
+    target = rng.randint(*PROMPT_BYTES)
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < target:
+        words.append(rng.choice(WORDS))
+    body = json.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "You answer customer-support questions."},
+                {"role": "user", "content": " ".join(words)},
+            ],
+            "max_tokens": max_tokens,
+        },
+        separators=(",", ":"),
+    ).encode()
+    low, high = COMPLETION_SHARE
+    completion = rng.randint(math.ceil(max_tokens * low), math.floor(max_tokens * high))
+    headers = {
+        "content-type": "application/json",
+        "x-api-key": API_KEY,
+        "x-mock-completion-tokens": str(completion),
+        "x-mock-delay-ms": str(rng.randint(*delay_ms)),
+    }
+    return body, headers
+
+
+async def drive(
+    url: str, result: Round, seconds: float, seed: int, delay_ms: tuple[int, int]
+) -> None:
+    stop_at = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=result.clients)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client(index: int) -> None:
+            rng = random.Random(seed * 100_003 + index)
+            await asyncio.sleep(rng.uniform(0, 0.05))  # not all in the same millisecond
+            while time.monotonic() < stop_at:
+                body, headers = request_plan(rng, delay_ms)
+                try:
+                    async with session.post(
+                        url + "/v1/chat/completions", data=body, headers=headers
+                    ) as response:
+                        payload = await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    result.errors += 1
+                    if len(result.error_samples) < 3:
+                        result.error_samples.append(f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(rng.uniform(*REJECT_BACKOFF_S))
+                    continue
+                if status == 200:
+                    usage = json.loads(payload)["usage"]
+                    result.admitted += 1
+                    result.tokens += usage["prompt_tokens"] + usage["completion_tokens"]
+                elif status == 429:
+                    result.rejected += 1
+                    await asyncio.sleep(rng.uniform(*REJECT_BACKOFF_S))
+                else:
+                    result.errors += 1
+                    if len(result.error_samples) < 3:
+                        result.error_samples.append(f"{status}: {payload[:120]!r}")
+                    await asyncio.sleep(rng.uniform(*REJECT_BACKOFF_S))
+
+        await asyncio.gather(*(client(i) for i in range(result.clients)))
+
+
+def window(t: float) -> int:
+    return int(t // WINDOW_S)
+
+
+def wait_for_room(needed_s: float) -> None:
+    """Sleep into the next minute unless `needed_s` fits in what is left of this one."""
+    left = WINDOW_S - time.time() % WINDOW_S
+    if left < needed_s:
+        log(f"  waiting {left:.1f}s for the next minute window")
+        time.sleep(left + 0.2)
+
+
+def run_round(target: Target, result: Round, args: argparse.Namespace, serial: int) -> Round:
+    name = f"acc-{result.store}-{result.mode}-n{result.clients}-{args.run_id}-{serial}"
+    target.apply(rule_config(result.store, name, result.mode, result.budget))
+    needed = args.seconds + args.delay[1] / 1000 + WINDOW_MARGIN_S
+    for attempt in range(2):
+        fresh = Round(result.store, result.mode, result.clients, result.budget, result.repeat)
+        if attempt:  # a fresh rule name again, and a whole window ahead
+            target.apply(rule_config(fresh.store, f"{name}-again", fresh.mode, fresh.budget))
+            wait_for_room(WINDOW_S)
+        wait_for_room(needed)
+        before = target.stats()
+        started = time.time()
+        asyncio.run(drive(target.listen_url, fresh, args.seconds, args.seed + serial, args.delay))
+        ended = time.time()
+        time.sleep(STATS_SETTLE_S)
+        after = target.stats()
+        fresh.seconds = ended - started
+        fresh.window_ok = window(started) == window(ended)
+
+        def delta(metric: str, a: dict[str, int] = after, b: dict[str, int] = before) -> int:
+            key = f"wasmcustom.tokenlimit.{metric}"
+            return a.get(key, 0) - b.get(key, 0)
+
+        fresh.envoy_allowed = delta("requests_allowed")
+        fresh.envoy_rejected = delta("requests_rejected")
+        fresh.envoy_charged = delta("tokens_charged")
+        fresh.envoy_store_errors = delta("store_errors")
+        fresh.envoy_estimated = delta("usage_estimated")
+        if fresh.window_ok:
+            return fresh
+        log("  the minute window rolled over during the round: running it again")
+    return fresh
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def report(args: argparse.Namespace, rounds: list[Round]) -> str:
+    out = ["### Accuracy: admitted tokens ÷ budget, N clients sharing one key\n"]
+    out.append(h.machine_summary() + "\n")
+    out.append(
+        f"Budget {args.budget:,} tokens per minute on one API key; Envoy with "
+        f"{args.envoy_workers} workers in front of the mock LLM (delay {args.delay[0]}-"
+        f"{args.delay[1]} ms); each request: prompt {PROMPT_BYTES[0]}-{PROMPT_BYTES[1]} bytes, "
+        f"`max_tokens` in {list(MAX_TOKENS_CHOICES)}, real completion "
+        f"{COMPLETION_SHARE[0]:.0%}-{COMPLETION_SHARE[1]:.0%} of it; clients loop for "
+        f"{args.seconds:g} s per round, retrying a 429 after "
+        f"{REJECT_BACKOFF_S[0] * 1000:.0f}-{REJECT_BACKOFF_S[1] * 1000:.0f} ms; each round has a "
+        "fresh rule (empty budget) inside one minute window. Admitted tokens: the mock's usage "
+        "summed over 200 responses. Counters agree: Envoy's `tokenlimit.*` counters for the "
+        "round equal the client's counts and tokens, with no store errors and no response "
+        "charged from an estimate.\n"
+    )
+    cells: dict[tuple[str, str, int], list[Round]] = {}
+    for r in rounds:
+        cells.setdefault((r.store, r.mode, r.clients), []).append(r)
+    rows = []
+    for (store, mode, n), group in cells.items():
+        ratios = [r.ratio for r in group]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(group) > 1 else "-"
+        rows.append(
+            [
+                store,
+                mode,
+                n,
+                len(group),
+                f"{statistics.mean(ratios):.2f}",
+                spread,
+                f"{statistics.mean(r.admitted for r in group):.1f}",
+                f"{statistics.mean(r.rejected for r in group):.0f}",
+            ]
+        )
+    out.append(
+        h.markdown_table(
+            [
+                "store",
+                "admission",
+                "clients",
+                "rounds",
+                "admitted ÷ budget",
+                "range",
+                "admitted req/round",
+                "rejected req/round",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+    out.append("Every round:\n")
+    rows = []
+    for r in rounds:
+        rows.append(
+            [
+                r.store,
+                r.mode,
+                r.clients,
+                r.repeat,
+                r.admitted,
+                r.rejected,
+                r.errors,
+                f"{r.tokens:,}",
+                f"{r.ratio:.3f}",
+                f"{r.envoy_charged:,}",
+                f"{r.envoy_allowed}/{r.envoy_rejected}/{r.envoy_store_errors}",
+                "yes" if r.counters_agree else "NO",
+                "yes" if r.window_ok else "NO",
+            ]
+        )
+    out.append(
+        h.markdown_table(
+            [
+                "store",
+                "admission",
+                "clients",
+                "round",
+                "admitted",
+                "rejected",
+                "errors",
+                "admitted tokens",
+                "÷ budget",
+                "Envoy tokens_charged",
+                "Envoy allowed/rejected/store errors",
+                "counters agree",
+                "one window",
+            ],
+            rows,
+        )
+    )
+    samples = [s for r in rounds for s in r.error_samples]
+    if samples:
+        out.append("\nErrors seen (first few): " + "; ".join(samples[:5]))
+    return "\n".join(out)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("comma-separated integers") from None
+    if not values or any(v < 1 or v > 512 for v in values):
+        raise argparse.ArgumentTypeError("client counts from 1 to 512")
+    return values
+
+
+def name_list(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        values = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
+        return values
+
+    return parse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--clients",
+        type=int_list,
+        default=[8, 32, 128],
+        help="concurrent clients per round, comma-separated (8,32,128)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=name_list(MODES),
+        default=list(MODES),
+        help="admission modes (postpaid,reserve)",
+    )
+    parser.add_argument(
+        "--store",
+        type=name_list(STORES),
+        default=["local"],
+        help="budget stores, comma-separated: local (Envoy shared data); redis is not wired yet",
+    )
+    parser.add_argument("--budget", type=int, default=10_000, help="tokens per minute (10000)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per round (8)")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds per cell (2)")
+    parser.add_argument("--delay-ms", default="200-500", help="mock delay range (200-500)")
+    parser.add_argument("--envoy-workers", type=int, default=2, help="Envoy --concurrency (2)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one round per cell of 5 s: about a minute"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.seconds = 1, 5.0
+    try:
+        low, high = (int(x) for x in args.delay_ms.split("-"))
+    except ValueError:
+        parser.error("--delay-ms takes LOW-HIGH in milliseconds, e.g. 200-500")
+    if not 0 <= low <= high <= 5000:
+        parser.error("--delay-ms must lie within 0-5000")
+    args.delay = (low, high)
+    if not 1 <= args.seconds <= 30 or not 1 <= args.repeat <= 5:
+        parser.error("--seconds must be 1..30 and --repeat 1..5 (rounds must fit in a minute)")
+    if not 1 <= args.budget <= 10**9 or not 1 <= args.envoy_workers <= 8:
+        parser.error("--budget must be 1..10^9 and --envoy-workers 1..8")
+    if "redis" in args.store:
+        sys.exit(not_yet())
+    args.run_id = f"{int(time.time()) % 100_000:05d}"
+
+    started = time.monotonic()
+    watch = h.CpuWatch()
+    rounds: list[Round] = []
+    serial = 0
+    for store in args.store:
+        with open_target(store, args) as target:
+            cell = 0
+            for repeat in range(1, args.repeat + 1):
+                for n in args.clients:
+                    # flip the mode order from one client count to the next, so slow drift
+                    # (other load on the machine) hits both modes alike
+                    cell += 1
+                    modes = args.modes if cell % 2 else args.modes[::-1]
+                    for mode in modes:
+                        serial += 1
+                        log(
+                            f"round {serial}: store={store} admission={mode} clients={n} "
+                            f"repeat={repeat}"
+                        )
+                        r = run_round(
+                            target, Round(store, mode, n, args.budget, repeat), args, serial
+                        )
+                        log(
+                            f"  admitted {r.admitted} rejected {r.rejected} errors {r.errors} "
+                            f"tokens {r.tokens} = {r.ratio:.2f} x budget "
+                            f"(Envoy charged {r.envoy_charged})"
+                        )
+                        rounds.append(r)
+    rounds.sort(key=lambda r: (STORES.index(r.store), MODES.index(r.mode), r.clients, r.repeat))
+    print(report(args, rounds) + "\n\n" + watch.summary())
+    log(f"total {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,559 @@
+"""Benchmark: Envoy with the tokenlimit filter vs. the same Envoy without it, in one run.
+
+What it answers: how much throughput, latency, CPU and memory the filter costs a gateway on
+the request path, when the upstream is not the bottleneck.
+
+Setup (all on 127.0.0.1, started and stopped by this script):
+
+- an upstream Envoy answering every request itself (`direct_response`) with a realistic OpenAI
+  chat completion (JSON, `usage` included) — far faster than any Python server, so it never
+  limits the gateway;
+- two gateway Envoys rendered by `tokenlimit.render.envoy.bootstrap` from the same options,
+  identical except that one has the wasm filter (tokenlimit.wasm, a per-key budget of 10^15
+  tokens a minute: every request is matched, counted, admitted and charged from the response's
+  usage) and the other has no wasm filter at all;
+- wrk (one thread) POSTing a chat completion request with `x-api-key` cycling over 8 keys.
+
+Both gateways are driven alternately by the same load — per round and per connection count,
+with the order flipped every round (ABBA) so drift hits both alike — after a warm-up that is
+not measured (connections, V8 tier-up). Per variant it reports requests/s, p50/p99 latency
+(median over rounds of wrk's per-run percentiles), the gateway's CPU time per request (from
+/proc/<pid>/stat: the cleanest cost number when client, gateway and upstream share few cores),
+and the with/without ratios. It also reports the module size and the gateway's memory
+(`server.memory_allocated`, RSS) after start, after warm-up and at the end, for both variants.
+
+    .venv/bin/python bench/overhead.py [--rounds 3] [--seconds 5] [--connections 1,16]
+        [--admission postpaid|reserve] [--breakdown] [--path /v1/chat/completions] [--wasm PATH]
+
+`--breakdown` adds a third gateway whose filter is loaded but matches no request, separating
+the cost of the Wasm plumbing (V8 contexts, callbacks) from the filter's own work.
+About 75 s with the defaults (110 s with --breakdown).
+
+Needs wrk (`apt-get install -y wrk`). Prints a Markdown report on stdout, progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h
+from tokenlimit.model import FilterConfig, parse_filter_config
+from tokenlimit.modules import filter_path
+from tokenlimit.render.envoy import (
+    FILTER_NAME,
+    HCM_TYPE,
+    ROUTER_TYPE,
+    EnvoyOptions,
+    InlineFilter,
+    Upstream,
+    bootstrap,
+    filter_typed_config,
+)
+
+KEYS = [f"bench-key-{i}" for i in range(8)]
+PROMPT_TOKENS, COMPLETION_TOKENS = 52, 118
+BUDGET_PER_MINUTE = 10**15  # never reached: every request is admitted
+WARMUP_S = 2.0
+BUFFER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+
+REQUEST_BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant for a support team."},
+            {
+                "role": "user",
+                "content": "Summarise the customer's message in two sentences and suggest a "
+                "polite reply: 'My invoice for October lists the Pro plan twice, and I was "
+                "charged for both. Can you refund the duplicate charge?'",
+            },
+        ],
+        "max_tokens": 256,
+        "temperature": 0.2,
+    },
+    separators=(",", ":"),
+)
+
+RESPONSE_BODY = json.dumps(
+    {
+        "id": "chatcmpl-AQ3dNbEnChMaRkOvErHeAd0001",
+        "object": "chat.completion",
+        "created": 1731000000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "The customer was billed twice for the Pro plan on the October "
+                    "invoice and asks for a refund of the duplicate charge. Suggested reply: "
+                    "\"Thank you for pointing this out — I'm sorry for the double charge. I have "
+                    "refunded the duplicate Pro plan payment; it will reach your account within "
+                    '5 to 10 business days, and a corrected invoice is on its way."',
+                    "refusal": None,
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": COMPLETION_TOKENS,
+            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_0ba0d124f1",
+    },
+    separators=(",", ":"),
+)
+
+
+# --- configs ---------------------------------------------------------------------------------
+
+
+def upstream_bootstrap(listen_port: int, admin_port: int) -> dict[str, Any]:
+    """An Envoy that answers every request with RESPONSE_BODY, keeping connections alive."""
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "upstream",
+        "route_config": {
+            "name": "upstream",
+            "virtual_hosts": [
+                {
+                    "name": "llm",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {
+                                "status": 200,
+                                "body": {"inline_string": RESPONSE_BODY},
+                            },
+                        }
+                    ],
+                    "response_headers_to_add": [
+                        {
+                            "header": {"key": "content-type", "value": "application/json"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            # A direct response sent before the request body is read makes Envoy close an
+            # HTTP/1.1 connection; reading the body first keeps the gateway's pool warm.
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": BUFFER_TYPE, "max_request_bytes": 1 << 20},
+            },
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+        ],
+    }
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "upstream",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+
+
+def filter_config(admission: str, *, idle: bool = False) -> FilterConfig:
+    """A per-key budget no request reaches; `idle`: keyed on a header no request carries."""
+    item: dict[str, Any] = (
+        {"limit_by_header": "x-bench-never-sent", "limit_keys": [{"key": "x"}]}
+        if idle
+        else {"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*"}]}
+    )
+    item["limit_keys"][0]["token_per_minute"] = BUDGET_PER_MINUTE
+    return parse_filter_config(
+        {"rule_name": "bench-overhead", "admission": admission, "rule_items": [item]}
+    )
+
+
+def gateway_bootstrap(
+    upstream_url: str, wasm: Path, cfg: FilterConfig | None, listen: int, admin: int
+) -> dict[str, Any]:
+    """The project's own bootstrap with the filter inline, or the same minus the filter."""
+    # The filter entry is rendered in both and dropped from one, so nothing else can differ.
+    placeholder = cfg or filter_config("postpaid")
+    doc = bootstrap(
+        EnvoyOptions(
+            upstream=Upstream.parse(upstream_url),
+            filter=InlineFilter(filter_typed_config(placeholder, str(wasm))),
+            listen_port=listen,
+            admin_port=admin,
+        )
+    )
+    if cfg is None:
+        hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        chain = hcm["typed_config"]["http_filters"]
+        hcm["typed_config"]["http_filters"] = [f for f in chain if f["name"] != FILTER_NAME]
+        assert len(hcm["typed_config"]["http_filters"]) == len(chain) - 1
+    return doc
+
+
+def wrk_script(path: Path, request_path: str) -> Path:
+    headers = ", ".join(
+        f'wrk.format("POST", {h.lua_string(request_path)}, '
+        f'{{["content-type"] = "application/json", ["x-api-key"] = "{k}"}}, body)'
+        for k in KEYS
+    )
+    path.write_text(
+        f"local body = {h.lua_string(REQUEST_BODY)}\n"
+        "local requests = {}\n"
+        "local i = 0\n"
+        f"init = function(args)\n  requests = {{ {headers} }}\nend\n"
+        "request = function()\n  i = i % #requests + 1\n  return requests[i]\nend\n" + h.WRK_DONE,
+        encoding="utf-8",
+    )
+    return path
+
+
+# --- measurement -----------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """The rounds of one (variant, connection count)."""
+
+    runs: list[h.LoadResult] = field(default_factory=list)
+    cpu_s: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return sum(r.requests for r in self.runs)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / sum(r.seconds for r in self.runs)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_s / self.requests * 1e6 if self.requests else float("nan")
+
+    @property
+    def non_2xx(self) -> int:
+        return sum(r.non_2xx + r.socket_errors for r in self.runs)
+
+
+def memory(envoy: h.Envoy) -> tuple[int, int]:
+    return envoy.stats().get("server.memory_allocated", 0), h.rss_bytes(envoy.pid)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> str:
+    wrk = h.require_wrk()
+    wasm = Path(args.wasm).resolve() if args.wasm else filter_path("envoy")
+    work = h.work_dir("overhead")
+    script = wrk_script(work / "chat.lua", args.path)
+    variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
+    configs = {
+        "with": filter_config(args.admission),
+        "without": None,
+        "idle": filter_config(args.admission, idle=True),
+    }
+    envoys: list[h.Envoy] = []
+    watch = h.CpuWatch()
+    done = False
+    try:
+        up = h.Envoy("upstream", {}, h.free_port(), h.free_port(), work)
+        up.config = upstream_bootstrap(up.listen_port, up.admin_port)
+        envoys.append(up.start())
+        gw = {}
+        for v in variants:
+            listen, admin = h.free_port(), h.free_port()
+            doc = gateway_bootstrap(up.url, wasm, configs[v], listen, admin)
+            gw[v] = h.Envoy(f"gateway-{v}", doc, listen, admin, work, concurrency=1)
+        for v in variants:
+            envoys.append(gw[v].start())
+        time.sleep(1.0)  # let them settle before the first memory reading
+        mem = {v: {"start": memory(gw[v])} for v in variants}
+        stats_before = gw["with"].stats()
+
+        log(f"warm-up {WARMUP_S:g}s per gateway and connection count")
+        for conns in args.connections:
+            for v in variants:
+                h.run_wrk(wrk, gw[v].url, script, seconds=WARMUP_S, connections=conns)
+        for v in variants:
+            mem[v]["warm"] = memory(gw[v])
+
+        series = {(v, c): Series() for v in variants for c in args.connections}
+        for r in range(args.rounds):
+            order = variants if r % 2 == 0 else variants[::-1]  # ABBA: drift hits all alike
+            for conns in args.connections:
+                for v in order:
+                    cpu0 = h.cpu_seconds(gw[v].pid)
+                    result = h.run_wrk(
+                        wrk, gw[v].url, script, seconds=args.seconds, connections=conns
+                    )
+                    series[v, conns].cpu_s += h.cpu_seconds(gw[v].pid) - cpu0
+                    series[v, conns].runs.append(result)
+                    log(
+                        f"round {r + 1}/{args.rounds} c={conns:<3} {v:<7} "
+                        f"{result.rps:8.0f} req/s  p50 {result.p50_ms:.3f} ms  "
+                        f"p99 {result.p99_ms:.3f} ms  non-2xx {result.non_2xx}"
+                    )
+        for v in variants:
+            mem[v]["end"] = memory(gw[v])
+        stats_after = gw["with"].stats()
+        text = report(args, wasm, series, mem, stats_before, stats_after)
+        done = True
+        return text + "\n\n" + watch.summary()
+    finally:
+        for envoy in reversed(envoys):
+            envoy.stop()
+        if done:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"Envoy configs and logs kept in {work}")
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}" if b else "—"
+
+
+LABELS = {"without": "without filter", "with": "with filter", "idle": "filter, no rule matches"}
+WASM_STATS_SHOWN = (
+    "wasm.wasm_vm_count",
+    "wasm.envoy.wasm.runtime.v8.active",
+    "wasm.envoy.wasm.runtime.v8.created",
+)
+
+
+def report(
+    args: argparse.Namespace,
+    wasm: Path,
+    series: dict[tuple[str, int], Series],
+    mem: dict[str, dict[str, tuple[int, int]]],
+    before: dict[str, int],
+    after: dict[str, int],
+) -> str:
+    variants = [v for v in ("without", "with", "idle") if (v, args.connections[0]) in series]
+    out: list[str] = []
+    out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
+    out.append(h.machine_summary() + "\n")
+    out.append(
+        f"Gateway Envoys: 1 worker each, the project's bootstrap (access log on, to /dev/null); "
+        f"upstream: Envoy `direct_response` (1 worker) with a {len(RESPONSE_BODY)}-byte chat "
+        f"completion; client: wrk, 1 thread, POST {args.path} with a "
+        f"{len(REQUEST_BODY)}-byte body, {len(KEYS)} API keys; admission `{args.admission}`. "
+        f"{args.rounds} interleaved rounds x {args.seconds:g} s per variant and connection "
+        f"count, after {WARMUP_S:g} s warm-up. Client, gateways and upstream share the same "
+        f"{h.core_count()} cores. req/s: all rounds together (per-round range beside it); "
+        "p50/p99: median of the rounds' wrk percentiles; CPU: the gateway process's CPU time "
+        "per request.\n"
+    )
+    rows = []
+    for conns in args.connections:
+        for v in variants:
+            s = series[v, conns]
+            lo, hi = min(r.rps for r in s.runs), max(r.rps for r in s.runs)
+            rows.append(
+                [
+                    conns,
+                    LABELS[v],
+                    f"{s.rps:.0f}",
+                    f"{lo:.0f}-{hi:.0f}",
+                    f"{s.median('p50_ms'):.3f}",
+                    f"{s.median('p99_ms'):.3f}",
+                    f"{s.cpu_us_per_request:.1f}",
+                    s.non_2xx,
+                ]
+            )
+    out.append(
+        h.markdown_table(
+            [
+                "connections",
+                "gateway",
+                "req/s",
+                "req/s per round",
+                "p50 ms",
+                "p99 ms",
+                "CPU µs/req",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+    rows = []
+    for conns in args.connections:
+        for v in variants[1:]:
+            w, wo = series[v, conns], series["without", conns]
+            rows.append(
+                [
+                    conns,
+                    LABELS[v],
+                    ratio(w.rps, wo.rps),
+                    ratio(w.median("p50_ms"), wo.median("p50_ms")),
+                    ratio(w.median("p99_ms"), wo.median("p99_ms")),
+                    ratio(w.cpu_us_per_request, wo.cpu_us_per_request),
+                    f"{w.cpu_us_per_request - wo.cpu_us_per_request:+.1f}",
+                    f"{(w.median('p50_ms') - wo.median('p50_ms')) * 1e3:+.0f}",
+                ]
+            )
+    out.append(
+        h.markdown_table(
+            [
+                "connections",
+                "÷ without filter",
+                "req/s ratio",
+                "p50 ratio",
+                "p99 ratio",
+                "CPU/req ratio",
+                "CPU µs/req added",
+                "p50 µs added",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+
+    def delta(name: str) -> int:
+        key = f"wasmcustom.tokenlimit.{name}"
+        return after.get(key, 0) - before.get(key, 0)
+
+    allowed, rejected = delta("requests_allowed"), delta("requests_rejected")
+    charged = delta("tokens_charged")
+    measured = sum(s.requests for (v, _), s in series.items() if v == "with")
+    per = PROMPT_TOKENS + COMPLETION_TOKENS
+    out.append(
+        f"Filter check (gateway with filter, warm-up included): {allowed} requests allowed, "
+        f"{rejected} rejected, {charged} tokens charged = "
+        f"{charged / allowed if allowed else 0:.2f} per allowed request (each response "
+        f"reports {per}; requests still in flight when wrk stops are allowed but never "
+        f"charged); {measured} measured requests.\n"
+    )
+    rows = []
+    for v in variants:
+        m = mem[v]
+        rows.append(
+            [
+                LABELS[v],
+                *(mib(m[p][0]) for p in ("start", "warm", "end")),
+                *(mib(m[p][1]) for p in ("start", "warm", "end")),
+            ]
+        )
+    for v in variants[1:]:
+        rows.append(
+            [
+                f"{LABELS[v]} - without",
+                *(mib(mem[v][p][0] - mem["without"][p][0]) for p in ("start", "warm", "end")),
+                *(mib(mem[v][p][1] - mem["without"][p][1]) for p in ("start", "warm", "end")),
+            ]
+        )
+    out.append(
+        h.markdown_table(
+            [
+                "gateway",
+                "allocated MiB: start",
+                "after warm-up",
+                "end",
+                "RSS MiB: start",
+                "after warm-up",
+                "end",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+    shown = ", ".join(f"`{k}` {after[k]}" for k in WASM_STATS_SHOWN if k in after) or "none"
+    out.append(
+        f"Module: `{wasm.name}`, {wasm.stat().st_size:,} bytes. Memory: `allocated` is "
+        "Envoy's `server.memory_allocated` (its tcmalloc heap); V8's heaps and the module's "
+        "linear memory are mapped outside it and show only in RSS (/proc/<pid>/status). "
+        f"Envoy wasm stats of the gateway with the filter (1 worker): {shown}."
+    )
+    return "\n".join(out)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:+.1f}" if n < 0 else f"{n / 2**20:.1f}"
+
+
+def connection_list(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values or any(v < 1 or v > 1000 for v in values):
+        raise argparse.ArgumentTypeError("comma-separated connection counts from 1 to 1000")
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per run (5)")
+    parser.add_argument(
+        "--connections",
+        type=connection_list,
+        default=[1, 16],
+        help="wrk connection counts, comma-separated (1,16): 1 shows the per-request latency "
+        "added, 16 saturates the gateway",
+    )
+    parser.add_argument("--admission", choices=("postpaid", "reserve"), default="postpaid")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="add a third gateway whose filter is loaded but matches no request: the cost "
+        "of the Wasm plumbing alone, apart from the filter's own work",
+    )
+    parser.add_argument(
+        "--path",
+        default="/v1/chat/completions",
+        help="request path (/v1/chat/completions): on OpenAI completion paths the filter also "
+        "reads the JSON request body (to add stream_options.include_usage when streaming)",
+    )
+    parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
+    args = parser.parse_args()
+    if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 60:
+        parser.error("--rounds must be 1..20 and --seconds 1..60")
+    print(run(args))
+
+
+if __name__ == "__main__":
+    main()
