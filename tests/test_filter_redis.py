@@ -215,6 +215,15 @@ def test_failure_mode_local_enforces_the_local_budget(filter_wasm, bridge, clock
     assert refused(ask(host, "k"))
 
 
+def test_failure_mode_local_enforces_this_gateways_share(filter_wasm, bridge, clock, redis_server):
+    # Four gateways share 100 tokens a minute; alone, each may spend a quarter of it.
+    host = gateway(filter_wasm, bridge, clock, failure_mode="local", local_share=0.25)
+    redis_server.kill()
+    assert not refused(ask(host, "k", 20, 5))
+    rejection = ask(host, "k").local_response
+    assert rejection is not None and dict(rejection.headers)["x-ratelimit-limit-tokens"] == "25"
+
+
 def test_charges_made_during_an_outage_land_after_recovery(
     filter_wasm, bridge, clock, redis_server
 ):

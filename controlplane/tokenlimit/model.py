@@ -205,6 +205,19 @@ def _weight(value: Any, handler: Callable[[Any], Any]) -> Any:
     return handler(value)
 
 
+def _share(value: Any, handler: Callable[[Any], Any]) -> Any:
+    # Thousandths, as the filter reads them; 0 would mean "admit nothing".
+    ok = type(value) in (int, float) and 0 < value <= 1
+    if ok and type(value) is float:
+        ok = abs(value * 1000 - round(value * 1000)) < 1e-6 and round(value * 1000) > 0
+    if not ok:
+        raise _error(
+            f"must be a number greater than 0 and at most 1, with at most 3 decimals, "
+            f"got {show(value)}"
+        )
+    return handler(value)
+
+
 def _dns_name(pattern: re.Pattern[str], chars_max: int, what: str, chars: str) -> WrapValidator:
     def check(value: Any, handler: Callable[[Any], Any]) -> Any:
         if not (isinstance(value, str) and pattern.fullmatch(value) and len(value) <= chars_max):
@@ -265,6 +278,9 @@ OptOutputTokens = Annotated[
 ]
 OptWeight = Annotated[
     Annotated[float | int, Field(ge=0, le=WEIGHT_MAX), WrapValidator(_weight)] | None, _Present
+]
+OptShare = Annotated[
+    Annotated[float | int, Field(gt=0, le=1), WrapValidator(_share)] | None, _Present
 ]
 Matches = Annotated[list[Annotated[str, _text(0, None)]], _array(0, None, "strings")]
 OptMatches = Annotated[Matches | None, _Present]
@@ -552,6 +568,9 @@ class _BudgetFields(_Model):
     """Cost weights for input, output and cached tokens."""
     failure_mode: OptFailureMode = None
     """When the store fails: open (allow; default), closed (reject) or local (per-gateway)."""
+    local_share: OptShare = None
+    """failure_mode local: the fraction of each limit one gateway enforces on its own while
+    Redis is unavailable (e.g. 0.25 with four gateways). Default 1."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

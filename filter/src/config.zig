@@ -143,6 +143,8 @@ pub const Rule = struct {
     default_output_tokens: u64 = 1024,
     weights: usage.Weights = .{},
     failure_mode: FailureMode = .open,
+    /// failure_mode local: thousandths of each limit this gateway enforces alone (1000 = all).
+    local_share_milli: u32 = 1000,
     /// Budgets live in Redis when set (Higress semantics), else in the local store.
     redis: ?Redis = null,
 };
@@ -344,7 +346,7 @@ const Parser = struct {
     const rule_fields = [_][]const u8{
         "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
-        "failure_mode",
+        "failure_mode", "local_share",
     };
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_" };
@@ -489,6 +491,14 @@ const Parser = struct {
         }
         if (map.get("weights")) |value| parsed.weights = try self.weightsField(value);
         if (map.get("failure_mode")) |value| parsed.failure_mode = try self.enumField(FailureMode, "failure_mode", value);
+        if (map.get("local_share")) |value| {
+            const saved = self.enter("local_share");
+            parsed.local_share_milli = try self.milli(value);
+            if (parsed.local_share_milli == 0 or parsed.local_share_milli > 1000) {
+                return self.fail("must be a number greater than 0 and at most 1, with at most 3 decimals", .{});
+            }
+            self.leave(saved);
+        }
         parsed.redis = try self.redisField(map);
         return parsed;
     }

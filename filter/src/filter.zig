@@ -332,6 +332,11 @@ pub const HttpContext = struct {
                 return .pause;
             },
             .local => {
+                // Each gateway enforces its configured share of every limit on its own.
+                for (self.counters.items) |*counter| {
+                    const shared = @as(u128, counter.budget.limit) * rule.local_share_milli / 1000;
+                    counter.budget.limit = @max(1, @as(u64, @intCast(shared)));
+                }
                 const action = self.decideLocally(host.nowMs());
                 if (resumed and action == .pause) return .pause;
                 return action;
