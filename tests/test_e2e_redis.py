@@ -160,3 +160,26 @@ def test_failure_mode_closed_answers_503_without_waiting(
         outcomes = [post(gw, "k") for _ in range(5)]
         assert {status for status, _ in outcomes} == {503}
         assert max(duration for _, duration in outcomes) < 1.0
+
+
+def test_the_bridge_token_reaches_the_filter_from_envoys_environment(
+    filter_wasm: Path, redis_server: RedisServer
+) -> None:
+    token = "s3cret-bridge-token"
+    with Gateway(
+        config(budget=200), wasm_path=filter_wasm, redis=redis_server.url, bridge_token=token
+    ) as gw:
+        avoid_minute_boundary()
+        assert [post(gw, "tok")[0] for _ in range(3)] == [200, 200, 429]  # counted in Redis
+        assert token not in gw.ecds_path.read_text()  # never in the config
+    # Envoy without the token: the bridge refuses it, and the log says exactly that.
+    with Gateway(
+        config(),
+        wasm_path=filter_wasm,
+        redis=redis_server.url,
+        bridge_token=token,
+        envoy_env={"TOKENLIMIT_BRIDGE_TOKEN": "wrong"},
+    ) as gw:
+        for _ in range(4):
+            assert post(gw, "tok2")[0] == 200  # failure_mode open
+        assert "the bridge refused the filter's token" in gw.logs().stderr

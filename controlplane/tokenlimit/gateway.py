@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +36,7 @@ from typing import IO, Self
 from tokenlimit.model import FilterConfig, filter_json, parse_filter_config
 from tokenlimit.modules import filter_path
 from tokenlimit.render.envoy import (
+    BRIDGE_TOKEN_VARIABLE,
     FILTER_NAME,
     EcdsFilter,
     EnvoyOptions,
@@ -109,10 +110,16 @@ class Gateway:
         mock_name: str = "mock-llm",
         ready_timeout_s: float = READY_TIMEOUT_S,
         redis: str | None = None,
+        bridge_token: str | None = None,
+        envoy_env: Mapping[str, str] | None = None,
     ) -> None:
         # With `redis` (a redis:// URL) budgets live in Redis, reached through a tokenlimit
         # bridge this gateway starts; several gateways on one Redis share one budget.
         self.redis_url = redis
+        # The bridge requires this bearer token; Envoy gets it as TOKENLIMIT_BRIDGE_TOKEN
+        # (unless envoy_env says otherwise), which the filter reads from its VM environment.
+        self.bridge_token = bridge_token
+        self.envoy_env = dict(envoy_env or {})
         self.config = _through_bridge(config) if redis else config
         self.upstream_label = upstream
         self.concurrency = concurrency
@@ -318,7 +325,13 @@ class Gateway:
         self._ecds_text = text
         return True
 
-    def _spawn(self, argv: list[str], stdout: Path, stderr: Path | None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self,
+        argv: list[str],
+        stdout: Path,
+        stderr: Path | None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         out = stdout.open("ab")
         self._open_files.append(out)
         err: IO[bytes] | int = subprocess.STDOUT
@@ -331,7 +344,7 @@ class Gateway:
             stdout=out,
             stderr=err,
             cwd=self.work_dir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
             start_new_session=True,
             preexec_fn=_die_with_parent,  # only sets a signal: no locks taken
         )
@@ -371,7 +384,8 @@ class Gateway:
             "--timeout-ms",
             str(BRIDGE_TIMEOUT_MS),
         ]
-        self._bridge = self._spawn(argv, self.bridge_log_path, None)
+        token = {BRIDGE_TOKEN_VARIABLE: self.bridge_token} if self.bridge_token else {}
+        self._bridge = self._spawn(argv, self.bridge_log_path, None, token)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             found = _BRIDGE_READY.search(self.bridge_log_path.read_text(errors="replace"))
@@ -403,7 +417,10 @@ class Gateway:
             "--file-flush-interval-msec",
             str(FILE_FLUSH_INTERVAL_MS),
         ]
-        self._envoy = self._spawn(argv, self.access_log_path, self.envoy_log_path)
+        env = {BRIDGE_TOKEN_VARIABLE: self.bridge_token} if self.bridge_token else {}
+        self._envoy = self._spawn(
+            argv, self.access_log_path, self.envoy_log_path, {**env, **self.envoy_env}
+        )
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s

@@ -41,6 +41,7 @@ pub const bridge_token_variable = "TOKENLIMIT_BRIDGE_TOKEN";
 
 pub const Failure = enum {
     bridge_unreachable,
+    bridge_unauthorized,
     redis_unreachable,
     auth_failed,
     timeout,
@@ -52,6 +53,7 @@ pub const Failure = enum {
     pub fn describe(self: Failure) []const u8 {
         return switch (self) {
             .bridge_unreachable => "the tokenlimit bridge is unreachable (is the bridge cluster up?)",
+            .bridge_unauthorized => "the bridge refused the filter's token (set TOKENLIMIT_BRIDGE_TOKEN in Envoy's environment to the bridge's token)",
             .redis_unreachable => "Redis is unreachable",
             .auth_failed => "Redis refused the credentials (wrong username or password)",
             .timeout => "Redis did not answer within redis.timeout",
@@ -410,6 +412,7 @@ pub fn bridgeReply(status: ?u16, bridge_error: []const u8) Failure {
     if (std.mem.eql(u8, bridge_error, "redis-unreachable")) return .redis_unreachable;
     if (std.mem.eql(u8, bridge_error, "redis-auth-failed")) return .auth_failed;
     if (std.mem.eql(u8, bridge_error, "redis-timeout")) return .timeout;
+    if (std.mem.eql(u8, bridge_error, "unauthorized")) return .bridge_unauthorized;
     if (bridge_error.len > 0) return .redis_error;
     if (code == 504) return .timeout;
     return .bridge_unreachable; // Envoy's own 503: no healthy bridge to talk to

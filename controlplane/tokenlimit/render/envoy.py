@@ -147,6 +147,9 @@ def policy_options(spec: PolicySpec | None) -> dict[str, Any]:
     return found
 
 
+BRIDGE_TOKEN_VARIABLE = "TOKENLIMIT_BRIDGE_TOKEN"  # filter/src/redis_store.zig reads it
+
+
 def filter_typed_config(cfg: FilterConfig, wasm_path: str) -> dict[str, Any]:
     """The `envoy.extensions.filters.http.wasm.v3.Wasm` typed_config running the filter."""
     return {
@@ -160,6 +163,9 @@ def filter_typed_config(cfg: FilterConfig, wasm_path: str) -> dict[str, Any]:
                 "vm_id": FILTER_NAME,
                 "runtime": "envoy.wasm.runtime.v8",
                 "code": {"local": {"filename": wasm_path}},
+                # The bridge's bearer token reaches the filter from Envoy's own environment,
+                # never through this config (unset: the bridge must not require one).
+                "environment_variables": {"host_env_keys": [BRIDGE_TOKEN_VARIABLE]},
             },
             "configuration": {"@type": STRING_VALUE_TYPE, "value": filter_json(cfg)},
         },

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenlimit.model import BridgeRef, TokenRateLimitPolicy, filter_json, policy_filter_config
+from tokenlimit.render.envoy import BRIDGE_TOKEN_VARIABLE
 from tokenlimit.render.kube import (
     PHASES,
     PULL_POLICIES,
@@ -99,6 +100,10 @@ def render(policy: TokenRateLimitPolicy, options: IstioOptions) -> list[dict[str
         spec["priority"] = options.priority
     spec["failStrategy"] = fail_strategy(policy.spec, options.fail_strategy)
     spec["pluginConfig"] = json.loads(filter_json(policy_filter_config(policy)))
+    if policy.spec.redis is not None:
+        # The bridge's token, from the proxy's environment (a Secret the gateway or sidecar
+        # mounts as TOKENLIMIT_BRIDGE_TOKEN): secrets by reference, never in pluginConfig.
+        spec["vmConfig"] = {"env": [{"name": BRIDGE_TOKEN_VARIABLE, "valueFrom": "HOST"}]}
     objects = [
         {
             "apiVersion": API_VERSION,
