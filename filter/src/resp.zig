@@ -4,8 +4,8 @@
 //! arrays of integers, and errors.
 const std = @import("std");
 
-/// Builds one command in a caller-owned list. (Headers are printed into 24-byte buffers: a
-/// usize in decimal plus framing always fits, hence `catch unreachable` there.)
+/// Builds one command in a caller-owned list. (Headers are printed into 24-byte buffers, which
+/// a usize in decimal plus framing always fits; NoSpaceLeft is still an error, not a panic.)
 pub const Command = struct {
     bytes: std.ArrayList(u8) = .empty,
 
@@ -17,19 +17,19 @@ pub const Command = struct {
     /// Starts an array of `count` arguments; then call `arg`/`argInt` exactly `count` times.
     pub fn begin(self: *Command, allocator: std.mem.Allocator, count: usize) !void {
         var header: [24]u8 = undefined;
-        try self.bytes.appendSlice(allocator, std.fmt.bufPrint(&header, "*{d}\r\n", .{count}) catch unreachable);
+        try self.bytes.appendSlice(allocator, try std.fmt.bufPrint(&header, "*{d}\r\n", .{count}));
     }
 
     pub fn arg(self: *Command, allocator: std.mem.Allocator, value: []const u8) !void {
         var header: [24]u8 = undefined;
-        try self.bytes.appendSlice(allocator, std.fmt.bufPrint(&header, "${d}\r\n", .{value.len}) catch unreachable);
+        try self.bytes.appendSlice(allocator, try std.fmt.bufPrint(&header, "${d}\r\n", .{value.len}));
         try self.bytes.appendSlice(allocator, value);
         try self.bytes.appendSlice(allocator, "\r\n");
     }
 
     pub fn argInt(self: *Command, allocator: std.mem.Allocator, value: u64) !void {
         var text: [24]u8 = undefined;
-        try self.arg(allocator, std.fmt.bufPrint(&text, "{d}", .{value}) catch unreachable);
+        try self.arg(allocator, try std.fmt.bufPrint(&text, "{d}", .{value}));
     }
 };
 
