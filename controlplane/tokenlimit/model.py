@@ -351,62 +351,48 @@ def _at_least_one_window(obj: BaseModel, info: ValidationInfo) -> None:
         raise _error(f"needs at least one of {names}")
 
 
-class GlobalThreshold(_Model):
+class _Windows(_Model):
+    """The budget windows: at least one token or request limit per second/minute/hour/day."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_WINDOWS_RULE))
+
+    token_per_second: OptTokenLimit = None
+    """Tokens per second (input + output, weighted)."""
+    token_per_minute: OptTokenLimit = None
+    """Tokens per minute."""
+    token_per_hour: OptTokenLimit = None
+    """Tokens per hour."""
+    token_per_day: OptTokenLimit = None
+    """Tokens per day (resets at midnight UTC)."""
+    request_per_second: OptTokenLimit = None
+    """Requests per second."""
+    request_per_minute: OptTokenLimit = None
+    """Requests per minute."""
+    request_per_hour: OptTokenLimit = None
+    """Requests per hour."""
+    request_per_day: OptTokenLimit = None
+    """Requests per day."""
+
+    @model_validator(mode="after")
+    def _windows(self, info: ValidationInfo) -> Self:
+        _at_least_one_window(self, info)
+        return self
+
+
+class GlobalThreshold(_Windows):
     """One budget shared by every request the rule sees."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(_WINDOWS_RULE))
 
-    token_per_second: OptTokenLimit = None
-    """Tokens per second (input + output, weighted)."""
-    token_per_minute: OptTokenLimit = None
-    """Tokens per minute."""
-    token_per_hour: OptTokenLimit = None
-    """Tokens per hour."""
-    token_per_day: OptTokenLimit = None
-    """Tokens per day (resets at midnight UTC)."""
-    request_per_second: OptTokenLimit = None
-    """Requests per second."""
-    request_per_minute: OptTokenLimit = None
-    """Requests per minute."""
-    request_per_hour: OptTokenLimit = None
-    """Requests per hour."""
-    request_per_day: OptTokenLimit = None
-    """Requests per day."""
-
-    @model_validator(mode="after")
-    def _windows(self, info: ValidationInfo) -> Self:
-        _at_least_one_window(self, info)
-        return self
-
-
-class LimitKey(_Model):
-    """A key value (literal, `*`, `regexp:...`, IP or CIDR) and its budget windows."""
-
-    model_config = ConfigDict(json_schema_extra=_cel(_WINDOWS_RULE))
-
+class _Key(_Model):
     key: Key
     """A literal value, `*`, `regexp:<pattern>`, an IP or a CIDR (depends on the limitBy* field)."""
-    token_per_second: OptTokenLimit = None
-    """Tokens per second (input + output, weighted)."""
-    token_per_minute: OptTokenLimit = None
-    """Tokens per minute."""
-    token_per_hour: OptTokenLimit = None
-    """Tokens per hour."""
-    token_per_day: OptTokenLimit = None
-    """Tokens per day (resets at midnight UTC)."""
-    request_per_second: OptTokenLimit = None
-    """Requests per second."""
-    request_per_minute: OptTokenLimit = None
-    """Requests per minute."""
-    request_per_hour: OptTokenLimit = None
-    """Requests per hour."""
-    request_per_day: OptTokenLimit = None
-    """Requests per day."""
 
-    @model_validator(mode="after")
-    def _windows(self, info: ValidationInfo) -> Self:
-        _at_least_one_window(self, info)
-        return self
+
+class LimitKey(_Windows, _Key):
+    """A key value (literal, `*`, `regexp:...`, IP or CIDR) and its budget windows."""
+
+    # (_Key last among the bases: pydantic orders fields base-last-first, so `key` comes first
+    # in rendered configs, as Higress users write it.)
 
 
 class RuleItem(_Model):
