@@ -42,11 +42,7 @@ pub const Metrics = struct {
 
     /// Names as Envoy's /stats/prometheus shows them: `tokenlimit_requests_allowed` etc.
     pub fn define() Metrics {
-        var defined: Metrics = .{};
-        inline for (comptime std.meta.fieldNames(Metrics)) |name| {
-            @field(defined, name) = host.defineMetric(.counter, "tokenlimit." ++ name) catch 0;
-        }
-        return defined;
+        return host.defineMetrics(Metrics, "tokenlimit.", &.{});
     }
 };
 

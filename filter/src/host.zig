@@ -324,6 +324,20 @@ pub fn recordMetric(metric_id: u32, value: u64) void {
     _ = proxy_record_metric(metric_id, value); // best effort, as increments
 }
 
+/// Defines one metric per field of `T` (each a u32 id) named `prefix ++ field`: a gauge when
+/// the field name is listed in `gauges`, else a counter. A metric the host refuses gets id 0,
+/// which later increments simply miss: metrics never fail a request.
+pub fn defineMetrics(comptime T: type, comptime prefix: []const u8, comptime gauges: []const []const u8) T {
+    var defined: T = .{};
+    inline for (comptime std.meta.fieldNames(T)) |name| {
+        const is_gauge = comptime for (gauges) |gauge| {
+            if (std.mem.eql(u8, gauge, name)) break true;
+        } else false;
+        @field(defined, name) = defineMetric(if (is_gauge) .gauge else .counter, prefix ++ name) catch 0;
+    }
+    return defined;
+}
+
 extern "env" fn proxy_increment_metric(metric_id: u32, offset: i64) u32;
 
 pub fn incrementMetric(metric_id: u32, offset: i64) void {

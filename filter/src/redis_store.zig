@@ -175,12 +175,7 @@ pub const Metrics = struct {
     settles_dropped: u32 = 0,
 
     pub fn define() Metrics {
-        var defined: Metrics = .{};
-        inline for (comptime std.meta.fieldNames(Metrics)) |name| {
-            const kind: host.MetricType = if (std.mem.eql(u8, name, "circuit_open")) .gauge else .counter;
-            @field(defined, name) = host.defineMetric(kind, "tokenlimit.redis_" ++ name) catch 0;
-        }
-        return defined;
+        return host.defineMetrics(Metrics, "tokenlimit.redis_", &.{"circuit_open"});
     }
 };
 
