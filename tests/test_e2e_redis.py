@@ -183,3 +183,44 @@ def test_the_bridge_token_reaches_the_filter_from_envoys_environment(
         for _ in range(4):
             assert post(gw, "tok2")[0] == 200  # failure_mode open
         assert "the bridge refused the filter's token" in gw.logs().stderr
+
+
+def test_reserve_with_redis_holds_the_body_then_resumes(
+    filter_wasm: Path, redis_server: RedisServer
+) -> None:
+    reserve = parse_filter_config(
+        {
+            "rule_name": "reserve-fleet",
+            "admission": "reserve",
+            "rule_items": [
+                {
+                    "limit_by_per_header": "x-api-key",
+                    "limit_keys": [{"key": "*", "token_per_minute": 250}],
+                }
+            ],
+        }
+    )
+    with Gateway(reserve, wasm_path=filter_wasm, concurrency=2, redis=redis_server.url) as gw:
+        avoid_minute_boundary()
+        body = {"model": "m", "max_tokens": 60, "messages": [{"role": "user", "content": "x" * 80}]}
+        statuses = []
+        for _ in range(4):
+            request = urllib.request.Request(
+                gw.listen_url + "/v1/chat/completions",
+                data=json.dumps(body).encode(),
+                headers={
+                    "content-type": "application/json",
+                    "x-api-key": "rk",
+                    "x-mock-prompt-tokens": "40",
+                    "x-mock-completion-tokens": "60",
+                },
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    statuses.append(response.status)
+                    assert json.loads(response.read())["usage"]["completion_tokens"] == 60
+            except urllib.error.HTTPError as refused:
+                statuses.append(refused.code)
+        # Each answer really costs 100; the third reservation (body/4 ~ 33, plus max_tokens 60)
+        # no longer fits in the 50 left of 250.
+        assert statuses == [200, 200, 429, 429], statuses
