@@ -11,6 +11,7 @@ test {
     _ = @import("src/budget.zig");
     _ = @import("src/json_scan.zig");
     _ = @import("src/request.zig");
+    _ = @import("src/message.zig");
     _ = @import("src/json_tree.zig");
     _ = @import("src/sha256.zig");
 }

@@ -4,6 +4,7 @@
 //! keeps lives in one arena owned by `Config`; replacing a config frees the old arena at once.
 const std = @import("std");
 const ip = @import("ip.zig");
+const message = @import("message.zig");
 const regex = @import("regex.zig");
 const budget = @import("budget.zig");
 const usage = @import("usage.zig");
@@ -267,12 +268,12 @@ const Parser = struct {
         self.path_len += n;
     }
 
+    /// Records the error at the current path (message.zig formats it without per-message code).
     fn fail(self: *Parser, comptime format: []const u8, args: anytype) ParseError {
         const d = self.diagnostic;
         @memcpy(d.field_buffer[0..self.path_len], self.path_buffer[0..self.path_len]);
         d.field_len = self.path_len;
-        const reason = std.fmt.bufPrint(&d.reason_buffer, format, args) catch d.reason_buffer[0..];
-        d.reason_len = reason.len;
+        d.reason_len = message.print(&d.reason_buffer, format, args).len;
         return error.InvalidConfig;
     }
 

@@ -3,6 +3,7 @@
 //! error.CasMismatch) and every other failure into an error the caller must handle.
 //! Nothing outside this file calls an `extern` function.
 const std = @import("std");
+const text = @import("message.zig");
 
 pub const allocator = std.heap.wasm_allocator;
 
@@ -83,15 +84,11 @@ pub fn logLevel() LogLevel {
     return @fromBackingInt(@intCast(level));
 }
 
-/// Formats into a stack buffer; a line longer than the buffer is cut, never dropped.
+/// Formats into a stack buffer (message.zig: `{s}` and `{d}`); a line longer than the buffer
+/// is cut, never dropped.
 pub fn logf(level: LogLevel, comptime format: []const u8, args: anytype) void {
     var buffer: [1024]u8 = undefined;
-    const line = std.fmt.bufPrint(&buffer, format, args) catch blk: {
-        const marker = "…";
-        @memcpy(buffer[buffer.len - marker.len ..], marker);
-        break :blk buffer[0..];
-    };
-    log(level, line);
+    log(level, text.print(&buffer, format, args));
 }
 
 // ---- time ------------------------------------------------------------------------------------
