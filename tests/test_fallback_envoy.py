@@ -22,6 +22,7 @@ import asyncio
 import copy
 import itertools
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -162,6 +163,7 @@ class Envoy:
     admin_port: int
     proc: subprocess.Popen[bytes] | None = None
     files: list[Any] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # added to Envoy's environment
 
     @property
     def url(self) -> str:
@@ -199,6 +201,7 @@ class Envoy:
             stdout=out,
             stderr=err,
             start_new_session=True,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -278,6 +281,7 @@ def post(
         headers={
             "content-type": "application/json",
             "x-api-key": key,
+            "authorization": CLIENT_AUTHORIZATION,
             "x-mock-prompt-tokens": str(prompt),
             "x-mock-completion-tokens": str(completion),
             **(headers or {}),
@@ -307,6 +311,11 @@ def limiter_config() -> FilterConfig:
     )
 
 
+CLIENT_AUTHORIZATION = "Bearer client-own-key"
+BACKUP_KEY_ENV = "TOKENLIMIT_TEST_BACKUP_KEY"
+BACKUP_KEY = "sk-gateway-backup-key"
+
+
 def fallback_spec(primary: Upstream, backup: Upstream) -> FallbackSpec:
     return parse_fallback(
         {
@@ -320,6 +329,7 @@ def fallback_spec(primary: Upstream, backup: Upstream) -> FallbackSpec:
                             "provider": "openai-compatible",
                             "url": backup.url,
                             "model": "backup-model",
+                            "apiKeyEnv": BACKUP_KEY_ENV,
                         }
                     ],
                     "perTryTimeoutMs": 1000,
@@ -405,6 +415,7 @@ def fixed(
         fallback_bootstrap(options, spec, str(rds), wasm),
         options.listen_port,
         options.admin_port,
+        env={BACKUP_KEY_ENV: BACKUP_KEY},
     )
     toggles.init_state(state, spec, rds, admin_url=envoy.admin_url)
     envoy.start()
@@ -646,10 +657,18 @@ def test_model_is_rewritten_for_the_fallback_only(
     assert seen["body"]["messages"] == [{"role": "user", "content": "hi"}]
     assert host_header(seen) == backup.url.removeprefix("http://")
     assert primary.stats()["last_request"]["body"]["model"] == "gpt-4o"
+    # The backup gets the gateway's own key (from Envoy's environment); the primary, which
+    # names no key, gets the client's.
+    assert header(seen, "authorization") == f"Bearer {BACKUP_KEY}"
+    assert header(primary.stats()["last_request"], "authorization") == CLIENT_AUTHORIZATION
 
 
 def host_header(request: dict[str, Any]) -> str | None:
-    return {k.lower(): v for k, v in request["headers"].items()}.get("host")
+    return header(request, "host")
+
+
+def header(request: dict[str, Any], name: str) -> str | None:
+    return {k.lower(): v for k, v in request["headers"].items()}.get(name)
 
 
 # --- toggles on the running gateway --------------------------------------------------------------

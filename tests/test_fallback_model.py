@@ -209,10 +209,19 @@ def test_the_model_can_be_embedded_in_tokenlimit_model_without_an_import_cycle()
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert (
-        result.stdout.strip()
-        == "['tokenlimit', 'tokenlimit._checks', "
+        result.stdout.strip() == "['tokenlimit', 'tokenlimit._checks', "
         "'tokenlimit.fallback', 'tokenlimit.fallback.model']"
     )
     from tokenlimit.render.envoy import ROUTE_TIMEOUT_S
 
     assert model.ROUTE_TIMEOUT_S == ROUTE_TIMEOUT_S
+
+
+def test_an_upstream_key_is_an_environment_variable_name_sent_in_the_providers_header() -> None:
+    data = copy.deepcopy(MINIMAL)
+    data["routes"][0]["fallbacks"][0]["apiKeyEnv"] = "DEEPSEEK_API_KEY"
+    backup = parse_fallback(data).routes[0].fallbacks[0]
+    assert backup.credential_header == ("authorization", "Bearer %ENVIRONMENT(DEEPSEEK_API_KEY)%")
+    assert parse_fallback(MINIMAL).routes[0].primary.credential_header is None
+    data["routes"][0]["fallbacks"][0]["apiKeyEnv"] = "sk-live-oops"  # a key, not its name
+    assert "apiKeyEnv: must name an environment variable" in refusal(data)

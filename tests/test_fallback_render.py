@@ -425,3 +425,34 @@ def test_higress_objects_round_trip_through_yaml() -> None:
 def test_the_wasmplugin_still_fits_the_higress_schema() -> None:
     plugin, _ = render(higress_policy(), spec(), HigressOptions(module=MODULE))
     assert_valid(plugin)
+
+
+def test_an_upstream_with_only_a_key_gets_a_listener_that_sets_it_and_rewrites_nothing() -> None:
+    from tokenlimit.fallback.render_envoy import listeners
+
+    data = {
+        "routes": [
+            {
+                "name": "chat",
+                "primary": {
+                    "name": "claude",
+                    "provider": "anthropic",
+                    "url": "https://api.anthropic.com",
+                    "apiKeyEnv": "ANTHROPIC_KEY",
+                },
+                "fallbacks": [
+                    {"name": "backup", "provider": "anthropic", "url": "https://backup.example.com"}
+                ],
+            }
+        ]
+    }
+    (listener,) = listeners(parse_fallback(data), "/w.wasm")
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
+    assert route["request_headers_to_add"] == [
+        {
+            "header": {"key": "x-api-key", "value": "%ENVIRONMENT(ANTHROPIC_KEY)%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]

@@ -89,6 +89,14 @@ PROVIDERS = {
 _MODEL_IN_BODY = ("openai", "anthropic")  # API families whose request body names the model
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+# The header each API family reads its key from, and how the value is written.
+CREDENTIAL_HEADERS = {
+    "openai": ("authorization", "Bearer {}"),
+    "azure-openai": ("api-key", "{}"),
+    "anthropic": ("x-api-key", "{}"),
+    "gemini": ("x-goog-api-key", "{}"),
+}
 _HIGRESS_ROUTE = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
@@ -125,6 +133,15 @@ def _url(value: Any, handler: Callable[[Any], Any]) -> Any:
         _parse_upstream(value)
     except ValueError as exc:
         raise _error(str(exc)) from None
+    return handler(value)
+
+
+def _env_name(value: Any, handler: Callable[[Any], Any]) -> Any:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise _error(
+            "must name an environment variable (A-Z, 0-9 and _, not starting with a digit, "
+            f"at most 128 characters), got {show(value)}"
+        )
     return handler(value)
 
 
@@ -191,6 +208,25 @@ class FallbackUpstream(_Model):
     model: ModelName | None = None
     """The model to request here. The request body's top-level `model` is rewritten for this
     upstream only. Unset: the client's model is sent unchanged."""
+    api_key_env: Annotated[str, WrapValidator(_env_name)] | None = None
+    """The gateway's own key for this upstream, by reference: the name of an environment
+    variable of the Envoy process. Sent in the header the provider reads (`authorization:
+    Bearer`, `api-key`, `x-api-key`, `x-goog-api-key`), replacing the client's. Unset: the
+    client's credentials go through unchanged."""
+
+    @property
+    def credential_header(self) -> tuple[str, str] | None:
+        """(header, Envoy value with %ENVIRONMENT(...)%) carrying this upstream's key."""
+        if self.api_key_env is None:
+            return None
+        name, template = CREDENTIAL_HEADERS[self.family]
+        return name, template.format(f"%ENVIRONMENT({self.api_key_env})%")
+
+    @property
+    def needs_listener(self) -> bool:
+        """Whether requests reach it through its own internal listener (its own filters and
+        headers: per-member settings do not apply behind an aggregate cluster)."""
+        return self.model is not None or self.api_key_env is not None
 
     @property
     def upstream(self) -> Upstream:

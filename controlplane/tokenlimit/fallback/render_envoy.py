@@ -142,7 +142,7 @@ def clusters(spec: FallbackSpec, ca_file: str = SYSTEM_CA_FILE) -> list[dict[str
     found: list[dict[str, Any]] = []
     for route in spec.routes:
         for upstream in route.upstreams:
-            if upstream.model is None:
+            if not upstream.needs_listener:
                 found.append(upstream_cluster(route.name, upstream, ca_file))
             else:
                 found.append(member_cluster_via_rewrite(route.name, upstream))
@@ -161,12 +161,12 @@ def clusters(spec: FallbackSpec, ca_file: str = SYSTEM_CA_FILE) -> list[dict[str
 def listeners(
     spec: FallbackSpec, wasm_path: str, stream_idle_timeout_s: int = STREAM_IDLE_TIMEOUT_S
 ) -> list[dict[str, Any]]:
-    """The internal listeners that rename the model for one upstream each."""
+    """The internal listeners that rename the model or set the key for one upstream each."""
     return [
         rewrite_listener(route.name, upstream, wasm_path, stream_idle_timeout_s)
         for route in spec.routes
         for upstream in route.upstreams
-        if upstream.model is not None
+        if upstream.needs_listener
     ]
 
 
@@ -269,9 +269,41 @@ def rewrite_listener(
     wasm_path: str,
     stream_idle_timeout_s: int = STREAM_IDLE_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """An internal listener: buffer the body (so it has a length), rename the model, forward."""
-    assert upstream.model is not None
+    """An internal listener for one upstream: buffer the body (so it has a length) and rename
+    the model when it has one; set the gateway's key for it when it has one; forward."""
+    assert upstream.needs_listener
     name = rewrite_listener_name(route, upstream.name)
+    forward: dict[str, Any] = {
+        "match": {"prefix": "/"},
+        "route": {
+            "cluster": direct_cluster_name(route, upstream.name),
+            # The outer route's timeout and per-try timeout govern.
+            "timeout": "0s",
+            "auto_host_rewrite": True,
+        },
+    }
+    credential = upstream.credential_header
+    if credential is not None:
+        header, value = credential
+        # The key comes from Envoy's environment when the request is forwarded: secrets by
+        # reference, never in this config. The client's own credential is replaced.
+        forward["request_headers_to_add"] = [
+            {
+                "header": {"key": header, "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+    rewrite_filters: list[dict[str, Any]] = []
+    if upstream.model is not None:
+        rewrite_filters = [
+            # The limiter drops Content-Length (it may grow the body); the rewrite needs a
+            # complete body of known length. The buffer filter holds the body and sets it.
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": BUFFER_TYPE, "max_request_bytes": REWRITE_BUFFER_BYTES},
+            },
+            model_rewrite_filter(upstream.model, wasm_path),
+        ]
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": name,
@@ -282,28 +314,12 @@ def rewrite_listener(
                 {
                     "name": name,
                     "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {
-                                "cluster": direct_cluster_name(route, upstream.name),
-                                # The outer route's timeout and per-try timeout govern.
-                                "timeout": "0s",
-                                "auto_host_rewrite": True,
-                            },
-                        }
-                    ],
+                    "routes": [forward],
                 }
             ],
         },
         "http_filters": [
-            # The limiter drops Content-Length (it may grow the body); the rewrite needs a
-            # complete body of known length. The buffer filter holds the body and sets it.
-            {
-                "name": "envoy.filters.http.buffer",
-                "typed_config": {"@type": BUFFER_TYPE, "max_request_bytes": REWRITE_BUFFER_BYTES},
-            },
-            model_rewrite_filter(upstream.model, wasm_path),
+            *rewrite_filters,
             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
         ],
     }
