@@ -456,3 +456,20 @@ def test_an_upstream_with_only_a_key_gets_a_listener_that_sets_it_and_rewrites_n
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }
     ]
+
+
+def test_higress_refuses_upstream_keys_instead_of_dropping_them() -> None:
+    from tokenlimit.fallback.render_higress import _higress_routes
+
+    data = {
+        "routes": [
+            {
+                "name": "chat",
+                "higress": {"route": "ai-route-chat.internal"},
+                "primary": {"name": "a", "url": "https://a.example.com", "apiKeyEnv": "A_KEY"},
+                "fallbacks": [{"name": "b", "url": "https://b.example.com"}],
+            }
+        ]
+    }
+    with pytest.raises(RenderError, match="apiKeyEnv applies to standalone Envoy only"):
+        _higress_routes(parse_fallback(data))

@@ -95,6 +95,13 @@ def _higress_routes(spec: FallbackSpec) -> list[FallbackRoute]:
                 f"fallback.routes[{index}].higress: required for gateway higress: name the "
                 "Higress route (higress.route, e.g. ai-route-foo.internal for the AI route foo)"
             )
+        for upstream in route.upstreams:
+            if upstream.api_key_env is not None:
+                raise RenderError(
+                    f"fallback.routes[{index}] upstream {upstream.name}: apiKeyEnv applies to "
+                    "standalone Envoy only; in Higress, set the provider's key in its ai-proxy "
+                    "plugin"
+                )
     return list(spec.routes)
 
 
