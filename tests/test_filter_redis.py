@@ -344,3 +344,23 @@ def test_higress_build_uses_proxy_redis_and_shares_the_budget(higress_wasm, redi
     # Once Redis has the script, the built-in digests hit: no more EVAL for admissions.
     (refusal,) = [c.query for c in hosts[1].redis_calls]  # refused: nothing to settle
     assert b"$7\r\nEVALSHA\r\n" in refusal and b"$4\r\nEVAL\r\n" not in refusal
+
+
+def test_a_client_gone_while_redis_answers_gets_its_reservation_back(
+    filter_wasm, bridge, clock, redis_server
+):
+    host = gateway(filter_wasm, bridge, clock, admission="reserve", default_output_tokens=80)
+    stream = host.http_stream()
+    headers = {":method": "GET", ":path": "/v1/models", ":authority": "x", "x-api-key": "gone"}
+    stream.request_headers(headers, end_of_stream=True)  # paused: the admission is with Redis
+    stream.log()
+    assert stream.done() is False  # kept until Redis answers ...
+    host.run_pending()  # ... which reserves 80, then the filter gives it back and lets go
+    assert stream.deleted
+    client = redis.Redis.from_url(redis_server.url)
+    (key,) = client.keys("tokenlimit:{shared}:*")
+    deadline = time.monotonic() + 5
+    while int(client.hget(key, "u")) != 0 and time.monotonic() < deadline:
+        host.run_pending()
+        time.sleep(0.05)
+    assert int(client.hget(key, "u")) == 0

@@ -126,6 +126,8 @@ pub const HttpContext = struct {
     response_ok: bool = false,
     scanner: usage.Scanner = .{ .json = .{} },
     response_bytes: u64 = 0,
+    /// The stream ended while admission waited for Redis (see onDone).
+    abandoned: bool = false,
     /// Where admission counted the request, so settlement goes to the same store.
     counted_in: enum { local, redis } = .local,
 
@@ -270,6 +272,7 @@ pub const HttpContext = struct {
     /// the request go on, or reject it.
     pub fn onStoreReply(self: *HttpContext, outcome: redis_store.Outcome) void {
         if (self.phase != .awaiting_store) return;
+        if (self.abandoned) return self.releaseAbandoned(outcome);
         const action = switch (outcome) {
             .admitted => |values| self.applyStoreReply(values),
             .settled => self.storeUnavailable(.bad_reply, true),
@@ -283,8 +286,15 @@ pub const HttpContext = struct {
     /// budget.lua's admit reply: refused index (1-based, 0 = none), server time, then per counter
     /// (used, limit, reset_ms).
     fn applyStoreReply(self: *HttpContext, values: []const i64) host.Action {
+        const refused_index = self.recordStoreReply(values) orelse return self.storeUnavailable(.bad_reply, true);
+        return self.conclude(if (refused_index == 0) null else refused_index - 1);
+    }
+
+    /// Fills each counter's check and reservation from an admit reply; returns the refused
+    /// index (0 = admitted), or null for a reply of the wrong shape.
+    fn recordStoreReply(self: *HttpContext, values: []const i64) ?usize {
         const counters = self.counters.items;
-        if (values.len != 2 + 3 * counters.len) return self.storeUnavailable(.bad_reply, true);
+        if (values.len != 2 + 3 * counters.len) return null;
         const refused_index: usize = @intCast(@max(values[0], 0));
         const server_now_ms: u64 = @intCast(@max(values[1], 0));
         const forced = self.rule.?.shadow;
@@ -298,8 +308,31 @@ pub const HttpContext = struct {
             const applied = refused_index == 0 or forced;
             counter.reserved = if (applied) @min(counter.admit_amount, counter.budget.limit) else 0;
         }
-        if (refused_index > counters.len) return self.storeUnavailable(.bad_reply, true);
-        return self.conclude(if (refused_index == 0) null else refused_index - 1);
+        if (refused_index > counters.len) return null;
+        return refused_index;
+    }
+
+    /// The client left while its admission was with Redis: give back what Redis reserved for
+    /// it (its request still counts once), then let Envoy delete the context (proxy_done).
+    fn releaseAbandoned(self: *HttpContext, outcome: redis_store.Outcome) void {
+        self.phase = .settled;
+        if (outcome == .admitted) {
+            if (self.recordStoreReply(outcome.admitted) != null) {
+                redis_store.settle(self.rule.?.redis.?, self.counters.items, 0, self.root_id) catch |err| {
+                    host.logf(.warn, "could not return the reservation of an abandoned request: {s}", .{@errorName(err)});
+                };
+            }
+        }
+        host.setEffectiveContext(self.id) catch {};
+        host.done() catch |err| host.logf(.warn, "proxy_done failed: {s}", .{@errorName(err)});
+    }
+
+    /// Envoy is done with the stream. A request whose admission is still with Redis keeps its
+    /// context until the answer comes (so a reservation made for it can be returned).
+    pub fn onDone(self: *HttpContext) bool {
+        if (self.phase != .awaiting_store) return true;
+        self.abandoned = true;
+        return false;
     }
 
     /// Redis could not be asked: the rule's failure_mode decides. `resumed`: the request is

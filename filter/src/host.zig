@@ -220,6 +220,13 @@ pub fn sendLocalResponse(status_code: u32, details: []const u8, body: []const u8
     return check(proxy_send_local_response(status_code, details.ptr, details.len, body.ptr, body.len, serialized_headers.ptr, serialized_headers.len, no_grpc_status));
 }
 
+extern "env" fn proxy_done() u32;
+
+/// Lets the host delete a context whose proxy_on_done answered "not yet".
+pub fn done() Error!void {
+    return check(proxy_done());
+}
+
 extern "env" fn proxy_continue_stream(stream_type: u32) u32;
 
 pub fn continueRequest() Error!void {

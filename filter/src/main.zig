@@ -96,8 +96,8 @@ export fn proxy_on_log(context_id: u32) void {
 }
 
 export fn proxy_on_done(context_id: u32) u32 {
-    _ = context_id;
-    return 1;
+    const http = http_contexts.get(context_id) orelse return 1;
+    return @intFromBool(http.onDone());
 }
 
 export fn proxy_on_delete(context_id: u32) void {
