@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ BUDGET_TOKENS_PER_MINUTE = 300
 PROMPT_TOKENS = 20
 COMPLETION_TOKENS = 80
 REQUESTS_PER_KEY = 5
+DEMO_SECONDS = 10  # the burst takes well under this
 SHOWN_HEADERS = (
     "retry-after",
     "x-ratelimit-limit-tokens",
@@ -88,7 +90,14 @@ def main() -> int:
     )
     try:
         with Gateway(demo_policy(), concurrency=2) as gateway:
-            print(f"Gateway ready at {gateway.listen_url} (admin {gateway.admin_url}).\n")
+            print(f"Gateway ready at {gateway.listen_url} (admin {gateway.admin_url}).")
+            into_minute = time.time() % 60
+            if into_minute > 60 - DEMO_SECONDS:
+                # Budgets reset at every whole minute: run the burst inside one window.
+                wait_s = 60 - into_minute + 0.5
+                print(f"Waiting {wait_s:.0f} s for the next minute window to start.")
+                time.sleep(wait_s)
+            print()
             for round_number in range(REQUESTS_PER_KEY):
                 for api_key in ("alice", "bob") if round_number < 2 else ("alice",):
                     print(describe(send(gateway, api_key)))
