@@ -44,6 +44,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "filter": {"image": "registry.example.com/tokenlimit-wasm:0.1.0", "sha256": SHA}
     },
     "watch-namespace": {"gateway": "envoy", "watchNamespace": "llm-gateways"},
+    "watch-namespace-higress": {"gateway": "higress", "watchNamespace": "llm-gateways"},
     "redis-persistence": {"redis": {"persistence": {"enabled": True, "storageClassName": "ssd"}}},
 }
 
@@ -86,6 +87,14 @@ EXPECTED_OBJECTS: dict[str, set[str]] = {
     | {"Role/tokenlimit-operator", "RoleBinding/tokenlimit-operator"}
     | REDIS_OBJECTS
     | BRIDGE_OBJECTS,
+    # Higress reads WasmPlugins only in higress-system: a Role there, besides the watched one.
+    "watch-namespace-higress": (
+        OPERATOR_OBJECTS
+        - {"ClusterRole/tokenlimit-operator", "ClusterRoleBinding/tokenlimit-operator"}
+    )
+    | {"Role/tokenlimit-operator", "RoleBinding/tokenlimit-operator"}
+    | {"Role/tokenlimit-operator-higress", "RoleBinding/tokenlimit-operator-higress"}
+    | REDIS_OBJECTS,
     "redis-persistence": OPERATOR_OBJECTS | REDIS_OBJECTS,
 }
 
@@ -232,6 +241,8 @@ def test_standard_labels_namespaces_and_selectors(scenario: str) -> None:
         assert len(obj["metadata"]["name"]) <= 63, name
         if obj["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in obj["metadata"], name
+        elif obj["kind"] in {"Role", "RoleBinding"} and name.endswith("-higress"):
+            assert obj["metadata"]["namespace"] == "higress-system", name
         elif obj["kind"] in {"Role", "RoleBinding"} and not name.endswith("-leader") and watch:
             assert obj["metadata"]["namespace"] == watch, name
         else:
@@ -324,6 +335,10 @@ def redis_secret_rule(scenario: str) -> list[dict[str, Any]]:
 
 
 def watch_rules(scenario: str) -> list[dict[str, Any]]:
+    # Watching one namespace with Higress, the WasmPlugin rule lives in a Role in
+    # higress-system instead (test_rbac_is_exactly_least_privilege checks it there).
+    watched_higress = gateway_of(scenario) == "higress" and "watchNamespace" in values_of(scenario)
+    gateway_rules = [] if watched_higress else GATEWAY_RULES[gateway_of(scenario)]
     return [
         {
             "apiGroups": ["tokenlimit.io"],
@@ -340,7 +355,7 @@ def watch_rules(scenario: str) -> list[dict[str, Any]]:
             "resources": ["tokenratelimitpolicies/finalizers"],
             "verbs": ["update"],
         },
-        *({**rule, "verbs": WRITE_VERBS} for rule in GATEWAY_RULES[gateway_of(scenario)]),
+        *({**rule, "verbs": WRITE_VERBS} for rule in gateway_rules),
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         *redis_secret_rule(scenario),
     ]
@@ -367,6 +382,16 @@ def test_rbac_is_exactly_least_privilege(scenario: str) -> None:
         r.get("Deployment", "tokenlimit-operator")["spec"]["template"]["spec"]["serviceAccountName"]
         == "tokenlimit-operator"
     )
+
+    if watch and gateway_of(scenario) == "higress":
+        higress = r.get("Role", "tokenlimit-operator-higress")
+        assert higress["metadata"]["namespace"] == "higress-system"
+        assert higress["rules"] == [
+            {**rule, "verbs": WRITE_VERBS} for rule in GATEWAY_RULES["higress"]
+        ]
+        higress_binding = r.get("RoleBinding", "tokenlimit-operator-higress")
+        assert higress_binding["metadata"]["namespace"] == "higress-system"
+        assert higress_binding["subjects"] == [subject]
 
     # In its own namespace, with replicas > 1: its Lease (the operator's fixed name).
     if values.get("operator", {}).get("replicas", 1) > 1:
