@@ -365,36 +365,19 @@ class Watcher:
                     "failing",
                 )
             return None
-        # forced by the watcher
+        # forced by the watcher: back to auto once the primary recovered, or when a whole
+        # window passed without enough traffic to tell
         if delta.attempts >= auto.min_requests:
-            if delta.ratio <= auto.exit_ratio:
-                return self._switch(
-                    route,
-                    current,
-                    "auto",
-                    None,
-                    auto,
-                    delta,
-                    span,
-                    now,
-                    auto.exit_ratio,
-                    "recovered",
-                )
+            if delta.ratio > auto.exit_ratio:
+                return None
+            reason = "recovered"
+        elif now - current.since >= auto.hold_s + auto.window_s:
+            reason = "unmeasured"
+        else:
             return None
-        if now - current.since >= auto.hold_s + auto.window_s:
-            return self._switch(
-                route,
-                current,
-                "auto",
-                None,
-                auto,
-                delta,
-                span,
-                now,
-                auto.exit_ratio,
-                "unmeasured",
-            )
-        return None
+        return self._switch(
+            route, current, "auto", None, auto, delta, span, now, auto.exit_ratio, reason
+        )
 
     def _switch(
         self,
