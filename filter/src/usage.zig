@@ -27,13 +27,8 @@ pub const Usage = struct {
         return self.input_tokens != null or self.output_tokens != null;
     }
 
-    /// Every token the upstream processed: what a per-token budget counts by default.
-    pub fn total(self: Usage) u64 {
-        return (self.input_tokens orelse 0) +| self.cache_read_tokens +| self.cache_write_tokens +|
-            (self.output_tokens orelse 0) +| self.thoughts_tokens;
-    }
-
     /// Cost under per-kind weights in thousandths (1000 = one token counts once), rounded up.
+    /// With the default weights: every token the upstream processed.
     pub fn weighted(self: Usage, weights: Weights) u64 {
         const input = self.input_tokens orelse 0;
         const cached = @min(self.cached_in_input, input) +| self.cache_read_tokens;
@@ -260,7 +255,7 @@ test "usage: OpenAI chat completion JSON" {
     try std.testing.expectEqual(@as(?u64, 12), usage.input_tokens);
     try std.testing.expectEqual(@as(?u64, 30), usage.output_tokens);
     try std.testing.expectEqual(@as(u64, 4), usage.cached_in_input);
-    try std.testing.expectEqual(@as(u64, 42), usage.total());
+    try std.testing.expectEqual(@as(u64, 42), usage.weighted(.{}));
 }
 
 test "usage: Anthropic stream, message_start then message_delta" {
@@ -274,9 +269,9 @@ test "usage: Anthropic stream, message_start then message_delta" {
 
 test "usage: OpenAI stream with [DONE] and Gemini usageMetadata" {
     const openai = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
-    try std.testing.expectEqual(@as(u64, 10), (try scanSplitEverywhere("text/event-stream", openai)).total());
+    try std.testing.expectEqual(@as(u64, 10), (try scanSplitEverywhere("text/event-stream", openai)).weighted(.{}));
     const gemini = "{\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":6,\"totalTokenCount\":11}}";
-    try std.testing.expectEqual(@as(u64, 11), (try scanSplitEverywhere("application/json", gemini)).total());
+    try std.testing.expectEqual(@as(u64, 11), (try scanSplitEverywhere("application/json", gemini)).weighted(.{}));
 }
 
 test "usage: malformed or usage-free bodies report nothing" {
@@ -315,7 +310,6 @@ test "usage: weights split cached, uncached and output tokens" {
     try std.testing.expectEqual(@as(u64, 110), openai.weighted(.{}));
     // Anthropic: cache reads and writes are beside input_tokens; all count by default.
     const anthropic = Usage{ .input_tokens = 5, .output_tokens = 7, .cache_read_tokens = 100, .cache_write_tokens = 20 };
-    try std.testing.expectEqual(@as(u64, 132), anthropic.total());
     try std.testing.expectEqual(@as(u64, 132), anthropic.weighted(.{}));
     try std.testing.expectEqual(@as(u64, 25 + 7 + 50), anthropic.weighted(.{ .cached_milli = 500 }));
 }
@@ -324,8 +318,8 @@ test "usage: Responses API completed event and Anthropic cache fields" {
     const responses = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n" ++
         "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens\":4}}}\n\n";
     const usage = try scanSplitEverywhere("text/event-stream", responses);
-    try std.testing.expectEqual(@as(u64, 13), usage.total());
+    try std.testing.expectEqual(@as(u64, 13), usage.weighted(.{}));
     try std.testing.expectEqual(@as(u64, 3), usage.cached_in_input);
     const anthropic = "{\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":100,\"output_tokens\":7}}";
-    try std.testing.expectEqual(@as(u64, 132), (try scanSplitEverywhere("application/json", anthropic)).total());
+    try std.testing.expectEqual(@as(u64, 132), (try scanSplitEverywhere("application/json", anthropic)).weighted(.{}));
 }
