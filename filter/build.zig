@@ -23,6 +23,7 @@ pub fn build(b: *std.Build) void {
             .strip = optimize != .debug,
         });
         module.addOptions("build_options", options);
+        addContract(b, module);
         const exe = b.addExecutable(.{ .name = variant.name, .root_module = module });
         exe.entry = .disabled;
         exe.rdynamic = true;
@@ -37,7 +38,16 @@ pub fn build(b: *std.Build) void {
         .optimize = .debug,
     });
     test_module.addOptions("build_options", test_options);
+    addContract(b, test_module);
     const unit_tests = b.addTest(.{ .root_module = test_module });
     const run_tests = b.addRunArtifact(unit_tests);
     b.step("test", "Run the filter's unit tests").dependOn(&run_tests.step);
+}
+
+/// The files the filter shares with the control plane live in ../contract (DESIGN.md §2.3);
+/// they reach the source as named imports: `@embedFile("budget.lua")`.
+fn addContract(b: *std.Build, module: *std.Build.Module) void {
+    for ([_][]const u8{ "budget.lua", "budget.json" }) |name| {
+        module.addAnonymousImport(name, .{ .root_source_file = b.path(b.fmt("../contract/{s}", .{name})) });
+    }
 }

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WASM_DIR = ROOT / "controlplane" / "tokenlimit" / "wasm"
-VECTORS = ROOT / "tests" / "vectors"
+VECTORS = ROOT / "contract"
 
 
 def require_file(path: Path, hint: str) -> Path:
@@ -46,7 +46,7 @@ def config_vectors() -> list[dict]:
 @pytest.fixture
 def make_host(filter_wasm: Path) -> Callable[..., object]:
     """Builds a Host running the real filter; keyword arguments go to Host."""
-    from proxywasm_host import Host
+    from support.proxywasm_host import Host
 
     def make(**kwargs: object) -> Host:
         return Host(filter_wasm, **kwargs)

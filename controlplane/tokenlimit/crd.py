@@ -1,7 +1,8 @@
 """The TokenRateLimitPolicy CustomResourceDefinition, generated from the pydantic model.
 
 `generate()` returns the CRD as a dict; `tokenlimit crd` prints it as YAML, and the committed
-copy at deploy/crds/tokenlimit.io_tokenratelimitpolicies.yaml is pinned by a test, so the CRD
+copy at the chart's
+crds/tokenlimit.io_tokenratelimitpolicies.yaml (the only copy) is pinned by a test, so the CRD
 can never drift from the model that the loader, the renderers and the operator use.
 
 The OpenAPI schema is pydantic's JSON schema of `PolicySpec` made *structural* (what
@@ -32,7 +33,7 @@ SINGULAR = "tokenratelimitpolicy"
 SHORT_NAMES = ("trlp",)
 CATEGORIES = ("tokenlimit",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
-CRD_PATH = f"deploy/crds/{GROUP}_{PLURAL}.yaml"
+CRD_PATH = f"deploy/helm/tokenlimit/crds/{GROUP}_{PLURAL}.yaml"
 CONDITIONS_MAX = 8
 # The condition types the operator reports (Gateway API's policy vocabulary).
 CONDITION_ACCEPTED = "Accepted"  # the policy is valid and the gateway kind is served

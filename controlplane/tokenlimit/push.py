@@ -274,7 +274,7 @@ class DynamicApi:
             return self.client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         except ResourceNotFoundError:
             hint = (
-                " (install the CRD first: kubectl apply -f deploy/crds/)"
+                " (install the CRD first: kubectl apply -f deploy/helm/tokenlimit/crds/)"
                 if str(obj["apiVersion"]).startswith("tokenlimit.io/")
                 else " (is that gateway installed in this cluster?)"
             )

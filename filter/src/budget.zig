@@ -1,6 +1,6 @@
 //! Budget math: pure functions of `now_ms` and a stored record, so tests need no host and the
-//! Redis Lua script (src/redis/budget.lua) can be checked against the same vectors
-//! (filter/vectors/budget.json).
+//! Redis Lua script (contract/budget.lua) can be checked against the same vectors
+//! (contract/budget.json).
 //!
 //! Three algorithms, one record shape:
 //! - `fixed`: windows aligned to the Unix epoch (a per-minute budget resets at every whole
@@ -267,7 +267,7 @@ test "adding saturates instead of wrapping" {
 }
 
 test "shared vectors: the same steps give the same results as the Redis scripts" {
-    // filter/vectors/budget.json is also run against filter/src/redis/budget.lua on a real Redis
+    // contract/budget.json is also run against filter/contract/budget.lua on a real Redis
     // (tests/test_budget_vectors.py): one set of expectations for both stores.
     const Step = struct {
         op: []const u8,
@@ -280,7 +280,7 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
         expect: ?struct { refused: bool, used: u64, reset_ms: u64 } = null,
     };
     const Scenario = struct { name: []const u8, algorithm: []const u8, window_ms: u64, limit: u64, steps: []const Step };
-    const parsed = try std.json.parseFromSlice([]const Scenario, testing.allocator, @embedFile("../vectors/budget.json"), .{});
+    const parsed = try std.json.parseFromSlice([]const Scenario, testing.allocator, @embedFile("budget.json"), .{});
     defer parsed.deinit();
     try testing.expect(parsed.value.len > 0);
     for (parsed.value) |scenario| {

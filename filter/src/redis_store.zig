@@ -1,4 +1,4 @@
-//! The Redis budget store: one atomic Lua script (src/redis/budget.lua, embedded here) whose
+//! The Redis budget store: one atomic Lua script (contract/budget.lua, embedded here) whose
 //! first argument names the operation (admit, settle), sent as EVALSHA and re-sent as EVAL on
 //! NOSCRIPT. Windows use
 //! Redis server time, so gateways with skewed clocks agree.
@@ -21,7 +21,7 @@ const store = @import("store.zig");
 
 const allocator = host.allocator;
 
-pub const budget_script = @embedFile("redis/budget.lua");
+pub const budget_script = @embedFile("budget.lua");
 pub const transport = build_options.transport;
 /// Comptime-known, so the other transport's host functions are never referenced (a stock Envoy
 /// refuses a module that imports proxy_redis_*).

@@ -1,5 +1,5 @@
 //! What every budget store works on: the counters one request touches. The local store
-//! (local_store.zig) and the Redis store (redis_store.zig + src/redis/budget.lua) implement the
+//! (local_store.zig) and the Redis store (redis_store.zig + contract/budget.lua) implement the
 //! same two operations on them, checked against the same vectors.
 const budget = @import("budget.zig");
 const config = @import("config.zig");

@@ -6,7 +6,7 @@
 - loop.py       list + watch + work queue with back-off; resync
 - leader.py     optional leader election on a Lease
 - kube.py       the `KubeClient` seam and its implementation on the official client
-- fakekube.py   an in-memory API server behind the same seam, for tests
+(tests/support/fakekube.py is an in-memory API server behind the same seam, for tests.)
 - module_server.py  serves the .wasm modules (and their sha256) to gateways
 - command.py    the click command
 

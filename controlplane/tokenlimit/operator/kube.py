@@ -1,7 +1,7 @@
 """The seam between the operator and the Kubernetes API.
 
 `KubeClient` is what the operator needs from the API server and nothing more. `DynamicKube`
-implements it on the official client's DynamicClient; `tokenlimit.operator.fakekube.FakeKube`
+implements it on the official client's DynamicClient; `tests/support/fakekube.py`
 implements it in memory for tests (as client-go ships a fake clientset beside the real one).
 
 Both speak the API's own shapes: objects are the JSON dicts the server returns, failures are

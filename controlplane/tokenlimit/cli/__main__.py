@@ -1,0 +1,5 @@
+import sys
+
+from tokenlimit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""Commands that run something: up (a local gateway), bridge, mock-llm, usage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from tokenlimit import loader
+from tokenlimit.cli._common import GatewayFailed, UpstreamUrl, load_policy, module_file
+
+if TYPE_CHECKING:
+    from tokenlimit.gateway import Gateway
+
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+FOLLOW_INTERVAL_S = 0.2
+
+
+@click.command(
+    "bridge",
+    context_settings={"ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bridge_command(args: tuple[str, ...]) -> None:
+    """Run the RESP-over-HTTP bridge to Redis (options: `tokenlimit bridge --help`)."""
+    from tokenlimit import bridge
+
+    bridge.main(list(args))
+
+
+@click.command("mock-llm")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--name", default="mock-llm", show_default=True, help="Reported in x-mock-upstream.")
+def mock_llm(port: int, host: str, name: str) -> None:
+    """Run the mock OpenAI/Anthropic/Gemini-compatible upstream."""
+    from tokenlimit import mockllm
+
+    mockllm.run(host, port, name)
+
+
+@click.command()
+@click.option(
+    "--policy",
+    "policy_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Policy file; edits are applied live (an invalid edit is reported and skipped).",
+)
+@click.option("--listen", type=click.IntRange(1, 65535), default=10000, show_default=True)
+@click.option("--admin-port", type=click.IntRange(1, 65535), default=9901, show_default=True)
+@click.option(
+    "--upstream",
+    type=UpstreamUrl(allow_mock=True),
+    default="mock",
+    show_default=True,
+    help="http(s)://host[:port] of the LLM API, or `mock` to start the mock LLM.",
+)
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--log-level", type=click.Choice(ENVOY_LOG_LEVELS), default="info", show_default=True)
+@click.option("--wasm", "wasm_path", default=None, metavar="PATH", help="Use this filter module.")
+@click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    metavar="URL",
+    help="redis://host:port/db: keep budgets in Redis (a tokenlimit bridge is started).",
+)
+def up(
+    policy_file: str,
+    listen: int,
+    admin_port: int,
+    upstream: str,
+    concurrency: int,
+    log_level: str,
+    wasm_path: str | None,
+    redis_url: str | None,
+) -> None:
+    """Run a local gateway: Envoy with the filter, in front of UPSTREAM.
+
+    Prints one line when ready, then the access log; Envoy's warnings go to stderr.
+    Stops cleanly on Ctrl-C or SIGTERM.
+    """
+    from tokenlimit.gateway import Gateway, GatewayError
+
+    policy = load_policy(policy_file)
+    for port, option in ((listen, "--listen"), (admin_port, "--admin-port")):
+        _require_free(port, option)
+    if wasm_path is None:
+        module_file("envoy")
+    gateway = Gateway(
+        policy.config,
+        upstream=upstream,
+        listen_port=listen,
+        admin_port=admin_port,
+        wasm_path=wasm_path,
+        concurrency=concurrency,
+        log_level=log_level,
+        redis=redis_url,
+    )
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        gateway.start()
+        click.echo(_ready_line(gateway, policy))
+        _follow(gateway, policy_file)
+    except GatewayError as exc:
+        raise GatewayFailed(str(exc)) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or SIGTERM: a normal way to stop
+    finally:
+        gateway.stop()
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+@click.command()
+@click.option(
+    "--redis",
+    "redis_url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    metavar="URL",
+    help="The Redis the filter's bridge (or Higress) writes to.",
+)
+@click.option("--rule", default=None, help="Only this rule's budgets.")
+@click.option(
+    "--key", "key_value", default=None, help="Only this caller (raw key value; hashed here)."
+)
+def usage(redis_url: str, rule: str | None, key_value: str | None) -> None:
+    """Print the budgets Redis holds now: rule, counter, caller, window, used, reset."""
+    import redis
+    from rich.console import Console
+    from rich.table import Table
+
+    from tokenlimit.usage import read_usage, table_rows
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        rows = read_usage(client, rule=rule, key_value=key_value)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"{redis_url}: {exc}") from None
+    if not rows:
+        click.echo("no budgets in use" + (f" for key {key_value!r}" if key_value else ""))
+        return
+    table = Table("rule", "counter", "caller", "window", "used", "resets in")
+    for cells in table_rows(rows):
+        table.add_row(*cells)
+    Console().print(table)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _require_free(port: int, option: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise click.BadParameter(
+                f"port {port} is in use; pick another with {option} PORT", param_hint=option
+            ) from None
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _ready_line(gateway: Gateway, policy: loader.LoadedPolicy) -> str:
+    target = f"mock ({gateway.upstream_url})" if gateway.uses_mock else gateway.upstream_label
+    rules = ", ".join(policy.config.rule_names) or policy.name
+    store = f"redis via bridge {gateway.bridge_url}" if gateway.bridge_url else "local store"
+    return (
+        f"tokenlimit up: gateway {gateway.listen_url} → upstream {target}, "
+        f"admin {gateway.admin_url}, rule {rules}, {store}; Ctrl-C to stop"
+    )
+
+
+def _follow(gateway: Gateway, policy_file: str) -> None:
+    """Print access-log lines (stdout) and Envoy complaints (stderr); apply policy edits."""
+    from tokenlimit.gateway import GatewayError
+
+    access = _Tail(gateway.access_log_path)
+    envoy_log = _Tail(gateway.envoy_log_path)
+    policy_stamp = _stamp(policy_file)
+    while True:
+        for line in access.new_lines():
+            click.echo(line)
+        for line in envoy_log.new_lines():
+            if "][warning]" in line or "][error]" in line or "][critical]" in line:
+                click.echo(line, err=True)
+        if not gateway.is_running():
+            raise GatewayError("Envoy stopped:\n" + "\n".join(envoy_log.last_lines()))
+        stamp = _stamp(policy_file)
+        if stamp != policy_stamp:
+            policy_stamp = stamp
+            _reload(gateway, policy_file)
+        time.sleep(FOLLOW_INTERVAL_S)
+
+
+def _reload(gateway: Gateway, policy_file: str) -> None:
+    from tokenlimit.gateway import GatewayError
+
+    try:
+        policy = loader.load_policy(policy_file)
+        gateway.update_policy(policy.config)
+    except (loader.PolicyError, GatewayError) as exc:
+        click.echo(f"tokenlimit up: keeping the previous policy:\n{exc}", err=True)
+        return
+    click.echo(f"tokenlimit up: policy reloaded ({loader.summary(policy)})", err=True)
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_size)
+
+
+class _Tail:
+    """Lines appended to a file since the last call (a partial last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.recent: list[str] = []
+
+    def new_lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        lines = [line.decode(errors="replace") for line in complete]
+        self.recent = (self.recent + lines)[-20:]
+        return lines
+
+    def last_lines(self) -> list[str]:
+        self.new_lines()
+        return self.recent

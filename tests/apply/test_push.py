@@ -1,0 +1,554 @@
+"""`tokenlimit push`: the ECDS file (with real Envoy taking new limits mid-traffic) and
+server-side apply to Kubernetes.
+
+The Kubernetes half runs against `FakeDynamicClient` below — a fake of the two calls a push
+makes on kubernetes.dynamic.DynamicClient (`get`, `server_side_apply`) plus discovery —
+whose answers are the documented API JSON: objects with server-set metadata and
+managedFields, and `Status` objects for 404 and 409. No live cluster is involved.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError, api_exception
+from kubernetes.dynamic.resource import ResourceInstance
+from tokenlimit import push
+from tokenlimit.cli import main
+from tokenlimit.gateway import Gateway
+from tokenlimit.model import parse_filter_config
+from tokenlimit.push import DynamicApi, FileChange, write_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+HIGRESS_EXAMPLE = ROOT / "deploy" / "examples" / "higress.yaml"
+ECDS_RELOADS = "extension_config_discovery.http_filter.tokenlimit.config_reload"
+RELOAD_TIMEOUT_S = 10.0
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def envoy_policy(tokens_per_minute: int, name: str = "chat") -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "tokenlimit.io/v1alpha1",
+            "kind": "TokenRateLimitPolicy",
+            "metadata": {"name": name, "namespace": "llm"},
+            "spec": {
+                "ruleName": name,
+                "ruleItems": [
+                    {
+                        "limitByPerHeader": "x-api-key",
+                        "limitKeys": [{"key": "*", "tokenPerMinute": tokens_per_minute}],
+                    }
+                ],
+                "targetRef": {"gateway": "envoy"},
+            },
+        },
+        sort_keys=False,
+    )
+
+
+def per_key(tokens_per_minute: int) -> Any:
+    return parse_filter_config(
+        {
+            "rule_name": "chat",
+            "rule_items": [
+                {
+                    "limit_by_per_header": "x-api-key",
+                    "limit_keys": [{"key": "*", "token_per_minute": tokens_per_minute}],
+                }
+            ],
+        }
+    )
+
+
+# --- the ECDS file ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ecds(tmp_path: Path, filter_wasm: Path) -> Path:
+    """An ECDS file as `tokenlimit render --out-dir` leaves it."""
+    policy = tmp_path / "first.yaml"
+    policy.write_text(envoy_policy(1000))
+    result = run("render", "--target", "envoy", str(policy), "--out-dir", str(tmp_path / "etc"))
+    assert result.exit_code == 0, result.output
+    return tmp_path / "etc" / "tokenlimit-ecds.yaml"
+
+
+def test_push_replaces_the_file_and_keeps_the_module(ecds: Path, tmp_path: Path) -> None:
+    module_before = push.current_module(ecds.read_text(), ecds)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(envoy_policy(5))
+    result = run("push", str(policy), "--target", "envoy", "--ecds", str(ecds))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{ecds}: configured (rule chat, 1 rule item, gateway envoy)\n"
+    assert '"token_per_minute":5}' in ecds.read_text()
+    assert push.current_module(ecds.read_text(), ecds) == module_before
+    assert sorted(p.name for p in ecds.parent.iterdir()) == ["envoy.yaml", "tokenlimit-ecds.yaml"]
+    again = run("push", str(policy), "--target", "envoy", "--ecds", str(ecds))
+    assert again.stdout == f"{ecds}: unchanged (rule chat, 1 rule item, gateway envoy)\n"
+
+
+def test_dry_run_prints_the_diff_and_writes_nothing(ecds: Path, tmp_path: Path) -> None:
+    before = ecds.read_bytes()
+    stamp = ecds.stat().st_mtime_ns
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(envoy_policy(5))
+    result = run("push", str(policy), "--target", "envoy", "--ecds", str(ecds), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"--- {ecds}\n+++ {ecds}\n@@")
+    assert '"token_per_minute":1000}' in result.stdout and '"token_per_minute":5}' in result.stdout
+    assert ecds.read_bytes() == before and ecds.stat().st_mtime_ns == stamp
+    same = tmp_path / "same.yaml"
+    same.write_text(envoy_policy(1000))
+    result = run("push", str(same), "--target", "envoy", "--ecds", str(ecds), "--dry-run")
+    assert result.stdout == f"{ecds}: no changes\n"
+
+
+def test_invalid_policy_never_reaches_the_file(ecds: Path, tmp_path: Path) -> None:
+    before = ecds.read_bytes()
+    policy = tmp_path / "bad.yaml"
+    policy.write_text(envoy_policy(5).replace("tokenPerMinute: 5", "tokenPerMinute: -5"))
+    result = run("push", str(policy), "--target", "envoy", "--ecds", str(ecds))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"{policy}: spec.ruleItems[0].limitKeys[0].tokenPerMinute: must be an integer from 1 to "
+        "1000000000000000, got -5\n"
+    )
+    assert ecds.read_bytes() == before
+
+
+def test_push_needs_a_module_for_a_new_file(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(envoy_policy(5))
+    result = run("push", str(policy), "--target", "envoy", "--ecds", str(tmp_path / "new.yaml"))
+    assert result.exit_code == 1
+    assert "new.yaml does not exist yet: pass --wasm PATH" in result.stderr
+    result = run(
+        "push", str(policy), "--target", "envoy", "--ecds", str(tmp_path / "new.yaml"),
+        "--wasm", "/etc/envoy/tokenlimit.wasm",
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.stdout.startswith(f"{tmp_path / 'new.yaml'}: created")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "envoy"], "--target envoy needs --ecds PATH"),
+        (
+            ["--target", "envoy", "--ecds", "x", "--rendered", "istio"],
+            "--rendered is for --target kube",
+        ),
+        (["--target", "kube", "--ecds", "x"], "--ecds and --wasm are for --target envoy"),
+    ],
+)
+def test_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(envoy_policy(5))
+    result = run("push", str(policy), *args)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_write_atomic_keeps_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "f.yaml"
+    target.write_text("old")
+    target.chmod(0o640)
+    write_atomic(target, "new")
+    assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f.yaml"]
+
+
+def test_file_change_diff_from_nothing(tmp_path: Path) -> None:
+    change = FileChange(tmp_path / "x", None, "a\n")
+    assert change.changed and change.diff().startswith("--- /dev/null\n")
+
+
+# --- real Envoy: limits change mid-traffic, nothing fails ------------------------------------
+
+
+class Client(threading.Thread):
+    """Sends chat requests on one keep-alive connection until stopped; records every answer."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.statuses: list[tuple[float, int]] = []
+        self.failures: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        headers = {
+            "content-type": "application/json",
+            "x-api-key": "team-a",
+            "x-mock-completion-tokens": "10",
+        }
+        while not self.stopping.is_set():
+            try:
+                connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                self.statuses.append((time.monotonic(), response.status))
+            except (OSError, http.client.HTTPException) as exc:
+                self.failures.append(repr(exc))
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            time.sleep(0.01)
+        connection.close()
+
+    def wait_for(self, status: int, after: float, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(t > after and s == status for t, s in self.statuses):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no {status} after the push: {self.statuses[-10:]}")
+
+
+def wait_reload(gateway: Gateway, count: int) -> None:
+    deadline = time.monotonic() + RELOAD_TIMEOUT_S
+    while gateway.stats().get(ECDS_RELOADS, 0) < count:
+        assert time.monotonic() < deadline, "Envoy did not reload the pushed ECDS file"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def client_thread() -> Iterator[list[Client]]:
+    started: list[Client] = []
+    yield started
+    for thread in started:
+        thread.stopping.set()
+        thread.join(timeout=15)
+
+
+def test_push_changes_limits_mid_traffic_without_a_failed_request(
+    filter_wasm: Path, tmp_path: Path, client_thread: list[Client]
+) -> None:
+    strict, generous = tmp_path / "strict.yaml", tmp_path / "generous.yaml"
+    strict.write_text(envoy_policy(50))
+    generous.write_text(envoy_policy(10_000_000))
+    with Gateway(per_key(10_000_000), wasm_path=filter_wasm) as gateway:
+        client = Client(gateway.listen_port)
+        client_thread.append(client)
+        client.start()
+        client.wait_for(200, after=0.0)
+        reloads = gateway.stats()[ECDS_RELOADS]
+
+        pushed_strict = time.monotonic()
+        result = run("push", str(strict), "--target", "envoy", "--ecds", str(gateway.ecds_path))
+        assert result.exit_code == 0, result.output
+        wait_reload(gateway, reloads + 1)
+        client.wait_for(429, after=pushed_strict)  # the new, smaller budget is enforced
+
+        pushed_generous = time.monotonic()
+        result = run("push", str(generous), "--target", "envoy", "--ecds", str(gateway.ecds_path))
+        assert result.exit_code == 0, result.output
+        wait_reload(gateway, reloads + 2)
+        client.wait_for(200, after=pushed_generous + 0.2)
+
+        client.stopping.set()
+        client.join(timeout=15)
+        access = gateway.logs().stdout
+    assert client.failures == [], client.failures
+    statuses = {s for _, s in client.statuses}
+    assert statuses == {200, 429}, statuses
+    assert not any(s == 429 for t, s in client.statuses if t < pushed_strict)
+    assert len(client.statuses) > 20
+    assert "status=5" not in access
+
+
+# --- Kubernetes: server-side apply against recorded API shapes -------------------------------
+
+
+class FakeResource:
+    def __init__(self, api_version: str, kind: str, namespaced: bool = True) -> None:
+        self.group_version = api_version
+        self.kind = kind
+        self.namespaced = namespaced
+
+
+class FakeResources:
+    def __init__(self, kinds: set[tuple[str, str]]) -> None:
+        self.kinds = kinds
+
+    def get(self, api_version: str, kind: str) -> FakeResource:
+        if (api_version, kind) not in self.kinds:
+            raise ResourceNotFoundError(
+                f"No matches found for {{'api_version': '{api_version}', 'kind': '{kind}'}}"
+            )
+        return FakeResource(api_version, kind)
+
+
+def status_error(code: int, reason: str, message: str, details: dict[str, Any]) -> Exception:
+    """The dynamic client's exception for an API `Status` answer (as the server sends it)."""
+    error = ApiException(status=code, reason=reason)
+    error.body = json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason.replace(" ", ""),
+            "details": details,
+            "code": code,
+        }
+    )
+    error.headers = {"Content-Type": "application/json"}
+    return api_exception(error)
+
+
+class FakeDynamicClient:
+    """get / server_side_apply as kubernetes.dynamic.DynamicClient makes them, in memory."""
+
+    def __init__(self, kinds: set[tuple[str, str]], objects: list[dict[str, Any]] = ()) -> None:
+        self.resources = FakeResources(kinds)
+        self.store: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.conflicts: set[str] = set()  # names whose fields another manager owns
+        self._version = 1000
+        for obj in objects:
+            self.store[
+                self._key(
+                    obj["apiVersion"],
+                    obj["kind"],
+                    obj["metadata"].get("namespace"),
+                    obj["metadata"]["name"],
+                )
+            ] = obj
+
+    @staticmethod
+    def _key(
+        api_version: str, kind: str, namespace: str | None, name: str
+    ) -> tuple[str, str, str | None, str]:
+        return (api_version, kind, namespace, name)
+
+    def get(
+        self, resource: FakeResource, name: str, namespace: str | None = None
+    ) -> ResourceInstance:
+        self.calls.append(("get", {"kind": resource.kind, "name": name, "namespace": namespace}))
+        found = self.store.get(self._key(resource.group_version, resource.kind, namespace, name))
+        if found is None:
+            plural = resource.kind.lower() + "s"
+            raise status_error(
+                404, "Not Found", f'{plural} "{name}" not found',
+                {"name": name, "group": resource.group_version.rpartition("/")[0], "kind": plural},
+            )  # fmt: skip
+        return ResourceInstance(self, copy.deepcopy(found))
+
+    def server_side_apply(
+        self,
+        resource: FakeResource,
+        body: dict[str, Any],
+        name: str,
+        namespace: str | None = None,
+        force_conflicts: bool | None = None,
+        **kwargs: Any,
+    ) -> ResourceInstance:
+        self.calls.append(
+            ("apply", {"name": name, "namespace": namespace, "force": force_conflicts, **kwargs})
+        )
+        if name in self.conflicts and not force_conflicts:
+            raise status_error(
+                409, "Conflict",
+                'Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using '
+                f"{body['apiVersion']}: .spec.ruleName",
+                {"causes": [{"reason": "FieldManagerConflict", "field": ".spec.ruleName",
+                             "message": 'conflict with "kubectl-client-side-apply"'}]},
+            )  # fmt: skip
+        key = self._key(resource.group_version, resource.kind, namespace, name)
+        live = self.store.get(key)
+        result = copy.deepcopy(live) if live is not None else {}
+        for field, value in body.items():
+            if field != "metadata":
+                result[field] = copy.deepcopy(value)
+        meta = result.setdefault("metadata", {})
+        for field in ("name", "namespace"):
+            meta[field] = body["metadata"].get(field, meta.get(field))
+        for field in ("labels", "annotations"):
+            if field in body["metadata"]:
+                meta[field] = {**meta.get(field, {}), **body["metadata"][field]}
+        if live is None:
+            meta.update(
+                uid="2b1d1f63-3c4e-4c5a-9e0f-6a7b8c9d0e1f",
+                creationTimestamp="2026-05-01T10:00:00Z",
+                generation=1,
+            )
+        elif push.comparable(live) != push.comparable(result) and result.get("spec") != live.get(
+            "spec"
+        ):
+            meta["generation"] = int(live["metadata"]["generation"]) + 1
+        changed = live is None or push.comparable(live) != push.comparable(result)
+        if changed and kwargs.get("dry_run") != "All":
+            self._version += 1
+            meta["resourceVersion"] = str(self._version)
+        meta["managedFields"] = [
+            {
+                "manager": kwargs.get("field_manager"),
+                "operation": "Apply",
+                "apiVersion": body["apiVersion"],
+                "time": "2026-05-01T10:00:00Z",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:spec": {}},
+            }
+        ]
+        if kwargs.get("dry_run") != "All":
+            self.store[key] = result
+        return ResourceInstance(self, copy.deepcopy(result))
+
+
+POLICY_KIND = ("tokenlimit.io/v1alpha1", "TokenRateLimitPolicy")
+KINDS = {POLICY_KIND, ("extensions.higress.io/v1alpha1", "WasmPlugin"), ("v1", "Secret")}
+SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "redis-auth", "namespace": "llm", "resourceVersion": "7"},
+    "type": "Opaque",
+    "data": {"password": base64.b64encode(b"from-the-secret").decode()},
+}
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeDynamicClient:
+    fake = FakeDynamicClient(KINDS, [copy.deepcopy(SECRET)])
+    contexts: list[str | None] = []
+
+    def connect(cls: type[DynamicApi], context: str | None = None) -> DynamicApi:
+        contexts.append(context)
+        return DynamicApi(fake)
+
+    monkeypatch.setattr(DynamicApi, "connect", classmethod(connect))
+    fake.contexts = contexts  # type: ignore[attr-defined]
+    return fake
+
+
+def test_kube_push_reports_created_then_unchanged_then_configured(
+    cluster: FakeDynamicClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100))
+    line = "tokenratelimitpolicy.tokenlimit.io/chat in llm"
+    result = run("push", str(policy), "--target", "kube", "--context", "prod")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{line} created\n"
+    assert cluster.contexts == ["prod"]  # type: ignore[attr-defined]
+    applied = [c for c in cluster.calls if c[0] == "apply"]
+    assert applied[0][1]["field_manager"] == "tokenlimit" and applied[0][1]["dry_run"] is None
+    assert run("push", str(policy), "--target", "kube").stdout == f"{line} unchanged\n"
+    policy.write_text(envoy_policy(200))
+    assert run("push", str(policy), "--target", "kube").stdout == f"{line} configured\n"
+    stored = cluster.store[(*POLICY_KIND, "llm", "chat")]
+    assert stored["spec"]["ruleItems"][0]["limitKeys"][0]["tokenPerMinute"] == 200
+    assert stored["metadata"]["generation"] == 2
+
+
+def test_kube_dry_run_uses_the_servers_dry_run_and_prints_the_diff(
+    cluster: FakeDynamicClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100))
+    assert run("push", str(policy), "--target", "kube").exit_code == 0
+    before = copy.deepcopy(cluster.store)
+    policy.write_text(envoy_policy(300))
+    result = run("push", str(policy), "--target", "kube", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "-      tokenPerMinute: 100\n+      tokenPerMinute: 300\n" in result.stdout
+    assert result.stdout.endswith(
+        "tokenratelimitpolicy.tokenlimit.io/chat in llm configured (server dry run)\n"
+    )
+    assert cluster.store == before
+    assert [c[1]["dry_run"] for c in cluster.calls if c[0] == "apply"][-1] == "All"
+
+
+def test_kube_push_of_rendered_higress_objects_reads_the_secret(
+    cluster: FakeDynamicClient,
+) -> None:
+    result = run(
+        "push", str(HIGRESS_EXAMPLE), "--target", "kube", "--rendered", "higress",
+        "--wasm-url", "oci://registry.example.com/tokenlimit-higress:0.1.0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "wasmplugin.extensions.higress.io/tokenlimit-llm-chat-per-key in higress-system created\n"
+    )
+    plugin = cluster.store[
+        (
+            "extensions.higress.io/v1alpha1",
+            "WasmPlugin",
+            "higress-system",
+            "tokenlimit-llm-chat-per-key",
+        )
+    ]
+    assert plugin["spec"]["matchRules"][0]["config"]["redis"]["password"] == "from-the-secret"
+    assert ("get", {"kind": "Secret", "name": "redis-auth", "namespace": "llm"}) in cluster.calls
+
+
+def test_invalid_input_never_reaches_the_api_server(
+    cluster: FakeDynamicClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100).replace("ruleName: chat", "ruleName: has space"))
+    result = run("push", str(policy), "--target", "kube")
+    assert result.exit_code == 1
+    assert "spec.ruleName: must be 1 to 64 printable ASCII characters" in result.stderr
+    assert cluster.calls == [] and cluster.contexts == []  # type: ignore[attr-defined]
+
+
+def test_conflicts_are_reported_and_can_be_forced(
+    cluster: FakeDynamicClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100))
+    cluster.conflicts.add("chat")
+    result = run("push", str(policy), "--target", "kube")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: TokenRateLimitPolicy llm/chat: Apply failed with 1 conflict: conflict with "
+        '"kubectl-client-side-apply" using tokenlimit.io/v1alpha1: .spec.ruleName (another '
+        "field manager owns these fields: --force-conflicts takes them over)\n"
+    )
+    result = run("push", str(policy), "--target", "kube", "--force-conflicts")
+    assert result.exit_code == 0, result.output
+    assert [c[1]["force"] for c in cluster.calls if c[0] == "apply"][-1] is True
+
+
+def test_missing_crd_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = FakeDynamicClient(set())
+    monkeypatch.setattr(
+        DynamicApi, "connect", classmethod(lambda cls, context=None: DynamicApi(fake))
+    )
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100))
+    result = run("push", str(policy), "--target", "kube")
+    assert result.exit_code == 1
+    assert (
+        "does not serve tokenlimit.io/v1alpha1 TokenRateLimitPolicy (install the CRD first"
+        in result.stderr
+    )
+
+
+def test_namespace_flag_must_agree_with_the_document(
+    cluster: FakeDynamicClient, tmp_path: Path
+) -> None:
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100))
+    result = run("push", str(policy), "--target", "kube", "-n", "other")
+    assert result.exit_code == 2
+    assert "the namespace from the document (llm) does not match --namespace other" in result.stderr

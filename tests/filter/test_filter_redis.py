@@ -1,0 +1,366 @@
+"""The Redis store, driven through the real modules in the test host, with real Redis:
+
+- tokenlimit.wasm's proxy_http_call goes to the real bridge (a `tokenlimit.bridge` process);
+- tokenlimit-higress.wasm's proxy_redis_call goes straight to the real redis-server.
+
+Separate hosts with separate shared data stand for separate gateways: only Redis joins them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from support.proxywasm_host import Clock, Host, HttpCall, LogLevel
+from support.redis_server import RedisServer, free_port
+from tokenlimit.resp import ReplyParser
+
+BRIDGE_CLUSTER = "tokenlimit-bridge"
+
+
+def rule(**extra: object) -> dict:
+    return {
+        "rule_name": "shared",
+        "rule_items": [
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [{"key": "*", "token_per_minute": 100}],
+            }
+        ],
+        "redis": {"service_name": BRIDGE_CLUSTER, "timeout": 500},
+        **extra,
+    }
+
+
+class Bridge:
+    """A `tokenlimit bridge` process in front of a Redis URL."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tokenlimit.bridge",
+                "--redis",
+                redis_url,
+                "--listen",
+                str(self.port),
+                "--timeout-ms",
+                "300",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.output: list[str] = []
+        for line in self.process.stdout:  # warnings may come first
+            self.output.append(line)
+            if "listening" in line or len(self.output) > 20:
+                break
+        if "listening" not in self.output[-1]:
+            self.stop()
+            pytest.fail("bridge did not start:\n" + "".join(self.output))
+        # Keep reading so the bridge never blocks on a full pipe.
+        threading.Thread(
+            target=lambda: self.output.extend(self.process.stdout), daemon=True
+        ).start()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def handler(self, call: HttpCall):
+        """Envoy's side of proxy_http_call: POST to the bridge, hand back its answer."""
+        assert call.upstream == BRIDGE_CLUSTER
+        headers = {k: v for k, v in call.headers if not k.startswith(":")}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{call.header(':path')}",
+            data=call.body,
+            headers=headers,
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                status, answer, body = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            status, answer, body = error.code, error.headers, error.read()
+        except OSError:
+            return None  # no answer: the test fails the call, as Envoy does for a dead bridge
+        pairs = [(":status", str(status))] + [(k.lower(), v) for k, v in answer.items()]
+        return pairs, body
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def bridge(redis_server: RedisServer) -> Iterator[Bridge]:
+    b = Bridge(redis_server.url)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def gateway(filter_wasm: Path, bridge: Bridge, clock: Clock, **extra: object) -> Host:
+    host = Host(filter_wasm, clock=clock, http_call_handler=bridge.handler)
+    assert host.configure(rule(**extra)), host.log_messages()
+    return host
+
+
+def ask(host: Host, api_key: str, prompt: int = 10, completion: int = 30, *, settle: bool = True):
+    """One request through `host`; returns the stream (local_response set when refused)."""
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        ":authority": "x",
+        "content-type": "application/json",
+        "x-api-key": api_key,
+    }
+    body = json.dumps({"usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
+    stream = host.http_stream()
+    return stream.complete(
+        headers,
+        {":status": "200", "content-type": "application/json"},
+        [body.encode()] if settle else [],
+    )
+
+
+def refused(stream) -> bool:
+    return stream.local_response is not None and stream.local_response.status == 429
+
+
+def test_two_gateways_share_one_budget_through_redis(filter_wasm, bridge, clock, redis_server):
+    first, second = gateway(filter_wasm, bridge, clock), gateway(filter_wasm, bridge, clock)
+    outcomes = [refused(ask(host, "team-a", 10, 30)) for host in (first, second, first)]
+    assert outcomes == [False, False, False]  # 120 tokens spent across both gateways
+    assert refused(ask(second, "team-a")) and refused(ask(first, "team-a"))
+    assert not refused(ask(second, "team-b"))
+    # Counters live in Redis, under the rule's hash tag, with the key value hashed.
+    keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("tokenlimit:*")]
+    assert keys and all(
+        k.startswith("tokenlimit:{shared}:per_header:x-api-key:tokens:60:") for k in keys
+    )
+    assert not any("team-a" in k for k in keys)
+
+
+def test_reservations_are_seen_by_every_gateway_at_once(filter_wasm, bridge, clock):
+    first = gateway(filter_wasm, bridge, clock, admission="reserve", default_output_tokens=60)
+    second = gateway(filter_wasm, bridge, clock, admission="reserve", default_output_tokens=60)
+    # Both admitted before either answers: the second reservation does not fit.
+    in_flight = first.http_stream()
+    in_flight.request_headers(
+        {":method": "GET", ":path": "/v1/models", ":authority": "x", "x-api-key": "r"},
+        end_of_stream=True,
+    )
+    first.run_pending()
+    assert in_flight.local_response is None
+    assert refused(ask(second, "r", settle=False))
+
+
+def test_redis_down_fails_open_and_the_circuit_stops_calling(
+    filter_wasm, bridge, clock, redis_server
+):
+    host = gateway(filter_wasm, bridge, clock)
+    assert not refused(ask(host, "k"))
+    redis_server.kill()
+    calls_before = len(host.http_calls)
+    for _ in range(6):
+        stream = ask(host, "k", 1000, 1000)
+        assert stream.local_response is None  # failure_mode open: admitted
+    # Three failures open the circuit; later requests do not call Redis at all.
+    assert len(host.http_calls) - calls_before == 3
+    warnings = [m for m in host.log_messages(LogLevel.WARN) if "redis store unavailable" in m]
+    assert len(warnings) == 1 and "Redis is unreachable" in warnings[0]
+    assert host.metrics["tokenlimit.redis_circuit_open"] == 1
+    # Redis returns; after the back-off one probe goes through and the circuit closes.
+    redis_server.restart()
+    clock.advance(1.5)
+    assert not refused(ask(host, "k"))
+    assert any("redis store recovered" in m for m in host.log_messages())
+    assert host.metrics["tokenlimit.redis_circuit_open"] == 0
+
+
+def test_failure_mode_closed_rejects_with_503(filter_wasm, bridge, clock, redis_server):
+    host = gateway(filter_wasm, bridge, clock, failure_mode="closed")
+    redis_server.kill()
+    rejection = ask(host, "k").local_response
+    assert rejection is not None and rejection.status == 503
+    assert rejection.body == b"Token budget store unavailable"
+
+
+def test_failure_mode_local_enforces_the_local_budget(filter_wasm, bridge, clock, redis_server):
+    host = gateway(filter_wasm, bridge, clock, failure_mode="local")
+    redis_server.kill()
+    assert not refused(ask(host, "k", 60, 40))
+    assert refused(ask(host, "k"))
+
+
+def test_failure_mode_local_enforces_this_gateways_share(filter_wasm, bridge, clock, redis_server):
+    # Four gateways share 100 tokens a minute; alone, each may spend a quarter of it.
+    host = gateway(filter_wasm, bridge, clock, failure_mode="local", local_share=0.25)
+    redis_server.kill()
+    assert not refused(ask(host, "k", 20, 5))
+    rejection = ask(host, "k").local_response
+    assert rejection is not None and dict(rejection.headers)["x-ratelimit-limit-tokens"] == "25"
+
+
+def test_charges_made_during_an_outage_land_after_recovery(
+    filter_wasm, bridge, clock, redis_server
+):
+    host = gateway(filter_wasm, bridge, clock)
+    stream = host.http_stream()
+    stream.request_headers(
+        {":method": "GET", ":path": "/", ":authority": "x", "x-api-key": "late"}, end_of_stream=True
+    )
+    host.run_pending()  # admitted by Redis
+    redis_server.kill()
+    stream.response_headers({":status": "200", "content-type": "application/json"})
+    stream.response_body(b'{"usage":{"prompt_tokens":70,"completion_tokens":30}}', True)
+    stream.log()
+    stream.done()
+    host.run_pending()  # the settlement fails and is queued
+    assert host.metrics["tokenlimit.redis_settle_retries_queued"] >= 1
+    redis_server.restart()  # empty: no persistence in tests
+    client = redis.Redis.from_url(redis_server.url)
+    for _ in range(50):  # the bridge reconnects with its own short back-off
+        clock.advance(2)
+        host.tick()
+        host.run_pending()
+        if client.keys("tokenlimit:{shared}:*"):
+            break
+        time.sleep(0.1)
+    assert refused(ask(gateway(filter_wasm, bridge, clock), "late"))  # the 100 tokens landed
+
+
+def test_wrong_redis_password_is_named_in_one_log_line(filter_wasm, clock):
+    with RedisServer(password="right") as server:
+        wrong = (
+            server.url.replace("redis://", "redis://:wrong@")
+            if "@" not in server.url
+            else server.url
+        )
+        bridge = Bridge(wrong)
+        try:
+            host = gateway(filter_wasm, bridge, clock)
+            for _ in range(4):
+                assert ask(host, "k").local_response is None
+        finally:
+            bridge.stop()
+    lines = [m for m in host.log_messages(LogLevel.WARN) if "redis store unavailable" in m]
+    assert len(lines) == 1 and "refused the credentials" in lines[0]
+
+
+def test_unreachable_redis_is_named(filter_wasm, clock):
+    bridge = Bridge(f"redis://127.0.0.1:{free_port()}")
+    try:
+        host = gateway(filter_wasm, bridge, clock)
+        for _ in range(3):
+            ask(host, "k")
+    finally:
+        bridge.stop()
+    assert any("Redis is unreachable" in m for m in host.log_messages())
+
+
+def test_a_dead_bridge_is_named_and_never_hangs_a_request(filter_wasm, clock):
+    host = Host(filter_wasm, clock=clock, http_call_handler=lambda call: None)
+    assert host.configure(rule())
+    for _ in range(3):
+        stream = host.http_stream()
+        stream.request_headers(
+            {":method": "GET", ":path": "/", ":authority": "x", "x-api-key": "k"},
+            end_of_stream=True,
+        )
+        (call_id,) = host.pending_http_calls()
+        assert host.http_call(call_id).timeout_ms == 500  # Envoy ends the call by then
+        host.fail_http_call(call_id)
+        assert stream.local_response is None and not stream.request_paused
+    assert any("bridge is unreachable" in m for m in host.log_messages())
+
+
+# ---- the Higress build, with Higress's Redis ABI wired to the real Redis ----------------------
+
+
+def redis_wire(server: RedisServer) -> Callable[[bytes], bytes | None]:
+    port = int(re.search(r":(\d+)", server.url).group(1))
+
+    def call(query: bytes) -> bytes | None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(query)
+                parser, data = ReplyParser(), b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return None
+                    data += chunk
+                    if parser.feed(chunk):
+                        return data
+        except OSError:
+            return None
+
+    return call
+
+
+def test_higress_build_uses_proxy_redis_and_shares_the_budget(higress_wasm, redis_server, clock):
+    redis.Redis.from_url(redis_server.url).script_flush()  # first call must fall back to EVAL
+    config = rule(
+        redis={
+            "service_name": "redis.default.svc.cluster.local",
+            "service_port": 6379,
+            "password": "",
+            "timeout": 500,
+        }
+    )
+    hosts = [
+        Host(higress_wasm, clock=clock, redis_handler=redis_wire(redis_server)) for _ in range(2)
+    ]
+    for host in hosts:
+        assert host.configure(config), host.log_messages()
+        assert host.redis_inits[-1].upstream == "outbound|6379||redis.default.svc.cluster.local"
+    assert not refused(ask(hosts[0], "h", 50, 50))
+    assert refused(ask(hosts[1], "h"))
+    queries = [c.query for c in hosts[0].redis_calls]
+    assert queries[0].startswith(b"*") and b"EVALSHA" in queries[0] and b"EVAL\r\n" in queries[1]
+    # Once Redis has the script, the built-in digests hit: no more EVAL for admissions.
+    (refusal,) = [c.query for c in hosts[1].redis_calls]  # refused: nothing to settle
+    assert b"$7\r\nEVALSHA\r\n" in refusal and b"$4\r\nEVAL\r\n" not in refusal
+
+
+def test_a_client_gone_while_redis_answers_gets_its_reservation_back(
+    filter_wasm, bridge, clock, redis_server
+):
+    host = gateway(filter_wasm, bridge, clock, admission="reserve", default_output_tokens=80)
+    stream = host.http_stream()
+    headers = {":method": "GET", ":path": "/v1/models", ":authority": "x", "x-api-key": "gone"}
+    stream.request_headers(headers, end_of_stream=True)  # paused: the admission is with Redis
+    stream.log()
+    assert stream.done() is False  # kept until Redis answers ...
+    host.run_pending()  # ... which reserves 80, then the filter gives it back and lets go
+    assert stream.deleted
+    client = redis.Redis.from_url(redis_server.url)
+    (key,) = client.keys("tokenlimit:{shared}:*")
+    deadline = time.monotonic() + 5
+    while int(client.hget(key, "u")) != 0 and time.monotonic() < deadline:
+        host.run_pending()
+        time.sleep(0.05)
+    assert int(client.hget(key, "u")) == 0

@@ -1,0 +1,156 @@
+"""`tokenlimit import`: Higress ai-token-ratelimit WasmPlugins become valid policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from support.kube_schemas import assert_valid
+from tokenlimit.cli import main
+from tokenlimit.importer import ImportFailed, import_documents
+from tokenlimit.loader import policy_from_data
+from tokenlimit.render.kube import load_yaml_documents
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The shape of Higress's own example for ai-token-ratelimit, with route and domain rules.
+WASM_PLUGIN = """\
+apiVersion: extensions.higress.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: ai-token-ratelimit
+  namespace: higress-system
+spec:
+  url: oci://higress-registry.cn-hangzhou.cr.aliyuncs.com/plugins/ai-token-ratelimit:1.0.0
+  phase: UNSPECIFIED_PHASE
+  priority: 600
+  defaultConfig:
+    rule_name: default_limit_by_param_apikey
+    rule_items:
+    - limit_by_param: apikey
+      limit_keys:
+      - key: "123456"
+        token_per_minute: 200
+    redis:
+      service_name: redis.dns
+      service_port: 6379
+      password: hunter2
+  matchRules:
+  - ingress: [default/qwen]
+    config:
+      rule_name: qwen-per-key
+      rule_items:
+      - limit_by_per_header: x-api-key
+        limit_keys:
+        - key: "*"
+          token_per_hour: 1000
+          limit_type: request
+      redis:
+        service_name: redis.static
+  - domain: [old.example.com]
+    configDisable: true
+    config:
+      rule_name: off
+      global_threshold: {token_per_day: 1}
+"""
+
+
+def run_import(text: str, tmp_path: Path, *args: str) -> Any:
+    source = tmp_path / "plugin.yaml"
+    source.write_text(text)
+    return CliRunner().invoke(main, ["import", str(source), *args])
+
+
+def test_wasm_plugin_becomes_policies_and_a_secret(tmp_path: Path) -> None:
+    result = run_import(WASM_PLUGIN, tmp_path, "--namespace", "llm")
+    assert result.exit_code == 0, result.output
+    secret, default, qwen = load_yaml_documents(result.stdout)
+    assert secret == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "ai-token-ratelimit-redis", "namespace": "llm"},
+        "type": "Opaque",
+        "stringData": {"password": "hunter2"},
+    }
+    assert default["metadata"] == {"name": "ai-token-ratelimit", "namespace": "llm"}
+    assert default["spec"] == {
+        "ruleName": "default_limit_by_param_apikey",
+        "ruleItems": [
+            {"limitByParam": "apikey", "limitKeys": [{"key": "123456", "tokenPerMinute": 200}]}
+        ],
+        "targetRef": {"gateway": "higress"},
+        "redis": {
+            "host": "redis.dns",
+            "port": 6379,
+            "passwordSecretRef": {"name": "ai-token-ratelimit-redis", "key": "password"},
+        },
+    }
+    assert qwen["metadata"]["name"] == "ai-token-ratelimit-rule-1"
+    assert qwen["spec"]["targetRef"] == {"gateway": "higress", "ingresses": ["default/qwen"]}
+    # Higress's limit_type: request → request windows; the .static port written out.
+    assert qwen["spec"]["ruleItems"][0]["limitKeys"] == [{"key": "*", "requestPerHour": 1000}]
+    assert qwen["spec"]["redis"] == {"host": "redis.static", "port": 80}
+    for policy in (default, qwen):
+        assert_valid(policy)
+        assert policy_from_data(policy, "imported").policy is not None
+    assert "spec.matchRules[1]: configDisable is true: skipped" in result.stderr
+    assert "the Redis password moved into Secret ai-token-ratelimit-redis" in result.stderr
+
+
+def test_a_redis_name_higress_cannot_resolve_is_reported(tmp_path: Path) -> None:
+    text = WASM_PLUGIN.replace("service_name: redis.dns", "service_name: redis.default")
+    result = run_import(text, tmp_path)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert (
+        f"{tmp_path / 'plugin.yaml'}: spec.defaultConfig: redis.host: Higress needs the "
+        'full Service name, got "redis.default": write redis.default.svc.cluster.local'
+    ) in result.stderr
+
+
+def test_a_field_the_filter_refuses_is_reported_in_the_configs_terms(tmp_path: Path) -> None:
+    text = WASM_PLUGIN.replace("token_per_minute: 200", "token_per_minute: -1")
+    result = run_import(text, tmp_path)
+    assert result.exit_code == 1
+    assert "spec.defaultConfig: ruleItems[0].limitKeys[0].tokenPerMinute: must be an integer" in (
+        result.stderr
+    )
+
+
+def test_bare_config_with_injected_rules() -> None:
+    config = {
+        "rule_name": "all",
+        "global_threshold": {"token_per_hour": 10},
+        "_rules_": [
+            {
+                "_match_domain_": ["api.example.com"],
+                "rule_name": "api",
+                "global_threshold": {"token_per_minute": 1},
+            }
+        ],
+    }
+    result = import_documents([config], "c.yaml", name="gw")
+    names = [d["metadata"]["name"] for d in result.documents]
+    assert names == ["gw", "gw-rule-1"]
+    assert result.documents[1]["spec"]["targetRef"] == {
+        "gateway": "higress",
+        "domains": ["api.example.com"],
+    }
+
+
+def test_examples_higress_config_imports() -> None:
+    documents = [yaml.safe_load((ROOT / "deploy" / "examples" / "higress-config.yaml").read_text())]
+    (policy,) = import_documents(documents, "higress-config.yaml").documents
+    assert policy["spec"]["redis"] == {
+        "host": "redis.default.svc.cluster.local",
+        "port": 6379,
+        "timeoutMs": 1000,
+    }
+
+
+def test_not_a_wasm_plugin() -> None:
+    with pytest.raises(ImportFailed, match="expected kind WasmPlugin"):
+        import_documents([{"apiVersion": "v1", "kind": "ConfigMap"}], "x.yaml")
