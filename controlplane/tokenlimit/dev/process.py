@@ -1,0 +1,105 @@
+"""Child processes (Envoy, the mock LLM, the bridge, redis-server): the one place that starts
+and stops them, for `tokenlimit up`, the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+STOP_TIMEOUT_S = 5.0
+POLL_INTERVAL_S = 0.05
+
+
+class ProcessError(Exception):
+    """A child did not start (the message carries the end of its log)."""
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+_SIGTERM = int(signal.SIGTERM)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: it only sets a signal, takes no locks.
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM)
+
+
+def spawn(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    stderr_log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session; it gets SIGTERM when this process dies.
+
+    stdout goes to `log`, stderr to `stderr_log` (or `log` too). `env` is added to ours.
+    """
+    out = log.open("ab")
+    err = stderr_log.open("ab") if stderr_log is not None else None
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err if err is not None else subprocess.STDOUT,
+            cwd=cwd if cwd is not None else log.parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        out.close()  # the child holds its own descriptors
+        if err is not None:
+            err.close()
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; a process already gone is left alone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_for_line(
+    proc: subprocess.Popen[bytes], log: Path, pattern: re.Pattern[str], timeout_s: float, what: str
+) -> re.Match[str]:
+    """Wait until `log` matches `pattern` (a ready line); fail if the child exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = pattern.search(log.read_text(errors="replace")) if log.exists() else None
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise ProcessError(f"{what} exited with status {proc.returncode}:\n{tail(log)}")
+        time.sleep(POLL_INTERVAL_S)
+    raise ProcessError(f"{what} did not print its ready line within {timeout_s:g}s:\n{tail(log)}")
