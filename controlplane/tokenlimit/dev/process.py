@@ -93,7 +93,7 @@ def tail(path: Path, lines: int = 20) -> str:
 def wait_for_line(
     proc: subprocess.Popen[bytes], log: Path, pattern: re.Pattern[str], timeout_s: float, what: str
 ) -> re.Match[str]:
-    """Wait until `log` matches `pattern` (a ready line); fail if the child exits or time runs out."""
+    """Wait until `log` matches `pattern` (a ready line); fail if the child exits or time is up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = pattern.search(log.read_text(errors="replace")) if log.exists() else None
