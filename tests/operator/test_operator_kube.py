@@ -23,19 +23,19 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from tokenlimit.operator.kube import (
+from tokenlimit.apply.kube import (
     CONFIG_MAP,
     LEASE,
     POLICY,
     ApiError,
-    DynamicKube,
     Kind,
+    KindNotServed,
     ObjectRef,
     Resource,
     api_error,
     watch_event,
-    without_hidden_retries,
 )
+from tokenlimit.apply.kube_client import DynamicKube, without_hidden_retries
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kube"
 CHAT = ObjectRef(POLICY, "team-a", "chat")
@@ -443,7 +443,7 @@ def test_leases_create_and_replace(api: tuple[RecordedApiServer, DynamicKube]) -
 
 def test_a_kind_the_server_does_not_have(api: tuple[RecordedApiServer, DynamicKube]) -> None:
     _, kube = api
-    with pytest.raises(ApiError, match="is its CRD installed"):
+    with pytest.raises(KindNotServed, match="is its CRD installed"):
         kube.get(ObjectRef(Kind("extensions.higress.io/v1alpha1", "WasmPlugin"), "ns", "x"))
     assert kube.resource(LEASE).plural == "leases"
 

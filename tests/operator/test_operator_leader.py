@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from support.fakekube import FakeKube
-from tokenlimit.operator.kube import LEASE, ApiError, ObjectRef
+from tokenlimit.apply.kube import LEASE, ApiError, ObjectRef
 from tokenlimit.operator.leader import LeaderElector
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kube"

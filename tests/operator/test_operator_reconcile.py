@@ -16,7 +16,7 @@ import pytest
 import yaml
 from tokenlimit.loader import LoadedPolicy
 from tokenlimit.model import filter_json
-from tokenlimit.operator.kube import CONFIG_MAP, Kind, ref_of
+from tokenlimit.apply.kube import CONFIG_MAP, Kind, ref_of
 from tokenlimit.operator.reconcile import (
     FINALIZER,
     HASH_ANNOTATION,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tokenlimit.operator.kube import (
+from tokenlimit.apply.kube import (
     ApiError,
     Kind,
     Obj,

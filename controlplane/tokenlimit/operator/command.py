@@ -182,7 +182,7 @@ def run(
 ) -> None:
     """Connect, (lead,) and loop until SIGTERM/SIGINT."""
     from tokenlimit.operator.controller import PolicyController
-    from tokenlimit.operator.kube import ApiError
+    from tokenlimit.apply.kube import ApiError
     from tokenlimit.operator.loop import Backoff, Interrupted, Loop, LoopOptions, SystemClock
     from tokenlimit.operator.renderers import SecretReader, renderer_for
 
@@ -232,15 +232,14 @@ def run(
 
 def _connect(kubeconfig: str | None, clock: Any, backoff: Any, api_error: type) -> Any:
     """The API client; waits (with back-off) for an API server that is not answering yet."""
-    from kubernetes.config import ConfigException
-
-    from tokenlimit.operator.kube import DynamicKube, api_client
+    from tokenlimit.apply.kube import NoCredentials
+    from tokenlimit.apply.kube_client import DynamicKube, api_client
 
     try:
-        client = api_client(kubeconfig)
-    except ConfigException as exc:
+        client = api_client(kubeconfig, in_cluster_first=True)
+    except NoCredentials as exc:
         raise click.ClickException(
-            f"no Kubernetes credentials: {exc} (in a pod, the service account's are used; "
+            f"{exc} (in a pod, the service account's are used; "
             "elsewhere pass --kubeconfig or set KUBECONFIG)"
         ) from None
     while not clock.stop.is_set():

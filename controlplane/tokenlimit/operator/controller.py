@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from tokenlimit.operator.kube import ApiError, KubeClient, Obj, ObjectRef, ref_of
+from tokenlimit.apply.kube import ApiError, KubeClient, Obj, ObjectRef, ref_of
 from tokenlimit.operator.reconcile import (
     FINALIZER,
     POLICY_UID_LABEL,

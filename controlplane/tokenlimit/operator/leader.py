@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from tokenlimit.operator.kube import LEASE, ApiError, KubeClient, Obj, ObjectRef
+from tokenlimit.apply.kube import LEASE, ApiError, KubeClient, Obj, ObjectRef
 from tokenlimit.operator.loop import Clock
 
 log = logging.getLogger("tokenlimit.operator")

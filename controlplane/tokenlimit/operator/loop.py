@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tokenlimit.operator.controller import Outcome, PolicyController
-from tokenlimit.operator.kube import POLICY, ApiError, KubeClient, ObjectRef, WatchEvent, ref_of
+from tokenlimit.apply.kube import POLICY, ApiError, KubeClient, ObjectRef, WatchEvent, ref_of
 
 log = logging.getLogger("tokenlimit.operator")
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from tokenlimit.loader import LoadedPolicy, PolicyError, policy_from_data
-from tokenlimit.operator.kube import POLICY, Kind, Obj, ObjectRef, kind_of, ref_of
+from tokenlimit.apply.kube import POLICY, Kind, Obj, ObjectRef, kind_of, ref_of
 
 GatewayKind = Literal["higress", "istio", "envoy"]
 GATEWAY_KINDS: tuple[GatewayKind, ...] = ("higress", "istio", "envoy")
