@@ -3,34 +3,40 @@
 Two targets, one rule: the policy goes through `loader.policy_from_data` first (the CLI does
 that), so an invalid policy never reaches a gateway.
 
-Standalone Envoy (`ecds_change` + `write_atomic`): the filter config lives in a file-based ECDS
-resource that Envoy watches. The new document is written to a temporary file in the same
-directory, fsync'ed and renamed over the old one (`os.replace`, atomic on POSIX), then the
-directory is fsync'ed; Envoy sees one rename and loads the new config in place, without a
-restart and without touching open connections. A config Envoy refuses leaves the old one
+Standalone Envoy (`ecds_change` + `tokenlimit.apply.files.write_atomic`): the filter config
+lives in a file-based ECDS resource that Envoy watches. The new document replaces the old one
+in one rename; Envoy sees it and loads the new config in place, without a restart and without
+touching open connections. A config Envoy refuses leaves the old one
 running. The module path is kept from the current file unless given, so a push changes rules,
 not the module (a new module would start a new VM and forget the budgets in it).
 
-Kubernetes (`KubeApi`, `apply_objects`): server-side apply with field manager `tokenlimit`,
+Kubernetes (`connect`, `apply_objects`): server-side apply with field manager `tokenlimit`,
 each object reported as created, configured or unchanged; with `dry_run` the API server's own
-dry run (`dryRun=All`) and a diff of what would change. `DynamicApi` implements `KubeApi` on
-the official client's DynamicClient. Tests drive it with a fake DynamicClient answering with
-the API's documented JSON shapes; it has not been run against a live cluster.
+dry run (`dryRun=All`) and a diff of what would change. It goes through the project's one
+Kubernetes client (`tokenlimit.apply.kube`, the operator's too); tests drive it with the
+in-memory API server `tests/support/fakekube.py`. It has not been run against a live cluster.
 """
 
 from __future__ import annotations
 
-import base64
 import difflib
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import yaml
 
+from tokenlimit.apply.files import write_atomic as write_atomic  # the CLI's name for it
+from tokenlimit.apply.kube import (
+    ApiError,
+    KindNotServed,
+    KubeClient,
+    KubeError,
+    NoCredentials,
+    ref_of,
+    secret_value,
+)
 from tokenlimit.model import FilterConfig
 from tokenlimit.render.envoy import FILTER_NAME, ecds_resource, to_yaml
 
@@ -114,47 +120,7 @@ def current_module(text: str, origin: Path) -> str:
         ) from None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename: readers see the old file or the new one."""
-    directory = path.parent
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)  # the rename itself survives a crash
-    finally:
-        os.close(directory_fd)
-
-
 # --- Kubernetes: server-side apply -----------------------------------------------------------
-
-
-class KubeApi(Protocol):
-    """The three calls a push makes to the API server."""
-
-    def get(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The live object with `obj`'s kind, namespace and name, or None."""
-        ...
-
-    def apply(self, obj: Mapping[str, Any], *, dry_run: bool, force: bool) -> dict[str, Any]:
-        """Server-side apply `obj` (field manager `tokenlimit`); the object as stored."""
-        ...
-
-    def secret_value(self, namespace: str, name: str, key: str) -> str:
-        """One key of a Secret, decoded."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -177,7 +143,7 @@ class ApplyResult:
 
 
 def apply_objects(
-    api: KubeApi, objects: Iterable[Mapping[str, Any]], *, dry_run: bool, force: bool = False
+    api: KubeClient, objects: Iterable[Mapping[str, Any]], *, dry_run: bool, force: bool = False
 ) -> list[ApplyResult]:
     """Apply each object in order; stop at the first the API server refuses (PushError)."""
     results: list[ApplyResult] = []
@@ -187,12 +153,12 @@ def apply_objects(
             " /", " "
         )
         try:
-            before = api.get(obj)
-            after = api.apply(obj, dry_run=dry_run, force=force)
-        except PushError as exc:
+            before = api.get(ref_of(obj))
+            after = api.apply(dict(obj), field_manager=FIELD_MANAGER, dry_run=dry_run, force=force)
+        except KubeError as exc:
             done = "".join(f"\n  {r.line(dry_run)}" for r in results)
             applied = f"\napplied before it:{done}" if done else ""
-            raise PushError(f"{label}: {exc}{applied}") from None
+            raise PushError(f"{label}: {_refused(exc, obj)}{applied}") from None
         results.append(_result(obj, before, after, dry_run))
     return results
 
@@ -238,118 +204,56 @@ def comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: meta if k == "metadata" else v for k, v in obj.items() if k != "status"}
 
 
+def connect(context: str | None = None) -> KubeClient:
+    """The cluster the kubeconfig names (`context` picks one), else a pod's service account."""
+    from tokenlimit.apply.kube_client import connect as connect_client
+
+    try:
+        return connect_client(context=context)
+    except NoCredentials as exc:
+        raise PushError(f"{exc} (set KUBECONFIG, or pass --context)") from None
+    except ApiError as exc:
+        raise PushError(f"the API server: {exc}") from None
+
+
 class DynamicApi:
-    """`KubeApi` on kubernetes.dynamic.DynamicClient (any kind, discovered by apiVersion)."""
+    """The old entry point: `DynamicApi.connect(context)` is `connect(context)`.
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    Kept only because cli/policy.py and fallback/cli.py (owned elsewhere) still call it;
+    goes when they call `push.connect`.
+    """
 
-    @classmethod
-    def connect(cls, context: str | None = None) -> DynamicApi:
-        """From the kubeconfig (KUBECONFIG or ~/.kube/config; `context` picks one), else the
-        in-cluster service account."""
-        from kubernetes import config
-        from kubernetes.dynamic import DynamicClient
+    @staticmethod
+    def connect(context: str | None = None) -> KubeClient:
+        return connect(context)
 
-        try:
-            api_client = config.new_client_from_config(context=context)
-        except config.ConfigException as exc:
-            if context is not None:
-                raise PushError(f"kubeconfig: {exc}") from None
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                raise PushError(
-                    f"no Kubernetes credentials: {exc} (set KUBECONFIG, or pass --context)"
-                ) from None
-            from kubernetes import client as k8s
 
-            api_client = k8s.ApiClient()
-        return cls(DynamicClient(api_client))
-
-    def _resource(self, obj: Mapping[str, Any]) -> Any:
-        from kubernetes.dynamic.exceptions import ResourceNotFoundError
-
-        try:
-            return self.client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        except ResourceNotFoundError:
-            hint = (
-                " (install the CRD first: kubectl apply -f deploy/helm/tokenlimit/crds/)"
-                if str(obj["apiVersion"]).startswith("tokenlimit.io/")
-                else " (is that gateway installed in this cluster?)"
-            )
-            raise PushError(
-                f"the API server does not serve {obj['apiVersion']} {obj['kind']}{hint}"
-            ) from None
-
-    def get(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
-
-        meta = obj["metadata"]
-        try:
-            found = self.client.get(
-                self._resource(obj), name=meta["name"], namespace=meta.get("namespace")
-            )
-        except NotFoundError:
-            return None
-        except DynamicApiError as exc:
-            raise PushError(_api_message(exc)) from None
-        return dict(found.to_dict())
-
-    def apply(self, obj: Mapping[str, Any], *, dry_run: bool, force: bool) -> dict[str, Any]:
-        from kubernetes.dynamic.exceptions import DynamicApiError
-
-        meta = obj["metadata"]
-        try:
-            applied = self.client.server_side_apply(
-                self._resource(obj),
-                body=dict(obj),
-                name=meta["name"],
-                namespace=meta.get("namespace"),
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True if force else None,
-                dry_run="All" if dry_run else None,
-            )
-        except DynamicApiError as exc:
-            raise PushError(_api_message(exc)) from None
-        return dict(applied.to_dict())
-
-    def secret_value(self, namespace: str, name: str, key: str) -> str:
-        secret = self.get(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name, "namespace": namespace},
-            }
+def _refused(exc: KubeError, obj: Mapping[str, Any]) -> PushError:
+    """The API server's own words, with what to do where there is something to do."""
+    if isinstance(exc, KindNotServed):
+        hint = (
+            " (install the CRD first: kubectl apply -f deploy/helm/tokenlimit/crds/)"
+            if str(obj.get("apiVersion")).startswith("tokenlimit.io/")
+            else " (is that gateway installed in this cluster?)"
         )
-        if secret is None:
-            raise PushError(f"Secret {namespace}/{name} not found")
-        data = secret.get("data") or {}
-        if key not in data:
-            keys = ", ".join(sorted(data)) or "none"
-            raise PushError(f"Secret {namespace}/{name} has no key {key!r} (keys: {keys})")
-        try:
-            return base64.b64decode(data[key], validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise PushError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from None
-
-
-def _api_message(exc: Any) -> str:
-    """The API server's own words: the Status object's message, and the code."""
-    status = getattr(exc, "status", None)
-    summary = getattr(exc, "summary", None)
-    text = summary() if callable(summary) else str(exc)
-    if status == 409:
+        return PushError(f"the API server does not serve {obj['apiVersion']} {obj['kind']}{hint}")
+    if not isinstance(exc, ApiError):
+        return PushError(str(exc))
+    text = exc.message if exc.status else str(exc)
+    if exc.conflict:
         text += " (another field manager owns these fields: --force-conflicts takes them over)"
-    return text
+    return PushError(text)
 
 
-def secrets_from(api: KubeApi) -> Callable[[str | None, Any], str]:
+def secrets_from(api: KubeClient) -> Callable[[str | None, Any], str]:
     """A render.kube.SecretSource reading the policy's namespace from the cluster."""
 
     def read(namespace: str | None, ref: Any) -> str:
         if namespace is None:
             raise PushError("the policy has no namespace to read its Secret from")
-        return api.secret_value(namespace, ref.name, ref.key)
+        try:
+            return secret_value(api, namespace, ref.name, ref.key)
+        except KubeError as exc:
+            raise PushError(str(exc)) from None
 
     return read

@@ -1,10 +1,11 @@
 """`tokenlimit push`: the ECDS file (with real Envoy taking new limits mid-traffic) and
 server-side apply to Kubernetes.
 
-The Kubernetes half runs against `FakeDynamicClient` below — a fake of the two calls a push
-makes on kubernetes.dynamic.DynamicClient (`get`, `server_side_apply`) plus discovery —
-whose answers are the documented API JSON: objects with server-set metadata and
-managedFields, and `Status` objects for 404 and 409. No live cluster is involved.
+The Kubernetes half runs against `tests/support/fakekube.py`, the in-memory API server behind
+the project's one client seam (the operator's tests use it too): server-set metadata,
+generation, the server's dry run, and `Status` answers for 409, parsed as the real client
+parses them. The real client's requests are tested in tests/operator/test_operator_kube.py.
+No live cluster is involved.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic.exceptions import ResourceNotFoundError, api_exception
-from kubernetes.dynamic.resource import ResourceInstance
+from support.fakekube import FakeKube
 from tokenlimit import push
+from tokenlimit.apply.files import write_atomic
+from tokenlimit.apply.kube import (
+    POLICY,
+    SECRET,
+    ApiError,
+    Kind,
+    ObjectRef,
+    api_error,
+)
 from tokenlimit.cli import main
 from tokenlimit.gateway import Gateway
 from tokenlimit.model import parse_filter_config
-from tokenlimit.push import DynamicApi, FileChange, write_atomic
+from tokenlimit.push import FileChange
 
 ROOT = Path(__file__).resolve().parents[2]
 HIGRESS_EXAMPLE = ROOT / "deploy" / "examples" / "higress.yaml"
@@ -272,149 +280,11 @@ def test_push_changes_limits_mid_traffic_without_a_failed_request(
     assert "status=5" not in access
 
 
-# --- Kubernetes: server-side apply against recorded API shapes -------------------------------
+# --- Kubernetes: server-side apply against the in-memory API server --------------------------
 
-
-class FakeResource:
-    def __init__(self, api_version: str, kind: str, namespaced: bool = True) -> None:
-        self.group_version = api_version
-        self.kind = kind
-        self.namespaced = namespaced
-
-
-class FakeResources:
-    def __init__(self, kinds: set[tuple[str, str]]) -> None:
-        self.kinds = kinds
-
-    def get(self, api_version: str, kind: str) -> FakeResource:
-        if (api_version, kind) not in self.kinds:
-            raise ResourceNotFoundError(
-                f"No matches found for {{'api_version': '{api_version}', 'kind': '{kind}'}}"
-            )
-        return FakeResource(api_version, kind)
-
-
-def status_error(code: int, reason: str, message: str, details: dict[str, Any]) -> Exception:
-    """The dynamic client's exception for an API `Status` answer (as the server sends it)."""
-    error = ApiException(status=code, reason=reason)
-    error.body = json.dumps(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason.replace(" ", ""),
-            "details": details,
-            "code": code,
-        }
-    )
-    error.headers = {"Content-Type": "application/json"}
-    return api_exception(error)
-
-
-class FakeDynamicClient:
-    """get / server_side_apply as kubernetes.dynamic.DynamicClient makes them, in memory."""
-
-    def __init__(self, kinds: set[tuple[str, str]], objects: list[dict[str, Any]] = ()) -> None:
-        self.resources = FakeResources(kinds)
-        self.store: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.conflicts: set[str] = set()  # names whose fields another manager owns
-        self._version = 1000
-        for obj in objects:
-            self.store[
-                self._key(
-                    obj["apiVersion"],
-                    obj["kind"],
-                    obj["metadata"].get("namespace"),
-                    obj["metadata"]["name"],
-                )
-            ] = obj
-
-    @staticmethod
-    def _key(
-        api_version: str, kind: str, namespace: str | None, name: str
-    ) -> tuple[str, str, str | None, str]:
-        return (api_version, kind, namespace, name)
-
-    def get(
-        self, resource: FakeResource, name: str, namespace: str | None = None
-    ) -> ResourceInstance:
-        self.calls.append(("get", {"kind": resource.kind, "name": name, "namespace": namespace}))
-        found = self.store.get(self._key(resource.group_version, resource.kind, namespace, name))
-        if found is None:
-            plural = resource.kind.lower() + "s"
-            raise status_error(
-                404, "Not Found", f'{plural} "{name}" not found',
-                {"name": name, "group": resource.group_version.rpartition("/")[0], "kind": plural},
-            )  # fmt: skip
-        return ResourceInstance(self, copy.deepcopy(found))
-
-    def server_side_apply(
-        self,
-        resource: FakeResource,
-        body: dict[str, Any],
-        name: str,
-        namespace: str | None = None,
-        force_conflicts: bool | None = None,
-        **kwargs: Any,
-    ) -> ResourceInstance:
-        self.calls.append(
-            ("apply", {"name": name, "namespace": namespace, "force": force_conflicts, **kwargs})
-        )
-        if name in self.conflicts and not force_conflicts:
-            raise status_error(
-                409, "Conflict",
-                'Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using '
-                f"{body['apiVersion']}: .spec.ruleName",
-                {"causes": [{"reason": "FieldManagerConflict", "field": ".spec.ruleName",
-                             "message": 'conflict with "kubectl-client-side-apply"'}]},
-            )  # fmt: skip
-        key = self._key(resource.group_version, resource.kind, namespace, name)
-        live = self.store.get(key)
-        result = copy.deepcopy(live) if live is not None else {}
-        for field, value in body.items():
-            if field != "metadata":
-                result[field] = copy.deepcopy(value)
-        meta = result.setdefault("metadata", {})
-        for field in ("name", "namespace"):
-            meta[field] = body["metadata"].get(field, meta.get(field))
-        for field in ("labels", "annotations"):
-            if field in body["metadata"]:
-                meta[field] = {**meta.get(field, {}), **body["metadata"][field]}
-        if live is None:
-            meta.update(
-                uid="2b1d1f63-3c4e-4c5a-9e0f-6a7b8c9d0e1f",
-                creationTimestamp="2026-05-01T10:00:00Z",
-                generation=1,
-            )
-        elif push.comparable(live) != push.comparable(result) and result.get("spec") != live.get(
-            "spec"
-        ):
-            meta["generation"] = int(live["metadata"]["generation"]) + 1
-        changed = live is None or push.comparable(live) != push.comparable(result)
-        if changed and kwargs.get("dry_run") != "All":
-            self._version += 1
-            meta["resourceVersion"] = str(self._version)
-        meta["managedFields"] = [
-            {
-                "manager": kwargs.get("field_manager"),
-                "operation": "Apply",
-                "apiVersion": body["apiVersion"],
-                "time": "2026-05-01T10:00:00Z",
-                "fieldsType": "FieldsV1",
-                "fieldsV1": {"f:spec": {}},
-            }
-        ]
-        if kwargs.get("dry_run") != "All":
-            self.store[key] = result
-        return ResourceInstance(self, copy.deepcopy(result))
-
-
-POLICY_KIND = ("tokenlimit.io/v1alpha1", "TokenRateLimitPolicy")
-KINDS = {POLICY_KIND, ("extensions.higress.io/v1alpha1", "WasmPlugin"), ("v1", "Secret")}
-SECRET = {
+POLICY_REF = ObjectRef(POLICY, "llm", "chat")
+PLUGIN = Kind("extensions.higress.io/v1alpha1", "WasmPlugin")
+SECRET_OBJECT = {
     "apiVersion": "v1",
     "kind": "Secret",
     "metadata": {"name": "redis-auth", "namespace": "llm", "resourceVersion": "7"},
@@ -423,22 +293,40 @@ SECRET = {
 }
 
 
+def status_error(code: int, reason: str, message: str, details: dict[str, Any]) -> ApiError:
+    """An API `Status` answer, parsed as the real client parses one."""
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code,
+    }
+    return api_error(code, {"Content-Type": "application/json"}, json.dumps(body))
+
+
 @pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeDynamicClient:
-    fake = FakeDynamicClient(KINDS, [copy.deepcopy(SECRET)])
+def cluster(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
+    """The in-memory API server serving policies, Higress WasmPlugins and Secrets."""
+    fake = FakeKube(served={POLICY, PLUGIN, SECRET})
+    fake.seed(copy.deepcopy(SECRET_OBJECT))
+    fake.calls.clear()
     contexts: list[str | None] = []
 
-    def connect(cls: type[DynamicApi], context: str | None = None) -> DynamicApi:
+    def connect(context: str | None = None) -> FakeKube:
         contexts.append(context)
-        return DynamicApi(fake)
+        return fake
 
-    monkeypatch.setattr(DynamicApi, "connect", classmethod(connect))
+    monkeypatch.setattr(push, "connect", connect)
     fake.contexts = contexts  # type: ignore[attr-defined]
     return fake
 
 
 def test_kube_push_reports_created_then_unchanged_then_configured(
-    cluster: FakeDynamicClient, tmp_path: Path
+    cluster: FakeKube, tmp_path: Path
 ) -> None:
     policy = tmp_path / "chat.yaml"
     policy.write_text(envoy_policy(100))
@@ -447,23 +335,27 @@ def test_kube_push_reports_created_then_unchanged_then_configured(
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{line} created\n"
     assert cluster.contexts == ["prod"]  # type: ignore[attr-defined]
-    applied = [c for c in cluster.calls if c[0] == "apply"]
-    assert applied[0][1]["field_manager"] == "tokenlimit" and applied[0][1]["dry_run"] is None
+    assert cluster.applied_with[0] == {
+        "field_manager": "tokenlimit",
+        "dry_run": False,
+        "force": False,
+    }
     assert run("push", str(policy), "--target", "kube").stdout == f"{line} unchanged\n"
     policy.write_text(envoy_policy(200))
     assert run("push", str(policy), "--target", "kube").stdout == f"{line} configured\n"
-    stored = cluster.store[(*POLICY_KIND, "llm", "chat")]
+    stored = cluster.stored(POLICY_REF)
+    assert stored is not None
     assert stored["spec"]["ruleItems"][0]["limitKeys"][0]["tokenPerMinute"] == 200
     assert stored["metadata"]["generation"] == 2
 
 
 def test_kube_dry_run_uses_the_servers_dry_run_and_prints_the_diff(
-    cluster: FakeDynamicClient, tmp_path: Path
+    cluster: FakeKube, tmp_path: Path
 ) -> None:
     policy = tmp_path / "chat.yaml"
     policy.write_text(envoy_policy(100))
     assert run("push", str(policy), "--target", "kube").exit_code == 0
-    before = copy.deepcopy(cluster.store)
+    before = copy.deepcopy(cluster.objects)
     policy.write_text(envoy_policy(300))
     result = run("push", str(policy), "--target", "kube", "--dry-run")
     assert result.exit_code == 0, result.output
@@ -471,13 +363,11 @@ def test_kube_dry_run_uses_the_servers_dry_run_and_prints_the_diff(
     assert result.stdout.endswith(
         "tokenratelimitpolicy.tokenlimit.io/chat in llm configured (server dry run)\n"
     )
-    assert cluster.store == before
-    assert [c[1]["dry_run"] for c in cluster.calls if c[0] == "apply"][-1] == "All"
+    assert cluster.objects == before
+    assert cluster.applied_with[-1]["dry_run"] is True
 
 
-def test_kube_push_of_rendered_higress_objects_reads_the_secret(
-    cluster: FakeDynamicClient,
-) -> None:
+def test_kube_push_of_rendered_higress_objects_reads_the_secret(cluster: FakeKube) -> None:
     result = run(
         "push", str(HIGRESS_EXAMPLE), "--target", "kube", "--rendered", "higress",
         "--wasm-url", "oci://registry.example.com/tokenlimit-higress:0.1.0",
@@ -486,21 +376,23 @@ def test_kube_push_of_rendered_higress_objects_reads_the_secret(
     assert result.stdout == (
         "wasmplugin.extensions.higress.io/tokenlimit-llm-chat-per-key in higress-system created\n"
     )
-    plugin = cluster.store[
-        (
-            "extensions.higress.io/v1alpha1",
-            "WasmPlugin",
-            "higress-system",
-            "tokenlimit-llm-chat-per-key",
-        )
-    ]
+    plugin = cluster.stored(ObjectRef(PLUGIN, "higress-system", "tokenlimit-llm-chat-per-key"))
+    assert plugin is not None
     assert plugin["spec"]["matchRules"][0]["config"]["redis"]["password"] == "from-the-secret"
-    assert ("get", {"kind": "Secret", "name": "redis-auth", "namespace": "llm"}) in cluster.calls
+    assert ("get", "Secret llm/redis-auth") in cluster.calls
 
 
-def test_invalid_input_never_reaches_the_api_server(
-    cluster: FakeDynamicClient, tmp_path: Path
-) -> None:
+def test_a_missing_secret_is_named(cluster: FakeKube) -> None:
+    cluster.objects.clear()
+    result = run(
+        "push", str(HIGRESS_EXAMPLE), "--target", "kube", "--rendered", "higress",
+        "--wasm-url", "oci://registry.example.com/tokenlimit-higress:0.1.0",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == "Error: Secret llm/redis-auth not found\n"
+
+
+def test_invalid_input_never_reaches_the_api_server(cluster: FakeKube, tmp_path: Path) -> None:
     policy = tmp_path / "chat.yaml"
     policy.write_text(envoy_policy(100).replace("ruleName: chat", "ruleName: has space"))
     result = run("push", str(policy), "--target", "kube")
@@ -509,12 +401,16 @@ def test_invalid_input_never_reaches_the_api_server(
     assert cluster.calls == [] and cluster.contexts == []  # type: ignore[attr-defined]
 
 
-def test_conflicts_are_reported_and_can_be_forced(
-    cluster: FakeDynamicClient, tmp_path: Path
-) -> None:
+def test_conflicts_are_reported_and_can_be_forced(cluster: FakeKube, tmp_path: Path) -> None:
     policy = tmp_path / "chat.yaml"
     policy.write_text(envoy_policy(100))
-    cluster.conflicts.add("chat")
+    cluster.conflicts["chat"] = status_error(
+        409, "Conflict",
+        'Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using '
+        "tokenlimit.io/v1alpha1: .spec.ruleName",
+        {"causes": [{"reason": "FieldManagerConflict", "field": ".spec.ruleName",
+                     "message": 'conflict with "kubectl-client-side-apply"'}]},
+    )  # fmt: skip
     result = run("push", str(policy), "--target", "kube")
     assert result.exit_code == 1
     assert result.stderr == (
@@ -524,16 +420,11 @@ def test_conflicts_are_reported_and_can_be_forced(
     )
     result = run("push", str(policy), "--target", "kube", "--force-conflicts")
     assert result.exit_code == 0, result.output
-    assert [c[1]["force"] for c in cluster.calls if c[0] == "apply"][-1] is True
+    assert cluster.applied_with[-1]["force"] is True
 
 
-def test_missing_crd_says_how_to_install_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    fake = FakeDynamicClient(set())
-    monkeypatch.setattr(
-        DynamicApi, "connect", classmethod(lambda cls, context=None: DynamicApi(fake))
-    )
+def test_missing_crd_says_how_to_install_it(cluster: FakeKube, tmp_path: Path) -> None:
+    cluster.served = set()
     policy = tmp_path / "chat.yaml"
     policy.write_text(envoy_policy(100))
     result = run("push", str(policy), "--target", "kube")
@@ -544,9 +435,20 @@ def test_missing_crd_says_how_to_install_it(
     )
 
 
-def test_namespace_flag_must_agree_with_the_document(
-    cluster: FakeDynamicClient, tmp_path: Path
+def test_no_credentials_say_where_they_come_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    policy = tmp_path / "chat.yaml"
+    policy.write_text(envoy_policy(100))
+    result = run("push", str(policy), "--target", "kube")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no Kubernetes credentials: ")
+    assert result.stderr.endswith(" (set KUBECONFIG, or pass --context)\n")
+
+
+def test_namespace_flag_must_agree_with_the_document(cluster: FakeKube, tmp_path: Path) -> None:
     policy = tmp_path / "chat.yaml"
     policy.write_text(envoy_policy(100))
     result = run("push", str(policy), "--target", "kube", "-n", "other")

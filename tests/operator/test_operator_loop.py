@@ -19,8 +19,8 @@ import pytest
 import yaml
 from support.fakekube import FakeClock, FakeKube
 from test_operator_reconcile import PLUGIN, PluginRenderer
-from tokenlimit.operator.controller import PolicyController
 from tokenlimit.apply.kube import CONFIG_MAP, POLICY, ApiError, ObjectRef, api_error
+from tokenlimit.operator.controller import PolicyController
 from tokenlimit.operator.loop import Backoff, Interrupted, Loop, LoopOptions
 from tokenlimit.operator.reconcile import FINALIZER, POLICY_UID_LABEL, Renderer, Settings
 from tokenlimit.operator.renderers import ECDS_KEY, EnvoyEcdsRenderer

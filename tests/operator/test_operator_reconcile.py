@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from tokenlimit.apply.kube import CONFIG_MAP, Kind, ref_of
 from tokenlimit.loader import LoadedPolicy
 from tokenlimit.model import filter_json
-from tokenlimit.apply.kube import CONFIG_MAP, Kind, ref_of
 from tokenlimit.operator.reconcile import (
     FINALIZER,
     HASH_ANNOTATION,

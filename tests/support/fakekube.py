@@ -26,8 +26,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokenlimit.apply.kube import (
+    FIELD_MANAGER,
     ApiError,
     Kind,
+    KindNotServed,
     Obj,
     ObjectList,
     ObjectRef,
@@ -116,6 +118,12 @@ class FakeKube:
     _scripted_watches: list[list[str]] = field(default_factory=list)
     _drop_watch_after: list[int] = field(default_factory=list)
     _uids: Iterator[int] = field(default_factory=itertools.count)
+    # Kinds discovery knows; None: every kind (a kind outside raises KindNotServed).
+    served: set[Kind] | None = None
+    # Names whose fields another field manager owns: an apply without force gets this 409.
+    conflicts: dict[str, ApiError] = field(default_factory=dict)
+    # The options of each apply: field_manager, dry_run, force.
+    applied_with: list[dict[str, Any]] = field(default_factory=list)
 
     # --- test controls ----------------------------------------------------------------------
 
@@ -218,9 +226,31 @@ class FakeKube:
         drop = self._drop_watch_after.pop(0) if self._drop_watch_after else None
         return self._stream(kind, namespace, int(resource_version), timeout_s, drop)
 
-    def apply(self, obj: Obj) -> Obj:
+    def apply(
+        self,
+        obj: Obj,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> Obj:
         ref = ref_of(obj)
         self._enter("apply", ref.kind, str(ref), ref.name)
+        self.applied_with.append(
+            {"field_manager": field_manager, "dry_run": dry_run, "force": force}
+        )
+        if ref.name in self.conflicts and not force:
+            raise self.conflicts[ref.name]
+        if dry_run:
+            # The server's dry run: the answer a real apply would give, nothing stored.
+            saved = copy.deepcopy((self.objects, self._history, self.version))
+            try:
+                return self._apply(obj)
+            finally:
+                self.objects, self._history, self.version = saved
+        return self._apply(obj)
+
+    def _apply(self, obj: Obj) -> Obj:
         current = self.objects.get(_key(obj))
         if current is None:
             return self._create(obj)
@@ -289,6 +319,8 @@ class FakeKube:
     def _enter(self, operation: str, kind: Kind, what: str, name: str | None = None) -> None:
         self.calls.append((operation, what))
         self.timeline.append((self.clock.t, operation, what))
+        if self.served is not None and kind not in self.served:
+            raise KindNotServed(kind)
         for fault in self._faults:
             if (
                 fault.operation == operation

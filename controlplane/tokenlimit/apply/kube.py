@@ -334,8 +334,6 @@ class KubeClient(Protocol):
         ...
 
 
-
-
 def secret_value(client: KubeClient, namespace: str, name: str, key: str) -> str:
     """`data[key]` of Secret `namespace/name`, decoded as UTF-8 text.
 

@@ -181,8 +181,8 @@ def run(
     lease_namespace: str | None,
 ) -> None:
     """Connect, (lead,) and loop until SIGTERM/SIGINT."""
-    from tokenlimit.operator.controller import PolicyController
     from tokenlimit.apply.kube import ApiError
+    from tokenlimit.operator.controller import PolicyController
     from tokenlimit.operator.loop import Backoff, Interrupted, Loop, LoopOptions, SystemClock
     from tokenlimit.operator.renderers import SecretReader, renderer_for
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from tokenlimit.operator.controller import Outcome, PolicyController
 from tokenlimit.apply.kube import POLICY, ApiError, KubeClient, ObjectRef, WatchEvent, ref_of
+from tokenlimit.operator.controller import Outcome, PolicyController
 
 log = logging.getLogger("tokenlimit.operator")
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from tokenlimit.loader import LoadedPolicy, PolicyError, policy_from_data
 from tokenlimit.apply.kube import POLICY, Kind, Obj, ObjectRef, kind_of, ref_of
+from tokenlimit.loader import LoadedPolicy, PolicyError, policy_from_data
 
 GatewayKind = Literal["higress", "istio", "envoy"]
 GATEWAY_KINDS: tuple[GatewayKind, ...] = ("higress", "istio", "envoy")
