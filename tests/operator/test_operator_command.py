@@ -6,10 +6,13 @@ test_operator_kube.py against the recorded API server.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner, Result
+from tokenlimit.cli._common import TokenlimitError
 from tokenlimit.operator import leader
-from tokenlimit.operator.command import operator_command
+from tokenlimit.operator.command import OperatorError, operator_command
 
 
 def run(*args: str) -> Result:
@@ -77,3 +80,13 @@ def test_importing_the_command_pulls_in_no_kubernetes_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_start_up_failures_are_the_clis_errors(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    result = run("--gateway=envoy", "--module-port=0", f"--kubeconfig={kubeconfig}")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no Kubernetes credentials: ")
+    assert result.output.endswith("elsewhere pass --kubeconfig or set KUBECONFIG)\n")
+    assert issubclass(OperatorError, TokenlimitError)

@@ -548,3 +548,84 @@ def test_the_operator_process_reconciles_then_stops_on_sigterm(
     assert apply.query == {"fieldManager": ["tokenlimit-operator"], "force": ["false"]}
     assert apply.body["metadata"]["ownerReferences"][0]["name"] == "chat"
     assert status.body["status"]["conditions"][1]["reason"] == "Programmed"
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/tokenlimit-system/leases"
+
+
+def operator_process(url: str, tmp_path: Path, *flags: str) -> subprocess.Popen[str]:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.replace("URL", url))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from tokenlimit.operator.command import operator_command; operator_command()",
+            "--gateway=envoy",
+            f"--kubeconfig={kubeconfig}",
+            "--module-port=0",
+            *flags,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+
+
+def stop(process: subprocess.Popen[str]) -> list[str]:
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    return [line.split(" ", 2)[2] for line in stderr.splitlines()]
+
+
+def test_the_operator_leads_before_it_reconciles(tmp_path: Path) -> None:
+    server = RecordedApiServer()
+    server.ok("POST", LEASES, (FIXTURES / "lease.json").read_bytes())
+    server.ok(
+        "GET",
+        "/apis/tokenlimit.io/v1alpha1/tokenratelimitpolicies",
+        b'{"kind":"TokenRateLimitPolicyList","apiVersion":"tokenlimit.io/v1alpha1",'
+        b'"metadata":{"resourceVersion":"48250"},"items":[]}',
+    )
+    with serving(server) as url:
+        process = operator_process(
+            url, tmp_path, "--leader-elect", "--leader-elect-namespace=tokenlimit-system"
+        )
+        wait_for(lambda: server.seen and server.seen[-1].query.get("watch") == ["true"], "watch")
+        lines = stop(process)
+    created = next(s for s in server.seen if s.method == "POST")
+    assert created.body["spec"]["leaseDurationSeconds"] == 15
+    first_lease = next(i for i, s in enumerate(server.seen) if s.path.startswith(LEASES))
+    first_list = next(i for i, s in enumerate(server.seen) if "tokenratelimitpolicies" in s.path)
+    assert first_lease < first_list
+    assert lines[0].startswith("waiting to lead: Lease tokenlimit-system/tokenlimit-operator as ")
+    assert lines[1:] == [
+        "leading: holding Lease tokenlimit-system/tokenlimit-operator",
+        "watching TokenRateLimitPolicy.tokenlimit.io in all namespaces",
+        "listed 0 policies at resourceVersion 48250",
+        "SIGTERM: stopping",
+        "stopped",
+    ]
+
+
+def test_sigterm_while_waiting_to_lead_exits_at_once(tmp_path: Path) -> None:
+    server = RecordedApiServer()
+    held = json.loads((FIXTURES / "lease.json").read_text())
+    server.ok("GET", f"{LEASES}/tokenlimit-operator", json.dumps(held).encode())
+    with serving(server) as url:
+        process = operator_process(
+            url, tmp_path, "--leader-elect", "--leader-elect-namespace=tokenlimit-system"
+        )
+        wait_for(lambda: any(s.path.startswith(LEASES) for s in server.seen), "the Lease read")
+        started = time.monotonic()
+        lines = stop(process)
+    assert time.monotonic() - started < 5  # not the 15 s lease nor a retry period's wait
+    assert lines[1:] == ["SIGTERM: stopping"]
+    assert not any("tokenratelimitpolicies" in s.path for s in server.seen)
+    assert not any(s.method in ("POST", "PUT") for s in server.seen)

@@ -9,13 +9,10 @@ from typing import IO, Any
 import click
 
 from tokenlimit import loader
+from tokenlimit.errors import TokenlimitError as TokenlimitError  # the family's root, re-exported
 from tokenlimit.modules import ModuleMissing, filter_path
 
 # --- errors: exit 1, with messages that say what to do ------------------------------------
-
-
-class TokenlimitError(click.ClickException):
-    """A failure that is not a usage error (exit 1)."""
 
 
 class PolicyInvalid(TokenlimitError):

@@ -9,17 +9,26 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
+from tokenlimit.errors import TokenlimitError
 from tokenlimit.operator.reconcile import GATEWAY_KINDS, GatewayKind, Module, Settings
+
+if TYPE_CHECKING:
+    from tokenlimit.apply.kube_client import DynamicKube
+    from tokenlimit.operator.loop import Backoff, SystemClock
 
 log = logging.getLogger("tokenlimit.operator")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENVOY_MODULE_PATH = Settings.envoy_module_path
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class OperatorError(TokenlimitError):
+    """The operator cannot start: no credentials, no module to serve, no renderer (exit 1)."""
 
 
 @click.command("operator")
@@ -140,7 +149,7 @@ def operator_command(
     if module_url_base:
         wanted = "tokenlimit-higress.wasm" if gateway == "higress" else "tokenlimit.wasm"
         if wanted not in modules:
-            raise click.ClickException(
+            raise OperatorError(
                 f"{wanted} is not built into this package, so gateways could not fetch it: "
                 "run `make wasm` in the source tree, or use the published image"
             )
@@ -151,7 +160,7 @@ def operator_command(
     try:
         renderer_for(gateway)  # fail now, before connecting, if this build cannot render
     except RendererMissing as exc:
-        raise click.ClickException(str(exc)) from None
+        raise OperatorError(str(exc)) from None
     settings = Settings(gateway=gateway, module=module, envoy_module_path=envoy_module_path)
     if leader_elect:
         from tokenlimit.operator.leader import pod_namespace
@@ -180,8 +189,12 @@ def run(
     resync_s: float,
     lease_namespace: str | None,
 ) -> None:
-    """Connect, (lead,) and loop until SIGTERM/SIGINT."""
-    from tokenlimit.apply.kube import ApiError
+    """Connect, (lead,) and loop until SIGTERM/SIGINT.
+
+    Everything runs on this (the main) thread except renewing the Lease, so the signal
+    handler can leave a blocking wait (a watch read, waiting to lead) by raising Interrupted;
+    a reconcile in progress is never interrupted, it finishes first.
+    """
     from tokenlimit.operator.controller import PolicyController
     from tokenlimit.operator.loop import Backoff, Interrupted, Loop, LoopOptions, SystemClock
     from tokenlimit.operator.renderers import SecretReader, renderer_for
@@ -189,28 +202,32 @@ def run(
     clock = SystemClock()
     stop = clock.stop
     loop: Loop | None = None
+    acquiring = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
-        if loop is not None and loop.watching:
-            raise Interrupted  # leave the blocking read; a reconcile in progress finishes
+        if acquiring.is_set() or (loop is not None and loop.watching):
+            raise Interrupted  # leave the blocking wait; a reconcile in progress finishes
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    elector = None
+    leadership = None
     try:
-        client = _connect(kubeconfig, clock, Backoff(), ApiError)
+        client = _connect(kubeconfig, clock, Backoff())
         if client is None:
             return
         if lease_namespace is not None:
-            from tokenlimit.operator.leader import LeaderElector
+            from tokenlimit.operator.leader import Leadership
 
-            elector = LeaderElector(client, lease_namespace, clock)
-            if not elector.acquire(stop.is_set):
-                return
+            leadership = Leadership(client, lease_namespace)
+            acquiring.set()
+            try:
+                leadership.acquire()
+            finally:
+                acquiring.clear()
             threading.Thread(
-                target=elector.renew_until_lost,
-                args=(stop.is_set, _exit_lost),
+                target=leadership.renew_until_lost,
+                args=(_exit_lost,),
                 name="leader-election",
                 daemon=True,
             ).start()
@@ -224,28 +241,28 @@ def run(
         pass
     finally:
         stop.set()
-        if elector is not None:
-            elector.release()
+        if leadership is not None:
+            leadership.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _connect(kubeconfig: str | None, clock: Any, backoff: Any, api_error: type) -> Any:
+def _connect(kubeconfig: str | None, clock: SystemClock, backoff: Backoff) -> DynamicKube | None:
     """The API client; waits (with back-off) for an API server that is not answering yet."""
-    from tokenlimit.apply.kube import NoCredentials
+    from tokenlimit.apply.kube import ApiError, NoCredentials
     from tokenlimit.apply.kube_client import DynamicKube, api_client
 
     try:
         client = api_client(kubeconfig, in_cluster_first=True)
     except NoCredentials as exc:
-        raise click.ClickException(
+        raise OperatorError(
             f"{exc} (in a pod, the service account's are used; "
             "elsewhere pass --kubeconfig or set KUBECONFIG)"
         ) from None
     while not clock.stop.is_set():
         try:
             return DynamicKube(client)
-        except api_error as exc:
+        except ApiError as exc:
             delay = backoff.delay("connect", exc.retry_after_s)
             log.warning("API server: %s; retrying in %.1fs", exc, delay)
             clock.sleep(delay)

@@ -1,33 +1,42 @@
-"""Leader election on a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
+"""Leader election on a coordination.k8s.io/v1 Lease: `kubernetes.leaderelection` does it.
 
-Only the holder of the Lease reconciles, so two replicas never write the same objects. The
-holder renews `renewTime` every `retry_period_s`; others wait until they have seen the record
-unchanged for `lease_duration_s` (measured on their own monotonic clock, never by comparing
-their wall clock with the holder's), then take it with an update carrying the Lease's
-resourceVersion, so of two candidates exactly one wins (the other gets 409 Conflict).
+The official client's `LeaderElection` (a port of client-go's) runs the algorithm: a holder
+renews every retry period (2 s); others wait until they have seen the record unchanged for
+the lease duration (15 s) on their own clock, then take it; a holder that cannot renew within
+the renew deadline (10 s) stops leading. Only the holder reconciles, so two replicas never
+write the same objects, and a leader that lost the Lease exits at once (as controller-runtime
+does) rather than keep writing next to a new leader.
 
-A holder that cannot renew for `renew_deadline_s` has lost the Lease: the command exits at
-once (as controller-runtime does) rather than keep writing next to a new leader.
+Written here, because the library does not do it:
+- `KubeLeaseLock`: the library's lock interface (get / create / update) on the project's one
+  client (`tokenlimit.apply.kube.KubeClient`) instead of its own `CoordinationV1Api`, so the
+  election runs on the operator's credentials and, in tests, against fakekube. Updates carry
+  the Lease's resourceVersion, so of two candidates one wins (the other gets 409); it also
+  counts `leaseTransitions`, which the library's lock leaves alone.
+- `release()`: the library has no ReleaseOnCancel; a clean stop empties the holder so the next
+  replica need not wait the lease out.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import types
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from tokenlimit.apply.kube import LEASE, ApiError, KubeClient, Obj, ObjectRef
-from tokenlimit.operator.loop import Clock
 
 log = logging.getLogger("tokenlimit.operator")
 
 LEASE_NAME = "tokenlimit-operator"
-LEASE_DURATION_S = 15.0  # client-go / controller-runtime defaults
-RENEW_DEADLINE_S = 10.0
-RETRY_PERIOD_S = 2.0
+LEASE_DURATION_S = 15  # client-go / controller-runtime defaults
+RENEW_DEADLINE_S = 10
+RETRY_PERIOD_S = 2
 
 
 def default_identity() -> str:
@@ -36,149 +45,179 @@ def default_identity() -> str:
 
 
 def micro_time(moment: datetime) -> str:
-    """metav1.MicroTime: RFC 3339 with microseconds."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """metav1.MicroTime: RFC 3339 with microseconds, UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class LeaderElector:
-    def __init__(
-        self,
-        client: KubeClient,
-        namespace: str,
-        clock: Clock,
-        identity: str | None = None,
-        name: str = LEASE_NAME,
-        lease_duration_s: float = LEASE_DURATION_S,
-        renew_deadline_s: float = RENEW_DEADLINE_S,
-        retry_period_s: float = RETRY_PERIOD_S,
-    ) -> None:
-        assert lease_duration_s > renew_deadline_s > retry_period_s > 0
+def _to_lease_time(record_time: str) -> str:
+    # The library writes str(datetime.fromtimestamp(t)): local wall time without a zone.
+    return micro_time(datetime.fromisoformat(record_time).astimezone())
+
+
+def _to_record_time(lease_time: str) -> str:
+    moment = datetime.fromisoformat(lease_time.replace("Z", "+00:00"))
+    return str(moment.astimezone().replace(tzinfo=None))
+
+
+class KubeLeaseLock:
+    """The `kubernetes.leaderelection` lock interface on a KubeClient (see the module)."""
+
+    def __init__(self, client: KubeClient, namespace: str, name: str, identity: str) -> None:
         self.client = client
         self.ref = ObjectRef(LEASE, namespace, name)
-        self.clock = clock
-        self.identity = identity or default_identity()
-        self.lease_duration_s = lease_duration_s
-        self.renew_deadline_s = renew_deadline_s
-        self.retry_period_s = retry_period_s
+        self.name = name
+        self.namespace = namespace
+        self.identity = identity
         self.leader = False
-        self._observed: tuple[object, ...] | None = None
-        self._observed_at = 0.0
-        self._renewed_at = 0.0
+        self.released = False
+        self._lease: Obj | None = None  # as last read or written: its resourceVersion
 
-    def acquire(self, stopping: Callable[[], bool]) -> bool:
-        """Block until this process holds the Lease (True) or is stopping (False)."""
-        log.info(
-            "waiting to lead: Lease %s/%s as %s", self.ref.namespace, self.ref.name, self.identity
-        )
-        while not stopping():
-            if self.try_acquire_or_renew():
-                log.info("leading: holding Lease %s/%s", self.ref.namespace, self.ref.name)
-                return True
-            self.clock.sleep(self.retry_period_s)
-        return False
-
-    def renew_until_lost(self, stopping: Callable[[], bool], on_lost: Callable[[], None]) -> None:
-        """Renew every retry period; call `on_lost` once renewing failed for the deadline."""
-        while not stopping():
-            self.clock.sleep(self.retry_period_s)
-            if stopping():
-                return
-            if self.try_acquire_or_renew():
-                continue
-            if self.clock.monotonic() - self._renewed_at >= self.renew_deadline_s:
-                self.leader = False
-                log.error(
-                    "leader election lost: Lease %s/%s not renewed for %.0fs",
-                    self.ref.namespace,
-                    self.ref.name,
-                    self.renew_deadline_s,
-                )
-                on_lost()
-                return
-
-    def try_acquire_or_renew(self) -> bool:
+    def get(self, name: str, namespace: str) -> tuple[bool, Any]:
+        """(True, the election record) or (False, what the library reads a failure from)."""
         try:
-            return self._try()
+            lease = self.client.get(self.ref)
         except ApiError as exc:
-            log.warning("Lease %s/%s: %s", self.ref.namespace, self.ref.name, exc)
-            return False
-
-    def _try(self) -> bool:
-        now = self.clock.now()
-        lease = self.client.get(self.ref)
+            log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
+            return False, types.SimpleNamespace(body=json.dumps({"code": exc.status}), reason=exc)
         if lease is None:
-            try:
-                self.client.create(self._lease(None, now, transitions=0))
-            except ApiError as exc:
-                if exc.conflict:  # AlreadyExists: another candidate created it first
-                    return False
-                raise
-            return self._won()
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity") or ""
-        record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
-        if record != self._observed:
-            self._observed = record
-            self._observed_at = self.clock.monotonic()
-        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration_s)
-        held_by_other = holder and holder != self.identity
-        if held_by_other and self.clock.monotonic() < self._observed_at + duration:
-            self.leader = False
+            return False, types.SimpleNamespace(body=json.dumps({"code": 404}), reason="NotFound")
+        self._lease = lease
+        return True, _record(lease.get("spec") or {})
+
+    def create(self, name: str, namespace: str, election_record: Any) -> bool:
+        if self.released:
             return False
-        transitions = int(spec.get("leaseTransitions") or 0) + (holder != self.identity)
-        acquired = spec.get("acquireTime") if holder == self.identity else None
-        updated = self._lease(lease, now, transitions, acquired)
-        try:
-            self.client.replace(updated)
-        except ApiError as exc:
-            if exc.conflict:  # someone else wrote the Lease since we read it
-                return False
-            raise
-        return self._won()
+        lease: Obj = {
+            "apiVersion": LEASE.api_version,
+            "kind": LEASE.kind,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {**_spec(election_record), "leaseTransitions": 0},
+        }
+        return self._write(self.client.create, lease)
 
-    def _won(self) -> bool:
-        self.leader = True
-        self._renewed_at = self.clock.monotonic()
-        return True
-
-    def _lease(
-        self, current: Obj | None, now: datetime, transitions: int, acquired: str | None = None
-    ) -> Obj:
-        metadata: Obj = {"name": self.ref.name, "namespace": self.ref.namespace}
-        if current is not None:
-            metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
-        stamp = micro_time(now)
-        return {
+    def update(self, name: str, namespace: str, updated_record: Any) -> bool:
+        if self.released or self._lease is None:
+            return False
+        lease = self._lease
+        spec = dict(lease.get("spec") or {})
+        transitions = int(spec.get("leaseTransitions") or 0)
+        if spec.get("holderIdentity") != updated_record.holder_identity:
+            transitions += 1
+        metadata = {k: lease["metadata"][k] for k in ("name", "namespace", "resourceVersion")}
+        updated: Obj = {
             "apiVersion": LEASE.api_version,
             "kind": LEASE.kind,
             "metadata": metadata,
-            "spec": {
-                "holderIdentity": self.identity,
-                "leaseDurationSeconds": int(self.lease_duration_s),
-                "acquireTime": acquired or stamp,
-                "renewTime": stamp,
-                "leaseTransitions": transitions,
-            },
+            "spec": {**spec, **_spec(updated_record), "leaseTransitions": transitions},
         }
+        return self._write(self.client.replace, updated)
+
+    def _write(self, write: Callable[[Obj], Obj], lease: Obj) -> bool:
+        try:
+            self._lease = write(lease)
+        except ApiError as exc:
+            # 409: another candidate created or updated it first; others are retried too.
+            if not exc.conflict:
+                log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
+            self.leader = False
+            return False
+        self.leader = lease["spec"]["holderIdentity"] == self.identity
+        return True
 
     def release(self) -> None:
-        """Give the Lease up on a clean stop, so the next leader need not wait it out."""
-        if not self.leader:
+        """Give the Lease up on a clean stop (and write it no more)."""
+        was_leader, self.leader, self.released = self.leader, False, True
+        if not was_leader:
             return
-        self.leader = False
         try:
             lease = self.client.get(self.ref)
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
-            released = self._lease(
-                lease, self.clock.now(), int(lease["spec"].get("leaseTransitions") or 0)
-            )
-            released["spec"]["holderIdentity"] = ""
-            released["spec"]["leaseDurationSeconds"] = 1
-            self.client.replace(released)
-            log.info("released Lease %s/%s", self.ref.namespace, self.ref.name)
+            lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
+            lease["spec"]["renewTime"] = micro_time(datetime.now(UTC))
+            self.client.replace(lease)
+            log.info("released Lease %s/%s", self.namespace, self.name)
         except ApiError as exc:
-            log.warning("could not release Lease %s/%s: %s", self.ref.namespace, self.ref.name, exc)
+            log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)
+
+
+def _record(spec: Obj) -> Any:
+    from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
+
+    def text(key: str, convert: Callable[[str], str] = str) -> str | None:
+        value = spec.get(key)
+        return convert(str(value)) if value else None
+
+    return LeaderElectionRecord(  # type: ignore[no-untyped-call]
+        text("holderIdentity"),
+        text("leaseDurationSeconds"),
+        text("acquireTime", _to_record_time),
+        text("renewTime", _to_record_time),
+    )
+
+
+def _spec(record: Any) -> Obj:
+    return {
+        "holderIdentity": record.holder_identity,
+        "leaseDurationSeconds": int(record.lease_duration),
+        "acquireTime": _to_lease_time(record.acquire_time),
+        "renewTime": _to_lease_time(record.renew_time),
+    }
+
+
+class Leadership:
+    """One candidate: `acquire` blocks until it leads, `renew_until_lost` keeps it leading."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        identity: str | None = None,
+        name: str = LEASE_NAME,
+    ) -> None:
+        from kubernetes.leaderelection import electionconfig, leaderelection
+
+        self.lock = KubeLeaseLock(client, namespace, name, identity or default_identity())
+        config = electionconfig.Config(  # type: ignore[no-untyped-call]
+            self.lock,
+            LEASE_DURATION_S,
+            RENEW_DEADLINE_S,
+            RETRY_PERIOD_S,
+            onstarted_leading=lambda: None,
+            onstopped_leading=lambda: None,
+        )
+        self.election = leaderelection.LeaderElection(config)  # type: ignore[no-untyped-call]
+
+    @property
+    def leader(self) -> bool:
+        return self.lock.leader
+
+    def acquire(self) -> None:
+        """Block until this process holds the Lease (SIGTERM interrupts the wait)."""
+        where = f"{self.lock.namespace}/{self.lock.name}"
+        log.info("waiting to lead: Lease %s as %s", where, self.lock.identity)
+        self.election.acquire()
+        log.info("leading: holding Lease %s", where)
+
+    def try_acquire_or_renew(self) -> bool:
+        return bool(self.election.try_acquire_or_renew())
+
+    def renew_until_lost(self, on_lost: Callable[[], None]) -> None:
+        """Renew until renewing failed for the deadline, then `on_lost` (not after release)."""
+        self.election.renew_loop()
+        if self.lock.released:
+            return
+        self.lock.leader = False
+        log.error(
+            "leader election lost: Lease %s/%s not renewed for %ds",
+            self.lock.namespace,
+            self.lock.name,
+            RENEW_DEADLINE_S,
+        )
+        on_lost()
+
+    def release(self) -> None:
+        self.lock.release()
 
 
 def pod_namespace() -> str | None:
