@@ -597,7 +597,8 @@ def test_the_operator_leads_before_it_reconciles(tmp_path: Path) -> None:
         process = operator_process(
             url, tmp_path, "--leader-elect", "--leader-elect-namespace=tokenlimit-system"
         )
-        wait_for(lambda: server.seen and server.seen[-1].query.get("watch") == ["true"], "watch")
+        # Not seen[-1]: the Lease is renewed every 2 s beside the watch.
+        wait_for(lambda: any(s.query.get("watch") == ["true"] for s in server.seen), "the watch")
         lines = stop(process)
     created = next(s for s in server.seen if s.method == "POST")
     assert created.body["spec"]["leaseDurationSeconds"] == 15

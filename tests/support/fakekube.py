@@ -20,7 +20,7 @@ import heapq
 import itertools
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -205,7 +205,7 @@ class FakeKube:
 
     def watch(
         self, kind: Kind, namespace: str | None, resource_version: str, timeout_s: float
-    ) -> Iterator[WatchEvent]:
+    ) -> Generator[WatchEvent, None, None]:
         self._enter("watch", kind, f"{kind.kind} {namespace or '*'} from {resource_version}")
         if self._scripted_watches:
             return self._scripted(self._scripted_watches.pop(0))
@@ -403,7 +403,7 @@ class FakeKube:
 
     def _stream(
         self, kind: Kind, namespace: str | None, since: int, timeout_s: float, drop: int | None
-    ) -> Iterator[WatchEvent]:
+    ) -> Generator[WatchEvent, None, None]:
         deadline = self.clock.monotonic() + timeout_s
         delivered = 0
         cursor = since
@@ -431,7 +431,7 @@ class FakeKube:
             wake = self.clock.next_timer()
             self.clock.advance_to(deadline if wake is None else min(deadline, max(wake, now)))
 
-    def _scripted(self, lines: list[str]) -> Iterator[WatchEvent]:
+    def _scripted(self, lines: list[str]) -> Generator[WatchEvent, None, None]:
         for line in lines:
             event = watch_event(line)
             if event is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -296,7 +296,7 @@ class KubeClient(Protocol):
 
     def watch(
         self, kind: Kind, namespace: str | None, resource_version: str, timeout_s: float
-    ) -> Iterator[WatchEvent]:
+    ) -> Generator[WatchEvent, None, None]:
         """Changes after `resource_version`, until the server closes the stream (~timeout_s).
 
         Raises ApiError 410 when that version is too old to watch from.

@@ -12,7 +12,7 @@ a cluster (`tokenlimit validate`, `--help`) does not pay for importing it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from tokenlimit.apply.kube import (
@@ -175,7 +175,7 @@ class DynamicKube:
 
     def watch(
         self, kind: Kind, namespace: str | None, resource_version: str, timeout_s: float
-    ) -> Iterator[WatchEvent]:
+    ) -> Generator[WatchEvent, None, None]:
         """The stream through `kubernetes.watch.Watch`, which reads and splits the lines.
 
         Watch yields dicts ("object" as the JSON the server sent: `return_type="object"`) and

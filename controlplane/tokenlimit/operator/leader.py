@@ -186,7 +186,8 @@ class Leadership:
             onstarted_leading=lambda: None,
             onstopped_leading=lambda: None,
         )
-        self.election = leaderelection.LeaderElection(config)  # type: ignore[no-untyped-call]
+        # Any: the kubernetes package has no type hints.
+        self.election: Any = leaderelection.LeaderElection(config)  # type: ignore[no-untyped-call]
 
     @property
     def leader(self) -> bool:

@@ -1,6 +1,12 @@
 """The watch loop: list, watch, reconcile what changed, retry failures with back-off.
 
-One thread does everything, in the order client-go's informer + workqueue would:
+Why this is written here and not taken from a library: the official Python client has no
+informer or work queue (client-go's are Go only); it has `kubernetes.watch.Watch`, which
+reads the stream (`tokenlimit.apply.kube_client` uses it) but neither relists on 410 nor
+retries per object. kopf has all of it, but brings its own API client (a second one, with
+its own credentials and errors), asyncio, and its own peering objects instead of a Lease, and
+it cannot be run against the in-memory API server the tests use; see docs/operator.md. What
+remains is the ordering client-go's informer + workqueue would give, in one thread:
 
 - list the policies (their resourceVersion starts the watch) and queue every one;
 - watch from that resourceVersion; a change to a policy's spec (generation), deletion or
@@ -96,7 +102,7 @@ class Backoff:
         """The wait before retrying `key` after one more failure."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self.max_s, self.base_s * 2 ** min(failures, 32))
+        delay = min(self.max_s, self.base_s * 2.0 ** min(failures, 32))
         delay = min(self.max_s, delay * (1 + self.jitter * self.random()))
         if retry_after_s is not None:
             delay = max(delay, retry_after_s)  # the server knows better when it will recover
@@ -219,12 +225,11 @@ class Loop:
         ends = self.clock.monotonic() + timeout
         self.watches += 1
         stream = self.client.watch(POLICY, self.options.namespace, self.resource_version, timeout)
-        with contextlib.closing(stream) if hasattr(stream, "close") else contextlib.nullcontext():
-            iterator = iter(stream)
+        with contextlib.closing(stream):
             while not self.stopping():
                 self.watching = True
                 try:
-                    event = next(iterator, None)
+                    event = next(stream, None)
                 finally:
                     self.watching = False
                 if event is None:

@@ -87,8 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         name = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
         if name.endswith(".sha256") and name[: -len(".sha256")] in self.modules:
-            module = self.modules[name[: -len(".sha256")]]
-            text = f"{module.sha256}  {module.name}\n".encode()
+            named = self.modules[name[: -len(".sha256")]]
+            text = f"{named.sha256}  {named.name}\n".encode()
             self._send(HTTPStatus.OK, text, "text/plain; charset=utf-8", body)
             return
         module = self.modules.get(name)

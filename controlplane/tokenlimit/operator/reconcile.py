@@ -271,12 +271,15 @@ def condition(
 ) -> Obj:
     """A metav1.Condition; lastTransitionTime is kept unless the status flips."""
     status = "True" if ok else "False"
-    moved = previous is None or previous.get("status") != status
     return {
         "type": type_,
         "status": status,
         "observedGeneration": generation,
-        "lastTransitionTime": rfc3339(now) if moved else previous["lastTransitionTime"],
+        "lastTransitionTime": (
+            previous["lastTransitionTime"]
+            if previous is not None and previous.get("status") == status
+            else rfc3339(now)
+        ),
         "reason": reason,
         "message": message,
     }
