@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
+from typing import Any
 
 import redis
+from click.testing import CliRunner
+from support.proxywasm_host import Host
 from support.redis_server import RedisServer
+from support.redis_wire import redis_wire
+from tokenlimit.cli import main
 from tokenlimit.usage import hash_value, parse_counter_key, read_usage, table_rows
 
 
@@ -54,3 +61,56 @@ def test_usage_rows_come_from_redis_and_a_key_is_found_by_its_value() -> None:
         cells = table_rows([only])[0]
         assert cells[0] == "chat" and cells[1] == "per_header x-api-key" and cells[4] == "250"
         assert "alice-key" not in " ".join(cells)
+
+
+# ---- counters the real filter wrote: every algorithm, read through budget.lua's peek ---------
+
+
+def policy_file(tmp_path: Path, **rule: object) -> tuple[dict[str, Any], Path]:
+    """A filter config (what `tokenlimit usage --policy` reads) with the Higress Redis store."""
+    config: dict[str, Any] = {
+        "rule_name": "chat",
+        "rule_items": [
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [{"key": "*", "token_per_day": 1000}],
+            }
+        ],
+        "redis": {"service_name": "redis.default.svc.cluster.local", "service_port": 6379},
+        **rule,
+    }
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(config))
+    return config, path
+
+
+def spend(host: Host, api_key: str, prompt: int, completion: int) -> None:
+    """One chat request through the filter, answered with this much usage."""
+    body = json.dumps({"usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
+    stream = host.http_stream().complete(
+        {
+            ":method": "POST",
+            ":path": "/v1/chat/completions",
+            ":authority": "x",
+            "x-api-key": api_key,
+        },
+        {":status": "200", "content-type": "application/json"},
+        [body.encode()],
+    )
+    assert stream.local_response is None, host.log_messages()
+
+
+def test_usage_shows_what_a_token_bucket_used(higress_wasm: Path, tmp_path: Path) -> None:
+    # A day's bucket refills one token every 86.4 s: the 500 spent are all still used when read.
+    config, path = policy_file(tmp_path, algorithm="token_bucket")
+    with RedisServer() as server:
+        host = Host(higress_wasm, redis_handler=redis_wire(server))
+        assert host.configure(config), host.log_messages()
+        spend(host, "alice-key", 300, 200)
+        result = CliRunner().invoke(
+            main, ["usage", "--redis", server.url, "--policy", str(path), "--key", "alice-key"]
+        )
+    assert result.exit_code == 0, result.output
+    (row,) = [line.split("│") for line in result.output.splitlines() if "chat" in line]
+    used_limit_left = [cell.strip() for cell in row[5:8]]
+    assert used_limit_left == ["500", "1000", "500"], result.output
