@@ -22,10 +22,11 @@ import importlib.resources
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
     import redis
+    from redis.commands.core import Script
 
     from tokenlimit.model import FilterConfig, RuleItem, _BudgetFields
 
@@ -188,10 +189,8 @@ def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
 
 
 def _algorithm(name: str | None) -> Algorithm:
-    for known in ("fixed", "sliding", "token_bucket"):
-        if name == known:
-            return known
-    return "fixed"  # the filter's default
+    """A rule's algorithm; the model admits only the three names, absent means fixed."""
+    return cast(Algorithm, name) if name in ALGORITHMS else "fixed"
 
 
 def _limit_keys(rule: _BudgetFields) -> Iterator[tuple[str, str, str, Any]]:
@@ -232,7 +231,7 @@ def read_usage(
         counter = parse_counter_key(raw_key.decode(errors="replace"))
         if counter is None:
             continue
-        if key_value is not None and counter.identity != identity(counter.limit_type, key_value):
+        if key_value is not None and not _is_callers(counter, key_value):
             continue
         counters[counter.rule].append(counter)
         found += 1
@@ -248,8 +247,15 @@ def read_usage(
     )
 
 
+def _is_callers(counter: Counter, key_value: str) -> bool:
+    """Whether the counter is the caller's own (a global budget is everyone's, so not)."""
+    if counter.limit_type == "global":
+        return False
+    return counter.identity == identity(counter.limit_type, key_value)
+
+
 def _peek(
-    script: Any, counters: list[Counter], budgets: Mapping[BudgetKey, Budget] | None
+    script: Script, counters: list[Counter], budgets: Mapping[BudgetKey, Budget] | None
 ) -> list[Row]:
     """One `peek` for counters of one rule: every number is the script's."""
     plans: list[tuple[Counter, Algorithm | None, int | None]] = []

@@ -64,9 +64,11 @@ def test_usage_rows_come_from_redis_and_a_key_is_found_by_its_value() -> None:
         client.hset(alice, mapping={"s": start, "u": 250, "p": 0})
         client.hset(bob, mapping={"s": start, "u": 10, "p": 0})
         client.hset(stale, mapping={"s": start - 60_000, "u": 999, "p": 0})
+        shared = "tokenlimit:{chat}:global:tokens:60:global"
+        client.hset(shared, mapping={"s": start, "u": 260, "p": 0})
         rows = read_usage(client)
-        assert {r.counter.key: r.used for r in rows} == {alice: 250, bob: 10, stale: 0}
-        (only,) = read_usage(client, key_value="alice-key")
+        assert {r.counter.key: r.used for r in rows} == {alice: 250, bob: 10, stale: 0, shared: 260}
+        (only,) = read_usage(client, key_value="alice-key")  # not the budget everyone shares
         assert only.counter.key == alice and only.used == 250
         assert read_usage(client, rule="other") == []
         cells = table_rows([only])[0]
