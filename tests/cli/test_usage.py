@@ -115,8 +115,8 @@ def spend(host: Host, api_key: str, prompt: int, completion: int) -> None:
 
 def usage_cells(output: str, rule: str = "chat") -> list[str]:
     """The used, limit and left cells of the one table row of `rule`."""
-    (row,) = [line.split("│") for line in output.splitlines() if f" {rule} " in line]
-    return [cell.strip() for cell in row[5:8]]
+    (row,) = [cells for cells in map(str.split, output.splitlines()) if cells[:1] == [rule]]
+    return row[-4:-1]
 
 
 @pytest.mark.parametrize("algorithm", ["token_bucket", "sliding", "fixed"])

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 FOLLOW_INTERVAL_S = 0.2
+USAGE_WIDTH_MIN = 120  # `tokenlimit usage` into a pipe: one line per counter
 
 
 @click.command(
@@ -145,6 +146,7 @@ def usage(
 ) -> None:
     """Print the budgets Redis holds now: rule, counter, caller, window, used, limit, reset."""
     import redis
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -161,10 +163,16 @@ def usage(
     if not rows:
         click.echo("no budgets in use" + (f" for key {key_value!r}" if key_value else ""))
         return
-    table = Table("rule", "counter", "caller", "window", "used", "limit", "left", "resets in")
+    table = Table(box=box.SIMPLE_HEAD)
+    for heading in ("rule", "counter", "caller", "window", "used", "limit", "left", "resets in"):
+        # Names and numbers stay whole on a narrow terminal; the counter and window may wrap.
+        table.add_column(heading, no_wrap=heading not in ("counter", "window"))
     for cells in table_rows(rows):
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, USAGE_WIDTH_MIN)  # a pipe or a file has no edge
+    console.print(table)
     if any(r.algorithm is None for r in rows):
         click.echo(
             "counters no --policy names are read as fixed windows; "
