@@ -1,9 +1,9 @@
 -- tokenlimit: every budget operation, one atomic script (EVALSHA, EVAL on NOSCRIPT).
 -- The same budget math as filter/src/budget.zig, checked by the same vectors
--- (filter/vectors/budget.json) against both. One script, so the math exists once here.
+-- (contract/budget.json) against both. One script, so the math exists once here.
 --
 -- KEYS[i]  counter keys; all share one {rule} hash tag, so this runs on Redis Cluster too.
--- ARGV[1]  'admit' or 'settle'
+-- ARGV[1]  'admit', 'settle' or 'peek'
 -- ARGV[2]  now in ms, or 0 to use the Redis server's clock (so skewed gateways agree)
 --
 -- admit:  ARGV[3] 1 = shadow mode: add the amounts even where a counter refuses;
@@ -14,6 +14,10 @@
 -- settle: ARGV[3 + 5(i-1) ...] per counter: algorithm, window length ms, limit, reserved,
 --         actual; ARGV[last] the admission time (ms, as admit returned it): a refund only
 --         applies to the window the reservation was made in. Returns the counters changed.
+-- peek:   ARGV[3 + 3(i-1) ...] per counter: algorithm, window length ms, limit. Writes nothing.
+--         Returns {now_ms, then per counter: used, remaining, reset_ms}: what an admit of
+--         nothing would report now (`tokenlimit usage` reads counters this way, so the
+--         control plane has no copy of the math). remaining = max(limit - used, 0).
 --
 -- Records are hashes {s = start ms, u = used, p = previous window's usage}.
 
@@ -129,6 +133,22 @@ local function settle(now)
   return changed
 end
 
+-- Read-only: brings each record forward to `now` in memory only (no HSET, no PEXPIRE).
+local function peek(now)
+  local reply = {now}
+  for i, key in ipairs(KEYS) do
+    local base = 3 + 3 * (i - 1)
+    local algorithm, length, limit = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+    local r = current(read(key), algorithm, length, limit, now)
+    local used, reset = check(r, algorithm, length, limit, now)
+    reply[#reply + 1] = used
+    reply[#reply + 1] = math.max(limit - used, 0)
+    reply[#reply + 1] = reset
+  end
+  return reply
+end
+
 if ARGV[1] == 'admit' then return admit(now_ms()) end
 if ARGV[1] == 'settle' then return settle(now_ms()) end
+if ARGV[1] == 'peek' then return peek(now_ms()) end
 return redis.error_reply('tokenlimit: unknown operation ' .. tostring(ARGV[1]))

@@ -1,30 +1,93 @@
 """`tokenlimit usage`: the budgets the Redis store holds right now, as a table.
 
-Counter keys are written by the filter (filter/src/match.zig) as
+Counter keys are written by the filter (filter/src/match.zig `counterKey`) as
 
     tokenlimit:{<rule>}:<limit type>[:<source>]:<tokens|requests>:<window seconds>:<identity>
 
-where `<identity>` is the key value itself for addresses and consumer names, and the first
-16 bytes of its SHA-256 in hex for values that may be credentials (headers, parameters,
-cookies). `--key K` finds a caller by computing both forms, so nobody has to store a raw key.
-Each counter is a hash {s: window start (ms), u: used, p: previous window's usage}.
+pinned by contract/counter_keys.json for both halves. `<identity>` is the key value itself for
+addresses and consumer names, and the first 16 bytes of its SHA-256 in hex for values that may
+be credentials (headers, parameters, cookies) or that cannot sit in a key as they are. `--key K`
+finds a caller by computing that identity, so nobody has to store a raw key.
+
+The numbers come from contract/budget.lua's read-only `peek`, the script the filter admits
+with: the fixed, sliding and token-bucket math exists once, in the script, and not here. The
+script needs each counter's algorithm and limit, which only the policy knows (a counter key
+names neither); without a policy, counters are read as fixed windows of unknown limit.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import importlib.resources
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
+
+    from tokenlimit.model import FilterConfig, RuleItem, _BudgetFields
 
 KEY_PREFIX = "tokenlimit:"
-HASHED_TYPES = {"header", "param", "cookie", "per_header", "per_param", "per_cookie"}
+HASHED_TYPES = frozenset({"header", "param", "cookie", "per_header", "per_param", "per_cookie"})
+# The types whose `limit_by_*` value is not part of the key (Higress ignores it).
+SOURCELESS_TYPES = frozenset({"global", "consumer", "per_consumer"})
+UNITS = {"tokens": "token", "requests": "request"}  # key spelling: config field prefix
+WINDOWS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+WINDOW_NAMES = {seconds: name for name, seconds in WINDOWS_S.items()}
+ALGORITHMS = {"fixed": 0, "sliding": 1, "token_bucket": 2}  # budget.lua's numbers
+IDENTITY_BYTES_MAX = 32  # match.zig: a value longer than a hash is hashed
 SCAN_COUNT = 500
 ROWS_MAX = 10_000
+PEEK_KEYS_MAX = 100  # counters read per script call (one rule's keys share a cluster slot)
+
+Algorithm = Literal["fixed", "sliding", "token_bucket"]
+
+
+def budget_script() -> str:
+    """contract/budget.lua as shipped in the package: the script the filter embeds."""
+    return (importlib.resources.files("tokenlimit") / "contract" / "budget.lua").read_text()
+
+
+# ---- counter keys (contract/counter_keys.json) ----------------------------------------------
 
 
 def hash_value(value: str) -> str:
     """How the filter names a credential-like key value (match.zig `hashValue`)."""
     return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def identity(limit_type: str, value: str) -> str:
+    """A caller's name in a counter key (match.zig `identity`): hashed when the value may be a
+    credential, too long, or holds a character a key cannot carry; as-is otherwise."""
+    if limit_type == "global":
+        return "global"
+    plain = all(" " < c < "\x7f" and c not in ":{}" for c in value)
+    if limit_type in HASHED_TYPES or len(value.encode()) > IDENTITY_BYTES_MAX or not plain:
+        return hash_value(value)
+    return value
+
+
+def key_source(limit_type: str, source: str) -> str:
+    """The `<source>` part of a key from the configured `limit_by_*` value (config.zig): header
+    names are case-insensitive, so lower-cased; consumer and global items have none."""
+    if limit_type in SOURCELESS_TYPES:
+        return ""
+    if limit_type in ("header", "per_header"):
+        return source.lower()
+    return source
+
+
+def counter_key(
+    rule: str, limit_type: str, source: str, unit: str, window_s: int, value: str
+) -> str:
+    """The counter the filter charges for a request whose key value is `value` (match.zig
+    `counterKey`); `source` as configured, `unit` "tokens" or "requests"."""
+    part = key_source(limit_type, source)
+    middle = f"{limit_type}:{part}" if part else limit_type
+    return f"{KEY_PREFIX}{{{rule}}}:{middle}:{unit}:{window_s}:{identity(limit_type, value)}"
 
 
 @dataclass(frozen=True)
@@ -39,7 +102,12 @@ class Counter:
 
     @property
     def hashed(self) -> bool:
-        return self.limit_type in HASHED_TYPES
+        """Whether the identity is a hash (shown shortened): always for credential-like types,
+        and for other values that could not sit in a key as they are."""
+        looks_hashed = len(self.identity) == 32 and all(
+            c in "0123456789abcdef" for c in self.identity
+        )
+        return self.limit_type in HASHED_TYPES or looks_hashed
 
 
 def parse_counter_key(key: str) -> Counter | None:
@@ -53,71 +121,186 @@ def parse_counter_key(key: str) -> Counter | None:
     parts = key[rule_end + 2 :].split(":")
     # type, [source], unit, window, identity (the identity itself never contains ':')
     if len(parts) == 4:
-        limit_type, unit, window, identity = parts
+        limit_type, unit, window, caller = parts
         source = ""
     elif len(parts) >= 5:
-        limit_type, unit, window, identity = parts[0], parts[-3], parts[-2], parts[-1]
+        limit_type, unit, window, caller = parts[0], parts[-3], parts[-2], parts[-1]
         source = ":".join(parts[1:-3])
     else:
         return None
-    if unit not in ("tokens", "requests") or not window.isdigit():
+    if unit not in UNITS or not window.isdigit():
         return None
-    return Counter(rule, limit_type, source, unit, int(window), identity, key)
+    return Counter(rule, limit_type, source, unit, int(window), caller, key)
+
+
+# ---- what the policy says a counter may hold ------------------------------------------------
+
+BudgetKey = tuple[str, str, str, str, int]  # rule, limit type, key source, unit, window s
+
+
+@dataclass(frozen=True)
+class LimitEntry:
+    """One `limit_keys` entry's limit for one (unit, window)."""
+
+    key: str  # as configured: a literal, `*`, `regexp:...`, an address or a CIDR
+    limit: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A counter's algorithm and the limits the entries of its item give it, in order."""
+
+    algorithm: Algorithm
+    entries: tuple[LimitEntry, ...]
+
+    def limit_for(self, counter: Counter) -> int | None:
+        """The limit of the first entry that matched the caller, or None when the entries that
+        may have matched disagree (a regexp or a CIDR whose caller is hashed here)."""
+        possible: list[int] = []
+        for entry in self.entries:
+            if not counter.limit_type.startswith("per_") and counter.limit_type != "global":
+                if identity(counter.limit_type, entry.key) == counter.identity:
+                    possible.append(entry.limit)  # a literal: compared as the filter does
+                    break
+                continue
+            possible.append(entry.limit)
+            if entry.key in ("*", "global"):
+                break  # matches every caller: later entries never apply
+        return possible[0] if len(set(possible)) == 1 else None
+
+
+def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
+    """Every counter a filter config can charge, by the parts its key names."""
+    rules: list[_BudgetFields] = [config] if config.rule_name is not None else []
+    rules += config.rules or []
+    entries: dict[BudgetKey, list[LimitEntry]] = defaultdict(list)
+    algorithm_of: dict[str, Algorithm] = {}
+    for rule in rules:
+        assert rule.rule_name is not None  # validated: every rule is named
+        algorithm_of[rule.rule_name] = _algorithm(rule.algorithm)
+        for limit_type, source, key, windows in _limit_keys(rule):
+            for unit, prefix in UNITS.items():
+                for window, seconds in WINDOWS_S.items():
+                    limit = getattr(windows, f"{prefix}_per_{window}")
+                    if limit is not None:
+                        budget_key = (rule.rule_name, limit_type, source, unit, seconds)
+                        entries[budget_key].append(LimitEntry(key, int(limit)))
+    return {k: Budget(algorithm_of[k[0]], tuple(v)) for k, v in entries.items()}
+
+
+def _algorithm(name: str | None) -> Algorithm:
+    """A rule's algorithm; the model admits only the three names, absent means fixed."""
+    return cast(Algorithm, name) if name in ALGORITHMS else "fixed"
+
+
+def _limit_keys(rule: _BudgetFields) -> Iterator[tuple[str, str, str, Any]]:
+    if rule.global_threshold is not None:
+        yield "global", "", "global", rule.global_threshold
+    items: Sequence[RuleItem] = rule.rule_items or []
+    for item in items:
+        limit_type = item.kind.removeprefix("limit_by_")
+        for entry in item.limit_keys:
+            yield limit_type, key_source(limit_type, item.source), entry.key, entry
+
+
+# ---- reading counters through the script ----------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Row:
     counter: Counter
-    used: int
-    resets_in_s: float
+    algorithm: Algorithm | None  # None: no policy names this counter
+    limit: int | None  # None: unknown (no policy, or entries that disagree)
+    used: int | None  # None: a token bucket of unknown limit cannot be read
+    remaining: int | None
+    resets_in_s: float | None
 
 
-def identities_for(value: str) -> set[str]:
-    """Both spellings a caller's key value can have in a counter key."""
-    return {value, hash_value(value)}
-
-
-def current_usage(record: dict[bytes, bytes], window_s: int, now_ms: int) -> tuple[int, float]:
-    """Usage in the current fixed window (the record of an earlier window counts 0)."""
-    start = int(record.get(b"s", b"0"))
-    used = int(record.get(b"u", b"0"))
-    length_ms = window_s * 1000
-    current_start = now_ms - now_ms % length_ms
-    if start != current_start:
-        return 0, (current_start + length_ms - now_ms) / 1000
-    return used, (start + length_ms - now_ms) / 1000
-
-
-def read_usage(client, rule: str | None = None, key_value: str | None = None) -> list[Row]:
-    """Rows for every counter (of `rule`, of the caller with `key_value`) Redis holds now."""
+def read_usage(
+    client: redis.Redis,
+    budgets: Mapping[BudgetKey, Budget] | None = None,
+    rule: str | None = None,
+    key_value: str | None = None,
+) -> list[Row]:
+    """Rows for every counter (of `rule`, of the caller with `key_value`) Redis holds now, read
+    by budget.lua's `peek` on the server's clock with the algorithm and limit from `budgets`."""
     pattern = f"{KEY_PREFIX}{{{rule}}}:*" if rule else f"{KEY_PREFIX}*"
-    wanted = identities_for(key_value) if key_value is not None else None
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    rows: list[Row] = []
+    counters: dict[str, list[Counter]] = defaultdict(list)
+    found = 0
     for raw_key in client.scan_iter(match=pattern, count=SCAN_COUNT):
         counter = parse_counter_key(raw_key.decode(errors="replace"))
-        if counter is None or (wanted is not None and counter.identity not in wanted):
+        if counter is None:
             continue
-        used, resets_in = current_usage(client.hgetall(raw_key), counter.window_s, now_ms)
-        rows.append(Row(counter, used, resets_in))
-        if len(rows) >= ROWS_MAX:
+        if key_value is not None and not _is_callers(counter, key_value):
+            continue
+        counters[counter.rule].append(counter)
+        found += 1
+        if found >= ROWS_MAX:
             break
+    script = client.register_script(budget_script())
+    rows: list[Row] = []
+    for same_rule in counters.values():
+        for start in range(0, len(same_rule), PEEK_KEYS_MAX):
+            rows += _peek(script, same_rule[start : start + PEEK_KEYS_MAX], budgets)
     return sorted(
         rows, key=lambda r: (r.counter.rule, r.counter.identity, r.counter.unit, r.counter.window_s)
     )
 
 
+def _is_callers(counter: Counter, key_value: str) -> bool:
+    """Whether the counter is the caller's own (a global budget is everyone's, so not)."""
+    if counter.limit_type == "global":
+        return False
+    return counter.identity == identity(counter.limit_type, key_value)
+
+
+def _peek(
+    script: Script, counters: list[Counter], budgets: Mapping[BudgetKey, Budget] | None
+) -> list[Row]:
+    """One `peek` for counters of one rule: every number is the script's."""
+    plans: list[tuple[Counter, Algorithm | None, int | None]] = []
+    for counter in counters:
+        budget = (budgets or {}).get(
+            (counter.rule, counter.limit_type, counter.source, counter.unit, counter.window_s)
+        )
+        if budget is None:
+            plans.append((counter, None, None))
+        else:
+            plans.append((counter, budget.algorithm, budget.limit_for(counter)))
+    readable = [p for p in plans if p[1] != "token_bucket" or p[2] is not None]
+    args: list[int | str] = ["peek", 0]  # 0: the Redis server's clock, as the filter uses
+    for counter, algorithm, limit in readable:
+        # Fixed and sliding windows count without the limit; only `remaining` needs it.
+        args += [ALGORITHMS[algorithm or "fixed"], counter.window_s * 1000, limit or 0]
+    reply: list[int] = script(keys=[p[0].key for p in readable], args=args) if readable else []
+    numbers = {p[0].key: reply[1 + 3 * i : 4 + 3 * i] for i, p in enumerate(readable)}
+    rows: list[Row] = []
+    for counter, algorithm, limit in plans:
+        if counter.key not in numbers:
+            rows.append(Row(counter, algorithm, None, None, None, None))
+            continue
+        used, remaining, reset_ms = numbers[counter.key]
+        known = None if limit is None else remaining
+        rows.append(Row(counter, algorithm, limit, used, known, reset_ms / 1000))
+    return rows
+
+
 def table_rows(rows: Iterable[Row]) -> list[tuple[str, ...]]:
-    """The cells `tokenlimit usage` prints, one tuple per counter."""
+    """The cells `tokenlimit usage` prints, one tuple per counter ("?" where unknown)."""
     return [
         (
             r.counter.rule,
             r.counter.limit_type + (f" {r.counter.source}" if r.counter.source else ""),
             r.counter.identity[:12] + "…" if r.counter.hashed else r.counter.identity,
-            f"{r.counter.unit}/{r.counter.window_s}s",
-            str(r.used),
-            f"{r.resets_in_s:.0f}s",
+            f"{r.counter.unit}/{WINDOW_NAMES.get(r.counter.window_s, f'{r.counter.window_s}s')}",
+            _cell(r.used),
+            _cell(r.limit),
+            _cell(r.remaining),
+            "?" if r.resets_in_s is None else f"{r.resets_in_s:.0f}s",
         )
         for r in rows
     ]
+
+
+def _cell(number: int | None) -> str:
+    return "?" if number is None else str(number)

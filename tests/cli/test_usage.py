@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
+from click.testing import CliRunner
+from support.proxywasm_host import Host
 from support.redis_server import RedisServer
-from tokenlimit.usage import hash_value, parse_counter_key, read_usage, table_rows
+from support.redis_wire import redis_wire
+from tokenlimit.cli import main
+from tokenlimit.loader import policy_from_data
+from tokenlimit.usage import (
+    Budget,
+    BudgetKey,
+    budgets_of,
+    counter_key,
+    hash_value,
+    parse_counter_key,
+    read_usage,
+    table_rows,
+)
 
 
 def test_hash_matches_the_filters_pinned_vector() -> None:
@@ -46,11 +64,168 @@ def test_usage_rows_come_from_redis_and_a_key_is_found_by_its_value() -> None:
         client.hset(alice, mapping={"s": start, "u": 250, "p": 0})
         client.hset(bob, mapping={"s": start, "u": 10, "p": 0})
         client.hset(stale, mapping={"s": start - 60_000, "u": 999, "p": 0})
+        shared = "tokenlimit:{chat}:global:tokens:60:global"
+        client.hset(shared, mapping={"s": start, "u": 260, "p": 0})
         rows = read_usage(client)
-        assert {r.counter.key: r.used for r in rows} == {alice: 250, bob: 10, stale: 0}
-        (only,) = read_usage(client, key_value="alice-key")
+        assert {r.counter.key: r.used for r in rows} == {alice: 250, bob: 10, stale: 0, shared: 260}
+        (only,) = read_usage(client, key_value="alice-key")  # not the budget everyone shares
         assert only.counter.key == alice and only.used == 250
         assert read_usage(client, rule="other") == []
         cells = table_rows([only])[0]
         assert cells[0] == "chat" and cells[1] == "per_header x-api-key" and cells[4] == "250"
         assert "alice-key" not in " ".join(cells)
+
+
+# ---- counters the real filter wrote: every algorithm, read through budget.lua's peek ---------
+
+
+def policy_file(tmp_path: Path, **rule: object) -> tuple[dict[str, Any], Path]:
+    """A filter config (what `tokenlimit usage --policy` reads) with the Higress Redis store."""
+    config: dict[str, Any] = {
+        "rule_name": "chat",
+        "rule_items": [
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [{"key": "*", "token_per_day": 1000}],
+            }
+        ],
+        "redis": {"service_name": "redis.default.svc.cluster.local", "service_port": 6379},
+        **rule,
+    }
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(config))
+    return config, path
+
+
+def spend(host: Host, api_key: str, prompt: int, completion: int) -> None:
+    """One chat request through the filter, answered with this much usage."""
+    body = json.dumps({"usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
+    stream = host.http_stream().complete(
+        {
+            ":method": "POST",
+            ":path": "/v1/chat/completions",
+            ":authority": "x",
+            "x-api-key": api_key,
+        },
+        {":status": "200", "content-type": "application/json"},
+        [body.encode()],
+    )
+    assert stream.local_response is None, host.log_messages()
+
+
+def usage_cells(output: str, rule: str = "chat") -> list[str]:
+    """The used, limit and left cells of the one table row of `rule`."""
+    (row,) = [cells for cells in map(str.split, output.splitlines()) if cells[:1] == [rule]]
+    return row[-4:-1]
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "sliding", "fixed"])
+def test_usage_shows_what_a_counter_used_in_every_algorithm(
+    higress_wasm: Path, tmp_path: Path, algorithm: str
+) -> None:
+    # A day's bucket refills one token every 86.4 s: the 500 spent are all still used when read.
+    config, path = policy_file(tmp_path, algorithm=algorithm)
+    with RedisServer() as server:
+        host = Host(higress_wasm, redis_handler=redis_wire(server))
+        assert host.configure(config), host.log_messages()
+        spend(host, "alice-key", 300, 200)
+        result = CliRunner().invoke(
+            main, ["usage", "--redis", server.url, "--policy", str(path), "--key", "alice-key"]
+        )
+    assert result.exit_code == 0, result.output
+    assert usage_cells(result.output) == ["500", "1000", "500"], result.output
+    assert "read as fixed windows" not in result.output
+
+
+def test_without_the_policy_a_counter_reads_as_a_fixed_window_and_says_so(
+    higress_wasm: Path, tmp_path: Path
+) -> None:
+    config, _ = policy_file(tmp_path)
+    with RedisServer() as server:
+        host = Host(higress_wasm, redis_handler=redis_wire(server))
+        assert host.configure(config), host.log_messages()
+        spend(host, "bob-key", 20, 5)
+        result = CliRunner().invoke(main, ["usage", "--redis", server.url])
+    assert result.exit_code == 0, result.output
+    assert usage_cells(result.output) == ["25", "?", "?"], result.output
+    assert "counters no --policy names are read as fixed windows" in result.output
+
+
+def test_a_refused_policy_is_named_before_redis_is_asked(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text('{"rule_name": "chat"}')
+    result = CliRunner().invoke(
+        main, ["usage", "--redis", "redis://127.0.0.1:1/0", "--policy", str(path)]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(f"{path}: ")
+
+
+# ---- which limit a counter has: the policy's entries, resolved as the filter matches ---------
+
+
+def budget_of(items: list[dict[str, Any]], algorithm: str = "fixed") -> dict[BudgetKey, Budget]:
+    loaded = policy_from_data(
+        {"rule_name": "r", "algorithm": algorithm, "rule_items": items}, "test"
+    )
+    return budgets_of(loaded.config)
+
+
+def test_a_literal_key_has_its_own_limit_and_a_hashed_regexp_caller_may_have_several() -> None:
+    budgets = budget_of(
+        [
+            {
+                "limit_by_header": "X-Team",
+                "limit_keys": [
+                    {"key": "red", "token_per_minute": 10},
+                    {"key": "blue", "token_per_minute": 20},
+                ],
+            },
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [
+                    {"key": "regexp:^vip-", "token_per_minute": 1000},
+                    {"key": "*", "token_per_minute": 10},
+                ],
+            },
+            {
+                "limit_by_per_consumer": "",
+                "limit_keys": [{"key": "*", "request_per_hour": 5}],
+            },
+        ]
+    )
+
+    def limit(limit_type: str, source: str, unit: str, window_s: int, value: str) -> int | None:
+        key = counter_key("r", limit_type, source, unit, window_s, value)
+        counter = parse_counter_key(key)
+        assert counter is not None
+        return budgets[
+            (counter.rule, counter.limit_type, counter.source, unit, window_s)
+        ].limit_for(counter)
+
+    assert limit("header", "X-Team", "tokens", 60, "blue") == 20
+    assert limit("header", "X-Team", "tokens", 60, "red") == 10
+    assert limit("per_header", "x-api-key", "tokens", 60, "vip-1") is None  # 1000 or 10
+    assert limit("per_consumer", "", "requests", 3600, "alice") == 5
+
+
+def test_a_token_bucket_of_unknown_limit_is_shown_unknown_not_guessed(tmp_path: Path) -> None:
+    budgets = budget_of(
+        [
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [
+                    {"key": "regexp:^vip-", "token_per_day": 1000},
+                    {"key": "*", "token_per_day": 10},
+                ],
+            }
+        ],
+        algorithm="token_bucket",
+    )
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        key = counter_key("r", "per_header", "x-api-key", "tokens", 86400, "vip-1")
+        client.hset(key, mapping={"s": 1, "u": 7, "p": 0})
+        (row,) = read_usage(client, budgets)
+    assert (row.algorithm, row.limit, row.used, row.remaining) == ("token_bucket", None, None, None)
+    assert table_rows([row])[0][4:] == ("?", "?", "?", "?")

@@ -1,12 +1,17 @@
 """The Redis store's Lua script against the shared budget vectors (contract/budget.json),
 on a real redis-server. budget.zig passes the same vectors in `zig build test`, so the local and
-the Redis store count alike."""
+the Redis store count alike.
+
+A `peek` step is the script's read-only operation (what `tokenlimit usage` runs): budget.zig
+checks it as an admit of nothing, which must report the same numbers; here it must also leave
+the record and its expiry exactly as they were."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,23 +29,62 @@ def client() -> Iterator[redis.Redis]:
         yield redis.Redis.from_url(server.url)
 
 
-def run_admit(client: redis.Redis, keys: list[str], now_ms: int, force: bool, counters) -> list:
-    args: list[int | str] = ["admit", now_ms, int(force)]
-    for algorithm, window_ms, limit, amount in counters:
-        args += [algorithm, window_ms, limit, amount]
+Counter = tuple[int, ...]
+
+
+def run(client: redis.Redis, keys: list[str], args: Sequence[int | str]) -> Any:
     return client.eval(SCRIPT, len(keys), *keys, *args)
 
 
-def run_settle(client, keys, now_ms, counters, admitted_at_ms) -> int:
+def run_admit(
+    client: redis.Redis, keys: list[str], now_ms: int, force: bool, counters: list[Counter]
+) -> list[int]:
+    args: list[int | str] = ["admit", now_ms, int(force)]
+    for algorithm, window_ms, limit, amount in counters:
+        args += [algorithm, window_ms, limit, amount]
+    reply: list[int] = run(client, keys, args)
+    return reply
+
+
+def run_settle(
+    client: redis.Redis, keys: list[str], now_ms: int, counters: list[Counter], admitted_at_ms: int
+) -> int:
     args: list[int | str] = ["settle", now_ms]
     for algorithm, window_ms, limit, reserved, actual in counters:
         args += [algorithm, window_ms, limit, reserved, actual]
     args.append(admitted_at_ms)
-    return client.eval(SCRIPT, len(keys), *keys, *args)
+    changed: int = run(client, keys, args)
+    return changed
+
+
+def run_peek(
+    client: redis.Redis, keys: list[str], now_ms: int, counters: list[Counter]
+) -> list[int]:
+    args: list[int | str] = ["peek", now_ms]
+    for algorithm, window_ms, limit in counters:
+        args += [algorithm, window_ms, limit]
+    reply: list[int] = run(client, keys, args)
+    return reply
+
+
+def assert_untouched(client: redis.Redis, key: str, before: tuple[object, int]) -> None:
+    """A read-only operation leaves the record as it was and never extends its expiry (a write
+    would set the whole TTL again)."""
+    record, ttl_ms = snapshot(client, key)
+    assert record == before[0]
+    assert ttl_ms <= before[1]
+
+
+def snapshot(client: redis.Redis, key: str) -> tuple[object, int]:
+    """A record as stored, with its remaining time to live."""
+    ttl_ms: int = client.pttl(key)
+    return client.hgetall(key), ttl_ms
 
 
 @pytest.mark.parametrize("scenario", VECTORS, ids=[v["name"] for v in VECTORS])
-def test_lua_scripts_follow_the_shared_vectors(client: redis.Redis, scenario: dict) -> None:
+def test_lua_scripts_follow_the_shared_vectors(
+    client: redis.Redis, scenario: dict[str, Any]
+) -> None:
     key = "tokenlimit:{vectors}:global:tokens:0:" + scenario["name"]
     client.delete(key)
     algorithm = ALGORITHMS[scenario["algorithm"]]
@@ -50,8 +94,18 @@ def test_lua_scripts_follow_the_shared_vectors(client: redis.Redis, scenario: di
             counter = (algorithm, window_ms, limit, step["reserved"], step["actual"])
             run_settle(client, [key], step["at_ms"], [counter], step["admitted_at_ms"])
             continue
-        counter = (algorithm, window_ms, limit, step["amount"])
-        reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [counter])
+        if step["op"] == "peek":
+            before = snapshot(client, key)
+            now_ms, used, remaining, reset_ms = run_peek(
+                client, [key], step["at_ms"], [(algorithm, window_ms, limit)]
+            )
+            assert_untouched(client, key, before)
+            assert now_ms == step["at_ms"] and remaining == max(limit - used, 0)
+            got = {"refused": remaining == 0, "used": used, "reset_ms": reset_ms}
+            assert got == step["expect"], f"step {index}"
+            continue
+        asked = (algorithm, window_ms, limit, step["amount"])
+        reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked])
         refused, now_ms, used, reported_limit, reset_ms = reply
         assert now_ms == step["at_ms"]
         assert reported_limit == limit
@@ -70,7 +124,7 @@ def test_admission_is_all_or_nothing_across_counters(client: redis.Redis) -> Non
     assert client.hget(keys[0], "u") is None  # ... and the first was not charged either
     reply = run_admit(client, keys, now, True, [roomy, tight])  # shadow: charged anyway
     assert reply[0] == 2
-    assert int(client.hget(keys[0], "u")) == 50 and int(client.hget(keys[1], "u")) == 50
+    assert client.hmget(keys[0], "u") == [b"50"] and client.hmget(keys[1], "u") == [b"50"]
 
 
 def test_server_time_is_used_when_no_clock_is_given(client: redis.Redis) -> None:
@@ -82,6 +136,20 @@ def test_server_time_is_used_when_no_clock_is_given(client: redis.Redis) -> None
     assert 0 < client.pttl(key) <= 60_000  # records expire with their window
 
 
+def test_peek_reads_several_counters_on_server_time_and_creates_nothing(
+    client: redis.Redis,
+) -> None:
+    keys = ["tokenlimit:{peek}:a", "tokenlimit:{peek}:b"]
+    client.delete(*keys)
+    run_admit(client, keys[:1], 0, False, [(2, 3_600_000, 1000, 500)])
+    server_ms = int(client.time()[0]) * 1000
+    reply = run_peek(client, keys, 0, [(2, 3_600_000, 1000), (0, 60_000, 40)])
+    assert abs(reply[0] - server_ms) < 5000
+    assert reply[1:3] == [500, 500]  # a bucket refills 1 token per 3.6 s: nothing yet
+    assert reply[4:6] == [0, 40] and 0 < reply[6] <= 60_000
+    assert client.exists(keys[1]) == 0  # an unused counter stays absent
+
+
 def test_an_unknown_operation_is_an_error_reply(client: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError, match="unknown operation"):
-        client.eval(SCRIPT, 0, "refund", 0)
+        run(client, [], ["refund", 0])

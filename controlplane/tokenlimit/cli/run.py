@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 FOLLOW_INTERVAL_S = 0.2
+USAGE_WIDTH_MIN = 120  # `tokenlimit usage` into a pipe: one line per counter
 
 
 @click.command(
@@ -132,26 +133,52 @@ def up(
 @click.option(
     "--key", "key_value", default=None, help="Only this caller (raw key value; hashed here)."
 )
-def usage(redis_url: str, rule: str | None, key_value: str | None) -> None:
-    """Print the budgets Redis holds now: rule, counter, caller, window, used, reset."""
+@click.option(
+    "--policy",
+    "policy_files",
+    multiple=True,
+    metavar="FILE",
+    help="The policy the gateway runs: each counter's algorithm and limit (repeatable). "
+    "Without it counters read as fixed windows of unknown limit.",
+)
+def usage(
+    redis_url: str, rule: str | None, key_value: str | None, policy_files: tuple[str, ...]
+) -> None:
+    """Print the budgets Redis holds now: rule, counter, caller, window, used, limit, reset."""
     import redis
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    from tokenlimit.usage import read_usage, table_rows
+    from tokenlimit.usage import Budget, BudgetKey, budgets_of, read_usage, table_rows
 
+    budgets: dict[BudgetKey, Budget] = {}
+    for file in policy_files:
+        budgets.update(budgets_of(load_policy(file).config))
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=5)
-        rows = read_usage(client, rule=rule, key_value=key_value)
+        rows = read_usage(client, budgets, rule=rule, key_value=key_value)
     except redis.RedisError as exc:
         raise click.ClickException(f"{redis_url}: {exc}") from None
     if not rows:
         click.echo("no budgets in use" + (f" for key {key_value!r}" if key_value else ""))
         return
-    table = Table("rule", "counter", "caller", "window", "used", "resets in")
+    table = Table(box=box.SIMPLE_HEAD)
+    for heading in ("rule", "counter", "caller", "window", "used", "limit", "left", "resets in"):
+        # Names and numbers stay whole on a narrow terminal; the counter and window may wrap.
+        table.add_column(heading, no_wrap=heading not in ("counter", "window"))
     for cells in table_rows(rows):
         table.add_row(*cells)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, USAGE_WIDTH_MIN)  # a pipe or a file has no edge
+    console.print(table)
+    if any(r.algorithm is None for r in rows):
+        click.echo(
+            "counters no --policy names are read as fixed windows; "
+            "pass the policy for sliding and token-bucket rules",
+            err=True,
+        )
 
 
 # --- helpers -------------------------------------------------------------------------------
