@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokenlimit.fallback.model import FallbackRoute, FallbackSpec, FallbackUpstream
+from tokenlimit.model import FallbackRoute, FallbackSpec, FallbackUpstream
 from tokenlimit.render.envoy import (
     CONNECT_TIMEOUT_S,
     FILTER_NAME,
