@@ -5,7 +5,7 @@ half, and both are tested against contract/config.json (the bounds both take fro
 contract/limits.json). Field names are Higress's ai-token-ratelimit names, plus the
 Higress-injected `_rules_` and `_match_route_`.
 
-The budget fields (`_BudgetFields`) are shared with a TokenRateLimitPolicy's spec
+The budget fields (`BudgetFields`) are shared with a TokenRateLimitPolicy's spec
 (tokenlimit.model.policy), which spells them in camelCase; see tokenlimit.model._spelling.
 """
 
@@ -88,8 +88,8 @@ _PER_KINDS = (
     "limit_by_per_cookie",
     "limit_by_per_consumer",
 )
-IP_KIND = "limit_by_per_ip"
-_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, IP_KIND)
+_IP_KIND = "limit_by_per_ip"
+_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND)
 _MATCH_FIELDS = ("match_route", "match_domain", "match_service")
 
 
@@ -269,7 +269,7 @@ _OptItems = Annotated[
 _OptRedis = Annotated[Annotated[RedisConfig, WrapValidator(_object)] | None, Present]
 
 
-class _BudgetFields(_Model):
+class BudgetFields(_Model):
     """The fields of one budget rule that a policy spec and the filter config share."""
 
     rule_name: OptRuleName = None
@@ -329,7 +329,7 @@ class _BudgetFields(_Model):
             raise _error("required", (_doc_key(model, "rule_name", naming),))
 
 
-class _RuleFields(_BudgetFields):
+class _RuleFields(BudgetFields):
     """A rule as the filter reads it: the budget fields plus the filter's `redis` object."""
 
     redis: _OptRedis = None
@@ -393,7 +393,7 @@ def key_problem(kind: str, key: str, naming: Naming = "snake") -> str | None:
     spelled = _doc_key(RuleItem, kind, naming)
     if kind in _EXACT_KINDS:
         return None
-    if kind == IP_KIND:
+    if kind == _IP_KIND:
         return None if key == "*" else _ip_problem(key)
     if key == "*":
         return None

@@ -46,8 +46,8 @@ from tokenlimit.model.fields import (
     text,
 )
 from tokenlimit.model.filter_config import (
+    BudgetFields,
     FilterConfig,
-    _BudgetFields,
     parse_filter_config,
 )
 from tokenlimit.model.limits import (
@@ -179,7 +179,7 @@ class PolicyRedis(_Model):
     """Envoy and Istio: where the tokenlimit bridge listens."""
 
 
-class PolicySpec(_BudgetFields):
+class PolicySpec(BudgetFields):
     """`spec` of a TokenRateLimitPolicy: one budget rule, where it attaches, and its store."""
 
     model_config = ConfigDict(
@@ -308,7 +308,7 @@ def policy_filter_config(policy: TokenRateLimitPolicy | PolicySpec) -> FilterCon
     """
     spec = policy.spec if isinstance(policy, TokenRateLimitPolicy) else policy
     document = spec.model_dump(
-        mode="json", by_alias=True, exclude_none=True, include=set(_BudgetFields.model_fields)
+        mode="json", by_alias=True, exclude_none=True, include=set(BudgetFields.model_fields)
     )
     redis = filter_redis(spec)
     if redis is not None:
