@@ -33,14 +33,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from tokenlimit.model import FilterConfig, filter_json, parse_filter_config
+from tokenlimit.model import FilterConfig, Upstream, filter_json, parse_filter_config
 from tokenlimit.modules import filter_path
 from tokenlimit.render.envoy import (
     BRIDGE_TOKEN_VARIABLE,
     FILTER_NAME,
     EcdsFilter,
     EnvoyOptions,
-    Upstream,
     bootstrap,
     ecds_resource,
     to_yaml,

@@ -45,7 +45,6 @@ from multidict import CIMultiDict
 from tokenlimit.fallback import toggles
 from tokenlimit.fallback.auto import Counts, Switch, Watcher, host_counts
 from tokenlimit.fallback.cli import fallback_group
-from tokenlimit.fallback.model import FallbackSpec, parse_fallback
 from tokenlimit.fallback.render_envoy import (
     INTERNAL_LISTENER_TYPE,
     fallback_bootstrap,
@@ -54,7 +53,7 @@ from tokenlimit.fallback.render_envoy import (
 )
 from tokenlimit.gateway import GatewayError, envoy_binary, free_port
 from tokenlimit.mockllm import make_app
-from tokenlimit.model import FilterConfig, parse_filter_config
+from tokenlimit.model import FallbackSpec, FilterConfig, parse_fallback, parse_filter_config
 from tokenlimit.render.envoy import (
     FILTER_NAME,
     HCM_TYPE,

@@ -26,8 +26,8 @@ from tokenlimit.fallback.auto import (
     parse_host_counts,
     webhook_body,
 )
-from tokenlimit.fallback.model import parse_fallback
 from tokenlimit.fallback.toggles import RouteToggle
+from tokenlimit.model import parse_fallback
 
 PRIMARY = "fallback_chat_openai"
 AUTO = {

@@ -16,8 +16,8 @@ import yaml
 from click.testing import CliRunner
 from tokenlimit.fallback import toggles
 from tokenlimit.fallback.cli import fallback_group
-from tokenlimit.fallback.model import parse_fallback
 from tokenlimit.fallback.toggles import ToggleError
+from tokenlimit.model import parse_fallback
 from tokenlimit.render.kube import load_yaml_documents
 
 FALLBACK = {

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from typing import Any
 
 import pytest
-from tokenlimit.fallback import model
-from tokenlimit.fallback.model import (
-    DEFAULT_RETRIABLE,
+from tokenlimit.model import (
+    ConfigInvalid,
     FallbackSpec,
     HigressRoutes,
     fallback_document,
     higress_fallback_route,
     parse_fallback,
 )
-from tokenlimit.model import ConfigInvalid
+from tokenlimit.model.fallback import DEFAULT_RETRIABLE, ROUTE_TIMEOUT_S
 
 MINIMAL: dict[str, Any] = {
     "routes": [
@@ -198,23 +198,27 @@ def test_the_spec_embeds_as_a_policy_field() -> None:
         spec.route("x")
 
 
-def test_the_model_can_be_embedded_in_tokenlimit_model_without_an_import_cycle() -> None:
-    """tokenlimit.model imports FallbackSpec; this module must not import it back (it shares
-    only the leaf module of value checks)."""
+def test_the_fallback_model_is_part_of_the_model_and_imports_no_renderer() -> None:
+    """The fallback model sits in tokenlimit.model, below the renderers: importing it loads
+    nothing but the model package (the old model.py <-> fallback/model.py <-> render/envoy.py
+    cycle cannot come back)."""
     code = (
-        "import sys; import tokenlimit.fallback.model; "
-        "print(sorted(m for m in sys.modules if m.startswith('tokenlimit')))"
+        "import json, sys; import tokenlimit.model.fallback; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('tokenlimit'))))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert (
-        result.stdout.strip() == "['tokenlimit', 'tokenlimit._checks', "
-        "'tokenlimit.fallback', 'tokenlimit.fallback.model']"
-    )
-    from tokenlimit.render.envoy import ROUTE_TIMEOUT_S
+    loaded = json.loads(result.stdout)
+    assert "tokenlimit.model.fallback" in loaded
+    assert [m for m in loaded if m != "tokenlimit" and not m.startswith("tokenlimit.model")] == []
 
-    assert model.ROUTE_TIMEOUT_S == ROUTE_TIMEOUT_S
+
+def test_the_route_timeout_bound_is_the_renderers_route_timeout() -> None:
+    """perTryTimeoutMs is bounded by the route timeout render.envoy writes."""
+    from tokenlimit.render.envoy import ROUTE_TIMEOUT_S as RENDERED
+
+    assert ROUTE_TIMEOUT_S == RENDERED
 
 
 def test_an_upstream_key_is_an_environment_variable_name_sent_in_the_providers_header() -> None:

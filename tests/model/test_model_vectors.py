@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from pydantic.alias_generators import to_camel
-from tokenlimit._regexp import regexp_problem
 from tokenlimit.model import (
     API_VERSION,
     KIND,
@@ -25,6 +24,7 @@ from tokenlimit.model import (
     parse_policy,
     policy_filter_config,
 )
+from tokenlimit.model._regexp import regexp_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "contract" / "config.json").read_text())

@@ -18,7 +18,6 @@ import pytest
 import yaml
 from support.kube_schemas import assert_valid
 from support.proxywasm_host import Host
-from tokenlimit.fallback.model import FallbackSpec, parse_fallback
 from tokenlimit.fallback.render_envoy import (
     REWRITE_VM_ID,
     RouteState,
@@ -32,8 +31,14 @@ from tokenlimit.fallback.render_envoy import (
 from tokenlimit.fallback.render_higress import redirect_envoy_filter, render, with_fallback_routes
 from tokenlimit.gateway import GatewayError, envoy_binary
 from tokenlimit.loader import policy_from_data
-from tokenlimit.model import TokenRateLimitPolicy, parse_filter_config
-from tokenlimit.render.envoy import EcdsFilter, EnvoyOptions, Upstream, ecds_resource, to_yaml
+from tokenlimit.model import (
+    FallbackSpec,
+    TokenRateLimitPolicy,
+    Upstream,
+    parse_fallback,
+    parse_filter_config,
+)
+from tokenlimit.render.envoy import EcdsFilter, EnvoyOptions, ecds_resource, to_yaml
 from tokenlimit.render.higress import HigressOptions
 from tokenlimit.render.kube import RenderError, WasmModule, to_yaml_documents
 

@@ -15,13 +15,12 @@ import pytest
 import yaml
 from tokenlimit.gateway import GatewayError, envoy_binary
 from tokenlimit.loader import load_policy
-from tokenlimit.model import FilterConfig, filter_json
+from tokenlimit.model import FilterConfig, Upstream, filter_json
 from tokenlimit.render.envoy import (
     ACCESS_LOG_FORMAT,
     EcdsFilter,
     EnvoyOptions,
     InlineFilter,
-    Upstream,
     bootstrap,
     ecds_resource,
     filter_typed_config,

@@ -60,7 +60,7 @@ class UpstreamUrl(click.ParamType):
         self.allow_mock = allow_mock
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from tokenlimit.render.envoy import Upstream
+        from tokenlimit.model.upstream import Upstream
 
         if self.allow_mock and value == "mock":
             return value

@@ -180,11 +180,11 @@ def render(
 
         click.echo(to_yaml_documents(objects), nl=False)
         return
+    from tokenlimit.model.upstream import Upstream
     from tokenlimit.render.envoy import (
         EcdsFilter,
         EnvoyOptions,
         InlineFilter,
-        Upstream,
         bootstrap,
         ecds_resource,
         filter_typed_config,

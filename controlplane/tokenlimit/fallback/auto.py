@@ -50,9 +50,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokenlimit.fallback import toggles
-from tokenlimit.fallback.model import AutoSwitch, FallbackRoute
 from tokenlimit.fallback.render_envoy import upstream_cluster_name
 from tokenlimit.fallback.toggles import RouteToggle, ToggleError
+from tokenlimit.model import AutoSwitch, FallbackRoute
 
 LOG = logging.getLogger("tokenlimit.fallback")
 WEBHOOK_FORMATS = ("generic", "dingtalk", "wecom")

@@ -24,9 +24,8 @@ from typing import Any
 import click
 import yaml
 
-from tokenlimit.fallback.model import FallbackSpec, parse_fallback
 from tokenlimit.fallback.toggles import STATE_FILE_DEFAULT, ToggleError
-from tokenlimit.model import ConfigInvalid
+from tokenlimit.model import ConfigInvalid, FallbackSpec, parse_fallback
 
 STATE_ENV = "TOKENLIMIT_FALLBACK_STATE"
 WEBHOOK_ENV = "TOKENLIMIT_FALLBACK_WEBHOOK"

@@ -50,7 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokenlimit.fallback.model import FallbackRoute, FallbackSpec, FallbackUpstream
+from tokenlimit.model import FallbackRoute, FallbackSpec, FallbackUpstream, Upstream
 from tokenlimit.render.envoy import (
     CONNECT_TIMEOUT_S,
     FILTER_NAME,
@@ -65,7 +65,6 @@ from tokenlimit.render.envoy import (
     UPSTREAM_CLUSTER,
     WASM_TYPE,
     EnvoyOptions,
-    Upstream,
     bootstrap,
 )
 

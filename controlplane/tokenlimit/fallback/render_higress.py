@@ -47,8 +47,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenlimit.fallback.model import FallbackRoute, FallbackSpec
-from tokenlimit.model import HIGRESS_SYSTEM_NAMESPACE, TokenRateLimitPolicy
+from tokenlimit.model import (
+    HIGRESS_SYSTEM_NAMESPACE,
+    FallbackRoute,
+    FallbackSpec,
+    TokenRateLimitPolicy,
+)
 from tokenlimit.render.higress import HigressOptions
 from tokenlimit.render.higress import render as render_plugin
 from tokenlimit.render.kube import (

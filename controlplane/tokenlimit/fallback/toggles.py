@@ -40,9 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenlimit.fallback.model import FallbackRoute, FallbackSpec, fallback_document, parse_fallback
 from tokenlimit.fallback.render_envoy import ROUTE_CONFIG_NAME, RouteState, rds_resource
-from tokenlimit.model import ConfigInvalid
+from tokenlimit.model import (
+    ConfigInvalid,
+    FallbackRoute,
+    FallbackSpec,
+    fallback_document,
+    parse_fallback,
+)
 from tokenlimit.render.envoy import ROUTE_TIMEOUT_S, to_yaml
 
 STATE_VERSION = 1

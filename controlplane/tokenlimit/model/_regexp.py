@@ -5,7 +5,7 @@ cannot stand in for it: it refuses patterns the filter accepts (`^*a`) and accep
 filter refuses (`(?m)`, `(?i:...)`, `\\A`). So this module follows regex.zig's recursive-descent
 parser step by step, with the same checks in the same order and the same messages, and computes
 the size of the program the filter would compile (the filter refuses more than 1024
-instructions). Keep the two in step: tests/test_model_vectors.py pins the accepted syntax.
+instructions). Keep the two in step: tests/model/test_model_vectors.py pins the accepted syntax.
 
 Supported: literals, `.`, `^`, `$`, `|`, `(re)`, `(?:re)`, classes `[a-z]` `[^...]` (a literal `]`
 written `\\]`), `\\d \\w \\s \\D \\W \\S`, escaped ASCII punctuation, `\\n \\r \\t \\f \\v \\xHH`,
@@ -154,15 +154,16 @@ class _Parser:
         low, i = _digits(self.pattern, i)
         if low is None:
             return None
-        high: int | None = low
+        high = low
         if i < len(self.pattern) and self.pattern[i] == ord(","):
             i += 1
             if i < len(self.pattern) and self.pattern[i] == ord("}"):
                 high = _UNBOUNDED
             else:
-                high, i = _digits(self.pattern, i)
-                if high is None:
+                upper, i = _digits(self.pattern, i)
+                if upper is None:
                     return None
+                high = upper
         if i >= len(self.pattern) or self.pattern[i] != ord("}"):
             return None
         self.pos = i + 1

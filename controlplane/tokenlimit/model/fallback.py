@@ -14,9 +14,11 @@
 
 Standalone: `parse_fallback(data)` validates a `fallback` object and raises
 `tokenlimit.model.ConfigInvalid` whose problems name the field (`routes[0].fallbacks[1].url`).
-Embedded: `FallbackSpec` validates the same way as a field of a policy spec (the lead adds
-`fallback: FallbackSpec | None` to `PolicySpec`); its errors use the project's error type, so
+Embedded: `FallbackSpec` is `PolicySpec.fallback`; its errors use the project's error type, so
 `tokenlimit.model.problems` reports them like every other field.
+
+This module imports nothing from the renderers (the upstream URL type is
+tokenlimit.model.upstream): the model is the bottom of the pipeline model ▸ render ▸ apply.
 
 What the fields mean on the wire is in docs/fallback.md.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AliasGenerator,
@@ -38,19 +40,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from tokenlimit._checks import an_object as _object
-from tokenlimit._checks import array as _array
-from tokenlimit._checks import int_in as _int_in
-from tokenlimit._checks import one_of as _one_of
-from tokenlimit._checks import refusal as _error
-from tokenlimit._checks import show
-
-if TYPE_CHECKING:
-    from tokenlimit.render.envoy import Upstream
-
-# This module imports nothing of tokenlimit at import time, so tokenlimit.model can embed
-# FallbackSpec as PolicySpec.fallback without an import cycle (tokenlimit.render.envoy and
-# tokenlimit.model are imported where they are used).
+from tokenlimit.model._checks import an_object as _object
+from tokenlimit.model._checks import array as _array
+from tokenlimit.model._checks import int_in as _int_in
+from tokenlimit.model._checks import one_of as _one_of
+from tokenlimit.model._checks import refusal as _error
+from tokenlimit.model._checks import show
+from tokenlimit.model._spelling import Loc
+from tokenlimit.model.problems import ConfigInvalid, problems
+from tokenlimit.model.upstream import Upstream
 
 # --- limits ----------------------------------------------------------------------------------
 
@@ -100,12 +98,6 @@ CREDENTIAL_HEADERS = {
 _HIGRESS_ROUTE = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
-def _parse_upstream(url: str) -> Upstream:
-    from tokenlimit.render.envoy import Upstream
-
-    return Upstream.parse(url)
-
-
 def _ratio(low_open: bool) -> WrapValidator:
     def check(value: Any, handler: Callable[[Any], Any]) -> Any:
         ok = type(value) in (int, float) and (0 < value <= 1 if low_open else 0 <= value < 1)
@@ -130,7 +122,7 @@ def _url(value: Any, handler: Callable[[Any], Any]) -> Any:
     if not isinstance(value, str):
         raise _error(f"must be a string, got {show(value)}")
     try:
-        _parse_upstream(value)
+        Upstream.parse(value)
     except ValueError as exc:
         raise _error(str(exc)) from None
     return handler(value)
@@ -230,7 +222,7 @@ class FallbackUpstream(_Model):
 
     @property
     def upstream(self) -> Upstream:
-        return _parse_upstream(self.url)
+        return Upstream.parse(self.url)
 
     @property
     def family(self) -> str:
@@ -379,7 +371,7 @@ class FallbackRoute(_Model):
 
     @model_validator(mode="after")
     def _chain(self) -> Self:
-        seen = {self.primary.name: ("primary", "name")}
+        seen: dict[str, Loc] = {self.primary.name: ("primary", "name")}
         for index, upstream in enumerate(self.fallbacks):
             if upstream.name in seen:
                 where = ".".join(str(p) for p in seen[upstream.name])
@@ -396,16 +388,16 @@ class FallbackRoute(_Model):
                     "OpenAI-compatible endpoint, or another route)",
                     ("fallbacks", index, "provider"),
                 )
-        located: list[tuple[tuple[str | int, ...], FallbackUpstream]] = [
+        located: list[tuple[Loc, FallbackUpstream]] = [
             (("primary",), self.primary),
             *((("fallbacks", i), u) for i, u in enumerate(self.fallbacks)),
         ]
-        for where, upstream in located:
+        for at, upstream in located:
             if upstream.model is not None and upstream.family not in _MODEL_IN_BODY:
                 raise _error(
                     f"{upstream.provider} takes the model from the request path, not the body: "
                     "point url at the deployment or leave model out",
-                    (*where, "model"),
+                    (*at, "model"),
                 )
         if self.forced_upstream is not None and self.forced_upstream not in seen:
             raise _error(
@@ -465,8 +457,6 @@ class FallbackSpec(_Model):
 
 def parse_fallback(data: object) -> FallbackSpec:
     """Validate a `fallback` object (camelCase); ConfigInvalid names the field."""
-    from tokenlimit.model import ConfigInvalid, problems
-
     try:
         return FallbackSpec.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:

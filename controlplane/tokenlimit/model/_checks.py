@@ -1,8 +1,8 @@
-"""Value checks shared by the policy model (model.py) and the fallback model (fallback/model.py).
+"""Value checks shared by every model of the package (the filter config, the policy, fallback).
 
 Each check refuses a value with the project's error shape — a message that quotes the bad value
 and names what is valid — which `tokenlimit.model.problems` turns into `FIELD: REASON` lines.
-Kept apart from both models so neither has to import the other to share them.
+Kept apart from the models so none has to import another to share them.
 """
 
 from __future__ import annotations

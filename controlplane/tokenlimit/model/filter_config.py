@@ -1,0 +1,445 @@
+"""The filter's configuration (docs/config.md): the JSON document the filter reads.
+
+This is the Python half of the contract; the Zig parser in filter/src/config.zig is the other
+half, and both are tested against contract/config.json (the bounds both take from
+contract/limits.json). Field names are Higress's ai-token-ratelimit names, plus the
+Higress-injected `_rules_` and `_match_route_`.
+
+The budget fields (`BudgetFields`) are shared with a TokenRateLimitPolicy's spec
+(tokenlimit.model.policy), which spells them in camelCase; see tokenlimit.model._spelling.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Annotated, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    model_validator,
+)
+
+from tokenlimit.model._checks import an_object as _object
+from tokenlimit.model._checks import array as _array
+from tokenlimit.model._checks import int_in as _int_in
+from tokenlimit.model._checks import refusal as _error
+from tokenlimit.model._checks import show
+from tokenlimit.model._regexp import regexp_problem
+from tokenlimit.model._spelling import Model as _Model
+from tokenlimit.model._spelling import Naming, camel_name
+from tokenlimit.model._spelling import cel as _cel
+from tokenlimit.model._spelling import doc_key as _doc_key
+from tokenlimit.model._spelling import naming_of as _naming
+from tokenlimit.model.fields import (
+    Key,
+    OptAdmission,
+    OptAlgorithm,
+    OptBool,
+    OptConsumer,
+    OptCredential,
+    OptFailureMode,
+    OptIpSource,
+    OptMatches,
+    OptOutputTokens,
+    OptRuleName,
+    OptShare,
+    OptSourceName,
+    OptTokenLimit,
+    OptWeight,
+    Port,
+    Present,
+    text,
+)
+from tokenlimit.model.limits import (
+    CONFIG_BYTES_MAX,
+    LIMIT_KEYS_MAX,
+    REDIS_DATABASE_MAX,
+    REDIS_SERVICE_NAME_BYTES_MAX,
+    REDIS_TIMEOUT_MS_MAX,
+    REJECTED_CODE_MAX,
+    REJECTED_CODE_MIN,
+    REJECTED_MSG_BYTES_MAX,
+    ROUTE_RULES_MAX,
+    RULE_ITEMS_MAX,
+)
+from tokenlimit.model.problems import ConfigInvalid, problems
+
+_REGEXP_PREFIX = "regexp:"
+_WINDOWS = (
+    "token_per_second",
+    "token_per_minute",
+    "token_per_hour",
+    "token_per_day",
+    "request_per_second",
+    "request_per_minute",
+    "request_per_hour",
+    "request_per_day",
+)
+_EXACT_KINDS = ("limit_by_header", "limit_by_param", "limit_by_cookie", "limit_by_consumer")
+_PER_KINDS = (
+    "limit_by_per_header",
+    "limit_by_per_param",
+    "limit_by_per_cookie",
+    "limit_by_per_consumer",
+)
+_IP_KIND = "limit_by_per_ip"
+_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND)
+_MATCH_FIELDS = ("match_route", "match_domain", "match_service")
+
+
+_WINDOWS_RULE = (
+    " || ".join(f"has(self.{camel_name(w)})" for w in _WINDOWS),
+    "needs at least one of " + ", ".join(camel_name(w) for w in _WINDOWS),
+)
+
+
+def _at_least_one_window(obj: BaseModel, info: ValidationInfo) -> None:
+    if all(getattr(obj, w) is None for w in _WINDOWS):
+        names = ", ".join(_doc_key(type(obj), w, _naming(info)) for w in _WINDOWS)
+        raise _error(f"needs at least one of {names}")
+
+
+class _Windows(_Model):
+    """The budget windows: at least one token or request limit per second/minute/hour/day."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_WINDOWS_RULE))
+
+    token_per_second: OptTokenLimit = None
+    """Tokens per second (input + output, weighted)."""
+    token_per_minute: OptTokenLimit = None
+    """Tokens per minute."""
+    token_per_hour: OptTokenLimit = None
+    """Tokens per hour."""
+    token_per_day: OptTokenLimit = None
+    """Tokens per day (resets at midnight UTC)."""
+    request_per_second: OptTokenLimit = None
+    """Requests per second."""
+    request_per_minute: OptTokenLimit = None
+    """Requests per minute."""
+    request_per_hour: OptTokenLimit = None
+    """Requests per hour."""
+    request_per_day: OptTokenLimit = None
+    """Requests per day."""
+
+    @model_validator(mode="after")
+    def _windows(self, info: ValidationInfo) -> Self:
+        _at_least_one_window(self, info)
+        return self
+
+
+class GlobalThreshold(_Windows):
+    """One budget shared by every request the rule sees."""
+
+
+class _Key(_Model):
+    key: Key
+    """A literal value, `*`, `regexp:<pattern>`, an IP or a CIDR (depends on the limitBy* field)."""
+
+
+class LimitKey(_Windows, _Key):
+    """A key value (literal, `*`, `regexp:...`, IP or CIDR) and its budget windows."""
+
+    # (_Key last among the bases: pydantic orders fields base-last-first, so `key` comes first
+    # in rendered configs, as Higress users write it.)
+
+
+class RuleItem(_Model):
+    """Where the key comes from (exactly one `limit_by_*`) and the budgets per key."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "[" + ", ".join(f"has(self.{camel_name(k)})" for k in _ALL_KINDS) + "]"
+                ".exists_one(x, x)",
+                "needs exactly one limitBy* field",
+            )
+        )
+    )
+
+    limit_by_header: OptSourceName = None
+    """Key: the value of this request header, compared literally with each key."""
+    limit_by_param: OptSourceName = None
+    """Key: the value of this query parameter, compared literally."""
+    limit_by_cookie: OptSourceName = None
+    """Key: the value of this cookie, compared literally."""
+    limit_by_consumer: OptConsumer = None
+    """Key: the consumer (header x-mse-consumer, set by auth plugins); the value is ignored."""
+    limit_by_per_header: OptSourceName = None
+    """A budget per distinct value of this request header (keys: `*` or `regexp:<RE2>`)."""
+    limit_by_per_param: OptSourceName = None
+    """A budget per distinct value of this query parameter."""
+    limit_by_per_cookie: OptSourceName = None
+    """A budget per distinct value of this cookie."""
+    limit_by_per_consumer: OptConsumer = None
+    """A budget per consumer (x-mse-consumer); the value is ignored."""
+    limit_by_per_ip: OptIpSource = None
+    """A budget per client address: `from-remote-addr` or `from-header-<name>` (keys: IPs,
+    CIDRs or `*`)."""
+    limit_keys: Annotated[
+        list[LimitKey],
+        Field(min_length=1, max_length=LIMIT_KEYS_MAX),
+        _array(1, LIMIT_KEYS_MAX, "limit keys"),
+    ]
+    """Key values and their budgets; the first matching entry applies."""
+
+    @property
+    def kind(self) -> str:
+        """The one `limit_by_*` field set (snake_case name)."""
+        return next(k for k in _ALL_KINDS if getattr(self, k) is not None)
+
+    @property
+    def source(self) -> str:
+        """The value of the `limit_by_*` field: header/param/cookie name or IP source."""
+        value = getattr(self, self.kind)
+        assert isinstance(value, str)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_and_keys(self, info: ValidationInfo) -> Self:
+        naming = _naming(info)
+        kinds = [k for k in _ALL_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            spelled = [_doc_key(RuleItem, k, naming) for k in kinds]
+            family = "limitBy*" if naming == "camel" else "limit_by_*"
+            got = "none" if not kinds else f"{len(kinds)}: {', '.join(spelled)}"
+            raise _error(f"needs exactly one {family} field, got {got}")
+        keys_key = _doc_key(RuleItem, "limit_keys", naming)
+        for index, limit_key in enumerate(self.limit_keys):
+            problem = key_problem(kinds[0], limit_key.key, naming)
+            if problem is not None:
+                raise _error(problem, (keys_key, index, "key"))
+        return self
+
+
+class RedisConfig(_Model):
+    """The filter's `redis` object (Higress's names): where the budget store is.
+
+    On Higress `service_name` is the Redis service as Higress knows it; on Envoy and Istio it
+    is the Envoy cluster of the tokenlimit bridge. A TokenRateLimitPolicy never spells this
+    object out: `policy_filter_config` derives it from `spec.redis` (see PolicyRedis).
+    """
+
+    service_name: Annotated[
+        str,
+        Field(min_length=1, max_length=REDIS_SERVICE_NAME_BYTES_MAX),
+        text(1, REDIS_SERVICE_NAME_BYTES_MAX),
+    ]
+    service_port: Annotated[Port | None, Present] = None
+    username: OptCredential = None
+    password: OptCredential = None
+    timeout: Annotated[  # milliseconds
+        Annotated[int, Field(ge=1, le=REDIS_TIMEOUT_MS_MAX), _int_in(1, REDIS_TIMEOUT_MS_MAX)]
+        | None,
+        Present,
+    ] = None
+    database: Annotated[
+        Annotated[int, Field(ge=0, le=REDIS_DATABASE_MAX), _int_in(0, REDIS_DATABASE_MAX)] | None,
+        Present,
+    ] = None
+
+
+class Weights(_Model):
+    """What one token of each kind costs (1 = counts once): output can cost more than input."""
+
+    input: OptWeight = None
+    """Cost of one input (prompt) token."""
+    output: OptWeight = None
+    """Cost of one output (completion) token."""
+    cached: OptWeight = None
+    """Cost of one cached input token."""
+
+
+_OptWeights = Annotated[Annotated[Weights, WrapValidator(_object)] | None, Present]
+_OptGlobal = Annotated[Annotated[GlobalThreshold, WrapValidator(_object)] | None, Present]
+_OptItems = Annotated[
+    Annotated[
+        list[RuleItem],
+        Field(min_length=1, max_length=RULE_ITEMS_MAX),
+        _array(1, RULE_ITEMS_MAX, "rule items"),
+    ]
+    | None,
+    Present,
+]
+_OptRedis = Annotated[Annotated[RedisConfig, WrapValidator(_object)] | None, Present]
+
+
+class BudgetFields(_Model):
+    """The fields of one budget rule that a policy spec and the filter config share."""
+
+    rule_name: OptRuleName = None
+    """Names the budget: rules (and routes) sharing a ruleName share counters."""
+    global_threshold: _OptGlobal = None
+    """One budget for all requests. Exactly one of globalThreshold or ruleItems."""
+    rule_items: _OptItems = None
+    """Per-key budgets; every matching item applies. Exactly one of globalThreshold or ruleItems."""
+    rejected_code: Annotated[
+        Annotated[
+            int,
+            Field(ge=REJECTED_CODE_MIN, le=REJECTED_CODE_MAX),
+            _int_in(REJECTED_CODE_MIN, REJECTED_CODE_MAX),
+        ]
+        | None,
+        Present,
+    ] = None
+    """HTTP status of a rejection (default 429)."""
+    rejected_msg: Annotated[
+        Annotated[str, Field(max_length=REJECTED_MSG_BYTES_MAX), text(0, REJECTED_MSG_BYTES_MAX)]
+        | None,
+        Present,
+    ] = None
+    """Body of a rejection (default "Too many requests")."""
+    admission: OptAdmission = None
+    """postpaid (charge after the response, Higress semantics; default) or reserve."""
+    algorithm: OptAlgorithm = None
+    """fixed (default; windows aligned to the epoch), sliding or token_bucket."""
+    shadow: OptBool = None
+    """Decide and report, never reject (dry run)."""
+    show_limit_headers: OptBool = None
+    """Add x-ratelimit-* headers to allowed responses too."""
+    default_output_tokens: OptOutputTokens = None
+    """Output tokens a reservation assumes when the request sets no max_tokens."""
+    weights: _OptWeights = None
+    """Cost weights for input, output and cached tokens."""
+    failure_mode: OptFailureMode = None
+    """When the store fails: open (allow; default), closed (reject) or local (per-gateway)."""
+    local_share: OptShare = None
+    """failure_mode local: the fraction of each limit one gateway enforces on its own while
+    Redis is unavailable (e.g. 0.25 with four gateways). Default 1."""
+
+    def _check_rule(self, info: ValidationInfo) -> None:
+        naming = _naming(info)
+        model = type(self)
+        both = self.global_threshold is not None and self.rule_items is not None
+        if both or (self.global_threshold is None and self.rule_items is None):
+            pair = f"{_doc_key(model, 'global_threshold', naming)} or " + _doc_key(
+                model, "rule_items", naming
+            )
+            raise _error(
+                f"needs exactly one of {pair}, got both"
+                if both
+                else f"needs one of {pair}: a rule without a budget limits nothing"
+            )
+        if self.rule_name is None:
+            raise _error("required", (_doc_key(model, "rule_name", naming),))
+
+
+class _RuleFields(BudgetFields):
+    """A rule as the filter reads it: the budget fields plus the filter's `redis` object."""
+
+    redis: _OptRedis = None
+
+
+class RouteRule(_RuleFields):
+    """A Higress `_rules_` entry: where it applies and the rule for those requests."""
+
+    match_route: OptMatches = Field(default=None, alias="_match_route_")
+    match_domain: OptMatches = Field(default=None, alias="_match_domain_")
+    match_service: OptMatches = Field(default=None, alias="_match_service_")
+
+    @model_validator(mode="after")
+    def _match_and_rule(self, info: ValidationInfo) -> Self:
+        if not any(getattr(self, m) for m in _MATCH_FIELDS):  # absent or empty lists
+            names = ", ".join(_doc_key(RouteRule, m, "snake") for m in _MATCH_FIELDS)
+            raise _error(f"needs at least one of {names}")
+        self._check_rule(info)
+        return self
+
+
+class FilterConfig(_RuleFields):
+    """The JSON document the filter reads (docs/config.md)."""
+
+    rules: Annotated[
+        Annotated[list[RouteRule], _array(0, ROUTE_RULES_MAX, "rule objects")] | None, Present
+    ] = Field(default=None, alias="_rules_")
+
+    @model_validator(mode="after")
+    def _top_level(self, info: ValidationInfo) -> Self:
+        # Higress sends only `_rules_` when a plugin has no default config; then there is no
+        # top-level rule. Otherwise the top level is a rule and must be complete.
+        top_level = any(getattr(self, f) is not None for f in _RuleFields.model_fields)
+        if not top_level and self.rules is None:
+            raise _error(
+                "empty config: needs rule_name with global_threshold or rule_items, "
+                "or _rules_ (per-route rules)"
+            )
+        if top_level:
+            self._check_rule(info)
+        size = len(filter_json(self).encode())
+        if size > CONFIG_BYTES_MAX:
+            raise _error(
+                f"config is {size} bytes as JSON, more than the {CONFIG_BYTES_MAX} "
+                "the filter accepts"
+            )
+        return self
+
+    @property
+    def rule_names(self) -> list[str]:
+        """Every rule name in the document, top level first."""
+        names = [self.rule_name] + [r.rule_name for r in self.rules or []]
+        return [n for n in names if n is not None]
+
+
+# --- key semantics -------------------------------------------------------------------------
+
+
+def key_problem(kind: str, key: str, naming: Naming = "snake") -> str | None:
+    """Why `key` cannot be a limit key of a rule item of this `limit_by_*` kind, or None."""
+    spelled = _doc_key(RuleItem, kind, naming)
+    if kind in _EXACT_KINDS:
+        return None
+    if kind == _IP_KIND:
+        return None if key == "*" else _ip_problem(key)
+    if key == "*":
+        return None
+    if not key.startswith(_REGEXP_PREFIX):
+        exact = spelled.replace("_per_", "_").replace("Per", "")
+        return (
+            f"must be '*' or 'regexp:<pattern>' for {spelled}, got {show(key)} "
+            f"(to budget one literal value, use {exact})"
+        )
+    return regexp_problem(key[len(_REGEXP_PREFIX) :])
+
+
+def _ip_problem(key: str) -> str | None:
+    address, slash, prefix = key.partition("/")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"must be '*', an IP address or a CIDR such as 10.0.0.0/8, got {show(key)}"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        return f"IPv6 zone ids are not supported, got {show(key)}"
+    if not slash:
+        return None
+    if not prefix.isdigit() or not prefix.isascii():
+        return f"CIDR prefix must be a number, got {show(key)}"
+    # The filter compares an IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the IPv4 address.
+    mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+    family_bits = 32 if mapped else ip.max_prefixlen
+    if len(prefix) > 3 or int(prefix) > family_bits:
+        family = "IPv4" if family_bits == 32 else "IPv6"
+        return (
+            f"CIDR prefix /{prefix} is longer than {family_bits} bits ({family}), got {show(key)}"
+        )
+    return None
+
+
+def parse_filter_config(data: object) -> FilterConfig:
+    """Validate a bare filter config (snake_case / Higress names)."""
+    try:
+        return FilterConfig.model_validate(
+            data, by_name=True, by_alias=True, context={"naming": "snake"}
+        )
+    except ValidationError as exc:
+        raise ConfigInvalid(problems(exc, FilterConfig, "snake")) from None
+
+
+def filter_json(cfg: FilterConfig) -> str:
+    """The compact JSON the filter reads: Higress names, unset fields left out, fixed order."""
+    document = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
