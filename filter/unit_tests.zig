@@ -5,17 +5,17 @@
 //!   src/main.zig
 test {
     _ = @import("src/budget.zig");
-    _ = @import("src/config.zig");
+    _ = @import("src/config/config.zig");
+    _ = @import("src/config/ip.zig");
+    _ = @import("src/config/json_tree.zig");
+    _ = @import("src/config/regex/regex.zig");
     _ = @import("src/filter.zig");
     _ = @import("src/host.zig");
-    _ = @import("src/ip.zig");
     _ = @import("src/json_scan.zig");
-    _ = @import("src/json_tree.zig");
     _ = @import("src/local_store.zig");
     _ = @import("src/match.zig");
     _ = @import("src/message.zig");
     _ = @import("src/redis_store.zig");
-    _ = @import("src/regex.zig");
     _ = @import("src/request.zig");
     _ = @import("src/resp.zig");
     _ = @import("src/response.zig");

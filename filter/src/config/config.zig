@@ -4,10 +4,10 @@
 //! keeps lives in one arena owned by `Config`; replacing a config frees the old arena at once.
 const std = @import("std");
 const ip = @import("ip.zig");
-const message = @import("message.zig");
-const regex = @import("regex.zig");
-const budget = @import("budget.zig");
-const usage = @import("usage.zig");
+const message = @import("../message.zig");
+const regex = @import("regex/regex.zig");
+const budget = @import("../budget.zig");
+const usage = @import("../usage.zig");
 
 const json_tree = @import("json_tree.zig");
 
