@@ -8,7 +8,12 @@ test {
     _ = @import("src/config/config.zig");
     _ = @import("src/config/ip.zig");
     _ = @import("src/config/json_tree.zig");
+    _ = @import("src/config/regex/compile.zig");
+    _ = @import("src/config/regex/parse.zig");
+    _ = @import("src/config/regex/program.zig");
     _ = @import("src/config/regex/regex.zig");
+    _ = @import("src/config/regex/regex_test.zig");
+    _ = @import("src/config/regex/vm.zig");
     _ = @import("src/filter.zig");
     _ = @import("src/host.zig");
     _ = @import("src/json_scan.zig");
