@@ -8,6 +8,7 @@ test {
     _ = @import("src/config/config.zig");
     _ = @import("src/config/ip.zig");
     _ = @import("src/config/json_tree.zig");
+    _ = @import("src/config/json_tree_test.zig");
     _ = @import("src/config/regex/compile.zig");
     _ = @import("src/config/regex/parse.zig");
     _ = @import("src/config/regex/program.zig");
