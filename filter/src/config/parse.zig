@@ -30,8 +30,8 @@ const Unit = config.Unit;
 const Admission = config.Admission;
 const FailureMode = config.FailureMode;
 
-/// `model_rewrite`'s bound. Not in contract/limits.json: the control plane writes this field
-/// itself (fallback routes), users never do.
+/// `model_rewrite`'s bound. Not in contract/limits.json yet: its twin is MODEL_BYTES_MAX in the
+/// control plane's fallback model, which writes this field (users never do).
 const model_name_bytes_max = 128;
 /// The range `weights` (and the first check of `local_share`) accept, as messages say it.
 const weight_range = std.fmt.comptimePrint("from 0 to {d}", .{bounds.weight_max});
