@@ -5,9 +5,9 @@
 //! `main.zig` owns the context table and the ABI exports.
 const std = @import("std");
 const budget = @import("budget.zig");
-const config = @import("config.zig");
+const config = @import("config/config.zig");
 const host = @import("host.zig");
-const ip = @import("ip.zig");
+const ip = @import("config/ip.zig");
 const local_store = @import("local_store.zig");
 const match = @import("match.zig");
 const redis_store = @import("redis_store.zig");

@@ -2,8 +2,8 @@
 //! forwarded address), picking the first matching limit key, and naming the budget counter.
 //! Pure functions: the HTTP context fetches headers and properties and passes them in.
 const std = @import("std");
-const config = @import("config.zig");
-const ip = @import("ip.zig");
+const config = @import("config/config.zig");
+const ip = @import("config/ip.zig");
 const budget = @import("budget.zig");
 const sha256 = @import("sha256.zig");
 

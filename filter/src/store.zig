@@ -2,7 +2,7 @@
 //! (local_store.zig) and the Redis store (redis_store.zig + contract/budget.lua) implement the
 //! same two operations on them, checked against the same vectors.
 const budget = @import("budget.zig");
-const config = @import("config.zig");
+const config = @import("config/config.zig");
 const match = @import("match.zig");
 
 pub const Counter = struct {

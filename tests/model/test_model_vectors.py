@@ -1,7 +1,8 @@
 """The pydantic model against the shared contract vectors (tests/vectors/config.json).
 
 The Zig parser is tested against the same vectors, so the two halves agree on what a policy
-means. The `regexp:` checker is also held to filter/src/regex.zig's own test tables.
+means. The `regexp:` checker is also held to the test tables of the filter's regexp
+(filter/src/config/regex/regex_test.zig).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "contract" / "config.json").read_text())
 VALID = [v for v in VECTORS if v["valid"]]
 INVALID = [v for v in VECTORS if not v["valid"]]
-REGEX_ZIG = ROOT / "filter" / "src" / "regex.zig"
+REGEX_ZIG = ROOT / "filter" / "src" / "config" / "regex" / "regex_test.zig"
 
 
 def refused_paths(data: object, parse: Any = parse_filter_config) -> list[str]:

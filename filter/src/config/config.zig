@@ -1,0 +1,207 @@
+//! The filter's config (docs/config.md), a strict superset of Higress ai-token-ratelimit's: the
+//! types a parsed config is made of, and its bounds. Everything a config keeps lives in one
+//! arena owned by `Config`; replacing a config frees the old arena at once.
+//!
+//! parse.zig turns the JSON document into a `Config` (field-path diagnostics via reader.zig);
+//! `parse`, `Diagnostic` and `ParseError` are re-exported here so callers import one file.
+const std = @import("std");
+const assert = std.debug.assert;
+const budget = @import("../budget.zig");
+const usage = @import("../usage.zig");
+const ip = @import("ip.zig");
+const parse_zig = @import("parse.zig");
+const reader = @import("reader.zig");
+const regex = @import("regex/regex.zig");
+
+/// contract/limits.json, handed over by build.zig: the control plane enforces the same bounds
+/// on the same fields (tokenlimit.model.limits), so a config it accepts, the filter accepts.
+const bounds = @import("limits");
+
+pub const parse = parse_zig.parse;
+pub const Diagnostic = reader.Diagnostic;
+pub const ParseError = reader.ParseError;
+
+pub const config_bytes_max = bounds.config_bytes_max;
+pub const rule_name_bytes_max = bounds.rule_name_bytes_max;
+pub const rule_items_max = bounds.rule_items_max;
+pub const limit_keys_max = bounds.limit_keys_max;
+pub const key_bytes_max = bounds.key_bytes_max;
+pub const rejected_msg_bytes_max = bounds.rejected_msg_bytes_max;
+pub const source_name_bytes_max = bounds.source_name_bytes_max;
+pub const route_rules_max = bounds.route_rules_max;
+
+// What the code relies on about the values in contract/limits.json.
+comptime {
+    // Reader.integer reads every integer field as an i64.
+    for (.{
+        bounds.limit_max,            bounds.default_output_tokens_max, bounds.port_max,
+        bounds.redis_timeout_ms_max, bounds.redis_database_max,        bounds.rejected_code_max,
+    }) |bound| {
+        assert(bound <= std.math.maxInt(i64));
+    }
+    // The budget math saturates at limit_max (budget.zig keeps its own copy for now).
+    assert(bounds.limit_max == budget.limit_max);
+    // The fields the bounds are stored in.
+    assert(bounds.port_max <= std.math.maxInt(@FieldType(Redis, "service_port")));
+    assert(bounds.redis_timeout_ms_max <= std.math.maxInt(@FieldType(Redis, "timeout_ms")));
+    assert(bounds.redis_database_max <= std.math.maxInt(@FieldType(Redis, "database")));
+    assert(bounds.rejected_code_max <= std.math.maxInt(@FieldType(Rule, "rejected_code")));
+    assert(bounds.weight_max * 1000 <= std.math.maxInt(@FieldType(usage.Weights, "input_milli")));
+    // A rejection is an HTTP status with a three-digit code; the defaults are valid configs.
+    assert(100 <= bounds.rejected_code_min);
+    assert(bounds.rejected_code_min <= bounds.rejected_code_default);
+    assert(bounds.rejected_code_default <= bounds.rejected_code_max);
+    assert(bounds.rejected_code_max <= 599);
+    assert(bounds.rejected_msg_default.len <= bounds.rejected_msg_bytes_max);
+    assert((Rule{ .name = "", .items = &.{} }).default_output_tokens <= bounds.default_output_tokens_max);
+    assert((Redis{ .service_name = "" }).timeout_ms <= bounds.redis_timeout_ms_max);
+    assert((Redis{ .service_name = "" }).service_port <= bounds.port_max);
+}
+
+pub const LimitType = enum {
+    global,
+    header,
+    param,
+    cookie,
+    consumer,
+    per_header,
+    per_param,
+    per_cookie,
+    per_consumer,
+    per_ip,
+
+    pub fn isPer(self: LimitType) bool {
+        return switch (self) {
+            .per_header, .per_param, .per_cookie, .per_consumer, .per_ip => true,
+            else => false,
+        };
+    }
+
+    /// Values that may be credentials (API keys in headers, session cookies) are hashed
+    /// before they reach a store key or a log line; consumer names and addresses are not secret.
+    pub fn hashesValue(self: LimitType) bool {
+        return switch (self) {
+            .header, .param, .cookie, .per_header, .per_param, .per_cookie => true,
+            else => false,
+        };
+    }
+};
+
+pub const KeyMatcher = union(enum) {
+    literal: []const u8,
+    any,
+    pattern: regex.Regex,
+    ip_range: ip.Range,
+};
+
+pub const Unit = enum { tokens, requests };
+
+/// Limits per unit and window (indexed by `budget.Window`); null where the key sets none.
+pub const Limits = struct {
+    tokens: [4]?u64 = .{ null, null, null, null },
+    requests: [4]?u64 = .{ null, null, null, null },
+
+    pub fn get(self: *const Limits, unit: Unit, window: budget.Window) ?u64 {
+        const per_window = switch (unit) {
+            .tokens => &self.tokens,
+            .requests => &self.requests,
+        };
+        return per_window[@backingInt(window)];
+    }
+};
+
+pub const Admission = enum { postpaid, reserve };
+
+/// What to do when the Redis store cannot answer: admit (Higress's behaviour), reject, or
+/// enforce from the local store meanwhile.
+pub const FailureMode = enum { open, closed, local };
+
+pub const LimitKey = struct {
+    /// The key as configured (`*`, `regexp:...`, an address), for logs.
+    text: []const u8,
+    matcher: KeyMatcher,
+    limits: Limits,
+};
+
+pub const IpSource = union(enum) { remote_address, header: []const u8 };
+
+pub const RuleItem = struct {
+    limit_type: LimitType,
+    /// Lower-cased header name, parameter or cookie name; "" for global and consumer.
+    source: []const u8,
+    ip_source: IpSource = .remote_address,
+    keys: []const LimitKey,
+};
+
+pub const Rule = struct {
+    name: []const u8,
+    items: []const RuleItem,
+    rejected_code: u32 = bounds.rejected_code_default,
+    rejected_msg: []const u8 = bounds.rejected_msg_default,
+    admission: Admission = .postpaid,
+    algorithm: budget.Algorithm = .fixed,
+    /// Decide and report, never reject.
+    shadow: bool = false,
+    show_limit_headers: bool = false,
+    /// Output tokens reserved for a request that declares no max_tokens.
+    default_output_tokens: u64 = 1024,
+    weights: usage.Weights = .{},
+    failure_mode: FailureMode = .open,
+    /// failure_mode local: thousandths of each limit this gateway enforces alone (1000 = all).
+    local_share_milli: u32 = 1000,
+    /// Budgets live in Redis when set (Higress semantics), else in the local store.
+    redis: ?Redis = null,
+};
+
+pub const RouteRule = struct {
+    routes: []const []const u8,
+    domains: []const []const u8,
+    services: []const []const u8,
+    rule: ?Rule,
+};
+
+pub const Redis = struct {
+    /// Higress: the Redis service (`name.dns`, `name.static`, `svc.ns.svc.cluster.local`);
+    /// Envoy build: the Envoy cluster of the tokenlimit bridge.
+    service_name: []const u8,
+    service_port: u16 = 6379,
+    username: []const u8 = "",
+    password: []const u8 = "",
+    timeout_ms: u32 = 1000,
+    database: u32 = 0,
+};
+
+pub const Config = struct {
+    arena: std.heap.ArenaAllocator,
+    default_rule: ?Rule,
+    route_rules: []const RouteRule,
+    /// Set for the upstream-filter role: the model name this upstream expects.
+    model_rewrite: ?[]const u8 = null,
+    /// Holders of this config: the root context, and each request admitted under it, so a
+    /// config replaced mid-request lives until that request ends (the VM is single-threaded).
+    references: u32 = 1,
+
+    pub fn deinit(self: *Config) void {
+        var arena = self.arena;
+        self.* = undefined;
+        arena.deinit();
+    }
+
+    pub fn retain(self: *Config) *Config {
+        self.references += 1;
+        return self;
+    }
+};
+
+/// Drops one reference; the last one frees the config.
+pub fn release(gpa: std.mem.Allocator, config: *Config) void {
+    std.debug.assert(config.references > 0);
+    config.references -= 1;
+    if (config.references == 0) destroy(gpa, config);
+}
+
+/// Frees a config made by `parse`.
+pub fn destroy(gpa: std.mem.Allocator, config: *Config) void {
+    config.deinit();
+    gpa.destroy(config);
+}

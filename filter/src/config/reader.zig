@@ -1,0 +1,162 @@
+//! Reads typed values out of a config's JSON tree and keeps the field path it is at
+//! (`rule_items[0].limit_keys[1].key`), so that every refusal names the field and the reason.
+//! parse.zig decides what the fields mean; this file only knows JSON types and bounds.
+const std = @import("std");
+const json_tree = @import("json_tree.zig");
+const message = @import("../message.zig");
+
+const Value = json_tree.Value;
+const ObjectMap = json_tree.Object;
+
+/// Where a config error is and what it is: `field` is the path in the config's own names.
+pub const Diagnostic = struct {
+    field_buffer: [256]u8 = undefined,
+    field_len: usize = 0,
+    reason_buffer: [256]u8 = undefined,
+    reason_len: usize = 0,
+
+    pub fn field(self: *const Diagnostic) []const u8 {
+        return self.field_buffer[0..self.field_len];
+    }
+
+    pub fn reason(self: *const Diagnostic) []const u8 {
+        return self.reason_buffer[0..self.reason_len];
+    }
+};
+
+pub const ParseError = error{ InvalidConfig, OutOfMemory };
+
+pub const Reader = struct {
+    diagnostic: *Diagnostic,
+    path_buffer: [256]u8 = undefined,
+    path_len: usize = 0,
+
+    comptime {
+        // `fail` copies the whole path into the diagnostic.
+        std.debug.assert(@FieldType(Diagnostic, "field_buffer") == @FieldType(Reader, "path_buffer"));
+    }
+
+    // ---- field path ----------------------------------------------------------------------
+
+    pub fn enter(self: *Reader, name: []const u8) usize {
+        const saved = self.path_len;
+        const dot: []const u8 = if (self.path_len > 0) "." else "";
+        self.append(dot);
+        self.append(name);
+        return saved;
+    }
+
+    pub fn enterIndex(self: *Reader, index: usize) usize {
+        const saved = self.path_len;
+        var buffer: [24]u8 = undefined;
+        self.append(std.fmt.bufPrint(&buffer, "[{d}]", .{index}) catch "[?]");
+        return saved;
+    }
+
+    pub fn leave(self: *Reader, saved: usize) void {
+        self.path_len = saved;
+    }
+
+    fn append(self: *Reader, text: []const u8) void {
+        const room = self.path_buffer.len - self.path_len;
+        const n = @min(room, text.len);
+        @memcpy(self.path_buffer[self.path_len..][0..n], text[0..n]);
+        self.path_len += n;
+    }
+
+    /// Records the error at the current path (message.zig formats it without per-message code).
+    pub fn fail(self: *Reader, comptime format: []const u8, args: anytype) ParseError {
+        const d = self.diagnostic;
+        @memcpy(d.field_buffer[0..self.path_len], self.path_buffer[0..self.path_len]);
+        d.field_len = self.path_len;
+        d.reason_len = message.print(&d.reason_buffer, format, args).len;
+        return error.InvalidConfig;
+    }
+
+    pub fn failField(self: *Reader, name: []const u8, comptime format: []const u8, args: anytype) ParseError {
+        _ = self.enter(name);
+        return self.fail(format, args);
+    }
+
+    // ---- value helpers -------------------------------------------------------------------
+
+    pub fn typeName(value: Value) []const u8 {
+        return switch (value) {
+            .null => "null",
+            .bool => "a boolean",
+            .number_string => "a number",
+            .string => "a string",
+            .array => "an array",
+            .object => "an object",
+        };
+    }
+
+    pub fn object(self: *Reader, value: Value) ParseError!ObjectMap {
+        return switch (value) {
+            .object => |map| map,
+            else => self.fail("must be an object, got {s}", .{typeName(value)}),
+        };
+    }
+
+    pub fn array(self: *Reader, value: Value, min: usize, max: usize) ParseError![]const Value {
+        const items = switch (value) {
+            .array => |list| list.items,
+            else => return self.fail("must be an array, got {s}", .{typeName(value)}),
+        };
+        if (items.len < min) return self.fail("must have at least {d} entr{s}", .{ min, if (min == 1) "y" else "ies" });
+        if (items.len > max) return self.fail("must have at most {d} entries, got {d}", .{ max, items.len });
+        return items;
+    }
+
+    pub fn string(self: *Reader, value: Value, max_len: usize) ParseError![]const u8 {
+        const text = switch (value) {
+            .string => |s| s,
+            else => return self.fail("must be a string, got {s}", .{typeName(value)}),
+        };
+        if (text.len > max_len) return self.fail("must be at most {d} bytes, got {d}", .{ max_len, text.len });
+        return text;
+    }
+
+    pub fn integer(self: *Reader, value: Value, min: i64, max: i64) ParseError!i64 {
+        const number: i64 = switch (value) {
+            .number_string => |text| std.fmt.parseInt(i64, text, 10) catch
+                return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, text[0..@min(text.len, 32)] }),
+            else => return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, typeName(value) }),
+        };
+        if (number < min or number > max) return self.fail("must be an integer from {d} to {d}, got {d}", .{ min, max, number });
+        return number;
+    }
+
+    pub fn rejectUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
+        var it = map.iterator();
+        next_field: while (it.next()) |entry| {
+            for (known) |name| {
+                if (std.mem.eql(u8, entry.key_ptr.*, name)) continue :next_field;
+            }
+            const name = entry.key_ptr.*;
+            return self.failField(name[0..@min(name.len, 64)], "unknown field", .{});
+        }
+    }
+
+    pub fn enumField(self: *Reader, comptime E: type, name: []const u8, value: Value) ParseError!E {
+        const saved = self.enter(name);
+        defer self.leave(saved);
+        const text = try self.string(value, 32);
+        inline for (comptime std.meta.fieldNames(E)) |option| {
+            if (std.mem.eql(u8, text, option)) return @field(E, option);
+        }
+        const options = comptime blk: {
+            var joined: []const u8 = "";
+            for (std.meta.fieldNames(E), 0..) |option, i| joined = joined ++ (if (i > 0) ", " else "") ++ option;
+            break :blk joined;
+        };
+        return self.fail("must be one of " ++ options ++ ", got \"{s}\"", .{text});
+    }
+
+    pub fn boolField(self: *Reader, name: []const u8, value: Value) ParseError!bool {
+        return switch (value) {
+            .bool => |b| b,
+            else => self.failField(name, "must be true or false, got {s}", .{typeName(value)}),
+        };
+    }
+};

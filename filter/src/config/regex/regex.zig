@@ -1,0 +1,146 @@
+//! Linear-time regular expressions for `regexp:` limit keys.
+//!
+//! Header values are attacker-controlled, so this is a Thompson NFA simulation (no backtracking):
+//! `isMatch` runs in O(input bytes × program instructions), never allocates, and keeps its
+//! scratch on the stack. Patterns are bounded (`pattern_bytes_max`, `program_instructions_max`)
+//! so that the per-byte cost is bounded too.
+//!
+//! Matching is an unanchored search, like Go's `regexp.MatchString` or RE2's `PartialMatch`:
+//! a pattern matches when any substring of the input matches. Only match / no match is
+//! reported; there are no capture groups.
+//!
+//! Supported syntax (a subset of RE2, byte-oriented):
+//!
+//! | Syntax                      | Meaning                                                     |
+//! |-----------------------------|-------------------------------------------------------------|
+//! | `x`                         | literal byte; bytes >= 0x80 are matched as literal bytes    |
+//! | `.`                         | any byte except `\n`                                        |
+//! | `[abc]` `[a-z]` `[^a-z]`    | byte class, range, negated class; `\d \w \s` and escapes    |
+//! |                             | may appear inside; a literal `]` must be written `\]`       |
+//! | `\d` `\w` `\s`              | `[0-9]`, `[0-9A-Za-z_]`, `[\t\n\f\r ]`                      |
+//! | `\D` `\W` `\S`              | their negations                                             |
+//! | `\.` `\\` `\-` `\/` ...     | any escaped ASCII punctuation is literal                    |
+//! | `\n \r \t \f \v` `\xHH`     | control bytes, a byte in hex (exactly two digits)           |
+//! | `^` `$`                     | start / end of the whole input (no multi-line mode)         |
+//! | `(re)` `(?:re)`             | grouping (both are non-capturing here)                      |
+//! | `re1\|re2`                  | alternation                                                 |
+//! | `*` `+` `?`                 | zero or more, one or more, zero or one                      |
+//! | `{n}` `{n,}` `{n,m}`        | counted repetition, n and m at most 1000                    |
+//! | `*?` `+?` `??` `{n,m}?`     | non-greedy forms: accepted, same match / no-match result    |
+//! | `(?i)` at pattern start     | ASCII case-insensitive matching for the whole pattern       |
+//!
+//! As in RE2, a `{` that does not start a valid `{n}`, `{n,}` or `{n,m}` is a literal `{`, and
+//! `]` and `}` outside a class are literals. Unlike RE2, `[]a]` is refused (RE2 reads a `]`
+//! right after `[` as a literal), because `[]` is far more likely a mistake.
+//!
+//! Refused with `error.InvalidPattern` and a `Diagnostic` naming the offset and the problem:
+//! backreferences (`\1`), lookaround (`(?=` `(?!` `(?<=` `(?<!`), word boundaries (`\b` `\B`),
+//! named groups, unicode classes (`\p{..}`), POSIX classes (`[:alpha:]`), other flags or a
+//! `(?i)` anywhere but the start, nested or possessive quantifiers (`a**`, `a*+`), other
+//! escapes, unbalanced parentheses, a quantifier with nothing to repeat, an empty class `[]`,
+//! reversed ranges (`[z-a]`, `{3,2}`).
+//!
+//! Refused with `error.PatternTooComplex`: patterns longer than 256 bytes
+//! (`pattern_bytes_max`), repetition counts above 1000, and patterns whose counted repetition
+//! expands beyond 1024 instructions (`program_instructions_max`; `^\d{1000}$` fits,
+//! `(\d{100}){20}` does not). Patterns without counted repetition always fit.
+//!
+//! This file is the API; the work is in parse.zig (text → node tree), compile.zig (tree →
+//! program), vm.zig (program × input → match) and program.zig (the instruction set they
+//! share). The tests, all through this API, are in regex_test.zig.
+
+const std = @import("std");
+const assert = std.debug.assert;
+const compile = @import("compile.zig");
+const parse = @import("parse.zig");
+const program = @import("program.zig");
+const vm = @import("vm.zig");
+
+const Inst = program.Inst;
+const ByteSet = program.ByteSet;
+
+pub const pattern_bytes_max = 256;
+/// Bounds both the heap program and the per-input-byte matching work (and `isMatch`'s ~6 KB
+/// of stack scratch). Fits RE2's largest count on one byte or class: `^x{1000}$`.
+pub const program_instructions_max = 1024;
+/// RE2's limit.
+pub const repeat_count_max = 1000;
+
+comptime {
+    assert(program_instructions_max < program.none);
+    // Only counted repetition can overflow the program: no other byte of syntax emits more
+    // than two instructions (`*` and `|` each emit a split and a jump), plus the final match.
+    assert(2 * pattern_bytes_max + 1 <= program_instructions_max);
+}
+
+pub const Diagnostic = struct {
+    offset: usize = 0,
+    /// A static string.
+    message: []const u8 = "",
+};
+
+pub const CompileError = error{ InvalidPattern, PatternTooComplex, OutOfMemory };
+
+pub const Regex = struct {
+    insts: []const Inst,
+    sets: []const ByteSet,
+
+    pub fn compile(
+        allocator: std.mem.Allocator,
+        pattern: []const u8,
+        diagnostic: ?*Diagnostic,
+    ) CompileError!Regex {
+        if (diagnostic) |d| d.* = .{};
+        if (pattern.len > pattern_bytes_max) {
+            if (diagnostic) |d| d.* = .{
+                .offset = pattern_bytes_max,
+                .message = std.fmt.comptimePrint(
+                    "pattern is longer than {d} bytes",
+                    .{pattern_bytes_max},
+                ),
+            };
+            return error.PatternTooComplex;
+        }
+        // The parser's and the compiler's fixed-size tables are ~20 KB: too much for a wasm
+        // stack frame.
+        const scratch = try allocator.create(Scratch);
+        defer allocator.destroy(scratch);
+        const p = &scratch.parser;
+        p.* = .{ .pattern = pattern, .diagnostic = diagnostic };
+        // One integer compare: std.mem.startsWith pulls ~600 bytes of vectorized code into wasm.
+        if (pattern.len >= 4 and std.mem.readInt(u32, pattern[0..4], .little) ==
+            comptime std.mem.readInt(u32, "(?i)", .little))
+        {
+            p.fold_case = true;
+            p.pos = 4;
+        }
+        const root = try p.parseAlternation();
+        if (p.pos < pattern.len) {
+            assert(pattern[p.pos] == ')');
+            return p.invalid(p.pos, "unmatched ')'");
+        }
+        const c = &scratch.compiler;
+        c.* = .{ .nodes = p.nodes[0..p.nodes_len], .diagnostic = diagnostic };
+        try c.compileNode(root);
+        _ = try c.emit(.match, 0, 0);
+
+        const insts = try allocator.dupe(Inst, c.insts[0..c.insts_len]);
+        errdefer allocator.free(insts);
+        const sets = try allocator.dupe(ByteSet, p.sets[0..p.sets_len]);
+        return .{ .insts = insts, .sets = sets };
+    }
+
+    pub fn deinit(self: *Regex, allocator: std.mem.Allocator) void {
+        allocator.free(self.insts);
+        allocator.free(self.sets);
+        self.* = undefined;
+    }
+
+    /// Unanchored search like Go's regexp.MatchString / RE2 PartialMatch: true when any
+    /// substring matches. Linear in input length; no allocation.
+    pub fn isMatch(self: *const Regex, input: []const u8) bool {
+        return vm.isMatch(self.insts, self.sets, input);
+    }
+};
+
+const Scratch = struct { parser: parse.Parser, compiler: compile.Compiler };

@@ -1,0 +1,103 @@
+//! The matcher: a Thompson NFA simulation over the program (no backtracking), so the work per
+//! input byte is bounded by the program's length. It never allocates; its scratch (~6 KB) is on
+//! the stack.
+const std = @import("std");
+const assert = std.debug.assert;
+const program = @import("program.zig");
+const regex = @import("regex.zig");
+
+const none = program.none;
+const Inst = program.Inst;
+const ByteSet = program.ByteSet;
+const program_instructions_max = regex.program_instructions_max;
+
+/// Unanchored search like Go's regexp.MatchString / RE2 PartialMatch: true when any
+/// substring matches. Linear in input length; no allocation.
+pub fn isMatch(insts: []const Inst, sets: []const ByteSet, input: []const u8) bool {
+    assert(insts.len > 0);
+    assert(insts.len <= program_instructions_max);
+    var lists: [2]ThreadList = undefined;
+    var stack: [program_instructions_max]u16 = undefined;
+    var current = &lists[0];
+    var next = &lists[1];
+    current.clear();
+    // Threads started after offset 0 would die at once on a leading `^`.
+    const anchored = insts[0].op == .assert_begin;
+    var pos: usize = 0;
+    while (true) : (pos += 1) {
+        if (pos == 0 or !anchored) {
+            if (addThread(insts, current, &stack, 0, pos, input.len)) return true;
+        }
+        if (pos == input.len) return false;
+        if (anchored and current.len == 0) return false;
+        next.clear();
+        const byte = input[pos];
+        for (current.pcs[0..current.len]) |pc| {
+            const inst = insts[pc];
+            assert(inst.op == .byte_set);
+            if (sets[inst.a].contains(byte)) {
+                if (addThread(insts, next, &stack, pc + 1, pos + 1, input.len)) return true;
+            }
+        }
+        std.mem.swap(*ThreadList, &current, &next);
+    }
+}
+
+/// Follows the empty-width edges from `pc_start` at input offset `pos` and adds every
+/// reachable byte-consuming instruction to `list`. Returns true when `match` is reachable.
+/// `list.seen` makes each instruction enter a list at most once per input offset, which is
+/// what keeps matching linear and lets empty loops such as `(a*)*` terminate.
+fn addThread(
+    insts: []const Inst,
+    list: *ThreadList,
+    stack: *[program_instructions_max]u16,
+    pc_start: u16,
+    pos: usize,
+    input_len: usize,
+) bool {
+    if (list.seen.isSet(pc_start)) return false;
+    list.seen.set(pc_start);
+    stack[0] = pc_start;
+    var stack_len: usize = 1;
+    while (stack_len > 0) {
+        stack_len -= 1;
+        const pc = stack[stack_len];
+        const inst = insts[pc];
+        var targets: [2]u16 = .{ none, none };
+        switch (inst.op) {
+            .match => return true,
+            .byte_set => {
+                list.pcs[list.len] = pc;
+                list.len += 1;
+            },
+            .jump => targets[0] = inst.a,
+            .split => targets = .{ inst.a, inst.b },
+            .assert_begin => if (pos == 0) {
+                targets[0] = pc + 1;
+            },
+            .assert_end => if (pos == input_len) {
+                targets[0] = pc + 1;
+            },
+        }
+        for (targets) |target| {
+            if (target == none or list.seen.isSet(target)) continue;
+            assert(target < insts.len);
+            list.seen.set(target);
+            stack[stack_len] = target;
+            stack_len += 1;
+        }
+    }
+    return false;
+}
+
+const ThreadList = struct {
+    /// Only `byte_set` instructions; empty-width ones are resolved by `addThread`.
+    pcs: [program_instructions_max]u16,
+    len: u16,
+    seen: std.StaticBitSet(program_instructions_max),
+
+    fn clear(list: *ThreadList) void {
+        list.len = 0;
+        list.seen = .empty;
+    }
+};
