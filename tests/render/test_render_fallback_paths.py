@@ -239,3 +239,22 @@ def test_the_operator_refuses_fallback_for_envoy_naming_the_field() -> None:
     )
     assert not plan.accepted
     assert plan.message.startswith("spec.fallback:")
+
+
+def test_render_envoy_refuses_an_upstream_the_fallback_would_ignore(tmp_path: Path) -> None:
+    path = policy_file(tmp_path, policy_document("envoy"))
+    result = run("render", "--wasm", "/w.wasm", "--upstream", "http://127.0.0.1:8000", str(path))
+    assert result.exit_code == 2
+    assert "--upstream: the policy's spec.fallback names the upstreams" in result.output
+
+
+def test_fallback_render_and_render_write_the_same_files(tmp_path: Path) -> None:
+    """`tokenlimit fallback render` is the same pipeline as `tokenlimit render --out-dir`."""
+    path = policy_file(tmp_path, policy_document("envoy"))
+    args = ["--wasm", "/w.wasm", str(path), "--admin-port", "9901"]
+    assert run("render", "--out-dir", str(tmp_path / "a"), *args).exit_code == 0
+    assert run("fallback", "render", "--out-dir", str(tmp_path / "b"), *args).exit_code == 0
+    for name in ("envoy.yaml", "ecds/tokenlimit-ecds.yaml", "rds/routes.yaml"):
+        a = (tmp_path / "a" / name).read_text()
+        b = (tmp_path / "b" / name).read_text()
+        assert a == b.replace(str(tmp_path / "b"), str(tmp_path / "a")), name

@@ -117,9 +117,9 @@ def _module_options(func: Any) -> Any:
 @click.option(
     "--upstream",
     type=UpstreamUrl(allow_mock=False),
-    default=RENDER_UPSTREAM_DEFAULT,
-    show_default=True,
-    help="envoy: the LLM API: http(s)://host[:port].",
+    default=None,
+    help=f"envoy: the LLM API: http(s)://host[:port] [default: {RENDER_UPSTREAM_DEFAULT}; a "
+    "policy with spec.fallback routes to its fallback chains instead].",
 )
 @click.option(
     "--wasm",
@@ -140,7 +140,7 @@ def render(
     file: str,
     listen: tuple[str, int],
     admin_port: int,
-    upstream: str,
+    upstream: str | None,
     wasm_path: str | None,
     out_dir: str | None,
     wasm_url: str | None,
@@ -155,6 +155,12 @@ def render(
     bootstrap that reads the filter config from an ECDS file instead, so `tokenlimit push`
     (or any atomic rename) updates the rules live. higress / istio: the WasmPlugin (and, for
     Istio, what the bridge needs) for `kubectl apply -f -`.
+
+    A policy with spec.fallback renders its fallback chains too: for envoy the chains'
+    clusters and routes (with --out-dir, the route table in rds/ and the toggles' state file
+    `tokenlimit fallback enable|disable` changes), for higress the fallback routes in the
+    limiter's matchRules and the redirect EnvoyFilters. A target that cannot carry it
+    (istio) refuses the policy.
     """
     policy = load_policy(file)
     if target != "envoy":
@@ -179,7 +185,12 @@ def render(
     host, port = listen
     # A policy with spec.fallback routes to its chains, not to --upstream.
     has_fallback = policy.policy is not None and policy.policy.spec.fallback is not None
-    target_upstream = None if has_fallback else Upstream.parse(upstream)
+    if has_fallback and upstream is not None:
+        raise click.UsageError(
+            "--upstream: the policy's spec.fallback names the upstreams (its routes' primary "
+            "and fallbacks); leave --upstream out"
+        )
+    target_upstream = None if has_fallback else Upstream.parse(upstream or RENDER_UPSTREAM_DEFAULT)
     try:
         if out_dir is None:
             options = EnvoyTarget(
