@@ -258,3 +258,22 @@ def test_fallback_render_and_render_write_the_same_files(tmp_path: Path) -> None
         a = (tmp_path / "a" / name).read_text()
         b = (tmp_path / "b" / name).read_text()
         assert a == b.replace(str(tmp_path / "b"), str(tmp_path / "a")), name
+
+
+def test_renderers_import_no_operator_cli_or_cluster_client() -> None:
+    """Rendering is pure: nothing under tokenlimit/render reaches for the operator, the CLI
+    or code that talks to a cluster or a running Envoy (they call render(), not the reverse)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "controlplane" / "tokenlimit" / "render"
+    forbidden = ("tokenlimit.operator", "tokenlimit.cli", "tokenlimit.push", "tokenlimit.apply")
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            found += [f"{path.name}: {n}" for n in names if n.startswith(forbidden)]
+    assert found == []
