@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "controlplane") not in sys.path:
     sys.path.insert(0, str(ROOT / "controlplane"))
 
-from tokenlimit.gateway import envoy_binary  # noqa: E402
+from tokenlimit.dev.gateway import envoy_binary  # noqa: E402
 from tokenlimit.render.envoy import to_yaml  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -263,7 +263,7 @@ class Envoy:
             "-c",
             str(path),
             "--base-id",
-            str(self.listen_port),  # unique on this machine, like tokenlimit.gateway does
+            str(self.listen_port),  # unique on this machine, like tokenlimit.dev.gateway does
             "--concurrency",
             str(self.concurrency),
             "--log-level",

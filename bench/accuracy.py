@@ -8,7 +8,7 @@ the budget runs out overshoots it. Under `reserve` each request reserves its est
 bytes / 4 + `max_tokens`) at admission and settles the difference when usage is known.
 
 Setup (127.0.0.1 only): one real Envoy (2 workers; budgets in Envoy shared data, the `local`
-store) with tokenlimit.wasm, through `tokenlimit.gateway.Gateway`, in front of the mock LLM.
+store) with tokenlimit.wasm, through `tokenlimit.dev.gateway.Gateway`, in front of the mock LLM.
 Every request is an OpenAI chat completion with a random prompt (200-1200 bytes), a random
 `max_tokens` (128, 256 or 512) and a random real completion (25-100 % of `max_tokens`, set with
 `x-mock-completion-tokens`), and the mock waits a random 200-500 ms before answering, so
@@ -53,7 +53,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
-from tokenlimit.gateway import Gateway
+from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import FilterConfig, parse_filter_config
 
 WINDOW_S = 60  # token_per_minute: fixed windows aligned to the epoch

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from tokenlimit.gateway import Gateway, GatewayError
+from tokenlimit.dev.gateway import Gateway, GatewayError
 from tokenlimit.model import FilterConfig, parse_filter_config
 
 BUDGET_TOKENS_PER_MINUTE = 300

@@ -35,7 +35,7 @@ from tokenlimit.apply.kube import (
     api_error,
 )
 from tokenlimit.cli import main
-from tokenlimit.gateway import Gateway
+from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import parse_filter_config
 from tokenlimit.push import FileChange
 

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tokenlimit.gateway import Gateway, GatewayError
+from tokenlimit.dev.gateway import Gateway, GatewayError
 from tokenlimit.model import FilterConfig, parse_filter_config
 
 ECDS_RELOADS = "extension_config_discovery.http_filter.tokenlimit.config_reload"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tokenlimit.gateway import Gateway
+from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import parse_filter_config
 from tokenlimit.render.envoy import FILTER_NAME
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.redis_server import RedisServer
-from tokenlimit.gateway import Gateway
+from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import parse_filter_config
 
 COST = 100  # tokens per answer (prompt 40 + completion 60)

@@ -6,7 +6,7 @@ Two gateways run side by side:
   route only (it runs in front of the primary upstream, as Higress's matchRules list the
   primary route but not `<route>.fallback.internal`), and the fallback triggers on 429 —
   which the limiter's own rejection is, from where the fallback decision is made.
-- **fixed**: the project's rendering (`fallback.render_envoy`): the limiter is the
+- **fixed**: the project's rendering (`render.envoy`): the limiter is the
   listener-level filter before the router, the chain is an aggregate cluster walked by the
   router's retry policy, the route is served through file-based RDS.
 
@@ -42,16 +42,10 @@ from aiohttp import web
 from click.testing import CliRunner
 from conftest import require_binary
 from multidict import CIMultiDict
+from tokenlimit.dev.gateway import GatewayError, envoy_binary, free_port
 from tokenlimit.fallback import toggles
 from tokenlimit.fallback.auto import Counts, Switch, Watcher, host_counts
 from tokenlimit.fallback.cli import fallback_group
-from tokenlimit.fallback.render_envoy import (
-    INTERNAL_LISTENER_TYPE,
-    fallback_bootstrap,
-    upstream_cluster,
-    upstream_cluster_name,
-)
-from tokenlimit.gateway import GatewayError, envoy_binary, free_port
 from tokenlimit.mockllm import make_app
 from tokenlimit.model import FallbackSpec, FilterConfig, parse_fallback, parse_filter_config
 from tokenlimit.render.envoy import (
@@ -64,12 +58,20 @@ from tokenlimit.render.envoy import (
     filter_typed_config,
     to_yaml,
 )
+from tokenlimit.render.envoy.bootstrap import INTERNAL_LISTENER_TYPE, FallbackRoutes
+from tokenlimit.render.envoy.bootstrap import bootstrap as render_bootstrap
+from tokenlimit.render.envoy.clusters import upstream_cluster, upstream_cluster_name
 
 BUDGET = 100  # tokens per hour per key
 ROUTE = "chat"
 READY_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 15.0
 NAIVE_LIMITER_LISTENER = "naive_primary_limiter"
+
+
+def fallback_bootstrap(options: EnvoyOptions, spec: FallbackSpec, rds: str, wasm: str) -> Any:
+    """The project's rendering of a fallback chain (routes from the RDS file `rds`)."""
+    return render_bootstrap(options, FallbackRoutes(spec, wasm, rds))
 
 
 # --- controllable upstreams ----------------------------------------------------------------------
@@ -466,7 +468,8 @@ def naive_bootstrap(document: dict[str, Any], spec: FallbackSpec, wasm: str) -> 
                 address
             )
             clusters[index] = member
-    clusters.append(upstream_cluster(route.name, route.primary, name=direct))
+    primary_upstream = route.primary.upstream
+    clusters.append(upstream_cluster(direct, primary_upstream, hostname=primary_upstream.authority))
     limiter_hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": NAIVE_LIMITER_LISTENER,

@@ -1,7 +1,7 @@
 """Fallback rendering: golden files, Envoy 1.40 accepting every mode, the Higress objects.
 
 Regenerate the golden files (tests/golden/fallback/) after an intended change with:
-    UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_fallback_render.py
+    UPDATE_GOLDEN=1 .venv/bin/pytest tests/render/test_fallback_render.py
 and review the diff like code.
 """
 
@@ -18,28 +18,34 @@ import pytest
 import yaml
 from support.kube_schemas import assert_valid
 from support.proxywasm_host import Host
-from tokenlimit.fallback.render_envoy import (
-    REWRITE_VM_ID,
+from tokenlimit.dev.gateway import GatewayError, envoy_binary
+from tokenlimit.loader import policy_from_data
+from tokenlimit.model import FallbackSpec, TokenRateLimitPolicy, parse_fallback, parse_filter_config
+from tokenlimit.render.envoy import (
+    EcdsFilter,
+    EnvoyOptions,
+    FallbackRoutes,
+    Upstream,
+    bootstrap,
+    ecds_resource,
+    to_yaml,
+)
+from tokenlimit.render.envoy.clusters import chain_cluster_name
+from tokenlimit.render.envoy.clusters import fallback_clusters as clusters
+from tokenlimit.render.envoy.fallback import (
     RouteState,
-    chain_cluster_name,
-    clusters,
-    fallback_bootstrap,
     rds_resource,
     route_configuration,
     route_entry,
 )
-from tokenlimit.fallback.render_higress import redirect_envoy_filter, render, with_fallback_routes
-from tokenlimit.gateway import GatewayError, envoy_binary
-from tokenlimit.loader import policy_from_data
-from tokenlimit.model import (
-    FallbackSpec,
-    TokenRateLimitPolicy,
-    Upstream,
-    parse_fallback,
-    parse_filter_config,
-)
-from tokenlimit.render.envoy import EcdsFilter, EnvoyOptions, ecds_resource, to_yaml
+from tokenlimit.render.envoy.filter import REWRITE_VM_ID
 from tokenlimit.render.higress import HigressOptions
+from tokenlimit.render.higress import render as render_higress
+from tokenlimit.render.higress_fallback import (
+    higress_routes,
+    redirect_envoy_filter,
+    with_fallback_routes,
+)
 from tokenlimit.render.kube import RenderError, WasmModule, to_yaml_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,11 +94,25 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} changed: review, then UPDATE_GOLDEN=1 to accept"
 
 
+def fallback_bootstrap(
+    options: EnvoyOptions, fallback: FallbackSpec, rds_path: str, wasm_path: str
+) -> dict[str, Any]:
+    return bootstrap(options, FallbackRoutes(fallback, wasm_path, rds_path))
+
+
 def golden_bootstrap() -> dict[str, Any]:
     options = EnvoyOptions(
         upstream=Upstream.parse("https://api.openai.com"), filter=EcdsFilter(GOLDEN_ECDS)
     )
     return fallback_bootstrap(options, spec(), GOLDEN_RDS, GOLDEN_WASM)
+
+
+def render(
+    policy: TokenRateLimitPolicy, fallback: FallbackSpec, options: HigressOptions
+) -> list[dict[str, Any]]:
+    """The Higress rendering of `policy` with `fallback` as its spec.fallback."""
+    with_spec = policy.spec.model_copy(update={"fallback": fallback})
+    return render_higress(policy.model_copy(update={"spec": with_spec}), options)
 
 
 MODES = {
@@ -433,7 +453,7 @@ def test_the_wasmplugin_still_fits_the_higress_schema() -> None:
 
 
 def test_an_upstream_with_only_a_key_gets_a_listener_that_sets_it_and_rewrites_nothing() -> None:
-    from tokenlimit.fallback.render_envoy import listeners
+    from tokenlimit.render.envoy.fallback import listeners
 
     data = {
         "routes": [
@@ -464,8 +484,6 @@ def test_an_upstream_with_only_a_key_gets_a_listener_that_sets_it_and_rewrites_n
 
 
 def test_higress_refuses_upstream_keys_instead_of_dropping_them() -> None:
-    from tokenlimit.fallback.render_higress import _higress_routes
-
     data = {
         "routes": [
             {
@@ -477,4 +495,4 @@ def test_higress_refuses_upstream_keys_instead_of_dropping_them() -> None:
         ]
     }
     with pytest.raises(RenderError, match="apiKeyEnv applies to standalone Envoy only"):
-        _higress_routes(parse_fallback(data))
+        higress_routes(parse_fallback(data))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tokenlimit.gateway import GatewayError, envoy_binary
+from tokenlimit.dev.gateway import GatewayError, envoy_binary
 from tokenlimit.loader import load_policy
 from tokenlimit.model import FilterConfig, Upstream, filter_json
 from tokenlimit.render.envoy import (

@@ -210,12 +210,15 @@ def test_cli_render_refuses_a_bare_config_with_the_way_forward() -> None:
 def test_the_operator_renders_with_this_renderer() -> None:
     from tokenlimit.operator.reconcile import Module, Settings
     from tokenlimit.operator.renderers import renderer_for
-    from tokenlimit.render.higress import operator_renderer
 
     settings = Settings(gateway="higress", module=Module(MODULE.url, str(MODULE.sha256)))
     loaded = load_policy(EXAMPLE)
     with pytest.raises(RenderError, match="passwordSecretRef"):  # no secret reader given
         renderer_for("higress").render(loaded, {}, settings)
-    objects = operator_renderer(secrets).render(loaded, {}, settings)
+    objects = renderer_for("higress", secrets).render(loaded, {}, settings)
     assert objects == render(example(), HigressOptions(module=MODULE), secrets)
-    assert [str(k) for k in operator_renderer().kinds] == ["WasmPlugin.extensions.higress.io"]
+    # The fallback's redirect EnvoyFilters are the operator's objects too (listed, cleaned up).
+    assert [str(k) for k in renderer_for("higress").kinds] == [
+        "WasmPlugin.extensions.higress.io",
+        "EnvoyFilter.networking.istio.io",
+    ]

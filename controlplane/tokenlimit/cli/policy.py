@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +117,9 @@ def _module_options(func: Any) -> Any:
 @click.option(
     "--upstream",
     type=UpstreamUrl(allow_mock=False),
-    default=RENDER_UPSTREAM_DEFAULT,
-    show_default=True,
-    help="envoy: the LLM API: http(s)://host[:port].",
+    default=None,
+    help=f"envoy: the LLM API: http(s)://host[:port] [default: {RENDER_UPSTREAM_DEFAULT}; a "
+    "policy with spec.fallback routes to its fallback chains instead].",
 )
 @click.option(
     "--wasm",
@@ -141,7 +140,7 @@ def render(
     file: str,
     listen: tuple[str, int],
     admin_port: int,
-    upstream: str,
+    upstream: str | None,
     wasm_path: str | None,
     out_dir: str | None,
     wasm_url: str | None,
@@ -156,16 +155,14 @@ def render(
     bootstrap that reads the filter config from an ECDS file instead, so `tokenlimit push`
     (or any atomic rename) updates the rules live. higress / istio: the WasmPlugin (and, for
     Istio, what the bridge needs) for `kubectl apply -f -`.
+
+    A policy with spec.fallback renders its fallback chains too: for envoy the chains'
+    clusters and routes (with --out-dir, the route table in rds/ and the toggles' state file
+    `tokenlimit fallback enable|disable` changes), for higress the fallback routes in the
+    limiter's matchRules and the redirect EnvoyFilters. A target that cannot carry it
+    (istio) refuses the policy.
     """
     policy = load_policy(file)
-    if policy.policy is not None and policy.policy.spec.fallback is not None:
-        # Fallback chains add clusters, routes and an RDS file: rendering the rules alone
-        # would silently drop them.
-        raise click.UsageError(
-            f"{file} has spec.fallback: render it with "
-            f"`tokenlimit fallback render {file} --target {target}`"
-            + (" (with --out-dir DIR)" if target == "envoy" else ""),
-        )
     if target != "envoy":
         objects = _render_kube(
             policy,
@@ -180,41 +177,44 @@ def render(
 
         click.echo(to_yaml_documents(objects), nl=False)
         return
-    from tokenlimit.model.upstream import Upstream
-    from tokenlimit.render.envoy import (
-        EcdsFilter,
-        EnvoyOptions,
-        InlineFilter,
-        bootstrap,
-        ecds_resource,
-        filter_typed_config,
-        policy_options,
-        to_yaml,
-    )
+    from tokenlimit.cli._envoy_files import write_envoy_files
+    from tokenlimit.render import EnvoyTarget, RenderError, Upstream, render
 
     check_gateway(policy, "envoy")
     wasm = wasm_path or str(module_file("envoy"))
     host, port = listen
-    options = {
-        "upstream": Upstream.parse(upstream),
-        "listen_address": host,
-        "listen_port": port,
-        "admin_port": admin_port,
-        **policy_options(policy.policy.spec if policy.policy is not None else None),
-    }
-    if out_dir is None:
-        inline = InlineFilter(filter_typed_config(policy.config, wasm))
-        click.echo(to_yaml(bootstrap(EnvoyOptions(filter=inline, **options))), nl=False)
-        return
-    directory = Path(out_dir).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    ecds_path = directory / "tokenlimit-ecds.yaml"
-    bootstrap_path = directory / "envoy.yaml"
-    _write_atomic(ecds_path, to_yaml(ecds_resource(policy.config, wasm)))
-    ecds = EcdsFilter(str(ecds_path))
-    _write_atomic(bootstrap_path, to_yaml(bootstrap(EnvoyOptions(filter=ecds, **options))))
-    click.echo(bootstrap_path)
-    click.echo(ecds_path)
+    # A policy with spec.fallback routes to its chains, not to --upstream.
+    has_fallback = policy.policy is not None and policy.policy.spec.fallback is not None
+    if has_fallback and upstream is not None:
+        raise click.UsageError(
+            "--upstream: the policy's spec.fallback names the upstreams (its routes' primary "
+            "and fallbacks); leave --upstream out"
+        )
+    target_upstream = None if has_fallback else Upstream.parse(upstream or RENDER_UPSTREAM_DEFAULT)
+    try:
+        if out_dir is None:
+            options = EnvoyTarget(
+                wasm_path=wasm,
+                upstream=target_upstream,
+                listen_address=host,
+                listen_port=port,
+                admin_port=admin_port,
+            )
+            click.echo(render(policy, "envoy", options).text("bootstrap"), nl=False)
+            return
+        written = write_envoy_files(
+            policy,
+            Path(out_dir),
+            wasm_path=wasm,
+            upstream=target_upstream,
+            listen_address=host,
+            listen_port=port,
+            admin_port=admin_port,
+        )
+    except RenderError as exc:
+        raise PolicyInvalid(f"{policy.origin}: {exc}") from None
+    for path in written:
+        click.echo(path)
 
 
 @click.command()
@@ -345,7 +345,7 @@ def import_command(file: str, namespace: str | None, name: str | None) -> None:
 def crd() -> None:
     """Print the TokenRateLimitPolicy CustomResourceDefinition (generated from the model)."""
     from tokenlimit.crd import generate
-    from tokenlimit.render.envoy import to_yaml
+    from tokenlimit.render.yaml import to_yaml
 
     click.echo(to_yaml(generate()), nl=False)
 
@@ -370,9 +370,9 @@ def _render_kube(
     fail_strategy: str | None,
     secrets: Any,
 ) -> list[dict[str, Any]]:
-    """The policy as Higress or Istio objects; usage and render errors as CLI errors."""
-    from tokenlimit.render import higress, istio
-    from tokenlimit.render.kube import RenderError, WasmModule
+    """The policy as Higress or Istio objects (fallback included); usage and render errors as
+    CLI errors."""
+    from tokenlimit.render import HigressOptions, IstioOptions, RenderError, WasmModule, render
 
     if policy.policy is None:
         raise PolicyInvalid(
@@ -388,14 +388,14 @@ def _render_kube(
         )
     try:
         module_ref = WasmModule(wasm_url, sha256)
+        options: HigressOptions | IstioOptions = IstioOptions(
+            module=module_ref, fail_strategy=fail_strategy
+        )
         if target == "higress":
-            options = higress.HigressOptions(
+            options = HigressOptions(
                 module=module_ref, namespace=higress_namespace, fail_strategy=fail_strategy
             )
-            return higress.render(policy.policy, options, secrets)
-        return istio.render(
-            policy.policy, istio.IstioOptions(module=module_ref, fail_strategy=fail_strategy)
-        )
+        return list(render(policy, target, options, secrets=secrets).objects)
     except RenderError as exc:
         raise PolicyInvalid(f"{policy.origin}: {exc}") from None
 
@@ -469,9 +469,3 @@ def _namespaced_document(policy: loader.LoadedPolicy, namespace: str | None) -> 
         )
     document["metadata"]["namespace"] = namespace or own or "default"
     return document
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -16,7 +16,7 @@ from tokenlimit import loader
 from tokenlimit.cli._common import GatewayFailed, UpstreamUrl, load_policy, module_file
 
 if TYPE_CHECKING:
-    from tokenlimit.gateway import Gateway
+    from tokenlimit.dev.gateway import Gateway
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 FOLLOW_INTERVAL_S = 0.2
@@ -89,7 +89,7 @@ def up(
     Prints one line when ready, then the access log; Envoy's warnings go to stderr.
     Stops cleanly on Ctrl-C or SIGTERM.
     """
-    from tokenlimit.gateway import Gateway, GatewayError
+    from tokenlimit.dev.gateway import Gateway, GatewayError
 
     policy = load_policy(policy_file)
     for port, option in ((listen, "--listen"), (admin_port, "--admin-port")):
@@ -210,7 +210,7 @@ def _ready_line(gateway: Gateway, policy: loader.LoadedPolicy) -> str:
 
 def _follow(gateway: Gateway, policy_file: str) -> None:
     """Print access-log lines (stdout) and Envoy complaints (stderr); apply policy edits."""
-    from tokenlimit.gateway import GatewayError
+    from tokenlimit.dev.gateway import GatewayError
 
     access = _Tail(gateway.access_log_path)
     envoy_log = _Tail(gateway.envoy_log_path)
@@ -231,7 +231,7 @@ def _follow(gateway: Gateway, policy_file: str) -> None:
 
 
 def _reload(gateway: Gateway, policy_file: str) -> None:
-    from tokenlimit.gateway import GatewayError
+    from tokenlimit.dev.gateway import GatewayError
 
     try:
         policy = loader.load_policy(policy_file)

@@ -49,10 +49,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tokenlimit.apply import envoy_admin
 from tokenlimit.fallback import toggles
-from tokenlimit.fallback.render_envoy import upstream_cluster_name
 from tokenlimit.fallback.toggles import RouteToggle, ToggleError
 from tokenlimit.model import AutoSwitch, FallbackRoute
+from tokenlimit.render.envoy.clusters import upstream_cluster_name
 
 LOG = logging.getLogger("tokenlimit.fallback")
 WEBHOOK_FORMATS = ("generic", "dingtalk", "wecom")
@@ -83,13 +84,10 @@ class Counts:
 def host_counts(admin_url: str, timeout_s: float = 2.0) -> dict[str, Counts]:
     """Per cluster, the sum over its hosts of `rq_total` and `rq_error` (/clusters?format=json)."""
     try:
-        with urllib.request.urlopen(
-            admin_url.rstrip("/") + "/clusters?format=json", timeout=timeout_s
-        ) as response:
-            body = json.loads(response.read())
-    except (OSError, ValueError) as exc:
+        statuses = envoy_admin.clusters(admin_url, timeout_s=timeout_s)
+    except envoy_admin.EnvoyAdminError as exc:
         raise WatchError(f"cannot read Envoy's clusters at {admin_url}: {exc}") from None
-    return parse_host_counts(body)
+    return parse_host_counts({"cluster_statuses": statuses})
 
 
 def parse_host_counts(body: Mapping[str, Any]) -> dict[str, Counts]:

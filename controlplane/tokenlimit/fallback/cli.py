@@ -14,6 +14,7 @@ server-side applied like `tokenlimit push --target kube`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -25,7 +26,7 @@ import click
 import yaml
 
 from tokenlimit.fallback.toggles import STATE_FILE_DEFAULT, ToggleError
-from tokenlimit.model import ConfigInvalid, FallbackSpec, parse_fallback
+from tokenlimit.model import ConfigInvalid, parse_fallback
 
 STATE_ENV = "TOKENLIMIT_FALLBACK_STATE"
 WEBHOOK_ENV = "TOKENLIMIT_FALLBACK_WEBHOOK"
@@ -119,16 +120,17 @@ def render_command(
     `tokenlimit push` changes rules and `tokenlimit fallback enable|disable` changes routes,
     both without a restart.
     """
-    policy, spec = _load(policy_file, fallback_file)
+    policy = _load(policy_file, fallback_file)
     if target == "higress":
-        _render_higress(policy, spec, wasm_url, sha256, higress_namespace)
+        _render_higress(policy, wasm_url, sha256, higress_namespace)
         return
     if out_dir is None:
         raise click.UsageError("--target envoy needs --out-dir DIR")
-    _render_envoy(policy, spec, Path(out_dir), listen, admin_port, wasm_path)
+    _render_envoy(policy, Path(out_dir), listen, admin_port, wasm_path)
 
 
-def _load(policy_file: str, fallback_file: str | None) -> tuple[Any, FallbackSpec]:
+def _load(policy_file: str, fallback_file: str | None) -> Any:
+    """The policy with its fallback: spec.fallback, or the --fallback file put in its place."""
     from tokenlimit import loader
 
     try:
@@ -158,80 +160,55 @@ def _load(policy_file: str, fallback_file: str | None) -> tuple[Any, FallbackSpe
             f"{policy_file} has no spec.fallback: pass the fallback spec with --fallback FILE"
         )
     try:
-        return policy, parse_fallback(raw)
+        spec = parse_fallback(raw)
     except ConfigInvalid as exc:
         lines = "\n".join(f"{origin}: {p}" for p in exc.problems)
         raise FallbackCliError(lines) from None
+    if policy.policy is None:
+        raise FallbackCliError(
+            f"{policy_file}: fallback needs a TokenRateLimitPolicy (convert a Higress config "
+            "with `tokenlimit import`)"
+        )
+    # Rendered like any policy: the fallback is part of spec, so render() carries it.
+    spec_with = policy.policy.spec.model_copy(update={"fallback": spec})
+    return dataclasses.replace(policy, policy=policy.policy.model_copy(update={"spec": spec_with}))
 
 
 def _render_envoy(
-    policy: Any, spec: FallbackSpec, out_dir: Path, listen: str, admin_port: int, wasm: str | None
+    policy: Any, out_dir: Path, listen: str, admin_port: int, wasm: str | None
 ) -> None:
-    from tokenlimit.fallback.render_envoy import fallback_bootstrap
-    from tokenlimit.fallback.toggles import init_state, write_atomic
+    from tokenlimit.cli._envoy_files import write_envoy_files
     from tokenlimit.modules import filter_path
-    from tokenlimit.render.envoy import (
-        EcdsFilter,
-        EnvoyOptions,
-        ecds_resource,
-        policy_options,
-        to_yaml,
-    )
+    from tokenlimit.render import RenderError
 
-    gateway = policy.policy.spec.gateway if policy.policy is not None else None
-    if gateway not in (None, "envoy"):
-        raise FallbackCliError(
-            f"{policy.origin}: spec.targetRef.gateway is {gateway}: render it with "
-            f"--target {gateway}"
-        )
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise click.BadParameter(f"expected [HOST:]PORT, got {listen!r}", param_hint="--listen")
-    module = wasm or str(filter_path("envoy"))
-    directory = out_dir.resolve()
-    ecds_path = directory / "ecds" / "tokenlimit-ecds.yaml"
-    rds_path = directory / "rds" / "routes.yaml"
-    state_path = directory / STATE_FILE_DEFAULT
-    bootstrap_path = directory / "envoy.yaml"
-    options = EnvoyOptions(
-        upstream=spec.routes[0].primary.upstream,
-        filter=EcdsFilter(str(ecds_path)),
-        listen_address=host.strip("[]") or "127.0.0.1",
-        listen_port=int(port_text),
-        admin_port=admin_port,
-        **policy_options(policy.policy.spec if policy.policy is not None else None),
-    )
-    write_atomic(ecds_path, to_yaml(ecds_resource(policy.config, module)))
-    admin_url = f"http://{options.admin_address}:{admin_port}"
-    init_state(
-        state_path, spec, rds_path, admin_url=admin_url, route_timeout_s=options.route_timeout_s
-    )
-    document = fallback_bootstrap(options, spec, str(rds_path), module)
-    write_atomic(bootstrap_path, to_yaml(document))
-    for path in (bootstrap_path, ecds_path, rds_path, state_path):
+    try:
+        written = write_envoy_files(
+            policy,
+            out_dir,
+            wasm_path=wasm or str(filter_path("envoy")),
+            upstream=None,  # the routes go to the fallback chains
+            listen_address=host.strip("[]") or "127.0.0.1",
+            listen_port=int(port_text),
+            admin_port=admin_port,
+        )
+    except (RenderError, ValueError) as exc:
+        raise FallbackCliError(f"{policy.origin}: {exc}") from None
+    for path in written:
         click.echo(path)
 
 
-def _render_higress(
-    policy: Any, spec: FallbackSpec, wasm_url: str | None, sha256: str | None, namespace: str
-) -> None:
-    from tokenlimit.fallback.render_higress import render
-    from tokenlimit.render.higress import HigressOptions
-    from tokenlimit.render.kube import RenderError, WasmModule, to_yaml_documents
+def _render_higress(policy: Any, wasm_url: str | None, sha256: str | None, namespace: str) -> None:
+    from tokenlimit.render import HigressOptions, RenderError, WasmModule, render
+    from tokenlimit.render.kube import to_yaml_documents
 
-    if policy.policy is None:
-        raise FallbackCliError(
-            f"{policy.origin}: Higress rendering needs a TokenRateLimitPolicy (convert a "
-            "Higress config with `tokenlimit import`)"
-        )
     if wasm_url is None:
         raise click.UsageError("--target higress needs --wasm-url URL (tokenlimit-higress.wasm)")
     try:
-        objects = render(
-            policy.policy,
-            spec,
-            HigressOptions(module=WasmModule(wasm_url, sha256), namespace=namespace),
-        )
+        options = HigressOptions(module=WasmModule(wasm_url, sha256), namespace=namespace)
+        objects = render(policy, "higress", options).objects
     except (RenderError, ValueError) as exc:
         raise FallbackCliError(f"{policy.origin}: {exc}") from None
     click.echo(to_yaml_documents(objects), nl=False)

@@ -9,7 +9,8 @@ fallback spec, where the RDS file is, the admin URL, and each route's current mo
                          "reason": "...", "probePercent": 0}}}
 
 A toggle changes the route's entry, renders the route configuration for the new modes
-(`render_envoy.rds_resource`) and replaces the RDS file in one rename (temporary file in the
+(`tokenlimit.render.envoy.fallback.rds_resource`, what `tokenlimit.render.render` writes as
+the `rds` file) and replaces the RDS file in one rename (temporary file in the
 same directory, fsync, `os.replace`): Envoy's file watcher sees the rename and swaps the
 route table atomically. Requests in flight finish on the routes they started with; new ones
 take the new routes; no connection is closed and nothing restarts. With an admin URL the
@@ -31,16 +32,14 @@ import copy
 import fcntl
 import json
 import os
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenlimit.fallback.render_envoy import ROUTE_CONFIG_NAME, RouteState, rds_resource
+from tokenlimit.apply import envoy_admin
+from tokenlimit.apply.files import write_atomic
 from tokenlimit.model import (
     ConfigInvalid,
     FallbackRoute,
@@ -48,7 +47,9 @@ from tokenlimit.model import (
     fallback_document,
     parse_fallback,
 )
-from tokenlimit.render.envoy import ROUTE_TIMEOUT_S, to_yaml
+from tokenlimit.render.envoy.common import ROUTE_TIMEOUT_S
+from tokenlimit.render.envoy.fallback import ROUTE_CONFIG_NAME, RouteState, rds_resource
+from tokenlimit.render.yaml import to_yaml
 
 STATE_VERSION = 1
 STATE_FILE_DEFAULT = "tokenlimit-fallback.json"
@@ -186,29 +187,7 @@ class ToggleResult:
         return f"{what} (route version {self.version} written; not checked: no admin URL)"
 
 
-# --- files ---------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` in one rename in its own directory: readers see the old or the new file."""
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+# --- files (written with apply.files.write_atomic: one rename, fsync'ed) ---------------------
 
 
 @contextlib.contextmanager
@@ -222,6 +201,13 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 def load_state(path: str | os.PathLike[str]) -> FallbackState:
@@ -264,7 +250,9 @@ def init_state(
         route_timeout_s=route_timeout_s,
     )
     with locked(state.path):
-        write_atomic(state.rds_path, state.rds_text())
+        text = state.rds_text()
+        if _read(state.rds_path) != text:  # `render` may have written this route table
+            write_atomic(state.rds_path, text)
         save_state(state)
     return state
 
@@ -324,11 +312,7 @@ def set_mode(
         )
         state.routes[route] = after
         text = state.rds_text()
-        try:
-            current = state.rds_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            current = None
-        changed = current != text
+        changed = _read(state.rds_path) != text
         if changed:
             write_atomic(state.rds_path, text)
         save_state(state)
@@ -369,17 +353,9 @@ def rds_version(text: str) -> str:
 def admin_stats(admin_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """Envoy's /stats?format=json as {name: value} (counters, gauges and text readouts)."""
     try:
-        with urllib.request.urlopen(
-            admin_url.rstrip("/") + "/stats?format=json", timeout=timeout_s
-        ) as response:
-            body = json.loads(response.read())
-    except (OSError, ValueError) as exc:
+        return envoy_admin.stats(admin_url, timeout_s=timeout_s)
+    except envoy_admin.EnvoyAdminError as exc:
         raise ToggleError(f"cannot read Envoy's stats at {admin_url}: {exc}") from None
-    return {
-        entry["name"]: entry.get("value")
-        for entry in body.get("stats", [])
-        if isinstance(entry, dict) and "name" in entry
-    }
 
 
 def rds_status(stats: Mapping[str, Any]) -> tuple[str | None, int]:

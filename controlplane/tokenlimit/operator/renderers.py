@@ -1,97 +1,81 @@
-"""The renderer for each gateway kind, found when first asked for.
+"""The operator's `Renderer`: `tokenlimit.render.render` behind the reconcile protocol.
 
-The operator renders with the project's own renderers (`tokenlimit.render.*`), the same ones
-`tokenlimit render` and `push` use; this module adapts each to the `Renderer` protocol
-(policy → Kubernetes objects, plus the kinds it may produce). They are imported lazily so a
-missing or broken renderer fails the gateway kind that needs it, with a message, not the
-whole package.
+The operator renders with the same function `tokenlimit render` and `push --rendered` call,
+so a policy reaches the cluster with every object it renders to (a Higress policy's fallback
+redirects too) or is refused naming the field; nothing is looked up by name at run time.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import importlib
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tokenlimit.apply.kube import Kind, KubeClient, Obj, ObjectRef
 from tokenlimit.loader import LoadedPolicy
-from tokenlimit.operator.kube import CONFIG_MAP, Kind, KubeClient, Obj, ObjectRef
 from tokenlimit.operator.reconcile import GATEWAY_KINDS, GatewayKind, Renderer, Settings
+from tokenlimit.render import (
+    EnvoyConfigMapTarget,
+    HigressOptions,
+    IstioOptions,
+    RenderError,
+    WasmModule,
+    kinds,
+    render,
+)
+from tokenlimit.render.kube import SecretSource
+from tokenlimit.render.kube import child_name as child_name
+from tokenlimit.render.pipeline import ECDS_KEY as ECDS_KEY
 
 SECRET = Kind("v1", "Secret")
-ECDS_KEY = "tokenlimit-ecds.yaml"  # the file name Envoy's path_config_source points at
-NAME_CHARS_MAX = 253  # a DNS subdomain: ConfigMap and most object names
+# The operator's gateway kind → the render target (Envoy in a cluster: the ECDS ConfigMap).
+TARGETS: dict[str, str] = {"envoy": "envoy-configmap", "higress": "higress", "istio": "istio"}
 
 
 class RendererMissing(LookupError):
     """This build has no renderer for a gateway kind."""
 
 
-def renderer_for(gateway: GatewayKind, secrets: SecretReader | None = None) -> Renderer:
+def renderer_for(gateway: GatewayKind, secrets: SecretSource | None = None) -> Renderer:
     """The renderer for `gateway`; `secrets` reads the Secret values a policy refers to."""
-    if gateway == "envoy":
-        return EnvoyEcdsRenderer()
-    if gateway in ("higress", "istio"):
-        return _wasm_plugin_renderer(gateway, secrets)
-    raise ValueError(f"unknown gateway kind {gateway!r}: expected one of {GATEWAY_KINDS}")
-
-
-def child_name(policy_name: str, suffix: str) -> str:
-    """`<policy>-<suffix>`, shortened with a hash when it would be too long for a name."""
-    name = f"{policy_name}-{suffix}"
-    if len(name) <= NAME_CHARS_MAX:
-        return name
-    digest = hashlib.sha256(policy_name.encode()).hexdigest()[:10]
-    keep = NAME_CHARS_MAX - len(suffix) - len(digest) - 2
-    return f"{policy_name[:keep].rstrip('-.')}-{digest}-{suffix}"
+    if gateway not in TARGETS:
+        raise ValueError(f"unknown gateway kind {gateway!r}: expected one of {GATEWAY_KINDS}")
+    return GatewayRenderer(gateway, secrets)
 
 
 @dataclass(frozen=True)
-class EnvoyEcdsRenderer:
-    """Standalone Envoy in a cluster: a ConfigMap holding the filter's ECDS document.
+class GatewayRenderer:
+    """One gateway kind's objects for a policy: `render()` with the operator's settings."""
 
-    Mounted into the Envoy pod, it is the file the bootstrap's `path_config_source` watches
-    (with `watched_directory` set to the mount, since the kubelet swaps a symlink on update),
-    so rule changes reach Envoy without a restart.
-    """
+    gateway: str
+    secrets: SecretSource | None = None
 
     @property
     def kinds(self) -> tuple[Kind, ...]:
-        return (CONFIG_MAP,)
+        return tuple(Kind(api_version, kind) for api_version, kind in kinds(TARGETS[self.gateway]))
 
     def render(
         self, policy: LoadedPolicy, document: Mapping[str, Any], settings: Settings
     ) -> list[Obj]:
-        from tokenlimit.render.envoy import ecds_resource, to_yaml
+        target = TARGETS[self.gateway]
+        if target == "envoy-configmap":
+            options: Any = EnvoyConfigMapTarget(settings.envoy_module_path)
+        else:
+            if policy.policy is None:
+                raise RenderError("the operator renders TokenRateLimitPolicy documents only")
+            if settings.module is None:
+                raise RenderError(f"the operator has no filter module URL for {self.gateway}")
+            module = WasmModule(settings.module.url, settings.module.sha256 or None)
+            options = HigressOptions(module=module) if target == "higress" else IstioOptions(module)
+        return list(render(policy, target, options, secrets=self.secrets).objects)
 
-        ecds = ecds_resource(policy.config, settings.envoy_module_path)
-        return [
-            {
-                "apiVersion": CONFIG_MAP.api_version,
-                "kind": CONFIG_MAP.kind,
-                "metadata": {"name": child_name(policy.name, "tokenlimit-ecds")},
-                "data": {ECDS_KEY: to_yaml(ecds)},
-            }
-        ]
 
+@dataclass(frozen=True)
+class EnvoyEcdsRenderer(GatewayRenderer):
+    """Standalone Envoy in a cluster: a ConfigMap holding the filter's ECDS document."""
 
-def _wasm_plugin_renderer(gateway: GatewayKind, secrets: SecretReader | None) -> Renderer:
-    module_name = f"tokenlimit.render.{gateway}"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RendererMissing(
-            f"this build of tokenlimit has no {gateway} renderer ({module_name}: {exc})"
-        ) from None
-    adapter = getattr(module, "operator_renderer", None)
-    if adapter is None:
-        raise RendererMissing(f"{module_name} has no operator_renderer()")
-    if "secrets" in inspect.signature(adapter).parameters:
-        return adapter(secrets=secrets)
-    return adapter()
+    gateway: str = "envoy"
 
 
 class SecretMissing(ValueError):

@@ -1,6 +1,7 @@
 """Higress: a TokenRateLimitPolicy as an `extensions.higress.io/v1alpha1` WasmPlugin.
 
-    render(policy, HigressOptions(module=WasmModule(url, sha256)), secrets=None) -> [WasmPlugin]
+    render(policy, HigressOptions(module=WasmModule(url, sha256)), secrets=None)
+        -> [WasmPlugin, EnvoyFilter per spec.fallback route]
 
 `policy` is a validated `TokenRateLimitPolicy` (`loader.policy_from_data(...).policy`);
 the result is a list of Kubernetes object dicts in a fixed key order (golden-tested). Raises
@@ -32,12 +33,14 @@ Choices, and why:
   and `tokenlimit push --target kube --rendered higress` read the Secret; `tokenlimit render`
   takes `--redis-password-file`). Anyone who can read WasmPlugins in higress-system can read
   that password: restrict that RBAC, and give the limiter its own Redis ACL user.
+- **Fallback** (`spec.fallback`): each route's fallback routes join its primary route's
+  `matchRules` entry (same config, same counters) and a redirect EnvoyFilter that only
+  upstream codes trigger replaces the console's (`higress_fallback.py` says why).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +52,13 @@ from tokenlimit.model import (
     filter_json,
     parse_filter_config,
     policy_filter_config,
+)
+from tokenlimit.render.higress_fallback import (
+    ENVOY_FILTER_API_VERSION,
+    ENVOY_FILTER_KIND,
+    higress_routes,
+    redirect_envoy_filter,
+    with_fallback_routes,
 )
 from tokenlimit.render.kube import (
     PHASES,
@@ -67,6 +77,8 @@ API_VERSION = "extensions.higress.io/v1alpha1"
 KIND = "WasmPlugin"
 PRIORITY_DEFAULT = 600  # Higress's ai-token-ratelimit
 PHASE_DEFAULT = "UNSPECIFIED_PHASE"
+# Every (apiVersion, kind) `render` may return: the operator lists these to find its objects.
+KINDS = ((API_VERSION, KIND), (ENVOY_FILTER_API_VERSION, ENVOY_FILTER_KIND))
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,11 @@ class HigressOptions:
 def render(
     policy: TokenRateLimitPolicy, options: HigressOptions, secrets: SecretSource | None = None
 ) -> list[dict[str, Any]]:
-    """The WasmPlugin running `policy` on Higress (see the module docstring)."""
+    """The WasmPlugin running `policy` on Higress, and the fallback's redirects (see the
+    module docstring)."""
     check_gateway(policy, "higress")
+    fallback = policy.spec.fallback
+    routes = higress_routes(fallback) if fallback is not None else []
     check_choice(options.phase, PHASES, "phase")
     check_choice(options.image_pull_policy, PULL_POLICIES, "imagePullPolicy")
     config = plugin_config(policy, secrets)
@@ -110,21 +125,21 @@ def render(
             {field: values, "config": config, "configDisable": False}
             for field, values in attachments.items()
         ]
-    return [
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": metadata(object_name(*name_parts), options.namespace, policy),
-            "spec": spec,
-        }
-    ]
+    plugin = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata(object_name(*name_parts), options.namespace, policy),
+        "spec": spec,
+    }
+    redirects = [redirect_envoy_filter(r, policy, options.namespace) for r in routes]
+    return [*with_fallback_routes([plugin], routes), *redirects]
 
 
 def plugin_config(
     policy: TokenRateLimitPolicy, secrets: SecretSource | None = None
 ) -> dict[str, Any]:
     """The filter config as the WasmPlugin carries it, the Redis password filled in."""
-    config = json.loads(filter_json(policy_filter_config(policy)))
+    config: dict[str, Any] = json.loads(filter_json(policy_filter_config(policy)))
     redis = policy.spec.redis
     if redis is None or redis.password_secret_ref is None:
         return config
@@ -142,31 +157,5 @@ def plugin_config(
         checked: FilterConfig = parse_filter_config(config)
     except ConfigInvalid as exc:
         raise RenderError(f"the password from {where}: {exc}") from None
-    return json.loads(filter_json(checked))
-
-
-# --- the operator's view (tokenlimit.operator.renderers looks this up) ----------------------
-
-
-@dataclass(frozen=True)
-class _OperatorRenderer:
-    secrets: SecretSource | None = None
-
-    @property
-    def kinds(self) -> tuple[Any, ...]:
-        from tokenlimit.operator.kube import Kind
-
-        return (Kind(API_VERSION, KIND),)
-
-    def render(self, policy: Any, document: Mapping[str, Any], settings: Any) -> list[Any]:
-        if policy.policy is None:
-            raise RenderError("the operator renders TokenRateLimitPolicy documents only")
-        if settings.module is None:
-            raise RenderError("the operator has no filter module URL for Higress")
-        module = WasmModule(settings.module.url, settings.module.sha256 or None)
-        return render(policy.policy, HigressOptions(module=module), self.secrets)
-
-
-def operator_renderer(secrets: SecretSource | None = None) -> _OperatorRenderer:
-    """The operator's Renderer for Higress; `secrets` reads passwordSecretRef values."""
-    return _OperatorRenderer(secrets)
+    filled: dict[str, Any] = json.loads(filter_json(checked))
+    return filled

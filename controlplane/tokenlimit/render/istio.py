@@ -30,12 +30,11 @@ Choices, and why:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tokenlimit.model import BridgeRef, TokenRateLimitPolicy, filter_json, policy_filter_config
-from tokenlimit.render.envoy import BRIDGE_TOKEN_VARIABLE
+from tokenlimit.render.envoy.filter import BRIDGE_TOKEN_VARIABLE
 from tokenlimit.render.kube import (
     PHASES,
     PULL_POLICIES,
@@ -56,6 +55,12 @@ DESTINATION_RULE = "DestinationRule"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 PHASE_DEFAULT = "UNSPECIFIED_PHASE"
 MESH_SUFFIX = ".svc.cluster.local"
+# Every (apiVersion, kind) `render` may return: the operator lists these to find its objects.
+KINDS = (
+    (API_VERSION, KIND),
+    (NETWORKING_API_VERSION, SERVICE_ENTRY),
+    (NETWORKING_API_VERSION, DESTINATION_RULE),
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,13 @@ class IstioOptions:
 def render(policy: TokenRateLimitPolicy, options: IstioOptions) -> list[dict[str, Any]]:
     """The WasmPlugin running `policy` on Istio, and what reaching the bridge needs."""
     check_gateway(policy, "istio")
+    if policy.spec.fallback is not None:
+        # Never rendered without it: the limiter would be in place and the fallback gone.
+        raise RenderError(
+            "spec.fallback: model fallback is not rendered for Istio (a VirtualService retry "
+            "policy would be needed); render it for standalone Envoy (--target envoy) or "
+            "Higress, or remove spec.fallback"
+        )
     check_choice(options.phase, PHASES, "phase")
     check_choice(options.image_pull_policy, PULL_POLICIES, "imagePullPolicy")
     target = policy.spec.target_ref
@@ -160,32 +172,3 @@ def bridge_objects(policy: TokenRateLimitPolicy, bridge: BridgeRef) -> list[dict
             }
         )
     return objects
-
-
-# --- the operator's view (tokenlimit.operator.renderers looks this up) ----------------------
-
-
-@dataclass(frozen=True)
-class _OperatorRenderer:
-    @property
-    def kinds(self) -> tuple[Any, ...]:
-        from tokenlimit.operator.kube import Kind
-
-        return (
-            Kind(API_VERSION, KIND),
-            Kind(NETWORKING_API_VERSION, SERVICE_ENTRY),
-            Kind(NETWORKING_API_VERSION, DESTINATION_RULE),
-        )
-
-    def render(self, policy: Any, document: Mapping[str, Any], settings: Any) -> list[Any]:
-        if policy.policy is None:
-            raise RenderError("the operator renders TokenRateLimitPolicy documents only")
-        if settings.module is None:
-            raise RenderError("the operator has no filter module URL for Istio")
-        module = WasmModule(settings.module.url, settings.module.sha256 or None)
-        return render(policy.policy, IstioOptions(module=module))
-
-
-def operator_renderer() -> _OperatorRenderer:
-    """The operator's Renderer for Istio."""
-    return _OperatorRenderer()

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from tokenlimit.model import PolicySpec, SecretKeyRef, TokenRateLimitPolicy
-from tokenlimit.render.envoy import to_yaml
+
+# Re-exported: Kubernetes callers read and write YAML streams through this module.
+from tokenlimit.render.yaml import load_yaml_documents as load_yaml_documents
+from tokenlimit.render.yaml import to_yaml_documents as to_yaml_documents
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tokenlimit"
@@ -114,10 +115,11 @@ def check_choice(value: str | None, options: Sequence[str], what: str) -> None:
         raise RenderError(f"{what} must be one of {', '.join(options)}, got {value!r}")
 
 
-def to_yaml_documents(objects: Sequence[dict[str, Any]]) -> str:
-    """Objects as one multi-document YAML stream (`kubectl apply -f -` reads it)."""
-    return "---\n".join(to_yaml(obj) for obj in objects)
-
-
-def load_yaml_documents(text: str) -> list[Any]:
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+def child_name(policy_name: str, suffix: str) -> str:
+    """`<policy>-<suffix>`, shortened with a hash when it would be too long for a name."""
+    name = f"{policy_name}-{suffix}"
+    if len(name) <= NAME_CHARS_MAX:
+        return name
+    digest = hashlib.sha256(policy_name.encode()).hexdigest()[:10]
+    keep = NAME_CHARS_MAX - len(suffix) - len(digest) - 2
+    return f"{policy_name[:keep].rstrip('-.')}-{digest}-{suffix}"

@@ -7,49 +7,41 @@
         gw.update_policy(new_config)     # ECDS file replaced atomically; Envoy reloads
         gw.stats()["http.tokenlimit.downstream_rq_2xx"]
 
-Children run in their own session (Ctrl-C in a terminal reaches only this process, which then
-stops them in order) and are asked to die with their parent on Linux, so no Envoy outlives a
-crashed test run.
+What Envoy runs is what `tokenlimit.render.render(config, "envoy", ...)` returns (the bridge
+cluster too): nothing here edits a rendered config. Children are started and stopped through
+`tokenlimit.dev.process` (own session, die with their parent on Linux, so no Envoy outlives a
+crashed test run) and Envoy is read through `tokenlimit.apply.envoy_admin`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-from tokenlimit.model import FilterConfig, Upstream, filter_json, parse_filter_config
+from tokenlimit.apply import envoy_admin
+from tokenlimit.apply.files import write_atomic
+from tokenlimit.dev import process
+from tokenlimit.model import ENVOY_BRIDGE_CLUSTER, FilterConfig, filter_json, parse_filter_config
 from tokenlimit.modules import filter_path
-from tokenlimit.render.envoy import (
-    BRIDGE_TOKEN_VARIABLE,
-    FILTER_NAME,
-    EcdsFilter,
-    EnvoyOptions,
-    bootstrap,
-    ecds_resource,
-    to_yaml,
-)
+from tokenlimit.render import EnvoyTarget, Upstream, render
+from tokenlimit.render.envoy import BRIDGE_TOKEN_VARIABLE, FILTER_NAME
 
 MOCK = "mock"
-BRIDGE_CLUSTER = "tokenlimit-bridge"
+BRIDGE_CLUSTER = ENVOY_BRIDGE_CLUSTER  # the cluster render() adds for EnvoyTarget.bridge
 BRIDGE_TIMEOUT_MS = 300
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
 UPDATE_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
 FILE_FLUSH_INTERVAL_MS = 100
@@ -59,7 +51,6 @@ _COMPLAINT = re.compile(r"\]\[(warning|error|critical)\]")
 _MOCK_READY = re.compile(r"mock-llm listening on (http://\S+)")
 _BRIDGE_READY = re.compile(r"tokenlimit bridge listening on (http://\S+)")
 _ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}"
-_PR_SET_PDEATHSIG = 1
 
 
 class GatewayError(RuntimeError):
@@ -137,7 +128,6 @@ class Gateway:
         self._mock: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
         self._bridge_url: str | None = None
-        self._open_files: list[IO[bytes]] = []
         self._final_logs: GatewayLogs | None = None
         self._ecds_text = ""
 
@@ -164,20 +154,26 @@ class Gateway:
             self._upstream = Upstream.parse(
                 self._start_mock() if self.uses_mock else self.upstream_label
             )
-            self._write_ecds(self.config, wasm)
-            options = EnvoyOptions(
-                upstream=self._upstream,
-                filter=EcdsFilter(str(self.ecds_path)),
-                listen_port=self.listen_port,
-                admin_port=self.admin_port,
-            )
-            document = bootstrap(options)
+            bridge = None
             if self.redis_url:
                 self._bridge_url = self._start_bridge(self.redis_url)
-                document["static_resources"]["clusters"].append(_bridge_cluster(self._bridge_url))
-            self.bootstrap_path.write_text(to_yaml(document), encoding="utf-8")
+                bridge = Upstream.parse(self._bridge_url)
+            target = EnvoyTarget(
+                wasm_path=wasm,
+                upstream=self._upstream,
+                ecds_path=str(self.ecds_path),
+                listen_port=self.listen_port,
+                admin_port=self.admin_port,
+                bridge=bridge,
+            )
+            rendered = render(self.config, "envoy", target)
+            self._write_ecds(rendered.text("ecds"))
+            write_atomic(self.bootstrap_path, rendered.text("bootstrap"))
             self._start_envoy()
             self._wait_ready()
+        except process.ProcessError as exc:
+            self.stop()
+            raise GatewayError(str(exc)) from None
         except BaseException:
             self.stop()
             raise
@@ -187,11 +183,7 @@ class Gateway:
     def stop(self) -> None:
         """Stop Envoy, then the mock (SIGTERM, SIGKILL after a timeout). Safe to call twice."""
         for proc in (self._envoy, self._mock, self._bridge):
-            if proc is not None:
-                _terminate(proc)
-        for handle in self._open_files:
-            handle.close()
-        self._open_files.clear()
+            process.terminate(proc)
         if self._work_dir is not None and self._final_logs is None:
             self._final_logs = self._read_logs()
         self._envoy = self._mock = self._bridge = None
@@ -259,13 +251,14 @@ class Gateway:
 
     def update_policy(self, config: FilterConfig, timeout_s: float = UPDATE_TIMEOUT_S) -> None:
         """Replace the filter config through ECDS and wait until Envoy took or refused it."""
-        if self._envoy is None or self._wasm_path is None:
+        if self._envoy is None or self._wasm_path is None or self._upstream is None:
             raise GatewayError("gateway not running")
         if self.redis_url:
             config = _through_bridge(config)
         before = self._ecds_counters()
         log_offset = _size(self.envoy_log_path)
-        if not self._write_ecds(config, self._wasm_path):
+        target = EnvoyTarget(self._wasm_path, self._upstream, ecds_path=str(self.ecds_path))
+        if not self._write_ecds(render(config, "envoy", target).text("ecds")):
             self.config = config
             return  # same document: Envoy has nothing to reload
         deadline = time.monotonic() + timeout_s
@@ -285,12 +278,10 @@ class Gateway:
 
     def stats(self) -> dict[str, int]:
         """Envoy's counters and gauges (admin /stats?format=json) by name."""
-        body = self._admin_get("/stats?format=json")
-        found: dict[str, int] = {}
-        for entry in json.loads(body).get("stats", []):
-            if "name" in entry and isinstance(entry.get("value"), int):
-                found[entry["name"]] = entry["value"]
-        return found
+        try:
+            return envoy_admin.counters(self.admin_url)
+        except envoy_admin.EnvoyAdminError as exc:
+            raise GatewayError(str(exc)) from None
 
     def logs(self) -> GatewayLogs:
         """Everything the children printed so far (also after stop)."""
@@ -313,61 +304,24 @@ class Gateway:
         self.ecds_path.parent.mkdir(exist_ok=True)
         self._final_logs = None
 
-    def _write_ecds(self, config: FilterConfig, wasm: str) -> bool:
+    def _write_ecds(self, text: str) -> bool:
         """Write the ECDS file by atomic rename (Envoy reloads on rename); False if unchanged."""
-        text = to_yaml(ecds_resource(config, wasm))
         if text == self._ecds_text:
             return False
-        temporary = self.ecds_path.with_name(f".{self.ecds_path.name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.ecds_path)
+        write_atomic(self.ecds_path, text)
         self._ecds_text = text
         return True
-
-    def _spawn(
-        self,
-        argv: list[str],
-        stdout: Path,
-        stderr: Path | None,
-        extra_env: Mapping[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        out = stdout.open("ab")
-        self._open_files.append(out)
-        err: IO[bytes] | int = subprocess.STDOUT
-        if stderr is not None:
-            err = stderr.open("ab")
-            self._open_files.append(err)
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            cwd=self.work_dir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # only sets a signal: no locks taken
-        )
 
     def _start_mock(self) -> str:
         # Port 0: the mock binds a free port itself and prints it, so no other process can
         # take the port between our choosing it and the mock binding it.
         argv = [sys.executable, "-m", "tokenlimit.mockllm", "--host", "127.0.0.1", "--port", "0"]
-        self._mock = self._spawn([*argv, "--name", self.mock_name], self.mock_log_path, None)
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            found = _MOCK_READY.search(self.mock_log_path.read_text(errors="replace"))
-            if found:
-                return found.group(1)
-            if self._mock.poll() is not None:
-                raise GatewayError(
-                    f"the mock upstream exited with status {self._mock.returncode}:\n"
-                    + _tail(self.mock_log_path)
-                )
-            time.sleep(POLL_INTERVAL_S)
-        raise GatewayError(
-            f"the mock upstream did not print its ready line within {self.ready_timeout_s:g}s:\n"
-            + _tail(self.mock_log_path)
+        log = self.mock_log_path
+        self._mock = process.spawn([*argv, "--name", self.mock_name], log, cwd=self.work_dir)
+        found = process.wait_for_line(
+            self._mock, log, _MOCK_READY, self.ready_timeout_s, "the mock upstream"
         )
+        return found.group(1)
 
     def _start_bridge(self, redis_url: str) -> str:
         argv = [
@@ -384,19 +338,12 @@ class Gateway:
             str(BRIDGE_TIMEOUT_MS),
         ]
         token = {BRIDGE_TOKEN_VARIABLE: self.bridge_token} if self.bridge_token else {}
-        self._bridge = self._spawn(argv, self.bridge_log_path, None, token)
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            found = _BRIDGE_READY.search(self.bridge_log_path.read_text(errors="replace"))
-            if found:
-                return found.group(1)
-            if self._bridge.poll() is not None:
-                raise GatewayError(
-                    f"the bridge exited with status {self._bridge.returncode}:\n"
-                    + _tail(self.bridge_log_path)
-                )
-            time.sleep(POLL_INTERVAL_S)
-        raise GatewayError("the bridge did not start:\n" + _tail(self.bridge_log_path))
+        log = self.bridge_log_path
+        self._bridge = process.spawn(argv, log, env=token, cwd=self.work_dir)
+        found = process.wait_for_line(
+            self._bridge, log, _BRIDGE_READY, self.ready_timeout_s, "the bridge"
+        )
+        return found.group(1)
 
     def _start_envoy(self) -> None:
         argv = [
@@ -417,15 +364,19 @@ class Gateway:
             str(FILE_FLUSH_INTERVAL_MS),
         ]
         env = {BRIDGE_TOKEN_VARIABLE: self.bridge_token} if self.bridge_token else {}
-        self._envoy = self._spawn(
-            argv, self.access_log_path, self.envoy_log_path, {**env, **self.envoy_env}
+        self._envoy = process.spawn(
+            argv,
+            self.access_log_path,
+            stderr_log=self.envoy_log_path,
+            env={**env, **self.envoy_env},
+            cwd=self.work_dir,
         )
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
-            if self._admin_ready() and _accepts(self.listen_port):
+            if envoy_admin.is_live(self.admin_url) and _accepts(self.listen_port):
                 # Envoy serves even when the filter config was refused (requests then fail
                 # with 500 "extension config missing"): that is not a running gateway.
                 loaded, refused = self._ecds_counters()
@@ -448,19 +399,6 @@ class Gateway:
                 f"Envoy exited with status {self._envoy.returncode}:\n" + self._log_tail()
             )
 
-    def _admin_ready(self) -> bool:
-        try:
-            return self._admin_get("/ready", timeout_s=1.0).strip() == "LIVE"
-        except (OSError, GatewayError):
-            return False
-
-    def _admin_get(self, path: str, timeout_s: float = 5.0) -> str:
-        try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=timeout_s) as response:
-                return str(response.read().decode())
-        except urllib.error.HTTPError as exc:
-            raise GatewayError(f"Envoy admin {path} answered {exc.code}") from None
-
     def _ecds_counters(self) -> tuple[int, int]:
         stats = self.stats()
         return stats.get(f"{_ECDS_STATS}.config_reload", 0), stats.get(
@@ -475,7 +413,9 @@ class Gateway:
         )
 
     def _log_tail(self) -> str:
-        return _tail(self.envoy_log_path)
+        return process.tail(self.envoy_log_path, LOG_TAIL_LINES) or (
+            f"({self.envoy_log_path.name} is empty)"
+        )
 
     def _complaints_since(self, offset: int) -> str:
         """Envoy's warning-or-worse lines after `offset` (they reach the file a bit late)."""
@@ -500,31 +440,6 @@ def _through_bridge(config: FilterConfig) -> FilterConfig:
     return parse_filter_config(data)
 
 
-def _bridge_cluster(bridge_url: str) -> dict[str, object]:
-    host, port = bridge_url.removeprefix("http://").rsplit(":", 1)
-    return {
-        "name": BRIDGE_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "0.25s",
-        "load_assignment": {
-            "cluster_name": BRIDGE_CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": host, "port_value": int(port)}
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
-
-
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -545,38 +460,3 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    text = _read(path).splitlines()[-lines:]
-    return "\n".join(text) if text else f"({path.name} is empty)"
-
-
-def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _load_prctl() -> Callable[[int, int], int] | None:
-    try:
-        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-    return prctl
-
-
-# Resolved here in the parent: the child, between fork and exec, only makes the call.
-_PRCTL = _load_prctl()
-_SIGTERM = int(signal.SIGTERM)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux; no-op elsewhere)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM)

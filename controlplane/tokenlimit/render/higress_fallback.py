@@ -23,10 +23,11 @@ machine, so everything below is verified by rendering only):
   different mechanism (an internal active redirect to a `<route>-fallback` route; alibaba/
   higress pkg/ingress/kube/annotations/default_backend.go) and is not rendered here.
 
-What this renderer does, for a TokenRateLimitPolicy with `targetRef.gateway: higress` and a
-fallback spec whose routes name their Higress routes (`higress.route`):
+What `tokenlimit.render.higress.render` adds for a TokenRateLimitPolicy with
+`targetRef.gateway: higress` and a `spec.fallback` whose routes name their Higress routes
+(`higress.route`):
 
-1. The WasmPlugin from `tokenlimit.render.higress.render`, with each route's fallback routes
+1. The WasmPlugin, with each route's fallback routes
    (default `<base>.fallback.internal`) appended to the **same** `matchRules` entry (`ingress`
    list) as the primary route. One entry is one `_rules_` item with one config, hence the same
    `rule_name` and the same counters: a request served through the fallback route is charged
@@ -53,16 +54,7 @@ from tokenlimit.model import (
     FallbackSpec,
     TokenRateLimitPolicy,
 )
-from tokenlimit.render.higress import HigressOptions
-from tokenlimit.render.higress import render as render_plugin
-from tokenlimit.render.kube import (
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    POLICY_ANNOTATION,
-    RenderError,
-    SecretSource,
-    policy_ref,
-)
+from tokenlimit.render.kube import RenderError, metadata
 
 ENVOY_FILTER_API_VERSION = "networking.istio.io/v1alpha3"
 ENVOY_FILTER_KIND = "EnvoyFilter"
@@ -80,29 +72,18 @@ MAX_INTERNAL_REDIRECTS = 10  # the console's value
 MAX_REQUEST_BYTES = 1024000  # the console's value: the body kept for the redirected request
 
 
-def render(
-    policy: TokenRateLimitPolicy,
-    spec: FallbackSpec,
-    options: HigressOptions,
-    secrets: SecretSource | None = None,
-) -> list[dict[str, Any]]:
-    """The WasmPlugin (fallback routes in its matchRules) and one EnvoyFilter per route."""
-    routes = _higress_routes(spec)
-    objects = with_fallback_routes(render_plugin(policy, options, secrets), routes)
-    return [*objects, *(redirect_envoy_filter(r, policy, options.namespace) for r in routes)]
-
-
-def _higress_routes(spec: FallbackSpec) -> list[FallbackRoute]:
+def higress_routes(spec: FallbackSpec) -> list[FallbackRoute]:
+    """The routes, each checked to name its Higress route and to need nothing Higress lacks."""
     for index, route in enumerate(spec.routes):
         if route.higress is None:
             raise RenderError(
-                f"fallback.routes[{index}].higress: required for gateway higress: name the "
+                f"spec.fallback.routes[{index}].higress: required for gateway higress: name the "
                 "Higress route (higress.route, e.g. ai-route-foo.internal for the AI route foo)"
             )
         for upstream in route.upstreams:
             if upstream.api_key_env is not None:
                 raise RenderError(
-                    f"fallback.routes[{index}] upstream {upstream.name}: apiKeyEnv applies to "
+                    f"spec.fallback.routes[{index}] upstream {upstream.name}: apiKeyEnv applies to "
                     "standalone Envoy only; in Higress, set the provider's key in its ai-proxy "
                     "plugin"
                 )
@@ -204,13 +185,8 @@ def redirect_envoy_filter(
     return {
         "apiVersion": ENVOY_FILTER_API_VERSION,
         "kind": ENVOY_FILTER_KIND,
-        "metadata": {
-            # The console's name for this EnvoyFilter: applying ours replaces its version.
-            "name": higress_route.replace("/", "-"),
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {POLICY_ANNOTATION: policy_ref(policy)},
-        },
+        # The console's name for this EnvoyFilter: applying ours replaces its version.
+        "metadata": metadata(higress_route.replace("/", "-"), namespace, policy),
         "spec": {
             "configPatches": [
                 {

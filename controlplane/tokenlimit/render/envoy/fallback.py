@@ -1,4 +1,6 @@
-"""Standalone Envoy: a fallback chain as clusters, a retry policy and a file-based RDS route.
+"""Standalone Envoy: a fallback chain as a retry policy, a route table (RDS) and, for an upstream
+with another model or its own key, an internal listener. The chain's clusters are built in
+`clusters.py`, the bootstrap that holds them in `bootstrap.py`.
 
 Pure functions of their arguments (golden-tested): the same spec and state give the same bytes.
 
@@ -50,43 +52,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokenlimit.model import FallbackRoute, FallbackSpec, FallbackUpstream, Upstream
-from tokenlimit.render.envoy import (
-    CONNECT_TIMEOUT_S,
-    FILTER_NAME,
-    HCM_TYPE,
-    HTTP_OPTIONS_TYPE,
-    ROUTE_TIMEOUT_S,
-    ROUTER_TYPE,
-    STREAM_IDLE_TIMEOUT_S,
-    STRING_VALUE_TYPE,
-    SYSTEM_CA_FILE,
-    TLS_TYPE,
-    UPSTREAM_CLUSTER,
-    WASM_TYPE,
-    EnvoyOptions,
-    bootstrap,
+from tokenlimit.model import FallbackRoute, FallbackSpec, FallbackUpstream
+from tokenlimit.render.envoy.clusters import (
+    chain_cluster_name,
+    direct_cluster_name,
+    rewrite_listener_name,
+    upstream_cluster_name,
 )
+from tokenlimit.render.envoy.common import (
+    HCM_TYPE,
+    ROUTE_TIMEOUT_S,
+    STREAM_IDLE_TIMEOUT_S,
+    router_filter,
+)
+from tokenlimit.render.envoy.filter import model_rewrite_filter
 
 ROUTE_CONFIG_NAME = "tokenlimit"
 ROUTE_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-AGGREGATE_TYPE = "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
 PREVIOUS_PRIORITIES_TYPE = (
     "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3"
     ".PreviousPrioritiesConfig"
 )
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 BUFFER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
-INTERNAL_LISTENER_TYPE = (
-    "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
-)
-REWRITE_FILTER_NAME = "tokenlimit-model-rewrite"
 # Larger bodies are answered 413 by the buffer filter; the outer route never buffers more than
 # FallbackRoute.buffer_bytes (at most this) for another attempt.
 REWRITE_BUFFER_BYTES = 64 * 1024 * 1024
-# The rewrite filters of all clusters share one VM (same module, same VM id), apart from the
-# limiter's: nothing they do can touch the budgets kept in the limiter's VM.
-REWRITE_VM_ID = "tokenlimit-upstream"
 RETRY_ON = "retriable-status-codes,reset,connect-failure"
 RETRY_AFTER_HEADER = "retry-after"
 
@@ -107,54 +97,12 @@ class RouteState:
         return cls(route.mode)
 
 
-def upstream_cluster_name(route: str, upstream: str) -> str:
-    """`fallback_<route>_<upstream>` (names hold no `_` or `.`: unambiguous, stat-safe)."""
-    return f"fallback_{route}_{upstream}"
-
-
-def chain_cluster_name(route: str, first: str) -> str:
-    """The aggregate cluster whose chain starts at `first`."""
-    return f"fallback_{route}_chain_from_{first}"
-
-
-def direct_cluster_name(route: str, upstream: str) -> str:
-    """The cluster behind an upstream's rewrite listener: `fallback_<route>_<upstream>_direct`."""
-    return f"fallback_{route}_{upstream}_direct"
-
-
-def rewrite_listener_name(route: str, upstream: str) -> str:
-    """The internal listener renaming the model for one upstream."""
-    return f"fallback_{route}_{upstream}_rewrite"
-
-
 def duration(ms: int) -> str:
     """Milliseconds as a protobuf Duration string: 250 → `0.25s`, 2000 → `2s`."""
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms / 1000:g}s"
 
 
-# --- clusters ---------------------------------------------------------------------------------
-
-
-def clusters(spec: FallbackSpec, ca_file: str = SYSTEM_CA_FILE) -> list[dict[str, Any]]:
-    """Every route's member clusters (and, for a renamed model, the cluster behind the
-    rewrite listener), then its chain (aggregate) clusters."""
-    found: list[dict[str, Any]] = []
-    for route in spec.routes:
-        for upstream in route.upstreams:
-            if not upstream.needs_listener:
-                found.append(upstream_cluster(route.name, upstream, ca_file))
-            else:
-                found.append(member_cluster_via_rewrite(route.name, upstream))
-                found.append(
-                    upstream_cluster(
-                        route.name,
-                        upstream,
-                        ca_file,
-                        direct_cluster_name(route.name, upstream.name),
-                    )
-                )
-        found.extend(chain_cluster(route, upstream.name) for upstream in route.upstreams)
-    return found
+# --- listeners -------------------------------------------------------------------------------
 
 
 def listeners(
@@ -167,99 +115,6 @@ def listeners(
         for upstream in route.upstreams
         if upstream.needs_listener
     ]
-
-
-def chain_order(route: FallbackRoute, first: str) -> list[str]:
-    """The upstreams in the order a chain starting at `first` tries them."""
-    names = [u.name for u in route.upstreams]
-    return [first, *(n for n in names if n != first)]
-
-
-def chain_cluster(route: FallbackRoute, first: str) -> dict[str, Any]:
-    name = chain_cluster_name(route.name, first)
-    return {
-        "name": name,
-        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "cluster_type": {
-            "name": "envoy.clusters.aggregate",
-            "typed_config": {
-                "@type": AGGREGATE_TYPE,
-                "clusters": [
-                    upstream_cluster_name(route.name, n) for n in chain_order(route, first)
-                ],
-            },
-        },
-    }
-
-
-def _endpoint(address: dict[str, Any], hostname: str, cluster: str) -> dict[str, Any]:
-    return {
-        "cluster_name": cluster,
-        "endpoints": [
-            {
-                "lb_endpoints": [
-                    # `hostname` is what auto_host_rewrite puts in Host for this upstream.
-                    {"endpoint": {"address": address, "hostname": hostname}}
-                ]
-            }
-        ],
-    }
-
-
-def _http1_options() -> dict[str, Any]:
-    # HTTP/1.1 to the upstream: what every OpenAI-compatible server speaks.
-    return {
-        HTTP_OPTIONS_KEY: {
-            "@type": HTTP_OPTIONS_TYPE,
-            "explicit_http_config": {"http_protocol_options": {}},
-        }
-    }
-
-
-def upstream_cluster(
-    route: str, upstream: FallbackUpstream, ca_file: str = SYSTEM_CA_FILE, name: str | None = None
-) -> dict[str, Any]:
-    """The cluster that reaches the upstream itself: its endpoint, HTTP/1.1, TLS for https."""
-    target = upstream.upstream
-    name = name or upstream_cluster_name(route, upstream.name)
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC" if target.is_ip else "LOGICAL_DNS",
-        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
-    }
-    if not target.is_ip:
-        cluster["dns_lookup_family"] = "V4_PREFERRED"  # `localhost` must not mean ::1 only
-    address = {"socket_address": {"address": target.host, "port_value": target.port}}
-    cluster["load_assignment"] = _endpoint(address, target.authority, name)
-    cluster["typed_extension_protocol_options"] = _http1_options()
-    if target.tls:
-        cluster["transport_socket"] = _tls(target, ca_file)
-    return cluster
-
-
-def member_cluster_via_rewrite(route: str, upstream: FallbackUpstream) -> dict[str, Any]:
-    """The chain's member for an upstream with another model: the rewrite listener.
-
-    Envoy gives a request routed to an aggregate cluster the *aggregate's* upstream filter
-    chain, never the member cluster's (envoyproxy/envoy#29318), so a per-upstream upstream
-    filter would never run. The member is instead an internal listener (in-process, no
-    socket) whose HTTP filters rename the model and whose router forwards to the upstream.
-    Retries, Retry-After and per-upstream host stats stay with the outer router.
-    """
-    name = upstream_cluster_name(route, upstream.name)
-    address = {
-        "envoy_internal_address": {
-            "server_listener_name": rewrite_listener_name(route, upstream.name)
-        }
-    }
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
-        "load_assignment": _endpoint(address, upstream.upstream.authority, name),
-        "typed_extension_protocol_options": _http1_options(),
-    }
 
 
 def rewrite_listener(
@@ -319,7 +174,7 @@ def rewrite_listener(
         },
         "http_filters": [
             *rewrite_filters,
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}},
+            router_filter(),
         ],
     }
     return {
@@ -332,46 +187,6 @@ def rewrite_listener(
                 ]
             }
         ],
-    }
-
-
-def model_rewrite_filter(model: str, wasm_path: str) -> dict[str, Any]:
-    """The filter in its upstream role: `{"model_rewrite": model}` and nothing else."""
-    configuration = json.dumps({"model_rewrite": model}, separators=(",", ":"))
-    return {
-        "name": REWRITE_FILTER_NAME,
-        "typed_config": {
-            "@type": WASM_TYPE,
-            "config": {
-                "name": REWRITE_FILTER_NAME,
-                "root_id": FILTER_NAME,
-                "vm_config": {
-                    "vm_id": REWRITE_VM_ID,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm_path}},
-                },
-                "configuration": {"@type": STRING_VALUE_TYPE, "value": configuration},
-            },
-        },
-    }
-
-
-def _tls(target: Upstream, ca_file: str) -> dict[str, Any]:
-    return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": TLS_TYPE,
-            "sni": target.host,
-            # Verify the server like a browser would: trusted CA, host name in the certificate.
-            "common_tls_context": {
-                "validation_context": {
-                    "trusted_ca": {"filename": ca_file},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "DNS", "matcher": {"exact": target.host}}
-                    ],
-                }
-            },
-        },
     }
 
 
@@ -475,46 +290,3 @@ def rds_resource(
     config = {"@type": ROUTE_CONFIG_TYPE, **route_configuration(spec, states, route_timeout_s)}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     return {"version_info": digest, "resources": [config]}
-
-
-# --- bootstrap ---------------------------------------------------------------------------------
-
-
-def fallback_bootstrap(
-    options: EnvoyOptions, spec: FallbackSpec, rds_path: str, wasm_path: str
-) -> dict[str, Any]:
-    """`render.envoy.bootstrap(options)` with the fallback chains instead of its one upstream:
-    the route configuration comes from the RDS file at `rds_path` (give it a directory of its
-    own: Envoy watches the directory), and the clusters are the chains' clusters (plus the
-    bridge cluster, if any). `options.upstream` is not used for routing; pass the primary's."""
-    document = bootstrap(options)
-    listener = document["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    rebuilt: dict[str, Any] = {}
-    for key, value in hcm.items():
-        if key == "route_config":
-            rebuilt["rds"] = {
-                "route_config_name": ROUTE_CONFIG_NAME,
-                "config_source": {
-                    "path_config_source": {"path": rds_path},
-                    "resource_api_version": "V3",
-                },
-            }
-        else:
-            rebuilt[key] = value
-    listener["filter_chains"][0]["filters"][0]["typed_config"] = rebuilt
-    others = [c for c in document["static_resources"]["clusters"] if c["name"] != UPSTREAM_CLUSTER]
-    document["static_resources"]["clusters"] = [
-        *clusters(spec, options.upstream_ca_file),
-        *others,
-    ]
-    internal = listeners(spec, wasm_path, options.stream_idle_timeout_s)
-    if internal:
-        document["static_resources"]["listeners"].extend(internal)
-        document["bootstrap_extensions"] = [
-            {
-                "name": "envoy.bootstrap.internal_listener",
-                "typed_config": {"@type": INTERNAL_LISTENER_TYPE},
-            }
-        ]
-    return document
