@@ -40,10 +40,12 @@ test: lint test-zig test-python
 demo: $(WASM)
 	$(BIN)/python -m tokenlimit.demo
 
-# The gates `make test` runs first: style (ruff, zig fmt). Each failure names the file.
+# The gates `make test` runs first: style (ruff, zig fmt) and types (mypy --strict, configured
+# in pyproject.toml). Each failure names the file and line.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check controlplane tests bench
 	$(BIN)/ruff format --check controlplane tests bench
+	$(BIN)/mypy
 	cd filter && ../$(ZIG) fmt --check src build.zig unit_tests.zig ../tests/support/abi_probe.zig
 
 bench: $(WASM)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
 
-    from tokenlimit.model import FilterConfig, RuleItem, _BudgetFields
+    from tokenlimit.model import FilterConfig, RuleItem
+    from tokenlimit.model.filter_config import BudgetFields
 
 KEY_PREFIX = "tokenlimit:"
 HASHED_TYPES = frozenset({"header", "param", "cookie", "per_header", "per_param", "per_cookie"})
@@ -171,7 +172,7 @@ class Budget:
 
 def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
     """Every counter a filter config can charge, by the parts its key names."""
-    rules: list[_BudgetFields] = [config] if config.rule_name is not None else []
+    rules: list[BudgetFields] = [config] if config.rule_name is not None else []
     rules += config.rules or []
     entries: dict[BudgetKey, list[LimitEntry]] = defaultdict(list)
     algorithm_of: dict[str, Algorithm] = {}
@@ -193,7 +194,7 @@ def _algorithm(name: str | None) -> Algorithm:
     return cast(Algorithm, name) if name in ALGORITHMS else "fixed"
 
 
-def _limit_keys(rule: _BudgetFields) -> Iterator[tuple[str, str, str, Any]]:
+def _limit_keys(rule: BudgetFields) -> Iterator[tuple[str, str, str, Any]]:
     if rule.global_threshold is not None:
         yield "global", "", "global", rule.global_threshold
     items: Sequence[RuleItem] = rule.rule_items or []

@@ -207,8 +207,8 @@ def test_the_operator_renders_the_fallback_routes_into_the_cluster() -> None:
     """The operator's own path: the controller reconciles the policy from the (fake) API
     server with the Higress renderer it is started with, and applies what it rendered."""
     from support.fakekube import FakeKube
-    from tokenlimit.operator.controller import PolicyController
     from tokenlimit.apply.kube import Kind, ObjectRef
+    from tokenlimit.operator.controller import PolicyController
     from tokenlimit.operator.reconcile import Module, Settings
     from tokenlimit.operator.renderers import renderer_for
 

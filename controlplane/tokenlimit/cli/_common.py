@@ -33,7 +33,7 @@ class GatewayFailed(TokenlimitError):
 # --- parameter types ---------------------------------------------------------------------
 
 
-class ListenAddress(click.ParamType):
+class ListenAddress(click.ParamType[Any, Any]):
     """`PORT` or `HOST:PORT` (host defaults to 127.0.0.1)."""
 
     name = "[HOST:]PORT"
@@ -51,7 +51,7 @@ class ListenAddress(click.ParamType):
         return (host.strip("[]") or "127.0.0.1", port)
 
 
-class UpstreamUrl(click.ParamType):
+class UpstreamUrl(click.ParamType[Any, Any]):
     """An `http(s)://host[:port]` URL (or `mock` where allowed)."""
 
     name = "URL"
@@ -72,7 +72,7 @@ class UpstreamUrl(click.ParamType):
         return str(value)
 
 
-class Sha256(click.ParamType):
+class Sha256(click.ParamType[Any, Any]):
     """64 lowercase hex digits (what `sha256sum` prints)."""
 
     name = "HEX"
