@@ -42,7 +42,7 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "controlplane"))
 
-from tokenlimit.resp import encode_command, parse_replies  # noqa: E402
+from tokenlimit.bridge.resp import encode_command, parse_replies  # noqa: E402
 
 SCRIPT = """
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])

@@ -28,8 +28,9 @@ import aiohttp
 import pytest
 import redis as redis_py
 from support.redis_server import RedisServer, free_port
-from tokenlimit.bridge import Bridge, BridgeConfig, start
-from tokenlimit.resp import ReplyParser, encode_command, encode_commands, parse_replies
+from tokenlimit.bridge.config import BridgeConfig
+from tokenlimit.bridge.resp import ReplyParser, encode_command, encode_commands, parse_replies
+from tokenlimit.bridge.server import Bridge, start
 
 ROOT = Path(__file__).resolve().parents[2]
 SLACK = 0.15  # seconds allowed beyond a deadline for scheduling on a busy CI machine

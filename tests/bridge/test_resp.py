@@ -7,7 +7,7 @@ from Redis, so these tests pin exact bytes rather than round-tripping through ou
 from __future__ import annotations
 
 import pytest
-from tokenlimit.resp import (
+from tokenlimit.bridge.resp import (
     MAX_ARG_BYTES,
     MAX_ARGS,
     ProtocolError,
