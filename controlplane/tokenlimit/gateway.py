@@ -352,7 +352,7 @@ class Gateway:
     def _start_mock(self) -> str:
         # Port 0: the mock binds a free port itself and prints it, so no other process can
         # take the port between our choosing it and the mock binding it.
-        argv = [sys.executable, "-m", "tokenlimit.mockllm", "--host", "127.0.0.1", "--port", "0"]
+        argv = [sys.executable, "-m", "tokenlimit.dev.mockllm", "--host", "127.0.0.1", "--port", "0"]
         self._mock = self._spawn([*argv, "--name", self.mock_name], self.mock_log_path, None)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:

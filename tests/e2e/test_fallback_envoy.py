@@ -10,7 +10,7 @@ Two gateways run side by side:
   listener-level filter before the router, the chain is an aggregate cluster walked by the
   router's retry policy, the route is served through file-based RDS.
 
-The upstreams are the project's mock LLM (`tokenlimit.mockllm.make_app`) served in-process,
+The upstreams are the project's mock LLM (`tokenlimit.dev.mockllm.make_app`) served in-process,
 each behind a small fault injector: `upstream.fail(status=429, retry_after=1)` makes *that*
 upstream answer with the mock's provider-shaped error for every request (the client's own
 headers reach every attempt, so they cannot make only the primary fail).
@@ -53,7 +53,7 @@ from tokenlimit.fallback.render_envoy import (
     upstream_cluster_name,
 )
 from tokenlimit.gateway import GatewayError, envoy_binary, free_port
-from tokenlimit.mockllm import make_app
+from tokenlimit.dev.mockllm import make_app
 from tokenlimit.model import FilterConfig, parse_filter_config
 from tokenlimit.render.envoy import (
     FILTER_NAME,

@@ -80,9 +80,12 @@ def bridge_command(
 @click.option("--name", default="mock-llm", show_default=True, help="Reported in x-mock-upstream.")
 def mock_llm(port: int, host: str, name: str) -> None:
     """Run the mock OpenAI/Anthropic/Gemini-compatible upstream."""
-    from tokenlimit import mockllm
+    from tokenlimit.dev.mockllm.server import run
 
-    mockllm.run(host, port, name)
+    try:
+        run(host, port, name)
+    except OSError as exc:
+        raise click.ClickException(f"mock-llm: cannot listen on {host}:{port}: {exc}") from None
 
 
 @click.command()
