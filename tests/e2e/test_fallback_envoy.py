@@ -22,7 +22,6 @@ import asyncio
 import copy
 import itertools
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -42,6 +41,9 @@ from aiohttp import web
 from click.testing import CliRunner
 from conftest import require_binary
 from multidict import CIMultiDict
+from tokenlimit.apply import envoy_admin
+from tokenlimit.dev import process
+from tokenlimit.dev.mockllm import make_app
 from tokenlimit.fallback import toggles
 from tokenlimit.fallback.auto import Counts, Switch, Watcher, host_counts
 from tokenlimit.fallback.cli import fallback_group
@@ -53,7 +55,6 @@ from tokenlimit.fallback.render_envoy import (
     upstream_cluster_name,
 )
 from tokenlimit.gateway import GatewayError, envoy_binary, free_port
-from tokenlimit.dev.mockllm import make_app
 from tokenlimit.model import FilterConfig, parse_filter_config
 from tokenlimit.render.envoy import (
     FILTER_NAME,
@@ -162,7 +163,6 @@ class Envoy:
     listen_port: int
     admin_port: int
     proc: subprocess.Popen[bytes] | None = None
-    files: list[Any] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to Envoy's environment
 
     @property
@@ -180,28 +180,14 @@ class Envoy:
             pytest.fail(str(exc), pytrace=False)
         bootstrap = self.work / "envoy.yaml"
         bootstrap.write_text(to_yaml(self.document), encoding="utf-8")
-        out = (self.work / "envoy.stdout.log").open("ab")
-        err = (self.work / "envoy.stderr.log").open("ab")
-        self.files += [out, err]
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "-c",
-                str(bootstrap),
-                "--base-id",
-                str(self.listen_port),
-                "--concurrency",
-                "2",
-                "--log-level",
-                "info",
-                "--file-flush-interval-msec",
-                "100",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            env={**os.environ, **self.env},
+        argv = [binary, "-c", str(bootstrap), "--base-id", str(self.listen_port), "--concurrency",
+                "2", "--log-level", "info", "--file-flush-interval-msec", "100"]  # fmt: skip
+        self.proc = process.spawn(
+            argv,
+            self.work / "envoy.stdout.log",
+            stderr_log=self.work / "envoy.stderr.log",
+            env=self.env,
+            cwd=self.work,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -213,10 +199,9 @@ class Envoy:
         pytest.fail(f"Envoy was not ready within {READY_TIMEOUT_S:g}s:\n{self.log_tail()}")
 
     def _ready(self) -> bool:
+        if not envoy_admin.is_live(self.admin_url):
+            return False
         try:
-            with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as response:
-                if response.read().strip() != b"LIVE":
-                    return False
             with socket.create_connection(("127.0.0.1", self.listen_port), timeout=0.5):
                 pass
         except OSError:
@@ -227,7 +212,7 @@ class Envoy:
         return bool(ecds) and bool(version)
 
     def stats(self) -> dict[str, Any]:
-        return toggles.admin_stats(self.admin_url)
+        return envoy_admin.stats(self.admin_url)
 
     def counter(self, name: str) -> int:
         value = self.stats().get(name, 0)
@@ -237,20 +222,10 @@ class Envoy:
         return self.counter("wasmcustom.tokenlimit.tokens_charged")
 
     def log_tail(self, lines: int = 40) -> str:
-        path = self.work / "envoy.stderr.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return process.tail(self.work / "envoy.stderr.log", lines)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for handle in self.files:
-            handle.close()
+        process.terminate(self.proc, 10)
 
 
 @dataclass(frozen=True)
