@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 from tokenlimit.model import FilterConfig, parse_filter_config
-from tokenlimit.modules import filter_path
 from tokenlimit.render.envoy import (
     FILTER_NAME,
     HCM_TYPE,
@@ -59,6 +58,7 @@ from tokenlimit.render.envoy import (
     bootstrap,
     filter_typed_config,
 )
+from tokenlimit.wasm import filter_path
 
 KEYS = [f"bench-key-{i}" for i in range(8)]
 PROMPT_TOKENS, COMPLETION_TOKENS = 52, 118
@@ -265,7 +265,7 @@ class Series:
         return self.requests / sum(r.seconds for r in self.runs)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.runs)
+        return float(statistics.median(getattr(r, attr) for r in self.runs))
 
     @property
     def cpu_us_per_request(self) -> float:

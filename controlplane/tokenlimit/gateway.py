@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from tokenlimit.model import FilterConfig, filter_json, parse_filter_config
-from tokenlimit.modules import filter_path
+from tokenlimit.wasm import filter_path
 from tokenlimit.render.envoy import (
     BRIDGE_TOKEN_VARIABLE,
     FILTER_NAME,

@@ -114,7 +114,8 @@ class Upstream:
             headers = CIMultiDict(request.headers)
             headers.update(fault)
             request = request.clone(headers=headers)
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def fail(self, status: int, retry_after: int | None = None, delay_ms: int = 0) -> None:
         fault = {"x-mock-status": str(status)}
@@ -140,7 +141,8 @@ class Upstream:
             url = f"https://localhost:{self.port}/mock/stats"
             context = ssl._create_unverified_context()  # our own test server
         with urllib.request.urlopen(url, timeout=5, context=context) as response:
-            return json.loads(response.read())
+            found: dict[str, Any] = json.loads(response.read())
+            return found
 
     @property
     def requests(self) -> int:

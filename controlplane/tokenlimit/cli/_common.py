@@ -9,7 +9,7 @@ from typing import IO, Any
 import click
 
 from tokenlimit import loader
-from tokenlimit.modules import ModuleMissing, filter_path
+from tokenlimit.wasm import ModuleMissing, filter_path
 
 # --- errors: exit 1, with messages that say what to do ------------------------------------
 

@@ -170,7 +170,7 @@ def _render_envoy(
 ) -> None:
     from tokenlimit.fallback.render_envoy import fallback_bootstrap
     from tokenlimit.fallback.toggles import init_state, write_atomic
-    from tokenlimit.modules import filter_path
+    from tokenlimit.wasm import filter_path
     from tokenlimit.render.envoy import (
         EcdsFilter,
         EnvoyOptions,
