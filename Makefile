@@ -38,7 +38,7 @@ test-python: $(WASM)
 test: lint test-zig test-python
 
 demo: $(WASM)
-	$(BIN)/python -m tokenlimit.demo
+	$(BIN)/python -m tokenlimit.dev.demo
 
 # The gates `make test` runs first: style (ruff, zig fmt) and types (mypy --strict, configured
 # in pyproject.toml). Each failure names the file and line.

@@ -8,20 +8,16 @@ with its parent (Linux), and stopped by its own pid.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "controlplane") not in sys.path:
     sys.path.insert(0, str(ROOT / "controlplane"))
 
+from tokenlimit.apply import envoy_admin  # noqa: E402
+from tokenlimit.dev import process  # noqa: E402
 from tokenlimit.dev.gateway import envoy_binary  # noqa: E402
 from tokenlimit.render.envoy import to_yaml  # noqa: E402
 
@@ -165,65 +163,12 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def _load_prctl() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_SIGTERM = int(signal.SIGTERM)
-
-
-def _die_with_parent() -> None:
-    if _PRCTL is not None:
-        _PRCTL(1, _SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def spawn(argv: Sequence[str], log: Path, *, stdout_to_log: bool = True) -> subprocess.Popen[bytes]:
-    """A child in its own session that dies with us; stderr (and stdout) go to `log`."""
-    handle = log.open("ab")
-    try:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=handle if stdout_to_log else subprocess.DEVNULL,
-            stderr=handle,
-            cwd=log.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    finally:
-        handle.close()  # the child holds its own descriptor
-
-
-def terminate(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
         return False
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except FileNotFoundError:
-        return f"({path.name} does not exist)"
-    return "\n".join(text) or f"({path.name} is empty)"
 
 
 @dataclass
@@ -271,39 +216,30 @@ class Envoy:
         ]
         # stdout is the access log: one line per request, the same work in both variants,
         # thrown away so the disk is not part of the measurement.
-        self.proc = spawn(argv, self.log_path, stdout_to_log=False)
+        self.proc = process.spawn(
+            argv, Path(os.devnull), stderr_log=self.log_path, cwd=self.work_dir
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"envoy {self.name} exited with {self.proc.returncode}:\n{tail(self.log_path)}"
+                    f"envoy {self.name} exited with {self.proc.returncode}:\n"
+                    + process.tail(self.log_path, 30)
                 )
-            if self._ready() and _accepts(self.listen_port):
+            if envoy_admin.is_live(self.admin_url) and _accepts(self.listen_port):
                 return self
             time.sleep(0.05)
         raise RuntimeError(
-            f"envoy {self.name} not ready in {READY_TIMEOUT_S:g}s:\n" + tail(self.log_path)
+            f"envoy {self.name} not ready in {READY_TIMEOUT_S:g}s:\n"
+            + process.tail(self.log_path, 30)
         )
 
     def stop(self) -> None:
-        terminate(self.proc)
-
-    def _ready(self) -> bool:
-        try:
-            return self.admin_get("/ready", timeout_s=1.0).strip() == "LIVE"
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def admin_get(self, path: str, timeout_s: float = 5.0) -> str:
-        with urllib.request.urlopen(self.admin_url + path, timeout=timeout_s) as response:
-            return str(response.read().decode())
+        process.terminate(self.proc, STOP_TIMEOUT_S)
 
     def stats(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for entry in json.loads(self.admin_get("/stats?format=json")).get("stats", []):
-            if "name" in entry and isinstance(entry.get("value"), int):
-                found[entry["name"]] = entry["value"]
-        return found
+        """Envoy's integer stats (counters and gauges)."""
+        return envoy_admin.counters(self.admin_url)
 
 
 def work_dir(prefix: str) -> Path:

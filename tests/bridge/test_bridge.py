@@ -28,8 +28,15 @@ import aiohttp
 import pytest
 import redis as redis_py
 from support.redis_server import RedisServer, free_port
-from tokenlimit.bridge import Bridge, BridgeConfig, start
-from tokenlimit.resp import ReplyParser, encode_command, encode_commands, parse_replies
+from tokenlimit.bridge.config import BridgeConfig
+from tokenlimit.bridge.resp import (
+    Reply,
+    ReplyParser,
+    encode_command,
+    encode_commands,
+    parse_replies,
+)
+from tokenlimit.bridge.server import Bridge, start
 
 ROOT = Path(__file__).resolve().parents[2]
 SLACK = 0.15  # seconds allowed beyond a deadline for scheduling on a busy CI machine
@@ -74,7 +81,8 @@ class Answer:
 
     @property
     def error(self) -> str | None:
-        return self.headers.get(ERR)
+        value = self.headers.get(ERR)
+        return None if value is None else str(value)
 
     def __repr__(self) -> str:
         return f"Answer({self.status}, {self.error}, {self.body[:200]!r}, {self.elapsed:.3f}s)"
@@ -125,7 +133,7 @@ async def bridge_client(redis: str, **config: Any) -> AsyncIterator[Client]:
 def direct(server: RedisServer, body: bytes, count: int) -> bytes:
     """The same pipeline sent straight to Redis over a socket: the bytes the bridge must return."""
     parser = ReplyParser()
-    replies = []
+    replies: list[Reply] = []
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(body)
         while len(replies) < count:
@@ -204,7 +212,9 @@ async def test_pipeline_order_and_time(redis_server: RedisServer) -> None:
         assert a.status == 200, a
         assert [r.to_python() for r in parse_replies(a.body)] == [i * 2 for i in range(64)]
         t = await c.run(("TIME",))
-        seconds, micros = parse_replies(t.body)[0].to_python()  # type: ignore[misc]
+        time_reply = parse_replies(t.body)[0].to_python()
+        assert isinstance(time_reply, list)
+        seconds, micros = time_reply
         assert abs(int(seconds) - time.time()) < 5 and 0 <= int(micros) < 1_000_000
 
 

@@ -7,7 +7,7 @@ from Redis, so these tests pin exact bytes rather than round-tripping through ou
 from __future__ import annotations
 
 import pytest
-from tokenlimit.resp import (
+from tokenlimit.bridge.resp import (
     MAX_ARG_BYTES,
     MAX_ARGS,
     ProtocolError,
@@ -38,7 +38,7 @@ def test_encode_rejects_odd_arguments() -> None:
     with pytest.raises(ValueError):
         encode_command()
     with pytest.raises(TypeError):
-        encode_command("SET", True)  # type: ignore[arg-type]
+        encode_command("SET", True)
     with pytest.raises(TypeError):
         encode_command("SET", 1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from tokenlimit import modules
+from tokenlimit import wasm
 from tokenlimit.cli import main
 from tokenlimit.loader import load_policy
 from tokenlimit.model import filter_json
@@ -255,7 +255,7 @@ def test_render_invalid_policy_exits_1(tmp_path: Path) -> None:
 def test_filter_path_tells_to_run_make_wasm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(modules, "WASM_DIR", tmp_path)
+    monkeypatch.setattr(wasm, "WASM_DIR", tmp_path)
     result = run("filter", "path", "--target", "higress")
     assert result.exit_code == 1
     assert result.stderr == (
@@ -267,7 +267,7 @@ def test_filter_path_tells_to_run_make_wasm(
 
 def test_filter_path_prints_the_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "tokenlimit.wasm").write_bytes(b"\0asm")
-    monkeypatch.setattr(modules, "WASM_DIR", tmp_path)
+    monkeypatch.setattr(wasm, "WASM_DIR", tmp_path)
     result = run("filter", "path")
     assert result.exit_code == 0
     assert result.stdout == f"{tmp_path / 'tokenlimit.wasm'}\n"
@@ -276,7 +276,7 @@ def test_filter_path_prints_the_module(tmp_path: Path, monkeypatch: pytest.Monke
 def test_render_without_module_or_wasm_tells_to_run_make_wasm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(modules, "WASM_DIR", tmp_path)
+    monkeypatch.setattr(wasm, "WASM_DIR", tmp_path)
     result = run("render", str(POLICY))
     assert result.exit_code == 1
     assert "Run `make wasm`" in result.stderr

@@ -1,4 +1,4 @@
-"""Tests for the mock LLM upstream (tokenlimit.mockllm)."""
+"""Tests for the mock LLM upstream (tokenlimit.dev.mockllm)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tokenlimit import mockllm
-from tokenlimit.mockllm import RunningMock, start_in_thread
+from tokenlimit.dev import mockllm
+from tokenlimit.dev.mockllm import RunningMock, start_in_thread
 
 CONTROLPLANE = Path(__file__).resolve().parents[2] / "controlplane"
 
@@ -523,7 +523,7 @@ def test_subprocess_cli_prints_ready_line_and_stops_on_sigterm() -> None:
         "PYTHONPATH": os.pathsep.join([str(CONTROLPLANE), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenlimit.mockllm", "--port", "0", "--name", "sub"],
+        [sys.executable, "-m", "tokenlimit.dev.mockllm", "--port", "0", "--name", "sub"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,16 +11,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tokenlimit.dev.gateway import Gateway
-from tokenlimit.model import parse_filter_config
+from tokenlimit.model import FilterConfig, parse_filter_config
 from tokenlimit.render.envoy import FILTER_NAME
 
 BUDGET = 300
 
 
-def config(**extra: object):
+def config(**extra: object) -> FilterConfig:
     return parse_filter_config(
         {
             "rule_name": "e2e",
@@ -46,7 +47,7 @@ def post(
     api_key: str,
     *,
     path: str = "/v1/chat/completions",
-    body: dict | None = None,
+    body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     payload = (
@@ -238,7 +239,9 @@ DIALECTS = [
 
 
 @pytest.mark.parametrize(("name", "path", "body"), DIALECTS, ids=[d[0] for d in DIALECTS])
-def test_every_dialect_is_charged_its_real_usage_through_envoy(gateway: Gateway, name, path, body):
+def test_every_dialect_is_charged_its_real_usage_through_envoy(
+    gateway: Gateway, name: str, path: str, body: dict[str, Any]
+) -> None:
     headers = {**tokens(13, 29), "x-mock-chunk-bytes": "11"}  # events straddle chunks
     tagged = path + ("&" if "?" in path else "?") + f"case={name}"  # find this request's line
     status, _, _ = post(gateway, f"dialect-{name}", path=tagged, body=body, headers=headers)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from support.redis_server import RedisServer
 from tokenlimit.dev.gateway import Gateway
-from tokenlimit.model import parse_filter_config
+from tokenlimit.model import FilterConfig, parse_filter_config
 
 COST = 100  # tokens per answer (prompt 40 + completion 60)
 
 
-def config(failure_mode: str = "open", budget: int = 1000):
+def config(failure_mode: str = "open", budget: int = 1000) -> FilterConfig:
     return parse_filter_config(
         {
             "rule_name": "fleet",

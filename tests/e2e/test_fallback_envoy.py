@@ -10,7 +10,7 @@ Two gateways run side by side:
   listener-level filter before the router, the chain is an aggregate cluster walked by the
   router's retry policy, the route is served through file-based RDS.
 
-The upstreams are the project's mock LLM (`tokenlimit.mockllm.make_app`) served in-process,
+The upstreams are the project's mock LLM (`tokenlimit.dev.mockllm.make_app`) served in-process,
 each behind a small fault injector: `upstream.fail(status=429, retry_after=1)` makes *that*
 upstream answer with the mock's provider-shaped error for every request (the client's own
 headers reach every attempt, so they cannot make only the primary fail).
@@ -22,7 +22,6 @@ import asyncio
 import copy
 import itertools
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -42,11 +41,13 @@ from aiohttp import web
 from click.testing import CliRunner
 from conftest import require_binary
 from multidict import CIMultiDict
+from tokenlimit.apply import envoy_admin
+from tokenlimit.dev import process
 from tokenlimit.dev.gateway import GatewayError, envoy_binary, free_port
+from tokenlimit.dev.mockllm import make_app
 from tokenlimit.fallback import toggles
 from tokenlimit.fallback.auto import Counts, Switch, Watcher, host_counts
 from tokenlimit.fallback.cli import fallback_group
-from tokenlimit.mockllm import make_app
 from tokenlimit.model import FallbackSpec, FilterConfig, parse_fallback, parse_filter_config
 from tokenlimit.render.envoy import (
     FILTER_NAME,
@@ -114,7 +115,8 @@ class Upstream:
             headers = CIMultiDict(request.headers)
             headers.update(fault)
             request = request.clone(headers=headers)
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def fail(self, status: int, retry_after: int | None = None, delay_ms: int = 0) -> None:
         fault = {"x-mock-status": str(status)}
@@ -140,7 +142,8 @@ class Upstream:
             url = f"https://localhost:{self.port}/mock/stats"
             context = ssl._create_unverified_context()  # our own test server
         with urllib.request.urlopen(url, timeout=5, context=context) as response:
-            return json.loads(response.read())
+            found: dict[str, Any] = json.loads(response.read())
+            return found
 
     @property
     def requests(self) -> int:
@@ -163,7 +166,6 @@ class Envoy:
     listen_port: int
     admin_port: int
     proc: subprocess.Popen[bytes] | None = None
-    files: list[Any] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to Envoy's environment
 
     @property
@@ -181,28 +183,14 @@ class Envoy:
             pytest.fail(str(exc), pytrace=False)
         bootstrap = self.work / "envoy.yaml"
         bootstrap.write_text(to_yaml(self.document), encoding="utf-8")
-        out = (self.work / "envoy.stdout.log").open("ab")
-        err = (self.work / "envoy.stderr.log").open("ab")
-        self.files += [out, err]
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "-c",
-                str(bootstrap),
-                "--base-id",
-                str(self.listen_port),
-                "--concurrency",
-                "2",
-                "--log-level",
-                "info",
-                "--file-flush-interval-msec",
-                "100",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            env={**os.environ, **self.env},
+        argv = [binary, "-c", str(bootstrap), "--base-id", str(self.listen_port), "--concurrency",
+                "2", "--log-level", "info", "--file-flush-interval-msec", "100"]  # fmt: skip
+        self.proc = process.spawn(
+            argv,
+            self.work / "envoy.stdout.log",
+            stderr_log=self.work / "envoy.stderr.log",
+            env=self.env,
+            cwd=self.work,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -214,10 +202,9 @@ class Envoy:
         pytest.fail(f"Envoy was not ready within {READY_TIMEOUT_S:g}s:\n{self.log_tail()}")
 
     def _ready(self) -> bool:
+        if not envoy_admin.is_live(self.admin_url):
+            return False
         try:
-            with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as response:
-                if response.read().strip() != b"LIVE":
-                    return False
             with socket.create_connection(("127.0.0.1", self.listen_port), timeout=0.5):
                 pass
         except OSError:
@@ -228,7 +215,7 @@ class Envoy:
         return bool(ecds) and bool(version)
 
     def stats(self) -> dict[str, Any]:
-        return toggles.admin_stats(self.admin_url)
+        return envoy_admin.stats(self.admin_url)
 
     def counter(self, name: str) -> int:
         value = self.stats().get(name, 0)
@@ -238,20 +225,10 @@ class Envoy:
         return self.counter("wasmcustom.tokenlimit.tokens_charged")
 
     def log_tail(self, lines: int = 40) -> str:
-        path = self.work / "envoy.stderr.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return process.tail(self.work / "envoy.stderr.log", lines)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for handle in self.files:
-            handle.close()
+        process.terminate(self.proc, 10)
 
 
 @dataclass(frozen=True)

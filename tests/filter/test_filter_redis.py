@@ -24,7 +24,7 @@ import pytest
 import redis
 from support.proxywasm_host import Clock, Host, HttpCall, LogLevel
 from support.redis_server import RedisServer, free_port
-from tokenlimit.resp import ReplyParser
+from tokenlimit.bridge.resp import ReplyParser
 
 BRIDGE_CLUSTER = "tokenlimit-bridge"
 

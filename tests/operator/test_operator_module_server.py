@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tokenlimit import modules
+from tokenlimit import wasm
 from tokenlimit.operator.module_server import (
     SHA256_HEADER,
     ModuleServer,
@@ -42,7 +42,7 @@ def get(
 
 @pytest.mark.parametrize("name", ["tokenlimit.wasm", "tokenlimit-higress.wasm"])
 def test_serves_each_built_module_with_its_sha256(server: ModuleServer, name: str) -> None:
-    on_disk = (modules.WASM_DIR / name).read_bytes()
+    on_disk = (wasm.WASM_DIR / name).read_bytes()
     digest = hashlib.sha256(on_disk).hexdigest()
 
     status, headers, body = get(server, f"/filters/{name}")
@@ -63,7 +63,7 @@ def test_serves_each_built_module_with_its_sha256(server: ModuleServer, name: st
 def test_head_and_conditional_get(server: ModuleServer) -> None:
     status, headers, body = get(server, "/filters/tokenlimit.wasm", method="HEAD")
     assert status == 200 and body == b""
-    assert int(headers["Content-Length"]) == (modules.WASM_DIR / "tokenlimit.wasm").stat().st_size
+    assert int(headers["Content-Length"]) == (wasm.WASM_DIR / "tokenlimit.wasm").stat().st_size
     status, _, body = get(
         server, "/filters/tokenlimit.wasm", headers={"If-None-Match": headers["ETag"]}
     )
@@ -94,7 +94,7 @@ def test_a_module_not_built_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filter_wasm: Path
 ) -> None:
     (tmp_path / "tokenlimit.wasm").write_bytes(filter_wasm.read_bytes())
-    monkeypatch.setattr(modules, "WASM_DIR", tmp_path)
+    monkeypatch.setattr(wasm, "WASM_DIR", tmp_path)
     assert sorted(load_modules()) == ["tokenlimit.wasm"]
     assert ServedModule.read(tmp_path / "tokenlimit.wasm").sha256 == (
         hashlib.sha256(filter_wasm.read_bytes()).hexdigest()

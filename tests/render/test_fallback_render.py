@@ -400,7 +400,7 @@ def test_explicit_fallback_routes_and_global_policies() -> None:
 
 def higress_plugin_config(spec: dict[str, Any]) -> dict[str, Any]:
     """What Higress hands the filter for a WasmPlugin spec: one `_rules_` entry per match rule
-    (its controller's conversion; the same as tests/test_render_higress.py assumes)."""
+    (its controller's conversion; the same as tests/render/test_render_higress.py assumes)."""
     rules = []
     for rule in spec.get("matchRules", []):
         entry = copy.deepcopy(rule["config"])

@@ -1,7 +1,7 @@
 """The Envoy renderer: byte-for-byte golden files, and Envoy 1.40 itself accepting the output.
 
 Regenerate the golden files after an intended change with:
-    UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render_envoy.py
+    UPDATE_GOLDEN=1 .venv/bin/pytest tests/render/test_render_envoy.py
 and review the diff like code.
 """
 

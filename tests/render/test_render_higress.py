@@ -2,7 +2,7 @@
 the config Higress would hand it.
 
 Regenerate the golden files after an intended change with:
-    UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render_higress.py
+    UPDATE_GOLDEN=1 .venv/bin/pytest tests/render/test_render_higress.py
 and review the diff like code.
 """
 

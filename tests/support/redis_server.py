@@ -127,7 +127,7 @@ class RedisServer:
 
     def command(self, *args: str | bytes | int) -> bytes:
         """Runs one command on a fresh connection (authenticating first); returns the raw reply."""
-        from tokenlimit.resp import ReplyParser, encode_command
+        from tokenlimit.bridge.resp import ReplyParser, encode_command
 
         payload = b""
         expected = 1

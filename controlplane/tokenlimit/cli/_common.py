@@ -10,7 +10,7 @@ import click
 
 from tokenlimit import loader
 from tokenlimit.errors import TokenlimitError as TokenlimitError  # the family's root, re-exported
-from tokenlimit.modules import ModuleMissing, filter_path
+from tokenlimit.wasm import ModuleMissing, filter_path
 
 # --- errors: exit 1, with messages that say what to do ------------------------------------
 

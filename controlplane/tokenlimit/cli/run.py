@@ -23,17 +23,56 @@ FOLLOW_INTERVAL_S = 0.2
 USAGE_WIDTH_MIN = 120  # `tokenlimit usage` into a pipe: one line per counter
 
 
-@click.command(
-    "bridge",
-    context_settings={"ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
+@click.command("bridge")
+@click.option(
+    "--redis", "redis_url", required=True, help="redis://[user[:password]@]host:port[/db]"
 )
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bridge_command(args: tuple[str, ...]) -> None:
-    """Run the RESP-over-HTTP bridge to Redis (options: `tokenlimit bridge --help`)."""
-    from tokenlimit import bridge
+@click.option("--listen", type=int, required=True, metavar="PORT", help="0: any")
+@click.option("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+@click.option(
+    "--token-file",
+    default=None,
+    help="file holding the bearer token (else $TOKENLIMIT_BRIDGE_TOKEN; else none)",
+)
+@click.option(
+    "--redis-password-file",
+    default=None,
+    help="file holding the Redis password (overrides the URL's)",
+)
+@click.option("--pool-size", type=int, default=8, show_default=True)
+@click.option("--timeout-ms", type=int, default=500, show_default=True)
+def bridge_command(
+    redis_url: str,
+    listen: int,
+    host: str,
+    token_file: str | None,
+    redis_password_file: str | None,
+    pool_size: int,
+    timeout_ms: int,
+) -> None:
+    """RESP-over-HTTP bridge from Envoy's tokenlimit filter to Redis."""
+    from tokenlimit.bridge.config import BridgeConfig
 
-    bridge.main(list(args))
+    try:
+        config = BridgeConfig.from_options(
+            redis=redis_url,
+            port=listen,
+            host=host,
+            token_file=token_file,
+            redis_password_file=redis_password_file,
+            pool_size=pool_size,
+            timeout_ms=timeout_ms,
+        )
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    from tokenlimit.bridge.server import run
+
+    try:
+        run(config)
+    except OSError as exc:
+        raise click.ClickException(
+            f"tokenlimit bridge: cannot listen on {host}:{listen}: {exc}"
+        ) from None
 
 
 @click.command("mock-llm")
@@ -42,9 +81,12 @@ def bridge_command(args: tuple[str, ...]) -> None:
 @click.option("--name", default="mock-llm", show_default=True, help="Reported in x-mock-upstream.")
 def mock_llm(port: int, host: str, name: str) -> None:
     """Run the mock OpenAI/Anthropic/Gemini-compatible upstream."""
-    from tokenlimit import mockllm
+    from tokenlimit.dev.mockllm.server import run
 
-    mockllm.run(host, port, name)
+    try:
+        run(host, port, name)
+    except OSError as exc:
+        raise click.ClickException(f"mock-llm: cannot listen on {host}:{port}: {exc}") from None
 
 
 @click.command()

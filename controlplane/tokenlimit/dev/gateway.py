@@ -34,9 +34,9 @@ from tokenlimit.apply import envoy_admin
 from tokenlimit.apply.files import write_atomic
 from tokenlimit.dev import process
 from tokenlimit.model import ENVOY_BRIDGE_CLUSTER, FilterConfig, filter_json, parse_filter_config
-from tokenlimit.modules import filter_path
 from tokenlimit.render import EnvoyTarget, Upstream, render
 from tokenlimit.render.envoy import BRIDGE_TOKEN_VARIABLE, FILTER_NAME
+from tokenlimit.wasm import filter_path
 
 MOCK = "mock"
 BRIDGE_CLUSTER = ENVOY_BRIDGE_CLUSTER  # the cluster render() adds for EnvoyTarget.bridge
@@ -315,7 +315,15 @@ class Gateway:
     def _start_mock(self) -> str:
         # Port 0: the mock binds a free port itself and prints it, so no other process can
         # take the port between our choosing it and the mock binding it.
-        argv = [sys.executable, "-m", "tokenlimit.mockllm", "--host", "127.0.0.1", "--port", "0"]
+        argv = [
+            sys.executable,
+            "-m",
+            "tokenlimit.dev.mockllm",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
         log = self.mock_log_path
         self._mock = process.spawn([*argv, "--name", self.mock_name], log, cwd=self.work_dir)
         found = process.wait_for_line(

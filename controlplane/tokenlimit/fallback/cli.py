@@ -178,8 +178,8 @@ def _render_envoy(
     policy: Any, out_dir: Path, listen: str, admin_port: int, wasm: str | None
 ) -> None:
     from tokenlimit.cli._envoy_files import write_envoy_files
-    from tokenlimit.modules import filter_path
     from tokenlimit.render import RenderError
+    from tokenlimit.wasm import filter_path
 
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:

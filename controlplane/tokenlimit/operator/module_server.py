@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
-from tokenlimit.modules import ModuleMissing, Target, filter_path
+from tokenlimit.wasm import ModuleMissing, Target, filter_path
 
 log = logging.getLogger("tokenlimit.operator")
 

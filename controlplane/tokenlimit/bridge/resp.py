@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 CRLF = b"\r\n"
 
-#: Bounds for commands accepted from the filter (see tokenlimit.bridge).
+#: Bounds for commands accepted from the filter (see tokenlimit.bridge.server).
 MAX_ARGS = 1024
 MAX_ARG_BYTES = 512 * 1024
 #: Bounds for replies read from Redis: Redis' own proto-max-bulk-len, and a nesting limit that

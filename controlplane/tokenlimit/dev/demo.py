@@ -1,7 +1,7 @@
 """`make demo`: a real Envoy with the filter in front of the mock LLM, and a short burst of
 requests from two API keys, printed so a newcomer sees who was admitted and who got 429.
 
-Run with `python -m tokenlimit.demo`; it starts and stops everything itself.
+Run with `python -m tokenlimit.dev.demo`; it starts and stops everything itself.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from tokenlimit.apply import envoy_admin
 from tokenlimit.dev.gateway import Gateway, GatewayError
 from tokenlimit.model import FilterConfig, parse_filter_config
 
@@ -103,7 +104,7 @@ def main() -> int:
                     print(describe(send(gateway, api_key)))
             print("\n  bob was limited separately: one more request from bob")
             print(describe(send(gateway, "bob")))
-            stats = gateway.stats()
+            stats = envoy_admin.counters(gateway.admin_url)
             print(
                 "\nEnvoy counters: "
                 f"allowed={stats.get('wasmcustom.tokenlimit.requests_allowed', 0)} "
@@ -114,7 +115,7 @@ def main() -> int:
             print("Last access-log line:", access_log[-1] if access_log else "(none yet)")
         print("\nStopped Envoy and the mock upstream.")
         return 0
-    except GatewayError as error:
+    except (GatewayError, envoy_admin.EnvoyAdminError) as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,10 @@
+"""The tokenlimit bridge: RESP over HTTP to Redis, for stock Envoy (protocol: server.py).
+
+- config.py   BridgeConfig, RedisTarget, secrets by reference
+- server.py   /v1/resp, /healthz, /readyz, /metrics on aiohttp; start() and run()
+- pool.py     pipelined Redis connections with connect back-off
+- resp.py     RESP command bounds and reply framing (replies kept byte for byte)
+- metrics.py  prometheus_client collectors
+
+Nothing is imported here, so `tokenlimit.bridge.config` stays light for the CLI.
+"""

@@ -1,0 +1,321 @@
+"""tokenlimit bridge: RESP over HTTP to Redis, for stock Envoy.
+
+Why it exists: stock Envoy's proxy-wasm ABI has no Redis client (Higress adds
+``proxy_redis_*``; Envoy does not), but every filter can make ``proxy_http_call``. The
+``tokenlimit.wasm`` filter therefore sends its Redis commands, already encoded as RESP, in an
+HTTP body to this service, which forwards them to Redis and returns Redis' reply bytes
+untouched. The filter keeps one RESP codec for both transports, and the bridge stays a dumb,
+fast, bounded pipe with a command allowlist (DESIGN.md §2).
+
+Protocol (the filter depends on this exactly)
+---------------------------------------------
+``POST /v1/resp``
+    Body: one or more RESP arrays of bulk strings (a pipeline), at most 64 commands and
+    1 MiB; each command at most 1024 arguments of at most 512 KiB (see
+    :func:`tokenlimit.bridge.resp.split_commands`; inline commands are refused). Every command is
+    validated before anything is sent; the whole body then goes to Redis as one pipeline on one
+    pooled connection. Allowed commands (case-insensitive): ``EVALSHA``, ``EVAL``,
+    ``SCRIPT LOAD``, ``SCRIPT EXISTS``, ``PING``, ``TIME``.
+
+    ``200``, ``content-type: application/x-redis-resp``: the RESP replies concatenated in
+    order, byte for byte as Redis sent them. Redis error replies (``-NOSCRIPT ...``,
+    ``-ERR ...``) are replies, so they are passed through inside the 200.
+
+    Otherwise a one-line ``text/plain`` body and ``x-tokenlimit-bridge-error``:
+
+    ====  =========================  ========================================================
+    401   ``unauthorized``           a token is configured and ``authorization: Bearer <token>``
+                                     is missing or wrong (constant-time compare)
+    403   ``command-not-allowed``    some command is not in the allowlist; the body names it;
+                                     nothing was sent to Redis
+    400   ``bad-request``            malformed RESP, more than 64 commands, a bound exceeded,
+                                     or a bad ``x-tokenlimit-timeout-ms``
+    413   ``bad-request``            body larger than 1 MiB
+    503   ``redis-unreachable``      connect refused, DNS failure, host down (connect did not
+                                     complete in time)
+    503   ``redis-auth-failed``      WRONGPASS / NOAUTH / invalid password (on connect or in a
+                                     reply); answered at once, never after a hang
+    503   ``redis-timeout``          no complete reply within the deadline
+    503   ``redis-error``            anything else (connection reset mid-reply, bad SELECT...)
+    ====  =========================  ========================================================
+
+    The 503 body is one line of details (never the password).
+
+    Deadline: ``--timeout-ms`` (default 500) covers getting a connection, sending and reading
+    every reply; a request header ``x-tokenlimit-timeout-ms: N`` lowers it for that request
+    (never raises it). A caller never waits longer than the deadline plus scheduling slack.
+    After a failed connect, new connects back off (25 ms doubling to 1 s) and callers get the
+    last connect error at once instead of waiting, so an outage costs the filter nothing.
+
+``GET /healthz``  200 while the process runs.
+``GET /readyz``   200 when a Redis ``PING`` through the pool succeeds within the timeout, else
+                  503 with the same ``x-tokenlimit-bridge-error`` values.
+``GET /metrics``  Prometheus text: ``tokenlimit_bridge_requests_total{outcome}``,
+                  ``tokenlimit_bridge_commands_total{command}``,
+                  ``tokenlimit_bridge_request_seconds`` (histogram, /v1/resp only) and
+                  ``tokenlimit_bridge_pool_connections{state="idle|busy"}``.
+``/healthz``, ``/readyz`` and ``/metrics`` need no token (probes and scrapers).
+
+Security note: ``EVAL`` runs arbitrary Lua, which may call any Redis command, so the allowlist
+stops accidents and casual misuse, not a hostile caller. The bearer token (and binding to
+loopback or a private network) is the real boundary. Secrets are taken by reference only:
+``--token-file`` or ``TOKENLIMIT_BRIDGE_TOKEN``, ``--redis-password-file`` (or the URL).
+
+Connections: :mod:`tokenlimit.bridge.pool` (pipelined, lazily opened, never reused after a
+fault); metrics: :mod:`tokenlimit.bridge.metrics`; RESP bounds: :mod:`tokenlimit.bridge.resp`.
+
+Run (``python -m tokenlimit.bridge`` takes the same options)::
+
+    tokenlimit bridge --redis redis://[user[:password]@]host:port[/db] --listen PORT \\
+        [--host 127.0.0.1] [--token-file F] [--redis-password-file F] [--pool-size 8] \\
+        [--timeout-ms 500]
+
+It prints ``tokenlimit bridge listening on http://HOST:PORT → redis HOST:PORT/DB`` (flushed)
+once it accepts connections and stops cleanly on SIGINT / SIGTERM. In-process:
+``bridge = await start(BridgeConfig(...))`` (``.url``, ``.port``, ``await bridge.stop()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from tokenlimit.bridge.config import TOKEN_ENV, BridgeConfig
+from tokenlimit.bridge.metrics import CONTENT_TYPE, Metrics
+from tokenlimit.bridge.pool import RedisFault, RedisPool, error_text
+from tokenlimit.bridge.resp import ProtocolError, encode_command, split_commands
+
+log = logging.getLogger("tokenlimit.bridge")
+
+RESP_CONTENT_TYPE = "application/x-redis-resp"
+ERROR_HEADER = "x-tokenlimit-bridge-error"
+TIMEOUT_HEADER = "x-tokenlimit-timeout-ms"
+
+# Allowed commands -> metric label. SCRIPT is allowed only with these subcommands.
+_COMMANDS = {b"EVALSHA": "evalsha", b"EVAL": "eval", b"PING": "ping", b"TIME": "time"}
+_SCRIPT_SUBCOMMANDS = {b"LOAD": "script_load", b"EXISTS": "script_exists"}
+
+
+def command_label(command: Sequence[bytes]) -> str | None:
+    """The metric label of an allowed command, or None if it is not allowed."""
+    name = command[0]
+    if len(name) > 16:
+        return None
+    name = name.upper()
+    label = _COMMANDS.get(name)
+    if label is None and name == b"SCRIPT" and len(command) > 1 and len(command[1]) <= 16:
+        label = _SCRIPT_SUBCOMMANDS.get(command[1].upper())
+    return label
+
+
+def _command_name(command: Sequence[bytes]) -> str:
+    words = command[:2] if command[0].upper() == b"SCRIPT" else command[:1]
+    text = " ".join(w.decode("utf-8", "backslashreplace") for w in words)
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text[:64] + ("..." if len(text) > 64 else "")
+
+
+def _text(status: int, error: str | None, message: str) -> web.Response:
+    headers = {ERROR_HEADER: error} if error else None
+    return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+class Bridge:
+    """A running bridge: HTTP server plus Redis pool. Create with :func:`start`."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.target = config.target()
+        self.timeout = config.timeout_ms / 1000
+        self.pool = RedisPool(
+            self.target, config.pool_size, self.timeout, config.reconnect_max_ms / 1000
+        )
+        self.metrics = Metrics(self.pool.counts)
+        self._auth = None if config.token is None else b"Bearer " + config.token.encode("utf-8")
+        self._runner: web.AppRunner | None = None
+        self.host = config.host
+        self.port = config.port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def banner(self) -> str:
+        return f"tokenlimit bridge listening on {self.url} → redis {self.target.describe()}"
+
+    async def _start(self) -> None:
+        # One catch-all route: the four paths are dispatched in _handle, which keeps the
+        # bridge's own one-line 404/405 answers instead of aiohttp's HTML pages.
+        app = web.Application(client_max_size=self.config.max_body)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        self.pool.warm_up()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.pool.close()
+
+    async def __aenter__(self) -> Bridge:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    # ---- handlers
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/v1/resp":
+            if request.method != "POST":
+                return _text(405, "bad-request", "use POST for /v1/resp")
+            return await self._resp(request)
+        if request.method not in ("GET", "HEAD"):
+            return _text(405, None, f"use GET for {path}")
+        if path == "/healthz":
+            return web.Response(text="ok\n")
+        if path == "/readyz":
+            return await self._readyz()
+        if path == "/metrics":
+            return web.Response(body=self.metrics.render(), headers={"content-type": CONTENT_TYPE})
+        return _text(404, None, f"not found: {path}")
+
+    def _refuse(
+        self, start: float, status: int, error: str, outcome: str, message: str
+    ) -> web.Response:
+        self.metrics.observe(outcome, time.perf_counter() - start)
+        return _text(status, error, message)
+
+    async def _resp(self, request: web.Request) -> web.Response:
+        start = time.perf_counter()
+        if self._auth is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), self._auth):
+                return self._refuse(
+                    start, 401, "unauthorized", "unauthorized", "missing or wrong bearer token"
+                )
+        timeout = self.timeout
+        raw_timeout = request.headers.get(TIMEOUT_HEADER)
+        if raw_timeout is not None:
+            raw_timeout = raw_timeout.strip()
+            if not (raw_timeout.isascii() and raw_timeout.isdigit()) or int(raw_timeout) < 1:
+                return self._refuse(
+                    start,
+                    400,
+                    "bad-request",
+                    "bad_request",
+                    f"{TIMEOUT_HEADER} must be a positive integer of milliseconds",
+                )
+            timeout = min(timeout, int(raw_timeout) / 1000)
+        length = request.content_length
+        if length is not None and length > self.config.max_body:
+            return self._refuse(
+                start,
+                413,
+                "bad-request",
+                "bad_request",
+                f"body of {length} bytes (at most {self.config.max_body})",
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(
+                start,
+                413,
+                "bad-request",
+                "bad_request",
+                f"body larger than {self.config.max_body} bytes",
+            )
+        try:
+            commands = split_commands(body, max_commands=self.config.max_commands)
+        except ProtocolError as e:
+            return self._refuse(start, 400, "bad-request", "bad_request", f"bad RESP: {e}")
+        labels: list[str] = []
+        for command in commands:
+            label = command_label(command)
+            if label is None:
+                return self._refuse(
+                    start,
+                    403,
+                    "command-not-allowed",
+                    "forbidden",
+                    f"command not allowed: {_command_name(command)}",
+                )
+            labels.append(label)
+        try:
+            replies = await self.pool.execute(body, len(commands), timeout)
+        except RedisFault as fault:
+            return self._refuse(start, 503, fault.code, fault.outcome, fault.detail)
+        self.metrics.forwarded(labels)
+        self.metrics.observe("ok", time.perf_counter() - start)
+        return web.Response(
+            body=replies[0].raw if len(replies) == 1 else b"".join(r.raw for r in replies),
+            content_type=RESP_CONTENT_TYPE,
+        )
+
+    async def _readyz(self) -> web.Response:
+        try:
+            replies = await self.pool.execute(encode_command("PING"), 1, self.timeout)
+        except RedisFault as fault:
+            return _text(503, fault.code, fault.detail)
+        if replies[0].is_error:
+            return _text(503, "redis-error", f"PING: {error_text(replies[0])}")
+        return web.Response(text="ready\n")
+
+
+async def start(config: BridgeConfig) -> Bridge:
+    """Starts serving on the running loop; returns once the port accepts connections."""
+    bridge = Bridge(config)
+    await bridge._start()
+    return bridge
+
+
+async def _serve(config: BridgeConfig) -> None:
+    bridge = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    banner = bridge.banner()
+    try:
+        print(banner, flush=True)
+    except UnicodeEncodeError:
+        print(banner.replace("→", "->"), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await bridge.stop()
+
+
+def run(config: BridgeConfig) -> None:
+    """Serves until SIGINT or SIGTERM, then stops cleanly."""
+    if not logging.getLogger().handlers and not log.handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    if config.token is None:
+        log.warning(
+            "no token configured (--token-file or $%s): any client that can reach "
+            "%s:%s may run Lua on Redis",
+            TOKEN_ENV,
+            config.host,
+            config.port,
+        )
+    asyncio.run(_serve(config))
