@@ -1,4 +1,4 @@
-"""Tests for tokenlimit.resp: golden bytes, every split point, strict bounds.
+"""Tests for tokenlimit.bridge.resp: golden bytes, every split point, strict bounds.
 
 The bridge forwards replies byte for byte and trusts split_commands to keep anything odd away
 from Redis, so these tests pin exact bytes rather than round-tripping through our own code.

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from tokenlimit.resp import ReplyParser
+from tokenlimit.bridge.resp import ReplyParser
 
 from support.redis_server import RedisServer
 
