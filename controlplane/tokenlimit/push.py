@@ -216,18 +216,6 @@ def connect(context: str | None = None) -> KubeClient:
         raise PushError(f"the API server: {exc}") from None
 
 
-class DynamicApi:
-    """The old entry point: `DynamicApi.connect(context)` is `connect(context)`.
-
-    Kept only because cli/policy.py and fallback/cli.py (owned elsewhere) still call it;
-    goes when they call `push.connect`.
-    """
-
-    @staticmethod
-    def connect(context: str | None = None) -> KubeClient:
-        return connect(context)
-
-
 def _refused(exc: KubeError, obj: Mapping[str, Any]) -> PushError:
     """The API server's own words, with what to do where there is something to do."""
     if isinstance(exc, KindNotServed):

@@ -4,7 +4,7 @@ server-side apply to Kubernetes.
 The Kubernetes half runs against `tests/support/fakekube.py`, the in-memory API server behind
 the project's one client seam (the operator's tests use it too): server-set metadata,
 generation, the server's dry run, and `Status` answers for 409, parsed as the real client
-parses them. The real client's requests are tested in tests/operator/test_operator_kube.py.
+parses them. The real client's requests are tested in tests/apply/test_kube_client.py.
 No live cluster is involved.
 """
 

@@ -1,7 +1,7 @@
 """`tokenlimit operator` usage errors, through click's runner (exit 2, messages that teach).
 
 The command running for real (kubeconfig, discovery, reconcile, SIGTERM) is tested in
-test_operator_kube.py against the recorded API server.
+tests/apply/test_kube_client.py against the recorded API server.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-TOKEN_ENV = "TOKENLIMIT_BRIDGE_TOKEN"
+from tokenlimit.model.limits import BRIDGE_TOKEN_ENV
+
+TOKEN_ENV = BRIDGE_TOKEN_ENV  # contract/limits.json: the filter reads the same variable
 
 MAX_COMMANDS = 64
 MAX_BODY = 1024 * 1024

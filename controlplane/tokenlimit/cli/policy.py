@@ -440,7 +440,7 @@ def _push_kube(
         )
     document = _namespaced_document(policy, namespace)
     try:
-        api = pushing.DynamicApi.connect(context)
+        api = pushing.connect(context)
         if rendered is None:
             objects = [document]
         else:

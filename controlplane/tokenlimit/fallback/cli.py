@@ -320,7 +320,7 @@ def _toggle_kube(
     from tokenlimit import push
 
     try:
-        api = push.DynamicApi.connect(context)
+        api = push.connect(context)
         results = push.apply_objects(api, [changed], dry_run=dry_run, force=False)
     except push.PushError as exc:
         raise FallbackCliError(str(exc)) from None

@@ -120,7 +120,6 @@ def operator_command(
     Writes status.conditions Accepted and Programmed on each policy. Stops cleanly on SIGTERM.
     """
     from tokenlimit.operator import module_server
-    from tokenlimit.operator.renderers import RendererMissing, renderer_for
 
     _configure_logging(log_level)
     if module_url and module_url_base:
@@ -157,10 +156,6 @@ def operator_command(
             raise click.UsageError("--module-url-base needs the module server: --module-port 0")
         served = modules[wanted]
         module = Module(module_server.module_url(module_url_base, served), served.sha256)
-    try:
-        renderer_for(gateway)  # fail now, before connecting, if this build cannot render
-    except RendererMissing as exc:
-        raise OperatorError(str(exc)) from None
     settings = Settings(gateway=gateway, module=module, envoy_module_path=envoy_module_path)
     if leader_elect:
         from tokenlimit.operator.leader import pod_namespace

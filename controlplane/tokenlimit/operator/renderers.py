@@ -33,10 +33,6 @@ SECRET = Kind("v1", "Secret")
 TARGETS: dict[str, str] = {"envoy": "envoy-configmap", "higress": "higress", "istio": "istio"}
 
 
-class RendererMissing(LookupError):
-    """This build has no renderer for a gateway kind."""
-
-
 def renderer_for(gateway: GatewayKind, secrets: SecretSource | None = None) -> Renderer:
     """The renderer for `gateway`; `secrets` reads the Secret values a policy refers to."""
     if gateway not in TARGETS:

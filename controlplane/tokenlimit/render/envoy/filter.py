@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenlimit.model import FilterConfig, filter_json
+from tokenlimit.model.limits import BRIDGE_TOKEN_ENV
 from tokenlimit.render.envoy.common import (
     EXTENSION_CONFIG_TYPE,
     FILTER_NAME,
@@ -15,7 +16,7 @@ from tokenlimit.render.envoy.common import (
     WASM_TYPE,
 )
 
-BRIDGE_TOKEN_VARIABLE = "TOKENLIMIT_BRIDGE_TOKEN"  # filter/src/redis_store.zig reads it
+BRIDGE_TOKEN_VARIABLE = BRIDGE_TOKEN_ENV  # contract/limits.json: the filter reads it too
 REWRITE_FILTER_NAME = "tokenlimit-model-rewrite"
 # The rewrite filters of all clusters share one VM (same module, same VM id), apart from the
 # limiter's: nothing they do can touch the budgets kept in the limiter's VM.
