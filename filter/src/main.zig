@@ -1,9 +1,9 @@
 //! Proxy-Wasm ABI 0.2.1 exports: the host calls these; each finds its context in the table and
 //! hands over to `filter.zig`. Contexts are created and freed here and nowhere else.
 const std = @import("std");
-const filter = @import("filter.zig");
-const host = @import("host.zig");
-const redis_store = @import("redis_store.zig");
+const filter = @import("http/context.zig");
+const host = @import("abi/host.zig");
+const redis_store = @import("store/redis.zig");
 
 const allocator = host.allocator;
 

@@ -4,17 +4,17 @@
 //! read as the response passes, and the reservation is settled against it when the stream ends.
 //! `main.zig` owns the context table and the ABI exports.
 const std = @import("std");
-const budget = @import("budget.zig");
-const config = @import("config.zig");
-const host = @import("host.zig");
-const ip = @import("ip.zig");
-const local_store = @import("local_store.zig");
-const match = @import("match.zig");
-const redis_store = @import("redis_store.zig");
-const request = @import("request.zig");
-const response = @import("response.zig");
-const store = @import("store.zig");
-const usage = @import("usage.zig");
+const budget = @import("../meter/budget.zig");
+const config = @import("../config.zig");
+const host = @import("../abi/host.zig");
+const ip = @import("../ip.zig");
+const local_store = @import("../store/local.zig");
+const match = @import("../match/match.zig");
+const redis_store = @import("../store/redis.zig");
+const request = @import("../usage/request.zig");
+const response = @import("../respond/response.zig");
+const store = @import("../store/store.zig");
+const usage = @import("../usage/usage.zig");
 
 const allocator = host.allocator;
 

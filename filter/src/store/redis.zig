@@ -14,8 +14,8 @@
 //! nothing once it is noticed. Every transition is logged once.
 const std = @import("std");
 const build_options = @import("build_options");
-const config = @import("config.zig");
-const host = @import("host.zig");
+const config = @import("../config.zig");
+const host = @import("../abi/host.zig");
 const resp = @import("resp.zig");
 const store = @import("store.zig");
 

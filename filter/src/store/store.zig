@@ -1,9 +1,9 @@
 //! What every budget store works on: the counters one request touches. The local store
 //! (local_store.zig) and the Redis store (redis_store.zig + contract/budget.lua) implement the
 //! same two operations on them, checked against the same vectors.
-const budget = @import("budget.zig");
-const config = @import("config.zig");
-const match = @import("match.zig");
+const budget = @import("../meter/budget.zig");
+const config = @import("../config.zig");
+const match = @import("../match/match.zig");
 
 pub const Counter = struct {
     key: match.CounterKey,

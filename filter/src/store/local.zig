@@ -4,8 +4,8 @@
 //! workers all land. Admission across several counters is per counter: when a later counter
 //! refuses, the amounts already added to earlier ones are taken back.
 const std = @import("std");
-const budget = @import("budget.zig");
-const host = @import("host.zig");
+const budget = @import("../meter/budget.zig");
+const host = @import("../abi/host.zig");
 const store = @import("store.zig");
 
 /// Bound on compare-and-swap attempts: contention on one key from N workers resolves in at

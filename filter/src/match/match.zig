@@ -1,0 +1,203 @@
+//! Matching a request against rule items: extracting the key value (query parameter, cookie,
+//! forwarded address), picking the first matching limit key, and naming the budget counter.
+//! Pure functions: the HTTP context fetches headers and properties and passes them in.
+const std = @import("std");
+const config = @import("../config.zig");
+const ip = @import("../ip.zig");
+const budget = @import("../meter/budget.zig");
+const sha256 = @import("sha256.zig");
+
+/// Longest key value read from a request; longer values are refused (and do not match)
+/// rather than truncated, so two long values can never share a budget by accident.
+pub const value_bytes_max = 4096;
+
+/// The first `limit_keys` entry of `item` that matches `value`, or null.
+pub fn matchKey(item: *const config.RuleItem, value: []const u8) ?*const config.LimitKey {
+    if (value.len == 0 or value.len > value_bytes_max) return null;
+    const address: ?ip.Address = if (item.limit_type == .per_ip) ip.parseAddress(value) catch null else null;
+    for (item.keys) |*key| {
+        const matched = switch (key.matcher) {
+            .literal => |literal| std.mem.eql(u8, literal, value),
+            .any => item.limit_type != .per_ip or address != null,
+            .pattern => |*pattern| pattern.isMatch(value),
+            .ip_range => |range| if (address) |a| range.contains(a) else false,
+        };
+        if (matched) return key;
+    }
+    return null;
+}
+
+/// Value of query parameter `name` in a request path ("/v1/chat?team=red&x=1"), raw
+/// (not percent-decoded: the raw form identifies the caller just as well and needs no copy).
+pub fn queryParam(path: []const u8, name: []const u8) ?[]const u8 {
+    const query_start = std.mem.indexOfScalar(u8, path, '?') orelse return null;
+    var query = path[query_start + 1 ..];
+    if (std.mem.indexOfScalar(u8, query, '#')) |fragment| query = query[0..fragment];
+    var pairs = std.mem.splitScalar(u8, query, '&');
+    while (pairs.next()) |pair| {
+        const equals = std.mem.indexOfScalar(u8, pair, '=') orelse pair.len;
+        if (std.mem.eql(u8, pair[0..equals], name)) return if (equals < pair.len) pair[equals + 1 ..] else "";
+    }
+    return null;
+}
+
+/// Value of cookie `name` in a `cookie` header ("a=1; session=xyz").
+pub fn cookieValue(header: []const u8, name: []const u8) ?[]const u8 {
+    var pairs = std.mem.splitScalar(u8, header, ';');
+    while (pairs.next()) |raw_pair| {
+        const pair = std.mem.trim(u8, raw_pair, " \t");
+        const equals = std.mem.indexOfScalar(u8, pair, '=') orelse continue;
+        if (std.mem.eql(u8, pair[0..equals], name)) return std.mem.trim(u8, pair[equals + 1 ..], "\"");
+    }
+    return null;
+}
+
+/// The first address of an `x-forwarded-for`-style header, as Higress takes it.
+pub fn firstListValue(header: []const u8) []const u8 {
+    const comma = std.mem.indexOfScalar(u8, header, ',') orelse header.len;
+    return std.mem.trim(u8, header[0..comma], " \t");
+}
+
+/// Whether a request host matches a Higress `_match_domain_` entry ("api.x.com", "*.x.com").
+pub fn domainMatches(pattern: []const u8, authority: []const u8) bool {
+    const host = hostOf(authority);
+    if (std.mem.startsWith(u8, pattern, "*.")) {
+        const suffix = pattern[1..];
+        return host.len > suffix.len and std.ascii.endsWithIgnoreCase(host, suffix);
+    }
+    return std.ascii.eqlIgnoreCase(pattern, host);
+}
+
+fn hostOf(authority: []const u8) []const u8 {
+    if (authority.len > 0 and authority[0] == '[') return ip.stripPort(authority);
+    const colon = std.mem.lastIndexOfScalar(u8, authority, ':') orelse return authority;
+    if (std.mem.indexOfScalar(u8, authority, ':') != colon) return authority; // bare IPv6
+    return authority[0..colon];
+}
+
+/// Whether an Envoy cluster name ("outbound|80||llm.ns.svc.cluster.local") is the service a
+/// Higress `_match_service_` entry names ("llm.ns.svc.cluster.local" or "...:80").
+pub fn serviceMatches(pattern: []const u8, cluster_name: []const u8) bool {
+    if (std.mem.eql(u8, pattern, cluster_name)) return true;
+    var parts = std.mem.splitScalar(u8, cluster_name, '|');
+    _ = parts.next(); // direction
+    const port = parts.next() orelse return false;
+    _ = parts.next(); // subset
+    const fqdn = parts.next() orelse return false;
+    if (std.mem.lastIndexOfScalar(u8, pattern, ':')) |colon| {
+        return std.mem.eql(u8, pattern[0..colon], fqdn) and std.mem.eql(u8, pattern[colon + 1 ..], port);
+    }
+    return std.mem.eql(u8, pattern, fqdn);
+}
+
+// ---- budget counter names --------------------------------------------------------------------
+
+pub const counter_key_bytes_max = 256;
+pub const CounterKey = struct {
+    bytes: [counter_key_bytes_max]u8 = undefined,
+    len: usize = 0,
+
+    pub fn slice(self: *const CounterKey) []const u8 {
+        return self.bytes[0..self.len];
+    }
+};
+
+/// Hex of the first 16 bytes of SHA-256: how credentials appear in stores and logs.
+pub const HashedValue = [32]u8;
+
+pub fn hashValue(value: []const u8) HashedValue {
+    const digest = sha256.hash(value);
+    return std.fmt.bytesToHex(digest[0..16].*, .lower);
+}
+
+/// The identity of a caller within an item as it may be stored and logged: hashed when the
+/// value may be a credential, as-is otherwise (values too long for a key are hashed as well).
+pub fn identity(limit_type: config.LimitType, value: []const u8, out: *HashedValue) []const u8 {
+    if (limit_type == .global) return "global";
+    if (limit_type.hashesValue() or value.len > out.len or !isPlain(value)) {
+        out.* = hashValue(value);
+        return out;
+    }
+    return value;
+}
+
+fn isPlain(value: []const u8) bool {
+    for (value) |c| if (c <= ' ' or c >= 0x7f or c == ':' or c == '{' or c == '}') return false;
+    return true;
+}
+
+/// `tokenlimit:{<rule>}:<type>[:<source>]:<unit>:<window seconds>:<identity>` — the counter's
+/// name in every store. The `{rule}` hash tag keeps one request's counters on one Redis Cluster
+/// slot (one script touches them all). It leaves out the matched `limit_keys` entry, so
+/// editing a limit keeps the usage counted so far.
+pub fn counterKey(rule_name: []const u8, item: *const config.RuleItem, unit: config.Unit, w: budget.Window, caller: []const u8) error{Overflow}!CounterKey {
+    var key: CounterKey = .{};
+    const separator: []const u8 = if (item.source.len > 0) ":" else "";
+    const text = std.fmt.bufPrint(&key.bytes, "tokenlimit:{{{s}}}:{s}{s}{s}:{s}:{d}:{s}", .{
+        rule_name, @tagName(item.limit_type), separator, item.source, @tagName(unit), w.seconds(), caller,
+    }) catch return error.Overflow;
+    key.len = text.len;
+    return key;
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+test "match: query parameters and cookies" {
+    try std.testing.expectEqualStrings("red", queryParam("/v1/chat?team=red&x=1", "team").?);
+    try std.testing.expectEqualStrings("1", queryParam("/v1/chat?team=red&x=1#frag", "x").?);
+    try std.testing.expectEqualStrings("", queryParam("/v1?flag", "flag").?);
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1/chat", "team"));
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1?teams=red", "team"));
+    try std.testing.expectEqualStrings("xyz", cookieValue("a=1; session=xyz", "session").?);
+    try std.testing.expectEqualStrings("q", cookieValue("session=\"q\"", "session").?);
+    try std.testing.expectEqual(@as(?[]const u8, null), cookieValue("sessionx=1", "session"));
+    try std.testing.expectEqualStrings("1.2.3.4", firstListValue(" 1.2.3.4 , 5.6.7.8"));
+}
+
+test "match: domains and services as Higress names them" {
+    try std.testing.expect(domainMatches("*.example.com", "api.example.com:8080"));
+    try std.testing.expect(!domainMatches("*.example.com", "example.com"));
+    try std.testing.expect(domainMatches("API.example.org", "api.example.org"));
+    try std.testing.expect(serviceMatches("llm.ns.svc.cluster.local", "outbound|80||llm.ns.svc.cluster.local"));
+    try std.testing.expect(serviceMatches("llm.ns.svc.cluster.local:80", "outbound|80||llm.ns.svc.cluster.local"));
+    try std.testing.expect(!serviceMatches("llm.ns.svc.cluster.local:81", "outbound|80||llm.ns.svc.cluster.local"));
+}
+
+test "match: first matching key wins, per kind" {
+    const document =
+        \\{"rule_name":"r","rule_items":[
+        \\ {"limit_by_per_header":"x-api-key","limit_keys":[{"key":"regexp:^vip-","token_per_minute":1000},{"key":"*","token_per_minute":10}]},
+        \\ {"limit_by_per_ip":"from-remote-addr","limit_keys":[{"key":"10.0.0.0/8","token_per_minute":5},{"key":"::1","token_per_minute":6}]},
+        \\ {"limit_by_header":"x-team","limit_keys":[{"key":"red","token_per_minute":7}]}]}
+    ;
+    var diagnostic: config.Diagnostic = .{};
+    const parsed = try config.parse(std.testing.allocator, document, &diagnostic);
+    defer config.destroy(std.testing.allocator, parsed);
+    const items = parsed.default_rule.?.items;
+    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], "vip-123").?.text);
+    try std.testing.expectEqualStrings("*", matchKey(&items[0], "basic-1").?.text);
+    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[0], ""));
+    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], "10.9.8.7").?.text);
+    try std.testing.expectEqualStrings("::1", matchKey(&items[1], "::1").?.text);
+    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[1], "not-an-ip"));
+    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[2], "blue"));
+}
+
+test "match: counter keys hash credentials and keep addresses readable" {
+    const item = config.RuleItem{ .limit_type = .per_header, .source = "authorization", .keys = &.{} };
+    var hashed: HashedValue = undefined;
+    const caller = identity(item.limit_type, "Bearer sk-secret", &hashed);
+    try std.testing.expect(std.mem.indexOf(u8, caller, "sk-secret") == null);
+    try std.testing.expectEqual(@as(usize, 32), caller.len);
+    const key = try counterKey("chat", &item, .tokens, .minute, caller);
+    try std.testing.expect(std.mem.startsWith(u8, key.slice(), "tokenlimit:{chat}:per_header:authorization:tokens:60:"));
+    // Pinned so `tokenlimit usage --key` (Python) computes the same name.
+    try std.testing.expectEqualStrings("afa6f8ec47e70b6579157f844acfdd33", &hashValue("Bearer sk-secret"));
+
+    const ip_item = config.RuleItem{ .limit_type = .per_ip, .source = "from-remote-addr", .keys = &.{} };
+    const ip_key = try counterKey("chat", &ip_item, .requests, .hour, identity(.per_ip, "10.1.2.3", &hashed));
+    try std.testing.expectEqualStrings("tokenlimit:{chat}:per_ip:from-remote-addr:requests:3600:10.1.2.3", ip_key.slice());
+    const global_item = config.RuleItem{ .limit_type = .global, .source = "", .keys = &.{} };
+    const global_key = try counterKey("chat", &global_item, .tokens, .day, identity(.global, "", &hashed));
+    try std.testing.expectEqualStrings("tokenlimit:{chat}:global:tokens:86400:global", global_key.slice());
+}

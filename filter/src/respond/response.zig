@@ -1,0 +1,109 @@
+//! What the client sees of a decision: the rejection response and OpenAI-style
+//! `x-ratelimit-*-tokens` headers. Formatting is pure; `sendRejection` makes the one host call.
+const std = @import("std");
+const host = @import("../abi/host.zig");
+const budget = @import("../meter/budget.zig");
+
+/// OpenAI's reset duration form: "1s", "42s", "1m30s", "2h0m0s" (Go's time.Duration style,
+/// whole seconds, rounded up so a client that waits this long finds the window reset).
+pub fn formatReset(reset_in_ms: u64, buffer: []u8) []const u8 {
+    const total_s = std.math.divCeil(u64, reset_in_ms, 1000) catch 0;
+    const hours = total_s / 3600;
+    const minutes = (total_s % 3600) / 60;
+    const seconds = total_s % 60;
+    const text = if (hours > 0)
+        std.fmt.bufPrint(buffer, "{d}h{d}m{d}s", .{ hours, minutes, seconds })
+    else if (minutes > 0)
+        std.fmt.bufPrint(buffer, "{d}m{d}s", .{ minutes, seconds })
+    else
+        std.fmt.bufPrint(buffer, "{d}s", .{seconds});
+    return text catch "0s";
+}
+
+/// `Retry-After` in whole seconds, at least 1 (a 0 invites an immediate retry storm).
+pub fn retryAfterSeconds(reset_in_ms: u64) u64 {
+    return @max(1, std.math.divCeil(u64, reset_in_ms, 1000) catch 1);
+}
+
+/// The `x-ratelimit-*-tokens` header values for one budget check.
+pub const LimitHeaders = struct {
+    limit: [24]u8 = undefined,
+    limit_len: usize = 0,
+    remaining: [24]u8 = undefined,
+    remaining_len: usize = 0,
+    reset: [24]u8 = undefined,
+    reset_len: usize = 0,
+    retry_after: [24]u8 = undefined,
+    retry_after_len: usize = 0,
+
+    pub fn init(check: budget.Check) LimitHeaders {
+        // 24 bytes hold any u64 in decimal and any reset duration, so the prints cannot fail.
+        var headers: LimitHeaders = .{};
+        headers.limit_len = printNumber(&headers.limit, check.limit);
+        headers.remaining_len = printNumber(&headers.remaining, check.remaining());
+        headers.reset_len = formatReset(check.reset_in_ms, &headers.reset).len;
+        headers.retry_after_len = printNumber(&headers.retry_after, retryAfterSeconds(check.reset_in_ms));
+        return headers;
+    }
+
+    const Names = struct { limit: []const u8, remaining: []const u8, reset: []const u8 };
+    const token_names = Names{ .limit = "x-ratelimit-limit-tokens", .remaining = "x-ratelimit-remaining-tokens", .reset = "x-ratelimit-reset-tokens" };
+    const request_names = Names{ .limit = "x-ratelimit-limit-requests", .remaining = "x-ratelimit-remaining-requests", .reset = "x-ratelimit-reset-requests" };
+
+    fn names(requests: bool) Names {
+        return if (requests) request_names else token_names;
+    }
+
+    fn addTo(self: *const LimitHeaders, requests: bool, writer: anytype) void {
+        const n = names(requests);
+        writer.add(n.limit, self.limit[0..self.limit_len]);
+        writer.add(n.remaining, self.remaining[0..self.remaining_len]);
+        writer.add(n.reset, self.reset[0..self.reset_len]);
+    }
+};
+
+fn printNumber(buffer: *[24]u8, number: u64) usize {
+    const text = std.fmt.bufPrint(buffer, "{d}", .{number}) catch return 0;
+    return text.len;
+}
+
+/// Sends the rejection for the budget that refused the request (`requests`: a request budget).
+pub fn sendRejection(status_code: u32, message: []const u8, requests: bool, check: budget.Check) host.Error!void {
+    const headers = LimitHeaders.init(check);
+    var writer: host.HeaderMapWriter(5) = .{};
+    writer.add("content-type", "text/plain; charset=utf-8");
+    writer.add("retry-after", headers.retry_after[0..headers.retry_after_len]);
+    headers.addTo(requests, &writer);
+    var buffer: [512]u8 = undefined;
+    comptime std.debug.assert(512 > 4 + 5 * 8 + 5 * (32 + 24 + 2)); // five short headers always fit
+    const serialized = writer.write(&buffer) catch return error.HostFailure;
+    try host.sendLocalResponse(status_code, "tokenlimit_rejected", message, serialized);
+}
+
+/// Adds the budget's headers to an admitted response (`show_limit_headers`).
+pub fn addLimitHeaders(requests: bool, check: budget.Check) void {
+    const headers = LimitHeaders.init(check);
+    const n = LimitHeaders.names(requests);
+    // Best effort: a response without them is still a correct response.
+    host.replaceHeader(.response_headers, n.limit, headers.limit[0..headers.limit_len]) catch return;
+    host.replaceHeader(.response_headers, n.remaining, headers.remaining[0..headers.remaining_len]) catch return;
+    host.replaceHeader(.response_headers, n.reset, headers.reset[0..headers.reset_len]) catch return;
+}
+
+test "response: reset durations in OpenAI's form" {
+    var buffer: [24]u8 = undefined;
+    try std.testing.expectEqualStrings("1s", formatReset(1, &buffer));
+    try std.testing.expectEqualStrings("42s", formatReset(41_500, &buffer));
+    try std.testing.expectEqualStrings("1m30s", formatReset(90_000, &buffer));
+    try std.testing.expectEqualStrings("2h0m1s", formatReset(7_201_000, &buffer));
+    try std.testing.expectEqual(@as(u64, 1), retryAfterSeconds(0));
+    try std.testing.expectEqual(@as(u64, 60), retryAfterSeconds(60_000));
+}
+
+test "response: limit headers reflect the refusing budget" {
+    const headers = LimitHeaders.init(.{ .limit = 300, .used = 320, .reset_in_ms = 12_300 });
+    try std.testing.expectEqualStrings("300", headers.limit[0..headers.limit_len]);
+    try std.testing.expectEqualStrings("0", headers.remaining[0..headers.remaining_len]);
+    try std.testing.expectEqualStrings("13s", headers.reset[0..headers.reset_len]);
+    try std.testing.expectEqualStrings("13", headers.retry_after[0..headers.retry_after_len]);
+}

@@ -1,0 +1,277 @@
+//! A byte-at-a-time JSON scanner with no look-ahead: a document split anywhere across chunks
+//! scans the same as one buffer, and memory is fixed (bounded depth, bounded key length). It
+//! follows the object path and reports integers, booleans and object starts to a handler;
+//! usage.zig (responses) and request.zig (request bodies) are its two handlers.
+const std = @import("std");
+
+/// Levels whose keys are tracked; deeper levels are followed by kind only.
+pub const named_depth_max = 16;
+/// Nesting beyond this stops the scan (the caller then estimates).
+pub const depth_max = 64;
+/// Longest key a handler can ask about ("cache_creation_input_tokens" is 27 bytes).
+pub const key_bytes_max = 32;
+
+comptime {
+    std.debug.assert(named_depth_max <= depth_max);
+    std.debug.assert(depth_max <= 64); // container kinds live in one u64
+}
+
+/// Where a value sits: its object key and the key of the object holding it.
+pub const Path = struct {
+    /// 1 for the members of the top-level object.
+    depth: usize,
+    /// Key under which the containing object sits ("" at the top level or when too long).
+    parent: []const u8,
+    /// The value's own key ("" inside arrays or when too long).
+    key: []const u8,
+};
+
+/// Incremental JSON scanner that tells `Handler` about the values it passes:
+///   fn number(handler: *Handler, path: Path, value: u64) void   — non-negative integers only
+///   fn literal(handler: *Handler, path: Path, value: bool) void — true / false
+///   fn objectOpen(handler: *Handler, path: Path, offset: usize) void — offset of its '{'
+///   fn stringValue(handler: *Handler, path: Path, start: usize, end: usize) void — offsets of
+///      its opening and closing quotes (a value string, not a key)
+/// Invalid JSON stops scanning (state `failed`) without error; callers fall back to estimates.
+pub fn JsonScanner(comptime Handler: type) type {
+    return struct {
+        const Self = @This();
+
+        pub const State = enum {
+            value, // expecting a value
+            object_key_or_end, // after '{'
+            object_key, // after ','
+            key_string,
+            key_string_escape,
+            colon,
+            string,
+            string_escape,
+            number,
+            literal,
+            after_value,
+            done,
+            failed,
+        };
+
+        const Name = struct {
+            bytes: [key_bytes_max]u8 = undefined,
+            len: u8 = 0,
+            usable: bool = false,
+
+            fn slice(self: *const Name) []const u8 {
+                return if (self.usable) self.bytes[0..self.len] else "";
+            }
+        };
+
+        const Frame = struct {
+            /// Key this container is the value of (unusable when none or too long to matter).
+            name: Name = .{},
+            /// Most recent key read inside this object.
+            key: Name = .{},
+        };
+
+        handler: Handler = .{},
+        /// Bytes fed so far (offsets reported to the handler count from the first byte).
+        offset: usize = 0,
+        literal_first: u8 = 0,
+        string_start: usize = 0,
+        state: State = .value,
+        depth: usize = 0,
+        /// Bit i set: the container at level i is an object.
+        object_levels: u64 = 0,
+        frames: [named_depth_max]Frame = undefined,
+        key: Name = .{},
+        number: u64 = 0,
+        number_valid: bool = false,
+
+        /// Starts over on a new document, keeping what the handler collected.
+        pub fn reset(self: *Self) void {
+            self.* = .{ .handler = self.handler };
+        }
+
+        pub fn feed(self: *Self, bytes: []const u8) void {
+            for (bytes) |c| {
+                switch (self.state) {
+                    .failed => return,
+                    .done => if (!isSpace(c)) {
+                        self.state = .failed;
+                        return;
+                    },
+                    else => self.step(c),
+                }
+                self.offset += 1;
+            }
+        }
+
+        fn inObject(self: *const Self) bool {
+            std.debug.assert(self.depth > 0);
+            return (self.object_levels >> @intCast(self.depth - 1)) & 1 == 1;
+        }
+
+        fn step(self: *Self, c: u8) void {
+            switch (self.state) {
+                .value => self.startValue(c),
+                .object_key_or_end, .object_key => {
+                    if (isSpace(c)) return;
+                    if (c == '}' and self.state == .object_key_or_end) return self.closeContainer(true);
+                    if (c != '"') return self.fail();
+                    self.key = .{ .usable = true };
+                    self.state = .key_string;
+                },
+                .key_string => switch (c) {
+                    '"' => {
+                        self.storeKey();
+                        self.state = .colon;
+                    },
+                    '\\' => {
+                        self.key.usable = false; // escaped keys never name usage fields
+                        self.state = .key_string_escape;
+                    },
+                    else => {
+                        if (self.key.len < key_bytes_max) {
+                            self.key.bytes[self.key.len] = c;
+                            self.key.len += 1;
+                        } else self.key.usable = false;
+                    },
+                },
+                .key_string_escape => self.state = .key_string,
+                .colon => {
+                    if (isSpace(c)) return;
+                    if (c != ':') return self.fail();
+                    self.state = .value;
+                },
+                .string => switch (c) {
+                    '"' => {
+                        if (self.path()) |p| self.handler.stringValue(p, self.string_start, self.offset);
+                        self.endValue();
+                    },
+                    '\\' => self.state = .string_escape,
+                    else => {},
+                },
+                .string_escape => self.state = .string,
+                .number => {
+                    if (std.ascii.isDigit(c)) {
+                        const times_ten = @mulWithOverflow(self.number, 10);
+                        const plus_digit = @addWithOverflow(times_ten[0], c - '0');
+                        if (times_ten[1] != 0 or plus_digit[1] != 0) self.number_valid = false;
+                        self.number = plus_digit[0];
+                        return;
+                    }
+                    if (c == '.' or c == 'e' or c == 'E' or c == '+' or c == '-') {
+                        self.number_valid = false; // not a token count
+                        return;
+                    }
+                    self.recordNumber();
+                    self.endValue();
+                    self.step(c);
+                },
+                .literal => {
+                    if (std.ascii.isAlphabetic(c)) return;
+                    if (self.literal_first == 't' or self.literal_first == 'f') {
+                        if (self.path()) |p| self.handler.literal(p, self.literal_first == 't');
+                    }
+                    self.endValue();
+                    self.step(c);
+                },
+                .after_value => {
+                    if (isSpace(c)) return;
+                    if (self.depth == 0) return self.fail();
+                    switch (c) {
+                        ',' => self.state = if (self.inObject()) .object_key else .value,
+                        '}', ']' => self.closeContainer(c == '}'),
+                        else => self.fail(),
+                    }
+                },
+                .done, .failed => {},
+            }
+        }
+
+        fn startValue(self: *Self, c: u8) void {
+            switch (c) {
+                ' ', '\t', '\r', '\n' => {},
+                '{', '[' => self.openContainer(c == '{'),
+                ']' => self.closeContainer(false), // empty array
+                '"' => {
+                    self.string_start = self.offset;
+                    self.state = .string;
+                },
+                '-' => {
+                    self.number = 0;
+                    self.number_valid = false;
+                    self.state = .number;
+                },
+                '0'...'9' => {
+                    self.number = c - '0';
+                    self.number_valid = true;
+                    self.state = .number;
+                },
+                't', 'f', 'n' => {
+                    self.literal_first = c;
+                    self.state = .literal;
+                },
+                else => self.fail(),
+            }
+        }
+
+        fn openContainer(self: *Self, is_object: bool) void {
+            if (self.depth == depth_max) return self.fail();
+            if (is_object) {
+                if (self.path()) |p| self.handler.objectOpen(p, self.offset);
+            }
+            const level: u6 = @intCast(self.depth);
+            if (is_object) self.object_levels |= @as(u64, 1) << level else self.object_levels &= ~(@as(u64, 1) << level);
+            if (self.depth < named_depth_max) {
+                var frame = Frame{};
+                if (self.depth > 0 and self.inObject()) frame.name = self.frames[self.depth - 1].key;
+                self.frames[self.depth] = frame;
+            }
+            self.depth += 1;
+            self.state = if (is_object) .object_key_or_end else .value;
+        }
+
+        fn closeContainer(self: *Self, is_object: bool) void {
+            if (self.depth == 0 or self.inObject() != is_object) return self.fail();
+            self.depth -= 1;
+            self.endValue();
+        }
+
+        fn endValue(self: *Self) void {
+            self.state = if (self.depth == 0) .done else .after_value;
+        }
+
+        fn storeKey(self: *Self) void {
+            if (self.depth == 0 or self.depth > named_depth_max) return;
+            self.frames[self.depth - 1].key = self.key;
+        }
+
+        /// The path of the value about to start (or just ended), when its keys are known.
+        fn path(self: *const Self) ?Path {
+            if (self.depth == 0) return .{ .depth = 0, .parent = "", .key = "" };
+            if (self.depth > named_depth_max) return null;
+            const frame = &self.frames[self.depth - 1];
+            const key = if (self.inObject()) frame.key.slice() else "";
+            return .{ .depth = self.depth, .parent = frame.name.slice(), .key = key };
+        }
+
+        fn recordNumber(self: *Self) void {
+            if (!self.number_valid) return;
+            if (self.path()) |p| self.handler.number(p, self.number);
+        }
+
+        fn fail(self: *Self) void {
+            self.state = .failed;
+        }
+
+        /// Flushes a number that ended at the end of input (a bare top-level number).
+        pub fn finish(self: *Self) void {
+            if (self.state == .number) {
+                self.recordNumber();
+                self.endValue();
+            }
+        }
+    };
+}
+
+fn isSpace(c: u8) bool {
+    return c == ' ' or c == '\t' or c == '\r' or c == '\n';
+}

@@ -1,0 +1,325 @@
+//! Reads token usage out of LLM responses as the bytes pass, without buffering the body.
+//!
+//! A byte-at-a-time JSON state machine follows the object path (bounded depth, bounded key
+//! length) and records integers that sit under a `usage` / `usageMetadata` object. It needs no
+//! look-ahead, so a body split anywhere across chunks scans the same as one buffer, and memory is
+//! fixed. For `text/event-stream` an SSE framer in front of it feeds each event's `data:` lines
+//! to the JSON machine and resets it between events; usage seen in later events overwrites
+//! earlier values (Anthropic's `message_delta` carries the final output count, Gemini repeats
+//! cumulative `usageMetadata`).
+const std = @import("std");
+const json_scan = @import("json_scan.zig");
+
+pub const Usage = struct {
+    /// Prompt tokens as the provider counts them (OpenAI and Gemini include cached ones).
+    input_tokens: ?u64 = null,
+    output_tokens: ?u64 = null,
+    /// Cached prompt tokens inside `input_tokens` (OpenAI `cached_tokens`, Gemini
+    /// `cachedContentTokenCount`).
+    cached_in_input: u64 = 0,
+    /// Anthropic reports cache reads and writes beside `input_tokens`, not inside it.
+    cache_read_tokens: u64 = 0,
+    cache_write_tokens: u64 = 0,
+    /// Gemini thinking tokens, billed as output but reported apart.
+    thoughts_tokens: u64 = 0,
+
+    pub fn seen(self: Usage) bool {
+        return self.input_tokens != null or self.output_tokens != null;
+    }
+
+    /// Cost under per-kind weights in thousandths (1000 = one token counts once), rounded up.
+    /// With the default weights: every token the upstream processed.
+    pub fn weighted(self: Usage, weights: Weights) u64 {
+        const input = self.input_tokens orelse 0;
+        const cached = @min(self.cached_in_input, input) +| self.cache_read_tokens;
+        const uncached_input = (input - @min(self.cached_in_input, input)) +| self.cache_write_tokens;
+        const output = (self.output_tokens orelse 0) +| self.thoughts_tokens;
+        const milli = @as(u128, uncached_input) * weights.input_milli + @as(u128, cached) * weights.cached_milli +
+            @as(u128, output) * weights.output_milli;
+        const tokens = milli / 1000 + @intFromBool(milli % 1000 != 0);
+        return @intCast(@min(tokens, std.math.maxInt(u64)));
+    }
+};
+
+/// Cost weights in thousandths per token kind (config `weights`).
+pub const Weights = struct {
+    input_milli: u32 = 1000,
+    output_milli: u32 = 1000,
+    cached_milli: u32 = 1000,
+};
+
+const Field = enum { input, output, cached_in_input, cache_read, cache_write, thoughts };
+
+const FieldName = struct { parent: []const u8, key: []const u8, field: Field };
+
+/// (parent object key, key) pairs that carry usage, across the dialects.
+const usage_fields = [_]FieldName{
+    .{ .parent = "usage", .key = "prompt_tokens", .field = .input }, // OpenAI chat, Azure, vLLM
+    .{ .parent = "usage", .key = "completion_tokens", .field = .output },
+    .{ .parent = "usage", .key = "input_tokens", .field = .input }, // Responses API, Anthropic
+    .{ .parent = "usage", .key = "output_tokens", .field = .output },
+    .{ .parent = "usage", .key = "cache_read_input_tokens", .field = .cache_read }, // Anthropic
+    .{ .parent = "usage", .key = "cache_creation_input_tokens", .field = .cache_write },
+    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input }, // OpenAI
+    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input },
+    .{ .parent = "usageMetadata", .key = "promptTokenCount", .field = .input }, // Gemini
+    .{ .parent = "usageMetadata", .key = "candidatesTokenCount", .field = .output },
+    .{ .parent = "usageMetadata", .key = "cachedContentTokenCount", .field = .cached_in_input },
+    .{ .parent = "usageMetadata", .key = "thoughtsTokenCount", .field = .thoughts },
+    // Ollama's native API reports counts at the top level.
+    .{ .parent = "", .key = "prompt_eval_count", .field = .input },
+    .{ .parent = "", .key = "eval_count", .field = .output },
+};
+
+comptime {
+    for (usage_fields) |field| {
+        std.debug.assert(field.key.len <= json_scan.key_bytes_max);
+        std.debug.assert(field.parent.len <= json_scan.key_bytes_max);
+    }
+}
+
+const UsageHandler = struct {
+    usage: Usage = .{},
+
+    pub fn number(self: *UsageHandler, path: json_scan.Path, value: u64) void {
+        if (path.parent.len == 0 and path.depth != 1) return; // top-level fields only at depth 1
+        for (usage_fields) |candidate| {
+            if (std.mem.eql(u8, candidate.key, path.key) and std.mem.eql(u8, candidate.parent, path.parent)) {
+                switch (candidate.field) {
+                    .input => self.usage.input_tokens = value,
+                    .output => self.usage.output_tokens = value,
+                    .cached_in_input => self.usage.cached_in_input = value,
+                    .cache_read => self.usage.cache_read_tokens = value,
+                    .cache_write => self.usage.cache_write_tokens = value,
+                    .thoughts => self.usage.thoughts_tokens = value,
+                }
+                return;
+            }
+        }
+    }
+
+    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: bool) void {}
+    pub fn objectOpen(_: *UsageHandler, _: json_scan.Path, _: usize) void {}
+    pub fn stringValue(_: *UsageHandler, _: json_scan.Path, _: usize, _: usize) void {}
+};
+
+pub const JsonScanner = json_scan.JsonScanner(UsageHandler);
+
+/// Server-sent events framing in front of the JSON scanner (https://html.spec.whatwg.org/#event-stream-interpretation).
+/// Only `data:` fields matter; lines of any length are handled because data bytes go straight
+/// to the JSON scanner, and field names are matched with a tiny fixed buffer.
+pub const SseScanner = struct {
+    const LineState = enum { line_start, field_name, skip_space, data, ignore };
+
+    json: JsonScanner = .{},
+    line_state: LineState = .line_start,
+    field_buffer: [5]u8 = undefined,
+    field_len: usize = 0,
+    event_has_data: bool = false,
+    last_was_cr: bool = false,
+
+    pub fn feed(self: *SseScanner, bytes: []const u8) void {
+        for (bytes) |c| self.step(c);
+    }
+
+    fn step(self: *SseScanner, c: u8) void {
+        // CRLF counts as one line end; a lone CR ends a line too.
+        if (c == '\n' and self.last_was_cr) {
+            self.last_was_cr = false;
+            return;
+        }
+        self.last_was_cr = c == '\r';
+        const line_end = c == '\n' or c == '\r';
+        switch (self.line_state) {
+            .line_start => {
+                if (line_end) return self.endEvent();
+                self.field_len = 0;
+                self.line_state = .field_name;
+                self.step_field(c);
+            },
+            .field_name => {
+                if (line_end) return self.endLine();
+                self.step_field(c);
+            },
+            .skip_space => {
+                if (line_end) return self.endLine();
+                self.line_state = .data;
+                if (c != ' ') self.json.feed(&.{c});
+            },
+            .data => {
+                if (line_end) return self.endLine();
+                self.json.feed(&.{c});
+            },
+            .ignore => if (line_end) self.endLine(),
+        }
+    }
+
+    fn step_field(self: *SseScanner, c: u8) void {
+        if (c == ':') {
+            const is_data = std.mem.eql(u8, self.field_buffer[0..self.field_len], "data");
+            if (is_data) {
+                // Lines of one event's data are joined by '\n', which is JSON whitespace.
+                if (self.event_has_data) self.json.feed("\n");
+                self.event_has_data = true;
+            }
+            self.line_state = if (is_data) .skip_space else .ignore;
+            return;
+        }
+        if (self.field_len == self.field_buffer.len) {
+            self.line_state = .ignore;
+            return;
+        }
+        self.field_buffer[self.field_len] = c;
+        self.field_len += 1;
+    }
+
+    fn endLine(self: *SseScanner) void {
+        self.line_state = .line_start;
+    }
+
+    fn endEvent(self: *SseScanner) void {
+        if (self.event_has_data) self.json.finish();
+        self.json.reset();
+        self.event_has_data = false;
+        self.line_state = .line_start;
+    }
+
+    pub fn finish(self: *SseScanner) void {
+        self.endEvent();
+    }
+
+    pub fn usage(self: *const SseScanner) Usage {
+        return self.json.handler.usage;
+    }
+};
+
+/// Scans a response body in whichever framing its content type says.
+pub const Scanner = union(enum) {
+    json: JsonScanner,
+    sse: SseScanner,
+
+    pub fn init(content_type: []const u8) Scanner {
+        if (std.ascii.findIgnoreCase(content_type, "text/event-stream") != null) return .{ .sse = .{} };
+        return .{ .json = .{} };
+    }
+
+    pub fn feed(self: *Scanner, bytes: []const u8) void {
+        switch (self.*) {
+            inline else => |*scanner| scanner.feed(bytes),
+        }
+    }
+
+    pub fn finish(self: *Scanner) void {
+        switch (self.*) {
+            inline else => |*scanner| scanner.finish(),
+        }
+    }
+
+    pub fn usage(self: *const Scanner) Usage {
+        return switch (self.*) {
+            .json => |scanner| scanner.handler.usage,
+            .sse => |scanner| scanner.json.handler.usage,
+        };
+    }
+};
+
+// ---- tests -----------------------------------------------------------------------------------
+
+fn scanSplitEverywhere(content_type: []const u8, body: []const u8) !Usage {
+    // Every split point must give the same answer as one buffer: chunk boundaries are arbitrary.
+    var whole = Scanner.init(content_type);
+    whole.feed(body);
+    whole.finish();
+    const expected = whole.usage();
+    var split_at: usize = 0;
+    while (split_at <= body.len) : (split_at += 1) {
+        var scanner = Scanner.init(content_type);
+        scanner.feed(body[0..split_at]);
+        scanner.feed(body[split_at..]);
+        scanner.finish();
+        try std.testing.expectEqual(expected, scanner.usage());
+    }
+    var bytewise = Scanner.init(content_type);
+    for (body) |c| bytewise.feed(&.{c});
+    bytewise.finish();
+    try std.testing.expectEqual(expected, bytewise.usage());
+    return expected;
+}
+
+test "usage: OpenAI chat completion JSON" {
+    const body =
+        \\{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"{\"usage\":{\"prompt_tokens\":999}}"},"finish_reason":"stop"}],
+        \\ "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42, "prompt_tokens_details": {"cached_tokens": 4}}}
+    ;
+    const usage = try scanSplitEverywhere("application/json", body);
+    try std.testing.expectEqual(@as(?u64, 12), usage.input_tokens);
+    try std.testing.expectEqual(@as(?u64, 30), usage.output_tokens);
+    try std.testing.expectEqual(@as(u64, 4), usage.cached_in_input);
+    try std.testing.expectEqual(@as(u64, 42), usage.weighted(.{}));
+}
+
+test "usage: Anthropic stream, message_start then message_delta" {
+    const body = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\r\n\r\n" ++
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n" ++
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+    const usage = try scanSplitEverywhere("text/event-stream; charset=utf-8", body);
+    try std.testing.expectEqual(@as(?u64, 25), usage.input_tokens);
+    try std.testing.expectEqual(@as(?u64, 15), usage.output_tokens);
+}
+
+test "usage: OpenAI stream with [DONE] and Gemini usageMetadata" {
+    const openai = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+    try std.testing.expectEqual(@as(u64, 10), (try scanSplitEverywhere("text/event-stream", openai)).weighted(.{}));
+    const gemini = "{\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":6,\"totalTokenCount\":11}}";
+    try std.testing.expectEqual(@as(u64, 11), (try scanSplitEverywhere("application/json", gemini)).weighted(.{}));
+}
+
+test "usage: malformed or usage-free bodies report nothing" {
+    const bodies = [_][]const u8{ "", "not json", "{\"usage\":", "{\"usage\":{\"prompt_tokens\":-3,\"completion_tokens\":1.5}}", "[1,2,3]", "{\"a\":{\"b\":{\"c\":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}}}", "}}}}", "{\"usage\":{\"prompt_tokens\":99999999999999999999999}}" };
+    for (bodies) |body| {
+        const usage = try scanSplitEverywhere("application/json", body);
+        try std.testing.expect(!usage.seen());
+    }
+}
+
+test "usage: deep nesting beyond the bound does not confuse the path" {
+    var body: [200]u8 = undefined;
+    var at: usize = 0;
+    const open = "{\"x\":";
+    for (0..20) |_| {
+        @memcpy(body[at..][0..open.len], open);
+        at += open.len;
+    }
+    body[at] = '1';
+    at += 1;
+    for (0..20) |_| {
+        body[at] = '}';
+        at += 1;
+    }
+    var scanner = JsonScanner{};
+    scanner.feed(body[0..at]);
+    try std.testing.expectEqual(JsonScanner.State.done, scanner.state);
+    try std.testing.expect(!scanner.handler.usage.seen());
+}
+
+test "usage: weights split cached, uncached and output tokens" {
+    // OpenAI: 100 prompt tokens of which 40 cached, 10 output; cached at half price, output x4.
+    const openai = Usage{ .input_tokens = 100, .output_tokens = 10, .cached_in_input = 40 };
+    const weights = Weights{ .input_milli = 1000, .output_milli = 4000, .cached_milli = 500 };
+    try std.testing.expectEqual(@as(u64, 60 + 20 + 40), openai.weighted(weights));
+    try std.testing.expectEqual(@as(u64, 110), openai.weighted(.{}));
+    // Anthropic: cache reads and writes are beside input_tokens; all count by default.
+    const anthropic = Usage{ .input_tokens = 5, .output_tokens = 7, .cache_read_tokens = 100, .cache_write_tokens = 20 };
+    try std.testing.expectEqual(@as(u64, 132), anthropic.weighted(.{}));
+    try std.testing.expectEqual(@as(u64, 25 + 7 + 50), anthropic.weighted(.{ .cached_milli = 500 }));
+}
+
+test "usage: Responses API completed event and Anthropic cache fields" {
+    const responses = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n" ++
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":3},\"output_tokens\":4}}}\n\n";
+    const usage = try scanSplitEverywhere("text/event-stream", responses);
+    try std.testing.expectEqual(@as(u64, 13), usage.weighted(.{}));
+    try std.testing.expectEqual(@as(u64, 3), usage.cached_in_input);
+    const anthropic = "{\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":100,\"output_tokens\":7}}";
+    try std.testing.expectEqual(@as(u64, 132), (try scanSplitEverywhere("application/json", anthropic)).weighted(.{}));
+}
