@@ -27,6 +27,7 @@ const Update = struct {
 /// Reads the counter, lets `update` decide, writes with the read's CAS token; retries when
 /// another worker wrote in between. Returns the record as it stands after the operation.
 fn modify(key: []const u8, update: Update) Error!budget.Record {
+    std.debug.assert(key.len > 0);
     var attempt: usize = 0;
     while (attempt < cas_attempts_max) : (attempt += 1) {
         var record = budget.Record{};
@@ -48,6 +49,7 @@ fn modify(key: []const u8, update: Update) Error!budget.Record {
         };
         return next;
     }
+    std.debug.assert(attempt == cas_attempts_max);
     return error.Contended;
 }
 
@@ -63,6 +65,7 @@ const AdmitStep = struct {
         self.counter.check = outcome.check;
         self.counter.reserved = outcome.reserved;
         self.refused.* = outcome.refused;
+        std.debug.assert(outcome.reserved <= self.counter.admit_amount);
         if (outcome.refused and !self.force) return null; // a refusal changes nothing
         return if (std.meta.eql(outcome.record, record)) null else outcome.record; // no change: no write
     }
@@ -78,6 +81,7 @@ pub fn admit(counters: []store.Counter, now_ms: u64, force: bool) Error!?usize {
         var refused = false;
         var step = AdmitStep{ .counter = counter, .now_ms = now_ms, .force = force, .refused = &refused };
         _ = try modify(counter.key.slice(), .{ .context = &step, .apply = AdmitStep.apply });
+        std.debug.assert(counter.reserved <= counter.admit_amount);
         if (!refused) continue;
         if (force) {
             if (first_refused == null) first_refused = index;
@@ -87,6 +91,7 @@ pub fn admit(counters: []store.Counter, now_ms: u64, force: bool) Error!?usize {
         for (counters[0..index]) |*earlier| earlier.reserved = 0;
         return index;
     }
+    std.debug.assert(first_refused == null or first_refused.? < counters.len);
     return first_refused;
 }
 
@@ -116,6 +121,7 @@ pub fn settle(counters: []const store.Counter, now_ms: u64, actual_tokens: u64) 
 }
 
 fn refund(counter: *const store.Counter, now_ms: u64, amount: u64) Error!void {
+    std.debug.assert(amount <= counter.reserved);
     if (amount == 0) return;
     var step = SettleStep{ .counter = counter, .now_ms = now_ms, .actual = counter.reserved - amount };
     _ = try modify(counter.key.slice(), .{ .context = &step, .apply = SettleStep.apply });
