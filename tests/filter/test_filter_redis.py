@@ -364,3 +364,15 @@ def test_a_client_gone_while_redis_answers_gets_its_reservation_back(
         host.run_pending()
         time.sleep(0.05)
     assert int(client.hget(key, "u")) == 0
+
+
+def test_an_out_of_range_refused_index_is_a_bad_reply_not_a_rejection(higress_wasm, clock):
+    # budget.lua answers (refused index, server time, used, limit, reset) for the one counter.
+    # An index past 2^32 once wrapped to 1 in the 32-bit module and rejected the request; it is
+    # a reply of the wrong shape, so failure_mode (open here) decides.
+    reply = b"*5\r\n:4294967297\r\n:1700000000000\r\n:0\r\n:100\r\n:1000\r\n"
+    host = Host(higress_wasm, clock=clock, redis_handler=lambda query: reply)
+    assert host.configure(rule(redis={"service_name": "redis.dns", "timeout": 500}))
+    stream = ask(host, "h")
+    assert stream.local_response is None, stream.local_response
+    assert host.metrics["tokenlimit.store_fallbacks"] == 1

@@ -100,7 +100,8 @@ pub fn classifyError(text: []const u8) ErrorReply {
 /// asserted).
 pub fn readAdmitReply(counters: []store.Counter, values: []const i64, forced: bool) store.Admission {
     if (values.len != 2 + 3 * counters.len) return .{ .failed = .bad_reply };
-    const refused_index: usize = @intCast(@max(values[0], 0));
+    // Compared as u64: usize is 32 bits in the module, and an index past it must not wrap.
+    const refused_index: u64 = @intCast(@max(values[0], 0));
     const server_now_ms: u64 = @intCast(@max(values[1], 0));
     for (counters, 0..) |*counter, i| {
         counter.admitted_at_ms = server_now_ms;
@@ -113,7 +114,7 @@ pub fn readAdmitReply(counters: []store.Counter, values: []const i64, forced: bo
         counter.reserved = if (applied) @min(counter.admit_amount, counter.budget.limit) else 0;
     }
     if (refused_index > counters.len) return .{ .failed = .bad_reply };
-    return .{ .decided = if (refused_index == 0) null else refused_index - 1 };
+    return .{ .decided = if (refused_index == 0) null else @intCast(refused_index - 1) };
 }
 
 const testing = std.testing;
@@ -175,6 +176,7 @@ test "script: admit replies of the wrong shape are bad replies, not crashes" {
     var counters = [_]store.Counter{testCounter("a", .tokens, 300, 40)};
     try testing.expectEqual(store.Failure.bad_reply, readAdmitReply(&counters, &.{ 0, 1 }, false).failed);
     try testing.expectEqual(store.Failure.bad_reply, readAdmitReply(&counters, &.{ 2, 1, 0, 1, 0 }, false).failed);
+    try testing.expectEqual(store.Failure.bad_reply, readAdmitReply(&counters, &.{ (1 << 32) + 1, 1, 0, 1, 0 }, false).failed);
     // Negative numbers are clamped, never cast as they are.
     try testing.expectEqual(@as(?usize, null), readAdmitReply(&counters, &.{ -1, -1, -5, -5, -5 }, false).decided);
     try testing.expectEqual(@as(u64, 1), counters[0].check.limit);
