@@ -286,13 +286,6 @@ pub fn continueRequest() Error!void {
     return check(.continue_stream, proxy_continue_stream(0));
 }
 
-/// Reads a header of the HTTP call response being delivered (map 6), as a number.
-pub fn httpCallStatus() ?u16 {
-    var status = (getHeader(.http_call_response_headers, ":status") catch return null) orelse return null;
-    defer status.deinit();
-    return std.fmt.parseInt(u16, status.bytes, 10) catch null;
-}
-
 // ---- calls out -------------------------------------------------------------------------------
 
 extern "env" fn proxy_http_call(upstream: [*]const u8, upstream_len: usize, headers: [*]const u8, headers_len: usize, body: [*]const u8, body_len: usize, trailers: [*]const u8, trailers_len: usize, timeout_ms: u32, ret_call_id: *u32) u32;

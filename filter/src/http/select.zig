@@ -4,6 +4,7 @@
 const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const config = @import("../config.zig");
+const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const ip = @import("../ip.zig");
 const match = @import("../match/match.zig");
@@ -11,9 +12,6 @@ const request = @import("../usage/request.zig");
 const store = @import("../store/store.zig");
 
 const allocator = host.allocator;
-
-/// Counters one request may touch: every matching item times its windows and units.
-pub const counters_max = config.rule_items_max * 8;
 
 /// The rule for this request: the first `_rules_` entry that matches, else the default.
 pub fn rule(current: *const config.Config) ?*const config.Rule {
@@ -56,13 +54,13 @@ pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const
         defer if (raw) |*bytes| bytes.deinit();
         const value: []const u8 = if (item.limit_type == .global) "" else narrow(item, (raw orelse continue).bytes) orelse continue;
         const key = if (item.limit_type == .global) &item.keys[0] else match.matchKey(item, value) orelse continue;
-        var hashed: match.HashedValue = undefined;
-        const caller = match.identity(item.limit_type, value, &hashed);
+        var hashed: counter.HashedValue = undefined;
+        const caller = counter.identity(item.limit_type, value, &hashed);
         for ([_]config.Unit{ .requests, .tokens }) |unit| {
             for (std.meta.tags(budget.Window)) |window| {
                 const limit = key.limits.get(unit, window) orelse continue;
                 try addCounter(counters, .{
-                    .key = try match.counterKey(selected.name, item, unit, window, caller),
+                    .key = try counter.counterKey(selected.name, item, unit, window, caller),
                     .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
                     .unit = unit,
                 });
@@ -71,15 +69,15 @@ pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const
     }
 }
 
-fn addCounter(counters: *std.ArrayList(store.Counter), counter: store.Counter) !void {
+fn addCounter(counters: *std.ArrayList(store.Counter), added: store.Counter) !void {
     for (counters.items) |*existing| {
-        if (std.mem.eql(u8, existing.key.slice(), counter.key.slice())) {
-            existing.budget.limit = @min(existing.budget.limit, counter.budget.limit); // strictest
+        if (std.mem.eql(u8, existing.key.slice(), added.key.slice())) {
+            existing.budget.limit = @min(existing.budget.limit, added.budget.limit); // strictest
             return;
         }
     }
-    if (counters.items.len == counters_max) return error.TooManyCounters;
-    try counters.append(allocator, counter);
+    if (counters.items.len == counter.counters_max) return error.TooManyCounters;
+    try counters.append(allocator, added);
 }
 
 /// The raw request value an item keys on (header, `:path` for params, `cookie`, address).

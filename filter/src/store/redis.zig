@@ -13,6 +13,7 @@ const std = @import("std");
 const build_options = @import("build_options");
 const circuit_breaker = @import("circuit.zig");
 const config = @import("../config.zig");
+const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const metrics = @import("../abi/metrics.zig");
 const resp = @import("resp.zig");
@@ -35,8 +36,6 @@ const transport = if (is_higress) transport_higress else transport_http;
 /// Bound on calls in flight per worker, and on settlements kept for retry while Redis is away.
 pub const pending_max = 4096;
 pub const retry_queue_max = 1024;
-/// Bound on counters one admit reply describes (budget.lua returns 3 integers per counter).
-const reply_counters_max = 256;
 
 pub const Op = enum { admit, settle };
 
@@ -170,7 +169,7 @@ pub fn onRedisCallResponse(call_id: u32, status: u32, response_size: u32) ?Deliv
 fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?Delivery {
     const entry = pending.fetchRemove(call_id) orelse return null;
     var call = entry.value;
-    var integers: [3 * reply_counters_max + 2]i64 = undefined;
+    var integers: [3 * counter.reply_counters_max + 2]i64 = undefined;
     const now_ms = host.nowMs();
     const outcome: Outcome = blk: {
         const bytes = reply orelse break :blk .{ .failed = transport_failure };

@@ -6,13 +6,13 @@
 const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const config = @import("../config.zig");
+const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const local = @import("local.zig");
-const match = @import("../match/match.zig");
 const redis = @import("redis.zig");
 
 pub const Counter = struct {
-    key: match.CounterKey,
+    key: counter.CounterKey,
     budget: budget.Budget,
     unit: config.Unit,
     /// What admission asks room for and adds: 1 for request counters, the estimate for token

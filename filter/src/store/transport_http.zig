@@ -57,7 +57,7 @@ pub const Reply = struct {
 
 /// Reads the reply being delivered (proxy_on_http_call_response).
 pub fn readReply(header_count: u32, body_size: u32) Reply {
-    const status = if (header_count > 0) host.httpCallStatus() else null;
+    const status = if (header_count > 0) callStatus() else null;
     var bridge_error_buffer: [64]u8 = undefined;
     var bridge_error: []const u8 = "";
     if (host.getHeader(.http_call_response_headers, "x-tokenlimit-bridge-error") catch null) |value| {
@@ -69,6 +69,13 @@ pub fn readReply(header_count: u32, body_size: u32) Reply {
     }
     const body = if (status == 200 and body_size > 0) host.getBuffer(.http_call_response_body, 0, body_size) catch null else null;
     return .{ .body = body, .failure = classify(status, bridge_error) };
+}
+
+/// The `:status` of the call response being delivered; null when absent or not a number.
+fn callStatus() ?u16 {
+    var status = (host.getHeader(.http_call_response_headers, ":status") catch return null) orelse return null;
+    defer status.deinit();
+    return std.fmt.parseInt(u16, status.bytes, 10) catch null;
 }
 
 /// Why a call to the bridge brought no RESP body (`status` null: no response at all).
