@@ -376,3 +376,23 @@ def test_an_out_of_range_refused_index_is_a_bad_reply_not_a_rejection(higress_wa
     stream = ask(host, "h")
     assert stream.local_response is None, stream.local_response
     assert host.metrics["tokenlimit.store_fallbacks"] == 1
+
+
+def test_a_failing_host_call_is_logged_once_and_counted_every_time(filter_wasm, clock):
+    # Envoy refuses proxy_http_call to a cluster it does not know (BAD_ARGUMENT): one log line
+    # says so, the metric counts every refusal, and failure_mode (open) admits the requests.
+    host = Host(filter_wasm, clock=clock, clusters={"some-other-cluster"})
+    assert host.configure(rule(redis={"service_name": "no-such-bridge", "timeout": 500}))
+    for _ in range(3):
+        assert ask(host, "k").local_response is None
+    lines = [m for m in host.log_messages() if "host call proxy_http_call failed" in m]
+    assert len(lines) == 1 and "status 2" in lines[0], host.log_messages()
+    assert host.metrics["tokenlimit.host_call_failures"] == 3
+
+
+def test_access_log_fields_are_set_when_redis_settles(filter_wasm, bridge, clock):
+    # Settling sends its Redis call from the root context; the request's own access-log fields
+    # must still land on the request, not on the root context (where Envoy refuses them).
+    stream = ask(gateway(filter_wasm, bridge, clock), "logged", 10, 30)
+    assert stream.properties_set["tokenlimit_tokens"] == b"40"
+    assert stream.properties_set["tokenlimit_usage"] == b"reported"

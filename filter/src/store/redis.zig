@@ -127,10 +127,12 @@ pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, 
 
 /// Starts the settlement script (actual cost against each reservation). Failures are queued
 /// and retried, so a charge survives a Redis outage up to the queue's bound.
-pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, root_context_id: u32) !void {
+pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, caller: store.Caller) !void {
     const tail = try script.settleArguments(allocator, counters, actual_tokens);
-    // Settlements belong to the root context: they outlive the request that caused them.
-    host.setEffectiveContext(root_context_id) catch {};
+    // Settlements belong to the root context: they outlive the request that caused them. The
+    // request's own host calls after this one (its access-log fields) act on it again.
+    host.setEffectiveContext(caller.root_context_id) catch {};
+    defer host.setEffectiveContext(caller.http_context_id) catch {};
     const call = Pending{ .op = .settle, .http_context_id = 0, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false };
     if (!available(host.nowMs())) return queueForRetry(call);
     send(call) catch queueForRetry(call);

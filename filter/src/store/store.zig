@@ -118,7 +118,7 @@ pub const Store = union(enum) {
         std.debug.assert(counters.len > 0);
         switch (self) {
             .local => try local.settle(counters, now_ms, actual_tokens),
-            .redis => |settings| try redis.settle(settings.*, counters, actual_tokens, caller.root_context_id),
+            .redis => |settings| try redis.settle(settings.*, counters, actual_tokens, caller),
         }
     }
 };
