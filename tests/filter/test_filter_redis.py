@@ -295,6 +295,9 @@ def test_a_dead_bridge_is_named_and_never_hangs_a_request(filter_wasm, clock):
         host.fail_http_call(call_id)
         assert stream.local_response is None and not stream.request_paused
     assert any("bridge is unreachable" in m for m in host.log_messages())
+    # A failed call has no response headers: the filter does not ask for them.
+    assert not host.abi_warnings
+    assert host.metrics["tokenlimit.host_call_failures"] == 0
 
 
 # ---- the Higress build, with Higress's Redis ABI wired to the real Redis ----------------------

@@ -57,10 +57,12 @@ pub const Reply = struct {
 
 /// Reads the reply being delivered (proxy_on_http_call_response).
 pub fn readReply(header_count: u32, body_size: u32) Reply {
+    // A call that failed (no response) has no header map to read: asking for one is an error.
     const status = if (header_count > 0) callStatus() else null;
     var bridge_error_buffer: [64]u8 = undefined;
     var bridge_error: []const u8 = "";
-    if (host.getHeader(.http_call_response_headers, "x-tokenlimit-bridge-error") catch null) |value| {
+    const bridge_error_header = if (header_count > 0) host.getHeader(.http_call_response_headers, "x-tokenlimit-bridge-error") catch null else null;
+    if (bridge_error_header) |value| {
         var bytes = value;
         defer bytes.deinit();
         const n = @min(bytes.bytes.len, bridge_error_buffer.len);
