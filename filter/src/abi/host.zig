@@ -26,33 +26,33 @@ pub const Status = enum(u32) {
 
 pub const Error = error{ HostFailure, CasMismatch, OutOfMemory };
 
-/// The kinds of host call, for reporting failures (one log line per kind per VM).
+/// The host functions, by their ABI names, for reporting failures (one log line per kind per VM).
 pub const Call = enum {
-    log,
-    get_log_level,
+    proxy_log,
+    proxy_get_log_level,
     clock_time_get,
-    get_buffer_bytes,
-    set_buffer_bytes,
-    get_header_map_value,
-    add_header_map_value,
-    replace_header_map_value,
-    remove_header_map_value,
-    get_property,
-    set_property,
-    get_shared_data,
-    set_shared_data,
-    send_local_response,
-    done,
-    continue_stream,
-    http_call,
-    set_effective_context,
-    set_tick_period_milliseconds,
-    redis_init,
-    redis_call,
+    proxy_get_buffer_bytes,
+    proxy_set_buffer_bytes,
+    proxy_get_header_map_value,
+    proxy_add_header_map_value,
+    proxy_replace_header_map_value,
+    proxy_remove_header_map_value,
+    proxy_get_property,
+    proxy_set_property,
+    proxy_get_shared_data,
+    proxy_set_shared_data,
+    proxy_send_local_response,
+    proxy_done,
+    proxy_continue_stream,
+    proxy_http_call,
+    proxy_set_effective_context,
+    proxy_set_tick_period_milliseconds,
+    proxy_redis_init,
+    proxy_redis_call,
     environ_get,
-    define_metric,
-    record_metric,
-    increment_metric,
+    proxy_define_metric,
+    proxy_record_metric,
+    proxy_increment_metric,
 };
 
 /// Metric id of `tokenlimit.host_call_failures` (abi/metrics.zig defines it at VM start); 0
@@ -68,7 +68,7 @@ fn failed(call: Call, status: u32) error{HostFailure} {
     if (!failures_logged.contains(call)) {
         failures_logged.insert(call);
         // A failing proxy_log has nowhere to report itself; the metric still counts it.
-        if (call != .log) logf(.err, "host call proxy_{s} failed with status {d}; further failures of this call are counted in tokenlimit_host_call_failures", .{ @tagName(call), status });
+        if (call != .proxy_log) logf(.err, "host call {s} failed with status {d}; further failures of this call are counted in tokenlimit_host_call_failures", .{ @tagName(call), status });
     }
     return error.HostFailure;
 }
@@ -118,15 +118,14 @@ extern "env" fn proxy_log(level: u32, message: [*]const u8, message_len: usize) 
 
 pub fn log(level: LogLevel, message: []const u8) void {
     const status = proxy_log(@backingInt(level), message.ptr, message.len);
-    if (status != @backingInt(Status.ok)) failed(.log, status) catch {}; // counted; nowhere to log
-
+    if (status != @backingInt(Status.ok)) failed(.proxy_log, status) catch {}; // counted; nowhere to log
 }
 
 extern "env" fn proxy_get_log_level(ret_level: *u32) u32;
 
 pub fn logLevel() LogLevel {
     var level: u32 = @backingInt(LogLevel.info);
-    check(.get_log_level, proxy_get_log_level(&level)) catch return .info;
+    check(.proxy_get_log_level, proxy_get_log_level(&level)) catch return .info;
     if (level > @backingInt(LogLevel.critical)) return .critical;
     return @fromBackingInt(@intCast(level));
 }
@@ -163,7 +162,7 @@ pub fn getBuffer(buffer_type: BufferType, start: usize, max_size: usize) Error!?
     switch (@as(Status, @fromBackingInt(@intCast(status)))) {
         .ok => return hostBytes(ptr, len),
         .not_found, .empty => return null,
-        else => return failed(.get_buffer_bytes, status),
+        else => return failed(.proxy_get_buffer_bytes, status),
     }
 }
 
@@ -171,7 +170,7 @@ extern "env" fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usi
 
 /// Replaces `size` bytes at `start` of the buffer with `data`.
 pub fn setBuffer(buffer_type: BufferType, start: usize, size: usize, data: []const u8) Error!void {
-    return check(.set_buffer_bytes, proxy_set_buffer_bytes(@backingInt(buffer_type), start, size, data.ptr, data.len));
+    return check(.proxy_set_buffer_bytes, proxy_set_buffer_bytes(@backingInt(buffer_type), start, size, data.ptr, data.len));
 }
 
 // ---- header maps -----------------------------------------------------------------------------
@@ -186,20 +185,20 @@ pub fn getHeader(map: MapType, name: []const u8) Error!?HostBytes {
     switch (@as(Status, @fromBackingInt(@intCast(status)))) {
         .ok => return hostBytes(ptr, len),
         .not_found => return null,
-        else => return failed(.get_header_map_value, status),
+        else => return failed(.proxy_get_header_map_value, status),
     }
 }
 
 extern "env" fn proxy_add_header_map_value(map: u32, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) u32;
 
 pub fn addHeader(map: MapType, name: []const u8, value: []const u8) Error!void {
-    return check(.add_header_map_value, proxy_add_header_map_value(@backingInt(map), name.ptr, name.len, value.ptr, value.len));
+    return check(.proxy_add_header_map_value, proxy_add_header_map_value(@backingInt(map), name.ptr, name.len, value.ptr, value.len));
 }
 
 extern "env" fn proxy_replace_header_map_value(map: u32, key: [*]const u8, key_len: usize, value: [*]const u8, value_len: usize) u32;
 
 pub fn replaceHeader(map: MapType, name: []const u8, value: []const u8) Error!void {
-    return check(.replace_header_map_value, proxy_replace_header_map_value(@backingInt(map), name.ptr, name.len, value.ptr, value.len));
+    return check(.proxy_replace_header_map_value, proxy_replace_header_map_value(@backingInt(map), name.ptr, name.len, value.ptr, value.len));
 }
 
 extern "env" fn proxy_remove_header_map_value(map: u32, key: [*]const u8, key_len: usize) u32;
@@ -207,7 +206,7 @@ extern "env" fn proxy_remove_header_map_value(map: u32, key: [*]const u8, key_le
 pub fn removeHeader(map: MapType, name: []const u8) Error!void {
     const status = proxy_remove_header_map_value(@backingInt(map), name.ptr, name.len);
     if (status == @backingInt(Status.not_found)) return; // removing an absent header is done
-    return check(.remove_header_map_value, status);
+    return check(.proxy_remove_header_map_value, status);
 }
 
 // ---- properties ------------------------------------------------------------------------------
@@ -222,14 +221,14 @@ pub fn getProperty(path: []const u8) Error!?HostBytes {
     switch (@as(Status, @fromBackingInt(@intCast(status)))) {
         .ok => return hostBytes(ptr, len),
         .not_found => return null,
-        else => return failed(.get_property, status),
+        else => return failed(.proxy_get_property, status),
     }
 }
 
 extern "env" fn proxy_set_property(path: [*]const u8, path_len: usize, value: [*]const u8, value_len: usize) u32;
 
 pub fn setProperty(path: []const u8, value: []const u8) Error!void {
-    return check(.set_property, proxy_set_property(path.ptr, path.len, value.ptr, value.len));
+    return check(.proxy_set_property, proxy_set_property(path.ptr, path.len, value.ptr, value.len));
 }
 
 // ---- shared data -----------------------------------------------------------------------------
@@ -247,7 +246,7 @@ pub fn getSharedData(key: []const u8) Error!?SharedValue {
     switch (@as(Status, @fromBackingInt(@intCast(status)))) {
         .ok => return .{ .value = hostBytes(ptr, len), .cas = cas },
         .not_found => return null,
-        else => return failed(.get_shared_data, status),
+        else => return failed(.proxy_get_shared_data, status),
     }
 }
 
@@ -259,7 +258,7 @@ pub fn setSharedData(key: []const u8, value: []const u8, cas: u32) Error!void {
     switch (@as(Status, @fromBackingInt(@intCast(status)))) {
         .ok => return,
         .cas_mismatch => return error.CasMismatch, // another worker wrote first: the caller retries
-        else => return failed(.set_shared_data, status),
+        else => return failed(.proxy_set_shared_data, status),
     }
 }
 
@@ -270,20 +269,20 @@ extern "env" fn proxy_send_local_response(status_code: u32, details: [*]const u8
 /// `serialized_headers` is a header map in the spec's wire format (see HeaderMapWriter).
 pub fn sendLocalResponse(status_code: u32, details: []const u8, body: []const u8, serialized_headers: []const u8) Error!void {
     const no_grpc_status = -1;
-    return check(.send_local_response, proxy_send_local_response(status_code, details.ptr, details.len, body.ptr, body.len, serialized_headers.ptr, serialized_headers.len, no_grpc_status));
+    return check(.proxy_send_local_response, proxy_send_local_response(status_code, details.ptr, details.len, body.ptr, body.len, serialized_headers.ptr, serialized_headers.len, no_grpc_status));
 }
 
 extern "env" fn proxy_done() u32;
 
 /// Lets the host delete a context whose proxy_on_done answered "not yet".
 pub fn done() Error!void {
-    return check(.done, proxy_done());
+    return check(.proxy_done, proxy_done());
 }
 
 extern "env" fn proxy_continue_stream(stream_type: u32) u32;
 
 pub fn continueRequest() Error!void {
-    return check(.continue_stream, proxy_continue_stream(0));
+    return check(.proxy_continue_stream, proxy_continue_stream(0));
 }
 
 // ---- calls out -------------------------------------------------------------------------------
@@ -294,7 +293,7 @@ extern "env" fn proxy_http_call(upstream: [*]const u8, upstream_len: usize, head
 pub fn httpCall(cluster: []const u8, serialized_headers: []const u8, body: []const u8, timeout_ms: u32) Error!u32 {
     var call_id: u32 = 0;
     const no_trailers = [_]u8{ 0, 0, 0, 0 };
-    try check(.http_call, proxy_http_call(cluster.ptr, cluster.len, serialized_headers.ptr, serialized_headers.len, body.ptr, body.len, &no_trailers, no_trailers.len, timeout_ms, &call_id));
+    try check(.proxy_http_call, proxy_http_call(cluster.ptr, cluster.len, serialized_headers.ptr, serialized_headers.len, body.ptr, body.len, &no_trailers, no_trailers.len, timeout_ms, &call_id));
     return call_id;
 }
 
@@ -302,13 +301,13 @@ extern "env" fn proxy_set_effective_context(context_id: u32) u32;
 
 /// Makes later host calls act on `context_id` (needed in callbacks that arrive on the root).
 pub fn setEffectiveContext(context_id: u32) Error!void {
-    return check(.set_effective_context, proxy_set_effective_context(context_id));
+    return check(.proxy_set_effective_context, proxy_set_effective_context(context_id));
 }
 
 extern "env" fn proxy_set_tick_period_milliseconds(period_ms: u32) u32;
 
 pub fn setTickPeriod(period_ms: u32) Error!void {
-    return check(.set_tick_period_milliseconds, proxy_set_tick_period_milliseconds(period_ms));
+    return check(.proxy_set_tick_period_milliseconds, proxy_set_tick_period_milliseconds(period_ms));
 }
 
 /// Higress's Redis ABI: only the Higress build references these (a stock Envoy refuses to load
@@ -317,7 +316,7 @@ pub const higress = struct {
     extern "env" fn proxy_redis_init(upstream: [*]const u8, upstream_len: usize, username: [*]const u8, username_len: usize, password: [*]const u8, password_len: usize, timeout_ms: u32) u32;
 
     pub fn redisInit(upstream: []const u8, username: []const u8, password: []const u8, timeout_ms: u32) Error!void {
-        return check(.redis_init, proxy_redis_init(upstream.ptr, upstream.len, username.ptr, username.len, password.ptr, password.len, timeout_ms));
+        return check(.proxy_redis_init, proxy_redis_init(upstream.ptr, upstream.len, username.ptr, username.len, password.ptr, password.len, timeout_ms));
     }
 
     extern "env" fn proxy_redis_call(upstream: [*]const u8, upstream_len: usize, query: [*]const u8, query_len: usize, ret_callout_id: *u32) u32;
@@ -325,7 +324,7 @@ pub const higress = struct {
     /// Sends one RESP command; the reply arrives in proxy_on_redis_call_response (buffer 9).
     pub fn redisCall(upstream: []const u8, query: []const u8) Error!u32 {
         var callout_id: u32 = 0;
-        try check(.redis_call, proxy_redis_call(upstream.ptr, upstream.len, query.ptr, query.len, &callout_id));
+        try check(.proxy_redis_call, proxy_redis_call(upstream.ptr, upstream.len, query.ptr, query.len, &callout_id));
         return callout_id;
     }
 };
@@ -367,7 +366,7 @@ extern "env" fn proxy_define_metric(metric_type: u32, name: [*]const u8, name_le
 
 pub fn defineMetric(metric_type: MetricType, name: []const u8) Error!u32 {
     var id: u32 = 0;
-    try check(.define_metric, proxy_define_metric(@backingInt(metric_type), name.ptr, name.len, &id));
+    try check(.proxy_define_metric, proxy_define_metric(@backingInt(metric_type), name.ptr, name.len, &id));
     return id;
 }
 
@@ -377,7 +376,7 @@ extern "env" fn proxy_record_metric(metric_id: u32, value: u64) u32;
 /// metric the host refused to define (reported then), so it is not called.
 pub fn recordMetric(metric_id: u32, value: u64) void {
     if (metric_id == 0) return;
-    check(.record_metric, proxy_record_metric(metric_id, value)) catch {};
+    check(.proxy_record_metric, proxy_record_metric(metric_id, value)) catch {};
 }
 
 extern "env" fn proxy_increment_metric(metric_id: u32, offset: i64) u32;
@@ -385,5 +384,5 @@ extern "env" fn proxy_increment_metric(metric_id: u32, offset: i64) u32;
 /// As recordMetric: reported, never failing the request.
 pub fn incrementMetric(metric_id: u32, offset: i64) void {
     if (metric_id == 0) return;
-    check(.increment_metric, proxy_increment_metric(metric_id, offset)) catch {};
+    check(.proxy_increment_metric, proxy_increment_metric(metric_id, offset)) catch {};
 }
