@@ -369,7 +369,9 @@ def test_a_client_gone_while_redis_answers_gets_its_reservation_back(
     assert int(client.hget(key, "u")) == 0
 
 
-def test_an_out_of_range_refused_index_is_a_bad_reply_not_a_rejection(higress_wasm, clock):
+def test_an_out_of_range_refused_index_is_a_bad_reply_not_a_rejection(
+    higress_wasm: Path, clock: Clock
+) -> None:
     # budget.lua answers (refused index, server time, used, limit, reset) for the one counter.
     # An index past 2^32 once wrapped to 1 in the 32-bit module and rejected the request; it is
     # a reply of the wrong shape, so failure_mode (open here) decides.
@@ -381,7 +383,9 @@ def test_an_out_of_range_refused_index_is_a_bad_reply_not_a_rejection(higress_wa
     assert host.metrics["tokenlimit.store_fallbacks"] == 1
 
 
-def test_a_failing_host_call_is_logged_once_and_counted_every_time(filter_wasm, clock):
+def test_a_failing_host_call_is_logged_once_and_counted_every_time(
+    filter_wasm: Path, clock: Clock
+) -> None:
     # Envoy refuses proxy_http_call to a cluster it does not know (BAD_ARGUMENT): one log line
     # says so, the metric counts every refusal, and failure_mode (open) admits the requests.
     host = Host(filter_wasm, clock=clock, clusters={"some-other-cluster"})
@@ -393,7 +397,9 @@ def test_a_failing_host_call_is_logged_once_and_counted_every_time(filter_wasm, 
     assert host.metrics["tokenlimit.host_call_failures"] == 3
 
 
-def test_access_log_fields_are_set_when_redis_settles(filter_wasm, bridge, clock):
+def test_access_log_fields_are_set_when_redis_settles(
+    filter_wasm: Path, bridge: Bridge, clock: Clock
+) -> None:
     # Settling sends its Redis call from the root context; the request's own access-log fields
     # must still land on the request, not on the root context (where Envoy refuses them).
     stream = ask(gateway(filter_wasm, bridge, clock), "logged", 10, 30)
