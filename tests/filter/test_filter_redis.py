@@ -295,6 +295,9 @@ def test_a_dead_bridge_is_named_and_never_hangs_a_request(filter_wasm, clock):
         host.fail_http_call(call_id)
         assert stream.local_response is None and not stream.request_paused
     assert any("bridge is unreachable" in m for m in host.log_messages())
+    # A failed call has no response headers: the filter does not ask for them.
+    assert not host.abi_warnings
+    assert host.metrics["tokenlimit.host_call_failures"] == 0
 
 
 # ---- the Higress build, with Higress's Redis ABI wired to the real Redis ----------------------
@@ -364,3 +367,41 @@ def test_a_client_gone_while_redis_answers_gets_its_reservation_back(
         host.run_pending()
         time.sleep(0.05)
     assert int(client.hget(key, "u")) == 0
+
+
+def test_an_out_of_range_refused_index_is_a_bad_reply_not_a_rejection(
+    higress_wasm: Path, clock: Clock
+) -> None:
+    # budget.lua answers (refused index, server time, used, limit, reset) for the one counter.
+    # An index past 2^32 once wrapped to 1 in the 32-bit module and rejected the request; it is
+    # a reply of the wrong shape, so failure_mode (open here) decides.
+    reply = b"*5\r\n:4294967297\r\n:1700000000000\r\n:0\r\n:100\r\n:1000\r\n"
+    host = Host(higress_wasm, clock=clock, redis_handler=lambda query: reply)
+    assert host.configure(rule(redis={"service_name": "redis.dns", "timeout": 500}))
+    stream = ask(host, "h")
+    assert stream.local_response is None, stream.local_response
+    assert host.metrics["tokenlimit.store_fallbacks"] == 1
+
+
+def test_a_failing_host_call_is_logged_once_and_counted_every_time(
+    filter_wasm: Path, clock: Clock
+) -> None:
+    # Envoy refuses proxy_http_call to a cluster it does not know (BAD_ARGUMENT): one log line
+    # says so, the metric counts every refusal, and failure_mode (open) admits the requests.
+    host = Host(filter_wasm, clock=clock, clusters={"some-other-cluster"})
+    assert host.configure(rule(redis={"service_name": "no-such-bridge", "timeout": 500}))
+    for _ in range(3):
+        assert ask(host, "k").local_response is None
+    lines = [m for m in host.log_messages() if "host call proxy_http_call failed" in m]
+    assert len(lines) == 1 and "status 2" in lines[0], host.log_messages()
+    assert host.metrics["tokenlimit.host_call_failures"] == 3
+
+
+def test_access_log_fields_are_set_when_redis_settles(
+    filter_wasm: Path, bridge: Bridge, clock: Clock
+) -> None:
+    # Settling sends its Redis call from the root context; the request's own access-log fields
+    # must still land on the request, not on the root context (where Envoy refuses them).
+    stream = ask(gateway(filter_wasm, bridge, clock), "logged", 10, 30)
+    assert stream.properties_set["tokenlimit_tokens"] == b"40"
+    assert stream.properties_set["tokenlimit_usage"] == b"reported"

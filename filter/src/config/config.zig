@@ -6,8 +6,8 @@
 //! `parse`, `Diagnostic` and `ParseError` are re-exported here so callers import one file.
 const std = @import("std");
 const assert = std.debug.assert;
-const budget = @import("../budget.zig");
-const usage = @import("../usage.zig");
+const budget = @import("../meter/budget.zig");
+const usage = @import("../usage/usage.zig");
 const ip = @import("ip.zig");
 const parse_zig = @import("parse.zig");
 const reader = @import("reader.zig");

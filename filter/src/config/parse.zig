@@ -3,8 +3,8 @@
 //! an error names the field path and the reason (reader.zig keeps the path). Everything the
 //! config keeps is allocated from the arena that `Config` owns.
 const std = @import("std");
-const budget = @import("../budget.zig");
-const usage = @import("../usage.zig");
+const budget = @import("../meter/budget.zig");
+const usage = @import("../usage/usage.zig");
 const config = @import("config.zig");
 const ip = @import("ip.zig");
 const json_tree = @import("json_tree.zig");

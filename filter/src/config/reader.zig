@@ -3,7 +3,7 @@
 //! parse.zig decides what the fields mean; this file only knows JSON types and bounds.
 const std = @import("std");
 const json_tree = @import("json_tree.zig");
-const message = @import("../message.zig");
+const message = @import("../abi/message.zig");
 
 const Value = json_tree.Value;
 const ObjectMap = json_tree.Object;

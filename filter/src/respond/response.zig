@@ -1,8 +1,10 @@
-//! What the client sees of a decision: the rejection response and OpenAI-style
-//! `x-ratelimit-*-tokens` headers. Formatting is pure; `sendRejection` makes the one host call.
+//! What the client sees of a decision: every local reply the filter sends (the 429 rejection
+//! and the 503 when the budget store is unavailable) and OpenAI-style `x-ratelimit-*` headers.
+//! Formatting is pure; the send functions make the one host call each.
 const std = @import("std");
-const host = @import("host.zig");
-const budget = @import("budget.zig");
+const budget = @import("../meter/budget.zig");
+const header_map = @import("../abi/header_map.zig");
+const host = @import("../abi/host.zig");
 
 /// OpenAI's reset duration form: "1s", "42s", "1m30s", "2h0m0s" (Go's time.Duration style,
 /// whole seconds, rounded up so a client that waits this long finds the window reset).
@@ -70,7 +72,7 @@ fn printNumber(buffer: *[24]u8, number: u64) usize {
 /// Sends the rejection for the budget that refused the request (`requests`: a request budget).
 pub fn sendRejection(status_code: u32, message: []const u8, requests: bool, check: budget.Check) host.Error!void {
     const headers = LimitHeaders.init(check);
-    var writer: host.HeaderMapWriter(5) = .{};
+    var writer: header_map.HeaderMapWriter(5) = .{};
     writer.add("content-type", "text/plain; charset=utf-8");
     writer.add("retry-after", headers.retry_after[0..headers.retry_after_len]);
     headers.addTo(requests, &writer);
@@ -78,6 +80,16 @@ pub fn sendRejection(status_code: u32, message: []const u8, requests: bool, chec
     comptime std.debug.assert(512 > 4 + 5 * 8 + 5 * (32 + 24 + 2)); // five short headers always fit
     const serialized = writer.write(&buffer) catch return error.HostFailure;
     try host.sendLocalResponse(status_code, "tokenlimit_rejected", message, serialized);
+}
+
+/// The 503 for `failure_mode: closed` when the budget store cannot be asked.
+pub fn sendStoreUnavailable() host.Error!void {
+    var headers: header_map.HeaderMapWriter(2) = .{};
+    headers.add("content-type", "text/plain; charset=utf-8");
+    headers.add("retry-after", "1");
+    var buffer: [128]u8 = undefined;
+    const serialized = headers.write(&buffer) catch return error.HostFailure;
+    try host.sendLocalResponse(503, "tokenlimit_store_unavailable", "Token budget store unavailable", serialized);
 }
 
 /// Adds the budget's headers to an admitted response (`show_limit_headers`).

@@ -1,0 +1,377 @@
+//! The HTTP context: one per request, a small state machine (`Phase`). A request is admitted
+//! or rejected once: on its headers (postpaid), or when its body is complete (reserve, which
+//! sizes the reservation from the body). Usage is read as the response passes, and the
+//! reservation is settled against it when the stream ends. The decisions themselves are pure
+//! (admission.zig, settle.zig); this file reads the request, asks the store and carries the
+//! verdict out. `main.zig` owns the context table and the ABI exports.
+const std = @import("std");
+const admission = @import("admission.zig");
+const budget = @import("../meter/budget.zig");
+const config = @import("../config/config.zig");
+const host = @import("../abi/host.zig");
+const metrics = @import("../abi/metrics.zig");
+const redis = @import("../store/redis.zig");
+const request = @import("../usage/request.zig");
+const response = @import("../respond/response.zig");
+const rewrite = @import("rewrite.zig");
+const root = @import("root.zig");
+const script = @import("../store/script.zig");
+const select = @import("select.zig");
+const settlement = @import("settle.zig");
+const store = @import("../store/store.zig");
+const usage = @import("../usage/usage.zig");
+
+const allocator = host.allocator;
+
+pub const Phase = enum {
+    /// No rule applies, or the request was rejected or admitted uncounted: nothing more to do.
+    idle,
+    /// Admission waits for the whole request body.
+    awaiting_body,
+    /// Admission waits for the Redis store's reply (the request is paused).
+    awaiting_store,
+    /// Upstream-filter role: the body is held until its `model` is renamed.
+    rewriting_model,
+    /// Admitted; usage is read from the response and settled at the end.
+    admitted,
+    /// Settled (or its abandoned admission given back): final.
+    settled,
+
+    /// The transitions a request may take. Any other is a bug in this file, never input.
+    pub fn canEnter(from: Phase, to: Phase) bool {
+        return switch (to) {
+            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model,
+            .awaiting_body, .rewriting_model => from == .idle,
+            .awaiting_store => from == .idle or from == .awaiting_body,
+            .admitted => from == .idle or from == .awaiting_body or from == .awaiting_store,
+            .settled => from == .admitted or from == .awaiting_store,
+        };
+    }
+};
+
+pub const HttpContext = struct {
+    id: u32,
+    root_id: u32,
+    phase: Phase = .idle,
+    /// The config the request was admitted under (retained; released in deinit).
+    config: ?*config.Config = null,
+    rule: ?*const config.Rule = null,
+    counters: std.ArrayList(store.Counter) = .empty,
+    /// Where admission counts the request, chosen once from the rule (or the local store under
+    /// `failure_mode: local`); settlement goes to the same store.
+    store: store.Store = .local,
+    /// Whether the body should gain `stream_options.include_usage` (OpenAI-style path, JSON).
+    include_usage_candidate: bool = false,
+    response_ok: bool = false,
+    scanner: usage.Scanner = .{ .json = .{} },
+    response_bytes: u64 = 0,
+    /// The stream ended while admission waited for Redis (see onDone).
+    abandoned: bool = false,
+
+    pub fn deinit(self: *HttpContext) void {
+        self.counters.deinit(allocator);
+        if (self.config) |held| config.release(allocator, held);
+        self.* = undefined;
+    }
+
+    fn enter(self: *HttpContext, next: Phase) void {
+        std.debug.assert(self.phase.canEnter(next));
+        self.phase = next;
+    }
+
+    fn caller(self: *const HttpContext) store.Caller {
+        return .{ .rule_name = self.rule.?.name, .http_context_id = self.id, .root_context_id = self.root_id };
+    }
+
+    pub fn onRequestHeaders(self: *HttpContext, root_context: ?*root.RootContext, end_of_stream: bool) host.Action {
+        const current = (root_context orelse return .@"continue").config orelse return .@"continue";
+        if (current.model_rewrite != null) return self.prepareModelRewrite(current, end_of_stream);
+        const rule = select.rule(current) orelse return .@"continue";
+        select.collectCounters(&self.counters, rule) catch |err| {
+            // Without its counters the request cannot be judged; admit it and say why.
+            host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
+            self.counters.clearRetainingCapacity();
+        };
+        if (self.counters.items.len == 0) return .@"continue";
+        self.config = current.retain();
+        self.rule = rule;
+        setProperty("tokenlimit_rule", rule.name);
+
+        const body_length = if (end_of_stream) 0 else select.contentLength();
+        const body_readable = !end_of_stream and body_length != null and body_length.? <= rewrite.request_body_bytes_max and select.isJson();
+        self.include_usage_candidate = body_readable and select.isOpenAiCompletionsPath();
+        // The body may grow by the include_usage member: its length is no longer known here.
+        if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
+
+        if (rule.admission == .reserve and body_readable) {
+            self.enter(.awaiting_body);
+            return .@"continue"; // headers go on; the body is held until it is complete
+        }
+        const estimate = request.estimateTokens(.{}, body_length orelse 0, rule.default_output_tokens);
+        return self.decide(estimate);
+    }
+
+    /// Upstream-filter role: hold the JSON body so its `model` can be renamed for this upstream.
+    fn prepareModelRewrite(self: *HttpContext, current: *config.Config, end_of_stream: bool) host.Action {
+        // A body of unknown length (chunked, or one an earlier tokenlimit instance grew by
+        // include_usage) is held too; one larger than the bound is passed on unread.
+        if (end_of_stream or !select.isJson()) return .@"continue";
+        if (select.contentLength()) |length| {
+            if (length > rewrite.request_body_bytes_max) return .@"continue";
+        }
+        host.removeHeader(.request_headers, "content-length") catch {};
+        self.config = current.retain();
+        self.enter(.rewriting_model);
+        return .@"continue";
+    }
+
+    pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.Action {
+        if (self.phase == .rewriting_model) {
+            if (!end_of_stream) return .pause;
+            if (size <= rewrite.request_body_bytes_max) rewrite.rewriteModel(self.config.?.model_rewrite.?, size);
+            self.enter(.idle);
+            return .@"continue";
+        }
+        if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) return .@"continue";
+        if (!end_of_stream) return .pause; // Envoy buffers until the body is complete
+        var info: request.RequestInfo = .{};
+        if (size <= rewrite.request_body_bytes_max) {
+            if (host.getBuffer(.request_body, 0, size) catch null) |body| {
+                var bytes = body;
+                defer bytes.deinit();
+                info = request.scan(bytes.bytes);
+                if (self.include_usage_candidate) rewrite.addIncludeUsage(bytes.bytes, info);
+            }
+        }
+        self.include_usage_candidate = false;
+        if (self.phase != .awaiting_body) return .@"continue";
+        return self.decide(request.estimateTokens(info, size, self.rule.?.default_output_tokens));
+    }
+
+    /// Admits or rejects the request against every counter, reserving `estimate` tokens under
+    /// `reserve` admission. With a Redis store the answer comes later (`onStoreReply`).
+    fn decide(self: *HttpContext, estimate: u64) host.Action {
+        const rule = self.rule.?;
+        std.debug.assert(self.counters.items.len > 0);
+        const now_ms = host.nowMs();
+        admission.prepare(self.counters.items, rule.admission, estimate, now_ms);
+        self.store = store.Store.of(rule);
+        return self.carryOut(self.store.admit(self.caller(), self.counters.items, now_ms, rule.shadow));
+    }
+
+    /// Carries a store's answer out: properties, metrics, logs, and the reply if any.
+    fn carryOut(self: *HttpContext, answer: store.Admission) host.Action {
+        const rule = self.rule.?;
+        switch (admission.judge(rule.shadow, rule.failure_mode, answer)) {
+            .wait => {
+                std.debug.assert(self.store == .redis);
+                self.enter(.awaiting_store);
+                return .pause;
+            },
+            .allowed => {
+                const first = &self.counters.items[0];
+                setProperty("tokenlimit_key", admission.counterIdentity(first.key.slice()));
+                setProperty("tokenlimit_decision", "allowed");
+                host.logf(.debug, "allowed rule={s} counters={d} first={s} reserved={d}", .{ rule.name, self.counters.items.len, first.key.slice(), first.reserved });
+                return self.admitted();
+            },
+            .shadow_rejected => |index| {
+                const counter = &self.counters.items[index];
+                setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
+                host.incrementMetric(metrics.plugin.requests_shadow_rejected, 1);
+                setProperty("tokenlimit_decision", "shadow_rejected");
+                host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
+                return self.admitted();
+            },
+            .rejected => |index| {
+                const counter = &self.counters.items[index];
+                setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
+                self.enter(.idle);
+                host.incrementMetric(metrics.plugin.requests_rejected, 1);
+                setProperty("tokenlimit_decision", "rejected");
+                host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit, counter.check.reset_in_ms });
+                response.sendRejection(rule.rejected_code, rule.rejected_msg, counter.unit == .requests, counter.check) catch |err| {
+                    host.logf(.err, "could not send the rejection: {s}", .{@errorName(err)});
+                    return .@"continue";
+                };
+                return .pause;
+            },
+            .uncounted => |failure| {
+                host.incrementMetric(metrics.plugin.store_errors, 1);
+                host.logf(.err, "rule {s}: budget store failed ({s}); request admitted uncounted", .{ rule.name, failure.describe() });
+                self.enter(.idle);
+                return .@"continue";
+            },
+            .fail_open, .fail_closed, .fail_local => |failure| {
+                host.incrementMetric(metrics.plugin.store_fallbacks, 1);
+                host.logf(.debug, "rule {s}: redis store unavailable ({s}); failure_mode {s}", .{ rule.name, failure.describe(), @tagName(rule.failure_mode) });
+                return self.storeUnavailable();
+            },
+        }
+    }
+
+    /// The Redis store could not be asked: the rule's failure_mode decides.
+    fn storeUnavailable(self: *HttpContext) host.Action {
+        const rule = self.rule.?;
+        std.debug.assert(self.store == .redis);
+        switch (rule.failure_mode) {
+            .open => {
+                setProperty("tokenlimit_decision", "allowed_store_unavailable");
+                self.enter(.idle); // admitted uncounted, as Higress does
+                host.incrementMetric(metrics.plugin.requests_allowed, 1);
+                return .@"continue";
+            },
+            .closed => {
+                self.enter(.idle);
+                host.incrementMetric(metrics.plugin.requests_rejected, 1);
+                setProperty("tokenlimit_decision", "rejected_store_unavailable");
+                response.sendStoreUnavailable() catch return .@"continue";
+                return .pause;
+            },
+            .local => {
+                admission.shareLimits(self.counters.items, rule.local_share_milli);
+                self.store = .local;
+                return self.carryOut(self.store.admit(self.caller(), self.counters.items, host.nowMs(), rule.shadow));
+            },
+        }
+    }
+
+    fn admitted(self: *HttpContext) host.Action {
+        self.enter(.admitted);
+        host.incrementMetric(metrics.plugin.requests_allowed, 1);
+        return .@"continue";
+    }
+
+    /// The Redis store answered (or failed) for this paused request: finish admission and let
+    /// the request go on, or reject it.
+    pub fn onStoreReply(self: *HttpContext, outcome: redis.Outcome) void {
+        if (self.phase != .awaiting_store) return;
+        if (self.abandoned) return self.releaseAbandoned(outcome);
+        const answer: store.Admission = switch (outcome) {
+            .admitted => |values| script.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
+            .settled => .{ .failed = .bad_reply },
+            .failed => |failure| .{ .failed = failure },
+        };
+        std.debug.assert(answer != .pending);
+        const action = self.carryOut(answer);
+        if (action == .@"continue") host.continueRequest() catch |err| {
+            host.logf(.err, "could not resume the request: {s}", .{@errorName(err)});
+        };
+    }
+
+    /// The client left while its admission was with Redis: give back what Redis reserved for
+    /// it (its request still counts once), then let Envoy delete the context (proxy_done).
+    fn releaseAbandoned(self: *HttpContext, outcome: redis.Outcome) void {
+        std.debug.assert(self.store == .redis);
+        self.enter(.settled);
+        if (outcome == .admitted) {
+            if (script.readAdmitReply(self.counters.items, outcome.admitted, self.rule.?.shadow) != .failed) {
+                self.store.settle(self.caller(), self.counters.items, host.nowMs(), 0) catch |err| {
+                    host.logf(.warn, "could not return the reservation of an abandoned request: {s}", .{@errorName(err)});
+                };
+            }
+        }
+        host.setEffectiveContext(self.id) catch {};
+        host.done() catch |err| host.logf(.warn, "proxy_done failed: {s}", .{@errorName(err)});
+    }
+
+    /// Envoy is done with the stream. A request whose admission is still with Redis keeps its
+    /// context until the answer comes (so a reservation made for it can be returned).
+    pub fn onDone(self: *HttpContext) bool {
+        if (self.phase != .awaiting_store) return true;
+        self.abandoned = true;
+        return false;
+    }
+
+    pub fn onResponseHeaders(self: *HttpContext) host.Action {
+        if (self.phase != .admitted) return .@"continue";
+        if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
+        var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
+        defer status.deinit();
+        const code = std.fmt.parseInt(u16, status.bytes, 10) catch 0;
+        // Upstream refusals and errors consume no tokens; only successful answers are charged.
+        self.response_ok = code >= 200 and code < 300;
+        if (!self.response_ok) return .@"continue";
+        var content_type = (host.getHeader(.response_headers, "content-type") catch null) orelse host.HostBytes{ .bytes = &.{} };
+        defer content_type.deinit();
+        self.scanner = usage.Scanner.init(content_type.bytes);
+        return .@"continue";
+    }
+
+    pub fn onResponseBody(self: *HttpContext, size: usize, end_of_stream: bool) host.Action {
+        if (self.phase != .admitted or !self.response_ok) return .@"continue";
+        if (size > 0) {
+            // Scan the chunk as it passes; it is forwarded at once (never buffered).
+            if (host.getBuffer(.response_body, 0, size) catch null) |chunk| {
+                var bytes = chunk;
+                defer bytes.deinit();
+                self.scanner.feed(bytes.bytes);
+                self.response_bytes += bytes.bytes.len;
+            }
+        }
+        if (end_of_stream) self.settle("end of stream");
+        return .@"continue";
+    }
+
+    pub fn onResponseTrailers(self: *HttpContext) host.Action {
+        self.settle("trailers");
+        return .@"continue";
+    }
+
+    /// Called when the stream is over, however it ended (client abort, upstream reset).
+    pub fn onLog(self: *HttpContext) void {
+        self.settle("stream closed");
+    }
+
+    /// Replaces the reservation with the request's real cost, exactly once.
+    fn settle(self: *HttpContext, reason: []const u8) void {
+        if (self.phase != .admitted) return;
+        self.enter(.settled);
+        const rule = self.rule.?;
+        var seen: usage.Usage = .{};
+        if (self.response_ok) {
+            self.scanner.finish();
+            seen = self.scanner.usage();
+        }
+        const cost = settlement.charge(self.response_ok, seen, self.response_bytes, rule.weights);
+        self.store.settle(self.caller(), self.counters.items, host.nowMs(), cost.tokens) catch |err| {
+            host.incrementMetric(metrics.plugin.store_errors, 1);
+            host.logf(.err, "rule {s}: settling {d} tokens{s} failed: {s}", .{ rule.name, cost.tokens, if (self.store == .redis) " in redis" else "", @errorName(err) });
+        };
+        if (cost.tokens > 0) host.incrementMetric(metrics.plugin.tokens_charged, @intCast(@min(cost.tokens, std.math.maxInt(i64))));
+        if (cost.estimated and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
+        var cost_text: [24]u8 = undefined;
+        setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
+        setProperty("tokenlimit_usage", cost.label(self.response_ok));
+        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, if (cost.estimated) "estimated" else "reported", reason, rule.name, self.counters.items.len });
+    }
+};
+
+/// OpenAI-style headers on an admitted response: the token budget with the least room, and the
+/// request budget with the least room, as admission left them.
+fn addLimitHeaders(counters: []const store.Counter) void {
+    for ([_]config.Unit{ .tokens, .requests }) |unit| {
+        var tightest: ?budget.Check = null;
+        for (counters) |counter| {
+            if (counter.unit != unit) continue;
+            if (tightest == null or counter.check.remaining() < tightest.?.remaining()) tightest = counter.check;
+        }
+        if (tightest) |check| response.addLimitHeaders(unit == .requests, check);
+    }
+}
+
+fn setProperty(name: []const u8, value: []const u8) void {
+    host.setProperty(name, value) catch {}; // access-log fields are best effort (failures are counted)
+}
+
+test "phase: a request moves forward only, and settled is final" {
+    try std.testing.expect(Phase.idle.canEnter(.awaiting_body));
+    try std.testing.expect(Phase.awaiting_body.canEnter(.awaiting_store));
+    try std.testing.expect(Phase.awaiting_store.canEnter(.admitted));
+    try std.testing.expect(Phase.awaiting_store.canEnter(.settled));
+    try std.testing.expect(Phase.admitted.canEnter(.settled));
+    try std.testing.expect(!Phase.admitted.canEnter(.idle));
+    try std.testing.expect(!Phase.admitted.canEnter(.awaiting_store));
+    try std.testing.expect(!Phase.rewriting_model.canEnter(.admitted));
+    for (std.meta.tags(Phase)) |next| try std.testing.expect(!Phase.settled.canEnter(next));
+}

@@ -1,0 +1,42 @@
+//! Request-body rewrites: the upstream-filter role (`model_rewrite`: the body's `model` is
+//! renamed for this upstream) and `stream_options.include_usage` (so a streamed answer reports
+//! its usage). Both are best effort: a body that cannot be rewritten goes on as it was.
+const std = @import("std");
+const host = @import("../abi/host.zig");
+const metrics = @import("../abi/metrics.zig");
+const request = @import("../usage/request.zig");
+
+const allocator = host.allocator;
+
+/// Request bodies up to this size are read (for reservations, `include_usage` and model
+/// rewrites); larger ones pass unread. Envoy's default buffer limit is 1 MiB.
+pub const request_body_bytes_max = 1024 * 1024;
+/// Bytes that `"stream_options":{"include_usage":true},` adds at most.
+const include_usage_bytes_max = 64;
+
+/// Renames the complete request body's `model` to `model`.
+pub fn rewriteModel(model: []const u8, size: usize) void {
+    var body = (host.getBuffer(.request_body, 0, size) catch null) orelse return;
+    defer body.deinit();
+    const out = allocator.alloc(u8, body.bytes.len + model.len) catch return;
+    defer allocator.free(out);
+    const rewritten = request.withModel(body.bytes, request.scan(body.bytes), model, out) orelse return;
+    host.setBuffer(.request_body, 0, body.bytes.len, rewritten) catch |err| {
+        host.logf(.warn, "could not rewrite the model: {s}", .{@errorName(err)});
+        return;
+    };
+    host.incrementMetric(metrics.plugin.models_rewritten, 1);
+}
+
+/// Adds `stream_options.include_usage` to a streamed completions body that lacks it.
+pub fn addIncludeUsage(body: []const u8, info: request.RequestInfo) void {
+    if (!request.needsIncludeUsage(info)) return;
+    const out = allocator.alloc(u8, body.len + include_usage_bytes_max) catch return;
+    defer allocator.free(out);
+    const rewritten = request.withIncludeUsage(body, info, out) orelse return;
+    host.setBuffer(.request_body, 0, body.len, rewritten) catch |err| {
+        host.logf(.warn, "could not add stream_options.include_usage: {s}", .{@errorName(err)});
+        return;
+    };
+    host.incrementMetric(metrics.plugin.include_usage_added, 1);
+}

@@ -1,0 +1,127 @@
+//! Route selection and counter collection: the one place that reads the request's identity
+//! (route, authority, cluster, keyed headers, address) from the host. Matching itself is pure
+//! (match/match.zig).
+const std = @import("std");
+const budget = @import("../meter/budget.zig");
+const config = @import("../config/config.zig");
+const counter = @import("../meter/counter.zig");
+const host = @import("../abi/host.zig");
+const ip = @import("../config/ip.zig");
+const match = @import("../match/match.zig");
+const request = @import("../usage/request.zig");
+const store = @import("../store/store.zig");
+
+const allocator = host.allocator;
+
+/// The rule for this request: the first `_rules_` entry that matches, else the default.
+pub fn rule(current: *const config.Config) ?*const config.Rule {
+    for (current.route_rules) |*route_rule| {
+        if (routeRuleMatches(route_rule)) return if (route_rule.rule) |*matched| matched else null;
+    }
+    return if (current.default_rule) |*default| default else null;
+}
+
+fn routeRuleMatches(route_rule: *const config.RouteRule) bool {
+    if (route_rule.routes.len > 0) {
+        if (host.getProperty("route_name") catch null) |name| {
+            var bytes = name;
+            defer bytes.deinit();
+            for (route_rule.routes) |route| if (std.mem.eql(u8, route, bytes.bytes)) return true;
+        }
+    }
+    if (route_rule.domains.len > 0) {
+        if (host.getHeader(.request_headers, ":authority") catch null) |authority| {
+            var bytes = authority;
+            defer bytes.deinit();
+            for (route_rule.domains) |domain| if (match.domainMatches(domain, bytes.bytes)) return true;
+        }
+    }
+    if (route_rule.services.len > 0) {
+        if (host.getProperty("cluster_name") catch null) |cluster| {
+            var bytes = cluster;
+            defer bytes.deinit();
+            for (route_rule.services) |service| if (match.serviceMatches(service, bytes.bytes)) return true;
+        }
+    }
+    return false;
+}
+
+/// Adds one counter per (matching item, unit, window) of `selected`, merging items that name
+/// the same one.
+pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const config.Rule) !void {
+    for (selected.items) |*item| {
+        var raw = try requestValue(item);
+        defer if (raw) |*bytes| bytes.deinit();
+        const value: []const u8 = if (item.limit_type == .global) "" else narrow(item, (raw orelse continue).bytes) orelse continue;
+        const key = if (item.limit_type == .global) &item.keys[0] else match.matchKey(item, value) orelse continue;
+        var hashed: counter.HashedValue = undefined;
+        const caller = counter.identity(item.limit_type, value, &hashed);
+        for ([_]config.Unit{ .requests, .tokens }) |unit| {
+            for (std.meta.tags(budget.Window)) |window| {
+                const limit = key.limits.get(unit, window) orelse continue;
+                try addCounter(counters, .{
+                    .key = try counter.counterKey(selected.name, item, unit, window, caller),
+                    .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
+                    .unit = unit,
+                });
+            }
+        }
+    }
+}
+
+fn addCounter(counters: *std.ArrayList(store.Counter), added: store.Counter) !void {
+    for (counters.items) |*existing| {
+        if (std.mem.eql(u8, existing.key.slice(), added.key.slice())) {
+            existing.budget.limit = @min(existing.budget.limit, added.budget.limit); // strictest
+            return;
+        }
+    }
+    if (counters.items.len == counter.counters_max) return error.TooManyCounters;
+    try counters.append(allocator, added);
+}
+
+/// The raw request value an item keys on (header, `:path` for params, `cookie`, address).
+fn requestValue(item: *const config.RuleItem) host.Error!?host.HostBytes {
+    return switch (item.limit_type) {
+        .global => null,
+        .header, .per_header => host.getHeader(.request_headers, item.source),
+        .param, .per_param => host.getHeader(.request_headers, ":path"),
+        .cookie, .per_cookie => host.getHeader(.request_headers, "cookie"),
+        .consumer, .per_consumer => host.getHeader(.request_headers, "x-mse-consumer"),
+        .per_ip => switch (item.ip_source) {
+            .remote_address => host.getProperty("source\x00address"),
+            .header => |name| host.getHeader(.request_headers, name),
+        },
+    };
+}
+
+/// Narrows a raw value to what the item matches: the parameter, the cookie, the address.
+fn narrow(item: *const config.RuleItem, raw: []const u8) ?[]const u8 {
+    return switch (item.limit_type) {
+        .param, .per_param => match.queryParam(raw, item.source),
+        .cookie, .per_cookie => match.cookieValue(raw, item.source),
+        .per_ip => switch (item.ip_source) {
+            .remote_address => ip.stripPort(raw),
+            .header => match.firstListValue(raw),
+        },
+        else => raw,
+    };
+}
+
+pub fn contentLength() ?u64 {
+    var value = (host.getHeader(.request_headers, "content-length") catch null) orelse return null;
+    defer value.deinit();
+    return std.fmt.parseInt(u64, value.bytes, 10) catch null;
+}
+
+pub fn isJson() bool {
+    var value = (host.getHeader(.request_headers, "content-type") catch null) orelse return false;
+    defer value.deinit();
+    return std.ascii.findIgnoreCase(value.bytes, "json") != null;
+}
+
+pub fn isOpenAiCompletionsPath() bool {
+    var path = (host.getHeader(.request_headers, ":path") catch null) orelse return false;
+    defer path.deinit();
+    return request.isCompletionsPath(path.bytes);
+}

@@ -1,0 +1,244 @@
+//! The Redis budget store: one atomic Lua script (contract/budget.lua; its protocol in
+//! script.zig) sent as EVALSHA and re-sent as EVAL on NOSCRIPT. Windows use Redis server time,
+//! so gateways with skewed clocks agree.
+//!
+//! Two transports, chosen at build time (build.zig `transport`), everything else shared:
+//! transport_http.zig (the tokenlimit bridge) and transport_higress.zig (Higress's Redis ABI).
+//!
+//! Calls are asynchronous: a request waits (paused) for its admission reply, which Envoy
+//! delivers within `redis.timeout` or fails. A circuit breaker per worker (circuit.zig) stops
+//! calling Redis after repeated failures and probes again after a back-off; every transition is
+//! logged once. Settlements that fail wait in a bounded retry queue for the tick.
+const std = @import("std");
+const build_options = @import("build_options");
+const circuit_breaker = @import("circuit.zig");
+const config = @import("../config/config.zig");
+const counter = @import("../meter/counter.zig");
+const host = @import("../abi/host.zig");
+const metrics = @import("../abi/metrics.zig");
+const resp = @import("resp.zig");
+const retry_queue = @import("retry_queue.zig");
+const script = @import("script.zig");
+const store = @import("store.zig");
+const transport_http = @import("transport_http.zig");
+const transport_higress = @import("transport_higress.zig");
+
+const allocator = host.allocator;
+
+pub const transport_name = build_options.transport;
+/// Comptime-known, so the other transport's host functions are never referenced.
+const is_higress = std.mem.eql(u8, transport_name, "higress");
+comptime {
+    std.debug.assert(is_higress or std.mem.eql(u8, transport_name, "http"));
+}
+const transport = if (is_higress) transport_higress else transport_http;
+
+/// Bound on calls in flight per worker, and on settlements kept for retry while Redis is away.
+pub const pending_max = 4096;
+pub const retry_queue_max = 1024;
+
+pub const Op = enum { admit, settle };
+
+/// An admission reply on its way to the HTTP context that waits for it.
+pub const Delivery = struct { http_context_id: u32, outcome: Outcome };
+
+/// What a finished call hands back to the HTTP context that waits for it.
+pub const Outcome = union(enum) {
+    /// admit: the script's reply values (script.readAdmitReply reads them).
+    admitted: []const i64,
+    settled,
+    failed: store.Failure,
+};
+
+const Pending = struct {
+    op: Op,
+    http_context_id: u32,
+    /// Everything after the script argument (numkeys, keys, args): kept to re-send as EVAL.
+    tail: []u8,
+    target: Target,
+    sent_as_eval: bool,
+};
+
+/// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
+const Target = struct {
+    name: [300]u8 = undefined,
+    name_len: usize = 0,
+    timeout_ms: u32,
+
+    fn slice(self: *const Target) []const u8 {
+        return self.name[0..self.name_len];
+    }
+
+    fn fromConfig(redis: config.Redis) Target {
+        var target = Target{ .timeout_ms = redis.timeout_ms };
+        target.name_len = if (transport.targetName(redis, &target.name)) |written| written.len else |_| 0;
+        return target;
+    }
+};
+
+var circuit: circuit_breaker.Circuit = .{};
+var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
+var retries: retry_queue.RetryQueue(Pending, retry_queue_max) = .{};
+
+/// Once per VM (after metrics are defined): the transport, the retry tick.
+pub fn start() void {
+    transport.start();
+    host.setTickPeriod(1000) catch {};
+}
+
+/// When a config is loaded: registers each rule's Redis upstream (Higress).
+pub fn configure(rule: *const config.Rule) void {
+    transport.configure(rule);
+}
+
+/// Moves the circuit one step and logs / counts what changed. Returns whether a call may go.
+fn circuitStep(now_ms: u64, event: circuit_breaker.Event, failure: store.Failure) bool {
+    const next = circuit_breaker.step(circuit, now_ms, event);
+    circuit = next.circuit;
+    switch (next.change) {
+        .none => {},
+        .probing => host.log(.info, "redis store: probing again after back-off"),
+        .recovered => host.log(.info, "redis store recovered: calling Redis again"),
+        .opened => {
+            host.recordMetric(metrics.redis.circuit_open, 1);
+            host.incrementMetric(metrics.redis.circuit_opened, 1);
+            host.logf(.warn, "redis store unavailable: {s}; not calling Redis for {d} ms (each rule's failure_mode applies meanwhile)", .{ failure.describe(), circuit.backoff_ms });
+        },
+    }
+    if (event == .succeeded) host.recordMetric(metrics.redis.circuit_open, 0);
+    return next.allowed;
+}
+
+/// Whether a call to Redis may be made now (the circuit is closed, or this is the probe).
+pub fn available(now_ms: u64) bool {
+    return circuitStep(now_ms, .ask, .circuit_open);
+}
+
+/// Starts the admission script for `counters`; the outcome arrives through `onReply`.
+pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, http_context_id: u32) !void {
+    std.debug.assert(http_context_id != 0);
+    const tail = try script.admitArguments(allocator, counters, force);
+    const call = Pending{ .op = .admit, .http_context_id = http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false };
+    send(call) catch |err| {
+        allocator.free(call.tail);
+        return err;
+    };
+}
+
+/// Starts the settlement script (actual cost against each reservation). Failures are queued
+/// and retried, so a charge survives a Redis outage up to the queue's bound.
+pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, caller: store.Caller) !void {
+    const tail = try script.settleArguments(allocator, counters, actual_tokens);
+    // Settlements belong to the root context: they outlive the request that caused them. The
+    // request's own host calls after this one (its access-log fields) act on it again.
+    host.setEffectiveContext(caller.root_context_id) catch {};
+    defer host.setEffectiveContext(caller.http_context_id) catch {};
+    const call = Pending{ .op = .settle, .http_context_id = 0, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false };
+    if (!available(host.nowMs())) return queueForRetry(call);
+    send(call) catch queueForRetry(call);
+}
+
+/// Sends `call` as EVALSHA (or EVAL once Redis said NOSCRIPT). On success the pending table
+/// owns `call.tail`; on failure the caller still does.
+fn send(call: Pending) !void {
+    if (pending.count() >= pending_max) return error.TooManyCallsInFlight;
+    const command = try script.command(allocator, call.tail, call.sent_as_eval);
+    defer allocator.free(command);
+    const call_id = try transport.send(call.target.slice(), call.target.timeout_ms, command);
+    host.incrementMetric(metrics.redis.calls, 1);
+    // The host hands out each call id once; a second call under one id is a host bug that
+    // would strand the first request.
+    std.debug.assert(!pending.contains(call_id));
+    try pending.put(allocator, call_id, call);
+}
+
+/// proxy_on_http_call_response (stock Envoy build).
+pub fn onHttpCallResponse(call_id: u32, header_count: u32, body_size: u32) ?Delivery {
+    var reply = transport_http.readReply(header_count, body_size);
+    defer if (reply.body) |*bytes| bytes.deinit();
+    return onReply(call_id, if (reply.body) |bytes| bytes.bytes else null, reply.failure);
+}
+
+/// proxy_on_redis_call_response (Higress build).
+pub fn onRedisCallResponse(call_id: u32, status: u32, response_size: u32) ?Delivery {
+    var reply = transport_higress.readReply(status, response_size);
+    defer if (reply.body) |*bytes| bytes.deinit();
+    return onReply(call_id, if (reply.body) |bytes| bytes.bytes else null, reply.failure);
+}
+
+/// A reply arrived (or the call failed). Returns the waiting HTTP context and its outcome for
+/// admissions; settlements are finished here. `reply` is null when the transport failed.
+fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?Delivery {
+    const entry = pending.fetchRemove(call_id) orelse return null;
+    var call = entry.value;
+    var integers: [3 * counter.reply_counters_max + 2]i64 = undefined;
+    const now_ms = host.nowMs();
+    const outcome: Outcome = blk: {
+        const bytes = reply orelse break :blk .{ .failed = transport_failure };
+        const parsed = resp.parseReply(bytes, &integers) catch break :blk .{ .failed = .bad_reply };
+        switch (parsed) {
+            .integers => |values| break :blk if (call.op == .admit) .{ .admitted = values } else .{ .failed = .bad_reply },
+            .integer => break :blk if (call.op == .settle) .settled else .{ .failed = .bad_reply },
+            .err => |text| switch (script.classifyError(text)) {
+                .no_script => if (!call.sent_as_eval) {
+                    call.sent_as_eval = true; // first use on this Redis: send the script itself
+                    send(call) catch break :blk .{ .failed = .not_sent };
+                    return null;
+                } else {
+                    host.logf(.debug, "redis error reply: {s}", .{text[0..@min(text.len, 200)]});
+                    break :blk .{ .failed = .redis_error };
+                },
+                .auth_failed, .other => |class| {
+                    host.logf(.debug, "redis error reply: {s}", .{text[0..@min(text.len, 200)]});
+                    break :blk .{ .failed = if (class == .auth_failed) .auth_failed else .redis_error };
+                },
+            },
+            .other => break :blk .{ .failed = .bad_reply },
+        }
+    };
+    switch (outcome) {
+        .failed => |failure| {
+            host.incrementMetric(metrics.redis.failures, 1);
+            _ = circuitStep(now_ms, .failed, failure);
+        },
+        else => _ = circuitStep(now_ms, .succeeded, .circuit_open),
+    }
+    if (call.op == .settle) {
+        if (outcome == .failed) {
+            queueForRetry(call);
+        } else {
+            allocator.free(call.tail);
+        }
+        return null;
+    }
+    allocator.free(call.tail);
+    return .{ .http_context_id = call.http_context_id, .outcome = outcome };
+}
+
+/// Keeps a failed settlement for the retry tick; drops (and counts) it past the bound.
+fn queueForRetry(call: Pending) void {
+    std.debug.assert(call.op == .settle);
+    retries.push(allocator, call) catch |err| {
+        if (err == error.Full) {
+            host.incrementMetric(metrics.redis.settles_dropped, 1);
+            host.log(.err, "redis store: settlement retry queue full; a charge was dropped");
+        }
+        allocator.free(call.tail);
+        return;
+    };
+    host.incrementMetric(metrics.redis.settle_retries_queued, 1);
+}
+
+/// Each tick: re-send queued settlements while the circuit lets calls through.
+pub fn onTick(root_context_id: u32) void {
+    if (retries.len() == 0) return;
+    host.setEffectiveContext(root_context_id) catch return;
+    while (retries.len() > 0 and available(host.nowMs())) {
+        const call = retries.pop() orelse break;
+        send(call) catch {
+            host.incrementMetric(metrics.redis.settles_dropped, 1);
+            allocator.free(call.tail);
+            break;
+        };
+    }
+}

@@ -1,0 +1,190 @@
+//! The budget script's protocol (contract/budget.lua): the arguments of `admit` and `settle`
+//! as RESP, and the meaning of its replies. Pure, so the wire format is tested here without a
+//! host; redis.zig sends what this builds.
+const std = @import("std");
+const resp = @import("resp.zig");
+const store = @import("store.zig");
+
+pub const source = @embedFile("budget.lua");
+/// EVALSHA name, computed at build time (no SHA-1 code in the module).
+pub const sha: [40]u8 = blk: {
+    @setEvalBranchQuota(1_000_000);
+    var digest: [20]u8 = undefined;
+    std.crypto.hash.Sha1.hash(source, &digest, .{});
+    break :blk std.fmt.bytesToHex(digest, .lower);
+};
+
+/// Everything after the script argument of an admit call: numkeys, keys, then
+/// `admit 0 force` (0: use the server's clock) and (algorithm, window_ms, limit, amount) per
+/// counter.
+pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Counter, force: bool) ![]u8 {
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try appendKeys(allocator, &tail, counters);
+    try tail.arg(allocator, "admit");
+    try tail.argInt(allocator, 0);
+    try tail.argInt(allocator, @intFromBool(force));
+    for (counters) |counter| {
+        try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
+        try tail.argInt(allocator, counter.budget.window.lengthMs());
+        try tail.argInt(allocator, counter.budget.limit);
+        try tail.argInt(allocator, counter.admit_amount);
+    }
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// As admitArguments for a settle call: `settle 0`, then (algorithm, window_ms, limit,
+/// reserved, actual) per counter, then the admission time.
+pub fn settleArguments(allocator: std.mem.Allocator, counters: []const store.Counter, actual_tokens: u64) ![]u8 {
+    std.debug.assert(counters.len > 0);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try appendKeys(allocator, &tail, counters);
+    try tail.arg(allocator, "settle");
+    try tail.argInt(allocator, 0);
+    for (counters) |counter| {
+        try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
+        try tail.argInt(allocator, counter.budget.window.lengthMs());
+        try tail.argInt(allocator, counter.budget.limit);
+        try tail.argInt(allocator, counter.reserved);
+        try tail.argInt(allocator, if (counter.unit == .requests) counter.reserved else actual_tokens);
+    }
+    try tail.argInt(allocator, counters[0].admitted_at_ms);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+fn appendKeys(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter) !void {
+    try tail.argInt(allocator, counters.len);
+    for (counters) |counter| try tail.arg(allocator, counter.key.slice());
+}
+
+/// The whole command: EVALSHA (or EVAL with the source, once Redis said NOSCRIPT) + arguments.
+pub fn command(allocator: std.mem.Allocator, arguments: []const u8, as_eval: bool) ![]u8 {
+    var out: resp.Command = .{};
+    errdefer out.deinit(allocator);
+    try out.begin(allocator, 2 + countArguments(arguments));
+    try out.arg(allocator, if (as_eval) "EVAL" else "EVALSHA");
+    try out.arg(allocator, if (as_eval) source else &sha);
+    try out.bytes.appendSlice(allocator, arguments);
+    return out.bytes.toOwnedSlice(allocator);
+}
+
+/// Number of RESP bulk strings in an encoded argument list (each starts with '$' at a line
+/// start). The list was built by this file, so its shape is asserted.
+fn countArguments(tail: []const u8) usize {
+    var count: usize = 0;
+    var at: usize = 0;
+    while (at < tail.len) {
+        std.debug.assert(tail[at] == '$');
+        const line_end = std.mem.indexOfPos(u8, tail, at, "\r\n") orelse break;
+        const length = std.fmt.parseInt(usize, tail[at + 1 .. line_end], 10) catch break;
+        at = line_end + 2 + length + 2;
+        count += 1;
+    }
+    return count;
+}
+
+/// What an error reply means for the call.
+pub const ErrorReply = enum { no_script, auth_failed, other };
+
+pub fn classifyError(text: []const u8) ErrorReply {
+    if (std.mem.startsWith(u8, text, "NOSCRIPT")) return .no_script;
+    if (std.mem.startsWith(u8, text, "WRONGPASS") or std.mem.startsWith(u8, text, "NOAUTH")) return .auth_failed;
+    return .other;
+}
+
+/// Reads an admit reply into the counters: refused index (1-based, 0 = none), the server's
+/// time, then (used, limit, reset_ms) per counter. Fills each counter's check and reservation
+/// (what the script added: every amount when admitted or forced, nothing when refused).
+/// Returns the admission, or a failure for a reply of the wrong shape (network input: never
+/// asserted).
+pub fn readAdmitReply(counters: []store.Counter, values: []const i64, forced: bool) store.Admission {
+    if (values.len != 2 + 3 * counters.len) return .{ .failed = .bad_reply };
+    // Compared as u64: usize is 32 bits in the module, and an index past it must not wrap.
+    const refused_index: u64 = @intCast(@max(values[0], 0));
+    const server_now_ms: u64 = @intCast(@max(values[1], 0));
+    for (counters, 0..) |*counter, i| {
+        counter.admitted_at_ms = server_now_ms;
+        counter.check = .{
+            .used = @intCast(@max(values[2 + 3 * i], 0)),
+            .limit = @intCast(@max(values[3 + 3 * i], 1)),
+            .reset_in_ms = @intCast(@max(values[4 + 3 * i], 0)),
+        };
+        const applied = refused_index == 0 or forced;
+        counter.reserved = if (applied) @min(counter.admit_amount, counter.budget.limit) else 0;
+    }
+    if (refused_index > counters.len) return .{ .failed = .bad_reply };
+    return .{ .decided = if (refused_index == 0) null else @intCast(refused_index - 1) };
+}
+
+const testing = std.testing;
+
+fn testCounter(key: []const u8, unit: @FieldType(store.Counter, "unit"), limit: u64, amount: u64) store.Counter {
+    var counter: store.Counter = .{ .key = .{}, .budget = .{ .algorithm = .fixed, .window = .minute, .limit = limit }, .unit = unit, .admit_amount = amount };
+    @memcpy(counter.key.bytes[0..key.len], key);
+    counter.key.len = key.len;
+    return counter;
+}
+
+test "script: admit arguments name every key, then the operation and each counter's budget" {
+    const counters = [_]store.Counter{testCounter("k", .tokens, 300, 40)};
+    const tail = try admitArguments(testing.allocator, &counters, true);
+    defer testing.allocator.free(tail);
+    try testing.expectEqualStrings("$1\r\n1\r\n$1\r\nk\r\n$5\r\nadmit\r\n$1\r\n0\r\n$1\r\n1\r\n" ++
+        "$1\r\n0\r\n$5\r\n60000\r\n$3\r\n300\r\n$2\r\n40\r\n", tail);
+    const whole = try command(testing.allocator, tail, false);
+    defer testing.allocator.free(whole);
+    try testing.expect(std.mem.startsWith(u8, whole, "*11\r\n$7\r\nEVALSHA\r\n$40\r\n"));
+}
+
+test "script: settle arguments carry the real cost for tokens and the reservation for requests" {
+    var counters = [_]store.Counter{ testCounter("t", .tokens, 300, 40), testCounter("r", .requests, 10, 1) };
+    counters[0].reserved = 40;
+    counters[1].reserved = 1;
+    counters[0].admitted_at_ms = 7;
+    const tail = try settleArguments(testing.allocator, &counters, 55);
+    defer testing.allocator.free(tail);
+    try testing.expect(std.mem.indexOf(u8, tail, "$2\r\n40\r\n$2\r\n55\r\n") != null);
+    try testing.expect(std.mem.indexOf(u8, tail, "$1\r\n1\r\n$1\r\n1\r\n$1\r\n7\r\n") != null);
+    try testing.expectEqual(@as(usize, 1 + 2 + 2 + 5 * 2 + 1), countArguments(tail)); // numkeys, keys, op + clock, budgets, time
+}
+
+test "script: argument counting walks encoded bulk strings" {
+    var tail: resp.Command = .{};
+    defer tail.deinit(testing.allocator);
+    try tail.arg(testing.allocator, "2");
+    try tail.arg(testing.allocator, "key:{a}:\r\n$x");
+    try tail.argInt(testing.allocator, 60000);
+    try testing.expectEqual(@as(usize, 3), countArguments(tail.bytes.items));
+}
+
+test "script: an admit reply fills checks; a refusal reserves nothing unless forced" {
+    var counters = [_]store.Counter{ testCounter("a", .tokens, 300, 40), testCounter("b", .requests, 10, 1) };
+    const refused = [_]i64{ 2, 1_700_000_000_000, 100, 300, 5_000, 10, 10, 7_000 };
+    const admission = readAdmitReply(&counters, &refused, false);
+    try testing.expectEqual(@as(?usize, 1), admission.decided);
+    try testing.expectEqual(@as(u64, 0), counters[0].reserved);
+    try testing.expectEqual(@as(u64, 10), counters[1].check.used);
+    try testing.expectEqual(@as(u64, 1_700_000_000_000), counters[0].admitted_at_ms);
+    try testing.expectEqual(@as(?usize, 1), readAdmitReply(&counters, &refused, true).decided);
+    try testing.expectEqual(@as(u64, 40), counters[0].reserved);
+    const admitted = [_]i64{ 0, 1, 40, 300, 5_000, 1, 10, 7_000 };
+    try testing.expectEqual(@as(?usize, null), readAdmitReply(&counters, &admitted, false).decided);
+}
+
+test "script: admit replies of the wrong shape are bad replies, not crashes" {
+    var counters = [_]store.Counter{testCounter("a", .tokens, 300, 40)};
+    try testing.expectEqual(store.Failure.bad_reply, readAdmitReply(&counters, &.{ 0, 1 }, false).failed);
+    try testing.expectEqual(store.Failure.bad_reply, readAdmitReply(&counters, &.{ 2, 1, 0, 1, 0 }, false).failed);
+    try testing.expectEqual(store.Failure.bad_reply, readAdmitReply(&counters, &.{ (1 << 32) + 1, 1, 0, 1, 0 }, false).failed);
+    // Negative numbers are clamped, never cast as they are.
+    try testing.expectEqual(@as(?usize, null), readAdmitReply(&counters, &.{ -1, -1, -5, -5, -5 }, false).decided);
+    try testing.expectEqual(@as(u64, 1), counters[0].check.limit);
+}
+
+test "script: error replies that change what happens next" {
+    try testing.expectEqual(ErrorReply.no_script, classifyError("NOSCRIPT No matching script"));
+    try testing.expectEqual(ErrorReply.auth_failed, classifyError("WRONGPASS invalid username-password pair"));
+    try testing.expectEqual(ErrorReply.auth_failed, classifyError("NOAUTH Authentication required."));
+    try testing.expectEqual(ErrorReply.other, classifyError("ERR budget.lua: bad argument"));
+}

@@ -1,0 +1,124 @@
+//! The store seam: where a request's counters are kept. Two implementations do the same two
+//! operations on the same counters, checked against the same vectors (contract/budget.json):
+//! the local store (local.zig, Envoy shared data) and the Redis store (redis.zig +
+//! contract/budget.lua). A request picks its store once, from its rule (`Store.of`), and
+//! settles in the store that admitted it.
+const std = @import("std");
+const budget = @import("../meter/budget.zig");
+const config = @import("../config/config.zig");
+const counter = @import("../meter/counter.zig");
+const host = @import("../abi/host.zig");
+const local = @import("local.zig");
+const redis = @import("redis.zig");
+
+pub const Counter = struct {
+    key: counter.CounterKey,
+    budget: budget.Budget,
+    unit: config.Unit,
+    /// What admission asks room for and adds: 1 for request counters, the estimate for token
+    /// counters under `reserve`, 0 for token counters under `postpaid`.
+    admit_amount: u64 = 0,
+    /// What admission added (the amount, capped at the limit); settled against the real cost.
+    reserved: u64 = 0,
+    admitted_at_ms: u64 = 0,
+    /// The budget as admission left it (for headers and logs).
+    check: budget.Check = .{ .limit = 0, .used = 0, .reset_in_ms = 0 },
+};
+
+/// Why a store gave no answer. The local classes mean host trouble in this process (the
+/// request is admitted uncounted); the Redis classes go to the rule's `failure_mode`.
+pub const Failure = enum {
+    local_unavailable,
+    local_contended,
+    bridge_unreachable,
+    bridge_unauthorized,
+    redis_unreachable,
+    auth_failed,
+    timeout,
+    redis_error,
+    bad_reply,
+    not_sent,
+    circuit_open,
+
+    pub fn isLocal(self: Failure) bool {
+        return self == .local_unavailable or self == .local_contended;
+    }
+
+    pub fn describe(self: Failure) []const u8 {
+        return switch (self) {
+            // The local store's log lines have always named these as errors.
+            .local_unavailable => "StoreUnavailable",
+            .local_contended => "Contended",
+            .bridge_unreachable => "the tokenlimit bridge is unreachable (is the bridge cluster up?)",
+            .bridge_unauthorized => "the bridge refused the filter's token (set TOKENLIMIT_BRIDGE_TOKEN in Envoy's environment to the bridge's token)",
+            .redis_unreachable => "Redis is unreachable",
+            .auth_failed => "Redis refused the credentials (wrong username or password)",
+            .timeout => "Redis did not answer within redis.timeout",
+            .redis_error => "Redis answered with an error",
+            .bad_reply => "the reply was not what the script returns",
+            .not_sent => "the call could not be started (unknown cluster or upstream?)",
+            .circuit_open => "not called: repeated failures opened the circuit",
+        };
+    }
+};
+
+/// What admission gets back from a store.
+pub const Admission = union(enum) {
+    /// Answered now: the index of the refusing counter, or null when every counter had room.
+    /// Each counter's `check` and `reserved` are filled in.
+    decided: ?usize,
+    /// Asked; the answer arrives later (HttpContext.onStoreReply), the request waits paused.
+    pending,
+    failed: Failure,
+};
+
+/// Who is asking: for log lines and for routing a later answer back.
+pub const Caller = struct {
+    rule_name: []const u8,
+    http_context_id: u32,
+    root_context_id: u32,
+};
+
+pub const Store = union(enum) {
+    local,
+    redis: *const config.Redis,
+
+    /// The store a rule's counters live in.
+    pub fn of(rule: *const config.Rule) Store {
+        return if (rule.redis) |*settings| .{ .redis = settings } else .local;
+    }
+
+    /// Admits a request against all its counters (each must have room for its
+    /// `admit_amount`). With `force` (shadow mode) amounts are added even where a counter
+    /// refuses.
+    pub fn admit(self: Store, caller: Caller, counters: []Counter, now_ms: u64, force: bool) Admission {
+        std.debug.assert(counters.len > 0);
+        switch (self) {
+            .local => {
+                const refused = local.admit(counters, now_ms, force) catch |err| return .{ .failed = switch (err) {
+                    error.StoreUnavailable => .local_unavailable,
+                    error.Contended => .local_contended,
+                } };
+                return .{ .decided = refused };
+            },
+            .redis => |settings| {
+                if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
+                redis.admit(settings.*, counters, force, caller.http_context_id) catch |err| {
+                    host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ caller.rule_name, @errorName(err) });
+                    return .{ .failed = .not_sent };
+                };
+                return .pending;
+            },
+        }
+    }
+
+    /// Replaces each counter's reservation with the real cost. The Redis store queues what it
+    /// cannot send now and retries it; an error here means the charge is lost.
+    pub fn settle(self: Store, caller: Caller, counters: []const Counter, now_ms: u64, actual_tokens: u64) !void {
+        std.debug.assert(counters.len > 0);
+        switch (self) {
+            .local => try local.settle(counters, now_ms, actual_tokens),
+            .redis => |settings| try redis.settle(settings.*, counters, actual_tokens, caller),
+        }
+    }
+};
