@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ from support.proxywasm_host.abi import (
     LogLevel,
     MetricType,
     Status,
-    WasmTrap,
     bytes_of,
     hostcall,
     text_of,
@@ -45,18 +44,13 @@ from support.proxywasm_host.abi import (
 from support.proxywasm_host.buffers import BufferCalls
 from support.proxywasm_host.calls import (
     CallOuts,
-    HttpCall,
     HttpCallHandler,
-    RedisCall,
     RedisHandler,
-    RedisInit,
 )
 from support.proxywasm_host.control import ControlCalls
-from support.proxywasm_host.maps import HeaderMap
 from support.proxywasm_host.metrics import MetricCalls
 from support.proxywasm_host.shared_data import Clock, SharedData, SharedDataCalls
 from support.proxywasm_host.stream import (
-    Context,
     HttpStream,
     PropertyValue,
     RootContext,
@@ -85,51 +79,51 @@ class Host(BufferCalls, ControlCalls, CallOuts, SharedDataCalls, MetricCalls, Wa
         vm_id: str = "",
         seed: int = 0,
     ) -> None:
+        # The whole state, in one place; each attribute's type is declared by the class that uses
+        # it (VmBase or one of the host-function groups).
         self.wasm_path = Path(wasm_path)
         self.clock = clock or Clock()
         self.vm_config = bytes_of(vm_config) if isinstance(vm_config, str) else bytes(vm_config)
         self.shared_data = shared_data if shared_data is not None else SharedData()
-        self.properties: dict[str, bytes] = {
-            k: property_bytes(v) for k, v in (properties or {}).items()
-        }
-        self.properties_set: dict[str, bytes] = {}
-        self.metrics: dict[str, int] = metrics if metrics is not None else {}
-        self.histograms: dict[str, list[int]] = {}
-        self.metric_types: dict[str, MetricType] = {}
+        self.properties = {k: property_bytes(v) for k, v in (properties or {}).items()}
+        self.properties_set = {}
+        self.metrics = metrics if metrics is not None else {}
+        self.histograms = {}
+        self.metric_types = {}
         self.log_level = int(log_level)
-        self.logs: list[tuple[int, str]] = []
-        self.abi_warnings: list[str] = []  # non-OK answers caused by misuse (phase, memory, ...)
-        self.clusters: set[str] | None = None if clusters is None else set(clusters)
+        self.logs = []
+        self.abi_warnings = []  # non-OK answers caused by misuse (phase, memory, ...)
+        self.clusters = None if clusters is None else set(clusters)
         self.http_call_handler = http_call_handler
         self.redis_handler = redis_handler
-        self.http_calls: list[HttpCall] = []
-        self.redis_inits: list[RedisInit] = []
-        self.redis_calls: list[RedisCall] = []
+        self.http_calls = []
+        self.redis_inits = []
+        self.redis_calls = []
         self.tick_period_ms: int | None = None
-        self.trap: WasmTrap | None = None
+        self.trap = None
         self.vm_id = vm_id
         self.random = random.Random(seed)
-        self.call_trace: list[tuple[str, tuple[int, ...], Any]] | None = None  # set to [] to record
-        self.plugin_config: bytes | None = None
+        self.call_trace = None  # set to [] to record
+        self.plugin_config = None
 
-        self._contexts: dict[int, Context] = {ROOT_CONTEXT_ID: RootContext()}
+        self._contexts = {ROOT_CONTEXT_ID: RootContext()}
         self._next_context_id = ROOT_CONTEXT_ID + 1
-        self._pending_done: set[int] = set()
+        self._pending_done = set()
         self._current_ctx = 0
         self._effective_ctx = 0
         self._stop_iteration = False
         self._last_call_stopped = False
-        self._after: deque[Callable[[], None]] = deque()
+        self._after = deque()
         self._in_configure = False
-        self._http_response: tuple[HeaderMap, bytes, HeaderMap] | None = None
-        self._call_status: tuple[int, str] = (0, "")
-        self._redis_reply: bytes | None = None
-        self._redis_upstreams: set[str] = set()
-        self._metric_ids: dict[int, tuple[MetricType, str]] = {}
+        self._http_response = None
+        self._call_status = (0, "")
+        self._redis_reply = None
+        self._redis_upstreams = set()
+        self._metric_ids = {}
         self._next_metric_id = {t: int(t) for t in MetricType}
         self._next_http_call_id = 0
         self._next_redis_call_id = 3
-        self._queue_ready: deque[int] = deque()
+        self._queue_ready = deque()
 
         self._instantiate()
         self._call("proxy_on_context_create", ROOT_CONTEXT_ID, 0)
