@@ -9,22 +9,20 @@ Separate hosts with separate shared data stand for separate gateways: only Redis
 from __future__ import annotations
 
 import json
-import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from support.proxywasm_host import Clock, Host, HttpCall, LogLevel
 from support.redis_server import RedisServer, free_port
-from tokenlimit.bridge.resp import ReplyParser
+from support.redis_wire import redis_wire
 
 BRIDGE_CLUSTER = "tokenlimit-bridge"
 
@@ -301,27 +299,6 @@ def test_a_dead_bridge_is_named_and_never_hangs_a_request(filter_wasm, clock):
 
 
 # ---- the Higress build, with Higress's Redis ABI wired to the real Redis ----------------------
-
-
-def redis_wire(server: RedisServer) -> Callable[[bytes], bytes | None]:
-    port = int(re.search(r":(\d+)", server.url).group(1))
-
-    def call(query: bytes) -> bytes | None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                sock.sendall(query)
-                parser, data = ReplyParser(), b""
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        return None
-                    data += chunk
-                    if parser.feed(chunk):
-                        return data
-        except OSError:
-            return None
-
-    return call
 
 
 def test_higress_build_uses_proxy_redis_and_shares_the_budget(higress_wasm, redis_server, clock):

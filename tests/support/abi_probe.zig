@@ -1,4 +1,4 @@
-// abi_probe: a tiny proxy-wasm module that exercises the test host in tests/support/proxywasm_host.py.
+// abi_probe: a tiny proxy-wasm module that exercises the test host in tests/support/proxywasm_host/.
 //
 // Build (the tests do this into pytest's tmp dir):
 //   python -m ziglang build-exe tests/support/abi_probe.zig -target wasm32-freestanding \
