@@ -1,4 +1,4 @@
-"""Tests of the proxy-wasm test host (tests/support/proxywasm_host.py) against a real Zig module.
+"""Tests of the proxy-wasm test host (tests/support/proxywasm_host/) against a real Zig module.
 
 The module is tests/support/abi_probe.zig, built once per session into pytest's tmp dir. Each
 request picks one capability with the `x-probe` header and reports back through headers, logs,
