@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,13 +18,6 @@ def require_file(path: Path, hint: str) -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: {hint}", pytrace=False)
     return path
-
-
-def require_binary(name: str, hint: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"`{name}` is not on PATH: {hint}", pytrace=False)
-    return found
 
 
 @pytest.fixture(scope="session")

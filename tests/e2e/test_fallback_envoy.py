@@ -39,8 +39,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from conftest import require_binary
 from multidict import CIMultiDict
+from support.require import require_binary
 from tokenlimit.apply import envoy_admin
 from tokenlimit.dev import process
 from tokenlimit.dev.gateway import GatewayError, envoy_binary, free_port
