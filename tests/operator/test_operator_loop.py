@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from support.fakekube import FakeClock, FakeKube
-from test_operator_reconcile import PLUGIN, PluginRenderer
+from support.operator_reconcile import PLUGIN, PluginRenderer
 from tokenlimit.apply.kube import CONFIG_MAP, POLICY, ApiError, ObjectRef, api_error
 from tokenlimit.operator.controller import PolicyController
 from tokenlimit.operator.loop import Backoff, Interrupted, Loop, LoopOptions
