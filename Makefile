@@ -46,7 +46,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check controlplane tests bench
 	$(BIN)/ruff format --check controlplane tests bench
 	$(BIN)/mypy
-	cd filter && ../$(ZIG) fmt --check src build.zig unit_tests.zig ../tests/support/abi_probe.zig
+	cd filter && ../$(ZIG) fmt --check src build.zig unit_tests.zig ../tests/support/abi_probe.zig ../tests/support/abi_probe_host.zig
 
 bench: $(WASM)
 	$(BIN)/python bench/overhead.py
