@@ -13,6 +13,7 @@ test {
     _ = @import("src/config/json_tree.zig");
     _ = @import("src/config/json_tree_test.zig");
     _ = @import("src/config/parse.zig");
+    _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");
     _ = @import("src/config/regex/compile.zig");
     _ = @import("src/config/regex/parse.zig");

@@ -12,8 +12,14 @@ Each rule becomes one policy with `targetRef.gateway: higress`:
 - `matchRules[i]` → `<plugin>-rule-<i+1>` attached to its `ingress`/`domain`/`service` lists;
   entries with `configDisable: true` are skipped (Higress drops them too: the routes they
   name fall back to the default config) and noted;
-- snake_case fields become the policy's camelCase ones; a `limit_keys` entry with Higress's
-  `limit_type: request` becomes `request_per_*` windows;
+- a route's rule replaces the default config on that route, as in Higress (never both): the
+  default policy gets `targetRef.exclude` naming the routes, domains and services the rules
+  attach to (a rule naming routes and domains matches on its routes, as in Higress; one naming
+  routes and services, on both, which a policy cannot say: noted);
+- each config is read as Higress reads it (tokenlimit.model.higress: `key: 123456` as text,
+  unknown fields such as `limit_type` dropped, `0` ports and timeouts as the default), with a
+  note per field dropped; a broken default config beside route rules is skipped, as Higress
+  skips it; snake_case fields become the policy's camelCase ones;
 - `redis.service_name`/`service_port`/`timeout`/`database`/`username` map to `spec.redis`; an
   inline `password` moves into a Secret document (`<plugin>-redis`, key `password`) that the
   policy references, because a policy never holds a password. A missing `service_port` is
@@ -39,11 +45,11 @@ from tokenlimit.model import (
     Problem,
     camel_name,
 )
+from tokenlimit.model.higress import read_as_higress
 
 HIGRESS_API_VERSION = "extensions.higress.io/v1alpha1"
 WASM_PLUGIN = "WasmPlugin"
 SECRET_KEY = "password"
-_WINDOW_UNITS = ("second", "minute", "hour", "day")
 _MATCH_FIELDS = {"ingress": "ingresses", "domain": "domains", "service": "services"}
 _RULE_MATCH_FIELDS = {
     "_match_route_": "ingresses",
@@ -54,6 +60,16 @@ _RULE_MATCH_FIELDS = {
 
 class ImportFailed(PolicyError):
     """The input cannot become valid policies; one line per problem."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A route rule to import: its config, what it attaches to, where it came from."""
+
+    config: Any
+    name: str
+    target: dict[str, list[str]]
+    where: str
 
 
 @dataclass
@@ -134,8 +150,7 @@ def _import_plugin(
         )
         _add(result, spec["pluginConfig"], base, {}, _at(where, "spec.pluginConfig"), namespace)
         return
-    if spec.get("defaultConfig") and not spec.get("defaultConfigDisable"):
-        _add(result, spec["defaultConfig"], base, {}, _at(where, "spec.defaultConfig"), namespace)
+    rules: list[_Rule] = []
     for index, rule in enumerate(spec.get("matchRules") or []):
         at = _at(where, f"spec.matchRules[{index}]")
         if not isinstance(rule, dict):
@@ -151,52 +166,132 @@ def _import_plugin(
         }
         if not target:
             raise ImportFailed(at, ["names no ingress, domain or service"])
-        if len(target) > 1:
-            result.notes.append(
-                f"{at}: names {' and '.join(sorted(target))}: tokenlimit applies the budget to "
-                "a request matching any of them (Higress: routes win over domains, and "
-                "routes with services must match both)"
-            )
-        _add(result, rule.get("config"), f"{base}-rule-{index + 1}", target, at, namespace)
+        target = _as_higress_matches(target, at, "domain", result)
+        rules.append(_Rule(rule.get("config"), f"{base}-rule-{index + 1}", target, at))
+    if spec.get("defaultConfig") and not spec.get("defaultConfigDisable"):
+        at = _at(where, "spec.defaultConfig")
+        _add(
+            result,
+            spec["defaultConfig"],
+            base,
+            _excluding(rules, at, "spec.matchRules", result),
+            at,
+            namespace,
+        )
+    for rule in rules:
+        _add(result, rule.config, rule.name, rule.target, rule.where, namespace)
     if not result.documents:
         raise ImportFailed(where, ["no enabled defaultConfig or matchRules to import"])
+
+
+def _as_higress_matches(
+    target: dict[str, list[str]], at: str, domain_field: str, result: ImportResult
+) -> dict[str, list[str]]:
+    """What a Higress rule really matches: with routes, its domains are never looked at."""
+    if "ingresses" in target and "domains" in target:
+        result.notes.append(
+            f"{at}: {domain_field} dropped: Higress matches a rule that names routes on its "
+            "routes only"
+        )
+        target = {k: v for k, v in target.items() if k != "domains"}
+    if "ingresses" in target and "services" in target:
+        result.notes.append(
+            f"{at}: names ingresses and services: Higress applies it to a request matching a "
+            "route AND a service; the policy applies it to a request matching either (split "
+            "the routes if they reach other services)"
+        )
+    return target
+
+
+def _excluding(
+    rules: list[_Rule], at: str, rules_field: str, result: ImportResult
+) -> dict[str, Any]:
+    """The default policy's targetRef fields: every route the rules replace it on."""
+    excluded: dict[str, list[str]] = {}
+    for rule in rules:
+        for kind, values in rule.target.items():
+            excluded.setdefault(kind, []).extend(v for v in values if v not in excluded[kind])
+    if not excluded:
+        return {}
+    named = "; ".join(f"{kind} {', '.join(values)}" for kind, values in excluded.items())
+    result.notes.append(
+        f"{at}: applies to every route except {named}, which {rules_field} give their own rule "
+        "(Higress applies a route's rule instead of the default, never both)"
+    )
+    return {"exclude": excluded}
 
 
 def _import_config(
     config: dict[str, Any], base: str, where: str, namespace: str | None, result: ImportResult
 ) -> None:
     config = dict(config)
-    rules = config.pop("_rules_", None) or []
-    if config:
-        _add(result, config, base, {}, where, namespace)
-    for index, rule in enumerate(rules):
+    entries = config.pop("_rules_", None) or []
+    rules: list[_Rule] = []
+    for index, entry in enumerate(entries):
         at = _at(where, f"_rules_[{index}]")
-        if not isinstance(rule, dict):
+        if not isinstance(entry, dict):
             raise ImportFailed(at, ["must be an object"])
-        rule = dict(rule)
+        entry, _ = read_as_higress({"_rules_": [entry]})
+        assert isinstance(entry, dict)
+        rule = dict(entry["_rules_"][0])
+        if rule.get("_match_route_prefix_"):
+            raise ImportFailed(
+                at,
+                [
+                    "_match_route_prefix_: a policy attaches to routes by name, not by prefix: "
+                    "list the routes in _match_route_"
+                ],
+            )
         target = {
-            ours: list(rule.pop(theirs))
+            ours: list(rule[theirs])
             for theirs, ours in _RULE_MATCH_FIELDS.items()
             if rule.get(theirs)
         }
-        for theirs in _RULE_MATCH_FIELDS:
+        for theirs in (*_RULE_MATCH_FIELDS, "_match_route_prefix_"):
             rule.pop(theirs, None)
-        _add(result, rule, f"{base}-rule-{index + 1}", target, at, namespace)
+        target = _as_higress_matches(target, at, "_match_domain_", result)
+        rules.append(_Rule(rule, f"{base}-rule-{index + 1}", target, at))
+    if config:
+        exclude = _excluding(rules, where or "the default config", "_rules_", result)
+        try:
+            _add(result, config, base, exclude, where, namespace)
+        except ImportFailed as broken:
+            if not rules:
+                raise
+            result.notes.append(
+                _at(
+                    where,
+                    "the default config is skipped, as Higress skips a broken one beside "
+                    f"_rules_: {'; '.join(str(p) for p in broken.problems)}",
+                )
+            )
+    for route_rule in rules:
+        _add(
+            result,
+            route_rule.config,
+            route_rule.name,
+            route_rule.target,
+            route_rule.where,
+            namespace,
+        )
 
 
 def _add(
     result: ImportResult,
     config: Any,
     name: str,
-    attach: dict[str, list[str]],
+    attach: dict[str, Any],
     where: str,
     namespace: str | None,
 ) -> None:
     if not isinstance(config, dict):
         raise ImportFailed(where, ["config must be an object"])
-    config = copy.deepcopy(config)
+    read, ignored = read_as_higress(copy.deepcopy(config))
+    assert isinstance(read, dict)
+    config = read
+    result.notes.extend(_at(where, str(problem)) for problem in ignored)
     redis = config.pop("redis", None)
-    spec: dict[str, Any] = {camel_name(k): _camelized(_requests(v)) for k, v in config.items()}
+    spec: dict[str, Any] = {camel_name(k): _camelized(v) for k, v in config.items()}
     spec["targetRef"] = {"gateway": "higress", **attach}
     secret = None
     if redis is not None:
@@ -219,23 +314,6 @@ def _respelled(problem: Problem | str) -> str:
     return (
         str(problem).replace("spec.", "", 1) if str(problem).startswith("spec.") else str(problem)
     )
-
-
-def _requests(value: Any) -> Any:
-    """Higress's `limit_type: request` on limit keys → request_per_* windows."""
-    if isinstance(value, list):
-        return [_requests(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    value = {k: _requests(v) for k, v in value.items()}
-    if value.get("limit_type") == "request":
-        del value["limit_type"]
-        for unit in _WINDOW_UNITS:
-            if f"token_per_{unit}" in value:
-                value[f"request_per_{unit}"] = value.pop(f"token_per_{unit}")
-    elif value.get("limit_type") == "token":
-        del value["limit_type"]
-    return value
 
 
 def _camelized(value: Any) -> Any:

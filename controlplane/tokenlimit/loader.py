@@ -30,6 +30,7 @@ from tokenlimit.model import (
     Problem,
     TokenRateLimitPolicy,
     parse_filter_config,
+    parse_filter_config_with_warnings,
     parse_policy,
     policy_filter_config,
     show,
@@ -57,6 +58,9 @@ class LoadedPolicy:
     namespace: str | None = None
     policy: TokenRateLimitPolicy | None = None  # None for a bare Higress config
     document: Mapping[str, Any] | None = None  # the policy as written (what `push` applies)
+    # What a bare Higress config holds that Higress (and the filter) ignore: unknown fields,
+    # overridden limit_by_* fields, a broken top-level rule beside _rules_.
+    warnings: tuple[Problem, ...] = ()
 
 
 class PolicyError(Exception):
@@ -68,8 +72,9 @@ class PolicyError(Exception):
         super().__init__("\n".join(f"{origin}: {p}" for p in self.problems))
 
 
-def load_policy(path: str | os.PathLike[str]) -> LoadedPolicy:
-    """Read a YAML or JSON policy file: a bare Higress config or a TokenRateLimitPolicy."""
+def load_policy(path: str | os.PathLike[str], *, strict: bool = False) -> LoadedPolicy:
+    """Read a YAML or JSON policy file: a bare Higress config or a TokenRateLimitPolicy.
+    `strict`: refuse a bare config for the fields it would ignore, as errors."""
     origin = os.fspath(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -77,7 +82,7 @@ def load_policy(path: str | os.PathLike[str]) -> LoadedPolicy:
         raise PolicyError(origin, [f"cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
         raise PolicyError(origin, ["cannot read: not UTF-8 text"]) from None
-    return policy_from_data(parse_document(text, origin), origin)
+    return policy_from_data(parse_document(text, origin), origin, strict=strict)
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):
@@ -120,7 +125,7 @@ def parse_document(text: str, origin: str) -> object:
         raise PolicyError(origin, [f"not valid YAML or JSON: {exc}"]) from None
 
 
-def policy_from_data(data: object, origin: str) -> LoadedPolicy:
+def policy_from_data(data: object, origin: str, *, strict: bool = False) -> LoadedPolicy:
     """Validate already-parsed data; `origin` starts every error line."""
     kind = document_kind(data)
     if kind is None:
@@ -137,11 +142,15 @@ def policy_from_data(data: object, origin: str) -> LoadedPolicy:
                 policy=policy,
                 document=copy.deepcopy(data) if isinstance(data, dict) else None,
             )
-        config = parse_filter_config(data)
+        if strict:
+            parse_filter_config(data, strict=True)
+        config, warnings = parse_filter_config_with_warnings(data)
     except ConfigInvalid as exc:
         raise PolicyError(origin, exc.problems) from None
     name = (config.rule_names or [Path(origin).stem])[0]
-    return LoadedPolicy(name=name, config=config, source="higress-config", origin=origin)
+    return LoadedPolicy(
+        name=name, config=config, source="higress-config", origin=origin, warnings=warnings
+    )
 
 
 def document_kind(data: object) -> SourceKind | None:

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from tokenlimit.model.counters import counter_rule_name
+
 if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
@@ -88,7 +90,8 @@ def counter_key(
     `counterKey`); `source` as configured, `unit` "tokens" or "requests"."""
     part = key_source(limit_type, source)
     middle = f"{limit_type}:{part}" if part else limit_type
-    return f"{KEY_PREFIX}{{{rule}}}:{middle}:{unit}:{window_s}:{identity(limit_type, value)}"
+    named = counter_rule_name(rule)  # a name outside the plain set is hashed, as the filter does
+    return f"{KEY_PREFIX}{{{named}}}:{middle}:{unit}:{window_s}:{identity(limit_type, value)}"
 
 
 @dataclass(frozen=True)
@@ -178,13 +181,14 @@ def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
     algorithm_of: dict[str, Algorithm] = {}
     for rule in rules:
         assert rule.rule_name is not None  # validated: every rule is named
-        algorithm_of[rule.rule_name] = _algorithm(rule.algorithm)
+        algorithm_of[counter_rule_name(rule.rule_name)] = _algorithm(rule.algorithm)
         for limit_type, source, key, windows in _limit_keys(rule):
             for unit, prefix in UNITS.items():
                 for window, seconds in WINDOWS_S.items():
                     limit = getattr(windows, f"{prefix}_per_{window}")
                     if limit is not None:
-                        budget_key = (rule.rule_name, limit_type, source, unit, seconds)
+                        named = counter_rule_name(rule.rule_name)
+                        budget_key = (named, limit_type, source, unit, seconds)
                         entries[budget_key].append(LimitEntry(key, int(limit)))
     return {k: Budget(algorithm_of[k[0]], tuple(v)) for k, v in entries.items()}
 
@@ -225,7 +229,7 @@ def read_usage(
 ) -> list[Row]:
     """Rows for every counter (of `rule`, of the caller with `key_value`) Redis holds now, read
     by budget.lua's `peek` on the server's clock with the algorithm and limit from `budgets`."""
-    pattern = f"{KEY_PREFIX}{{{rule}}}:*" if rule else f"{KEY_PREFIX}*"
+    pattern = f"{KEY_PREFIX}{{{counter_rule_name(rule)}}}:*" if rule else f"{KEY_PREFIX}*"
     counters: dict[str, list[Counter]] = defaultdict(list)
     found = 0
     for raw_key in client.scan_iter(match=pattern, count=SCAN_COUNT):

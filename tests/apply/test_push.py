@@ -394,10 +394,10 @@ def test_a_missing_secret_is_named(cluster: FakeKube) -> None:
 
 def test_invalid_input_never_reaches_the_api_server(cluster: FakeKube, tmp_path: Path) -> None:
     policy = tmp_path / "chat.yaml"
-    policy.write_text(envoy_policy(100).replace("ruleName: chat", "ruleName: has space"))
+    policy.write_text(envoy_policy(100).replace("ruleName: chat", "ruleName: [chat]"))
     result = run("push", str(policy), "--target", "kube")
     assert result.exit_code == 1
-    assert "spec.ruleName: must be 1 to 64 printable ASCII characters" in result.stderr
+    assert "spec.ruleName: must be a string, got an array" in result.stderr
     assert cluster.calls == [] and cluster.contexts == []  # type: ignore[attr-defined]
 
 

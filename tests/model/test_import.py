@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from support.kube_schemas import assert_valid
 from tokenlimit.cli import main
 from tokenlimit.importer import ImportFailed, import_documents
-from tokenlimit.loader import policy_from_data
+from tokenlimit.loader import PolicyError, policy_from_data
+from tokenlimit.model import API_VERSION, KIND
 from tokenlimit.render.kube import load_yaml_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,8 @@ def test_wasm_plugin_becomes_policies_and_a_secret(tmp_path: Path) -> None:
         "ruleItems": [
             {"limitByParam": "apikey", "limitKeys": [{"key": "123456", "tokenPerMinute": 200}]}
         ],
-        "targetRef": {"gateway": "higress"},
+        # Higress applies a route's rule instead of the default: the default skips that route.
+        "targetRef": {"gateway": "higress", "exclude": {"ingresses": ["default/qwen"]}},
         "redis": {
             "host": "redis.dns",
             "port": 6379,
@@ -90,13 +92,19 @@ def test_wasm_plugin_becomes_policies_and_a_secret(tmp_path: Path) -> None:
     }
     assert qwen["metadata"]["name"] == "ai-token-ratelimit-rule-1"
     assert qwen["spec"]["targetRef"] == {"gateway": "higress", "ingresses": ["default/qwen"]}
-    # Higress's limit_type: request → request windows; the .static port written out.
-    assert qwen["spec"]["ruleItems"][0]["limitKeys"] == [{"key": "*", "requestPerHour": 1000}]
+    # `limit_type` is no Higress field (Higress ignores it): dropped, the limit stays tokens.
+    assert qwen["spec"]["ruleItems"][0]["limitKeys"] == [{"key": "*", "tokenPerHour": 1000}]
+    assert "limit_type: unknown field, ignored as Higress ignores it" in result.stderr
     assert qwen["spec"]["redis"] == {"host": "redis.static", "port": 80}
     for policy in (default, qwen):
         assert_valid(policy)
         assert policy_from_data(policy, "imported").policy is not None
     assert "spec.matchRules[1]: configDisable is true: skipped" in result.stderr
+    assert (
+        "spec.defaultConfig: applies to every route except ingresses default/qwen, which "
+        "spec.matchRules give their own rule (Higress applies a route's rule instead of the "
+        "default, never both)"
+    ) in result.stderr
     assert "the Redis password moved into Secret ai-token-ratelimit-redis" in result.stderr
 
 
@@ -135,10 +143,55 @@ def test_bare_config_with_injected_rules() -> None:
     result = import_documents([config], "c.yaml", name="gw")
     names = [d["metadata"]["name"] for d in result.documents]
     assert names == ["gw", "gw-rule-1"]
+    assert result.documents[0]["spec"]["targetRef"] == {
+        "gateway": "higress",
+        "exclude": {"domains": ["api.example.com"]},
+    }
     assert result.documents[1]["spec"]["targetRef"] == {
         "gateway": "higress",
         "domains": ["api.example.com"],
     }
+
+
+def test_a_routes_rule_replaces_the_default_once_rendered_for_higress() -> None:
+    from tokenlimit.render.higress import HigressOptions, render
+    from tokenlimit.render.kube import WasmModule
+
+    (default, _) = import_documents(
+        [yaml.safe_load(WASM_PLUGIN.replace("password: hunter2", ""))], "p.yaml"
+    ).documents
+    policy = policy_from_data(default, "imported").policy
+    assert policy is not None
+    (plugin,) = render(policy, HigressOptions(module=WasmModule("oci://x/tokenlimit:1", None)))
+    assert plugin["spec"]["defaultConfigDisable"] is False
+    # Higress skips the plugin on the excluded route; the route's own plugin applies there.
+    assert plugin["spec"]["matchRules"] == [{"ingress": ["default/qwen"], "configDisable": True}]
+
+
+def test_higress_readme_wasm_plugin_imports() -> None:
+    # key: 123456 (a YAML integer), as Higress's README writes it.
+    path = ROOT / "tests" / "fixtures" / "higress" / "2.0.1" / "en-block11.yaml"
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    plugin = next(d for d in documents if d["metadata"]["name"] == "ai-token-ratelimit")
+    (policy,) = import_documents([plugin], "readme").documents
+    assert policy["spec"]["ruleItems"][0]["limitKeys"] == [{"key": "123456", "tokenPerMinute": 200}]
+
+
+def test_a_route_rule_naming_routes_and_domains_matches_on_the_routes_as_higress_does() -> None:
+    config = {
+        "_rules_": [
+            {
+                "_match_route_": ["default/chat"],
+                "_match_domain_": ["api.example.com"],
+                "rule_name": "chat",
+                "global_threshold": {"token_per_minute": 1},
+            }
+        ]
+    }
+    result = import_documents([config], "c.yaml", name="gw")
+    (policy,) = result.documents
+    assert policy["spec"]["targetRef"] == {"gateway": "higress", "ingresses": ["default/chat"]}
+    assert any("_match_domain_ dropped: Higress matches" in n for n in result.notes)
 
 
 def test_examples_higress_config_imports() -> None:
@@ -154,3 +207,20 @@ def test_examples_higress_config_imports() -> None:
 def test_not_a_wasm_plugin() -> None:
     with pytest.raises(ImportFailed, match="expected kind WasmPlugin"):
         import_documents([{"apiVersion": "v1", "kind": "ConfigMap"}], "x.yaml")
+
+
+def test_exclude_is_only_for_a_policy_on_every_route() -> None:
+    spec = {"ruleName": "r", "globalThreshold": {"tokenPerMinute": 1}}
+    policy = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p"}, "spec": spec}
+    spec["targetRef"] = {
+        "gateway": "higress",
+        "ingresses": ["a/b"],
+        "exclude": {"ingresses": ["c"]},
+    }
+    with pytest.raises(
+        PolicyError, match=r"spec.targetRef.exclude: is for a policy on every route"
+    ):
+        policy_from_data(policy, "p")
+    spec["targetRef"] = {"gateway": "envoy", "exclude": {"ingresses": ["c"]}}
+    with pytest.raises(PolicyError, match=r"spec.targetRef.exclude: attaches to higress"):
+        policy_from_data(policy, "p")

@@ -26,6 +26,8 @@ from tokenlimit.model import (
     policy_filter_config,
 )
 from tokenlimit.model._regexp import regexp_problem
+from tokenlimit.model.filter_config import parse_filter_config_with_warnings
+from tokenlimit.model.higress import read_as_higress
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "contract" / "config.json").read_text())
@@ -48,8 +50,22 @@ def test_valid_vector_loads_and_round_trips(vector: dict[str, Any]) -> None:
     cfg = parse_filter_config(vector["config"])
     document = filter_json(cfg)
     assert parse_filter_config(json.loads(document)) == cfg
-    # Nothing added, nothing lost: the filter reads what the user wrote.
-    assert json.loads(document) == vector["config"]
+    # Nothing added, nothing lost: the filter reads what the user wrote, in the one spelling
+    # Higress reads it (`key: 102234` as "102234"; ignored fields left out).
+    expected, _ = read_as_higress(vector["config"])
+    assert isinstance(expected, dict)
+    if cfg.rule_name is None and "rule_name" in expected:  # a broken top level, dropped
+        expected = {"_rules_": expected["_rules_"]}
+    assert json.loads(document) == expected
+
+
+@pytest.mark.parametrize("vector", VALID, ids=[v["name"] for v in VALID])
+def test_valid_vector_warns_of_what_it_ignores(vector: dict[str, Any]) -> None:
+    _, warnings = parse_filter_config_with_warnings(vector["config"])
+    assert sorted(w.path for w in warnings) == sorted(vector.get("warnings", []))
+    if warnings:
+        with pytest.raises(ConfigInvalid):
+            parse_filter_config(vector["config"], strict=True)
 
 
 @pytest.mark.parametrize("vector", INVALID, ids=[v["name"] for v in INVALID])
@@ -105,12 +121,23 @@ def as_policy(config: Any) -> dict[str, Any]:
 # Higress's `_rules_` exists only in bare configs; a policy is one rule. A policy's store is
 # `spec.redis` in its own shape (a Secret reference, never a password; tests/test_crd.py),
 # not the filter's `redis` object, so vectors about that object are the bare config's alone.
-SPEC_VALID = [v for v in VALID if "_rules_" not in v["config"] and "redis" not in v["config"]]
+# A policy is a Kubernetes document with a typed schema: Higress's lenient reading (numbers as
+# text, unknown fields ignored) is the bare config's alone.
+def read_as_is(vector: dict[str, Any]) -> bool:
+    return "warnings" not in vector and read_as_higress(vector["config"])[0] == vector["config"]
+
+
+SPEC_VALID = [
+    v
+    for v in VALID
+    if "_rules_" not in v["config"] and "redis" not in v["config"] and read_as_is(v)
+]
 SPEC_INVALID = [
     v
     for v in INVALID
     if not (isinstance(v["config"], dict) and ("_rules_" in v["config"] or "redis" in v["config"]))
     and not v["field"].startswith(("_rules_", "redis"))
+    and read_as_is(v)
 ]
 
 
@@ -148,15 +175,23 @@ def test_policy_spec_refuses_snake_case_with_suggestion() -> None:
 
 
 def test_bare_config_refuses_camel_case_keys() -> None:
+    # Higress ignores the camelCase key, so the rule has no budget; --strict says why.
+    config = {"rule_name": "r", "globalThreshold": {"token_per_minute": 1}}
+    assert refused_paths(config) == [""]
     with pytest.raises(ConfigInvalid) as refused:
-        parse_filter_config({"rule_name": "r", "globalThreshold": {"token_per_minute": 1}})
-    assert str(refused.value) == "globalThreshold: unknown field (did you mean global_threshold?)"
+        parse_filter_config(config, strict=True)
+    assert str(refused.value.problems[0]) == (
+        "globalThreshold: unknown field, ignored as Higress ignores it "
+        "(did you mean global_threshold?)"
+    )
 
 
 def test_bare_config_refuses_python_name_of_rules() -> None:
     with pytest.raises(ConfigInvalid) as refused:
-        parse_filter_config({"rules": []})
-    assert str(refused.value) == "rules: unknown field (did you mean _rules_?)"
+        parse_filter_config({"rules": []}, strict=True)
+    assert str(refused.value.problems[0]) == (
+        "rules: unknown field, ignored as Higress ignores it (did you mean _rules_?)"
+    )
 
 
 def test_null_is_refused_not_read_as_unset() -> None:

@@ -43,18 +43,27 @@ def filter_path_command(target: str) -> None:
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def validate(files: tuple[str, ...]) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse fields a Higress config holds that Higress and the filter ignore "
+    "(unknown fields, overridden limit_by_* fields, a broken top-level rule beside _rules_).",
+)
+def validate(files: tuple[str, ...], strict: bool) -> None:
     """Check policy files (Higress config or TokenRateLimitPolicy, YAML or JSON).
 
-    Runs the same loader as `render`, `up`, `push` and the operator.
+    Runs the same loader as `render`, `up`, `push` and the operator. What a Higress config
+    holds that Higress ignores (and so does the filter) is listed as warnings on stderr.
     """
     failures: list[str] = []
     for file in files:
         try:
-            policy = loader.load_policy(file)
+            policy = loader.load_policy(file, strict=strict)
         except loader.PolicyError as exc:
             failures.append(str(exc))
             continue
+        for warning in policy.warnings:
+            click.echo(f"{file}: warning: {warning}", err=True)
         click.echo(f"{file}: ok ({loader.summary(policy)})")
     if failures:
         raise PolicyInvalid("\n".join(failures))

@@ -8,6 +8,8 @@ test pins this), so renderers, the operator and the CLI all build on the same va
     _checks.py        value checks shared by every model (messages quote the bad value)
     _regexp.py        the `regexp:` key checker, a port of the filter's parser
     fields.py         the value types of single fields and their bounds
+    higress.py        a bare config read as Higress reads it (what it ignores, numbers as text)
+    counters.py       counter names as the filter writes them (a rule name, a name's length)
     filter_config.py  FilterConfig: the JSON the filter reads (Higress names)
     target.py         TargetRef: what a policy attaches to
     store.py          Redis store names: what Higress resolves, what Envoy/Istio call the bridge
@@ -21,6 +23,7 @@ Import from here (`from tokenlimit.model import parse_policy`); the submodules h
 
 from tokenlimit.model._checks import show
 from tokenlimit.model._spelling import Naming, camel_name
+from tokenlimit.model.counters import counter_rule_name
 from tokenlimit.model.fallback import (
     AutoSwitch,
     BackOff,
@@ -44,6 +47,7 @@ from tokenlimit.model.filter_config import (
     filter_json,
     key_problem,
     parse_filter_config,
+    parse_filter_config_with_warnings,
 )
 from tokenlimit.model.limits import LIMITS, Limits
 from tokenlimit.model.policy import (
@@ -117,6 +121,7 @@ __all__ = [
     "Upstream",
     "Weights",
     "camel_name",
+    "counter_rule_name",
     "fallback_document",
     "field_path",
     "filter_json",
@@ -128,6 +133,7 @@ __all__ = [
     "key_problem",
     "parse_fallback",
     "parse_filter_config",
+    "parse_filter_config_with_warnings",
     "parse_policy",
     "policy_filter_config",
     "problems",

@@ -33,7 +33,10 @@ from tokenlimit.model.limits import (
     WEIGHT_MAX,
 )
 
-_RULE_NAME = re.compile(r"[\x21-\x39\x3b-\x7a\x7c\x7e]+")  # printable ASCII minus space : { }
+# Rule names that counter names carry as written: printable ASCII minus space : { }, at most
+# PLAIN_RULE_NAME_BYTES_MAX bytes (every name valid before Higress's wider names were accepted).
+PLAIN_RULE_NAME = re.compile(r"[\x21-\x39\x3b-\x7a\x7c\x7e]+")
+PLAIN_RULE_NAME_BYTES_MAX = 64
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # Kubernetes' (and DNS's) own limits, not the filter's: they are not in contract/limits.json.
@@ -66,13 +69,12 @@ def text(min_bytes: int, max_bytes: int | None) -> WrapValidator:
 
 
 def _check_rule_name(value: Any, handler: Callable[[Any], Any]) -> Any:
-    if not isinstance(value, str) or not (
-        _RULE_NAME.fullmatch(value) and len(value) <= RULE_NAME_BYTES_MAX
-    ):
-        raise _error(
-            f"must be 1 to {RULE_NAME_BYTES_MAX} printable ASCII characters without space, "
-            f"':', '{{' or '}}', got {show(value)}"
-        )
+    # Any text, as Higress takes it (`:` and non-ASCII included); counter names carry a name
+    # outside PLAIN_RULE_NAME hashed (filter_config.counter_rule_name).
+    if not isinstance(value, str):
+        raise _error(f"must be a string, got {show(value)}")
+    if len(value.encode()) > RULE_NAME_BYTES_MAX:
+        raise _error(f"must be at most {RULE_NAME_BYTES_MAX} bytes, got {len(value.encode())}")
     return handler(value)
 
 
@@ -156,10 +158,7 @@ def matching(pattern: re.Pattern[str], chars_max: int, what: str) -> WrapValidat
 Present = WrapValidator(_refuse_null)
 TokenLimit = Annotated[int, Field(ge=1, le=LIMIT_MAX), _int_in(1, LIMIT_MAX)]
 OptTokenLimit = Annotated[TokenLimit | None, Present]
-RuleName = Annotated[
-    str,
-    Field(min_length=1, max_length=RULE_NAME_BYTES_MAX, pattern=f"^{_RULE_NAME.pattern}$"),
-]
+RuleName = Annotated[str, Field(max_length=RULE_NAME_BYTES_MAX)]
 OptRuleName = Annotated[Annotated[RuleName, WrapValidator(_check_rule_name)] | None, Present]
 SourceName = Annotated[
     str, Field(min_length=1, max_length=SOURCE_NAME_BYTES_MAX), text(1, SOURCE_NAME_BYTES_MAX)

@@ -36,6 +36,12 @@ from tokenlimit.model._spelling import Naming, camel_name
 from tokenlimit.model._spelling import cel as _cel
 from tokenlimit.model._spelling import doc_key as _doc_key
 from tokenlimit.model._spelling import naming_of as _naming
+from tokenlimit.model.counters import (
+    COUNTER_KEY_BYTES_MAX,
+    LIMIT_TYPES,
+    counter_key_bytes,
+    counter_rule_name,
+)
 from tokenlimit.model.fields import (
     Key,
     OptAdmission,
@@ -56,6 +62,7 @@ from tokenlimit.model.fields import (
     Present,
     text,
 )
+from tokenlimit.model.higress import dropped_default, has_route_rules, read_as_higress
 from tokenlimit.model.limits import (
     CONFIG_BYTES_MAX,
     LIMIT_KEYS_MAX,
@@ -68,7 +75,7 @@ from tokenlimit.model.limits import (
     ROUTE_RULES_MAX,
     RULE_ITEMS_MAX,
 )
-from tokenlimit.model.problems import ConfigInvalid, problems
+from tokenlimit.model.problems import ConfigInvalid, Problem, problems
 
 _REGEXP_PREFIX = "regexp:"
 _WINDOWS = (
@@ -90,7 +97,7 @@ _PER_KINDS = (
 )
 _IP_KIND = "limit_by_per_ip"
 _ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND)
-_MATCH_FIELDS = ("match_route", "match_domain", "match_service")
+_MATCH_FIELDS = ("match_route", "match_domain", "match_service", "match_route_prefix")
 
 
 _WINDOWS_RULE = (
@@ -315,18 +322,51 @@ class BudgetFields(_Model):
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)
         model = type(self)
-        both = self.global_threshold is not None and self.rule_items is not None
-        if both or (self.global_threshold is None and self.rule_items is None):
-            pair = f"{_doc_key(model, 'global_threshold', naming)} or " + _doc_key(
+        if self.global_threshold is None and self.rule_items is None:
+            pair = f"{_doc_key(model, 'global_threshold', naming)}, " + _doc_key(
                 model, "rule_items", naming
             )
-            raise _error(
-                f"needs exactly one of {pair}, got both"
-                if both
-                else f"needs one of {pair}: a rule without a budget limits nothing"
-            )
+            raise _error(f"needs {pair} or both: a rule without a budget limits nothing")
         if self.rule_name is None:
             raise _error("required", (_doc_key(model, "rule_name", naming),))
+        items_key = _doc_key(model, "rule_items", naming)
+        # 2.0.1's hybrid: the global budget is one more item, within the same bound.
+        hybrid_items = len(self.rule_items or []) if self.global_threshold is not None else 0
+        if hybrid_items > RULE_ITEMS_MAX - 1:
+            raise _error(
+                f"must hold 1 to {RULE_ITEMS_MAX - 1} rule items beside "
+                f"{_doc_key(model, 'global_threshold', naming)}, got {hybrid_items}",
+                (items_key,),
+            )
+        self._check_counter_names(naming)
+
+    def _check_counter_names(self, naming: Naming) -> None:
+        """Refuse what the filter refuses: budgets whose counter names would not fit."""
+        assert self.rule_name is not None
+        model = type(self)
+        budgets: list[tuple[tuple[str | int, ...], str, str, BaseModel]] = []
+        if self.global_threshold is not None:
+            at: tuple[str | int, ...] = (_doc_key(model, "global_threshold", naming),)
+            budgets.append((at, "global", "", self.global_threshold))
+        for index, item in enumerate(self.rule_items or []):
+            limit_type = LIMIT_TYPES[item.kind]
+            source = "" if "consumer" in limit_type else item.source
+            at = (
+                _doc_key(model, "rule_items", naming),
+                index,
+                _doc_key(RuleItem, item.kind, naming),
+            )
+            budgets.extend((at, limit_type, source, key) for key in item.limit_keys)
+        for at, limit_type, source, windows in budgets:
+            size = counter_key_bytes(self.rule_name, limit_type, source, windows)
+            if size > COUNTER_KEY_BYTES_MAX:
+                raise _error(
+                    f"makes counter names longer than the {COUNTER_KEY_BYTES_MAX} bytes a "
+                    f"counter name may have (rule name as counted: "
+                    f"{len(counter_rule_name(self.rule_name).encode())} bytes, this name: "
+                    f"{len(source.encode())} bytes); shorten the rule name or this name",
+                    at,
+                )
 
 
 class _RuleFields(BudgetFields):
@@ -341,6 +381,7 @@ class RouteRule(_RuleFields):
     match_route: OptMatches = Field(default=None, alias="_match_route_")
     match_domain: OptMatches = Field(default=None, alias="_match_domain_")
     match_service: OptMatches = Field(default=None, alias="_match_service_")
+    match_route_prefix: OptMatches = Field(default=None, alias="_match_route_prefix_")
 
     @model_validator(mode="after")
     def _match_and_rule(self, info: ValidationInfo) -> Self:
@@ -429,11 +470,54 @@ def _ip_problem(key: str) -> str | None:
     return None
 
 
-def parse_filter_config(data: object) -> FilterConfig:
-    """Validate a bare filter config (snake_case / Higress names)."""
+def parse_filter_config(data: object, *, strict: bool = False) -> FilterConfig:
+    """Validate a bare filter config (snake_case / Higress names), read as Higress reads it.
+    `strict`: refuse it for the fields Higress (and the filter) would ignore."""
+    try:
+        config, warnings = parse_filter_config_with_warnings(data)
+    except ConfigInvalid as refused:
+        if not strict:
+            raise
+        _, ignored = read_as_higress(data)
+        raise ConfigInvalid((*ignored, *refused.problems)) from None
+    if strict and warnings:
+        raise ConfigInvalid(warnings)
+    return config
+
+
+def parse_filter_config_with_warnings(data: object) -> tuple[FilterConfig, tuple[Problem, ...]]:
+    """The config and what in it is ignored (as Higress ignores it; the filter logs the same
+    fields in one warning line): unknown fields, overridden `limit_by_*` fields, a broken
+    top-level rule beside `_rules_`."""
+    document, warnings = read_as_higress(data)
+    try:
+        return _validate(document), tuple(warnings)
+    except ConfigInvalid:
+        assert isinstance(document, dict) or not has_route_rules(document)
+        if not has_route_rules(document) or not any(
+            isinstance(document, dict) and k in document for k in _TOP_RULE_KEYS
+        ):
+            raise
+        assert isinstance(document, dict)
+        top = {k: v for k, v in document.items() if k != "_rules_"}
+        try:
+            _validate(top)
+        except ConfigInvalid as broken:
+            # Higress drops a top-level rule it cannot parse when `_rules_` has entries.
+            routes_only = _validate({"_rules_": document["_rules_"]})
+            return routes_only, (*warnings, *dropped_default(broken.problems))
+        raise
+
+
+_TOP_RULE_KEYS = tuple(
+    _doc_key(FilterConfig, n, "snake") for n in FilterConfig.model_fields if n != "rules"
+)
+
+
+def _validate(document: object) -> FilterConfig:
     try:
         return FilterConfig.model_validate(
-            data, by_name=True, by_alias=True, context={"naming": "snake"}
+            document, by_name=True, by_alias=True, context={"naming": "snake"}
         )
     except ValidationError as exc:
         raise ConfigInvalid(problems(exc, FilterConfig, "snake")) from None

@@ -160,6 +160,24 @@ class GatewayRef(_Model):
     """Name of the Gateway (gateway.networking.k8s.io) to attach to."""
 
 
+class Exclusions(_Model):
+    """Higress: where another policy's rule replaces this one, as a Higress route rule
+    (`_rules_`, `matchRules`) replaces the plugin's default config instead of adding to it."""
+
+    ingresses: Ingresses = None
+    """Routes (`namespace/name`) this policy skips."""
+    domains: Domains = None
+    """Request hosts this policy skips."""
+    services: Services = None
+    """Upstream services this policy skips."""
+
+    @property
+    def attachments(self) -> dict[str, list[str]]:
+        """By Higress matchRule field: {'ingress': [...], ...}."""
+        found = {"ingress": self.ingresses, "domain": self.domains, "service": self.services}
+        return {k: list(v) for k, v in found.items() if v}
+
+
 class TargetRef(_Model):
     """What the policy attaches to. `gateway` picks the kind; the other fields belong to it."""
 
@@ -179,6 +197,11 @@ class TargetRef(_Model):
                 "gateway: istio needs exactly one of selector or gatewayRef",
             ),
             ("self.gateway == 'envoy' || !has(self.listener)", "listener is for gateway: envoy"),
+            (
+                "!has(self.exclude) || (self.gateway == 'higress' && "
+                "!(has(self.ingresses) || has(self.domains) || has(self.services)))",
+                "exclude is for a Higress policy on every route (no ingresses, domains, services)",
+            ),
         )
     )
 
@@ -212,6 +235,10 @@ class TargetRef(_Model):
         Present,
     ] = None
     """Envoy: the listener the filter runs on (default `tokenlimit`)."""
+    exclude: Annotated[Annotated[Exclusions, WrapValidator(_object)] | None, Present] = None
+    """Higress, a policy on every route: the routes, hosts or services it skips because
+    another policy's rule replaces it there (what `tokenlimit import` writes for a Higress
+    default config beside route rules)."""
 
     @model_validator(mode="after")
     def _fields_of_the_gateway(self) -> Self:
@@ -222,6 +249,7 @@ class TargetRef(_Model):
             "selector": "istio",
             "gateway_ref": "istio",
             "listener": "envoy",
+            "exclude": "higress",
         }
         for name, owner in owners.items():
             if getattr(self, name) is not None and owner != self.gateway:
@@ -229,6 +257,12 @@ class TargetRef(_Model):
                     f"attaches to {owner}, not {self.gateway} (gateway: {self.gateway})",
                     (_doc_key(TargetRef, name, "camel"),),
                 )
+        if self.exclude is not None and self.attachments:
+            raise _error(
+                "is for a policy on every route: a policy attached to ingresses, domains or "
+                "services already applies nowhere else",
+                (_doc_key(TargetRef, "exclude", "camel"),),
+            )
         if self.gateway == "istio" and (self.selector is None) == (self.gateway_ref is None):
             got = "both" if self.selector is not None else "neither"
             raise _error(

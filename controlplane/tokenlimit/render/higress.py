@@ -119,6 +119,12 @@ def render(
     if not attachments:
         spec["defaultConfig"] = config
         spec["defaultConfigDisable"] = False
+        # targetRef.exclude: Higress skips the plugin there (another policy's rule replaces it).
+        excluded = target.exclude.attachments if target and target.exclude else {}
+        if excluded:
+            spec["matchRules"] = [
+                {field: values, "configDisable": True} for field, values in excluded.items()
+            ]
     else:
         spec["defaultConfigDisable"] = True
         spec["matchRules"] = [

@@ -29,6 +29,12 @@ pub const key_bytes_max = bounds.key_bytes_max;
 pub const rejected_msg_bytes_max = bounds.rejected_msg_bytes_max;
 pub const source_name_bytes_max = bounds.source_name_bytes_max;
 pub const route_rules_max = bounds.route_rules_max;
+/// Rule names up to this long, of printable ASCII without space, `:`, `{` or `}`, appear in
+/// counter names as written (every name valid before Higress's wider names were accepted,
+/// so their counters keep their names); any other name appears as `=` + the hex SHA-256 of the
+/// name: 65 bytes, so never equal to a name that appears as written.
+pub const counter_rule_name_plain_max = 64;
+pub const counter_rule_name_bytes_max = 1 + 64;
 
 // What the code relies on about the values in contract/limits.json.
 comptime {
@@ -134,7 +140,11 @@ pub const RuleItem = struct {
 };
 
 pub const Rule = struct {
+    /// The rule's name as counter names carry it: `rule_name` as written, or its hashed form
+    /// (`counter_rule_name_plain_max`). Rules sharing a `rule_name` share counters.
     name: []const u8,
+    /// `rule_name` as written (Higress reads any scalar: `rule_name: 2024` is "2024"), for logs.
+    configured_name: []const u8 = "",
     items: []const RuleItem,
     rejected_code: u32 = bounds.rejected_code_default,
     rejected_msg: []const u8 = bounds.rejected_msg_default,
@@ -154,9 +164,16 @@ pub const Rule = struct {
 };
 
 pub const RouteRule = struct {
+    /// `_match_route_`: route names, matched exactly (empty names dropped, as Higress does).
     routes: []const []const u8,
+    /// `_match_domain_`: hosts, `*suffix` or `prefix*` as Higress writes them.
     domains: []const []const u8,
+    /// `_match_service_`: services (`fqdn` or `fqdn:port`; empty names dropped).
     services: []const []const u8,
+    /// `_match_route_prefix_`: route-name prefixes (empty ones dropped). Higress tries a rule's
+    /// routes (with its services, when both are set), else its domains, else its services, else
+    /// these prefixes: the first field set decides.
+    route_prefixes: []const []const u8 = &.{},
     rule: ?Rule,
 };
 
@@ -177,6 +194,12 @@ pub const Config = struct {
     route_rules: []const RouteRule,
     /// Set for the upstream-filter role: the model name this upstream expects.
     model_rewrite: ?[]const u8 = null,
+    /// Paths of fields the config ignores as Higress does (unknown names, overridden
+    /// `limit_by_*`), for one warning line when it is loaded.
+    ignored_fields: []const []const u8 = &.{},
+    /// Why the top-level rule was dropped (`field: reason`), when it was broken beside `_rules_`:
+    /// Higress then applies the route rules and no default.
+    ignored_default: ?[]const u8 = null,
     /// Holders of this config: the root context, and each request admitted under it, so a
     /// config replaced mid-request lives until that request ends (the VM is single-threaded).
     references: u32 = 1,

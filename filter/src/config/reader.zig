@@ -28,6 +28,12 @@ pub const ParseError = error{ InvalidConfig, OutOfMemory };
 
 pub const Reader = struct {
     diagnostic: *Diagnostic,
+    /// Where the paths of ignored fields are kept (the config's arena); null: unknown fields
+    /// are not recorded (they are still ignored).
+    arena: ?std.mem.Allocator = null,
+    /// Paths of the fields Higress ignores and so does the filter: unknown names, and the
+    /// `limit_by_*` fields Higress's precedence overrides. The root context logs them once.
+    ignored: std.ArrayList([]const u8) = .empty,
     path_buffer: [256]u8 = undefined,
     path_len: usize = 0,
 
@@ -78,6 +84,19 @@ pub const Reader = struct {
         return self.fail(format, args);
     }
 
+    /// The current path, for callers that restore it after catching a failure.
+    pub fn path(self: *const Reader) []const u8 {
+        return self.path_buffer[0..self.path_len];
+    }
+
+    /// Records `name` (under the current path) as a field the config ignores.
+    pub fn ignore(self: *Reader, name: []const u8) ParseError!void {
+        const arena = self.arena orelse return;
+        const saved = self.enter(name[0..@min(name.len, 64)]);
+        defer self.leave(saved);
+        try self.ignored.append(arena, try arena.dupe(u8, self.path()));
+    }
+
     // ---- value helpers -------------------------------------------------------------------
 
     pub fn typeName(value: Value) []const u8 {
@@ -108,6 +127,29 @@ pub const Reader = struct {
         return items;
     }
 
+    /// A scalar read as text, as Higress (gjson's `String()`) reads it: a string as written, an
+    /// integer as its digits (`key: 102234` in YAML), a boolean as `true`/`false`. A fractional
+    /// or exponent number is refused: Go would respell it (`1.50` → `1.5`), so the text the
+    /// user wrote and the text matched would differ.
+    pub fn scalarString(self: *Reader, value: Value, max_len: usize) ParseError![]const u8 {
+        const text = switch (value) {
+            .string => |s| s,
+            .number_string => |digits| if (isInteger(digits)) digits else return self.fail("must be a string; a number other than an integer must be written in quotes, got {s}", .{digits[0..@min(digits.len, 32)]}),
+            .bool => |b| if (b) "true" else "false",
+            else => return self.fail("must be a string, got {s}", .{typeName(value)}),
+        };
+        if (text.len > max_len) return self.fail("must be at most {d} bytes, got {d}", .{ max_len, text.len });
+        return text;
+    }
+
+    /// `-?[0-9]+`: how JSON writes an integer (json_tree.zig checked the rest of the grammar).
+    pub fn isInteger(text: []const u8) bool {
+        const digits = if (std.mem.startsWith(u8, text, "-")) text[1..] else text;
+        if (digits.len == 0) return false;
+        for (digits) |c| if (c < '0' or c > '9') return false;
+        return true;
+    }
+
     pub fn string(self: *Reader, value: Value, max_len: usize) ParseError![]const u8 {
         const text = switch (value) {
             .string => |s| s,
@@ -117,8 +159,11 @@ pub const Reader = struct {
         return text;
     }
 
+    /// An integer, also written as a decimal string (`"100"`), which Higress reads as the number.
     pub fn integer(self: *Reader, value: Value, min: i64, max: i64) ParseError!i64 {
         const number: i64 = switch (value) {
+            .string => |text| if (isInteger(text)) std.fmt.parseInt(i64, text, 10) catch
+                return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, text[0..@min(text.len, 32)] }) else return self.fail("must be an integer from {d} to {d}, got a string", .{ min, max }),
             .number_string => |text| std.fmt.parseInt(i64, text, 10) catch
                 return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, text[0..@min(text.len, 32)] }),
             else => return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, typeName(value) }),
@@ -127,14 +172,15 @@ pub const Reader = struct {
         return number;
     }
 
-    pub fn rejectUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
+    /// Higress ignores fields it does not know (its README once documented one it never read),
+    /// so the filter does too; each is recorded for the one warning line the root logs.
+    pub fn ignoreUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
         var it = map.iterator();
         next_field: while (it.next()) |entry| {
             for (known) |name| {
                 if (std.mem.eql(u8, entry.key_ptr.*, name)) continue :next_field;
             }
-            const name = entry.key_ptr.*;
-            return self.failField(name[0..@min(name.len, 64)], "unknown field", .{});
+            try self.ignore(entry.key_ptr.*);
         }
     }
 

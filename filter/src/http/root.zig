@@ -33,6 +33,7 @@ pub const RootContext = struct {
         };
         if (self.config) |previous| config.release(allocator, previous);
         self.config = parsed;
+        logIgnored(parsed);
         if (parsed.model_rewrite) |model| host.logf(.info, "config loaded: upstream filter, model rewritten to {s}", .{model});
         if (parsed.default_rule) |*rule| logRule(rule, "default");
         for (parsed.route_rules) |*route_rule| {
@@ -42,11 +43,31 @@ pub const RootContext = struct {
     }
 };
 
+/// One warning line for what the config ignores as Higress does (docs/higress-compat.md).
+fn logIgnored(parsed: *const config.Config) void {
+    if (parsed.ignored_default) |reason| host.logf(.warn, "config: top-level rule ignored, as Higress ignores it beside _rules_ (only the route rules apply): {s}", .{reason});
+    if (parsed.ignored_fields.len == 0) return;
+    var buffer: [768]u8 = undefined;
+    var used: usize = 0;
+    for (parsed.ignored_fields, 0..) |field, i| {
+        const separator: []const u8 = if (i > 0) ", " else "";
+        if (used + separator.len + field.len + 4 > buffer.len) {
+            @memcpy(buffer[used..][0..4], ", ..");
+            used += 4;
+            break;
+        }
+        @memcpy(buffer[used..][0..separator.len], separator);
+        @memcpy(buffer[used + separator.len ..][0..field.len], field);
+        used += separator.len + field.len;
+    }
+    host.logf(.warn, "config: ignored fields, as Higress ignores them: {s}", .{buffer[0..used]});
+}
+
 fn logRule(rule: *const config.Rule, scope: []const u8) void {
     redis.configure(rule);
     const store_name = if (rule.redis) |settings| settings.service_name else "local store";
     host.logf(.info, "config loaded: {s} rule {s} ({d} rule items, {s}, {s}{s}), budgets in {s}{s}{s}", .{
-        scope,                    rule.name,                                         rule.items.len,
+        scope,                    rule.configured_name,                              rule.items.len,
         @tagName(rule.admission), @tagName(rule.algorithm),                          if (rule.shadow) ", shadow" else "",
         store_name,               if (rule.redis != null) ", failure_mode " else "", if (rule.redis != null) @tagName(rule.failure_mode) else "",
     });
