@@ -102,3 +102,33 @@ def test_gateway_reports_a_module_envoy_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(GatewayError, match="Envoy refused the filter config") as refused:
         gateway.start()
     assert "Unable to create Wasm plugin tokenlimit" in str(refused.value)
+
+
+def test_rotating_x_forwarded_for_does_not_escape_a_per_ip_limit(filter_wasm: Path) -> None:
+    """A client that sends a new X-Forwarded-For each time is still one peer address."""
+    config = parse_filter_config(
+        {
+            "rule_name": "per-ip",
+            "rule_items": [
+                {
+                    "limit_by_per_ip": "from-remote-addr",
+                    "limit_keys": [{"key": "0.0.0.0/0", "request_per_minute": 2}],
+                }
+            ],
+        }
+    )
+
+    def spoofed(i: int) -> int:
+        request = urllib.request.Request(
+            gateway.listen_url + "/v1/chat/completions",
+            data=b'{"model":"m","messages":[]}',
+            headers={"content-type": "application/json", "x-forwarded-for": f"198.51.100.{i}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    with Gateway(config, wasm_path=filter_wasm) as gateway:
+        assert [spoofed(i) for i in range(1, 5)] == [200, 200, 429, 429]

@@ -14,6 +14,7 @@ import click
 
 from tokenlimit import loader
 from tokenlimit.cli._common import GatewayFailed, UpstreamUrl, load_policy, module_file
+from tokenlimit.model.policy import XFF_TRUSTED_HOPS_MAX
 
 if TYPE_CHECKING:
     from tokenlimit.dev.gateway import Gateway
@@ -116,6 +117,14 @@ def mock_llm(port: int, host: str, name: str) -> None:
     metavar="URL",
     help="redis://host:port/db: keep budgets in Redis (a tokenlimit bridge is started).",
 )
+@click.option(
+    "--xff-trusted-hops",
+    "xff_num_trusted_hops",
+    type=click.IntRange(0, XFF_TRUSTED_HOPS_MAX),
+    default=None,
+    help="Proxies in front of the gateway whose X-Forwarded-For entries are trusted for "
+    "per-IP budgets (default: the policy's xffNumTrustedHops, else 0).",
+)
 def up(
     policy_file: str,
     listen: int,
@@ -125,6 +134,7 @@ def up(
     log_level: str,
     wasm_path: str | None,
     redis_url: str | None,
+    xff_num_trusted_hops: int | None,
 ) -> None:
     """Run a local gateway: Envoy with the filter, in front of UPSTREAM.
 
@@ -147,6 +157,7 @@ def up(
         concurrency=concurrency,
         log_level=log_level,
         redis=redis_url,
+        xff_num_trusted_hops=_trusted_hops(xff_num_trusted_hops, policy),
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -224,6 +235,15 @@ def usage(
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _trusted_hops(option: int | None, policy: loader.LoadedPolicy) -> int:
+    """`--xff-trusted-hops`, else the policy's xffNumTrustedHops, else 0."""
+    if option is not None:
+        return option
+    spec = policy.policy.spec if policy.policy is not None else None
+    hops = spec.xff_num_trusted_hops if spec is not None else None
+    return hops or 0
 
 
 def _require_free(port: int, option: str) -> None:

@@ -102,6 +102,7 @@ class Gateway:
         redis: str | None = None,
         bridge_token: str | None = None,
         envoy_env: Mapping[str, str] | None = None,
+        xff_num_trusted_hops: int = 0,
     ) -> None:
         # With `redis` (a redis:// URL) budgets live in Redis, reached through a tokenlimit
         # bridge this gateway starts; several gateways on one Redis share one budget.
@@ -110,6 +111,7 @@ class Gateway:
         # (unless envoy_env says otherwise), which the filter reads from its VM environment.
         self.bridge_token = bridge_token
         self.envoy_env = dict(envoy_env or {})
+        self.xff_num_trusted_hops = xff_num_trusted_hops
         self.config = _through_bridge(config) if redis else config
         self.upstream_label = upstream
         self.concurrency = concurrency
@@ -165,6 +167,7 @@ class Gateway:
                 listen_port=self.listen_port,
                 admin_port=self.admin_port,
                 bridge=bridge,
+                xff_num_trusted_hops=self.xff_num_trusted_hops,
             )
             rendered = render(self.config, "envoy", target)
             self._write_ecds(rendered.text("ecds"))

@@ -65,6 +65,9 @@ class EnvoyOptions:
     # The tokenlimit bridge (RESP over HTTP to Redis), as the cluster the filter's
     # http_call names (model.ENVOY_BRIDGE_CLUSTER); None: no shared store.
     bridge: Upstream | None = None
+    # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (docs/threat-model.md).
+    # 0: the peer address (per-IP budgets) is the TCP connection's, whatever the client sends.
+    xff_num_trusted_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def policy_options(spec: PolicySpec | None) -> dict[str, Any]:
     bridge = spec.redis.bridge if spec.redis is not None else None
     if bridge is not None:
         found["bridge"] = Upstream(host=bridge.address, port=bridge.port, tls=bool(bridge.tls))
+    if spec.xff_num_trusted_hops is not None:
+        found["xff_num_trusted_hops"] = spec.xff_num_trusted_hops
     return found
 
 
@@ -152,6 +157,11 @@ def _http_connection_manager(
         "@type": HCM_TYPE,
         "stat_prefix": "tokenlimit",
         "stream_idle_timeout": f"{options.stream_idle_timeout_s}s",
+        # The downstream address is the connection's peer, or the entry `xff_num_trusted_hops`
+        # from the right of X-Forwarded-For; without this Envoy takes the last entry a client
+        # wrote itself, and rotating it escaped every per-IP budget.
+        "use_remote_address": True,
+        "xff_num_trusted_hops": options.xff_num_trusted_hops,
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",
