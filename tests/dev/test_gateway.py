@@ -132,3 +132,24 @@ def test_rotating_x_forwarded_for_does_not_escape_a_per_ip_limit(filter_wasm: Pa
 
     with Gateway(config, wasm_path=filter_wasm) as gateway:
         assert [spoofed(i) for i in range(1, 5)] == [200, 200, 429, 429]
+
+
+def test_a_gateway_on_redis_makes_a_bridge_token_and_keeps_the_password_off_argv(
+    filter_wasm: Path,
+) -> None:
+    """`tokenlimit up --redis` must not start an open bridge, nor show the password in ps."""
+    from support.redis_server import RedisServer
+
+    with RedisServer(password="pw-not-in-ps") as redis_server:
+        url = redis_server.url.replace("redis://", "redis://:pw-not-in-ps@")
+        with Gateway(per_key(1000), wasm_path=filter_wasm, redis=url) as gateway:
+            assert gateway.bridge_token and gateway.bridge_url and gateway._bridge is not None
+            assert chat(gateway, "k1") == 200  # Envoy has the token, the bridge the password
+            request = urllib.request.Request(
+                gateway.bridge_url + "/v1/resp", data=b"*1\r\n$4\r\nPING\r\n"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 401
+            argv = Path(f"/proc/{gateway._bridge.pid}/cmdline").read_bytes()
+            assert b"pw-not-in-ps" not in argv

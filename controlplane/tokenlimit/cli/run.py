@@ -33,23 +33,45 @@ USAGE_WIDTH_MIN = 120  # `tokenlimit usage` into a pipe: one line per counter
 @click.option(
     "--token-file",
     default=None,
-    help="file holding the bearer token (else $TOKENLIMIT_BRIDGE_TOKEN; else none)",
+    help="file holding the bearer token (else $TOKENLIMIT_BRIDGE_TOKEN; one is required)",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="run without a token: any local process may call the bridge (loopback only)",
 )
 @click.option(
     "--redis-password-file",
     default=None,
-    help="file holding the Redis password (overrides the URL's)",
+    help="file holding the Redis password (else $TOKENLIMIT_REDIS_PASSWORD; never the URL)",
 )
 @click.option("--pool-size", type=int, default=8, show_default=True)
 @click.option("--timeout-ms", type=int, default=500, show_default=True)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="open connections at most; past it new ones get 503 bridge-full",
+)
+@click.option(
+    "--read-timeout-ms",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="a request head (and its body) must arrive within this",
+)
 def bridge_command(
     redis_url: str,
     listen: int,
     host: str,
     token_file: str | None,
+    insecure: bool,
     redis_password_file: str | None,
     pool_size: int,
     timeout_ms: int,
+    max_connections: int,
+    read_timeout_ms: int,
 ) -> None:
     """RESP-over-HTTP bridge from Envoy's tokenlimit filter to Redis."""
     from tokenlimit.bridge.config import BridgeConfig
@@ -63,6 +85,9 @@ def bridge_command(
             redis_password_file=redis_password_file,
             pool_size=pool_size,
             timeout_ms=timeout_ms,
+            insecure=insecure,
+            max_connections=max_connections,
+            read_timeout_ms=read_timeout_ms,
         )
     except (OSError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -70,6 +95,8 @@ def bridge_command(
 
     try:
         run(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(
             f"tokenlimit bridge: cannot listen on {host}:{listen}: {exc}"
