@@ -153,3 +153,18 @@ def test_a_gateway_on_redis_makes_a_bridge_token_and_keeps_the_password_off_argv
             assert refused.value.code == 401
             argv = Path(f"/proc/{gateway._bridge.pid}/cmdline").read_bytes()
             assert b"pw-not-in-ps" not in argv
+
+
+def test_the_access_log_leaves_out_query_strings(filter_wasm: Path) -> None:
+    """`?key=` API keys (Gemini, some proxies) must not land in the info-level access log."""
+    with Gateway(per_key(1000), wasm_path=filter_wasm) as gateway:
+        request = urllib.request.Request(
+            gateway.listen_url + "/v1/chat/completions?key=sk-query-secret&alt=sse",
+            data=json.dumps({"model": "m", "messages": []}).encode(),
+            headers={"content-type": "application/json", "x-api-key": "k"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    access = gateway.logs().stdout
+    assert "POST /v1/chat/completions status=200" in access
+    assert "sk-query-secret" not in access

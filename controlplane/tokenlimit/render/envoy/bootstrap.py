@@ -40,8 +40,10 @@ INTERNAL_LISTENER_TYPE = (
 
 # The properties the filter sets with proxy_set_property, as Envoy's access log reads them.
 DECISION_FIELDS = ("decision", "rule", "key", "tokens")
+# The path without its query string (`NQ`): API keys travel in queries too (`?key=`, Gemini),
+# and this log is written at info level. ORIG_OR_PATH: the path the client sent.
 ACCESS_LOG_FORMAT = (
-    "[%START_TIME%] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% "
+    "[%START_TIME%] %REQ(:METHOD)% %PATH(NQ:ORIG_OR_PATH)% "
     "status=%RESPONSE_CODE% flags=%RESPONSE_FLAGS% "
     + " ".join(f"{f}=%FILTER_STATE(wasm.tokenlimit_{f}:PLAIN)%" for f in DECISION_FIELDS)
     + " duration_ms=%DURATION% upstream=%UPSTREAM_HOST%\n"
