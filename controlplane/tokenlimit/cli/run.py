@@ -171,6 +171,7 @@ def up(
     from tokenlimit.dev.gateway import Gateway, GatewayError
 
     policy = load_policy(policy_file)
+    _require_store(policy, redis_url)
     for port, option in ((listen, "--listen"), (admin_port, "--admin-port")):
         _require_free(port, option)
     if wasm_path is None:
@@ -264,6 +265,21 @@ def usage(
 # --- helpers -------------------------------------------------------------------------------
 
 
+def _require_store(policy: loader.LoadedPolicy, redis_url: str | None) -> None:
+    """A policy that keeps its budgets in Redis runs against a Redis, or not at all: without
+    one every request would be admitted uncounted (the filter fails open on a store it cannot
+    reach) while the gateway looked healthy."""
+    if redis_url is not None or policy.config.redis is None:
+        return
+    raise click.UsageError(
+        f"{policy.origin} keeps its budgets in Redis (redis.service_name "
+        f"{policy.config.redis.service_name}), and without a Redis every request would be "
+        "admitted uncounted. Run with --redis redis://HOST:PORT/DB (a local one: "
+        "`redis-server --port 6379`, then --redis redis://127.0.0.1:6379/0; `up` starts the "
+        "bridge), or remove `redis` from the policy to count in this gateway's local store."
+    )
+
+
 def _trusted_hops(option: int | None, policy: loader.LoadedPolicy) -> int:
     """`--xff-trusted-hops`, else the policy's xffNumTrustedHops, else 0."""
     if option is not None:
@@ -290,7 +306,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
 def _ready_line(gateway: Gateway, policy: loader.LoadedPolicy) -> str:
     target = f"mock ({gateway.upstream_url})" if gateway.uses_mock else gateway.upstream_label
     rules = ", ".join(policy.config.rule_names) or policy.name
-    store = f"redis via bridge {gateway.bridge_url}" if gateway.bridge_url else "local store"
+    # Said from what the filter was given, so the banner cannot claim a store that is not used.
+    store = "local store"
+    if gateway.config.redis is not None:
+        store = f"redis via bridge {gateway.bridge_url}"
     return (
         f"tokenlimit up: gateway {gateway.listen_url} → upstream {target}, "
         f"admin {gateway.admin_url}, rule {rules}, {store}; Ctrl-C to stop"
