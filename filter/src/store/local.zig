@@ -35,10 +35,7 @@ const store = @import("store.zig");
 pub const slots_max: usize = @import("limits").local_counters_max;
 /// Slots looked at per counter: enough that a table a few percent from full still places new
 /// counters, few enough that a lookup is a handful of host calls.
-pub const probe_slots = 8;
-comptime {
-    std.debug.assert(slots_max >= probe_slots);
-}
+pub const probe_slots = 8; // Table() asserts that a table has at least this many slots
 
 /// Bound on compare-and-swap attempts: contention on one key from N workers resolves in at
 /// most N rounds; hitting this bound means something else is wrong, and it is reported.
@@ -201,10 +198,9 @@ pub fn Table(comptime Shared: type, comptime slot_count: usize) type {
         fn overflow(self: Self, key: []const u8) Error!Place {
             const cut = std.mem.lastIndexOfScalar(u8, key, ':') orelse 0;
             const group = std.fmt.bytesToHex(digestOf(key[0..cut]), .lower);
-            const place = Place.named(undefined, "tokenlimit:overflow:{s}", .{&group});
-            var named = place;
-            named.digest = digestOf(place.name());
-            return named.from(try self.shared.read(named.name()));
+            var place = Place.named(undefined, "tokenlimit:overflow:{s}", .{&group});
+            place.digest = digestOf(place.name());
+            return place.from(try self.shared.read(place.name()));
         }
 
         /// Reads the counter, lets `update` decide, writes with the read's CAS token; retries when
