@@ -55,12 +55,13 @@ def test_only_tokenlimits_own_scripts_run(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         bridge = await start(BridgeConfig(redis=redis_server.url, token=TOKEN))
         try:
-            for command in [
+            hostile: list[tuple[str | int, ...]] = [
                 ("EVAL", "return redis.call('FLUSHALL')", 0),
                 ("EVAL", "while true do end", 0),
                 ("EVALSHA", hashlib.sha1(b"return redis.call('FLUSHALL')").hexdigest(), 0),
                 ("SCRIPT", "LOAD", "return redis.call('KEYS', '*')"),
-            ]:
+            ]
+            for command in hostile:
                 status, text = await _post(bridge.url, encode_commands([command]), AUTH)
                 assert (status, text.split()[0]) == (403, "script-not-allowed"), (command, text)
             sha = hashlib.sha1(BUDGET_LUA).hexdigest()
