@@ -237,7 +237,7 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
 
 POOL_COMMANDS = {
     # the shipped bridge, with its own pipelined pool
-    "hand": ["-m", "tokenlimit.bridge"],
+    "hand": ["-m", "tokenlimit.bridge", "--insecure"],
     # the same bridge with redis.asyncio (+ hiredis) as its pool
     "redis-py": [str(ROOT / "bench" / "_redispy_pool.py")],
 }

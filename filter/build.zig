@@ -109,6 +109,7 @@ const Limits = struct {
     redis_credential_bytes_max: u64,
     redis_timeout_ms_max: u64,
     redis_database_max: u64,
+    local_counters_max: u64,
     bridge_cluster: []const u8,
     bridge_token_env: []const u8,
 };

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -120,8 +121,32 @@ class Client:
         return out
 
 
+# The bridge runs only scripts it knows (tests/bridge/test_bridge_guard.py); these tests
+# exercise the pipe itself with scripts of their own, added to what the bridge allows.
+NEVER_LOADED = "return 'known, never loaded'"
+TEST_SCRIPTS = tuple(
+    s.encode()
+    for s in (
+        "return {1, 'two', ARGV[1], {KEYS[1], false}, redis.status_reply('ok')}",
+        NEVER_LOADED,
+        "return redis.error_reply('MYERR custom')",
+        "return nil",
+        "return string.rep('x', 100000)",
+        "return 7",
+        "return tonumber(ARGV[1]) * 2",
+        "return redis.call('SET', KEYS[1], 'v')",
+        "return ARGV[1]",
+        "return redis.call('SET', KEYS[1], '1')",
+        "return 1",
+        "return 2",
+    )
+)
+
+
 @asynccontextmanager
 async def bridge_client(redis: str, **config: Any) -> AsyncIterator[Client]:
+    config.setdefault("extra_scripts", TEST_SCRIPTS)
+    config.setdefault("insecure", "token" not in config)  # in-process, on loopback
     bridge = await start(BridgeConfig(redis=redis, **config))
     try:
         async with aiohttp.ClientSession() as session:
@@ -180,7 +205,7 @@ async def test_eval_evalsha_byte_exact(redis_server: RedisServer) -> None:
         [
             ("EVAL", SCRIPT, 1, "{k}", "arg"),
             ("evalsha", sha, 1, "{k}", "arg\r\nwith crlf"),
-            ("EVALSHA", "0" * 40, 0),  # NOSCRIPT passes through inside the 200
+            ("EVALSHA", hashlib.sha1(NEVER_LOADED.encode()).hexdigest(), 0),  # NOSCRIPT: a reply
             ("EVAL", "return redis.error_reply('MYERR custom')", 0),
             ("EVAL", "return nil", 0),
             ("EVAL", "return string.rep('x', 100000)", 0),
@@ -339,7 +364,7 @@ def test_token_and_password_come_from_files_or_env(tmp_path: Path) -> None:
     pw_file = tmp_path / "pw"
     pw_file.write_text("pw-from-file\n")
     config = BridgeConfig.from_options(
-        redis="redis://u:pw-in-url@h:1/2",
+        redis="redis://u@h:1/2",
         port=0,
         token_file=token_file,
         redis_password_file=pw_file,
@@ -355,11 +380,12 @@ def test_token_and_password_come_from_files_or_env(tmp_path: Path) -> None:
     )
     assert env_config.token == "from-env"
     assert env_config.target().password is None
-    assert BridgeConfig.from_options(redis="redis://h", port=0, environ={}).token is None
+    with pytest.raises(ValueError, match="no token"):
+        BridgeConfig.from_options(redis="redis://h", port=0, environ={})
     with pytest.raises(ValueError):
-        BridgeConfig(redis="rediss://h:1")
+        BridgeConfig(redis="rediss://h:1", token="t")
     with pytest.raises(ValueError):
-        BridgeConfig(redis="redis://h:1/x")
+        BridgeConfig(redis="redis://h:1/x", token="t")
 
 
 # --------------------------------------------------------------------------- Redis faults

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from support.redis_server import RedisServer, free_port
 from tokenlimit.cli import main
@@ -84,3 +85,17 @@ def test_usage_names_an_unreachable_redis() -> None:
     result = CliRunner().invoke(main, ["usage", "--redis", url])
     assert result.exit_code == 1
     assert url in result.output and "Error" in result.output
+
+
+def test_up_refuses_a_policy_naming_redis_without_a_redis() -> None:
+    """Run as the README suggests, a Redis policy used to be admitted uncounted (fail-open)
+    while the banner said "local store"; now `up` says how to run it."""
+    policy = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "higress-config.yaml"
+    argv = [sys.executable, "-m", "tokenlimit.cli", "up", "--policy", str(policy)]
+    argv += ["--listen", str(free_port()), "--admin-port", str(free_port())]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("tokenlimit up started a gateway that counts nothing")
+    assert result.returncode == 2, result
+    assert "--redis redis://" in result.stderr and "redis" in result.stderr

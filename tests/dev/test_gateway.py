@@ -102,3 +102,69 @@ def test_gateway_reports_a_module_envoy_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(GatewayError, match="Envoy refused the filter config") as refused:
         gateway.start()
     assert "Unable to create Wasm plugin tokenlimit" in str(refused.value)
+
+
+def test_rotating_x_forwarded_for_does_not_escape_a_per_ip_limit(filter_wasm: Path) -> None:
+    """A client that sends a new X-Forwarded-For each time is still one peer address."""
+    config = parse_filter_config(
+        {
+            "rule_name": "per-ip",
+            "rule_items": [
+                {
+                    "limit_by_per_ip": "from-remote-addr",
+                    "limit_keys": [{"key": "0.0.0.0/0", "request_per_minute": 2}],
+                }
+            ],
+        }
+    )
+
+    def spoofed(i: int) -> int:
+        request = urllib.request.Request(
+            gateway.listen_url + "/v1/chat/completions",
+            data=b'{"model":"m","messages":[]}',
+            headers={"content-type": "application/json", "x-forwarded-for": f"198.51.100.{i}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    with Gateway(config, wasm_path=filter_wasm) as gateway:
+        assert [spoofed(i) for i in range(1, 5)] == [200, 200, 429, 429]
+
+
+def test_a_gateway_on_redis_makes_a_bridge_token_and_keeps_the_password_off_argv(
+    filter_wasm: Path,
+) -> None:
+    """`tokenlimit up --redis` must not start an open bridge, nor show the password in ps."""
+    from support.redis_server import RedisServer
+
+    with RedisServer(password="pw-not-in-ps") as redis_server:
+        url = redis_server.url.replace("redis://", "redis://:pw-not-in-ps@")
+        with Gateway(per_key(1000), wasm_path=filter_wasm, redis=url) as gateway:
+            assert gateway.bridge_token and gateway.bridge_url and gateway._bridge is not None
+            assert chat(gateway, "k1") == 200  # Envoy has the token, the bridge the password
+            request = urllib.request.Request(
+                gateway.bridge_url + "/v1/resp", data=b"*1\r\n$4\r\nPING\r\n"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 401
+            argv = Path(f"/proc/{gateway._bridge.pid}/cmdline").read_bytes()
+            assert b"pw-not-in-ps" not in argv
+
+
+def test_the_access_log_leaves_out_query_strings(filter_wasm: Path) -> None:
+    """`?key=` API keys (Gemini, some proxies) must not land in the info-level access log."""
+    with Gateway(per_key(1000), wasm_path=filter_wasm) as gateway:
+        request = urllib.request.Request(
+            gateway.listen_url + "/v1/chat/completions?key=sk-query-secret&alt=sse",
+            data=json.dumps({"model": "m", "messages": []}).encode(),
+            headers={"content-type": "application/json", "x-api-key": "k"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    access = gateway.logs().stdout
+    assert "POST /v1/chat/completions status=200" in access
+    assert "sk-query-secret" not in access

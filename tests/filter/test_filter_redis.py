@@ -9,11 +9,13 @@ Separate hosts with separate shared data stand for separate gateways: only Redis
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +48,13 @@ class Bridge:
 
     def __init__(self, redis_url: str) -> None:
         self.port = free_port()
+        # The bridge takes the password from the environment only (never argv, which ps shows).
+        parts = urllib.parse.urlsplit(redis_url)
+        env = dict(os.environ, TOKENLIMIT_REDIS_PASSWORD=parts.password or "")
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}@" if parts.username else ""
+            redis_url = urllib.parse.urlunsplit(parts._replace(netloc=user + host))
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -57,8 +66,10 @@ class Bridge:
                 str(self.port),
                 "--timeout-ms",
                 "300",
+                "--insecure",  # loopback, no token: the tests call it as the filter would
             ],
             stdout=subprocess.PIPE,
+            env=env,
             stderr=subprocess.STDOUT,
             text=True,
         )

@@ -156,7 +156,13 @@ CASES: dict[str, list[Case]] = {
     ],
 }
 # Defaults and names the model does not bound a value by; checked by their own tests below.
-OTHER = ("rejected_code_default", "rejected_msg_default", "bridge_cluster", "bridge_token_env")
+OTHER = (
+    "rejected_code_default",
+    "rejected_msg_default",
+    "bridge_cluster",
+    "bridge_token_env",
+    "local_counters_max",  # sizes the filter's local store (filter/src/store/local.zig)
+)
 
 VECTORS = [
     pytest.param(name, case, id=f"{name}-{index}")

@@ -205,3 +205,43 @@ def test_policy_options_name_the_listener_and_add_the_bridge_cluster(
     config = tmp_path / "envoy.yaml"
     config.write_text(to_yaml(rendered))
     envoy_validate(envoy, config)
+
+
+def _hcm(rendered: dict[str, object]) -> dict[str, object]:
+    listener = rendered["static_resources"]["listeners"][0]  # type: ignore[index]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+def test_the_peer_address_comes_from_the_connection_not_from_x_forwarded_for(
+    envoy: str, filter_wasm: Path, tmp_path: Path
+) -> None:
+    """Without use_remote_address Envoy takes the last X-Forwarded-For entry as the peer, so
+    a client could pick its own per-IP budget; trusted proxy hops are an explicit option."""
+    from tokenlimit.loader import policy_from_data
+    from tokenlimit.render.envoy import policy_options
+
+    hcm = _hcm(bootstrap(ecds_options(GOLDEN_ECDS)))
+    assert hcm["use_remote_address"] is True
+    assert hcm["xff_num_trusted_hops"] == 0
+    document = {
+        "apiVersion": "tokenlimit.io/v1alpha1",
+        "kind": "TokenRateLimitPolicy",
+        "metadata": {"name": "edge"},
+        "spec": {
+            "ruleName": "edge",
+            "globalThreshold": {"tokenPerMinute": 1000},
+            "xffNumTrustedHops": 2,
+        },
+    }
+    loaded = policy_from_data(document, "edge.yaml")
+    assert loaded.policy is not None
+    options = EnvoyOptions(
+        upstream=Upstream.parse(GOLDEN_UPSTREAM),
+        filter=InlineFilter(filter_typed_config(loaded.config, str(filter_wasm))),
+        **policy_options(loaded.policy.spec),
+    )
+    rendered = bootstrap(options)
+    assert _hcm(rendered)["xff_num_trusted_hops"] == 2
+    config = tmp_path / "envoy.yaml"
+    config.write_text(to_yaml(rendered))
+    envoy_validate(envoy, config)

@@ -12,6 +12,10 @@ from urllib.parse import unquote, urlsplit
 from tokenlimit.model.limits import BRIDGE_TOKEN_ENV
 
 TOKEN_ENV = BRIDGE_TOKEN_ENV  # contract/limits.json: the filter reads the same variable
+PASSWORD_ENV = "TOKENLIMIT_REDIS_PASSWORD"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+MAX_CONNECTIONS = 512
+READ_TIMEOUT_MS = 5000
 
 MAX_COMMANDS = 64
 MAX_BODY = 1024 * 1024
@@ -81,8 +85,28 @@ class BridgeConfig:
     max_commands: int = MAX_COMMANDS
     max_body: int = MAX_BODY
     reconnect_max_ms: int = 1000
+    # Without a token any client that reaches the port runs tokenlimit's scripts with any
+    # keys (resetting budgets); allowed only when asked for, and only on loopback.
+    insecure: bool = False
+    max_connections: int = MAX_CONNECTIONS  # past it: 503 bridge-full at once
+    read_timeout_ms: int = READ_TIMEOUT_MS  # a request head must arrive within this
+    # Scripts EVAL/EVALSHA/SCRIPT LOAD may run, besides contract/*.lua (tests add their own).
+    extra_scripts: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.token is None and not self.insecure:
+            raise ValueError(
+                f"no token: give one with --token-file FILE or ${TOKEN_ENV} (`tokenlimit up "
+                "--redis` makes one itself); to run without one on this machine only, pass "
+                "--insecure with --host 127.0.0.1"
+            )
+        if self.insecure and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"--insecure runs without a token, so only on loopback (127.0.0.1 or ::1), "
+                f"not {self.host}: give a token with --token-file FILE or ${TOKEN_ENV}"
+            )
+        if self.max_connections < 1 or self.read_timeout_ms < 1:
+            raise ValueError("max_connections and read_timeout_ms must be at least 1")
         if self.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         if self.timeout_ms < 1:
@@ -104,13 +128,26 @@ class BridgeConfig:
         pool_size: int = 8,
         timeout_ms: int = 500,
         environ: Mapping[str, str] | None = None,
+        insecure: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout_ms: int = READ_TIMEOUT_MS,
     ) -> BridgeConfig:
         """Resolves secret references: the token from ``token_file``, else from
         ``$TOKENLIMIT_BRIDGE_TOKEN``; the Redis password from ``redis_password_file``, else
-        from the URL."""
+        from ``$TOKENLIMIT_REDIS_PASSWORD``. A password inside ``redis`` (a command-line
+        value, visible to every local user in `ps`) is refused."""
         env = os.environ if environ is None else environ
+        if RedisTarget.parse(redis).password is not None:
+            raise ValueError(
+                "the Redis URL holds a password, which the command line shows to every local "
+                f"user (ps): remove it and use --redis-password-file FILE or ${PASSWORD_ENV}"
+            )
         token = read_secret(token_file) if token_file else (env.get(TOKEN_ENV) or None)
-        password = read_secret(redis_password_file) if redis_password_file else None
+        password = (
+            read_secret(redis_password_file)
+            if redis_password_file
+            else (env.get(PASSWORD_ENV) or None)
+        )
         return cls(
             redis=redis,
             port=port,
@@ -119,4 +156,7 @@ class BridgeConfig:
             redis_password=password,
             pool_size=pool_size,
             timeout_ms=timeout_ms,
+            insecure=insecure,
+            max_connections=max_connections,
+            read_timeout_ms=read_timeout_ms,
         )

@@ -24,8 +24,12 @@ Protocol (the filter depends on this exactly)
     Otherwise a one-line ``text/plain`` body and ``x-tokenlimit-bridge-error``:
 
     ====  =========================  ========================================================
-    401   ``unauthorized``           a token is configured and ``authorization: Bearer <token>``
-                                     is missing or wrong (constant-time compare)
+    401   ``unauthorized``           ``authorization: Bearer <token>`` is missing or wrong
+                                     (constant-time compare)
+    403   ``script-not-allowed``     EVAL/EVALSHA/SCRIPT LOAD of a script that is not one of
+                                     tokenlimit's (contract/*.lua); nothing was sent
+    408   ``bad-request``            the body did not arrive within ``--read-timeout-ms``
+    503   ``bridge-full``            ``--max-connections`` are open; answered before reading
     403   ``command-not-allowed``    some command is not in the allowlist; the body names it;
                                      nothing was sent to Redis
     400   ``bad-request``            malformed RESP, more than 64 commands, a bound exceeded,
@@ -56,10 +60,15 @@ Protocol (the filter depends on this exactly)
                   ``tokenlimit_bridge_pool_connections{state="idle|busy"}``.
 ``/healthz``, ``/readyz`` and ``/metrics`` need no token (probes and scrapers).
 
-Security note: ``EVAL`` runs arbitrary Lua, which may call any Redis command, so the allowlist
-stops accidents and casual misuse, not a hostile caller. The bearer token (and binding to
-loopback or a private network) is the real boundary. Secrets are taken by reference only:
-``--token-file`` or ``TOKENLIMIT_BRIDGE_TOKEN``, ``--redis-password-file`` (or the URL).
+Security (docs/threat-model.md): ``EVAL``, ``EVALSHA`` and ``SCRIPT LOAD`` run only scripts
+the bridge knows by SHA-1 -- tokenlimit's own, contract/*.lua -- anything else is ``403
+script-not-allowed`` and nothing is sent. A token is required (``--insecure`` runs without
+one, on loopback only). Connections are capped (``--max-connections``, 512; past it ``503
+bridge-full`` at once) and each request head and body must arrive within
+``--read-timeout-ms`` (5000), so held half-requests cannot exhaust descriptors (guard.py).
+Secrets are taken by reference only: ``--token-file`` or ``TOKENLIMIT_BRIDGE_TOKEN``,
+``--redis-password-file`` or ``TOKENLIMIT_REDIS_PASSWORD``; a password in ``--redis`` is
+refused (``ps`` would show it).
 
 Connections: :mod:`tokenlimit.bridge.pool` (pipelined, lazily opened, never reused after a
 fault); metrics: :mod:`tokenlimit.bridge.metrics`; RESP bounds: :mod:`tokenlimit.bridge.resp`.
@@ -67,8 +76,8 @@ fault); metrics: :mod:`tokenlimit.bridge.metrics`; RESP bounds: :mod:`tokenlimit
 Run (``python -m tokenlimit.bridge`` takes the same options)::
 
     tokenlimit bridge --redis redis://[user[:password]@]host:port[/db] --listen PORT \\
-        [--host 127.0.0.1] [--token-file F] [--redis-password-file F] [--pool-size 8] \\
-        [--timeout-ms 500]
+        [--host 127.0.0.1] [--token-file F | --insecure] [--redis-password-file F] \\
+        [--pool-size 8] [--timeout-ms 500] [--max-connections 512] [--read-timeout-ms 5000]
 
 It prints ``tokenlimit bridge listening on http://HOST:PORT → redis HOST:PORT/DB`` (flushed)
 once it accepts connections and stops cleanly on SIGINT / SIGTERM. In-process:
@@ -86,7 +95,13 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from tokenlimit.bridge.config import TOKEN_ENV, BridgeConfig
+from tokenlimit.bridge.config import BridgeConfig
+from tokenlimit.bridge.guard import (
+    ConnectionGuard,
+    Scripts,
+    contract_scripts,
+    ensure_descriptors,
+)
 from tokenlimit.bridge.metrics import CONTENT_TYPE, Metrics
 from tokenlimit.bridge.pool import RedisFault, RedisPool, error_text
 from tokenlimit.bridge.resp import ProtocolError, encode_command, split_commands
@@ -139,6 +154,9 @@ class Bridge:
         self.metrics = Metrics(self.pool.counts)
         self._auth = None if config.token is None else b"Bearer " + config.token.encode("utf-8")
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._guard: ConnectionGuard | None = None  # set once serving
+        self.scripts = Scripts((*contract_scripts(), *config.extra_scripts))
         self.host = config.host
         self.port = config.port
 
@@ -157,17 +175,28 @@ class Bridge:
         app.router.add_route("*", "/{path:.*}", self._handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        # aiohttp's protocol factory behind the connection cap and read deadline (guard.py).
+        assert runner.server is not None
+        self._guard = ConnectionGuard(
+            runner.server, self.config.max_connections, self.config.read_timeout_ms / 1000
+        )
         try:
-            await site.start()
+            self._server = await asyncio.get_running_loop().create_server(
+                self._guard, self.config.host, self.config.port, reuse_address=True
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = runner.addresses[0][1]
+        self.port = self._server.sockets[0].getsockname()[1]
         self.pool.warm_up()
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for transport in list(self._guard.open if self._guard else ()):
+                transport.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -182,6 +211,17 @@ class Bridge:
     # ---- handlers
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        # The head has arrived: the read deadline stops; the body has its own below.
+        connection = self._guard.find(request.transport) if self._guard else None
+        if connection is not None:
+            connection.request_started()
+        try:
+            return await self._dispatch(request)
+        finally:
+            if connection is not None:
+                connection.request_finished()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if path == "/v1/resp":
             if request.method != "POST":
@@ -234,7 +274,11 @@ class Bridge:
                 f"body of {length} bytes (at most {self.config.max_body})",
             )
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.config.read_timeout_ms / 1000)
+        except TimeoutError:
+            return self._refuse(
+                start, 408, "bad-request", "bad_request", "the body did not arrive in time"
+            )
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(
                 start,
@@ -258,6 +302,9 @@ class Bridge:
                     "forbidden",
                     f"command not allowed: {_command_name(command)}",
                 )
+            refusal = self.scripts.refusal(command)
+            if refusal is not None:
+                return self._refuse(start, 403, "script-not-allowed", "forbidden", refusal)
             labels.append(label)
         try:
             replies = await self.pool.execute(body, len(commands), timeout)
@@ -312,10 +359,9 @@ def run(config: BridgeConfig) -> None:
         )
     if config.token is None:
         log.warning(
-            "no token configured (--token-file or $%s): any client that can reach "
-            "%s:%s may run Lua on Redis",
-            TOKEN_ENV,
+            "--insecure: no token; any process on this machine may call the bridge on %s:%s",
             config.host,
             config.port,
         )
+    ensure_descriptors(config.max_connections)
     asyncio.run(_serve(config))

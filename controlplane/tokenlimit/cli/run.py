@@ -14,6 +14,7 @@ import click
 
 from tokenlimit import loader
 from tokenlimit.cli._common import GatewayFailed, UpstreamUrl, load_policy, module_file
+from tokenlimit.model.policy import XFF_TRUSTED_HOPS_MAX
 
 if TYPE_CHECKING:
     from tokenlimit.dev.gateway import Gateway
@@ -32,23 +33,45 @@ USAGE_WIDTH_MIN = 120  # `tokenlimit usage` into a pipe: one line per counter
 @click.option(
     "--token-file",
     default=None,
-    help="file holding the bearer token (else $TOKENLIMIT_BRIDGE_TOKEN; else none)",
+    help="file holding the bearer token (else $TOKENLIMIT_BRIDGE_TOKEN; one is required)",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="run without a token: any local process may call the bridge (loopback only)",
 )
 @click.option(
     "--redis-password-file",
     default=None,
-    help="file holding the Redis password (overrides the URL's)",
+    help="file holding the Redis password (else $TOKENLIMIT_REDIS_PASSWORD; never the URL)",
 )
 @click.option("--pool-size", type=int, default=8, show_default=True)
 @click.option("--timeout-ms", type=int, default=500, show_default=True)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="open connections at most; past it new ones get 503 bridge-full",
+)
+@click.option(
+    "--read-timeout-ms",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="a request head (and its body) must arrive within this",
+)
 def bridge_command(
     redis_url: str,
     listen: int,
     host: str,
     token_file: str | None,
+    insecure: bool,
     redis_password_file: str | None,
     pool_size: int,
     timeout_ms: int,
+    max_connections: int,
+    read_timeout_ms: int,
 ) -> None:
     """RESP-over-HTTP bridge from Envoy's tokenlimit filter to Redis."""
     from tokenlimit.bridge.config import BridgeConfig
@@ -62,6 +85,9 @@ def bridge_command(
             redis_password_file=redis_password_file,
             pool_size=pool_size,
             timeout_ms=timeout_ms,
+            insecure=insecure,
+            max_connections=max_connections,
+            read_timeout_ms=read_timeout_ms,
         )
     except (OSError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -69,6 +95,8 @@ def bridge_command(
 
     try:
         run(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(
             f"tokenlimit bridge: cannot listen on {host}:{listen}: {exc}"
@@ -116,6 +144,14 @@ def mock_llm(port: int, host: str, name: str) -> None:
     metavar="URL",
     help="redis://host:port/db: keep budgets in Redis (a tokenlimit bridge is started).",
 )
+@click.option(
+    "--xff-trusted-hops",
+    "xff_num_trusted_hops",
+    type=click.IntRange(0, XFF_TRUSTED_HOPS_MAX),
+    default=None,
+    help="Proxies in front of the gateway whose X-Forwarded-For entries are trusted for "
+    "per-IP budgets (default: the policy's xffNumTrustedHops, else 0).",
+)
 def up(
     policy_file: str,
     listen: int,
@@ -125,6 +161,7 @@ def up(
     log_level: str,
     wasm_path: str | None,
     redis_url: str | None,
+    xff_num_trusted_hops: int | None,
 ) -> None:
     """Run a local gateway: Envoy with the filter, in front of UPSTREAM.
 
@@ -134,6 +171,7 @@ def up(
     from tokenlimit.dev.gateway import Gateway, GatewayError
 
     policy = load_policy(policy_file)
+    _require_store(policy, redis_url)
     for port, option in ((listen, "--listen"), (admin_port, "--admin-port")):
         _require_free(port, option)
     if wasm_path is None:
@@ -147,6 +185,7 @@ def up(
         concurrency=concurrency,
         log_level=log_level,
         redis=redis_url,
+        xff_num_trusted_hops=_trusted_hops(xff_num_trusted_hops, policy),
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -226,6 +265,30 @@ def usage(
 # --- helpers -------------------------------------------------------------------------------
 
 
+def _require_store(policy: loader.LoadedPolicy, redis_url: str | None) -> None:
+    """A policy that keeps its budgets in Redis runs against a Redis, or not at all: without
+    one every request would be admitted uncounted (the filter fails open on a store it cannot
+    reach) while the gateway looked healthy."""
+    if redis_url is not None or policy.config.redis is None:
+        return
+    raise click.UsageError(
+        f"{policy.origin} keeps its budgets in Redis (redis.service_name "
+        f"{policy.config.redis.service_name}), and without a Redis every request would be "
+        "admitted uncounted. Run with --redis redis://HOST:PORT/DB (a local one: "
+        "`redis-server --port 6379`, then --redis redis://127.0.0.1:6379/0; `up` starts the "
+        "bridge), or remove `redis` from the policy to count in this gateway's local store."
+    )
+
+
+def _trusted_hops(option: int | None, policy: loader.LoadedPolicy) -> int:
+    """`--xff-trusted-hops`, else the policy's xffNumTrustedHops, else 0."""
+    if option is not None:
+        return option
+    spec = policy.policy.spec if policy.policy is not None else None
+    hops = spec.xff_num_trusted_hops if spec is not None else None
+    return hops or 0
+
+
 def _require_free(port: int, option: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -243,7 +306,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
 def _ready_line(gateway: Gateway, policy: loader.LoadedPolicy) -> str:
     target = f"mock ({gateway.upstream_url})" if gateway.uses_mock else gateway.upstream_label
     rules = ", ".join(policy.config.rule_names) or policy.name
-    store = f"redis via bridge {gateway.bridge_url}" if gateway.bridge_url else "local store"
+    # Said from what the filter was given, so the banner cannot claim a store that is not used.
+    store = "local store"
+    if gateway.config.redis is not None:
+        store = f"redis via bridge {gateway.bridge_url}"
     return (
         f"tokenlimit up: gateway {gateway.listen_url} → upstream {target}, "
         f"admin {gateway.admin_url}, rule {rules}, {store}; Ctrl-C to stop"

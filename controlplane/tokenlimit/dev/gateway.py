@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tokenlimit.apply import envoy_admin
 from tokenlimit.apply.files import write_atomic
+from tokenlimit.bridge.config import PASSWORD_ENV
 from tokenlimit.dev import process
 from tokenlimit.model import ENVOY_BRIDGE_CLUSTER, FilterConfig, filter_json, parse_filter_config
 from tokenlimit.render import EnvoyTarget, Upstream, render
@@ -102,14 +105,18 @@ class Gateway:
         redis: str | None = None,
         bridge_token: str | None = None,
         envoy_env: Mapping[str, str] | None = None,
+        xff_num_trusted_hops: int = 0,
     ) -> None:
         # With `redis` (a redis:// URL) budgets live in Redis, reached through a tokenlimit
         # bridge this gateway starts; several gateways on one Redis share one budget.
         self.redis_url = redis
         # The bridge requires this bearer token; Envoy gets it as TOKENLIMIT_BRIDGE_TOKEN
         # (unless envoy_env says otherwise), which the filter reads from its VM environment.
-        self.bridge_token = bridge_token
+        # Without one a fresh random token is made: a bridge never runs open (the token
+        # keeps other local processes from running budget scripts on Redis).
+        self.bridge_token = bridge_token or (secrets.token_urlsafe(32) if redis else None)
         self.envoy_env = dict(envoy_env or {})
+        self.xff_num_trusted_hops = xff_num_trusted_hops
         self.config = _through_bridge(config) if redis else config
         self.upstream_label = upstream
         self.concurrency = concurrency
@@ -165,6 +172,7 @@ class Gateway:
                 listen_port=self.listen_port,
                 admin_port=self.admin_port,
                 bridge=bridge,
+                xff_num_trusted_hops=self.xff_num_trusted_hops,
             )
             rendered = render(self.config, "envoy", target)
             self._write_ecds(rendered.text("ecds"))
@@ -332,6 +340,8 @@ class Gateway:
         return found.group(1)
 
     def _start_bridge(self, redis_url: str) -> str:
+        # The password goes through the environment, never argv (`ps` shows argv to everyone).
+        redis_url, password = _split_password(redis_url)
         argv = [
             sys.executable,
             "-m",
@@ -345,9 +355,11 @@ class Gateway:
             "--timeout-ms",
             str(BRIDGE_TIMEOUT_MS),
         ]
-        token = {BRIDGE_TOKEN_VARIABLE: self.bridge_token} if self.bridge_token else {}
+        env = {BRIDGE_TOKEN_VARIABLE: self.bridge_token} if self.bridge_token else {}
+        if password is not None:
+            env[PASSWORD_ENV] = password
         log = self.bridge_log_path
-        self._bridge = process.spawn(argv, log, env=token, cwd=self.work_dir)
+        self._bridge = process.spawn(argv, log, env=env, cwd=self.work_dir)
         found = process.wait_for_line(
             self._bridge, log, _BRIDGE_READY, self.ready_timeout_s, "the bridge"
         )
@@ -446,6 +458,16 @@ def _through_bridge(config: FilterConfig) -> FilterConfig:
     data = json.loads(filter_json(config))
     data["redis"] = redis
     return parse_filter_config(data)
+
+
+def _split_password(url: str) -> tuple[str, str | None]:
+    """The Redis URL without its password, and the password."""
+    parts = urlsplit(url if "://" in url else "redis://" + url)
+    if parts.password is None:
+        return url, None
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=user + host)), unquote(parts.password)
 
 
 def _accepts(port: int) -> bool:

@@ -42,6 +42,7 @@ class Limits(BaseModel):
     redis_credential_bytes_max: int
     redis_timeout_ms_max: int
     redis_database_max: int
+    local_counters_max: int  # the filter's local store table; nothing in a config to bound
     bridge_cluster: str
     bridge_token_env: str
 

@@ -60,6 +60,7 @@ from tokenlimit.model.store import filter_redis, higress_redis_problem, host_pro
 from tokenlimit.model.target import TargetRef
 
 API_VERSION = "tokenlimit.io/v1alpha1"
+XFF_TRUSTED_HOPS_MAX = 16  # more proxies than this in front of one gateway is a mistake
 KIND = "TokenRateLimitPolicy"
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
@@ -206,6 +207,13 @@ class PolicySpec(BudgetFields):
     """The shared budget store (Redis). Without it, budgets are per gateway."""
     fallback: Annotated[Annotated[FallbackSpec, WrapValidator(_object)] | None, Present] = None
     """Model fallback routes under the same budget (docs/fallback.md)."""
+    xff_num_trusted_hops: Annotated[
+        Annotated[int, Field(ge=0, le=XFF_TRUSTED_HOPS_MAX), _int_in(0, XFF_TRUSTED_HOPS_MAX)]
+        | None,
+        Present,
+    ] = None
+    """Envoy: how many proxies in front of the gateway append to X-Forwarded-For and are
+    trusted (default 0: the peer address is the connection's, whatever the client sends)."""
 
     @model_validator(mode="after")
     def _rule(self, info: ValidationInfo) -> Self:

@@ -65,6 +65,7 @@ class EnvoyTarget:
     listen_port: int = 10000
     admin_port: int = 9901
     bridge: Upstream | None = None  # a bridge to add; overrides spec.redis.bridge
+    xff_num_trusted_hops: int | None = None  # None: the policy's (default 0)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,8 @@ def _envoy(
     decided = policy_options(spec)
     if options.bridge is not None:
         decided["bridge"] = options.bridge
+    if options.xff_num_trusted_hops is not None:
+        decided["xff_num_trusted_hops"] = options.xff_num_trusted_hops
     filter_source: InlineFilter | EcdsFilter = InlineFilter(
         filter_typed_config(config, options.wasm_path)
     )

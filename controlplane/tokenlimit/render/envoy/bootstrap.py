@@ -40,8 +40,10 @@ INTERNAL_LISTENER_TYPE = (
 
 # The properties the filter sets with proxy_set_property, as Envoy's access log reads them.
 DECISION_FIELDS = ("decision", "rule", "key", "tokens")
+# The path without its query string (`NQ`): API keys travel in queries too (`?key=`, Gemini),
+# and this log is written at info level. ORIG_OR_PATH: the path the client sent.
 ACCESS_LOG_FORMAT = (
-    "[%START_TIME%] %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% "
+    "[%START_TIME%] %REQ(:METHOD)% %PATH(NQ:ORIG_OR_PATH)% "
     "status=%RESPONSE_CODE% flags=%RESPONSE_FLAGS% "
     + " ".join(f"{f}=%FILTER_STATE(wasm.tokenlimit_{f}:PLAIN)%" for f in DECISION_FIELDS)
     + " duration_ms=%DURATION% upstream=%UPSTREAM_HOST%\n"
@@ -65,6 +67,9 @@ class EnvoyOptions:
     # The tokenlimit bridge (RESP over HTTP to Redis), as the cluster the filter's
     # http_call names (model.ENVOY_BRIDGE_CLUSTER); None: no shared store.
     bridge: Upstream | None = None
+    # Proxies in front of Envoy whose X-Forwarded-For entries are trusted (docs/threat-model.md).
+    # 0: the peer address (per-IP budgets) is the TCP connection's, whatever the client sends.
+    xff_num_trusted_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ def policy_options(spec: PolicySpec | None) -> dict[str, Any]:
     bridge = spec.redis.bridge if spec.redis is not None else None
     if bridge is not None:
         found["bridge"] = Upstream(host=bridge.address, port=bridge.port, tls=bool(bridge.tls))
+    if spec.xff_num_trusted_hops is not None:
+        found["xff_num_trusted_hops"] = spec.xff_num_trusted_hops
     return found
 
 
@@ -152,6 +159,11 @@ def _http_connection_manager(
         "@type": HCM_TYPE,
         "stat_prefix": "tokenlimit",
         "stream_idle_timeout": f"{options.stream_idle_timeout_s}s",
+        # The downstream address is the connection's peer, or the entry `xff_num_trusted_hops`
+        # from the right of X-Forwarded-For; without this Envoy takes the last entry a client
+        # wrote itself, and rotating it escaped every per-IP budget.
+        "use_remote_address": True,
+        "xff_num_trusted_hops": options.xff_num_trusted_hops,
         "access_log": [
             {
                 "name": "envoy.access_loggers.stdout",

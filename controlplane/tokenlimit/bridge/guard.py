@@ -1,0 +1,178 @@
+"""What keeps the bridge alive under hostile connections and what it lets run on Redis.
+
+Connections (`ConnectionGuard`): a cap on open connections and a read deadline. A client that
+opens connections and sends a request slowly, or never finishes it (slowloris), held one file
+descriptor each for as long as it liked: about 1,020 of them exhausted a process with the
+usual 1,024 descriptors, and every filter call then timed out. Now each connection must
+deliver a whole request head within `read_timeout` of its first byte (or of connecting), or
+it is closed; and past `max_connections` a new connection is answered at once with a 503
+(`x-tokenlimit-bridge-error: bridge-full`) and closed, so the bridge never runs out of
+descriptors and a caller learns why instead of waiting.
+
+Scripts (`Scripts`): `EVAL` runs any Lua, and Lua may call any Redis command (FLUSHALL, KEYS,
+an endless loop that blocks Redis for every gateway). The bridge runs only the scripts it
+knows by SHA-1: tokenlimit's own, contract/*.lua, shipped in the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import resource
+from collections.abc import Callable, Iterable, Sequence
+from importlib.resources import files
+
+FULL_ERROR = "bridge-full"
+# Descriptors kept for the Redis pool, the listening socket, logs and imports.
+DESCRIPTORS_RESERVE = 128
+
+
+def contract_scripts() -> tuple[bytes, ...]:
+    """Every contract/*.lua shipped with the package (the filter embeds the same files)."""
+    folder = files("tokenlimit") / "contract"
+    return tuple(
+        entry.read_bytes()
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".lua")
+    )
+
+
+class Scripts:
+    """The scripts `EVAL`, `EVALSHA` and `SCRIPT LOAD` may name, by SHA-1 (lowercase hex)."""
+
+    def __init__(self, bodies: Iterable[bytes]) -> None:
+        self.shas = frozenset(hashlib.sha1(body).hexdigest().encode() for body in bodies)
+
+    def refusal(self, command: Sequence[bytes]) -> str | None:
+        """Why this command may not run (its script is unknown), or None."""
+        name = command[0].upper()
+        if name == b"EVAL" and len(command) > 1:
+            sha = hashlib.sha1(command[1]).hexdigest().encode()
+        elif name == b"EVALSHA" and len(command) > 1:
+            sha = command[1].lower()
+        elif name == b"SCRIPT" and len(command) > 2 and command[1].upper() == b"LOAD":
+            sha = hashlib.sha1(command[2]).hexdigest().encode()
+        else:
+            return None
+        if sha in self.shas:
+            return None
+        shown = sha[:40].decode("ascii", "replace")
+        return f"script not allowed: {shown} is not one of tokenlimit's scripts"
+
+
+def _full_response(max_connections: int) -> bytes:
+    body = f"the bridge has {max_connections} connections open (its cap); retry shortly\n"
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "content-type: text/plain; charset=utf-8\r\n"
+        f"x-tokenlimit-bridge-error: {FULL_ERROR}\r\n"
+        "connection: close\r\n"
+        f"content-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+class _Full(asyncio.Protocol):
+    """A connection past the cap: one 503, then closed."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self._answer)
+        transport.close()
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with a deadline on reading each request head."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.busy = False
+
+    def _arm(self) -> None:
+        if self._timer is None and not self.busy:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._guard.read_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.busy and self._transport is not None:
+            self._transport.abort()
+
+    def request_started(self) -> None:
+        self.busy = True
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._guard.open[transport] = self
+        self._arm()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._arm()  # bytes of a new request: its head must be complete within the deadline
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._guard.open.pop(self._transport, None)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class ConnectionGuard:
+    """Wraps a protocol factory (aiohttp's server) with the cap and the read deadline."""
+
+    def __init__(
+        self, factory: Callable[[], asyncio.Protocol], max_connections: int, read_timeout: float
+    ) -> None:
+        self._factory = factory
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.open: dict[asyncio.BaseTransport, _Guarded] = {}
+        self._full = _full_response(max_connections)
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.open) >= self.max_connections:
+            return _Full(self._full)
+        return _Guarded(self, self._factory())
+
+    def find(self, transport: asyncio.BaseTransport | None) -> _Guarded | None:
+        return self.open.get(transport) if transport is not None else None
+
+
+def ensure_descriptors(max_connections: int) -> None:
+    """Raises the soft descriptor limit to fit the cap, or says why the cap cannot be met."""
+    needed = max_connections + DESCRIPTORS_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ValueError(
+            f"--max-connections {max_connections} needs {needed} file descriptors, but this "
+            f"process may open at most {hard} (ulimit -Hn): lower --max-connections to "
+            f"{max(1, hard - DESCRIPTORS_RESERVE)} or raise the limit"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
