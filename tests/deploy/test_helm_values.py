@@ -81,6 +81,11 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"redis": {"auth": {"password": "hunter2"}}},
         "additional properties 'password' not allowed",
     ),
+    # The bridge refuses to start without a token (it runs scripts on Redis): no switch to drop it.
+    "bridge without a token": (
+        {"bridge": {"auth": {"enabled": False}}},
+        "additional properties 'enabled' not allowed",
+    ),
     "plaintext bridge token": (
         {"bridge": {"auth": {"token": "abc"}}},
         "additional properties 'token' not allowed",

@@ -188,14 +188,6 @@ def test_bridge_without_redis_password_mounts_nothing() -> None:
     assert [s["metadata"]["name"] for s in r.of_kind("Secret")] == ["tokenlimit-bridge"]
 
 
-def test_bridge_auth_can_be_turned_off() -> None:
-    r = helm_engine.render({"gateway": "istio", "bridge": {"auth": {"enabled": False}}})
-    assert "Secret/tokenlimit-bridge" not in r.names()
-    c = container(r.get("Deployment", "tokenlimit-bridge"), "bridge")
-    assert "TOKENLIMIT_BRIDGE_TOKEN" not in env_of(c)
-    assert "TOKENLIMIT_BRIDGE_TOKEN" not in r.notes
-
-
 def test_bridge_uses_an_existing_token_secret() -> None:
     r = helm_engine.render(
         {

@@ -134,7 +134,7 @@ read Secrets of this name only. Empty: no Secret access at all. */}}
 {{- end }}
 
 {{- define "tokenlimit.bridge.auth" -}}
-{{- if and (include "tokenlimit.bridge.enabled" .) .Values.bridge.auth.enabled }}true{{- end }}
+{{- if include "tokenlimit.bridge.enabled" . }}true{{- end }}
 {{- end }}
 
 {{/* Filter module ------------------------------------------------------------------------ */}}
