@@ -50,23 +50,75 @@ fn routeRuleMatches(route_rule: *const config.RouteRule) bool {
 /// the same one.
 pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const config.Rule) !void {
     for (selected.items) |*item| {
+        if (item.limit_type == .global) {
+            try addItemCounters(counters, selected, item, "", &item.keys[0].limits);
+            continue;
+        }
         var raw = try requestValue(item);
         defer if (raw) |*bytes| bytes.deinit();
-        const value: []const u8 = if (item.limit_type == .global) "" else narrow(item, (raw orelse continue).bytes) orelse continue;
-        const key = if (item.limit_type == .global) &item.keys[0] else match.matchKey(item, value) orelse continue;
-        var hashed: counter.HashedValue = undefined;
-        const caller = counter.identity(item.limit_type, value, &hashed);
-        for ([_]config.Unit{ .requests, .tokens }) |unit| {
-            for (std.meta.tags(budget.Window)) |window| {
-                const limit = key.limits.get(unit, window) orelse continue;
-                try addCounter(counters, .{
-                    .key = try counter.counterKey(selected.name, item, unit, window, caller),
-                    .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
-                    .unit = unit,
-                });
-            }
+        var scratch: Scratch = undefined;
+        const subject = try subjectOf(item, if (raw) |bytes| bytes.bytes else null, &scratch) orelse continue;
+        const limits = switch (match.matchKey(item, subject)) {
+            .key => |key| key.limits,
+            .none => continue,
+            .unknown => |from| match.strictest(item, from),
+        };
+        try addItemCounters(counters, selected, item, subject.text, &limits);
+    }
+}
+
+fn addItemCounters(
+    counters: *std.ArrayList(store.Counter),
+    selected: *const config.Rule,
+    item: *const config.RuleItem,
+    value: []const u8,
+    limits: *const config.Limits,
+) !void {
+    var hashed: counter.HashedValue = undefined;
+    const caller = counter.identity(item.limit_type, value, &hashed);
+    for ([_]config.Unit{ .requests, .tokens }) |unit| {
+        for (std.meta.tags(budget.Window)) |window| {
+            const limit = limits.get(unit, window) orelse continue;
+            try addCounter(counters, .{
+                .key = try counter.counterKey(selected.name, item, unit, window, caller),
+                .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
+                .unit = unit,
+            });
         }
     }
+}
+
+/// Room for a canonical spelling: an address, or an auth value with its scheme rewritten.
+const Scratch = struct {
+    address: [ip.text_bytes_max]u8,
+    authorization: [match.value_bytes_max]u8,
+};
+
+/// The value an item keys on, canonical (match.Subject), or null when the request has none and
+/// the item therefore does not apply. A per-IP item always has one: an address that is absent
+/// or does not parse (`unknown`, `garbage`) falls back to the peer's own address, and when even
+/// that fails to one shared "unparsable" caller held to the item's strictest limits.
+fn subjectOf(item: *const config.RuleItem, raw: ?[]const u8, scratch: *Scratch) !?match.Subject {
+    if (item.limit_type == .per_ip) {
+        const entry: ?[]const u8 = if (raw) |text| switch (item.ip_source) {
+            .remote_address => text,
+            .header => match.firstListValue(text),
+        } else null;
+        const address = if (entry) |text| ip.parseEntry(text) catch try peerAddress() else try peerAddress();
+        const parsed = address orelse return .{ .text = "unparsable" };
+        return .{ .text = ip.format(parsed, &scratch.address), .address = parsed };
+    }
+    const value = narrow(item, raw orelse return null) orelse return null;
+    if (match.isAuthorizationItem(item)) {
+        return .{ .text = match.canonicalAuthorization(value, &scratch.authorization) };
+    }
+    return .{ .text = value };
+}
+
+fn peerAddress() host.Error!?ip.Address {
+    var peer = (try host.getProperty("source\x00address")) orelse return null;
+    defer peer.deinit();
+    return ip.parseEntry(peer.bytes) catch null;
 }
 
 fn addCounter(counters: *std.ArrayList(store.Counter), added: store.Counter) !void {
@@ -95,15 +147,11 @@ fn requestValue(item: *const config.RuleItem) host.Error!?host.HostBytes {
     };
 }
 
-/// Narrows a raw value to what the item matches: the parameter, the cookie, the address.
+/// Narrows a raw value to what the item matches: the parameter, the cookie.
 fn narrow(item: *const config.RuleItem, raw: []const u8) ?[]const u8 {
     return switch (item.limit_type) {
         .param, .per_param => match.queryParam(raw, item.source),
         .cookie, .per_cookie => match.cookieValue(raw, item.source),
-        .per_ip => switch (item.ip_source) {
-            .remote_address => ip.stripPort(raw),
-            .header => match.firstListValue(raw),
-        },
         else => raw,
     };
 }

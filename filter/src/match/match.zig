@@ -5,24 +5,85 @@ const std = @import("std");
 const config = @import("../config/config.zig");
 const ip = @import("../config/ip.zig");
 
-/// Longest key value read from a request; longer values are refused (and do not match)
-/// rather than truncated, so two long values can never share a budget by accident.
+/// Longest value tested against `limit_keys`. A longer one is no credential anyone issues, so it
+/// is not classified (no regexp runs over it): it is hashed whole (so two long values never
+/// share a budget by accident) and counted under the item's strictest limits (`Decision.unknown`),
+/// never let through unlimited.
 pub const value_bytes_max = 4096;
 
-/// The first `limit_keys` entry of `item` that matches `value`, or null.
-pub fn matchKey(item: *const config.RuleItem, value: []const u8) ?*const config.LimitKey {
-    if (value.len == 0 or value.len > value_bytes_max) return null;
-    const address: ?ip.Address = if (item.limit_type == .per_ip) ip.parseAddress(value) catch null else null;
-    for (item.keys) |*key| {
+/// A request's value for one item, in the one spelling its budget is named by.
+pub const Subject = struct {
+    text: []const u8,
+    /// per_ip: the parsed address; null when neither the value nor the peer parses.
+    address: ?ip.Address = null,
+};
+
+/// Which limits a value gets: a key's, none (the item does not limit this value), or unknown
+/// from keys[n] on (the value could not be classified against them; the caller applies the
+/// strictest limits of keys[n..], which bound whatever the true match would have been).
+pub const Decision = union(enum) {
+    key: *const config.LimitKey,
+    none,
+    unknown: usize,
+};
+
+/// The first `limit_keys` entry of `item` that matches `subject`.
+pub fn matchKey(item: *const config.RuleItem, subject: Subject) Decision {
+    const value = subject.text;
+    if (item.limit_type == .per_ip and subject.address == null) return .{ .unknown = 0 };
+    if (value.len == 0) return .none;
+    const authorization = isAuthorizationItem(item);
+    for (item.keys, 0..) |*key, index| {
         const matched = switch (key.matcher) {
-            .literal => |literal| std.mem.eql(u8, literal, value),
-            .any => item.limit_type != .per_ip or address != null,
-            .pattern => |*pattern| pattern.isMatch(value),
-            .ip_range => |range| if (address) |a| range.contains(a) else false,
+            .literal => |literal| if (authorization) authorizationEql(literal, value) else std.mem.eql(u8, literal, value),
+            .any => true,
+            .pattern => |*pattern| if (value.len > value_bytes_max) return .{ .unknown = index } else pattern.isMatch(value),
+            .ip_range => |range| if (subject.address) |a| range.contains(a) else false,
         };
-        if (matched) return key;
+        if (matched) return .{ .key = key };
     }
-    return null;
+    return .none;
+}
+
+/// The strictest limit per unit and window over `keys[from..]`.
+pub fn strictest(item: *const config.RuleItem, from: usize) config.Limits {
+    var limits: config.Limits = .{};
+    for (item.keys[from..]) |*key| {
+        inline for (.{ "tokens", "requests" }) |unit| {
+            for (&@field(limits, unit), @field(key.limits, unit)) |*kept, offered| {
+                if (offered) |limit| kept.* = @min(kept.* orelse limit, limit);
+            }
+        }
+    }
+    return limits;
+}
+
+/// Items keyed on `authorization` or `proxy-authorization`: `Bearer x` and `bearer x` are one
+/// credential (RFC 9110: the scheme is case-insensitive, the credential is not).
+pub fn isAuthorizationItem(item: *const config.RuleItem) bool {
+    const header_item = switch (item.limit_type) {
+        .header, .per_header => true,
+        else => false,
+    };
+    return header_item and (std.ascii.eqlIgnoreCase(item.source, "authorization") or
+        std.ascii.eqlIgnoreCase(item.source, "proxy-authorization"));
+}
+
+/// `value` with its auth scheme spelled one way ("Bearer", "Basic": first letter upper, the rest
+/// lower), copied into `out`; `value` itself when it has no scheme or does not fit.
+pub fn canonicalAuthorization(value: []const u8, out: []u8) []const u8 {
+    const space = std.mem.indexOfScalar(u8, value, ' ') orelse return value;
+    if (space == 0 or value.len > out.len) return value;
+    @memcpy(out[0..value.len], value);
+    out[0] = std.ascii.toUpper(value[0]);
+    for (out[1..space]) |*c| c.* = std.ascii.toLower(c.*);
+    return out[0..value.len];
+}
+
+fn authorizationEql(key: []const u8, value: []const u8) bool {
+    if (key.len != value.len) return false;
+    const space = std.mem.indexOfScalar(u8, key, ' ') orelse return std.mem.eql(u8, key, value);
+    return std.ascii.eqlIgnoreCase(key[0..space], value[0..space]) and std.mem.eql(u8, key[space..], value[space..]);
 }
 
 /// Value of query parameter `name` in a request path ("/v1/chat?team=red&x=1"), raw
@@ -122,11 +183,27 @@ test "match: first matching key wins, per kind" {
     const parsed = try config.parse(std.testing.allocator, document, &diagnostic);
     defer config.destroy(std.testing.allocator, parsed);
     const items = parsed.default_rule.?.items;
-    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], "vip-123").?.text);
-    try std.testing.expectEqualStrings("*", matchKey(&items[0], "basic-1").?.text);
-    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[0], ""));
-    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], "10.9.8.7").?.text);
-    try std.testing.expectEqualStrings("::1", matchKey(&items[1], "::1").?.text);
-    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[1], "not-an-ip"));
-    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[2], "blue"));
+    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], .{ .text = "vip-123" }).key.text);
+    try std.testing.expectEqualStrings("*", matchKey(&items[0], .{ .text = "basic-1" }).key.text);
+    try std.testing.expectEqual(Decision.none, matchKey(&items[0], .{ .text = "" }));
+    const a = try ip.parseAddress("10.9.8.7");
+    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], .{ .text = "10.9.8.7", .address = a }).key.text);
+    const b = try ip.parseAddress("::1");
+    try std.testing.expectEqualStrings("::1", matchKey(&items[1], .{ .text = "::1", .address = b }).key.text);
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[1], .{ .text = "not-an-ip" }));
+    try std.testing.expectEqual(Decision.none, matchKey(&items[2], .{ .text = "blue" }));
+    // Too long to run a regexp over: undecided from the regexp on, strictest of the rest.
+    const long: [value_bytes_max + 1]u8 = @splat('v');
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[0], .{ .text = &long }));
+    try std.testing.expectEqual(@as(?u64, 10), strictest(&items[0], 0).get(.tokens, .minute));
+    try std.testing.expectEqual(@as(?u64, null), strictest(&items[0], 0).get(.requests, .minute));
+}
+
+test "match: the auth scheme is one spelling, the credential is kept" {
+    var buffer: [64]u8 = undefined;
+    try std.testing.expectEqualStrings("Bearer sk-A", canonicalAuthorization("bEARER sk-A", &buffer));
+    try std.testing.expectEqualStrings("Basic eA==", canonicalAuthorization("BASIC eA==", &buffer));
+    try std.testing.expectEqualStrings("sk-no-scheme", canonicalAuthorization("sk-no-scheme", &buffer));
+    try std.testing.expect(authorizationEql("Bearer k", "bearer k"));
+    try std.testing.expect(!authorizationEql("Bearer k", "Bearer K"));
 }
