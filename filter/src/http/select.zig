@@ -49,6 +49,7 @@ fn routeRuleMatches(route_rule: *const config.RouteRule) bool {
 /// Adds one counter per (matching item, unit, window) of `selected`, merging items that name
 /// the same one.
 pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const config.Rule) !void {
+    var regexp_steps = match.regexp_steps_per_request_max;
     for (selected.items) |*item| {
         if (item.limit_type == .global) {
             try addItemCounters(counters, selected, item, "", &item.keys[0].limits);
@@ -58,7 +59,7 @@ pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const
         defer if (raw) |*bytes| bytes.deinit();
         var scratch: Scratch = undefined;
         const subject = try subjectOf(item, if (raw) |bytes| bytes.bytes else null, &scratch) orelse continue;
-        const limits = switch (match.matchKey(item, subject)) {
+        const limits = switch (match.matchKey(item, subject, &regexp_steps)) {
             .key => |key| key.limits,
             .none => continue,
             .unknown => |from| match.strictest(item, from),

@@ -11,6 +11,13 @@ const ip = @import("../config/ip.zig");
 /// never let through unlimited.
 pub const value_bytes_max = 4096;
 
+/// Regexp steps one request may spend over all its items and keys (config/regex/regex.zig:
+/// one step per NFA thread stepped or instruction reached). Sized so the worst request costs
+/// about 1 ms of a worker's time (bench/regexp.py measures it); a benign key over a benign
+/// value costs a few steps per byte. A value whose keys are still undecided when the steps run
+/// out is held to the strictest limits of those keys (`Decision.unknown`).
+pub const regexp_steps_per_request_max: u32 = 65536;
+
 /// A request's value for one item, in the one spelling its budget is named by.
 pub const Subject = struct {
     text: []const u8,
@@ -27,8 +34,9 @@ pub const Decision = union(enum) {
     unknown: usize,
 };
 
-/// The first `limit_keys` entry of `item` that matches `subject`.
-pub fn matchKey(item: *const config.RuleItem, subject: Subject) Decision {
+/// The first `limit_keys` entry of `item` that matches `subject`. `regexp_steps` is what is left
+/// of the request's allowance (`regexp_steps_per_request_max`); regexps spend it.
+pub fn matchKey(item: *const config.RuleItem, subject: Subject, regexp_steps: *u32) Decision {
     const value = subject.text;
     if (item.limit_type == .per_ip and subject.address == null) return .{ .unknown = 0 };
     if (value.len == 0) return .none;
@@ -37,7 +45,10 @@ pub fn matchKey(item: *const config.RuleItem, subject: Subject) Decision {
         const matched = switch (key.matcher) {
             .literal => |literal| if (authorization) authorizationEql(literal, value) else std.mem.eql(u8, literal, value),
             .any => true,
-            .pattern => |*pattern| if (value.len > value_bytes_max) return .{ .unknown = index } else pattern.isMatch(value),
+            .pattern => |*pattern| if (value.len > value_bytes_max)
+                return .{ .unknown = index }
+            else
+                pattern.isMatchWithin(value, regexp_steps) orelse return .{ .unknown = index },
             .ip_range => |range| if (subject.address) |a| range.contains(a) else false,
         };
         if (matched) return .{ .key = key };
@@ -183,20 +194,24 @@ test "match: first matching key wins, per kind" {
     const parsed = try config.parse(std.testing.allocator, document, &diagnostic);
     defer config.destroy(std.testing.allocator, parsed);
     const items = parsed.default_rule.?.items;
-    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], .{ .text = "vip-123" }).key.text);
-    try std.testing.expectEqualStrings("*", matchKey(&items[0], .{ .text = "basic-1" }).key.text);
-    try std.testing.expectEqual(Decision.none, matchKey(&items[0], .{ .text = "" }));
+    var steps = regexp_steps_per_request_max;
+    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], .{ .text = "vip-123" }, &steps).key.text);
+    try std.testing.expectEqualStrings("*", matchKey(&items[0], .{ .text = "basic-1" }, &steps).key.text);
+    try std.testing.expectEqual(Decision.none, matchKey(&items[0], .{ .text = "" }, &steps));
     const a = try ip.parseAddress("10.9.8.7");
-    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], .{ .text = "10.9.8.7", .address = a }).key.text);
+    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], .{ .text = "10.9.8.7", .address = a }, &steps).key.text);
     const b = try ip.parseAddress("::1");
-    try std.testing.expectEqualStrings("::1", matchKey(&items[1], .{ .text = "::1", .address = b }).key.text);
-    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[1], .{ .text = "not-an-ip" }));
-    try std.testing.expectEqual(Decision.none, matchKey(&items[2], .{ .text = "blue" }));
+    try std.testing.expectEqualStrings("::1", matchKey(&items[1], .{ .text = "::1", .address = b }, &steps).key.text);
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[1], .{ .text = "not-an-ip" }, &steps));
+    try std.testing.expectEqual(Decision.none, matchKey(&items[2], .{ .text = "blue" }, &steps));
     // Too long to run a regexp over: undecided from the regexp on, strictest of the rest.
     const long: [value_bytes_max + 1]u8 = @splat('v');
-    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[0], .{ .text = &long }));
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[0], .{ .text = &long }, &steps));
     try std.testing.expectEqual(@as(?u64, 10), strictest(&items[0], 0).get(.tokens, .minute));
     try std.testing.expectEqual(@as(?u64, null), strictest(&items[0], 0).get(.requests, .minute));
+    // Out of regexp steps: undecided from the regexp on, as well.
+    steps = 3;
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[0], .{ .text = "basic-000000" }, &steps));
 }
 
 test "match: the auth scheme is one spelling, the credential is kept" {

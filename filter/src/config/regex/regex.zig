@@ -1,9 +1,12 @@
 //! Linear-time regular expressions for `regexp:` limit keys.
 //!
 //! Header values are attacker-controlled, so this is a Thompson NFA simulation (no backtracking):
-//! `isMatch` runs in O(input bytes × program instructions), never allocates, and keeps its
+//! a search runs in O(input bytes × program instructions), never allocates, and keeps its
 //! scratch on the stack. Patterns are bounded (`pattern_bytes_max`, `program_instructions_max`)
-//! so that the per-byte cost is bounded too.
+//! so that the per-byte cost is bounded too. Linear is not cheap enough: `.{1000}Z` keeps 1000
+//! threads alive over a 4 KiB value (4 M steps, ~60 ms in wasm). So the filter searches with
+//! `isMatchWithin`, which spends a caller's allowance of steps and stops when it runs out;
+//! match.zig shares one allowance across a request's keys and says what an undecided value gets.
 //!
 //! Matching is an unanchored search, like Go's `regexp.MatchString` or RE2's `PartialMatch`:
 //! a pattern matches when any substring of the input matches. Only match / no match is
@@ -137,9 +140,16 @@ pub const Regex = struct {
     }
 
     /// Unanchored search like Go's regexp.MatchString / RE2 PartialMatch: true when any
-    /// substring matches. Linear in input length; no allocation.
+    /// substring matches. Linear in input length, but unbounded: for tests and trusted input.
     pub fn isMatch(self: *const Regex, input: []const u8) bool {
-        return vm.isMatch(self.insts, self.sets, input);
+        return vm.search(self.insts, self.sets, input, null).?;
+    }
+
+    /// `isMatch` spending at most `steps.*` steps (one per thread stepped or instruction
+    /// reached; about 16 ns each in wasm); null, with the steps spent, when they run out before
+    /// the answer. Request matching shares one allowance across every key (match.zig).
+    pub fn isMatchWithin(self: *const Regex, input: []const u8, steps: *u32) ?bool {
+        return vm.search(self.insts, self.sets, input, steps);
     }
 };
 

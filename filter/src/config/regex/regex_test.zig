@@ -451,3 +451,20 @@ test "regex: fuzz random patterns and inputs never crash" {
     // Guards against the alphabet drifting so far that almost nothing compiles.
     try testing.expect(compiled_count > 2_000);
 }
+
+test "regex: a search stops when its steps run out, and says so" {
+    var re = try Regex.compile(std.testing.allocator, ".{1000}Z", null);
+    defer re.deinit(std.testing.allocator);
+    const hostile: [4096]u8 = @splat('a');
+    var steps: u32 = 65536;
+    try std.testing.expectEqual(@as(?bool, null), re.isMatchWithin(&hostile, &steps));
+    try std.testing.expectEqual(@as(u32, 0), steps);
+    // Nothing left: the next search stops before any work.
+    try std.testing.expectEqual(@as(?bool, null), re.isMatchWithin("aZ", &steps));
+    // A benign search spends a few steps per byte and answers.
+    var anchored = try Regex.compile(std.testing.allocator, "^sk-[a-z0-9]{32}$", null);
+    defer anchored.deinit(std.testing.allocator);
+    steps = 65536;
+    try std.testing.expectEqual(@as(?bool, true), anchored.isMatchWithin("sk-0123456789abcdef0123456789abcdef", &steps));
+    try std.testing.expect(65536 - steps < 4 * 36);
+}

@@ -12,8 +12,9 @@ const ByteSet = program.ByteSet;
 const program_instructions_max = regex.program_instructions_max;
 
 /// Unanchored search like Go's regexp.MatchString / RE2 PartialMatch: true when any
-/// substring matches. Linear in input length; no allocation.
-pub fn isMatch(insts: []const Inst, sets: []const ByteSet, input: []const u8) bool {
+/// substring matches. Linear in input length; no allocation. With `steps` (see `Steps`),
+/// null once the work would pass the steps left.
+pub fn search(insts: []const Inst, sets: []const ByteSet, input: []const u8, steps: ?*u32) ?bool {
     assert(insts.len > 0);
     assert(insts.len <= program_instructions_max);
     var lists: [2]ThreadList = undefined;
@@ -23,10 +24,22 @@ pub fn isMatch(insts: []const Inst, sets: []const ByteSet, input: []const u8) bo
     current.clear();
     // Threads started after offset 0 would die at once on a leading `^`.
     const anchored = insts[0].op == .assert_begin;
+    if (steps) |left| if (left.* == 0) return null;
     var pos: usize = 0;
     while (true) : (pos += 1) {
         if (pos == 0 or !anchored) {
             if (addThread(insts, current, &stack, 0, pos, input.len)) return true;
+        }
+        // The work of this offset: every instruction reached, every thread to step. One
+        // offset's work (at most 2 × program_instructions_max) may pass the allowance before
+        // the search stops; that is the whole overshoot.
+        if (steps) |left| {
+            const cost = @as(u32, current.len) + current.visited + 1;
+            if (left.* < cost) {
+                left.* = 0;
+                return null;
+            }
+            left.* -= cost;
         }
         if (pos == input.len) return false;
         if (anchored and current.len == 0) return false;
@@ -61,6 +74,7 @@ fn addThread(
     var stack_len: usize = 1;
     while (stack_len > 0) {
         stack_len -= 1;
+        list.visited += 1;
         const pc = stack[stack_len];
         const inst = insts[pc];
         var targets: [2]u16 = .{ none, none };
@@ -94,10 +108,13 @@ const ThreadList = struct {
     /// Only `byte_set` instructions; empty-width ones are resolved by `addThread`.
     pcs: [program_instructions_max]u16,
     len: u16,
+    /// Instructions `addThread` reached for this list: the empty-width work of one offset.
+    visited: u32,
     seen: std.StaticBitSet(program_instructions_max),
 
     fn clear(list: *ThreadList) void {
         list.len = 0;
+        list.visited = 0;
         list.seen = .empty;
     }
 };
