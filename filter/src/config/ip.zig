@@ -13,6 +13,9 @@ pub const Range = struct {
     prefix_bits: u8,
 
     pub fn contains(self: Range, address: Address) bool {
+        // A /0 of either family holds every address, as in Higress's radix tree, where IPv4
+        // and IPv6 prefixes share one root: `0.0.0.0/0` also matches IPv6 clients.
+        if (self.prefix_bits == 0 or (self.base.is_ipv4 and self.prefix_bits == 96)) return true;
         if (self.base.is_ipv4 != address.is_ipv4) return false;
         const full_bytes = self.prefix_bits / 8;
         if (!std.mem.eql(u8, self.base.bytes[0..full_bytes], address.bytes[0..full_bytes])) return false;
@@ -222,6 +225,8 @@ test "ip: IPv4 CIDR containment" {
     try std.testing.expect(odd.contains(try parseAddress("192.168.1.200")));
     try std.testing.expect(!odd.contains(try parseAddress("192.168.1.127")));
     try std.testing.expect((try parseRange("0.0.0.0/0")).contains(try parseAddress("8.8.8.8")));
+    try std.testing.expect((try parseRange("0.0.0.0/0")).contains(try parseAddress("2001:db8::1")));
+    try std.testing.expect((try parseRange("::/0")).contains(try parseAddress("8.8.8.8")));
 }
 
 test "ip: IPv6 forms and containment" {

@@ -97,18 +97,70 @@ fn authorizationEql(key: []const u8, value: []const u8) bool {
     return std.ascii.eqlIgnoreCase(key[0..space], value[0..space]) and std.mem.eql(u8, key[space..], value[space..]);
 }
 
-/// Value of query parameter `name` in a request path ("/v1/chat?team=red&x=1"), raw
-/// (not percent-decoded: the raw form identifies the caller just as well and needs no copy).
-pub fn queryParam(path: []const u8, name: []const u8) ?[]const u8 {
+/// Value of query parameter `name` in a request path ("/v1/chat?team=red+one&x=1"), decoded
+/// into `out` as Go's url.ParseQuery decodes it (Higress reads parameters with it): pairs split
+/// on `&`; a pair holding `;` is skipped, as is one whose key or value does not unescape; keys
+/// and values unescaped (`+` is a space, `%XX` a byte); the first pair whose key is `name`
+/// wins. (Go also returns an error for such a query, and Higress then skips the item: an
+/// unlimited request. tokenlimit reads the pairs that parse instead.) Null when no pair
+/// names it, or when the decoded value is longer than `out` (then the raw value, longer than
+/// `value_bytes_max` too, is returned instead: it is held to the strictest limits anyway).
+pub fn queryParam(path: []const u8, name: []const u8, out: []u8) ?[]const u8 {
     const query_start = std.mem.indexOfScalar(u8, path, '?') orelse return null;
     var query = path[query_start + 1 ..];
     if (std.mem.indexOfScalar(u8, query, '#')) |fragment| query = query[0..fragment];
     var pairs = std.mem.splitScalar(u8, query, '&');
     while (pairs.next()) |pair| {
+        if (pair.len == 0 or std.mem.indexOfScalar(u8, pair, ';') != null) continue;
         const equals = std.mem.indexOfScalar(u8, pair, '=') orelse pair.len;
-        if (std.mem.eql(u8, pair[0..equals], name)) return if (equals < pair.len) pair[equals + 1 ..] else "";
+        if (!unescapedEql(pair[0..equals], name)) continue;
+        const raw = if (equals < pair.len) pair[equals + 1 ..] else "";
+        if (!validEscapes(raw)) continue;
+        if (raw.len > out.len) return raw;
+        return unescape(raw, out);
     }
     return null;
+}
+
+/// Whether every `%` starts a two-hex-digit escape (Go's QueryUnescape refuses the pair else).
+fn validEscapes(text: []const u8) bool {
+    var i: usize = 0;
+    while (i < text.len) : (i += 1) {
+        if (text[i] != '%') continue;
+        if (i + 2 >= text.len or !std.ascii.isHex(text[i + 1]) or !std.ascii.isHex(text[i + 2])) return false;
+        i += 2;
+    }
+    return true;
+}
+
+/// Query unescaping of `text` (escapes already checked) into `out` (at least as long).
+fn unescape(text: []const u8, out: []u8) []const u8 {
+    var len: usize = 0;
+    var i: usize = 0;
+    while (i < text.len) : (len += 1) {
+        out[len] = unescapeAt(text, &i);
+    }
+    return out[0..len];
+}
+
+/// The byte that the escape or character at `i.*` stands for; moves `i.*` past it.
+fn unescapeAt(text: []const u8, i: *usize) u8 {
+    const c = text[i.*];
+    i.* += 1;
+    if (c == '+') return ' ';
+    if (c != '%') return c;
+    i.* += 2;
+    return std.fmt.parseInt(u8, text[i.* - 2 .. i.*], 16) catch unreachable;
+}
+
+/// Whether the query key `raw` unescapes to `name`; a key that does not unescape never does.
+fn unescapedEql(raw: []const u8, name: []const u8) bool {
+    if (!validEscapes(raw)) return false;
+    var i: usize = 0;
+    for (name) |c| {
+        if (i == raw.len or unescapeAt(raw, &i) != c) return false;
+    }
+    return i == raw.len;
 }
 
 /// Value of cookie `name` in a `cookie` header ("a=1; session=xyz").
@@ -128,14 +180,73 @@ pub fn firstListValue(header: []const u8) []const u8 {
     return std.mem.trim(u8, header[0..comma], " \t");
 }
 
-/// Whether a request host matches a Higress `_match_domain_` entry ("api.x.com", "*.x.com").
+/// Whether a request host matches a Higress `_match_domain_` entry as Higress's rule matcher
+/// reads it: `*x` is any host ending in `x` (so `*` is every host, `*.x.com` every subdomain),
+/// `x*` any host starting with `x` (`api.*`), anything else the host itself. The port is
+/// ignored. Unlike Higress (which compares bytes) the comparison ignores case, as DNS does, so
+/// `API.example.com` cannot step out of a rule written for `api.example.com`.
 pub fn domainMatches(pattern: []const u8, authority: []const u8) bool {
     const host = hostOf(authority);
-    if (std.mem.startsWith(u8, pattern, "*.")) {
-        const suffix = pattern[1..];
-        return host.len > suffix.len and std.ascii.endsWithIgnoreCase(host, suffix);
+    if (pattern.len > 0 and pattern[0] == '*') return std.ascii.endsWithIgnoreCase(host, pattern[1..]);
+    if (pattern.len > 0 and pattern[pattern.len - 1] == '*') {
+        return std.ascii.startsWithIgnoreCase(host, pattern[0 .. pattern.len - 1]);
     }
     return std.ascii.eqlIgnoreCase(pattern, host);
+}
+
+/// A Higress `_rules_` entry's conditions (config.RouteRule, plus the fields config/ does not
+/// parse yet: `_match_route_prefix_` and `_match_consumer_` stay empty until it does).
+pub const RouteConditions = struct {
+    routes: []const []const u8,
+    domains: []const []const u8,
+    services: []const []const u8,
+    route_prefixes: []const []const u8 = &.{},
+    consumers: []const []const u8 = &.{},
+};
+
+/// What of a request the conditions look at; null where the host has none.
+pub const RequestRoute = struct {
+    route: ?[]const u8 = null,
+    authority: ?[]const u8 = null,
+    cluster: ?[]const u8 = null,
+    consumer: ?[]const u8 = null,
+};
+
+/// Whether a `_rules_` entry applies, as Higress's rule matcher combines the conditions: the
+/// first kind present decides, in this order: routes (AND services, when both are given);
+/// else domains (services ignored); else services; else route prefixes (AND consumers, when
+/// given). Empty names never match, as Higress drops them when it reads the config.
+pub fn routeConditionsMatch(conditions: RouteConditions, request: RequestRoute) bool {
+    if (conditions.routes.len > 0) {
+        if (!anyEql(conditions.routes, request.route)) return false;
+        return conditions.services.len == 0 or anyService(conditions.services, request.cluster);
+    }
+    if (conditions.domains.len > 0) {
+        const authority = request.authority orelse return false;
+        for (conditions.domains) |domain| if (domainMatches(domain, authority)) return true;
+        return false;
+    }
+    if (conditions.services.len > 0) return anyService(conditions.services, request.cluster);
+    if (conditions.route_prefixes.len > 0) {
+        const route = request.route orelse return false;
+        const prefixed = for (conditions.route_prefixes) |prefix| {
+            if (prefix.len > 0 and std.mem.startsWith(u8, route, prefix)) break true;
+        } else false;
+        return prefixed and (conditions.consumers.len == 0 or anyEql(conditions.consumers, request.consumer));
+    }
+    return false;
+}
+
+fn anyEql(names: []const []const u8, value: ?[]const u8) bool {
+    const text = value orelse return false;
+    for (names) |name| if (name.len > 0 and std.mem.eql(u8, name, text)) return true;
+    return false;
+}
+
+fn anyService(services: []const []const u8, cluster: ?[]const u8) bool {
+    const name = cluster orelse return false;
+    for (services) |service| if (service.len > 0 and serviceMatches(service, name)) return true;
+    return false;
 }
 
 fn hostOf(authority: []const u8) []const u8 {
@@ -162,12 +273,38 @@ pub fn serviceMatches(pattern: []const u8, cluster_name: []const u8) bool {
 
 // ---- tests -----------------------------------------------------------------------------------
 
+test "match: route, domain and service conditions combine as Higress combines them" {
+    const cluster = "outbound|80||llm.ns.svc.cluster.local";
+    const request: RequestRoute = .{ .route = "chat", .authority = "b.example", .cluster = cluster, .consumer = "alice" };
+    // Routes decide; domains beside them are ignored; services beside them must match too.
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{"a.example"}, .services = &.{} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{}, .services = &.{"other"} }, request));
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{}, .services = &.{"llm.ns.svc.cluster.local"} }, request));
+    // Domains decide over services.
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{"a.example"}, .services = &.{"llm.ns.svc.cluster.local"} }, request));
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{"llm.ns.svc.cluster.local:80"} }, request));
+    // Route prefixes, alone or with consumers.
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"}, .consumers = &.{"bob"} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{""}, .domains = &.{}, .services = &.{} }, .{ .route = "" }));
+}
+
 test "match: query parameters and cookies" {
-    try std.testing.expectEqualStrings("red", queryParam("/v1/chat?team=red&x=1", "team").?);
-    try std.testing.expectEqualStrings("1", queryParam("/v1/chat?team=red&x=1#frag", "x").?);
-    try std.testing.expectEqualStrings("", queryParam("/v1?flag", "flag").?);
-    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1/chat", "team"));
-    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1?teams=red", "team"));
+    var out: [64]u8 = undefined;
+    try std.testing.expectEqualStrings("red", queryParam("/v1/chat?team=red&x=1", "team", &out).?);
+    try std.testing.expectEqualStrings("1", queryParam("/v1/chat?team=red&x=1#frag", "x", &out).?);
+    try std.testing.expectEqualStrings("", queryParam("/v1?flag", "flag", &out).?);
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1/chat", "team", &out));
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1?teams=red", "team", &out));
+    // As Go's url.ParseQuery: decoded, `;` pairs and bad escapes skipped, first value wins.
+    try std.testing.expectEqualStrings("team one", queryParam("/v?k=team+one", "k", &out).?);
+    try std.testing.expectEqualStrings("a b/", queryParam("/v?%6B=a%20b%2f&k=2", "k", &out).?);
+    try std.testing.expectEqualStrings("3", queryParam("/v?k=1;x&k=%zz&k=%4&k=3", "k", &out).?);
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v?k=1;2", "k", &out));
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v?k%=1", "k", &out));
+    // Too long to decode into `out`: the raw value, which the caller holds to the strictest limits.
+    var small: [2]u8 = undefined;
+    try std.testing.expectEqualStrings("a+b", queryParam("/v?k=a+b", "k", &small).?);
     try std.testing.expectEqualStrings("xyz", cookieValue("a=1; session=xyz", "session").?);
     try std.testing.expectEqualStrings("q", cookieValue("session=\"q\"", "session").?);
     try std.testing.expectEqual(@as(?[]const u8, null), cookieValue("sessionx=1", "session"));
@@ -178,6 +315,11 @@ test "match: domains and services as Higress names them" {
     try std.testing.expect(domainMatches("*.example.com", "api.example.com:8080"));
     try std.testing.expect(!domainMatches("*.example.com", "example.com"));
     try std.testing.expect(domainMatches("API.example.org", "api.example.org"));
+    try std.testing.expect(domainMatches("*", "anything:1"));
+    try std.testing.expect(domainMatches("api.*", "api.example.com"));
+    try std.testing.expect(!domainMatches("api.*", "www.api.example.com"));
+    try std.testing.expect(domainMatches("*example.com", "example.com"));
+    try std.testing.expect(domainMatches("[::1]", "[::1]:80") or domainMatches("::1", "[::1]:80"));
     try std.testing.expect(serviceMatches("llm.ns.svc.cluster.local", "outbound|80||llm.ns.svc.cluster.local"));
     try std.testing.expect(serviceMatches("llm.ns.svc.cluster.local:80", "outbound|80||llm.ns.svc.cluster.local"));
     try std.testing.expect(!serviceMatches("llm.ns.svc.cluster.local:81", "outbound|80||llm.ns.svc.cluster.local"));
