@@ -35,9 +35,13 @@ HOSTILE = [
     "\\w{500}\\d{500}Z",
     "(a*)*(b*)*(a|aa)*c",
 ]
+# Non-ASCII: every step decodes a character and searches a class's ranges.
+UNICODE = "[\\p{Latin}\\p{Greek}\\p{Cyrillic}\\p{Han}]{1000}Z"
+E_ACUTE = "\u00e9"
 # (label, patterns per item, items, value)
 CASES = [
     *((f"4 x `{p}`".replace("|", "\\|"), [p] * 4, 1, "a" * VALUE_BYTES) for p in HOSTILE),
+    ("4 x `" + UNICODE + "` over 2,048 x é", [UNICODE] * 4, 1, E_ACUTE * (VALUE_BYTES // 2)),
     ("32 items x 63 keys, all of the above", HOSTILE * 11, 32, "ab" * (VALUE_BYTES // 2)),
 ]
 

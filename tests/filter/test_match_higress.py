@@ -171,3 +171,27 @@ def test_route_domain_and_service_combine_as_higress_combines_them(
     request = chat_request(**{":authority": authority})
     properties = {"route_name": route, "cluster_name": cluster}
     assert rule_applies(h, request, properties) is applies
+
+
+@pytest.mark.parametrize(
+    ("pattern", "consumer", "matches"),
+    [
+        ("^.{3}$", "专用1", True),  # by character, as Go's regexp: 3 runes, 7 bytes
+        ("^\\p{Han}+$", "专用", True),
+        ("^\\p{Han}+$", "专用1", False),
+        ("^[[:alpha:]]+$", "team", True),
+        ("^[[:alpha:]]+$", "team1", False),
+        ("\\bvip\\b", "the vip team", True),
+        ("\\bvip\\b", "vipteam", False),
+        ("^(?P<team>[a-z]+)-(?<tier>\\d)$", "red-1", True),
+        ("^[^a]$", "专", True),
+        ("^\\x{4e13}", "专用", True),
+    ],
+)
+def test_regexps_match_by_character_with_go_syntax(
+    make_host: Any, pattern: str, consumer: str, matches: bool
+) -> None:
+    h = configured(make_host, per_item({"limit_by_per_consumer": ""}, key=f"regexp:{pattern}"))
+    request = chat_request(**{"x-mse-consumer": consumer})
+    exchange(h, request, 20, 0)
+    assert (exchange(h, request, 1, 0).local_response is not None) is matches

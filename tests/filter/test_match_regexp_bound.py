@@ -22,6 +22,7 @@ HOSTILE = [
     "(.{100}){9}Z",
     "(a|b|c|d|e|f|g|h|aa|bb|cc|dd|ee|ff|gg|hh){15}Z",
     "\\w{500}\\d{500}Z",
+    "[\\p{Latin}\\p{Greek}\\p{Cyrillic}\\p{Han}]{1000}Z",
 ]
 
 
@@ -61,6 +62,11 @@ def test_four_hostile_keys_at_the_longest_value_stay_within_the_bound(
     make_host: Any, pattern: str
 ) -> None:
     assert regexp_ms(make_host, [pattern] * 4, "a" * 4096) < REGEXP_MS_MAX
+
+
+def test_hostile_keys_over_non_ascii_values_stay_within_the_bound(make_host: Any) -> None:
+    assert regexp_ms(make_host, [HOSTILE[-1]] * 4, "\u00e9" * 2048) < REGEXP_MS_MAX
+    assert regexp_ms(make_host, [HOSTILE[-1]] * 4, "\u4e13" * 1365) < REGEXP_MS_MAX
 
 
 def test_the_largest_hostile_config_stays_within_the_bound(make_host: Any) -> None:

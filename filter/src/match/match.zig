@@ -16,7 +16,7 @@ pub const value_bytes_max = 4096;
 /// about 1 ms of a worker's time (bench/regexp.py measures it); a benign key over a benign
 /// value costs a few steps per byte. A value whose keys are still undecided when the steps run
 /// out is held to the strictest limits of those keys (`Decision.unknown`).
-pub const regexp_steps_per_request_max: u32 = 65536;
+pub const regexp_steps_per_request_max: u32 = 49152;
 
 /// A request's value for one item, in the one spelling its budget is named by.
 pub const Subject = struct {
