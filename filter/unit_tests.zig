@@ -15,11 +15,13 @@ test {
     _ = @import("src/config/parse.zig");
     _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");
+    _ = @import("src/config/regex/charset.zig");
     _ = @import("src/config/regex/compile.zig");
     _ = @import("src/config/regex/parse.zig");
     _ = @import("src/config/regex/program.zig");
     _ = @import("src/config/regex/regex.zig");
     _ = @import("src/config/regex/regex_test.zig");
+    _ = @import("src/config/regex/unicode.zig");
     _ = @import("src/config/regex/vm.zig");
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/context.zig");

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -110,7 +111,7 @@ def request(vector: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     if limit_type in ("header", "per_header"):
         headers[source.lower()] = value
     elif limit_type in ("param", "per_param"):
-        headers[":path"] += f"?other=1&{source}={value}"
+        headers[":path"] += f"?other=1&{source}={quote(value)}"  # the filter decodes it
     elif limit_type in ("cookie", "per_cookie"):
         headers["cookie"] = f"other=1; {source}={value}"
     elif limit_type in ("consumer", "per_consumer"):

@@ -1,14 +1,18 @@
-"""Syntax check for `regexp:` limit keys: a port of the filter's parser (filter/src/regex.zig).
+"""Syntax check for `regexp:` limit keys: a port of the filter's parser (filter/src/config/regex/).
 
-The filter matches keys with its own linear-time matcher, a byte-oriented RE2 subset. `re.compile`
-cannot stand in for it: it refuses patterns the filter accepts (`^*a`) and accepts patterns the
-filter refuses (`(?m)`, `(?i:...)`, `\\A`). So this module follows regex.zig's recursive-descent
-parser step by step, with the same checks in the same order and the same messages, and computes
-the size of the program the filter would compile (the filter refuses more than 1024
-instructions). Keep the two in step: tests/model/test_model_vectors.py pins the accepted syntax.
+The filter matches keys with its own linear-time matcher: Go's regexp syntax (what Higress users
+write), less what it refuses, matched by character as Go does. `re.compile` cannot stand in for
+it: it refuses patterns the filter accepts (`^*a`, `\\p{Han}`) and accepts patterns the filter
+refuses (`(?m)`, `(?i:...)`). So this module follows parse.zig's recursive-descent parser step
+by step, with the same checks in the same order and the same messages, and computes the size
+of the program the filter would compile (the filter refuses more than 1024 instructions). Keep
+the two in step: tests/model/test_model_vectors.py checks this port against regex_test.zig's
+tables.
 
-Supported: literals, `.`, `^`, `$`, `|`, `(re)`, `(?:re)`, classes `[a-z]` `[^...]` (a literal `]`
-written `\\]`), `\\d \\w \\s \\D \\W \\S`, escaped ASCII punctuation, `\\n \\r \\t \\f \\v \\xHH`,
+Supported: literals (any UTF-8), `.`, `^ $ \\A \\z \\b \\B`, `|`, `(re)`, `(?:re)`,
+`(?P<name>re)`, `(?<name>re)`, classes `[a-z]` `[^...]` (a literal `]` written `\\]`) with POSIX
+`[:alpha:]` items, `\\d \\w \\s \\D \\W \\S`, `\\p{Script}` `\\P{Script}` `\\p{^Script}` for the
+scripts in `UNICODE_SCRIPTS`, escaped ASCII punctuation, `\\a \\n \\r \\t \\f \\v \\xHH \\x{H..}`,
 `* + ? {n} {n,} {n,m}` (n, m <= 1000) with an optional lazy `?`, and `(?i)` at the very start.
 """
 
@@ -25,7 +29,35 @@ _COMPILE_STEPS_MAX = 16 * PROGRAM_INSTRUCTIONS_MAX
 _UNBOUNDED = -1
 _PUNCTUATION = frozenset(string.punctuation.encode())
 _PERL_CLASSES = frozenset(b"dDwWsS")
-_CONTROL_ESCAPES = frozenset(b"nrtfv")
+_CONTROL_ESCAPES = {ord("a"): 0x07, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09}
+_CONTROL_ESCAPES |= {ord("f"): 0x0C, ord("v"): 0x0B}
+_MAX_CODE_POINT = 0x10FFFF
+# filter/src/config/regex/unicode.zig: the scripts `\p{..}` can name, in its order.
+UNICODE_SCRIPTS = ("Cyrillic", "Greek", "Han", "Hangul", "Hiragana", "Katakana", "Latin")
+POSIX_CLASSES = frozenset(
+    {
+        *("alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph"),
+        *("lower", "print", "punct", "space", "upper", "word", "xdigit"),
+    }
+)
+_WORD_BYTES = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_GROUP_SYNTAX = (
+    "unsupported group syntax; only (...), (?:...), (?P<name>...), (?<name>...) and a leading "
+    "(?i) are supported"
+)
+_GROUP_NAME = "invalid group name; write (?P<name>...) with letters, digits and _"
+_HEX_ESCAPE = "\\x must be followed by two hex digits or by {hex digits} up to 10FFFF"
+_UNICODE_CLASS = "unsupported unicode class; supported: \\p{Name} for the scripts " + ", ".join(
+    UNICODE_SCRIPTS
+)
+_POSIX_CLASS = (
+    "unknown POSIX class; use one of alnum alpha ascii blank cntrl digit graph lower print "
+    "punct space upper word xdigit, as [[:alpha:]]"
+)
+_ESCAPES = (
+    "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\p{..} \\P{..}, "
+    "\\b \\B \\A \\z, \\a \\n \\r \\t \\f \\v, \\xHH and \\x{H..} may be escaped"
+)
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _FOLD_CASE_PREFIX = b"(?i)"
 
@@ -54,7 +86,12 @@ _EMPTY = _Size(insts=0, steps=1)
 def regexp_problem(pattern: str) -> str | None:
     """Why the filter would refuse `pattern` (its own words), or None when it compiles it."""
     try:
-        _Parser(pattern.encode()).parse()
+        encoded = pattern.encode()
+    except UnicodeEncodeError as error:  # a lone surrogate: no UTF-8 spells it
+        offset = len(pattern[: error.start].encode())
+        return f"invalid regexp at offset {offset}: invalid UTF-8 in pattern"
+    try:
+        _Parser(encoded).parse()
     except _Refused as refused:
         if refused.offset is None:
             return f"regexp is too complex: {refused.message}"
@@ -67,6 +104,7 @@ class _Parser:
         self.pattern = pattern
         self.pos = 0
         self.nodes = 0
+        self.names: set[bytes] = set()
 
     def parse(self) -> None:
         if len(self.pattern) > PATTERN_BYTES_MAX:
@@ -182,14 +220,27 @@ class _Parser:
             self._class()
             return self._node(_ONE)
         if byte == ord("\\"):
-            self._escape()
+            if self.pattern[start + 1 : start + 2] in (b"b", b"B", b"A", b"z"):
+                self.pos += 2  # an assertion: one instruction
+            else:
+                self._escape()
             return self._node(_ONE)
         if byte in b"*+?":
             raise _Refused(start, "quantifier has nothing to repeat")
         if byte == ord("{") and self._count() is not None:
             raise _Refused(start, "quantifier has nothing to repeat")
-        self.pos += 1  # `.`, `^`, `$` and literal bytes: one instruction each
+        if byte not in b".^$":
+            self._literal()
+            return self._node(_ONE)
+        self.pos += 1  # `.`, `^`, `$`: one instruction each
         return self._node(_ONE)
+
+    def _literal(self) -> int:
+        """The code point of the UTF-8 character at pos (the pattern came from a `str`)."""
+        length = _utf8_length(self.pattern[self.pos])
+        char = self.pattern[self.pos : self.pos + length]
+        self.pos += length
+        return ord(char.decode())
 
     def _group(self) -> _Size:
         start = self.pos
@@ -200,22 +251,31 @@ class _Parser:
             second = rest[1] if len(rest) > 1 else 0
             if first in b"=!" or (first == ord("<") and second in b"=!"):
                 raise _Refused(start, "lookaround is not supported (RE2 syntax)")
-            if first in b"<P'":
-                raise _Refused(start, "named groups are not supported; use (...) or (?:...)")
-            if first == ord("i") and second == ord(")"):
+            if first == ord("<") or (first == ord("P") and second == ord("<")):
+                self._group_name(start, start + (3 if first == ord("<") else 4))
+            elif first == ord("i") and second == ord(")"):
                 raise _Refused(start, "the (?i) flag is only supported at the start of the pattern")
-            if first != ord(":"):
-                raise _Refused(
-                    start,
-                    "unsupported group syntax; only (...), (?:...) and a leading (?i) are "
-                    "supported",
-                )
-            self.pos += 2
+            elif first == ord(":"):
+                self.pos += 2
+            else:
+                raise _Refused(start, _GROUP_SYNTAX)
         inner = self._alternation()
         if not self._at(ord(")")):
             raise _Refused(start, "missing closing ')' for group")
         self.pos += 1
         return inner
+
+    def _group_name(self, start: int, name_start: int) -> None:
+        close = self.pattern.find(b">", name_start)
+        if close < 0:
+            raise _Refused(start, _GROUP_NAME)
+        name = self.pattern[name_start:close]
+        if not name or any(c not in _WORD_BYTES for c in name):
+            raise _Refused(start, _GROUP_NAME)
+        if name in self.names:
+            raise _Refused(start, "duplicate group name")
+        self.names.add(name)
+        self.pos = close + 1
 
     def _class(self) -> None:
         start = self.pos
@@ -243,21 +303,22 @@ class _Parser:
         self.pos += 1
 
     def _class_item(self) -> int | None:
-        """The byte of a class item, or None for a class escape such as `\\d`."""
+        """The code point of a class item, or None for a class such as `\\d` or `[:alpha:]`."""
         byte = self.pattern[self.pos]
         if byte == ord("\\"):
             return self._escape()
-        if (
-            byte == ord("[")
-            and self.pos + 1 < len(self.pattern)
-            and self.pattern[self.pos + 1] == ord(":")
-        ):
-            raise _Refused(self.pos, "POSIX classes like [:alpha:] are not supported")
-        self.pos += 1
-        return byte
+        if self.pattern.startswith(b"[:", self.pos):
+            close = self.pattern.find(b":]", self.pos + 2)
+            if close >= 0:  # as Go: `[:` starts a POSIX class only when `:]` closes it
+                name = self.pattern[self.pos + 2 : close].removeprefix(b"^").decode()
+                if name not in POSIX_CLASSES:
+                    raise _Refused(self.pos, _POSIX_CLASS)
+                self.pos = close + 2
+                return None
+        return self._literal()
 
     def _escape(self) -> int | None:
-        """The byte an escape stands for, or None for `\\d`-style classes."""
+        """The code point an escape stands for, or None for a class such as `\\d`."""
         start = self.pos
         if start + 1 == len(self.pattern):
             raise _Refused(start, "trailing backslash at end of pattern")
@@ -265,29 +326,52 @@ class _Parser:
         self.pos = start + 2
         if byte in _PERL_CLASSES:
             return None
+        if byte in b"pP":
+            self._unicode_class(start)
+            return None
         if byte in _CONTROL_ESCAPES:
-            return b"\n\r\t\f\v"[b"nrtfv".index(byte)]
+            return _CONTROL_ESCAPES[byte]
         if byte == ord("x"):
-            digits = self.pattern[start + 2 : start + 4]
-            if len(digits) == 2 and all(d in _HEX_DIGITS for d in digits):
-                self.pos = start + 4
-                return int(digits, 16)
-            raise _Refused(start, "\\x must be followed by exactly two hex digits")
+            return self._hex_escape(start)
         if byte in b"123456789k":
             raise _Refused(start, "backreferences are not supported (RE2 syntax)")
         if byte in b"bB":
-            raise _Refused(start, "word boundaries (\\b, \\B) are not supported")
-        if byte in b"pP":
-            raise _Refused(
-                start, "unicode classes (\\p, \\P) are not supported; matching is byte-oriented"
-            )
+            raise _Refused(start, "word boundaries (\\b, \\B) are not allowed inside a class")
         if byte in _PUNCTUATION:
             return byte
-        raise _Refused(
-            start,
-            "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, "
-            "\\n \\r \\t \\f \\v and \\xHH may be escaped",
-        )
+        raise _Refused(start, _ESCAPES)
+
+    def _hex_escape(self, start: int) -> int:
+        braced = self._at(ord("{"))
+        digits_start = start + 3 if braced else start + 2
+        if braced:
+            digits_end = self.pattern.find(b"}", digits_start)
+            if digits_end < 0:
+                raise _Refused(start, _HEX_ESCAPE)
+        else:
+            digits_end = min(digits_start + 2, len(self.pattern))
+        digits = self.pattern[digits_start:digits_end]
+        if not digits or (not braced and len(digits) != 2) or len(digits) > 6:
+            raise _Refused(start, _HEX_ESCAPE)
+        if any(d not in _HEX_DIGITS for d in digits) or int(digits, 16) > _MAX_CODE_POINT:
+            raise _Refused(start, _HEX_ESCAPE)
+        self.pos = digits_end + 1 if braced else digits_end
+        return int(digits, 16)
+
+    def _unicode_class(self, start: int) -> None:
+        if not self._at(ord("{")):
+            raise _Refused(start, _UNICODE_CLASS)
+        close = self.pattern.find(b"}", self.pos)
+        if close < 0:
+            raise _Refused(start, "missing closing '}' for \\p{...}")
+        name = self.pattern[self.pos + 1 : close].removeprefix(b"^")
+        if name.decode() not in UNICODE_SCRIPTS:
+            raise _Refused(start, _UNICODE_CLASS)
+        self.pos = close + 1
+
+
+def _utf8_length(first: int) -> int:
+    return 1 if first < 0x80 else 2 if first < 0xE0 else 3 if first < 0xF0 else 4
 
 
 def _digits(pattern: bytes, i: int) -> tuple[int | None, int]:

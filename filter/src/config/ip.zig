@@ -13,6 +13,9 @@ pub const Range = struct {
     prefix_bits: u8,
 
     pub fn contains(self: Range, address: Address) bool {
+        // A /0 of either family holds every address, as in Higress's radix tree, where IPv4
+        // and IPv6 prefixes share one root: `0.0.0.0/0` also matches IPv6 clients.
+        if (self.prefix_bits == 0 or (self.base.is_ipv4 and self.prefix_bits == 96)) return true;
         if (self.base.is_ipv4 != address.is_ipv4) return false;
         const full_bytes = self.prefix_bits / 8;
         if (!std.mem.eql(u8, self.base.bytes[0..full_bytes], address.bytes[0..full_bytes])) return false;
@@ -127,6 +130,81 @@ fn parseIpv6(text: []const u8) ParseError!Address {
     return .{ .bytes = bytes, .is_ipv4 = is_ipv4 };
 }
 
+/// Longest canonical text `format` writes ("ffff:ffff:...:ffff" is 39 bytes).
+pub const text_bytes_max = 39;
+
+/// One address as a peer or an `X-Forwarded-For` entry spells it: bare ("1.2.3.4", "::1"),
+/// with a port ("1.2.3.4:5678", "[::1]:80") or bracketed ("[::1]"). Higress strips the same
+/// ports; a port that is not a number makes the entry unparsable rather than guessed at.
+pub fn parseEntry(entry: []const u8) ParseError!Address {
+    const text = std.mem.trim(u8, entry, " \t");
+    if (text.len > 0 and text[0] == '[') {
+        const close = std.mem.indexOfScalar(u8, text, ']') orelse return error.InvalidAddress;
+        try checkPort(text[close + 1 ..]);
+        return parseIpv6(text[1..close]);
+    }
+    const first_colon = std.mem.indexOfScalar(u8, text, ':') orelse return parseAddress(text);
+    if (std.mem.lastIndexOfScalar(u8, text, ':') != first_colon) return parseAddress(text); // IPv6
+    try checkPort(text[first_colon..]);
+    const address = try parseAddress(text[0..first_colon]);
+    if (!address.is_ipv4) return error.InvalidAddress;
+    return address;
+}
+
+/// "" or ":<1-5 digits>".
+fn checkPort(text: []const u8) ParseError!void {
+    if (text.len == 0) return;
+    if (text[0] != ':' or text.len < 2 or text.len > 6) return error.InvalidAddress;
+    for (text[1..]) |c| if (!std.ascii.isDigit(c)) return error.InvalidAddress;
+}
+
+/// The one spelling of `address` (as Go's net.IP.String writes it): IPv4 and IPv4-mapped IPv6
+/// as dotted quads, IPv6 in lower case with the longest run of two or more zero groups
+/// compressed (RFC 5952). So every spelling of one peer names one budget.
+pub fn format(address: Address, out: *[text_bytes_max]u8) []const u8 {
+    if (address.is_ipv4) {
+        const b = address.bytes[12..16];
+        return std.fmt.bufPrint(out, "{d}.{d}.{d}.{d}", .{ b[0], b[1], b[2], b[3] }) catch unreachable;
+    }
+    var groups: [8]u16 = undefined;
+    for (&groups, 0..) |*group, i| group.* = std.mem.readInt(u16, address.bytes[i * 2 ..][0..2], .big);
+    // The longest run of zero groups (the first on a tie), compressed only when 2 or longer.
+    var run_start: usize = 8;
+    var run_len: usize = 0;
+    var i: usize = 0;
+    while (i < 8) {
+        if (groups[i] != 0) {
+            i += 1;
+            continue;
+        }
+        const start = i;
+        while (i < 8 and groups[i] == 0) i += 1;
+        if (i - start > run_len) {
+            run_start = start;
+            run_len = i - start;
+        }
+    }
+    if (run_len < 2) run_start = 8;
+    var len: usize = 0;
+    i = 0;
+    while (i < 8) {
+        if (i == run_start) {
+            out[len..][0..2].* = "::".*;
+            len += 2;
+            i += run_len;
+            continue;
+        }
+        const written = std.fmt.bufPrint(out[len..], "{x}", .{groups[i]}) catch unreachable;
+        len += written.len;
+        i += 1;
+        if (i < 8 and i != run_start) {
+            out[len] = ':';
+            len += 1;
+        }
+    }
+    return out[0..len];
+}
+
 /// The address part of an Envoy `source.address` ("1.2.3.4:5678", "[::1]:80", "::1").
 pub fn stripPort(text: []const u8) []const u8 {
     if (text.len > 0 and text[0] == '[') {
@@ -147,6 +225,8 @@ test "ip: IPv4 CIDR containment" {
     try std.testing.expect(odd.contains(try parseAddress("192.168.1.200")));
     try std.testing.expect(!odd.contains(try parseAddress("192.168.1.127")));
     try std.testing.expect((try parseRange("0.0.0.0/0")).contains(try parseAddress("8.8.8.8")));
+    try std.testing.expect((try parseRange("0.0.0.0/0")).contains(try parseAddress("2001:db8::1")));
+    try std.testing.expect((try parseRange("::/0")).contains(try parseAddress("8.8.8.8")));
 }
 
 test "ip: IPv6 forms and containment" {
@@ -167,4 +247,19 @@ test "ip: strips ports from peer addresses" {
     try std.testing.expectEqualStrings("::1", stripPort("[::1]:80"));
     try std.testing.expectEqualStrings("::1", stripPort("::1"));
     try std.testing.expectEqualStrings("1.2.3.4", stripPort("1.2.3.4"));
+}
+
+test "ip: entries with ports and brackets parse; others do not" {
+    var text: [text_bytes_max]u8 = undefined;
+    const cases = [_][2][]const u8{
+        .{ "1.2.3.4:5678", "1.2.3.4" },            .{ " 10.0.0.1 ", "10.0.0.1" },
+        .{ "[2001:db8::1]:443", "2001:db8::1" },   .{ "[::1]", "::1" },
+        .{ "::ffff:10.1.1.1", "10.1.1.1" },        .{ "2001:DB8:0:0:0:0:0:0001", "2001:db8::1" },
+        .{ "0:0:0:0:0:0:0:0", "::" },              .{ "1:0:0:2:0:0:0:3", "1:0:0:2::3" },
+        .{ "1:2:3:4:5:6:7:0", "1:2:3:4:5:6:7:0" }, .{ "1:0:2:3:4:5:6:7", "1:0:2:3:4:5:6:7" },
+        .{ "fe80::", "fe80::" },
+    };
+    for (cases) |case| try std.testing.expectEqualStrings(case[1], format(try parseEntry(case[0]), &text));
+    const bad = [_][]const u8{ "unknown", "garbage", "[v6]", "[::1", "1.2.3.4:port", "1.2.3.4:", "", "[::1]x", "1.2.3.4:1234567" };
+    for (bad) |entry| try std.testing.expectError(error.InvalidAddress, parseEntry(entry));
 }

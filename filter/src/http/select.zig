@@ -15,58 +15,123 @@ const allocator = host.allocator;
 
 /// The rule for this request: the first `_rules_` entry that matches, else the default.
 pub fn rule(current: *const config.Config) ?*const config.Rule {
-    for (current.route_rules) |*route_rule| {
-        if (routeRuleMatches(route_rule)) return if (route_rule.rule) |*matched| matched else null;
+    if (current.route_rules.len > 0) {
+        var names: RouteNames = .{};
+        defer names.deinit();
+        const identity = names.fetch();
+        for (current.route_rules) |*route_rule| {
+            const conditions: match.RouteConditions = .{
+                .routes = route_rule.routes,
+                .domains = route_rule.domains,
+                .services = route_rule.services,
+            };
+            if (match.routeConditionsMatch(conditions, identity)) {
+                return if (route_rule.rule) |*matched| matched else null;
+            }
+        }
     }
     return if (current.default_rule) |*default| default else null;
 }
 
-fn routeRuleMatches(route_rule: *const config.RouteRule) bool {
-    if (route_rule.routes.len > 0) {
-        if (host.getProperty("route_name") catch null) |name| {
-            var bytes = name;
-            defer bytes.deinit();
-            for (route_rule.routes) |route| if (std.mem.eql(u8, route, bytes.bytes)) return true;
+/// The request's route, authority and cluster, read once for all `_rules_` entries.
+const RouteNames = struct {
+    route: ?host.HostBytes = null,
+    authority: ?host.HostBytes = null,
+    cluster: ?host.HostBytes = null,
+
+    fn fetch(self: *RouteNames) match.RequestRoute {
+        self.route = host.getProperty("route_name") catch null;
+        self.authority = host.getHeader(.request_headers, ":authority") catch null;
+        self.cluster = host.getProperty("cluster_name") catch null;
+        return .{
+            .route = if (self.route) |bytes| bytes.bytes else null,
+            .authority = if (self.authority) |bytes| bytes.bytes else null,
+            .cluster = if (self.cluster) |bytes| bytes.bytes else null,
+        };
+    }
+
+    fn deinit(self: *RouteNames) void {
+        inline for (.{ &self.route, &self.authority, &self.cluster }) |field| {
+            if (field.*) |*bytes| bytes.deinit();
         }
     }
-    if (route_rule.domains.len > 0) {
-        if (host.getHeader(.request_headers, ":authority") catch null) |authority| {
-            var bytes = authority;
-            defer bytes.deinit();
-            for (route_rule.domains) |domain| if (match.domainMatches(domain, bytes.bytes)) return true;
-        }
-    }
-    if (route_rule.services.len > 0) {
-        if (host.getProperty("cluster_name") catch null) |cluster| {
-            var bytes = cluster;
-            defer bytes.deinit();
-            for (route_rule.services) |service| if (match.serviceMatches(service, bytes.bytes)) return true;
-        }
-    }
-    return false;
-}
+};
 
 /// Adds one counter per (matching item, unit, window) of `selected`, merging items that name
 /// the same one.
 pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const config.Rule) !void {
+    var regexp_steps = match.regexp_steps_per_request_max;
     for (selected.items) |*item| {
+        if (item.limit_type == .global) {
+            try addItemCounters(counters, selected, item, "", &item.keys[0].limits);
+            continue;
+        }
         var raw = try requestValue(item);
         defer if (raw) |*bytes| bytes.deinit();
-        const value: []const u8 = if (item.limit_type == .global) "" else narrow(item, (raw orelse continue).bytes) orelse continue;
-        const key = if (item.limit_type == .global) &item.keys[0] else match.matchKey(item, value) orelse continue;
-        var hashed: counter.HashedValue = undefined;
-        const caller = counter.identity(item.limit_type, value, &hashed);
-        for ([_]config.Unit{ .requests, .tokens }) |unit| {
-            for (std.meta.tags(budget.Window)) |window| {
-                const limit = key.limits.get(unit, window) orelse continue;
-                try addCounter(counters, .{
-                    .key = try counter.counterKey(selected.name, item, unit, window, caller),
-                    .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
-                    .unit = unit,
-                });
-            }
+        var scratch: Scratch = undefined;
+        const subject = try subjectOf(item, if (raw) |bytes| bytes.bytes else null, &scratch) orelse continue;
+        const limits = switch (match.matchKey(item, subject, &regexp_steps)) {
+            .key => |key| key.limits,
+            .none => continue,
+            .unknown => |from| match.strictest(item, from),
+        };
+        try addItemCounters(counters, selected, item, subject.text, &limits);
+    }
+}
+
+fn addItemCounters(
+    counters: *std.ArrayList(store.Counter),
+    selected: *const config.Rule,
+    item: *const config.RuleItem,
+    value: []const u8,
+    limits: *const config.Limits,
+) !void {
+    var hashed: counter.HashedValue = undefined;
+    const caller = counter.identity(item.limit_type, value, &hashed);
+    for ([_]config.Unit{ .requests, .tokens }) |unit| {
+        for (std.meta.tags(budget.Window)) |window| {
+            const limit = limits.get(unit, window) orelse continue;
+            try addCounter(counters, .{
+                .key = try counter.counterKey(selected.name, item, unit, window, caller),
+                .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
+                .unit = unit,
+            });
         }
     }
+}
+
+/// Room for a canonical spelling: an address, an auth value with its scheme rewritten, or a
+/// decoded query parameter.
+const Scratch = struct {
+    address: [ip.text_bytes_max]u8,
+    value: [match.value_bytes_max]u8,
+};
+
+/// The value an item keys on, canonical (match.Subject), or null when the request has none and
+/// the item therefore does not apply. A per-IP item always has one: an address that is absent
+/// or does not parse (`unknown`, `garbage`) falls back to the peer's own address, and when even
+/// that fails to one shared "unparsable" caller held to the item's strictest limits.
+fn subjectOf(item: *const config.RuleItem, raw: ?[]const u8, scratch: *Scratch) !?match.Subject {
+    if (item.limit_type == .per_ip) {
+        const entry: ?[]const u8 = if (raw) |text| switch (item.ip_source) {
+            .remote_address => text,
+            .header => match.firstListValue(text),
+        } else null;
+        const address = if (entry) |text| ip.parseEntry(text) catch try peerAddress() else try peerAddress();
+        const parsed = address orelse return .{ .text = "unparsable" };
+        return .{ .text = ip.format(parsed, &scratch.address), .address = parsed };
+    }
+    const value = narrow(item, raw orelse return null, &scratch.value) orelse return null;
+    if (match.isAuthorizationItem(item)) {
+        return .{ .text = match.canonicalAuthorization(value, &scratch.value) };
+    }
+    return .{ .text = value };
+}
+
+fn peerAddress() host.Error!?ip.Address {
+    var peer = (try host.getProperty("source\x00address")) orelse return null;
+    defer peer.deinit();
+    return ip.parseEntry(peer.bytes) catch null;
 }
 
 fn addCounter(counters: *std.ArrayList(store.Counter), added: store.Counter) !void {
@@ -95,15 +160,11 @@ fn requestValue(item: *const config.RuleItem) host.Error!?host.HostBytes {
     };
 }
 
-/// Narrows a raw value to what the item matches: the parameter, the cookie, the address.
-fn narrow(item: *const config.RuleItem, raw: []const u8) ?[]const u8 {
+/// Narrows a raw value to what the item matches: the parameter, the cookie.
+fn narrow(item: *const config.RuleItem, raw: []const u8, out: []u8) ?[]const u8 {
     return switch (item.limit_type) {
-        .param, .per_param => match.queryParam(raw, item.source),
+        .param, .per_param => match.queryParam(raw, item.source, out),
         .cookie, .per_cookie => match.cookieValue(raw, item.source),
-        .per_ip => switch (item.ip_source) {
-            .remote_address => ip.stripPort(raw),
-            .header => match.firstListValue(raw),
-        },
         else => raw,
     };
 }

@@ -5,38 +5,162 @@ const std = @import("std");
 const config = @import("../config/config.zig");
 const ip = @import("../config/ip.zig");
 
-/// Longest key value read from a request; longer values are refused (and do not match)
-/// rather than truncated, so two long values can never share a budget by accident.
+/// Longest value tested against `limit_keys`. A longer one is no credential anyone issues, so it
+/// is not classified (no regexp runs over it): it is hashed whole (so two long values never
+/// share a budget by accident) and counted under the item's strictest limits (`Decision.unknown`),
+/// never let through unlimited.
 pub const value_bytes_max = 4096;
 
-/// The first `limit_keys` entry of `item` that matches `value`, or null.
-pub fn matchKey(item: *const config.RuleItem, value: []const u8) ?*const config.LimitKey {
-    if (value.len == 0 or value.len > value_bytes_max) return null;
-    const address: ?ip.Address = if (item.limit_type == .per_ip) ip.parseAddress(value) catch null else null;
-    for (item.keys) |*key| {
+/// Regexp steps one request may spend over all its items and keys (config/regex/regex.zig:
+/// one step per NFA thread stepped or instruction reached). Sized so the worst request costs
+/// about 1 ms of a worker's time (bench/regexp.py measures it); a benign key over a benign
+/// value costs a few steps per byte. A value whose keys are still undecided when the steps run
+/// out is held to the strictest limits of those keys (`Decision.unknown`).
+pub const regexp_steps_per_request_max: u32 = 49152;
+
+/// A request's value for one item, in the one spelling its budget is named by.
+pub const Subject = struct {
+    text: []const u8,
+    /// per_ip: the parsed address; null when neither the value nor the peer parses.
+    address: ?ip.Address = null,
+};
+
+/// Which limits a value gets: a key's, none (the item does not limit this value), or unknown
+/// from keys[n] on (the value could not be classified against them; the caller applies the
+/// strictest limits of keys[n..], which bound whatever the true match would have been).
+pub const Decision = union(enum) {
+    key: *const config.LimitKey,
+    none,
+    unknown: usize,
+};
+
+/// The first `limit_keys` entry of `item` that matches `subject`. `regexp_steps` is what is left
+/// of the request's allowance (`regexp_steps_per_request_max`); regexps spend it.
+pub fn matchKey(item: *const config.RuleItem, subject: Subject, regexp_steps: *u32) Decision {
+    const value = subject.text;
+    if (item.limit_type == .per_ip and subject.address == null) return .{ .unknown = 0 };
+    if (value.len == 0) return .none;
+    const authorization = isAuthorizationItem(item);
+    for (item.keys, 0..) |*key, index| {
         const matched = switch (key.matcher) {
-            .literal => |literal| std.mem.eql(u8, literal, value),
-            .any => item.limit_type != .per_ip or address != null,
-            .pattern => |*pattern| pattern.isMatch(value),
-            .ip_range => |range| if (address) |a| range.contains(a) else false,
+            .literal => |literal| if (authorization) authorizationEql(literal, value) else std.mem.eql(u8, literal, value),
+            .any => true,
+            .pattern => |*pattern| if (value.len > value_bytes_max)
+                return .{ .unknown = index }
+            else
+                pattern.isMatchWithin(value, regexp_steps) orelse return .{ .unknown = index },
+            .ip_range => |range| if (subject.address) |a| range.contains(a) else false,
         };
-        if (matched) return key;
+        if (matched) return .{ .key = key };
     }
-    return null;
+    return .none;
 }
 
-/// Value of query parameter `name` in a request path ("/v1/chat?team=red&x=1"), raw
-/// (not percent-decoded: the raw form identifies the caller just as well and needs no copy).
-pub fn queryParam(path: []const u8, name: []const u8) ?[]const u8 {
+/// The strictest limit per unit and window over `keys[from..]`.
+pub fn strictest(item: *const config.RuleItem, from: usize) config.Limits {
+    var limits: config.Limits = .{};
+    for (item.keys[from..]) |*key| {
+        inline for (.{ "tokens", "requests" }) |unit| {
+            for (&@field(limits, unit), @field(key.limits, unit)) |*kept, offered| {
+                if (offered) |limit| kept.* = @min(kept.* orelse limit, limit);
+            }
+        }
+    }
+    return limits;
+}
+
+/// Items keyed on `authorization` or `proxy-authorization`: `Bearer x` and `bearer x` are one
+/// credential (RFC 9110: the scheme is case-insensitive, the credential is not).
+pub fn isAuthorizationItem(item: *const config.RuleItem) bool {
+    const header_item = switch (item.limit_type) {
+        .header, .per_header => true,
+        else => false,
+    };
+    return header_item and (std.ascii.eqlIgnoreCase(item.source, "authorization") or
+        std.ascii.eqlIgnoreCase(item.source, "proxy-authorization"));
+}
+
+/// `value` with its auth scheme spelled one way ("Bearer", "Basic": first letter upper, the rest
+/// lower), copied into `out`; `value` itself when it has no scheme or does not fit.
+pub fn canonicalAuthorization(value: []const u8, out: []u8) []const u8 {
+    const space = std.mem.indexOfScalar(u8, value, ' ') orelse return value;
+    if (space == 0 or value.len > out.len) return value;
+    @memcpy(out[0..value.len], value);
+    out[0] = std.ascii.toUpper(value[0]);
+    for (out[1..space]) |*c| c.* = std.ascii.toLower(c.*);
+    return out[0..value.len];
+}
+
+fn authorizationEql(key: []const u8, value: []const u8) bool {
+    if (key.len != value.len) return false;
+    const space = std.mem.indexOfScalar(u8, key, ' ') orelse return std.mem.eql(u8, key, value);
+    return std.ascii.eqlIgnoreCase(key[0..space], value[0..space]) and std.mem.eql(u8, key[space..], value[space..]);
+}
+
+/// Value of query parameter `name` in a request path ("/v1/chat?team=red+one&x=1"), decoded
+/// into `out` as Go's url.ParseQuery decodes it (Higress reads parameters with it): pairs split
+/// on `&`; a pair holding `;` is skipped, as is one whose key or value does not unescape; keys
+/// and values unescaped (`+` is a space, `%XX` a byte); the first pair whose key is `name`
+/// wins. (Go also returns an error for such a query, and Higress then skips the item: an
+/// unlimited request. tokenlimit reads the pairs that parse instead.) Null when no pair
+/// names it, or when the decoded value is longer than `out` (then the raw value, longer than
+/// `value_bytes_max` too, is returned instead: it is held to the strictest limits anyway).
+pub fn queryParam(path: []const u8, name: []const u8, out: []u8) ?[]const u8 {
     const query_start = std.mem.indexOfScalar(u8, path, '?') orelse return null;
     var query = path[query_start + 1 ..];
     if (std.mem.indexOfScalar(u8, query, '#')) |fragment| query = query[0..fragment];
     var pairs = std.mem.splitScalar(u8, query, '&');
     while (pairs.next()) |pair| {
+        if (pair.len == 0 or std.mem.indexOfScalar(u8, pair, ';') != null) continue;
         const equals = std.mem.indexOfScalar(u8, pair, '=') orelse pair.len;
-        if (std.mem.eql(u8, pair[0..equals], name)) return if (equals < pair.len) pair[equals + 1 ..] else "";
+        if (!unescapedEql(pair[0..equals], name)) continue;
+        const raw = if (equals < pair.len) pair[equals + 1 ..] else "";
+        if (!validEscapes(raw)) continue;
+        if (raw.len > out.len) return raw;
+        return unescape(raw, out);
     }
     return null;
+}
+
+/// Whether every `%` starts a two-hex-digit escape (Go's QueryUnescape refuses the pair else).
+fn validEscapes(text: []const u8) bool {
+    var i: usize = 0;
+    while (i < text.len) : (i += 1) {
+        if (text[i] != '%') continue;
+        if (i + 2 >= text.len or !std.ascii.isHex(text[i + 1]) or !std.ascii.isHex(text[i + 2])) return false;
+        i += 2;
+    }
+    return true;
+}
+
+/// Query unescaping of `text` (escapes already checked) into `out` (at least as long).
+fn unescape(text: []const u8, out: []u8) []const u8 {
+    var len: usize = 0;
+    var i: usize = 0;
+    while (i < text.len) : (len += 1) {
+        out[len] = unescapeAt(text, &i);
+    }
+    return out[0..len];
+}
+
+/// The byte that the escape or character at `i.*` stands for; moves `i.*` past it.
+fn unescapeAt(text: []const u8, i: *usize) u8 {
+    const c = text[i.*];
+    i.* += 1;
+    if (c == '+') return ' ';
+    if (c != '%') return c;
+    i.* += 2;
+    return std.fmt.parseInt(u8, text[i.* - 2 .. i.*], 16) catch unreachable;
+}
+
+/// Whether the query key `raw` unescapes to `name`; a key that does not unescape never does.
+fn unescapedEql(raw: []const u8, name: []const u8) bool {
+    if (!validEscapes(raw)) return false;
+    var i: usize = 0;
+    for (name) |c| {
+        if (i == raw.len or unescapeAt(raw, &i) != c) return false;
+    }
+    return i == raw.len;
 }
 
 /// Value of cookie `name` in a `cookie` header ("a=1; session=xyz").
@@ -56,14 +180,73 @@ pub fn firstListValue(header: []const u8) []const u8 {
     return std.mem.trim(u8, header[0..comma], " \t");
 }
 
-/// Whether a request host matches a Higress `_match_domain_` entry ("api.x.com", "*.x.com").
+/// Whether a request host matches a Higress `_match_domain_` entry as Higress's rule matcher
+/// reads it: `*x` is any host ending in `x` (so `*` is every host, `*.x.com` every subdomain),
+/// `x*` any host starting with `x` (`api.*`), anything else the host itself. The port is
+/// ignored. Unlike Higress (which compares bytes) the comparison ignores case, as DNS does, so
+/// `API.example.com` cannot step out of a rule written for `api.example.com`.
 pub fn domainMatches(pattern: []const u8, authority: []const u8) bool {
     const host = hostOf(authority);
-    if (std.mem.startsWith(u8, pattern, "*.")) {
-        const suffix = pattern[1..];
-        return host.len > suffix.len and std.ascii.endsWithIgnoreCase(host, suffix);
+    if (pattern.len > 0 and pattern[0] == '*') return std.ascii.endsWithIgnoreCase(host, pattern[1..]);
+    if (pattern.len > 0 and pattern[pattern.len - 1] == '*') {
+        return std.ascii.startsWithIgnoreCase(host, pattern[0 .. pattern.len - 1]);
     }
     return std.ascii.eqlIgnoreCase(pattern, host);
+}
+
+/// A Higress `_rules_` entry's conditions (config.RouteRule, plus the fields config/ does not
+/// parse yet: `_match_route_prefix_` and `_match_consumer_` stay empty until it does).
+pub const RouteConditions = struct {
+    routes: []const []const u8,
+    domains: []const []const u8,
+    services: []const []const u8,
+    route_prefixes: []const []const u8 = &.{},
+    consumers: []const []const u8 = &.{},
+};
+
+/// What of a request the conditions look at; null where the host has none.
+pub const RequestRoute = struct {
+    route: ?[]const u8 = null,
+    authority: ?[]const u8 = null,
+    cluster: ?[]const u8 = null,
+    consumer: ?[]const u8 = null,
+};
+
+/// Whether a `_rules_` entry applies, as Higress's rule matcher combines the conditions: the
+/// first kind present decides, in this order: routes (AND services, when both are given);
+/// else domains (services ignored); else services; else route prefixes (AND consumers, when
+/// given). Empty names never match, as Higress drops them when it reads the config.
+pub fn routeConditionsMatch(conditions: RouteConditions, request: RequestRoute) bool {
+    if (conditions.routes.len > 0) {
+        if (!anyEql(conditions.routes, request.route)) return false;
+        return conditions.services.len == 0 or anyService(conditions.services, request.cluster);
+    }
+    if (conditions.domains.len > 0) {
+        const authority = request.authority orelse return false;
+        for (conditions.domains) |domain| if (domainMatches(domain, authority)) return true;
+        return false;
+    }
+    if (conditions.services.len > 0) return anyService(conditions.services, request.cluster);
+    if (conditions.route_prefixes.len > 0) {
+        const route = request.route orelse return false;
+        const prefixed = for (conditions.route_prefixes) |prefix| {
+            if (prefix.len > 0 and std.mem.startsWith(u8, route, prefix)) break true;
+        } else false;
+        return prefixed and (conditions.consumers.len == 0 or anyEql(conditions.consumers, request.consumer));
+    }
+    return false;
+}
+
+fn anyEql(names: []const []const u8, value: ?[]const u8) bool {
+    const text = value orelse return false;
+    for (names) |name| if (name.len > 0 and std.mem.eql(u8, name, text)) return true;
+    return false;
+}
+
+fn anyService(services: []const []const u8, cluster: ?[]const u8) bool {
+    const name = cluster orelse return false;
+    for (services) |service| if (service.len > 0 and serviceMatches(service, name)) return true;
+    return false;
 }
 
 fn hostOf(authority: []const u8) []const u8 {
@@ -90,12 +273,38 @@ pub fn serviceMatches(pattern: []const u8, cluster_name: []const u8) bool {
 
 // ---- tests -----------------------------------------------------------------------------------
 
+test "match: route, domain and service conditions combine as Higress combines them" {
+    const cluster = "outbound|80||llm.ns.svc.cluster.local";
+    const request: RequestRoute = .{ .route = "chat", .authority = "b.example", .cluster = cluster, .consumer = "alice" };
+    // Routes decide; domains beside them are ignored; services beside them must match too.
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{"a.example"}, .services = &.{} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{}, .services = &.{"other"} }, request));
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{}, .services = &.{"llm.ns.svc.cluster.local"} }, request));
+    // Domains decide over services.
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{"a.example"}, .services = &.{"llm.ns.svc.cluster.local"} }, request));
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{"llm.ns.svc.cluster.local:80"} }, request));
+    // Route prefixes, alone or with consumers.
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"}, .consumers = &.{"bob"} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{""}, .domains = &.{}, .services = &.{} }, .{ .route = "" }));
+}
+
 test "match: query parameters and cookies" {
-    try std.testing.expectEqualStrings("red", queryParam("/v1/chat?team=red&x=1", "team").?);
-    try std.testing.expectEqualStrings("1", queryParam("/v1/chat?team=red&x=1#frag", "x").?);
-    try std.testing.expectEqualStrings("", queryParam("/v1?flag", "flag").?);
-    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1/chat", "team"));
-    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1?teams=red", "team"));
+    var out: [64]u8 = undefined;
+    try std.testing.expectEqualStrings("red", queryParam("/v1/chat?team=red&x=1", "team", &out).?);
+    try std.testing.expectEqualStrings("1", queryParam("/v1/chat?team=red&x=1#frag", "x", &out).?);
+    try std.testing.expectEqualStrings("", queryParam("/v1?flag", "flag", &out).?);
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1/chat", "team", &out));
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v1?teams=red", "team", &out));
+    // As Go's url.ParseQuery: decoded, `;` pairs and bad escapes skipped, first value wins.
+    try std.testing.expectEqualStrings("team one", queryParam("/v?k=team+one", "k", &out).?);
+    try std.testing.expectEqualStrings("a b/", queryParam("/v?%6B=a%20b%2f&k=2", "k", &out).?);
+    try std.testing.expectEqualStrings("3", queryParam("/v?k=1;x&k=%zz&k=%4&k=3", "k", &out).?);
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v?k=1;2", "k", &out));
+    try std.testing.expectEqual(@as(?[]const u8, null), queryParam("/v?k%=1", "k", &out));
+    // Too long to decode into `out`: the raw value, which the caller holds to the strictest limits.
+    var small: [2]u8 = undefined;
+    try std.testing.expectEqualStrings("a+b", queryParam("/v?k=a+b", "k", &small).?);
     try std.testing.expectEqualStrings("xyz", cookieValue("a=1; session=xyz", "session").?);
     try std.testing.expectEqualStrings("q", cookieValue("session=\"q\"", "session").?);
     try std.testing.expectEqual(@as(?[]const u8, null), cookieValue("sessionx=1", "session"));
@@ -106,6 +315,11 @@ test "match: domains and services as Higress names them" {
     try std.testing.expect(domainMatches("*.example.com", "api.example.com:8080"));
     try std.testing.expect(!domainMatches("*.example.com", "example.com"));
     try std.testing.expect(domainMatches("API.example.org", "api.example.org"));
+    try std.testing.expect(domainMatches("*", "anything:1"));
+    try std.testing.expect(domainMatches("api.*", "api.example.com"));
+    try std.testing.expect(!domainMatches("api.*", "www.api.example.com"));
+    try std.testing.expect(domainMatches("*example.com", "example.com"));
+    try std.testing.expect(domainMatches("[::1]", "[::1]:80") or domainMatches("::1", "[::1]:80"));
     try std.testing.expect(serviceMatches("llm.ns.svc.cluster.local", "outbound|80||llm.ns.svc.cluster.local"));
     try std.testing.expect(serviceMatches("llm.ns.svc.cluster.local:80", "outbound|80||llm.ns.svc.cluster.local"));
     try std.testing.expect(!serviceMatches("llm.ns.svc.cluster.local:81", "outbound|80||llm.ns.svc.cluster.local"));
@@ -122,11 +336,31 @@ test "match: first matching key wins, per kind" {
     const parsed = try config.parse(std.testing.allocator, document, &diagnostic);
     defer config.destroy(std.testing.allocator, parsed);
     const items = parsed.default_rule.?.items;
-    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], "vip-123").?.text);
-    try std.testing.expectEqualStrings("*", matchKey(&items[0], "basic-1").?.text);
-    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[0], ""));
-    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], "10.9.8.7").?.text);
-    try std.testing.expectEqualStrings("::1", matchKey(&items[1], "::1").?.text);
-    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[1], "not-an-ip"));
-    try std.testing.expectEqual(@as(?*const config.LimitKey, null), matchKey(&items[2], "blue"));
+    var steps = regexp_steps_per_request_max;
+    try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], .{ .text = "vip-123" }, &steps).key.text);
+    try std.testing.expectEqualStrings("*", matchKey(&items[0], .{ .text = "basic-1" }, &steps).key.text);
+    try std.testing.expectEqual(Decision.none, matchKey(&items[0], .{ .text = "" }, &steps));
+    const a = try ip.parseAddress("10.9.8.7");
+    try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], .{ .text = "10.9.8.7", .address = a }, &steps).key.text);
+    const b = try ip.parseAddress("::1");
+    try std.testing.expectEqualStrings("::1", matchKey(&items[1], .{ .text = "::1", .address = b }, &steps).key.text);
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[1], .{ .text = "not-an-ip" }, &steps));
+    try std.testing.expectEqual(Decision.none, matchKey(&items[2], .{ .text = "blue" }, &steps));
+    // Too long to run a regexp over: undecided from the regexp on, strictest of the rest.
+    const long: [value_bytes_max + 1]u8 = @splat('v');
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[0], .{ .text = &long }, &steps));
+    try std.testing.expectEqual(@as(?u64, 10), strictest(&items[0], 0).get(.tokens, .minute));
+    try std.testing.expectEqual(@as(?u64, null), strictest(&items[0], 0).get(.requests, .minute));
+    // Out of regexp steps: undecided from the regexp on, as well.
+    steps = 3;
+    try std.testing.expectEqual(Decision{ .unknown = 0 }, matchKey(&items[0], .{ .text = "basic-000000" }, &steps));
+}
+
+test "match: the auth scheme is one spelling, the credential is kept" {
+    var buffer: [64]u8 = undefined;
+    try std.testing.expectEqualStrings("Bearer sk-A", canonicalAuthorization("bEARER sk-A", &buffer));
+    try std.testing.expectEqualStrings("Basic eA==", canonicalAuthorization("BASIC eA==", &buffer));
+    try std.testing.expectEqualStrings("sk-no-scheme", canonicalAuthorization("sk-no-scheme", &buffer));
+    try std.testing.expect(authorizationEql("Bearer k", "bearer k"));
+    try std.testing.expect(!authorizationEql("Bearer k", "Bearer K"));
 }

@@ -62,9 +62,11 @@ pub const Compiler = struct {
         const node = c.nodes[index];
         switch (node.kind) {
             .empty => {},
-            .set => _ = try c.emit(.byte_set, node.a, 0),
+            .set => _ = try c.emit(.char_set, node.a, 0),
             .assert_begin => _ = try c.emit(.assert_begin, 0, 0),
             .assert_end => _ = try c.emit(.assert_end, 0, 0),
+            .word_boundary => _ = try c.emit(.assert_word_boundary, 0, 0),
+            .not_word_boundary => _ = try c.emit(.assert_not_word_boundary, 0, 0),
             .concat => {
                 var child = node.a;
                 while (child != none) : (child = c.nodes[child].next) try c.compileNode(child);

@@ -7,8 +7,12 @@ const assert = std.debug.assert;
 const program = @import("program.zig");
 const regex = @import("regex.zig");
 
+const charset = @import("charset.zig");
+const unicode = @import("unicode.zig");
+
 const none = program.none;
-const ByteSet = program.ByteSet;
+const CharSet = program.CharSet;
+const Range = program.Range;
 const CompileError = regex.CompileError;
 const Diagnostic = regex.Diagnostic;
 const pattern_bytes_max = regex.pattern_bytes_max;
@@ -20,6 +24,8 @@ const repeat_count_max = regex.repeat_count_max;
 pub const nodes_max = 2 * pattern_bytes_max + 2;
 /// Every class or literal consumes at least one pattern byte.
 const sets_max = pattern_bytes_max;
+/// A named group takes at least 5 bytes: `(?<a>` and its `)`.
+const names_max = pattern_bytes_max / 5;
 
 /// `Node.max` of `*`, `+` and `{n,}`.
 pub const unbounded: u16 = std.math.maxInt(u16);
@@ -27,6 +33,7 @@ pub const unbounded: u16 = std.math.maxInt(u16);
 comptime {
     assert(nodes_max < none);
     assert(sets_max < none);
+    assert(charset.ranges_max < none);
     assert(repeat_count_max < unbounded);
 }
 
@@ -42,10 +49,28 @@ pub const Node = struct {
     /// Pattern offset of a `repeat`'s quantifier, for diagnostics about expansion.
     offset: u16 = 0,
 
-    pub const Kind = enum(u8) { empty, set, assert_begin, assert_end, concat, alternation, repeat };
+    pub const Kind = enum(u8) {
+        empty,
+        set,
+        assert_begin,
+        assert_end,
+        word_boundary,
+        not_word_boundary,
+        concat,
+        alternation,
+        repeat,
+    };
 };
 
-const Atom = union(enum) { byte: u8, set: ByteSet };
+/// An escape or class item: one character, or a class (`\d`, `\p{Han}`, `[:alpha:]`) already
+/// merged into `Parser.class`.
+const Atom = union(enum) { char: u21, class };
+
+fn rangesEql(x: []const Range, y: []const Range) bool {
+    if (x.len != y.len) return false;
+    for (x, y) |a, b| if (a[0] != b[0] or a[1] != b[1]) return false;
+    return true;
+}
 
 /// Parses into a node tree first, then compiles it, because counted repetition emits its
 /// operand several times.
@@ -56,8 +81,14 @@ pub const Parser = struct {
     fold_case: bool = false,
     nodes: [nodes_max]Node = undefined,
     nodes_len: u16 = 0,
-    sets: [sets_max]ByteSet = undefined,
+    sets: [sets_max]CharSet = undefined,
     sets_len: u16 = 0,
+    ranges: [charset.ranges_max]Range = undefined,
+    ranges_len: u16 = 0,
+    /// The set being built: a class, an escape, a literal.
+    class: charset.Builder = .{},
+    names: [names_max][]const u8 = undefined,
+    names_len: usize = 0,
 
     /// Not inlined: it has ~20 call sites and this ships in a size-sensitive wasm module.
     pub noinline fn invalid(p: *Parser, offset: usize, message: []const u8) CompileError {
@@ -81,23 +112,40 @@ pub const Parser = struct {
         return p.nodes_len - 1;
     }
 
-    fn addSetNode(p: *Parser, set: ByteSet) CompileError!u16 {
+    /// Stores the set in `p.class` (normalized, folded, negated as asked) as a `set` node.
+    fn addClassNode(p: *Parser, negated: bool) CompileError!u16 {
+        const b = &p.class;
+        b.normalize();
+        if (p.fold_case) b.foldCase();
+        if (negated) b.invert();
+        const ranges = b.ranges[0..b.len];
         // Shared sets keep the program small: `aaaa` or `x{100}` store one set.
         const index: u16 = for (p.sets[0..p.sets_len], 0..) |existing, i| {
-            if (existing.eql(set)) break @intCast(i);
+            const existing_ranges = p.ranges[existing.ranges_start..][0..existing.ranges_len];
+            if (std.mem.eql(u8, &existing.ascii, &b.ascii) and rangesEql(existing_ranges, ranges)) {
+                break @intCast(i);
+            }
         } else index: {
             if (p.sets_len == sets_max) return p.tooComplex(p.pos, "pattern has too many parts");
-            p.sets[p.sets_len] = set;
+            // The density bound in charset.zig keeps every pattern that fits within this.
+            assert(p.ranges_len + ranges.len <= charset.ranges_max);
+            @memcpy(p.ranges[p.ranges_len..][0..ranges.len], ranges);
+            p.sets[p.sets_len] = .{
+                .ascii = b.ascii,
+                .ranges_start = p.ranges_len,
+                .ranges_len = @intCast(ranges.len),
+            };
+            p.ranges_len += @intCast(ranges.len);
             p.sets_len += 1;
             break :index p.sets_len - 1;
         };
         return p.addNode(.{ .kind = .set, .a = index });
     }
 
-    fn addByteNode(p: *Parser, byte: u8) CompileError!u16 {
-        var set: ByteSet = .single(byte);
-        if (p.fold_case) set.foldCase();
-        return p.addSetNode(set);
+    fn addCharNode(p: *Parser, c: u21) CompileError!u16 {
+        p.class.reset();
+        p.class.addChar(c);
+        return p.addClassNode(false);
     }
 
     pub fn parseAlternation(p: *Parser) CompileError!u16 {
@@ -207,16 +255,31 @@ pub const Parser = struct {
         const byte = p.pattern[start];
         switch (byte) {
             '(' => return p.parseGroup(),
-            '[' => return p.addSetNode(try p.parseClass()),
-            '\\' => switch (try p.parseEscape()) {
-                .byte => |escaped| return p.addByteNode(escaped),
-                .set => |set| return p.addSetNode(set),
+            '[' => return p.parseClass(),
+            '\\' => {
+                const kind: ?Node.Kind = if (start + 1 < p.pattern.len) switch (p.pattern[start + 1]) {
+                    'b' => .word_boundary,
+                    'B' => .not_word_boundary,
+                    'A' => .assert_begin,
+                    'z' => .assert_end,
+                    else => null,
+                } else null;
+                if (kind) |assertion| {
+                    p.pos += 2;
+                    return p.addNode(.{ .kind = assertion });
+                }
+                p.class.reset();
+                return switch (try p.parseEscape()) {
+                    .char => |c| p.addCharNode(c),
+                    .class => p.addClassNode(false),
+                };
             },
             '.' => {
                 p.pos += 1;
-                var set: ByteSet = .single('\n');
-                set.invert();
-                return p.addSetNode(set);
+                p.class.reset();
+                p.class.addRange(0, '\n' - 1);
+                p.class.addRange('\n' + 1, program.max_code_point);
+                return p.addClassNode(false);
             },
             '^', '$' => {
                 p.pos += 1;
@@ -228,8 +291,17 @@ pub const Parser = struct {
             },
             else => {},
         }
-        p.pos += 1;
-        return p.addByteNode(byte);
+        return p.addCharNode(try p.parseLiteral());
+    }
+
+    /// One character of the pattern as written (UTF-8, as Go reads a pattern).
+    fn parseLiteral(p: *Parser) CompileError!u21 {
+        const char = program.decode(p.pattern[p.pos..]);
+        if (char.c == program.replacement and char.len == 1 and p.pattern[p.pos] >= 0x80) {
+            return p.invalid(p.pos, "invalid UTF-8 in pattern");
+        }
+        p.pos += char.len;
+        return char.c;
     }
 
     fn parseGroup(p: *Parser) CompileError!u16 {
@@ -246,18 +318,17 @@ pub const Parser = struct {
             if (lookaround) {
                 return p.invalid(start, "lookaround is not supported (RE2 syntax)");
             }
-            if (first == '<' or first == 'P' or first == '\'') {
-                return p.invalid(start, "named groups are not supported; use (...) or (?:...)");
-            }
-            if (first == 'i' and second == ')') {
+            if (first == '<' or (first == 'P' and second == '<')) {
+                try p.parseGroupName(start, start + @as(usize, if (first == '<') 3 else 4));
+            } else if (first == 'i' and second == ')') {
                 return p.invalid(start, "the (?i) flag is only supported at the start of " ++
                     "the pattern");
+            } else if (first == ':') {
+                p.pos += 2;
+            } else {
+                return p.invalid(start, "unsupported group syntax; only (...), (?:...), " ++
+                    "(?P<name>...), (?<name>...) and a leading (?i) are supported");
             }
-            if (first != ':') {
-                return p.invalid(start, "unsupported group syntax; only (...), (?:...) and a " ++
-                    "leading (?i) are supported");
-            }
-            p.pos += 2;
         }
         const inner = try p.parseAlternation();
         if (!p.at(')')) return p.invalid(start, "missing closing ')' for group");
@@ -265,7 +336,28 @@ pub const Parser = struct {
         return inner;
     }
 
-    fn parseClass(p: *Parser) CompileError!ByteSet {
+    /// `name>` at `name_start`: letters, digits and `_` (as Go), not used before.
+    fn parseGroupName(p: *Parser, start: usize, name_start: usize) CompileError!void {
+        const close = std.mem.indexOfScalarPos(u8, p.pattern, name_start, '>') orelse
+            return p.invalid(start, "invalid group name; write (?P<name>...) with letters, " ++
+                "digits and _");
+        const name = p.pattern[name_start..close];
+        const valid = name.len > 0 and for (name) |c| {
+            if (!program.isWordByte(c)) break false;
+        } else true;
+        if (!valid) {
+            return p.invalid(start, "invalid group name; write (?P<name>...) with letters, " ++
+                "digits and _");
+        }
+        for (p.names[0..p.names_len]) |earlier| {
+            if (std.mem.eql(u8, earlier, name)) return p.invalid(start, "duplicate group name");
+        }
+        p.names[p.names_len] = name;
+        p.names_len += 1;
+        p.pos = close + 1;
+    }
+
+    fn parseClass(p: *Parser) CompileError!u16 {
         const start = p.pos;
         assert(p.pattern[start] == '[');
         p.pos += 1;
@@ -273,7 +365,7 @@ pub const Parser = struct {
         if (negated) p.pos += 1;
         // RE2 reads `[]a]` as a class holding `]`; refusing it catches the likelier typo `[]`.
         if (p.at(']')) return p.invalid(start, "empty character class; write a literal ']' as \\]");
-        var set: ByteSet = .{};
+        p.class.reset();
         while (!p.at(']')) {
             if (p.pos >= p.pattern.len) {
                 return p.invalid(start, "missing closing ']' for character class");
@@ -283,33 +375,42 @@ pub const Parser = struct {
             if (p.pos + 1 < p.pattern.len and p.at('-') and p.pattern[p.pos + 1] != ']') {
                 p.pos += 1;
                 const last = try p.parseClassItem();
-                if (first != .byte or last != .byte) {
+                if (first != .char or last != .char) {
                     const message = "a class escape like \\d cannot be a range endpoint";
                     return p.invalid(item_start, message);
                 }
-                if (first.byte > last.byte) {
+                if (first.char > last.char) {
                     return p.invalid(item_start, "invalid class range: start is greater than end");
                 }
-                set.addRange(first.byte, last.byte);
+                p.class.addRange(first.char, last.char);
             } else switch (first) {
-                .byte => |byte| set.add(byte),
-                .set => |item_set| set.merge(item_set),
+                .char => |c| p.class.addChar(c),
+                .class => {},
             }
         }
         p.pos += 1;
-        if (p.fold_case) set.foldCase();
-        if (negated) set.invert();
-        return set;
+        return p.addClassNode(negated);
     }
 
+    /// A character, or a class merged into `p.class` (`\d`, `\p{Han}`, `[:alpha:]`).
     fn parseClassItem(p: *Parser) CompileError!Atom {
         const byte = p.pattern[p.pos];
         if (byte == '\\') return p.parseEscape();
         if (byte == '[' and p.pos + 1 < p.pattern.len and p.pattern[p.pos + 1] == ':') {
-            return p.invalid(p.pos, "POSIX classes like [:alpha:] are not supported");
+            // As Go: `[:` starts a POSIX class only when a `:]` closes it.
+            if (std.mem.indexOfPos(u8, p.pattern, p.pos + 2, ":]")) |close| {
+                var name = p.pattern[p.pos + 2 .. close];
+                const negated = name.len > 0 and name[0] == '^';
+                if (negated) name = name[1..];
+                const ranges = charset.posixClass(name) orelse return p.invalid(p.pos, "unknown " ++
+                    "POSIX class; use one of alnum alpha ascii blank cntrl digit graph lower " ++
+                    "print punct space upper word xdigit, as [[:alpha:]]");
+                p.class.addRanges(ranges, negated);
+                p.pos = close + 2;
+                return .class;
+            }
         }
-        p.pos += 1;
-        return .{ .byte = byte };
+        return .{ .char = try p.parseLiteral() };
     }
 
     fn parseEscape(p: *Parser) CompileError!Atom {
@@ -321,32 +422,62 @@ pub const Parser = struct {
         const byte = p.pattern[start + 1];
         p.pos = start + 2;
         return switch (byte) {
-            'd', 'D', 'w', 'W', 's', 'S' => .{ .set = .perlClass(byte) },
-            'n' => .{ .byte = '\n' },
-            'r' => .{ .byte = '\r' },
-            't' => .{ .byte = '\t' },
-            'f' => .{ .byte = 0x0c },
-            'v' => .{ .byte = 0x0b },
-            'x' => {
-                if (start + 4 <= p.pattern.len) {
-                    const high = std.fmt.charToDigit(p.pattern[start + 2], 16) catch 0xff;
-                    const low = std.fmt.charToDigit(p.pattern[start + 3], 16) catch 0xff;
-                    if (high < 16 and low < 16) {
-                        p.pos = start + 4;
-                        return .{ .byte = high * 16 + low };
-                    }
-                }
-                return p.invalid(start, "\\x must be followed by exactly two hex digits");
+            'd', 'D', 'w', 'W', 's', 'S' => {
+                p.class.addRanges(charset.perlClass(std.ascii.toLower(byte)), std.ascii.isUpper(byte));
+                return .class;
             },
+            'p', 'P' => p.parseUnicodeClass(start, byte == 'P'),
+            'a' => .{ .char = 0x07 },
+            'n' => .{ .char = '\n' },
+            'r' => .{ .char = '\r' },
+            't' => .{ .char = '\t' },
+            'f' => .{ .char = 0x0c },
+            'v' => .{ .char = 0x0b },
+            'x' => .{ .char = try p.parseHexEscape(start) },
             '1'...'9', 'k' => p.invalid(start, "backreferences are not supported (RE2 syntax)"),
-            'b', 'B' => p.invalid(start, "word boundaries (\\b, \\B) are not supported"),
-            'p', 'P' => p.invalid(start, "unicode classes (\\p, \\P) are not supported; " ++
-                "matching is byte-oriented"),
+            'b', 'B' => p.invalid(start, "word boundaries (\\b, \\B) are not allowed inside a class"),
             else => if (std.ascii.isPunctuation(byte))
-                .{ .byte = byte }
+                .{ .char = byte }
             else
-                p.invalid(start, "unsupported escape sequence; only punctuation, " ++
-                    "\\d \\w \\s \\D \\W \\S, \\n \\r \\t \\f \\v and \\xHH may be escaped"),
+                p.invalid(start, "unsupported escape sequence; only punctuation, \\d \\w \\s " ++
+                    "\\D \\W \\S, \\p{..} \\P{..}, \\b \\B \\A \\z, \\a \\n \\r \\t \\f \\v, " ++
+                    "\\xHH and \\x{H..} may be escaped"),
         };
+    }
+
+    /// `\xHH` or `\x{H...}` at `start`: a code point, as in Go (not a byte).
+    fn parseHexEscape(p: *Parser, start: usize) CompileError!u21 {
+        const message = "\\x must be followed by two hex digits or by {hex digits} up to 10FFFF";
+        const braced = p.at('{');
+        const digits_start = if (braced) start + 3 else start + 2;
+        const digits_end = if (braced)
+            std.mem.indexOfScalarPos(u8, p.pattern, digits_start, '}') orelse
+                return p.invalid(start, message)
+        else
+            @min(digits_start + 2, p.pattern.len);
+        const digits = p.pattern[digits_start..digits_end];
+        if (digits.len == 0 or (!braced and digits.len != 2) or digits.len > 6) {
+            return p.invalid(start, message);
+        }
+        const value = std.fmt.parseInt(u21, digits, 16) catch return p.invalid(start, message);
+        if (value > program.max_code_point) return p.invalid(start, message);
+        p.pos = if (braced) digits_end + 1 else digits_end;
+        return value;
+    }
+
+    /// `\p{Name}`, `\p{^Name}` or `\P{Name}` (after the letter): a script unicode.zig holds.
+    fn parseUnicodeClass(p: *Parser, start: usize, negated: bool) CompileError!Atom {
+        const unsupported = "unsupported unicode class; supported: \\p{Name} for the scripts " ++
+            unicode.names;
+        if (!p.at('{')) return p.invalid(start, unsupported);
+        const close = std.mem.indexOfScalarPos(u8, p.pattern, p.pos, '}') orelse
+            return p.invalid(start, "missing closing '}' for \\p{...}");
+        var name = p.pattern[p.pos + 1 .. close];
+        const caret = name.len > 0 and name[0] == '^';
+        if (caret) name = name[1..];
+        const script = unicode.find(name) orelse return p.invalid(start, unsupported);
+        p.class.addRanges(script.ranges, negated != caret);
+        p.pos = close + 1;
+        return .class;
     }
 };

@@ -133,7 +133,10 @@ test "regex: escaped metacharacters and control escapes match literally" {
         .{ .pattern = "^\\-\\/\\*\\+\\?\\(\\)\\[\\]\\{\\}\\|\\^\\$$", .input = "-/*+?()[]{}|^$", .expected = true },
         .{ .pattern = "^a\\tb\\n$", .input = "a\tb\n", .expected = true },
         .{ .pattern = "^\\r\\f\\v$", .input = "\r\x0c\x0b", .expected = true },
-        .{ .pattern = "^\\x41\\x7a\\xFF$", .input = "Az\xff", .expected = true },
+        .{ .pattern = "^\\x41\\x7a\\xFF$", .input = "Az\xc3\xbf", .expected = true },
+        .{ .pattern = "^\\xFF$", .input = "\xff", .expected = false },
+        .{ .pattern = "^\\x{41}\\x{4e13}\\x{10FFFF}$", .input = "A\xe4\xb8\x93\xf4\x8f\xbf\xbf", .expected = true },
+        .{ .pattern = "^\\a$", .input = "\x07", .expected = true },
         .{ .pattern = "\\x00", .input = "a\x00b", .expected = true },
     });
 }
@@ -249,13 +252,49 @@ test "regex: leading (?i) matches ASCII case-insensitively" {
     });
 }
 
-test "regex: non-ASCII bytes match as literal bytes" {
+test "regex: matching is by character (UTF-8 code point), as Go's regexp matches" {
     try expectVectors(&.{
         .{ .pattern = "caf\xc3\xa9", .input = "un caf\xc3\xa9", .expected = true },
-        .{ .pattern = "^caf.$", .input = "caf\xc3\xa9", .expected = false },
-        .{ .pattern = "^caf..$", .input = "caf\xc3\xa9", .expected = true },
-        .{ .pattern = "^[\x80-\xff]+$", .input = "\xc3\xa9", .expected = true },
-        .{ .pattern = "^[\x80-\xff]+$", .input = "e", .expected = false },
+        .{ .pattern = "^caf.$", .input = "caf\xc3\xa9", .expected = true },
+        .{ .pattern = "^caf..$", .input = "caf\xc3\xa9", .expected = false },
+        .{ .pattern = "^.{3}$", .input = "\xe4\xb8\x93\xe7\x94\xa8" ++ "1", .expected = true },
+        .{ .pattern = "^[\\x80-\\xff]+$", .input = "\xc3\xa9", .expected = true },
+        .{ .pattern = "^[\\x80-\\xff]+$", .input = "e", .expected = false },
+        .{ .pattern = "^[\xe4\xb8\x80-\xe9\xbe\xa5]+$", .input = "\xe4\xb8\x93\xe7\x94\xa8", .expected = true },
+        .{ .pattern = "^[^a]$", .input = "\xe4\xb8\x93", .expected = true },
+        .{ .pattern = "^\\D\\W\\S$", .input = "\xe4\xb8\x93\xe4\xb8\x93\xe4\xb8\x93", .expected = true },
+        // Invalid UTF-8 in the input: each byte is one U+FFFD, as in Go.
+        .{ .pattern = "^..$", .input = "\xe4\xb8", .expected = true },
+        .{ .pattern = "^\xef\xbf\xbd$", .input = "\xff", .expected = true },
+    });
+}
+
+test "regex: unicode scripts, POSIX classes, word boundaries and named groups (Go syntax)" {
+    try expectVectors(&.{
+        .{ .pattern = "^\\p{Han}+$", .input = "\xe4\xb8\x93\xe7\x94\xa8", .expected = true },
+        .{ .pattern = "^\\p{Han}+$", .input = "\xe4\xb8\x93" ++ "1", .expected = false },
+        .{ .pattern = "^\\P{Han}$", .input = "a", .expected = true },
+        .{ .pattern = "^\\p{^Han}$", .input = "\xe4\xb8\x93", .expected = false },
+        .{ .pattern = "^[\\p{Han}\\d]+$", .input = "\xe4\xb8\x93" ++ "1", .expected = true },
+        .{ .pattern = "^[^\\p{Han}]+$", .input = "ab", .expected = true },
+        .{ .pattern = "^\\p{Latin}+$", .input = "caf\xc3\xa9", .expected = true },
+        .{ .pattern = "^\\p{Greek}$", .input = "\xce\xb1", .expected = true },
+        .{ .pattern = "^\\p{Cyrillic}$", .input = "\xd0\x96", .expected = true },
+        .{ .pattern = "^\\p{Hiragana}\\p{Katakana}\\p{Hangul}$", .input = "\xe3\x81\x82\xe3\x82\xa2\xea\xb0\x80", .expected = true },
+        .{ .pattern = "^[[:alpha:]]+$", .input = "Team", .expected = true },
+        .{ .pattern = "^[[:alpha:]]+$", .input = "team1", .expected = false },
+        .{ .pattern = "^[[:^digit:][:digit:]]+$", .input = "a1\xe4\xb8\x93", .expected = true },
+        .{ .pattern = "^[[:xdigit:]]{4}$", .input = "0aF9", .expected = true },
+        .{ .pattern = "^[[:space:]]$", .input = "\x0b", .expected = true },
+        .{ .pattern = "^[[:x]$", .input = "[", .expected = true },
+        .{ .pattern = "\\bvip\\b", .input = "the vip team", .expected = true },
+        .{ .pattern = "\\bvip\\b", .input = "vipteam", .expected = false },
+        .{ .pattern = "\\Bip\\b", .input = "vip", .expected = true },
+        .{ .pattern = "\\Bip", .input = "ip", .expected = false },
+        .{ .pattern = "\\Avip\\z", .input = "vip", .expected = true },
+        .{ .pattern = "\\Avip\\z", .input = "vip!", .expected = false },
+        .{ .pattern = "^(?P<team>[a-z]+)-(?<tier>\\d)$", .input = "red-1", .expected = true },
+        .{ .pattern = "^(?P<team>[a-z]+)-(?<tier>\\d)$", .input = "red-x", .expected = false },
     });
 }
 
@@ -295,7 +334,7 @@ test "regex: malformed patterns are refused with offset and message" {
         .{ .pattern = ")", .err = invalid, .offset = 0, .message = "unmatched ')'" },
         .{ .pattern = "*a", .err = invalid, .offset = 0, .message = "quantifier has nothing to repeat" },
         .{ .pattern = "a|+", .err = invalid, .offset = 2, .message = "quantifier has nothing to repeat" },
-        .{ .pattern = "(?)", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...) and a leading (?i) are supported" },
+        .{ .pattern = "(?)", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...), (?P<name>...), (?<name>...) and a leading (?i) are supported" },
         .{ .pattern = "(*)", .err = invalid, .offset = 1, .message = "quantifier has nothing to repeat" },
         .{ .pattern = "{2}", .err = invalid, .offset = 0, .message = "quantifier has nothing to repeat" },
         .{ .pattern = "a**", .err = invalid, .offset = 2, .message = "quantifier follows another quantifier; nested and possessive quantifiers are not supported" },
@@ -310,11 +349,13 @@ test "regex: malformed patterns are refused with offset and message" {
         .{ .pattern = "[z-a]", .err = invalid, .offset = 1, .message = "invalid class range: start is greater than end" },
         .{ .pattern = "[\\d-z]", .err = invalid, .offset = 1, .message = "a class escape like \\d cannot be a range endpoint" },
         .{ .pattern = "abc\\", .err = invalid, .offset = 3, .message = "trailing backslash at end of pattern" },
-        .{ .pattern = "\\x4", .err = invalid, .offset = 0, .message = "\\x must be followed by exactly two hex digits" },
-        .{ .pattern = "\\x{41}", .err = invalid, .offset = 0, .message = "\\x must be followed by exactly two hex digits" },
-        .{ .pattern = "\\q", .err = invalid, .offset = 0, .message = "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\n \\r \\t \\f \\v and \\xHH may be escaped" },
-        .{ .pattern = "\\ ", .err = invalid, .offset = 0, .message = "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\n \\r \\t \\f \\v and \\xHH may be escaped" },
-        .{ .pattern = "\\\xc3", .err = invalid, .offset = 0, .message = "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\n \\r \\t \\f \\v and \\xHH may be escaped" },
+        .{ .pattern = "\\x4", .err = invalid, .offset = 0, .message = "\\x must be followed by two hex digits or by {hex digits} up to 10FFFF" },
+        .{ .pattern = "\\x{}", .err = invalid, .offset = 0, .message = "\\x must be followed by two hex digits or by {hex digits} up to 10FFFF" },
+        .{ .pattern = "\\x{110000}", .err = invalid, .offset = 0, .message = "\\x must be followed by two hex digits or by {hex digits} up to 10FFFF" },
+        .{ .pattern = "\\x{41", .err = invalid, .offset = 0, .message = "\\x must be followed by two hex digits or by {hex digits} up to 10FFFF" },
+        .{ .pattern = "\\q", .err = invalid, .offset = 0, .message = "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\p{..} \\P{..}, \\b \\B \\A \\z, \\a \\n \\r \\t \\f \\v, \\xHH and \\x{H..} may be escaped" },
+        .{ .pattern = "\\ ", .err = invalid, .offset = 0, .message = "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\p{..} \\P{..}, \\b \\B \\A \\z, \\a \\n \\r \\t \\f \\v, \\xHH and \\x{H..} may be escaped" },
+        .{ .pattern = "\\\xc3", .err = invalid, .offset = 0, .message = "unsupported escape sequence; only punctuation, \\d \\w \\s \\D \\W \\S, \\p{..} \\P{..}, \\b \\B \\A \\z, \\a \\n \\r \\t \\f \\v, \\xHH and \\x{H..} may be escaped" },
     });
 }
 
@@ -327,16 +368,21 @@ test "regex: unsupported RE2 and PCRE features are refused by name" {
         .{ .pattern = "a(?!b)", .err = invalid, .offset = 1, .message = "lookaround is not supported (RE2 syntax)" },
         .{ .pattern = "(?<=a)b", .err = invalid, .offset = 0, .message = "lookaround is not supported (RE2 syntax)" },
         .{ .pattern = "(?<!a)b", .err = invalid, .offset = 0, .message = "lookaround is not supported (RE2 syntax)" },
-        .{ .pattern = "(?P<name>a)", .err = invalid, .offset = 0, .message = "named groups are not supported; use (...) or (?:...)" },
-        .{ .pattern = "(?<name>a)", .err = invalid, .offset = 0, .message = "named groups are not supported; use (...) or (?:...)" },
-        .{ .pattern = "\\bword\\b", .err = invalid, .offset = 0, .message = "word boundaries (\\b, \\B) are not supported" },
-        .{ .pattern = "\\p{Greek}", .err = invalid, .offset = 0, .message = "unicode classes (\\p, \\P) are not supported; matching is byte-oriented" },
-        .{ .pattern = "[\\PL]", .err = invalid, .offset = 1, .message = "unicode classes (\\p, \\P) are not supported; matching is byte-oriented" },
-        .{ .pattern = "[[:alpha:]]", .err = invalid, .offset = 1, .message = "POSIX classes like [:alpha:] are not supported" },
+        .{ .pattern = "\\pL", .err = invalid, .offset = 0, .message = "unsupported unicode class; supported: \\p{Name} for the scripts Cyrillic, Greek, Han, Hangul, Hiragana, Katakana, Latin" },
+        .{ .pattern = "[\\p{Arabic}]", .err = invalid, .offset = 1, .message = "unsupported unicode class; supported: \\p{Name} for the scripts Cyrillic, Greek, Han, Hangul, Hiragana, Katakana, Latin" },
+        .{ .pattern = "\\p{Han", .err = invalid, .offset = 0, .message = "missing closing '}' for \\p{...}" },
+        .{ .pattern = "[[:alfa:]]", .err = invalid, .offset = 1, .message = "unknown POSIX class; use one of alnum alpha ascii blank cntrl digit graph lower print punct space upper word xdigit, as [[:alpha:]]" },
+        .{ .pattern = "(?P<>a)", .err = invalid, .offset = 0, .message = "invalid group name; write (?P<name>...) with letters, digits and _" },
+        .{ .pattern = "(?<a-b>a)", .err = invalid, .offset = 0, .message = "invalid group name; write (?P<name>...) with letters, digits and _" },
+        .{ .pattern = "(?P<a", .err = invalid, .offset = 0, .message = "invalid group name; write (?P<name>...) with letters, digits and _" },
+        .{ .pattern = "(?P<a>x)(?P<a>y)", .err = invalid, .offset = 8, .message = "duplicate group name" },
+        .{ .pattern = "(?'a'x)", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...), (?P<name>...), (?<name>...) and a leading (?i) are supported" },
+        .{ .pattern = "[\\b]", .err = invalid, .offset = 1, .message = "word boundaries (\\b, \\B) are not allowed inside a class" },
+        .{ .pattern = "a\xff", .err = invalid, .offset = 1, .message = "invalid UTF-8 in pattern" },
         .{ .pattern = "a(?i)b", .err = invalid, .offset = 1, .message = "the (?i) flag is only supported at the start of the pattern" },
-        .{ .pattern = "(?i:ab)", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...) and a leading (?i) are supported" },
-        .{ .pattern = "(?m)^a$", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...) and a leading (?i) are supported" },
-        .{ .pattern = "(?s).", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...) and a leading (?i) are supported" },
+        .{ .pattern = "(?i:ab)", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...), (?P<name>...), (?<name>...) and a leading (?i) are supported" },
+        .{ .pattern = "(?m)^a$", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...), (?P<name>...), (?<name>...) and a leading (?i) are supported" },
+        .{ .pattern = "(?s).", .err = invalid, .offset = 0, .message = "unsupported group syntax; only (...), (?:...), (?P<name>...), (?<name>...) and a leading (?i) are supported" },
     });
 }
 
@@ -450,4 +496,21 @@ test "regex: fuzz random patterns and inputs never crash" {
     }
     // Guards against the alphabet drifting so far that almost nothing compiles.
     try testing.expect(compiled_count > 2_000);
+}
+
+test "regex: a search stops when its steps run out, and says so" {
+    var re = try Regex.compile(std.testing.allocator, ".{1000}Z", null);
+    defer re.deinit(std.testing.allocator);
+    const hostile: [4096]u8 = @splat('a');
+    var steps: u32 = 65536;
+    try std.testing.expectEqual(@as(?bool, null), re.isMatchWithin(&hostile, &steps));
+    try std.testing.expectEqual(@as(u32, 0), steps);
+    // Nothing left: the next search stops before any work.
+    try std.testing.expectEqual(@as(?bool, null), re.isMatchWithin("aZ", &steps));
+    // A benign search spends a few steps per byte and answers.
+    var anchored = try Regex.compile(std.testing.allocator, "^sk-[a-z0-9]{32}$", null);
+    defer anchored.deinit(std.testing.allocator);
+    steps = 65536;
+    try std.testing.expectEqual(@as(?bool, true), anchored.isMatchWithin("sk-0123456789abcdef0123456789abcdef", &steps));
+    try std.testing.expect(65536 - steps < 4 * 36);
 }
