@@ -32,6 +32,7 @@ test {
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");
     _ = @import("src/meter/budget.zig");
+    _ = @import("src/meter/calendar.zig");
     _ = @import("src/meter/counter.zig");
     _ = @import("src/respond/response.zig");
     _ = @import("src/store/circuit.zig");
