@@ -76,7 +76,12 @@ local function ttl(r, algorithm, length, limit)
   return length
 end
 
+-- Usage saturates at 2^53 (a Lua double's exact integers; the filter bounds one request's
+-- charge far below it), so a reply never carries a number Redis cannot turn into an integer.
+local used_max = 9007199254740992
+
 local function write(key, r, algorithm, length, limit)
+  r.u = math.min(r.u, used_max)
   redis.call('HSET', key, 's', r.s, 'u', r.u, 'p', r.p)
   redis.call('PEXPIRE', key, ttl(r, algorithm, length, limit))
 end

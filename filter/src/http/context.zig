@@ -332,6 +332,7 @@ pub const HttpContext = struct {
         if (self.response_ok) {
             self.scanner.finish();
             seen = self.scanner.usage();
+            if (seen.clamped) host.logf(.warn, "rule {s}: the upstream reported a usage value above {d} tokens; clamped to it (usage.zig value_tokens_max)", .{ rule.name, usage.value_tokens_max });
         }
         const cost = settlement.charge(self.response_ok, seen, self.response_bytes, rule.weights);
         self.store.settle(self.caller(), self.counters.items, host.nowMs(), cost.tokens) catch |err| {

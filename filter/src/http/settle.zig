@@ -20,7 +20,7 @@ pub const Charge = struct {
 /// usage under the rule's weights, or ~4 bytes a token of what was seen rather than nothing.
 pub fn charge(response_ok: bool, seen: usage.Usage, response_bytes: u64, weights: usage.Weights) Charge {
     if (!response_ok) return .{ .tokens = 0, .estimated = false };
-    if (!seen.seen()) return .{ .tokens = std.math.divCeil(u64, response_bytes, 4) catch 0, .estimated = true };
+    if (!seen.seen()) return .{ .tokens = @min(std.math.divCeil(u64, response_bytes, 4) catch 0, usage.request_tokens_max), .estimated = true };
     return .{ .tokens = seen.weighted(weights), .estimated = false };
 }
 

@@ -3,6 +3,7 @@
 //! OpenAI-style stream reports its usage. Scanned with json_scan.zig; nothing is allocated.
 const std = @import("std");
 const json_scan = @import("json_scan.zig");
+const usage = @import("usage.zig");
 
 pub const RequestInfo = struct {
     /// max_tokens / max_completion_tokens / max_output_tokens / generationConfig.maxOutputTokens.
@@ -112,7 +113,8 @@ pub fn withModel(body: []const u8, info: RequestInfo, model: []const u8, out: []
 /// its declared output limit or `default_output_tokens`.
 pub fn estimateTokens(info: RequestInfo, body_bytes: u64, default_output_tokens: u64) u64 {
     const prompt = std.math.divCeil(u64, body_bytes, 4) catch 0;
-    return prompt +| (info.max_output_tokens orelse default_output_tokens);
+    const output = @min(info.max_output_tokens orelse default_output_tokens, usage.value_tokens_max);
+    return @min(prompt +| output, usage.request_tokens_max);
 }
 
 test "request: finds limits, stream flags and offsets" {
