@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +40,10 @@ def any_build(request: pytest.FixtureRequest, filter_wasm: Path) -> Iterator[Pat
 
 
 @pytest.fixture
-def make_any_host(any_build: Path) -> Callable[..., object]:
+def make_any_host(any_build: Path) -> Callable[..., Any]:
     from support.proxywasm_host import Host
 
-    def make(**kwargs: object) -> Host:
+    def make(**kwargs: Any) -> Host:
         return Host(any_build, **kwargs)
 
     return make

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from support.proxywasm_host import Clock, Host, LogLevel
 
+MakeHost = Callable[..., Host]
 U64_MAX = 2**64 - 1
 VALUE_TOKENS_MAX = 1_000_000_000  # usage.zig value_tokens_max, documented in docs/config.md
 
@@ -44,7 +46,9 @@ def clock() -> Clock:
 # ---- 1. overflow safety ------------------------------------------------------------------------
 
 
-def test_usage_near_2_64_is_clamped_logged_and_the_bucket_math_holds(make_any_host):
+def test_usage_near_2_64_is_clamped_logged_and_the_bucket_math_holds(
+    make_any_host: MakeHost,
+) -> None:
     c = clock()
     h: Host = make_any_host(clock=c)
     assert h.configure(limited("second", 10**15, algorithm="token_bucket"))
@@ -63,7 +67,7 @@ def test_usage_near_2_64_is_clamped_logged_and_the_bucket_math_holds(make_any_ho
     assert h.trap is None
 
 
-def test_an_overdrawn_bucket_refuses_with_a_sane_retry_after(make_any_host):
+def test_an_overdrawn_bucket_refuses_with_a_sane_retry_after(make_any_host: MakeHost) -> None:
     c = clock()
     h: Host = make_any_host(clock=c)
     assert h.configure(limited("minute", 100, algorithm="token_bucket"))
