@@ -42,5 +42,6 @@ test {
     _ = @import("src/store/transport_http.zig");
     _ = @import("src/usage/json_scan.zig");
     _ = @import("src/usage/request.zig");
+    _ = @import("src/usage/sse_filter.zig");
     _ = @import("src/usage/usage.zig");
 }

@@ -78,3 +78,86 @@ def test_an_overdrawn_bucket_refuses_with_a_sane_retry_after(make_any_host: Make
     retry_after = int(dict(rejection.headers)["retry-after"])
     assert 10**8 < retry_after < 10**9
     assert h.trap is None
+
+
+# ---- 2. include_usage decided by the gateway ---------------------------------------------------
+
+CONTENT_EVENT = (
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n'
+)
+USAGE_EVENT = (
+    b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":9}}\n\n'
+)
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def streamed(h: Host, body: bytes, events: bytes, split: int) -> tuple[dict[str, object], bytes]:
+    """One streamed completion; returns the body the upstream got and what the client got."""
+    headers = chat_request("s", **{"content-length": str(len(body))})
+    stream = h.http_stream()
+    chunks = [events[i : i + split] for i in range(0, len(events), split)]
+    stream.complete(headers, SSE_RESPONSE, chunks, body)
+    forwarded = json.loads(b"".join(stream.request_body_chunks_forwarded))
+    assert stream.properties_set["tokenlimit_tokens"] == b"21"
+    return forwarded, stream.forwarded_response_body
+
+
+def test_include_usage_is_forced_and_the_usage_chunk_hidden_from_clients_that_did_not_ask(
+    make_any_host: MakeHost,
+) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    events = CONTENT_EVENT + USAGE_EVENT + DONE_EVENT
+    declined: list[object] = [
+        None,  # no stream_options at all
+        {"include_usage": False},
+        "null",  # stream_options: null
+        {"include_usage": None, "other": 1},
+        {"x": 1},
+    ]
+    for options in declined:
+        request: dict[str, object] = {"model": "m", "stream": True, "messages": []}
+        if options == "null":
+            request["stream_options"] = None
+        elif options is not None:
+            request["stream_options"] = options
+        for split in (1, 7, 64, len(events)):
+            forwarded, received = streamed(h, json.dumps(request).encode(), events, split)
+            stream_options = forwarded["stream_options"]
+            assert isinstance(stream_options, dict)
+            assert stream_options["include_usage"] is True, (options, forwarded)
+            if isinstance(options, dict):
+                for key, value in options.items():
+                    if key != "include_usage":
+                        assert stream_options[key] == value
+            # The client sees every event but the usage-only one, byte for byte.
+            assert received == CONTENT_EVENT + DONE_EVENT, (options, split, received)
+    assert h.trap is None
+
+
+def test_a_client_that_asked_for_usage_gets_it_and_its_body_is_untouched(
+    make_any_host: MakeHost,
+) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    request = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    body = json.dumps(request).encode()
+    events = CONTENT_EVENT + USAGE_EVENT + DONE_EVENT
+    forwarded, received = streamed(h, body, events, 5)
+    assert forwarded == request
+    assert received == events
+
+
+def test_duplicate_stream_options_keys_cannot_hide_a_false(make_any_host: MakeHost) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    body = (
+        b'{"stream":true,"stream_options":{"include_usage":false},'
+        b'"stream_options":{"include_usage":false,"include_usage":null}}'
+    )
+    headers = chat_request("d", **{"content-length": str(len(body))})
+    stream = h.http_stream()
+    stream.complete(headers, SSE_RESPONSE, [CONTENT_EVENT + USAGE_EVENT + DONE_EVENT], body)
+    sent = b"".join(stream.request_body_chunks_forwarded)
+    assert b"false" not in sent and b"null" not in sent, sent
+    assert stream.forwarded_response_body == CONTENT_EVENT + DONE_EVENT

@@ -18,6 +18,7 @@ const root = @import("root.zig");
 const script = @import("../store/script.zig");
 const select = @import("select.zig");
 const settlement = @import("settle.zig");
+const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
 
@@ -65,11 +66,16 @@ pub const HttpContext = struct {
     response_ok: bool = false,
     scanner: usage.Scanner = .{ .json = .{} },
     response_bytes: u64 = 0,
+    /// The gateway asked for usage the client had not asked for: the usage-only event is
+    /// hidden from the client (sse_filter.zig), once the response turns out to be a stream.
+    hide_usage_event: bool = false,
+    event_filter: ?sse_filter.UsageEventFilter = null,
     /// The stream ended while admission waited for Redis (see onDone).
     abandoned: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
+        if (self.event_filter) |*filter| filter.deinit(allocator);
         if (self.config) |held| config.release(allocator, held);
         self.* = undefined;
     }
@@ -140,7 +146,9 @@ pub const HttpContext = struct {
                 var bytes = body;
                 defer bytes.deinit();
                 info = request.scan(bytes.bytes);
-                if (self.include_usage_candidate) rewrite.addIncludeUsage(bytes.bytes, info);
+                if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
+                    self.hide_usage_event = !info.usage_asked;
+                }
             }
         }
         self.include_usage_candidate = false;
@@ -295,6 +303,11 @@ pub const HttpContext = struct {
         var content_type = (host.getHeader(.response_headers, "content-type") catch null) orelse host.HostBytes{ .bytes = &.{} };
         defer content_type.deinit();
         self.scanner = usage.Scanner.init(content_type.bytes);
+        if (self.hide_usage_event and self.scanner == .sse) {
+            self.event_filter = .{};
+            // Events may be left out: a declared length would no longer hold.
+            host.removeHeader(.response_headers, "content-length") catch {};
+        }
         return .@"continue";
     }
 
@@ -306,11 +319,34 @@ pub const HttpContext = struct {
                 var bytes = chunk;
                 defer bytes.deinit();
                 self.scanner.feed(bytes.bytes);
-                self.response_bytes += bytes.bytes.len;
+                self.response_bytes +|= bytes.bytes.len;
+                if (self.event_filter) |*filter| self.filterEvents(filter, bytes.bytes, end_of_stream);
             }
+        } else if (end_of_stream) {
+            if (self.event_filter) |*filter| self.filterEvents(filter, "", true);
         }
         if (end_of_stream) self.settle("end of stream");
         return .@"continue";
+    }
+
+    /// Replaces the chunk with what the client gets of it (whole events, the usage-only one
+    /// left out). On any failure the filter steps aside and the bytes pass as they are.
+    fn filterEvents(self: *HttpContext, filter: *sse_filter.UsageEventFilter, chunk: []const u8, end_of_stream: bool) void {
+        var out: std.ArrayList(u8) = .empty;
+        defer out.deinit(allocator);
+        filter.process(allocator, chunk, end_of_stream, &out) catch |err| {
+            host.logf(.warn, "could not filter the usage event ({s}); the stream passes unfiltered", .{@errorName(err)});
+            out.clearRetainingCapacity();
+            out.appendSlice(allocator, filter.held.items) catch {};
+            out.appendSlice(allocator, chunk) catch {};
+            filter.deinit(allocator);
+            self.event_filter = null;
+        };
+        if (std.mem.eql(u8, out.items, chunk)) return;
+        host.setBuffer(.response_body, 0, chunk.len, out.items) catch |err| {
+            host.logf(.warn, "could not replace the response chunk: {s}", .{@errorName(err)});
+            return;
+        };
     }
 
     pub fn onResponseTrailers(self: *HttpContext) host.Action {

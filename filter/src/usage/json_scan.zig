@@ -28,7 +28,8 @@ pub const Path = struct {
 
 /// Incremental JSON scanner that tells `Handler` about the values it passes:
 ///   fn number(handler: *Handler, path: Path, value: u64) void   — non-negative integers only
-///   fn literal(handler: *Handler, path: Path, value: bool) void — true / false
+///   fn literal(handler: *Handler, path: Path, value: ?bool, start: usize, end: usize) void —
+///      true / false / null (null), with the offsets of its first byte and just past its last
 ///   fn objectOpen(handler: *Handler, path: Path, offset: usize) void — offset of its '{'
 ///   fn stringValue(handler: *Handler, path: Path, start: usize, end: usize) void — offsets of
 ///      its opening and closing quotes (a value string, not a key)
@@ -73,7 +74,9 @@ pub fn JsonScanner(comptime Handler: type) type {
         handler: Handler = .{},
         /// Bytes fed so far (offsets reported to the handler count from the first byte).
         offset: usize = 0,
-        literal_first: u8 = 0,
+        literal_start: usize = 0,
+        literal_bytes: [5]u8 = undefined,
+        literal_len: u8 = 0,
         string_start: usize = 0,
         state: State = .value,
         depth: usize = 0,
@@ -166,10 +169,15 @@ pub fn JsonScanner(comptime Handler: type) type {
                     self.step(c);
                 },
                 .literal => {
-                    if (std.ascii.isAlphabetic(c)) return;
-                    if (self.literal_first == 't' or self.literal_first == 'f') {
-                        if (self.path()) |p| self.handler.literal(p, self.literal_first == 't');
+                    if (std.ascii.isAlphabetic(c)) {
+                        if (self.literal_len == self.literal_bytes.len) return self.fail();
+                        self.literal_bytes[self.literal_len] = c;
+                        self.literal_len += 1;
+                        return;
                     }
+                    const text = self.literal_bytes[0..self.literal_len];
+                    const value: ?bool = if (std.mem.eql(u8, text, "true")) true else if (std.mem.eql(u8, text, "false")) false else if (std.mem.eql(u8, text, "null")) null else return self.fail();
+                    if (self.path()) |p| self.handler.literal(p, value, self.literal_start, self.offset);
                     self.endValue();
                     self.step(c);
                 },
@@ -206,7 +214,9 @@ pub fn JsonScanner(comptime Handler: type) type {
                     self.state = .number;
                 },
                 't', 'f', 'n' => {
-                    self.literal_first = c;
+                    self.literal_start = self.offset;
+                    self.literal_bytes[0] = c;
+                    self.literal_len = 1;
                     self.state = .literal;
                 },
                 else => self.fail(),

@@ -116,7 +116,7 @@ const UsageHandler = struct {
         }
     }
 
-    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: bool) void {}
+    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: ?bool, _: usize, _: usize) void {}
     pub fn objectOpen(_: *UsageHandler, _: json_scan.Path, _: usize) void {}
     pub fn stringValue(_: *UsageHandler, _: json_scan.Path, _: usize, _: usize) void {}
 };
