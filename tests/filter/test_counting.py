@@ -161,3 +161,73 @@ def test_duplicate_stream_options_keys_cannot_hide_a_false(make_any_host: MakeHo
     sent = b"".join(stream.request_body_chunks_forwarded)
     assert b"false" not in sent and b"null" not in sent, sent
     assert stream.forwarded_response_body == CONTENT_EVENT + DONE_EVENT
+
+
+# ---- 3. missing usage is never free ------------------------------------------------------------
+
+
+def prompt_body(prompt_bytes: int, **extra: object) -> bytes:
+    body = {"model": "m", "messages": [{"role": "user", "content": "p" * prompt_bytes}], **extra}
+    return json.dumps(body).encode()
+
+
+def test_a_client_that_leaves_before_the_answer_pays_for_its_prompt(
+    make_any_host: MakeHost,
+) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    body = prompt_body(4000)
+    stream = h.http_stream()
+    stream.request_headers(chat_request("gone", **{"content-length": str(len(body))}))
+    stream.request_body(body, True)  # the request went upstream ...
+    stream.log()  # ... and the client left before any answer
+    stream.done()
+    assert stream.properties_set["tokenlimit_tokens"] == str(-(-len(body) // 4)).encode()
+    assert stream.properties_set["tokenlimit_usage"] == b"estimated"
+    assert h.metrics["tokenlimit.usage_estimated"] == 1
+
+
+def test_a_request_that_never_went_upstream_is_not_charged(make_any_host: MakeHost) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    stream = h.http_stream()
+    stream.request_headers(chat_request("early", **{"content-length": "5000"}))
+    stream.request_body(b"{" * 100, False)  # the client left while sending its body
+    stream.log()
+    stream.done()
+    assert h.metrics.get("tokenlimit.tokens_charged", 0) == 0
+
+
+def test_an_answer_without_usage_is_charged_prompt_plus_output(make_any_host: MakeHost) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    body = prompt_body(2000)
+    answer = b'{"text":"' + b"x" * 389 + b'"}'  # 400 bytes, no usage
+    stream = h.http_stream()
+    headers = chat_request("quiet", **{"content-length": str(len(body))})
+    stream.complete(headers, JSON_RESPONSE, [answer], body)
+    assert stream.properties_set["tokenlimit_tokens"] == str(-(-len(body) // 4) + 100).encode()
+    assert stream.properties_set["tokenlimit_usage"] == b"estimated"
+
+
+def test_reserve_never_refunds_below_the_prompt_of_an_abandoned_request(
+    make_any_host: MakeHost,
+) -> None:
+    h = make_any_host(clock=clock())
+    options = {"admission": "reserve", "show_limit_headers": True}
+    assert h.configure(limited("minute", 10_000, **options))
+    body = prompt_body(4000, max_tokens=1000)
+    prompt = -(-len(body) // 4)
+    stream = h.http_stream()
+    stream.request_headers(chat_request("r", **{"content-length": str(len(body))}))
+    stream.request_body(body, True)
+    stream.log()  # gone before the answer
+    stream.done()
+    assert stream.properties_set["tokenlimit_tokens"] == str(prompt).encode()
+    probe_body = b'{"max_tokens":1}'
+    probe = h.http_stream()
+    probe_headers = chat_request("r", **{"content-length": str(len(probe_body))})
+    probe.complete(probe_headers, JSON_RESPONSE, [usage_body(0, 0)], probe_body)
+    probe_reserved = -(-len(probe_body) // 4) + 1
+    remaining = 10_000 - prompt - probe_reserved
+    assert probe.response_header_map["x-ratelimit-remaining-tokens"] == str(remaining)

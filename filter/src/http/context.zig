@@ -64,6 +64,12 @@ pub const HttpContext = struct {
     /// Whether the body should gain `stream_options.include_usage` (OpenAI-style path, JSON).
     include_usage_candidate: bool = false,
     response_ok: bool = false,
+    /// Response headers came back (whatever their status).
+    response_seen: bool = false,
+    /// Request body bytes that went upstream (the prompt estimate when usage is missing).
+    request_bytes: u64 = 0,
+    /// The whole request went upstream: from then on the upstream may bill it.
+    request_sent: bool = false,
     scanner: usage.Scanner = .{ .json = .{} },
     response_bytes: u64 = 0,
     /// The gateway asked for usage the client had not asked for: the usage-only event is
@@ -103,6 +109,7 @@ pub const HttpContext = struct {
         self.rule = rule;
         setProperty("tokenlimit_rule", rule.name);
 
+        self.request_sent = end_of_stream;
         const body_length = if (end_of_stream) 0 else select.contentLength();
         const body_readable = !end_of_stream and body_length != null and body_length.? <= rewrite.request_body_bytes_max and select.isJson();
         self.include_usage_candidate = body_readable and select.isOpenAiCompletionsPath();
@@ -138,8 +145,16 @@ pub const HttpContext = struct {
             self.enter(.idle);
             return .@"continue";
         }
-        if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) return .@"continue";
+        if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) {
+            // Passing through: each call brings the next chunk.
+            self.request_bytes +|= size;
+            self.request_sent = end_of_stream;
+            return .@"continue";
+        }
         if (!end_of_stream) return .pause; // Envoy buffers until the body is complete
+        // The whole body, buffered; it goes upstream once admitted (admission may still refuse).
+        self.request_bytes = size;
+        self.request_sent = true;
         var info: request.RequestInfo = .{};
         if (size <= rewrite.request_body_bytes_max) {
             if (host.getBuffer(.request_body, 0, size) catch null) |body| {
@@ -293,6 +308,7 @@ pub const HttpContext = struct {
 
     pub fn onResponseHeaders(self: *HttpContext) host.Action {
         if (self.phase != .admitted) return .@"continue";
+        self.response_seen = true;
         if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
         var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
         defer status.deinit();
@@ -370,17 +386,20 @@ pub const HttpContext = struct {
             seen = self.scanner.usage();
             if (seen.clamped) host.logf(.warn, "rule {s}: the upstream reported a usage value above {d} tokens; clamped to it (usage.zig value_tokens_max)", .{ rule.name, usage.value_tokens_max });
         }
-        const cost = settlement.charge(self.response_ok, seen, self.response_bytes, rule.weights);
+        const outcome: settlement.Outcome = if (self.response_seen)
+            (if (self.response_ok) .answered else .refused)
+        else if (self.request_sent) .unanswered else .not_sent;
+        const cost = settlement.charge(outcome, seen, self.request_bytes, self.response_bytes, rule.weights);
         self.store.settle(self.caller(), self.counters.items, host.nowMs(), cost.tokens) catch |err| {
             host.incrementMetric(metrics.plugin.store_errors, 1);
             host.logf(.err, "rule {s}: settling {d} tokens{s} failed: {s}", .{ rule.name, cost.tokens, if (self.store == .redis) " in redis" else "", @errorName(err) });
         };
         if (cost.tokens > 0) host.incrementMetric(metrics.plugin.tokens_charged, @intCast(@min(cost.tokens, std.math.maxInt(i64))));
-        if (cost.estimated and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
+        if (cost.estimated() and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
         var cost_text: [24]u8 = undefined;
         setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
-        setProperty("tokenlimit_usage", cost.label(self.response_ok));
-        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, if (cost.estimated) "estimated" else "reported", reason, rule.name, self.counters.items.len });
+        setProperty("tokenlimit_usage", cost.label());
+        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, cost.label(), reason, rule.name, self.counters.items.len });
     }
 };
 
