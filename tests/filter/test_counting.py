@@ -231,3 +231,33 @@ def test_reserve_never_refunds_below_the_prompt_of_an_abandoned_request(
     probe_reserved = -(-len(probe_body) // 4) + 1
     remaining = 10_000 - prompt - probe_reserved
     assert probe.response_header_map["x-ratelimit-remaining-tokens"] == str(remaining)
+
+
+# ---- 4. compressed answers ---------------------------------------------------------------------
+
+
+def test_metered_requests_ask_the_upstream_for_identity_encoding(make_any_host: MakeHost) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    for accepted in ["gzip", "deflate", "br", "zstd", "gzip, deflate, br, zstd", None]:
+        extra = {} if accepted is None else {"accept-encoding": accepted}
+        stream = h.http_stream()
+        stream.complete(chat_request("z", **extra), JSON_RESPONSE, [usage_body(3, 4)])
+        assert stream.request_header_map["accept-encoding"] == "identity", accepted
+    # A request no rule meters is left as the client sent it.
+    unmetered = {**chat_request("z", **{"accept-encoding": "gzip"})}
+    del unmetered["x-api-key"]
+    stream = h.http_stream()
+    stream.complete(unmetered, JSON_RESPONSE, [usage_body(3, 4)])
+    assert stream.request_header_map["accept-encoding"] == "gzip"
+
+
+def test_an_answer_encoded_anyway_is_estimated_not_misread(make_any_host: MakeHost) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    stream = h.http_stream()
+    encoded = {**JSON_RESPONSE, "content-encoding": "gzip"}
+    # Bytes that happen to look like usage must not be believed inside an encoded body.
+    stream.complete(chat_request("z"), encoded, [usage_body(999_999, 0)])
+    assert stream.properties_set["tokenlimit_usage"] == b"estimated"
+    assert any("content-encoding" in m for m in h.log_messages(LogLevel.WARN))

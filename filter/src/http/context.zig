@@ -64,6 +64,8 @@ pub const HttpContext = struct {
     /// Whether the body should gain `stream_options.include_usage` (OpenAI-style path, JSON).
     include_usage_candidate: bool = false,
     response_ok: bool = false,
+    /// The answer carries a content-encoding: not scanned, its cost is estimated.
+    response_encoded: bool = false,
     /// Response headers came back (whatever their status).
     response_seen: bool = false,
     /// Request body bytes that went upstream (the prompt estimate when usage is missing).
@@ -108,6 +110,11 @@ pub const HttpContext = struct {
         self.config = current.retain();
         self.rule = rule;
         setProperty("tokenlimit_rule", rule.name);
+        // Usage can only be read from an answer the upstream did not compress: ask for identity
+        // (Envoy's compressor filter can still compress towards the client, docs/config.md).
+        host.replaceHeader(.request_headers, "accept-encoding", "identity") catch |err| {
+            host.logf(.warn, "rule {s}: could not ask the upstream for identity encoding: {s}", .{ rule.name, @errorName(err) });
+        };
 
         self.request_sent = end_of_stream;
         const body_length = if (end_of_stream) 0 else select.contentLength();
@@ -319,6 +326,12 @@ pub const HttpContext = struct {
         var content_type = (host.getHeader(.response_headers, "content-type") catch null) orelse host.HostBytes{ .bytes = &.{} };
         defer content_type.deinit();
         self.scanner = usage.Scanner.init(content_type.bytes);
+        if (encodedBody()) {
+            // Compressed although identity was asked for: its bytes cannot be read for usage.
+            self.response_encoded = true;
+            host.logf(.warn, "rule {s}: the upstream answered with a content-encoding despite accept-encoding: identity; usage is estimated", .{self.rule.?.name});
+            return .@"continue";
+        }
         if (self.hide_usage_event and self.scanner == .sse) {
             self.event_filter = .{};
             // Events may be left out: a declared length would no longer hold.
@@ -334,7 +347,7 @@ pub const HttpContext = struct {
             if (host.getBuffer(.response_body, 0, size) catch null) |chunk| {
                 var bytes = chunk;
                 defer bytes.deinit();
-                self.scanner.feed(bytes.bytes);
+                if (!self.response_encoded) self.scanner.feed(bytes.bytes);
                 self.response_bytes +|= bytes.bytes.len;
                 if (self.event_filter) |*filter| self.filterEvents(filter, bytes.bytes, end_of_stream);
             }
@@ -381,7 +394,7 @@ pub const HttpContext = struct {
         self.enter(.settled);
         const rule = self.rule.?;
         var seen: usage.Usage = .{};
-        if (self.response_ok) {
+        if (self.response_ok and !self.response_encoded) {
             self.scanner.finish();
             seen = self.scanner.usage();
             if (seen.clamped) host.logf(.warn, "rule {s}: the upstream reported a usage value above {d} tokens; clamped to it (usage.zig value_tokens_max)", .{ rule.name, usage.value_tokens_max });
@@ -414,6 +427,14 @@ fn addLimitHeaders(counters: []const store.Counter) void {
         }
         if (tightest) |check| response.addLimitHeaders(unit == .requests, check);
     }
+}
+
+/// Whether the response being delivered declares a content-encoding other than identity.
+fn encodedBody() bool {
+    var encoding = (host.getHeader(.response_headers, "content-encoding") catch null) orelse return false;
+    defer encoding.deinit();
+    const value = std.mem.trim(u8, encoding.bytes, " \t");
+    return value.len > 0 and !std.ascii.eqlIgnoreCase(value, "identity");
 }
 
 fn setProperty(name: []const u8, value: []const u8) void {
