@@ -24,6 +24,18 @@ const usage = @import("../usage/usage.zig");
 
 const allocator = host.allocator;
 
+/// Random per worker VM: with the context id it names requests uniquely across gateways.
+var worker_nonce: u64 = 0;
+
+extern "wasi_snapshot_preview1" fn random_get(buffer: [*]u8, length: usize) u16;
+
+/// 64 random bits from the host (WASI random_get), or the clock if it has none to give.
+fn randomNonce() u64 {
+    var bytes: [8]u8 = undefined;
+    if (random_get(&bytes, bytes.len) != 0) return host.nowMs();
+    return std.mem.readInt(u64, &bytes, .little);
+}
+
 pub const Phase = enum {
     /// No rule applies, or the request was rejected or admitted uncounted: nothing more to do.
     idle,
@@ -80,6 +92,10 @@ pub const HttpContext = struct {
     event_filter: ?sse_filter.UsageEventFilter = null,
     /// The stream ended while admission waited for Redis (see onDone).
     abandoned: bool = false,
+    /// `<x-request-id>.<worker nonce>.<context id>`: unique even when a client reuses an
+    /// x-request-id (store.Caller.request_id).
+    request_id: [script.request_id_bytes_max]u8 = undefined,
+    request_id_len: usize = 0,
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
@@ -94,7 +110,16 @@ pub const HttpContext = struct {
     }
 
     fn caller(self: *const HttpContext) store.Caller {
-        return .{ .rule_name = self.rule.?.name, .http_context_id = self.id, .root_context_id = self.root_id };
+        return .{ .rule_name = self.rule.?.name, .request_id = self.request_id[0..self.request_id_len], .http_context_id = self.id, .root_context_id = self.root_id };
+    }
+
+    fn nameRequest(self: *HttpContext) void {
+        if (worker_nonce == 0) worker_nonce = randomNonce() | 1;
+        var header = (host.getHeader(.request_headers, "x-request-id") catch null) orelse host.HostBytes{ .bytes = &.{} };
+        defer header.deinit();
+        const given = header.bytes[0..@min(header.bytes.len, 48)];
+        const text = std.fmt.bufPrint(&self.request_id, "{s}.{x}.{d}", .{ given, worker_nonce, self.id }) catch "";
+        self.request_id_len = text.len;
     }
 
     pub fn onRequestHeaders(self: *HttpContext, root_context: ?*root.RootContext, end_of_stream: bool) host.Action {
@@ -109,6 +134,7 @@ pub const HttpContext = struct {
         if (self.counters.items.len == 0) return .@"continue";
         self.config = current.retain();
         self.rule = rule;
+        self.nameRequest();
         setProperty("tokenlimit_rule", rule.name);
         // Usage can only be read from an answer the upstream did not compress: ask for identity
         // (Envoy's compressor filter can still compress towards the client, docs/config.md).
