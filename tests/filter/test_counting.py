@@ -261,3 +261,30 @@ def test_an_answer_encoded_anyway_is_estimated_not_misread(make_any_host: MakeHo
     stream.complete(chat_request("z"), encoded, [usage_body(999_999, 0)])
     assert stream.properties_set["tokenlimit_usage"] == b"estimated"
     assert any("content-encoding" in m for m in h.log_messages(LogLevel.WARN))
+
+
+# ---- 6. reserve sizes every output -------------------------------------------------------------
+
+
+def test_reserve_estimates_every_output_the_request_asks_for(make_any_host: MakeHost) -> None:
+    cases: list[dict[str, object]] = [
+        {"n": 8, "max_tokens": 100},
+        {"best_of": 8, "n": 2, "max_tokens": 100},  # best_of generates 8, returns 2
+        {"generationConfig": {"candidateCount": 8, "maxOutputTokens": 100}},
+    ]
+    for fields in cases:
+        h = make_any_host(clock=clock())
+        assert h.configure(limited("minute", 1000, admission="reserve"))
+        body = json.dumps({"model": "m", "messages": [], **fields}).encode()
+        headers = chat_request("n", **{"content-length": str(len(body))})
+        first = h.http_stream()
+        first.request_headers(headers)
+        first.request_body(body, True)
+        assert first.local_response is None
+        second = h.http_stream()
+        second.request_headers(headers)
+        second.request_body(body, True)
+        rejection = second.local_response
+        assert rejection is not None, fields  # 2 x (prompt + 800) > 1000
+        reserved = 1000 - int(dict(rejection.headers)["x-ratelimit-remaining-tokens"])
+        assert reserved == -(-len(body) // 4) + 800, fields

@@ -196,12 +196,17 @@ pub fn withModel(body: []const u8, info: RequestInfo, model: []const u8, out: []
     return out[0..new_len];
 }
 
+/// Outputs counted at most (OpenAI allows n up to 128): a larger number is clamped.
+pub const outputs_max = 128;
+
 /// Tokens a request may use, for a reservation: its prompt (about 4 bytes a token of JSON) plus
-/// its declared output limit or `default_output_tokens`.
+/// its declared output limit (or `default_output_tokens`) for every output it asks for (`n`,
+/// `best_of`, `candidateCount`: each output is generated, and billed, in full).
 pub fn estimateTokens(info: RequestInfo, body_bytes: u64, default_output_tokens: u64) u64 {
     const prompt = std.math.divCeil(u64, body_bytes, 4) catch 0;
-    const output = @min(info.max_output_tokens orelse default_output_tokens, usage.value_tokens_max);
-    return @min(prompt +| output, usage.request_tokens_max);
+    const per_output = @min(info.max_output_tokens orelse default_output_tokens, usage.value_tokens_max);
+    const outputs = std.math.clamp(info.outputs orelse 1, 1, outputs_max);
+    return @min(prompt +| per_output * outputs, usage.request_tokens_max);
 }
 
 test "request: finds limits, stream flags and offsets" {
@@ -241,6 +246,17 @@ test "request: include_usage is added where it belongs, and explicit choices sta
 test "request: estimate is prompt bytes over four plus the output limit" {
     try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300 }, 100, 512));
     try std.testing.expectEqual(@as(u64, 1 + 512), estimateTokens(.{}, 3, 512));
+}
+
+test "request: every output counts: n, best_of (the larger), candidateCount, clamped" {
+    try std.testing.expectEqual(@as(?u64, 8), scan("{\"n\":8,\"max_tokens\":10}").outputs);
+    try std.testing.expectEqual(@as(?u64, 5), scan("{\"n\":2,\"best_of\":5}").outputs);
+    try std.testing.expectEqual(@as(?u64, 3), scan("{\"generationConfig\":{\"candidateCount\":3}}").outputs);
+    try std.testing.expectEqual(@as(?u64, null), scan("{\"messages\":[{\"n\":9}]}").outputs);
+    try std.testing.expectEqual(@as(u64, 25 + 8 * 300), estimateTokens(.{ .max_output_tokens = 300, .outputs = 8 }, 100, 512));
+    try std.testing.expectEqual(@as(u64, 25 + 128 * 300), estimateTokens(.{ .max_output_tokens = 300, .outputs = 1 << 40 }, 100, 512));
+    try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300, .outputs = 0 }, 100, 512));
+    try std.testing.expectEqual(usage.request_tokens_max, estimateTokens(.{ .max_output_tokens = std.math.maxInt(u64), .outputs = std.math.maxInt(u64) }, std.math.maxInt(u64), 512));
 }
 
 test "request: the top-level model is rewritten, nested ones are not" {
