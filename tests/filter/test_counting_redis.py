@@ -126,3 +126,33 @@ def test_an_admission_that_lands_after_its_request_gave_up_is_released(
         other.tick()
         other.run_pending()
     assert used(redis_server) == 0
+
+
+# ---- 7. reply sizes are bounded ----------------------------------------------------------------
+
+HUGE = 16 * 1024 * 1024
+
+
+def test_an_oversized_bridge_or_redis_reply_is_not_read_whole(
+    filter_wasm: Path, higress_wasm: Path
+) -> None:
+    """A reply past the largest one the script returns is a bad reply, read only up to that
+    bound: a hostile or broken peer cannot make the filter copy megabytes into its memory."""
+    huge = b"-ERR " + b"x" * HUGE + b"\r\n"
+    for wasm in (filter_wasm, higress_wasm):
+        host = Host(wasm, clock=Clock())
+        assert host.configure(config(redis={"service_name": "tokenlimit-bridge", "timeout": 500}))
+        before = host.memory_bytes_used()
+        stream = host.http_stream()
+        headers = {":method": "GET", ":path": "/", ":authority": "x", "x-api-key": "k"}
+        stream.request_headers(headers, end_of_stream=True)
+        if wasm == filter_wasm:
+            (call_id,) = host.pending_http_calls()
+            host.respond_http_call(call_id, 200, huge)
+        else:
+            (call_id,) = host.pending_redis_calls()
+            host.respond_redis_call(call_id, huge)
+        assert stream.local_response is None  # failure_mode open: admitted
+        assert not stream.request_paused
+        assert host.memory_bytes_used() - before < 1024 * 1024, wasm.name
+        assert host.trap is None

@@ -2,6 +2,7 @@
 //! as RESP, and the meaning of its replies. Pure, so the wire format is tested here without a
 //! host; redis.zig sends what this builds.
 const std = @import("std");
+const counter_key = @import("../meter/counter.zig");
 const resp = @import("resp.zig");
 const store = @import("store.zig");
 
@@ -13,6 +14,15 @@ pub const sha: [40]u8 = blk: {
     std.crypto.hash.Sha1.hash(source, &digest, .{});
     break :blk std.fmt.bytesToHex(digest, .lower);
 };
+
+/// The longest reply the script returns: an admit reply for `reply_counters_max` counters with
+/// every integer at its longest (`:-9223372036854775808\r\n`, 23 bytes). The transports read no
+/// more than this; a longer reply (a broken or hostile peer) is a bad reply, never copied.
+pub const reply_bytes_max = "*99999\r\n".len + (2 + 3 * counter_key.reply_counters_max) * ":-9223372036854775808\r\n".len;
+
+comptime {
+    std.debug.assert(reply_bytes_max < 32 * 1024);
+}
 
 /// Longest request id kept in a marker key (longer ids are cut: the id only has to be unique).
 pub const request_id_bytes_max = 96;
