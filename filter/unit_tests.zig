@@ -29,12 +29,14 @@ test {
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");
     _ = @import("src/meter/budget.zig");
+    _ = @import("src/meter/budget_fuzz.zig");
     _ = @import("src/meter/counter.zig");
     _ = @import("src/respond/response.zig");
     _ = @import("src/store/circuit.zig");
     _ = @import("src/store/local.zig");
     _ = @import("src/store/redis.zig");
     _ = @import("src/store/resp.zig");
+    _ = @import("src/store/resp_fuzz.zig");
     _ = @import("src/store/retry_queue.zig");
     _ = @import("src/store/script.zig");
     _ = @import("src/store/store.zig");
@@ -44,4 +46,5 @@ test {
     _ = @import("src/usage/request.zig");
     _ = @import("src/usage/sse_filter.zig");
     _ = @import("src/usage/usage.zig");
+    _ = @import("src/usage/usage_fuzz.zig");
 }

@@ -44,6 +44,7 @@ pub fn JsonScanner(comptime Handler: type) type {
             object_key, // after ','
             key_string,
             key_string_escape,
+            key_string_unicode,
             colon,
             string,
             string_escape,
@@ -74,6 +75,8 @@ pub fn JsonScanner(comptime Handler: type) type {
         handler: Handler = .{},
         /// Bytes fed so far (offsets reported to the handler count from the first byte).
         offset: usize = 0,
+        key_unicode: u16 = 0,
+        key_unicode_digits: u8 = 0,
         literal_start: usize = 0,
         literal_bytes: [5]u8 = undefined,
         literal_len: u8 = 0,
@@ -126,18 +129,37 @@ pub fn JsonScanner(comptime Handler: type) type {
                         self.storeKey();
                         self.state = .colon;
                     },
-                    '\\' => {
-                        self.key.usable = false; // escaped keys never name usage fields
-                        self.state = .key_string_escape;
-                    },
-                    else => {
-                        if (self.key.len < key_bytes_max) {
-                            self.key.bytes[self.key.len] = c;
-                            self.key.len += 1;
-                        } else self.key.usable = false;
-                    },
+                    '\\' => self.state = .key_string_escape,
+                    else => self.appendKeyByte(c),
                 },
-                .key_string_escape => self.state = .key_string,
+                // Keys are compared decoded: `"stream\u005foptions"` is `stream_options` to
+                // every JSON parser upstream, so it must be to this scanner too.
+                .key_string_escape => {
+                    self.state = .key_string;
+                    switch (c) {
+                        'u' => {
+                            self.key_unicode = 0;
+                            self.key_unicode_digits = 0;
+                            self.state = .key_string_unicode;
+                        },
+                        '"', '\\', '/' => self.appendKeyByte(c),
+                        'b' => self.appendKeyByte(8),
+                        'f' => self.appendKeyByte(12),
+                        'n' => self.appendKeyByte('\n'),
+                        'r' => self.appendKeyByte('\r'),
+                        't' => self.appendKeyByte('\t'),
+                        else => self.fail(), // not JSON
+                    }
+                },
+                .key_string_unicode => {
+                    const digit = std.fmt.charToDigit(c, 16) catch return self.fail();
+                    self.key_unicode = self.key_unicode * 16 + digit;
+                    self.key_unicode_digits += 1;
+                    if (self.key_unicode_digits < 4) return;
+                    self.state = .key_string;
+                    // No key a handler asks about has a byte outside ASCII.
+                    if (self.key_unicode < 0x80) self.appendKeyByte(@intCast(self.key_unicode)) else self.key.usable = false;
+                },
                 .colon => {
                     if (isSpace(c)) return;
                     if (c != ':') return self.fail();
@@ -247,6 +269,13 @@ pub fn JsonScanner(comptime Handler: type) type {
 
         fn endValue(self: *Self) void {
             self.state = if (self.depth == 0) .done else .after_value;
+        }
+
+        fn appendKeyByte(self: *Self, c: u8) void {
+            if (self.key.len < key_bytes_max) {
+                self.key.bytes[self.key.len] = c;
+                self.key.len += 1;
+            } else self.key.usable = false;
         }
 
         fn storeKey(self: *Self) void {

@@ -243,6 +243,14 @@ test "request: include_usage is added where it belongs, and explicit choices sta
     try std.testing.expectEqual(@as(?[]u8, null), withIncludeUsage(plain, scan(plain), out[0..10]));
 }
 
+test "request: escaped keys cannot hide stream_options or include_usage (fuzz regression)" {
+    var out: [256]u8 = undefined;
+    const escaped = "{\"stream\":true,\"stream\\u005foptions\":{\"include\\u005Fusage\":false}}";
+    try std.testing.expectEqualStrings("{\"stream\":true,\"stream\\u005foptions\":{\"include\\u005Fusage\":true}}", withIncludeUsage(escaped, scan(escaped), &out).?);
+    // An escape JSON does not have is not JSON: nothing is learnt, nothing rewritten.
+    try std.testing.expect(!scan("{\"stream\":true,\"stream\\_options\":{}}").stream);
+}
+
 test "request: estimate is prompt bytes over four plus the output limit" {
     try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300 }, 100, 512));
     try std.testing.expectEqual(@as(u64, 1 + 512), estimateTokens(.{}, 3, 512));
