@@ -288,3 +288,44 @@ def test_reserve_estimates_every_output_the_request_asks_for(make_any_host: Make
         assert rejection is not None, fields  # 2 x (prompt + 800) > 1000
         reserved = 1000 - int(dict(rejection.headers)["x-ratelimit-remaining-tokens"])
         assert reserved == -(-len(body) // 4) + 800, fields
+
+
+# ---- response parsing edges --------------------------------------------------------------------
+
+
+def test_deep_nesting_before_usage_does_not_turn_it_into_an_estimate(
+    make_any_host: MakeHost,
+) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    deep = "[" * 100 + "1" + "]" * 100  # structured output nested 100 levels
+    answer = (
+        '{"output":' + deep + ',"usage":{"prompt_tokens":30,"completion_tokens":10}}'
+    ).encode()
+    stream = h.http_stream()
+    stream.complete(chat_request("deep"), JSON_RESPONSE, [answer])
+    assert stream.properties_set["tokenlimit_tokens"] == b"40"
+    assert stream.properties_set["tokenlimit_usage"] == b"reported"
+
+
+def test_a_usage_object_nested_in_content_does_not_override_the_real_one(
+    make_any_host: MakeHost,
+) -> None:
+    h = make_any_host(clock=clock())
+    assert h.configure(limited("minute", 10**6))
+    fake = {"usage": {"input_tokens": 1, "output_tokens": 1}}
+    anthropic = {
+        "usage": {"input_tokens": 500, "output_tokens": 300},
+        "content": [{"type": "tool_use", "name": "f", "input": fake}],
+    }
+    gemini_args = {
+        "functionCall": {"name": "f", "args": {"usageMetadata": {"promptTokenCount": 1}}}
+    }
+    gemini = {
+        "usageMetadata": {"promptTokenCount": 500, "candidatesTokenCount": 300},
+        "candidates": [{"content": {"parts": [gemini_args]}}],
+    }
+    for body in (anthropic, gemini):
+        stream = h.http_stream()
+        stream.complete(chat_request("nest"), JSON_RESPONSE, [json.dumps(body).encode()])
+        assert stream.properties_set["tokenlimit_tokens"] == b"800", body

@@ -6,14 +6,14 @@ const std = @import("std");
 
 /// Levels whose keys are tracked; deeper levels are followed by kind only.
 pub const named_depth_max = 16;
-/// Nesting beyond this stops the scan (the caller then estimates).
-pub const depth_max = 64;
+/// Nesting beyond this stops the scan (the caller then estimates). Deep enough that structured
+/// output nested before `usage` does not hide it (one bit of state per level).
+pub const depth_max = 1024;
 /// Longest key a handler can ask about ("cache_creation_input_tokens" is 27 bytes).
 pub const key_bytes_max = 32;
 
 comptime {
     std.debug.assert(named_depth_max <= depth_max);
-    std.debug.assert(depth_max <= 64); // container kinds live in one u64
 }
 
 /// Where a value sits: its object key and the key of the object holding it.
@@ -84,7 +84,7 @@ pub fn JsonScanner(comptime Handler: type) type {
         state: State = .value,
         depth: usize = 0,
         /// Bit i set: the container at level i is an object.
-        object_levels: u64 = 0,
+        object_levels: std.StaticBitSet(depth_max) = .empty,
         frames: [named_depth_max]Frame = undefined,
         key: Name = .{},
         number: u64 = 0,
@@ -111,7 +111,7 @@ pub fn JsonScanner(comptime Handler: type) type {
 
         fn inObject(self: *const Self) bool {
             std.debug.assert(self.depth > 0);
-            return (self.object_levels >> @intCast(self.depth - 1)) & 1 == 1;
+            return self.object_levels.isSet(self.depth - 1);
         }
 
         fn step(self: *Self, c: u8) void {
@@ -250,8 +250,7 @@ pub fn JsonScanner(comptime Handler: type) type {
             if (is_object) {
                 if (self.path()) |p| self.handler.objectOpen(p, self.offset);
             }
-            const level: u6 = @intCast(self.depth);
-            if (is_object) self.object_levels |= @as(u64, 1) << level else self.object_levels &= ~(@as(u64, 1) << level);
+            self.object_levels.setValue(self.depth, is_object);
             if (self.depth < named_depth_max) {
                 var frame = Frame{};
                 if (self.depth > 0 and self.inObject()) frame.name = self.frames[self.depth - 1].key;

@@ -66,7 +66,12 @@ pub const Weights = struct {
 
 const Field = enum { input, output, cached_in_input, cache_read, cache_write, thoughts };
 
-const FieldName = struct { parent: []const u8, key: []const u8, field: Field };
+/// `depth_max`: the deepest a provider puts the field (json_scan.Path.depth of the number): the
+/// top-level `usage` / `usageMetadata` (2), one level down (3: Anthropic `message.usage`, the
+/// Responses API `response.usage`, a Gemini stream's array of chunks), details one below that.
+/// A `usage` object deeper than that sits in content (a tool call's input, structured output)
+/// and must not override the real one.
+const FieldName = struct { parent: []const u8, key: []const u8, field: Field, depth_max: usize = 3 };
 
 /// (parent object key, key) pairs that carry usage, across the dialects.
 const usage_fields = [_]FieldName{
@@ -76,8 +81,8 @@ const usage_fields = [_]FieldName{
     .{ .parent = "usage", .key = "output_tokens", .field = .output },
     .{ .parent = "usage", .key = "cache_read_input_tokens", .field = .cache_read }, // Anthropic
     .{ .parent = "usage", .key = "cache_creation_input_tokens", .field = .cache_write },
-    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input }, // OpenAI
-    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input },
+    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input, .depth_max = 4 }, // OpenAI
+    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input, .depth_max = 4 },
     .{ .parent = "usageMetadata", .key = "promptTokenCount", .field = .input }, // Gemini
     .{ .parent = "usageMetadata", .key = "candidatesTokenCount", .field = .output },
     .{ .parent = "usageMetadata", .key = "cachedContentTokenCount", .field = .cached_in_input },
@@ -101,6 +106,7 @@ const UsageHandler = struct {
         if (path.parent.len == 0 and path.depth != 1) return; // top-level fields only at depth 1
         const value = @min(reported, value_tokens_max);
         for (usage_fields) |candidate| {
+            if (path.depth > candidate.depth_max) continue;
             if (std.mem.eql(u8, candidate.key, path.key) and std.mem.eql(u8, candidate.parent, path.parent)) {
                 switch (candidate.field) {
                     .input => self.usage.input_tokens = value,
@@ -353,4 +359,19 @@ test "usage: values above the per-request ceiling are clamped and marked" {
     const worst = Usage{ .input_tokens = value_tokens_max, .output_tokens = value_tokens_max, .cache_read_tokens = value_tokens_max, .cache_write_tokens = value_tokens_max, .thoughts_tokens = value_tokens_max };
     try std.testing.expect(worst.weighted(heaviest) <= request_tokens_max);
     try std.testing.expect(!(try scanSplitEverywhere("application/json", "{\"usage\":{\"prompt_tokens\":5}}")).clamped);
+}
+
+test "usage: a usage object inside content never overrides the real one; deep nesting is read" {
+    const anthropic = "{\"usage\":{\"input_tokens\":500,\"output_tokens\":300},\"content\":[{\"type\":\"tool_use\",\"input\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}]}";
+    try std.testing.expectEqual(@as(u64, 800), (try scanSplitEverywhere("application/json", anthropic)).weighted(.{}));
+    const gemini_array = "[{\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":6}}]";
+    try std.testing.expectEqual(@as(u64, 11), (try scanSplitEverywhere("application/json", gemini_array)).weighted(.{}));
+    const deep = comptime nested: {
+        var text: []const u8 = "{\"output\":";
+        for (0..100) |_| text = text ++ "[";
+        text = text ++ "1";
+        for (0..100) |_| text = text ++ "]";
+        break :nested text ++ ",\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":10}}";
+    };
+    try std.testing.expectEqual(@as(u64, 40), (try scanSplitEverywhere("application/json", deep)).weighted(.{}));
 }
