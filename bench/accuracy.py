@@ -25,8 +25,14 @@ Reported per round: admitted and rejected requests, admitted tokens (sum of the 
 over 200 responses) ÷ budget, and as a cross-check Envoy's own counters
 (`tokenlimit.tokens_charged`, `requests_allowed`, `requests_rejected`) for the same round.
 
+Two adversarial rows (issue 9, bench/_accuracy_rows.py): `n8`, clients whose requests ask for
+8 outputs (reserve; admitted ÷ budget), and `dodge`, clients that rotate between
+`include_usage: false`, `stream_options: null` and disconnecting before the answer (charged ÷
+true usage).
+
     .venv/bin/python bench/accuracy.py [--quick] [--clients 8,32,128] [--budget 10000]
         [--seconds 8] [--repeat 2] [--store local,redis] [--seed 1]
+        [--rows plain,n8,dodge] [--row-clients 32]
 
 Default run: about 2-3 minutes; `--quick`: about 1 minute. Markdown on stdout, progress on
 stderr.
@@ -40,7 +46,6 @@ import contextlib
 import json
 import math
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +57,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _accuracy_report
+import _accuracy_rows as rows
 import _harness as h
 from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import FilterConfig, parse_filter_config
@@ -67,6 +74,8 @@ WINDOW_MARGIN_S = 2.0  # slack past the last answer before a round may end
 STATS_SETTLE_S = 0.3
 STORES = ("local", "redis")
 MODES = ("postpaid", "reserve")
+KINDS = ("plain", "n8", "dodge")
+KIND_LABELS = {"plain": "plain", "n8": "n: 8", "dodge": "dodging"}
 WORDS = ("invoice", "refund", "customer", "billing", "account", "plan", "upgrade", "support")
 
 
@@ -165,13 +174,19 @@ class Round:
     seconds: float = 0.0
     window_ok: bool = True
     error_samples: list[str] = field(default_factory=list)
+    # plain | n8 | dodge (bench/_accuracy_rows.py): dodge rows measure charged ÷ true usage.
+    kind: str = "plain"
 
     @property
     def ratio(self) -> float:
+        if self.kind == "dodge":
+            return self.envoy_charged / max(self.tokens, 1)
         return self.tokens / self.budget
 
     @property
     def counters_agree(self) -> bool:
+        if self.kind == "dodge":  # disconnects are charged an estimate by design
+            return self.envoy_allowed == self.admitted and self.envoy_store_errors == 0
         return (
             self.envoy_charged == self.tokens
             and self.envoy_allowed == self.admitted
@@ -210,9 +225,19 @@ def request_plan(rng: random.Random, delay_ms: tuple[int, int]) -> tuple[bytes, 
     return body, headers
 
 
+def plan_for(kind: str) -> Callable[[random.Random, tuple[int, int]], tuple[bytes, dict[str, str]]]:
+    if kind == "n8":
+        return lambda rng, delay: rows.n8_plan(rng, delay, API_KEY, WORDS, MAX_TOKENS_CHOICES)
+    return request_plan
+
+
 async def drive(
     url: str, result: Round, seconds: float, seed: int, delay_ms: tuple[int, int]
 ) -> None:
+    if result.kind == "dodge":
+        await rows.drive_dodgers(url, result, seconds, seed, delay_ms, API_KEY, WORDS)
+        return
+    plan = plan_for(result.kind)
     stop_at = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=result.clients)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -222,7 +247,7 @@ async def drive(
             rng = random.Random(seed * 100_003 + index)
             await asyncio.sleep(rng.uniform(0, 0.05))  # not all in the same millisecond
             while time.monotonic() < stop_at:
-                body, headers = request_plan(rng, delay_ms)
+                body, headers = plan(rng, delay_ms)
                 try:
                     async with session.post(
                         url + "/v1/chat/completions", data=body, headers=headers
@@ -269,6 +294,7 @@ def run_round(target: Target, result: Round, args: argparse.Namespace, serial: i
     needed = args.seconds + args.delay[1] / 1000 + WINDOW_MARGIN_S
     for attempt in range(2):
         fresh = Round(result.store, result.mode, result.clients, result.budget, result.repeat)
+        fresh.kind = result.kind
         if attempt:  # a fresh rule name again, and a whole window ahead
             target.apply(rule_config(fresh.store, f"{name}-again", fresh.mode, fresh.budget))
             wait_for_room(WINDOW_S)
@@ -320,85 +346,7 @@ def report(args: argparse.Namespace, rounds: list[Round]) -> str:
         "round equal the client's counts and tokens, with no store errors and no response "
         "charged from an estimate.\n"
     )
-    cells: dict[tuple[str, str, int], list[Round]] = {}
-    for r in rounds:
-        cells.setdefault((r.store, r.mode, r.clients), []).append(r)
-    rows = []
-    for (store, mode, n), group in cells.items():
-        ratios = [r.ratio for r in group]
-        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(group) > 1 else "-"
-        rows.append(
-            [
-                store,
-                mode,
-                n,
-                len(group),
-                f"{statistics.mean(ratios):.2f}",
-                spread,
-                f"{statistics.mean(r.admitted for r in group):.1f}",
-                f"{statistics.mean(r.rejected for r in group):.0f}",
-            ]
-        )
-    out.append(
-        h.markdown_table(
-            [
-                "store",
-                "admission",
-                "clients",
-                "rounds",
-                "admitted ÷ budget",
-                "range",
-                "admitted req/round",
-                "rejected req/round",
-            ],
-            rows,
-        )
-    )
-    out.append("")
-    out.append("Every round:\n")
-    rows = []
-    for r in rounds:
-        rows.append(
-            [
-                r.store,
-                r.mode,
-                r.clients,
-                r.repeat,
-                r.admitted,
-                r.rejected,
-                r.errors,
-                f"{r.tokens:,}",
-                f"{r.ratio:.3f}",
-                f"{r.envoy_charged:,}",
-                f"{r.envoy_allowed}/{r.envoy_rejected}/{r.envoy_store_errors}",
-                "yes" if r.counters_agree else "NO",
-                "yes" if r.window_ok else "NO",
-            ]
-        )
-    out.append(
-        h.markdown_table(
-            [
-                "store",
-                "admission",
-                "clients",
-                "round",
-                "admitted",
-                "rejected",
-                "errors",
-                "admitted tokens",
-                "÷ budget",
-                "Envoy tokens_charged",
-                "Envoy allowed/rejected/store errors",
-                "counters agree",
-                "one window",
-            ],
-            rows,
-        )
-    )
-    samples = [s for r in rounds for s in r.error_samples]
-    if samples:
-        out.append("\nErrors seen (first few): " + "; ".join(samples[:5]))
-    return "\n".join(out)
+    return _accuracy_report.tables(out, rounds, KIND_LABELS)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -445,6 +393,15 @@ def main() -> None:
         default=["local", "redis"],
         help="budget stores, comma-separated: local (Envoy shared data), redis (via the bridge)",
     )
+    parser.add_argument(
+        "--rows",
+        type=name_list(KINDS),
+        default=list(KINDS),
+        help="plain (the grid above), n8 (n: 8, reserve), dodge (dodging clients); all three",
+    )
+    parser.add_argument(
+        "--row-clients", type=int, default=32, help="clients in the n8 and dodge rows (32)"
+    )
     parser.add_argument("--budget", type=int, default=10_000, help="tokens per minute (10000)")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per round (8)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds per cell (2)")
@@ -479,6 +436,17 @@ def main() -> None:
         with open_target(store, args) as target:
             cell = 0
             for repeat in range(1, args.repeat + 1):
+                for kind in [k for k in ("n8", "dodge") if k in args.rows]:
+                    serial += 1
+                    mode = "reserve" if kind == "n8" else "postpaid"
+                    budget = args.budget if kind == "n8" else rows.DODGE_BUDGET
+                    log(f"round {serial}: store={store} {kind} clients={args.row_clients}")
+                    extra = Round(store, mode, args.row_clients, budget, repeat, kind=kind)
+                    r = run_round(target, extra, args, serial)
+                    log(f"  {r.admitted} requests, {r.tokens} tokens, charged {r.envoy_charged}")
+                    rounds.append(r)
+                if "plain" not in args.rows:
+                    continue
                 for n in args.clients:
                     # flip the mode order from one client count to the next, so slow drift
                     # (other load on the machine) hits both modes alike
@@ -499,7 +467,15 @@ def main() -> None:
                             f"(Envoy charged {r.envoy_charged})"
                         )
                         rounds.append(r)
-    rounds.sort(key=lambda r: (STORES.index(r.store), MODES.index(r.mode), r.clients, r.repeat))
+    rounds.sort(
+        key=lambda r: (
+            KINDS.index(r.kind),
+            STORES.index(r.store),
+            MODES.index(r.mode),
+            r.clients,
+            r.repeat,
+        )
+    )
     print(report(args, rounds) + "\n\n" + watch.summary())
     log(f"total {time.monotonic() - started:.0f}s")
 

@@ -3,7 +3,9 @@
 -- (contract/budget.json) against both. One script, so the math exists once here.
 --
 -- KEYS[i]  counter keys; all share one {rule} hash tag, so this runs on Redis Cluster too.
--- ARGV[1]  'admit', 'settle' or 'peek'
+-- KEYS[n + 1] (admit, settle, release; optional) the request's marker key, same hash tag: makes
+--          each operation apply once per request (see "Idempotence" below).
+-- ARGV[1]  'admit', 'settle', 'release' or 'peek'
 -- ARGV[2]  now in ms, or 0 to use the Redis server's clock (so skewed gateways agree)
 --
 -- admit:  ARGV[3] 1 = shadow mode: add the amounts even where a counter refuses;
@@ -14,12 +16,23 @@
 -- settle: ARGV[3 + 5(i-1) ...] per counter: algorithm, window length ms, limit, reserved,
 --         actual; ARGV[last] the admission time (ms, as admit returned it): a refund only
 --         applies to the window the reservation was made in. Returns the counters changed.
+-- release: as settle, for a request that gave up on its admission (its answer timed out or
+--         was lost, or the client left): refunds what the admission reserved if it ran, or,
+--         when it has not run yet, leaves a tombstone so that it reserves nothing when it does.
 -- peek:   ARGV[3 + 3(i-1) ...] per counter: algorithm, window length ms, limit. Writes nothing.
 --         Returns {now_ms, then per counter: used, remaining, reset_ms}: what an admit of
 --         nothing would report now (`tokenlimit usage` reads counters this way, so the
 --         control plane has no copy of the math). remaining = max(limit - used, 0).
 --
 -- Records are hashes {s = start ms, u = used, p = previous window's usage}.
+--
+-- Idempotence: the marker key holds what happened to the request: 'a:<ms>' (admitted at that
+-- server time, reserved),
+-- 'n' (admission refused, nothing reserved), 's' (settled or released), 'r' (released before
+-- its admission ran). A settle or release finding 's' or 'r' changes nothing (a retried
+-- settle never charges twice); an admit finding any marker reserves nothing (it landed after
+-- its request gave up). Markers live as long as the longest window among the counters, at
+-- least 10 minutes and at most an hour.
 
 local function now_ms()
   if tonumber(ARGV[2]) > 0 then return tonumber(ARGV[2]) end
@@ -76,15 +89,33 @@ local function ttl(r, algorithm, length, limit)
   return length
 end
 
+-- Usage saturates at 2^53 (a Lua double's exact integers; the filter bounds one request's
+-- charge far below it), so a reply never carries a number Redis cannot turn into an integer.
+local used_max = 9007199254740992
+
 local function write(key, r, algorithm, length, limit)
+  r.u = math.min(r.u, used_max)
   redis.call('HSET', key, 's', r.s, 'u', r.u, 'p', r.p)
   redis.call('PEXPIRE', key, ttl(r, algorithm, length, limit))
 end
 
+local marker_ttl_min, marker_ttl_max = 600000, 3600000
+
+-- How long a request's marker is kept: its longest window, within the bounds above.
+local function marker_ttl(n, first, stride)
+  local longest = 0
+  for i = 1, n do longest = math.max(longest, tonumber(ARGV[first + stride * (i - 1)])) end
+  return math.min(math.max(longest, marker_ttl_min), marker_ttl_max)
+end
+
 local function admit(now)
   local force = tonumber(ARGV[3]) == 1
+  local n = (#ARGV - 3) / 4
+  local marker = KEYS[n + 1]
+  local late = marker ~= nil and redis.call('EXISTS', marker) == 1
   local states, results, refused = {}, {}, 0
-  for i, key in ipairs(KEYS) do
+  for i = 1, n do
+    local key = KEYS[i]
     local base = 4 + 4 * (i - 1)
     local algorithm, length = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
     local limit, amount = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
@@ -94,17 +125,21 @@ local function admit(now)
     results[i] = {used, limit, reset}
     if refused == 0 and not fits(used, limit, amount) then refused = i end
   end
-  if refused == 0 or force then
-    for i, key in ipairs(KEYS) do
+  local applied = (refused == 0 or force) and not late
+  if applied then
+    for i = 1, n do
       local st = states[i]
       st.r.u = st.r.u + st.amount
-      write(key, st.r, st.algorithm, st.length, st.limit)
+      write(KEYS[i], st.r, st.algorithm, st.length, st.limit)
       local used, reset = check(st.r, st.algorithm, st.length, st.limit, now)
       results[i] = {used, st.limit, reset}
     end
   end
+  if marker ~= nil and not late then
+    redis.call('SET', marker, applied and ('a:' .. now) or 'n', 'PX', marker_ttl(n, 5, 4))
+  end
   local reply = {refused, now}
-  for i = 1, #KEYS do
+  for i = 1, n do
     reply[#reply + 1] = results[i][1]
     reply[#reply + 1] = results[i][2]
     reply[#reply + 1] = results[i][3]
@@ -112,10 +147,26 @@ local function admit(now)
   return reply
 end
 
-local function settle(now)
+-- settle, or release (`releasing`): replaces each reservation with the actual cost, once.
+-- Returns the counters changed, or -1 when the marker says it was done already.
+local function settle(now, releasing)
+  local n = (#ARGV - 3) / 5
+  local marker = KEYS[n + 1]
   local admitted_at = tonumber(ARGV[#ARGV])
+  if marker ~= nil then
+    local state = redis.call('GET', marker)
+    if state == 's' or state == 'r' then return -1 end
+    if releasing and (state == false or state == 'n') then
+      -- Nothing reserved (yet): an admission still on its way must reserve nothing.
+      redis.call('SET', marker, 'r', 'PX', marker_ttl(n, 4, 5))
+      return 0
+    end
+    -- The admission's own (server) time: a release never read the admit reply that says it.
+    if state and string.sub(state, 1, 2) == 'a:' then admitted_at = tonumber(string.sub(state, 3)) end
+  end
   local changed = 0
-  for i, key in ipairs(KEYS) do
+  for i = 1, n do
+    local key = KEYS[i]
     local base = 3 + 5 * (i - 1)
     local algorithm, length = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
     local limit, reserved, actual = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
@@ -130,6 +181,7 @@ local function settle(now)
       changed = changed + 1
     end
   end
+  if marker ~= nil then redis.call('SET', marker, 's', 'PX', marker_ttl(n, 4, 5)) end
   return changed
 end
 
@@ -149,6 +201,7 @@ local function peek(now)
 end
 
 if ARGV[1] == 'admit' then return admit(now_ms()) end
-if ARGV[1] == 'settle' then return settle(now_ms()) end
+if ARGV[1] == 'settle' then return settle(now_ms(), false) end
+if ARGV[1] == 'release' then return settle(now_ms(), true) end
 if ARGV[1] == 'peek' then return peek(now_ms()) end
 return redis.error_reply('tokenlimit: unknown operation ' .. tostring(ARGV[1]))

@@ -32,6 +32,7 @@ test {
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");
     _ = @import("src/meter/budget.zig");
+    _ = @import("src/meter/budget_fuzz.zig");
     _ = @import("src/meter/calendar.zig");
     _ = @import("src/meter/counter.zig");
     _ = @import("src/respond/response.zig");
@@ -39,6 +40,7 @@ test {
     _ = @import("src/store/local.zig");
     _ = @import("src/store/redis.zig");
     _ = @import("src/store/resp.zig");
+    _ = @import("src/store/resp_fuzz.zig");
     _ = @import("src/store/retry_queue.zig");
     _ = @import("src/store/script.zig");
     _ = @import("src/store/store.zig");
@@ -46,5 +48,7 @@ test {
     _ = @import("src/store/transport_http.zig");
     _ = @import("src/usage/json_scan.zig");
     _ = @import("src/usage/request.zig");
+    _ = @import("src/usage/sse_filter.zig");
     _ = @import("src/usage/usage.zig");
+    _ = @import("src/usage/usage_fuzz.zig");
 }

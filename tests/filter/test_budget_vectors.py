@@ -153,3 +153,24 @@ def test_peek_reads_several_counters_on_server_time_and_creates_nothing(
 def test_an_unknown_operation_is_an_error_reply(client: redis.Redis) -> None:
     with pytest.raises(redis.ResponseError, match="unknown operation"):
         run(client, [], ["refund", 0])
+
+
+def test_a_request_marker_applies_each_settlement_once(client: redis.Redis) -> None:
+    """With the request's marker key after the counters, a retried settle changes nothing, and
+    a release that arrives before its admission makes that admission reserve nothing."""
+    key, marker = "tokenlimit:{once}:g", "tokenlimit:{once}:req:r1"
+    client.delete(key, marker)
+    now = 1_699_999_980_000 + 1000
+    run_admit(client, [key, marker], now, False, [(0, 60_000, 1000, 100)])
+    counter = (0, 60_000, 1000, 100, 140)
+    assert run_settle(client, [key, marker], now + 1, [counter], now) == 1
+    assert run_settle(client, [key, marker], now + 2, [counter], now) == -1  # a retry
+    assert client.hget(key, "u") == b"140"
+    assert 600_000 - 5000 < client.pttl(marker) <= 600_000  # at least 10 minutes
+
+    late = "tokenlimit:{once}:req:r2"
+    released = (0, 60_000, 1000, 100, 0)
+    args: list[int | str] = ["release", now + 3, *released, now]
+    assert run(client, [key, late], args) == 0  # nothing reserved yet: a tombstone
+    run_admit(client, [key, late], now + 4, False, [(0, 60_000, 1000, 100)])
+    assert client.hget(key, "u") == b"140"  # the admission landed after its request gave up

@@ -139,4 +139,8 @@ def test_the_filter_charges_exactly_the_key(
     )
     assert stream.local_response is None, host.log_messages()
     keys = {k.decode() for k in client.scan_iter(match="*")}
-    assert keys == {vector["key"]}, host.log_messages()
+    # Beside the counter: the request's marker (settlements apply once), under its hash tag.
+    markers = {k for k in keys if ":req:" in k}
+    assert keys - markers == {vector["key"]}, host.log_messages()
+    tag = vector["key"][: vector["key"].index("}:") + 2]
+    assert all(marker.startswith(tag + "req:") for marker in markers), markers

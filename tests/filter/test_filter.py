@@ -484,9 +484,10 @@ def test_streaming_completions_gain_include_usage(host: Host):
     assert host.metrics["tokenlimit.include_usage_added"] == 1
 
 
-def test_explicit_include_usage_choices_and_other_apis_are_left_alone(host: Host):
+def test_an_explicit_include_usage_and_other_apis_are_left_alone(host: Host):
+    # include_usage false/null is overridden (test_counting.py); true needs nothing.
     for path, body in [
-        ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": False}}),
+        ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": True}}),
         ("/v1/chat/completions", {"stream": False}),
         ("/v1/messages", {"stream": True}),
     ]:

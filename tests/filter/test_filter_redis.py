@@ -8,6 +8,7 @@ Separate hosts with separate shared data stand for separate gateways: only Redis
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -130,8 +131,13 @@ def clock() -> Clock:
     return Clock()
 
 
+GATEWAY_SEEDS = itertools.count(1)
+
+
 def gateway(filter_wasm: Path, bridge: Bridge, clock: Clock, **extra: object) -> Host:
-    host = Host(filter_wasm, clock=clock, http_call_handler=bridge.handler)
+    # Separate gateways draw separate randomness (it names their requests in Redis).
+    seed = next(GATEWAY_SEEDS)
+    host = Host(filter_wasm, clock=clock, http_call_handler=bridge.handler, seed=seed)
     assert host.configure(rule(**extra)), host.log_messages()
     return host
 
@@ -166,6 +172,7 @@ def test_two_gateways_share_one_budget_through_redis(filter_wasm, bridge, clock,
     assert not refused(ask(second, "team-b"))
     # Counters live in Redis, under the rule's hash tag, with the key value hashed.
     keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("tokenlimit:*")]
+    keys = [k for k in keys if not k.startswith("tokenlimit:{shared}:req:")]  # request markers
     assert keys and all(
         k.startswith("tokenlimit:{shared}:per_header:x-api-key:tokens:60:") for k in keys
     )
@@ -323,7 +330,8 @@ def test_higress_build_uses_proxy_redis_and_shares_the_budget(higress_wasm, redi
         }
     )
     hosts = [
-        Host(higress_wasm, clock=clock, redis_handler=redis_wire(redis_server)) for _ in range(2)
+        Host(higress_wasm, clock=clock, redis_handler=redis_wire(redis_server), seed=seed)
+        for seed in (1, 2)
     ]
     for host in hosts:
         assert host.configure(config), host.log_messages()
@@ -349,7 +357,7 @@ def test_a_client_gone_while_redis_answers_gets_its_reservation_back(
     host.run_pending()  # ... which reserves 80, then the filter gives it back and lets go
     assert stream.deleted
     client = redis.Redis.from_url(redis_server.url)
-    (key,) = client.keys("tokenlimit:{shared}:*")
+    (key,) = client.keys("tokenlimit:{shared}:per_*")  # the counter (not the request marker)
     deadline = time.monotonic() + 5
     while int(client.hget(key, "u")) != 0 and time.monotonic() < deadline:
         host.run_pending()

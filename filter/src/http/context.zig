@@ -18,10 +18,23 @@ const root = @import("root.zig");
 const script = @import("../store/script.zig");
 const select = @import("select.zig");
 const settlement = @import("settle.zig");
+const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
 
 const allocator = host.allocator;
+
+/// Random per worker VM: with the context id it names requests uniquely across gateways.
+var worker_nonce: u64 = 0;
+
+extern "wasi_snapshot_preview1" fn random_get(buffer: [*]u8, length: usize) u16;
+
+/// 64 random bits from the host (WASI random_get), or the clock if it has none to give.
+fn randomNonce() u64 {
+    var bytes: [8]u8 = undefined;
+    if (random_get(&bytes, bytes.len) != 0) return host.nowMs();
+    return std.mem.readInt(u64, &bytes, .little);
+}
 
 pub const Phase = enum {
     /// No rule applies, or the request was rejected or admitted uncounted: nothing more to do.
@@ -63,13 +76,30 @@ pub const HttpContext = struct {
     /// Whether the body should gain `stream_options.include_usage` (OpenAI-style path, JSON).
     include_usage_candidate: bool = false,
     response_ok: bool = false,
+    /// The answer carries a content-encoding: not scanned, its cost is estimated.
+    response_encoded: bool = false,
+    /// Response headers came back (whatever their status).
+    response_seen: bool = false,
+    /// Request body bytes that went upstream (the prompt estimate when usage is missing).
+    request_bytes: u64 = 0,
+    /// The whole request went upstream: from then on the upstream may bill it.
+    request_sent: bool = false,
     scanner: usage.Scanner = .{ .json = .{} },
     response_bytes: u64 = 0,
+    /// The gateway asked for usage the client had not asked for: the usage-only event is
+    /// hidden from the client (sse_filter.zig), once the response turns out to be a stream.
+    hide_usage_event: bool = false,
+    event_filter: ?sse_filter.UsageEventFilter = null,
     /// The stream ended while admission waited for Redis (see onDone).
     abandoned: bool = false,
+    /// `<x-request-id>.<worker nonce>.<context id>`: unique even when a client reuses an
+    /// x-request-id (store.Caller.request_id).
+    request_id: [script.request_id_bytes_max]u8 = undefined,
+    request_id_len: usize = 0,
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
+        if (self.event_filter) |*filter| filter.deinit(allocator);
         if (self.config) |held| config.release(allocator, held);
         self.* = undefined;
     }
@@ -80,7 +110,16 @@ pub const HttpContext = struct {
     }
 
     fn caller(self: *const HttpContext) store.Caller {
-        return .{ .rule_name = self.rule.?.name, .http_context_id = self.id, .root_context_id = self.root_id };
+        return .{ .rule_name = self.rule.?.name, .request_id = self.request_id[0..self.request_id_len], .http_context_id = self.id, .root_context_id = self.root_id };
+    }
+
+    fn nameRequest(self: *HttpContext) void {
+        if (worker_nonce == 0) worker_nonce = randomNonce() | 1;
+        var header = (host.getHeader(.request_headers, "x-request-id") catch null) orelse host.HostBytes{ .bytes = &.{} };
+        defer header.deinit();
+        const given = header.bytes[0..@min(header.bytes.len, 48)];
+        const text = std.fmt.bufPrint(&self.request_id, "{s}.{x}.{d}", .{ given, worker_nonce, self.id }) catch "";
+        self.request_id_len = text.len;
     }
 
     pub fn onRequestHeaders(self: *HttpContext, root_context: ?*root.RootContext, end_of_stream: bool) host.Action {
@@ -95,8 +134,15 @@ pub const HttpContext = struct {
         if (self.counters.items.len == 0) return .@"continue";
         self.config = current.retain();
         self.rule = rule;
+        self.nameRequest();
         setProperty("tokenlimit_rule", rule.name);
+        // Usage can only be read from an answer the upstream did not compress: ask for identity
+        // (Envoy's compressor filter can still compress towards the client, docs/config.md).
+        host.replaceHeader(.request_headers, "accept-encoding", "identity") catch |err| {
+            host.logf(.warn, "rule {s}: could not ask the upstream for identity encoding: {s}", .{ rule.name, @errorName(err) });
+        };
 
+        self.request_sent = end_of_stream;
         const body_length = if (end_of_stream) 0 else select.contentLength();
         const body_readable = !end_of_stream and body_length != null and body_length.? <= rewrite.request_body_bytes_max and select.isJson();
         self.include_usage_candidate = body_readable and select.isOpenAiCompletionsPath();
@@ -132,15 +178,25 @@ pub const HttpContext = struct {
             self.enter(.idle);
             return .@"continue";
         }
-        if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) return .@"continue";
+        if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) {
+            // Passing through: each call brings the next chunk.
+            self.request_bytes +|= size;
+            self.request_sent = end_of_stream;
+            return .@"continue";
+        }
         if (!end_of_stream) return .pause; // Envoy buffers until the body is complete
+        // The whole body, buffered; it goes upstream once admitted (admission may still refuse).
+        self.request_bytes = size;
+        self.request_sent = true;
         var info: request.RequestInfo = .{};
         if (size <= rewrite.request_body_bytes_max) {
             if (host.getBuffer(.request_body, 0, size) catch null) |body| {
                 var bytes = body;
                 defer bytes.deinit();
                 info = request.scan(bytes.bytes);
-                if (self.include_usage_candidate) rewrite.addIncludeUsage(bytes.bytes, info);
+                if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
+                    self.hide_usage_event = !info.usage_asked;
+                }
             }
         }
         self.include_usage_candidate = false;
@@ -285,6 +341,7 @@ pub const HttpContext = struct {
 
     pub fn onResponseHeaders(self: *HttpContext) host.Action {
         if (self.phase != .admitted) return .@"continue";
+        self.response_seen = true;
         if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
         var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
         defer status.deinit();
@@ -295,6 +352,17 @@ pub const HttpContext = struct {
         var content_type = (host.getHeader(.response_headers, "content-type") catch null) orelse host.HostBytes{ .bytes = &.{} };
         defer content_type.deinit();
         self.scanner = usage.Scanner.init(content_type.bytes);
+        if (encodedBody()) {
+            // Compressed although identity was asked for: its bytes cannot be read for usage.
+            self.response_encoded = true;
+            host.logf(.warn, "rule {s}: the upstream answered with a content-encoding despite accept-encoding: identity; usage is estimated", .{self.rule.?.name});
+            return .@"continue";
+        }
+        if (self.hide_usage_event and self.scanner == .sse) {
+            self.event_filter = .{};
+            // Events may be left out: a declared length would no longer hold.
+            host.removeHeader(.response_headers, "content-length") catch {};
+        }
         return .@"continue";
     }
 
@@ -305,12 +373,35 @@ pub const HttpContext = struct {
             if (host.getBuffer(.response_body, 0, size) catch null) |chunk| {
                 var bytes = chunk;
                 defer bytes.deinit();
-                self.scanner.feed(bytes.bytes);
-                self.response_bytes += bytes.bytes.len;
+                if (!self.response_encoded) self.scanner.feed(bytes.bytes);
+                self.response_bytes +|= bytes.bytes.len;
+                if (self.event_filter) |*filter| self.filterEvents(filter, bytes.bytes, end_of_stream);
             }
+        } else if (end_of_stream) {
+            if (self.event_filter) |*filter| self.filterEvents(filter, "", true);
         }
         if (end_of_stream) self.settle("end of stream");
         return .@"continue";
+    }
+
+    /// Replaces the chunk with what the client gets of it (whole events, the usage-only one
+    /// left out). On any failure the filter steps aside and the bytes pass as they are.
+    fn filterEvents(self: *HttpContext, filter: *sse_filter.UsageEventFilter, chunk: []const u8, end_of_stream: bool) void {
+        var out: std.ArrayList(u8) = .empty;
+        defer out.deinit(allocator);
+        filter.process(allocator, chunk, end_of_stream, &out) catch |err| {
+            host.logf(.warn, "could not filter the usage event ({s}); the stream passes unfiltered", .{@errorName(err)});
+            out.clearRetainingCapacity();
+            out.appendSlice(allocator, filter.held.items) catch {};
+            out.appendSlice(allocator, chunk) catch {};
+            filter.deinit(allocator);
+            self.event_filter = null;
+        };
+        if (std.mem.eql(u8, out.items, chunk)) return;
+        host.setBuffer(.response_body, 0, chunk.len, out.items) catch |err| {
+            host.logf(.warn, "could not replace the response chunk: {s}", .{@errorName(err)});
+            return;
+        };
     }
 
     pub fn onResponseTrailers(self: *HttpContext) host.Action {
@@ -329,21 +420,25 @@ pub const HttpContext = struct {
         self.enter(.settled);
         const rule = self.rule.?;
         var seen: usage.Usage = .{};
-        if (self.response_ok) {
+        if (self.response_ok and !self.response_encoded) {
             self.scanner.finish();
             seen = self.scanner.usage();
+            if (seen.clamped) host.logf(.warn, "rule {s}: the upstream reported a usage value above {d} tokens; clamped to it (usage.zig value_tokens_max)", .{ rule.name, usage.value_tokens_max });
         }
-        const cost = settlement.charge(self.response_ok, seen, self.response_bytes, rule.weights);
+        const outcome: settlement.Outcome = if (self.response_seen)
+            (if (self.response_ok) .answered else .refused)
+        else if (self.request_sent) .unanswered else .not_sent;
+        const cost = settlement.charge(outcome, seen, self.request_bytes, self.response_bytes, rule.weights);
         self.store.settle(self.caller(), self.counters.items, host.nowMs(), cost.tokens) catch |err| {
             host.incrementMetric(metrics.plugin.store_errors, 1);
             host.logf(.err, "rule {s}: settling {d} tokens{s} failed: {s}", .{ rule.name, cost.tokens, if (self.store == .redis) " in redis" else "", @errorName(err) });
         };
         if (cost.tokens > 0) host.incrementMetric(metrics.plugin.tokens_charged, @intCast(@min(cost.tokens, std.math.maxInt(i64))));
-        if (cost.estimated and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
+        if (cost.estimated() and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
         var cost_text: [24]u8 = undefined;
         setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
-        setProperty("tokenlimit_usage", cost.label(self.response_ok));
-        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, if (cost.estimated) "estimated" else "reported", reason, rule.name, self.counters.items.len });
+        setProperty("tokenlimit_usage", cost.label());
+        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, cost.label(), reason, rule.name, self.counters.items.len });
     }
 };
 
@@ -358,6 +453,14 @@ fn addLimitHeaders(counters: []const store.Counter) void {
         }
         if (tightest) |check| response.addLimitHeaders(unit == .requests, check);
     }
+}
+
+/// Whether the response being delivered declares a content-encoding other than identity.
+fn encodedBody() bool {
+    var encoding = (host.getHeader(.response_headers, "content-encoding") catch null) orelse return false;
+    defer encoding.deinit();
+    const value = std.mem.trim(u8, encoding.bytes, " \t");
+    return value.len > 0 and !std.ascii.eqlIgnoreCase(value, "identity");
 }
 
 fn setProperty(name: []const u8, value: []const u8) void {

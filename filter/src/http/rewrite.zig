@@ -11,8 +11,6 @@ const allocator = host.allocator;
 /// Request bodies up to this size are read (for reservations, `include_usage` and model
 /// rewrites); larger ones pass unread. Envoy's default buffer limit is 1 MiB.
 pub const request_body_bytes_max = 1024 * 1024;
-/// Bytes that `"stream_options":{"include_usage":true},` adds at most.
-const include_usage_bytes_max = 64;
 
 /// Renames the complete request body's `model` to `model`.
 pub fn rewriteModel(model: []const u8, size: usize) void {
@@ -28,15 +26,20 @@ pub fn rewriteModel(model: []const u8, size: usize) void {
     host.incrementMetric(metrics.plugin.models_rewritten, 1);
 }
 
-/// Adds `stream_options.include_usage` to a streamed completions body that lacks it.
-pub fn addIncludeUsage(body: []const u8, info: request.RequestInfo) void {
-    if (!request.needsIncludeUsage(info)) return;
-    const out = allocator.alloc(u8, body.len + include_usage_bytes_max) catch return;
+/// Makes a streamed completions body ask for usage (`stream_options.include_usage: true`)
+/// whatever the client said. Returns whether the body now asks for it.
+pub fn addIncludeUsage(body: []const u8, info: request.RequestInfo) bool {
+    if (!request.needsIncludeUsage(info)) return info.stream;
+    const out = allocator.alloc(u8, body.len + request.include_usage_bytes_max) catch return false;
     defer allocator.free(out);
-    const rewritten = request.withIncludeUsage(body, info, out) orelse return;
+    const rewritten = request.withIncludeUsage(body, info, out) orelse {
+        host.log(.warn, "could not make stream_options.include_usage true (too many stream_options members?); the stream is charged an estimate if it reports no usage");
+        return false;
+    };
     host.setBuffer(.request_body, 0, body.len, rewritten) catch |err| {
         host.logf(.warn, "could not add stream_options.include_usage: {s}", .{@errorName(err)});
-        return;
+        return false;
     };
     host.incrementMetric(metrics.plugin.include_usage_added, 1);
+    return true;
 }

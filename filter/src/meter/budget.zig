@@ -124,7 +124,7 @@ pub const Budget = struct {
                 const refilled = mulDiv(elapsed_ms, self.limit, length_ms);
                 if (refilled >= record.used) return .{ .start_ms = now_ms, .used = 0 };
                 // Advance only by the time that bought whole tokens: the remainder carries over.
-                const spent_ms = divCeil(refilled * length_ms, self.limit);
+                const spent_ms = mulDivCeil(refilled, length_ms, self.limit); // <= elapsed_ms
                 return .{ .start_ms = record.start_ms + spent_ms, .used = record.used - refilled };
             },
         }
@@ -143,8 +143,8 @@ pub const Budget = struct {
             },
             .token_bucket => {
                 // Time until the deficit is below the limit again (at least one token's refill).
-                const excess = (state.used -| self.limit) + 1;
-                const wait_ms = divCeil(excess * length_ms, self.limit);
+                const excess = (state.used -| self.limit) +| 1;
+                const wait_ms = mulDivCeil(excess, length_ms, self.limit);
                 const since_refill_ms = now_ms -| state.start_ms;
                 return .{ .limit = self.limit, .used = state.used, .reset_in_ms = @max(1, wait_ms -| since_refill_ms) };
             },
@@ -196,14 +196,22 @@ pub const Admitted = struct {
     reserved: u64,
 };
 
+/// a * b / c, saturating at u64 max: an idle bucket of 10^15 tokens a second refills past
+/// 2^64 after ~5 h, and a refill that large means "full", not a wrapped count.
 fn mulDiv(a: u64, b: u64, c: u64) u64 {
     std.debug.assert(c > 0);
-    return @intCast(@as(u128, a) * b / c);
+    return saturate(@as(u128, a) * b / c);
 }
 
-fn divCeil(a: u64, b: u64) u64 {
-    std.debug.assert(b > 0);
-    return a / b + @intFromBool(a % b != 0);
+/// a * b / c rounded up, saturating (a u64 times a u64 always fits u128).
+fn mulDivCeil(a: u64, b: u64, c: u64) u64 {
+    std.debug.assert(c > 0);
+    const product = @as(u128, a) * b;
+    return saturate(product / c + @intFromBool(product % c != 0));
+}
+
+fn saturate(value: u128) u64 {
+    return if (value > std.math.maxInt(u64)) std.math.maxInt(u64) else @intCast(value);
 }
 
 // ---- tests -----------------------------------------------------------------------------------
@@ -306,5 +314,37 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
             try testing.expectEqual(expect.used, outcome.check.used);
             try testing.expectEqual(expect.reset_ms, outcome.check.reset_in_ms);
         }
+    }
+}
+
+test "token bucket: u64-max usage never overflows the refill or the wait" {
+    const max = std.math.maxInt(u64);
+    const b = Budget{ .algorithm = .token_bucket, .window = .second, .limit = limit_max };
+    const r = b.add(.{}, 1000, max);
+    const c = b.check(r, 1000);
+    try testing.expect(c.exhausted());
+    try testing.expect(c.reset_in_ms > 0);
+    // 1000 s refill 10^18 tokens: `refilled * length_ms` (10^21) is past u64.
+    try testing.expectEqual(max - 1_000_000_000_000_000_000, b.current(r, 1000 + 1_000_000).used);
+    try testing.expect(b.admit(r, 1000, 5, false).refused);
+}
+
+test "token bucket: 10^15 a second left idle 5 h saturates the refill instead of overflowing" {
+    const b = Budget{ .algorithm = .token_bucket, .window = .second, .limit = limit_max };
+    const r = b.add(.{}, 1000, 7);
+    const later_ms = 1000 + 5 * 3600 * 1000; // 1.8e7 ms x 1e15 / 1000 = 1.8e19 > 2^64
+    try testing.expectEqual(@as(u64, 0), b.check(r, later_ms).used);
+    try testing.expect(!b.admit(r, later_ms, limit_max, false).refused);
+}
+
+test "budget math at the bounds: sliding and fixed with u64-max records" {
+    const max = std.math.maxInt(u64);
+    for ([_]Algorithm{ .fixed, .sliding }) |algorithm| {
+        const b = Budget{ .algorithm = algorithm, .window = .day, .limit = limit_max };
+        const start = windowStartMs(1_700_000_000_000, .day);
+        const r = Record{ .start_ms = start, .used = max, .previous = max };
+        try testing.expect(b.check(r, start + 1).exhausted());
+        try testing.expectEqual(max, b.settle(r, start + 2, 0, max, start).used);
+        try testing.expectEqual(@as(u64, 0), b.settle(r, start + 2, max, 0, start).used);
     }
 }

@@ -57,6 +57,9 @@ const Pending = struct {
     tail: []u8,
     target: Target,
     sent_as_eval: bool,
+    /// admit: the release to send if the answer never comes (a timeout, a lost reply): the
+    /// admission may still run on Redis, and must not leave a reservation nobody settles.
+    release_tail: ?[]u8 = null,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
@@ -115,20 +118,22 @@ pub fn available(now_ms: u64) bool {
 }
 
 /// Starts the admission script for `counters`; the outcome arrives through `onReply`.
-pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, http_context_id: u32) !void {
-    std.debug.assert(http_context_id != 0);
-    const tail = try script.admitArguments(allocator, counters, force);
-    const call = Pending{ .op = .admit, .http_context_id = http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false };
-    send(call) catch |err| {
-        allocator.free(call.tail);
-        return err;
-    };
+pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller) !void {
+    std.debug.assert(caller.http_context_id != 0);
+    const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
+    const tail = try script.admitArguments(allocator, counters, force, marker);
+    errdefer allocator.free(tail);
+    const release = try script.releaseArguments(allocator, counters, marker, false);
+    errdefer allocator.free(release);
+    const call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false, .release_tail = release };
+    try send(call);
 }
 
 /// Starts the settlement script (actual cost against each reservation). Failures are queued
 /// and retried, so a charge survives a Redis outage up to the queue's bound.
 pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, caller: store.Caller) !void {
-    const tail = try script.settleArguments(allocator, counters, actual_tokens);
+    const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
+    const tail = try script.settleArguments(allocator, counters, actual_tokens, marker);
     // Settlements belong to the root context: they outlive the request that caused them. The
     // request's own host calls after this one (its access-log fields) act on it again.
     host.setEffectiveContext(caller.root_context_id) catch {};
@@ -212,6 +217,13 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
         return null;
     }
     allocator.free(call.tail);
+    if (call.release_tail) |release| {
+        if (outcome == .failed) {
+            // The admission may still run (or may have run) on Redis: it is given back, once,
+            // by the next tick (a release that arrives first makes the admission reserve nothing).
+            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = release, .target = call.target, .sent_as_eval = false });
+        } else allocator.free(release);
+    }
     return .{ .http_context_id = call.http_context_id, .outcome = outcome };
 }
 

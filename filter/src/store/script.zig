@@ -2,6 +2,7 @@
 //! as RESP, and the meaning of its replies. Pure, so the wire format is tested here without a
 //! host; redis.zig sends what this builds.
 const std = @import("std");
+const counter_key = @import("../meter/counter.zig");
 const resp = @import("resp.zig");
 const store = @import("store.zig");
 
@@ -14,13 +15,47 @@ pub const sha: [40]u8 = blk: {
     break :blk std.fmt.bytesToHex(digest, .lower);
 };
 
-/// Everything after the script argument of an admit call: numkeys, keys, then
-/// `admit 0 force` (0: use the server's clock) and (algorithm, window_ms, limit, amount) per
-/// counter.
-pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Counter, force: bool) ![]u8 {
+/// The longest reply the script returns: an admit reply for `reply_counters_max` counters with
+/// every integer at its longest (`:-9223372036854775808\r\n`, 23 bytes). The transports read no
+/// more than this; a longer reply (a broken or hostile peer) is a bad reply, never copied.
+pub const reply_bytes_max = "*99999\r\n".len + (2 + 3 * counter_key.reply_counters_max) * ":-9223372036854775808\r\n".len;
+
+comptime {
+    std.debug.assert(reply_bytes_max < 32 * 1024);
+}
+
+/// Longest request id kept in a marker key (longer ids are cut: the id only has to be unique).
+pub const request_id_bytes_max = 96;
+
+/// A request's marker key: `tokenlimit:{<rule>}:req:<id>`, under the counters' hash tag (so
+/// the script runs on one Redis Cluster slot). The script applies each request's admission,
+/// settlement and release once by it (contract/budget.lua, "Idempotence").
+pub const MarkerKey = struct {
+    bytes: [160 + "req:".len + request_id_bytes_max]u8 = undefined,
+    len: usize = 0,
+
+    pub fn init(first_counter_key: []const u8, request_id: []const u8) MarkerKey {
+        const tag_end = if (std.mem.indexOf(u8, first_counter_key, "}:")) |end| end + 2 else 0;
+        const prefix = first_counter_key[0..@min(tag_end, 160)];
+        const id = request_id[0..@min(request_id.len, request_id_bytes_max)];
+        var key: MarkerKey = .{};
+        const text = std.fmt.bufPrint(&key.bytes, "{s}req:{s}", .{ prefix, id }) catch unreachable; // 160 + 4 + id fits
+        key.len = text.len;
+        return key;
+    }
+
+    pub fn slice(self: *const MarkerKey) []const u8 {
+        return self.bytes[0..self.len];
+    }
+};
+
+/// Everything after the script argument of an admit call: numkeys, keys (the counters', then
+/// the request's marker), then `admit 0 force` (0: use the server's clock) and (algorithm,
+/// window_ms, limit, amount) per counter.
+pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Counter, force: bool, marker: MarkerKey) ![]u8 {
     var tail: resp.Command = .{};
     errdefer tail.deinit(allocator);
-    try appendKeys(allocator, &tail, counters);
+    try appendKeys(allocator, &tail, counters, marker);
     try tail.arg(allocator, "admit");
     try tail.argInt(allocator, 0);
     try tail.argInt(allocator, @intFromBool(force));
@@ -35,27 +70,49 @@ pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Coun
 
 /// As admitArguments for a settle call: `settle 0`, then (algorithm, window_ms, limit,
 /// reserved, actual) per counter, then the admission time.
-pub fn settleArguments(allocator: std.mem.Allocator, counters: []const store.Counter, actual_tokens: u64) ![]u8 {
+pub fn settleArguments(allocator: std.mem.Allocator, counters: []const store.Counter, actual_tokens: u64, marker: MarkerKey) ![]u8 {
+    return settlement(allocator, "settle", counters, marker, .{ .tokens = actual_tokens, .reserved_as_read = true });
+}
+
+/// A release: the request gave up on its admission (no answer in time, or the client left).
+/// What the admission reserved goes back if it ran (request counters too, unless the request
+/// still counts: `keep_requests`); if it has not run yet, it reserves nothing when it does.
+pub fn releaseArguments(allocator: std.mem.Allocator, counters: []const store.Counter, marker: MarkerKey, keep_requests: bool) ![]u8 {
+    return settlement(allocator, "release", counters, marker, .{ .tokens = 0, .release_requests = !keep_requests });
+}
+
+const Actual = struct {
+    tokens: u64,
+    release_requests: bool = false,
+    /// The reservation as the admit reply said (settle), or as the script makes it when it
+    /// applies the admission (release: the reply may never have been read).
+    reserved_as_read: bool = false,
+};
+
+fn settlement(allocator: std.mem.Allocator, operation: []const u8, counters: []const store.Counter, marker: MarkerKey, actual: Actual) ![]u8 {
     std.debug.assert(counters.len > 0);
     var tail: resp.Command = .{};
     errdefer tail.deinit(allocator);
-    try appendKeys(allocator, &tail, counters);
-    try tail.arg(allocator, "settle");
+    try appendKeys(allocator, &tail, counters, marker);
+    try tail.arg(allocator, operation);
     try tail.argInt(allocator, 0);
     for (counters) |counter| {
+        const reserved = if (actual.reserved_as_read) counter.reserved else @min(counter.admit_amount, counter.budget.limit);
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
         try tail.argInt(allocator, counter.budget.window.lengthMs());
         try tail.argInt(allocator, counter.budget.limit);
-        try tail.argInt(allocator, counter.reserved);
-        try tail.argInt(allocator, if (counter.unit == .requests) counter.reserved else actual_tokens);
+        try tail.argInt(allocator, reserved);
+        const cost = if (counter.unit == .tokens) actual.tokens else if (actual.release_requests) 0 else reserved;
+        try tail.argInt(allocator, cost);
     }
     try tail.argInt(allocator, counters[0].admitted_at_ms);
     return tail.bytes.toOwnedSlice(allocator);
 }
 
-fn appendKeys(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter) !void {
-    try tail.argInt(allocator, counters.len);
+fn appendKeys(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter, marker: MarkerKey) !void {
+    try tail.argInt(allocator, counters.len + 1);
     for (counters) |counter| try tail.arg(allocator, counter.key.slice());
+    try tail.arg(allocator, marker.slice());
 }
 
 /// The whole command: EVALSHA (or EVAL with the source, once Redis said NOSCRIPT) + arguments.
@@ -128,13 +185,13 @@ fn testCounter(key: []const u8, unit: @FieldType(store.Counter, "unit"), limit: 
 
 test "script: admit arguments name every key, then the operation and each counter's budget" {
     const counters = [_]store.Counter{testCounter("k", .tokens, 300, 40)};
-    const tail = try admitArguments(testing.allocator, &counters, true);
+    const tail = try admitArguments(testing.allocator, &counters, true, MarkerKey.init("k", "id"));
     defer testing.allocator.free(tail);
-    try testing.expectEqualStrings("$1\r\n1\r\n$1\r\nk\r\n$5\r\nadmit\r\n$1\r\n0\r\n$1\r\n1\r\n" ++
+    try testing.expectEqualStrings("$1\r\n2\r\n$1\r\nk\r\n$6\r\nreq:id\r\n$5\r\nadmit\r\n$1\r\n0\r\n$1\r\n1\r\n" ++
         "$1\r\n0\r\n$5\r\n60000\r\n$3\r\n300\r\n$2\r\n40\r\n", tail);
     const whole = try command(testing.allocator, tail, false);
     defer testing.allocator.free(whole);
-    try testing.expect(std.mem.startsWith(u8, whole, "*11\r\n$7\r\nEVALSHA\r\n$40\r\n"));
+    try testing.expect(std.mem.startsWith(u8, whole, "*12\r\n$7\r\nEVALSHA\r\n$40\r\n"));
 }
 
 test "script: settle arguments carry the real cost for tokens and the reservation for requests" {
@@ -142,11 +199,18 @@ test "script: settle arguments carry the real cost for tokens and the reservatio
     counters[0].reserved = 40;
     counters[1].reserved = 1;
     counters[0].admitted_at_ms = 7;
-    const tail = try settleArguments(testing.allocator, &counters, 55);
+    const marker = MarkerKey.init("tokenlimit:{chat}:global:tokens:60:global", "rid.1");
+    try testing.expectEqualStrings("tokenlimit:{chat}:req:rid.1", marker.slice());
+    const tail = try settleArguments(testing.allocator, &counters, 55, marker);
     defer testing.allocator.free(tail);
     try testing.expect(std.mem.indexOf(u8, tail, "$2\r\n40\r\n$2\r\n55\r\n") != null);
     try testing.expect(std.mem.indexOf(u8, tail, "$1\r\n1\r\n$1\r\n1\r\n$1\r\n7\r\n") != null);
-    try testing.expectEqual(@as(usize, 1 + 2 + 2 + 5 * 2 + 1), countArguments(tail)); // numkeys, keys, op + clock, budgets, time
+    try testing.expectEqual(@as(usize, 1 + 3 + 2 + 5 * 2 + 1), countArguments(tail)); // numkeys, keys + marker, op + clock, budgets, time
+    const release = try releaseArguments(testing.allocator, &counters, marker, false);
+    defer testing.allocator.free(release);
+    try testing.expect(std.mem.indexOf(u8, release, "$7\r\nrelease\r\n") != null);
+    try testing.expect(std.mem.indexOf(u8, release, "$2\r\n40\r\n$1\r\n0\r\n") != null); // tokens given back
+    try testing.expect(std.mem.indexOf(u8, release, "$1\r\n1\r\n$1\r\n0\r\n$1\r\n7\r\n") != null); // and the request
 }
 
 test "script: argument counting walks encoded bulk strings" {

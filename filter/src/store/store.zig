@@ -75,6 +75,9 @@ pub const Admission = union(enum) {
 /// Who is asking: for log lines and for routing a later answer back.
 pub const Caller = struct {
     rule_name: []const u8,
+    /// Unique per request (context.zig): the Redis script applies each request's admission,
+    /// settlement and release once by it.
+    request_id: []const u8 = "",
     http_context_id: u32,
     root_context_id: u32,
 };
@@ -103,7 +106,7 @@ pub const Store = union(enum) {
             },
             .redis => |settings| {
                 if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
-                redis.admit(settings.*, counters, force, caller.http_context_id) catch |err| {
+                redis.admit(settings.*, counters, force, caller) catch |err| {
                     host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ caller.rule_name, @errorName(err) });
                     return .{ .failed = .not_sent };
                 };

@@ -6,14 +6,14 @@ const std = @import("std");
 
 /// Levels whose keys are tracked; deeper levels are followed by kind only.
 pub const named_depth_max = 16;
-/// Nesting beyond this stops the scan (the caller then estimates).
-pub const depth_max = 64;
+/// Nesting beyond this stops the scan (the caller then estimates). Deep enough that structured
+/// output nested before `usage` does not hide it (one bit of state per level).
+pub const depth_max = 1024;
 /// Longest key a handler can ask about ("cache_creation_input_tokens" is 27 bytes).
 pub const key_bytes_max = 32;
 
 comptime {
     std.debug.assert(named_depth_max <= depth_max);
-    std.debug.assert(depth_max <= 64); // container kinds live in one u64
 }
 
 /// Where a value sits: its object key and the key of the object holding it.
@@ -28,7 +28,8 @@ pub const Path = struct {
 
 /// Incremental JSON scanner that tells `Handler` about the values it passes:
 ///   fn number(handler: *Handler, path: Path, value: u64) void   — non-negative integers only
-///   fn literal(handler: *Handler, path: Path, value: bool) void — true / false
+///   fn literal(handler: *Handler, path: Path, value: ?bool, start: usize, end: usize) void —
+///      true / false / null (null), with the offsets of its first byte and just past its last
 ///   fn objectOpen(handler: *Handler, path: Path, offset: usize) void — offset of its '{'
 ///   fn stringValue(handler: *Handler, path: Path, start: usize, end: usize) void — offsets of
 ///      its opening and closing quotes (a value string, not a key)
@@ -43,6 +44,7 @@ pub fn JsonScanner(comptime Handler: type) type {
             object_key, // after ','
             key_string,
             key_string_escape,
+            key_string_unicode,
             colon,
             string,
             string_escape,
@@ -73,12 +75,16 @@ pub fn JsonScanner(comptime Handler: type) type {
         handler: Handler = .{},
         /// Bytes fed so far (offsets reported to the handler count from the first byte).
         offset: usize = 0,
-        literal_first: u8 = 0,
+        key_unicode: u16 = 0,
+        key_unicode_digits: u8 = 0,
+        literal_start: usize = 0,
+        literal_bytes: [5]u8 = undefined,
+        literal_len: u8 = 0,
         string_start: usize = 0,
         state: State = .value,
         depth: usize = 0,
         /// Bit i set: the container at level i is an object.
-        object_levels: u64 = 0,
+        object_levels: std.StaticBitSet(depth_max) = .empty,
         frames: [named_depth_max]Frame = undefined,
         key: Name = .{},
         number: u64 = 0,
@@ -105,7 +111,7 @@ pub fn JsonScanner(comptime Handler: type) type {
 
         fn inObject(self: *const Self) bool {
             std.debug.assert(self.depth > 0);
-            return (self.object_levels >> @intCast(self.depth - 1)) & 1 == 1;
+            return self.object_levels.isSet(self.depth - 1);
         }
 
         fn step(self: *Self, c: u8) void {
@@ -123,18 +129,37 @@ pub fn JsonScanner(comptime Handler: type) type {
                         self.storeKey();
                         self.state = .colon;
                     },
-                    '\\' => {
-                        self.key.usable = false; // escaped keys never name usage fields
-                        self.state = .key_string_escape;
-                    },
-                    else => {
-                        if (self.key.len < key_bytes_max) {
-                            self.key.bytes[self.key.len] = c;
-                            self.key.len += 1;
-                        } else self.key.usable = false;
-                    },
+                    '\\' => self.state = .key_string_escape,
+                    else => self.appendKeyByte(c),
                 },
-                .key_string_escape => self.state = .key_string,
+                // Keys are compared decoded: `"stream\u005foptions"` is `stream_options` to
+                // every JSON parser upstream, so it must be to this scanner too.
+                .key_string_escape => {
+                    self.state = .key_string;
+                    switch (c) {
+                        'u' => {
+                            self.key_unicode = 0;
+                            self.key_unicode_digits = 0;
+                            self.state = .key_string_unicode;
+                        },
+                        '"', '\\', '/' => self.appendKeyByte(c),
+                        'b' => self.appendKeyByte(8),
+                        'f' => self.appendKeyByte(12),
+                        'n' => self.appendKeyByte('\n'),
+                        'r' => self.appendKeyByte('\r'),
+                        't' => self.appendKeyByte('\t'),
+                        else => self.fail(), // not JSON
+                    }
+                },
+                .key_string_unicode => {
+                    const digit = std.fmt.charToDigit(c, 16) catch return self.fail();
+                    self.key_unicode = self.key_unicode * 16 + digit;
+                    self.key_unicode_digits += 1;
+                    if (self.key_unicode_digits < 4) return;
+                    self.state = .key_string;
+                    // No key a handler asks about has a byte outside ASCII.
+                    if (self.key_unicode < 0x80) self.appendKeyByte(@intCast(self.key_unicode)) else self.key.usable = false;
+                },
                 .colon => {
                     if (isSpace(c)) return;
                     if (c != ':') return self.fail();
@@ -166,10 +191,15 @@ pub fn JsonScanner(comptime Handler: type) type {
                     self.step(c);
                 },
                 .literal => {
-                    if (std.ascii.isAlphabetic(c)) return;
-                    if (self.literal_first == 't' or self.literal_first == 'f') {
-                        if (self.path()) |p| self.handler.literal(p, self.literal_first == 't');
+                    if (std.ascii.isAlphabetic(c)) {
+                        if (self.literal_len == self.literal_bytes.len) return self.fail();
+                        self.literal_bytes[self.literal_len] = c;
+                        self.literal_len += 1;
+                        return;
                     }
+                    const text = self.literal_bytes[0..self.literal_len];
+                    const value: ?bool = if (std.mem.eql(u8, text, "true")) true else if (std.mem.eql(u8, text, "false")) false else if (std.mem.eql(u8, text, "null")) null else return self.fail();
+                    if (self.path()) |p| self.handler.literal(p, value, self.literal_start, self.offset);
                     self.endValue();
                     self.step(c);
                 },
@@ -206,7 +236,9 @@ pub fn JsonScanner(comptime Handler: type) type {
                     self.state = .number;
                 },
                 't', 'f', 'n' => {
-                    self.literal_first = c;
+                    self.literal_start = self.offset;
+                    self.literal_bytes[0] = c;
+                    self.literal_len = 1;
                     self.state = .literal;
                 },
                 else => self.fail(),
@@ -218,8 +250,7 @@ pub fn JsonScanner(comptime Handler: type) type {
             if (is_object) {
                 if (self.path()) |p| self.handler.objectOpen(p, self.offset);
             }
-            const level: u6 = @intCast(self.depth);
-            if (is_object) self.object_levels |= @as(u64, 1) << level else self.object_levels &= ~(@as(u64, 1) << level);
+            self.object_levels.setValue(self.depth, is_object);
             if (self.depth < named_depth_max) {
                 var frame = Frame{};
                 if (self.depth > 0 and self.inObject()) frame.name = self.frames[self.depth - 1].key;
@@ -237,6 +268,13 @@ pub fn JsonScanner(comptime Handler: type) type {
 
         fn endValue(self: *Self) void {
             self.state = if (self.depth == 0) .done else .after_value;
+        }
+
+        fn appendKeyByte(self: *Self, c: u8) void {
+            if (self.key.len < key_bytes_max) {
+                self.key.bytes[self.key.len] = c;
+                self.key.len += 1;
+            } else self.key.usable = false;
         }
 
         fn storeKey(self: *Self) void {

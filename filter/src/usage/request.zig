@@ -3,18 +3,64 @@
 //! OpenAI-style stream reports its usage. Scanned with json_scan.zig; nothing is allocated.
 const std = @import("std");
 const json_scan = @import("json_scan.zig");
+const usage = @import("usage.zig");
+
+/// Most edits one body gets to make `stream_options.include_usage` true (one per duplicate
+/// `stream_options` or `include_usage` member). A body that needs more is left as it is: its
+/// stream then reports no usage and is charged the estimate (settle.zig).
+pub const usage_edits_max = 8;
+
+/// One change to the request body at `at` (an offset of the body as received).
+pub const Edit = struct {
+    pub const Kind = enum {
+        /// `"include_usage":true` as the first member of the object whose '{' is at `at - 1`.
+        insert_member,
+        /// `"stream_options":{"include_usage":true},` as the first member of the root object.
+        insert_stream_options,
+        /// The literal at [at, at + remove) (false, null) becomes `true`.
+        replace_with_true,
+        /// The literal at [at, at + remove) (`stream_options: null`) becomes the object.
+        replace_with_object,
+    };
+    kind: Kind,
+    at: usize,
+    remove: usize = 0,
+    cancelled: bool = false,
+};
 
 pub const RequestInfo = struct {
     /// max_tokens / max_completion_tokens / max_output_tokens / generationConfig.maxOutputTokens.
     max_output_tokens: ?u64 = null,
+    /// How many outputs the request asks for: `n`, `best_of` (the larger), Gemini
+    /// `generationConfig.candidateCount`.
+    outputs: ?u64 = null,
     stream: bool = false,
-    /// Offsets of the '{' of the document and of `stream_options`, for the insertion.
+    /// Offset of the '{' of the document.
     root_open: ?usize = null,
-    stream_options_open: ?usize = null,
-    include_usage: ?bool = null,
+    /// Whether the client itself asked for usage: the last top-level `stream_options` is an
+    /// object whose last `include_usage` is true.
+    usage_asked: bool = false,
+    stream_options_seen: bool = false,
+    /// What makes every `include_usage` true (in offset order).
+    edits: [usage_edits_max]Edit = undefined,
+    edits_len: usize = 0,
+    /// More edits were needed than fit.
+    edits_overflow: bool = false,
+    /// Index in `edits` of the insertion for the `stream_options` object being read.
+    open_insertion: ?usize = null,
     /// Offsets of the quotes around the top-level `model` string.
     model_start: ?usize = null,
     model_end: usize = 0,
+
+    fn addEdit(self: *RequestInfo, edit: Edit) ?usize {
+        if (self.edits_len == usage_edits_max) {
+            self.edits_overflow = true;
+            return null;
+        }
+        self.edits[self.edits_len] = edit;
+        self.edits_len += 1;
+        return self.edits_len - 1;
+    }
 };
 
 const Handler = struct {
@@ -25,15 +71,28 @@ const Handler = struct {
         const is_max = top_level and (std.mem.eql(u8, path.key, "max_tokens") or
             std.mem.eql(u8, path.key, "max_completion_tokens") or
             std.mem.eql(u8, path.key, "max_output_tokens"));
-        const is_gemini_max = path.depth == 2 and std.mem.eql(u8, path.parent, "generationConfig") and
-            std.mem.eql(u8, path.key, "maxOutputTokens");
+        const in_generation_config = path.depth == 2 and std.mem.eql(u8, path.parent, "generationConfig");
+        const is_gemini_max = in_generation_config and std.mem.eql(u8, path.key, "maxOutputTokens");
         if (is_max or is_gemini_max) self.info.max_output_tokens = value;
+        const is_outputs = (top_level and (std.mem.eql(u8, path.key, "n") or std.mem.eql(u8, path.key, "best_of"))) or
+            (in_generation_config and std.mem.eql(u8, path.key, "candidateCount"));
+        if (is_outputs) self.info.outputs = @max(self.info.outputs orelse 0, value);
     }
 
-    pub fn literal(self: *Handler, path: json_scan.Path, value: bool) void {
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream")) self.info.stream = value;
+    pub fn literal(self: *Handler, path: json_scan.Path, value: ?bool, start: usize, end: usize) void {
+        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream")) self.info.stream = value orelse false;
+        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream_options")) {
+            // `stream_options: null` (or another literal) would override an inserted member.
+            self.info.stream_options_seen = true;
+            self.info.usage_asked = false;
+            self.info.open_insertion = null;
+            _ = self.info.addEdit(.{ .kind = .replace_with_object, .at = start, .remove = end - start });
+        }
         if (path.depth == 2 and std.mem.eql(u8, path.parent, "stream_options") and std.mem.eql(u8, path.key, "include_usage")) {
-            self.info.include_usage = value;
+            if (self.info.open_insertion) |index| self.info.edits[index].cancelled = true;
+            self.info.open_insertion = null;
+            self.info.usage_asked = value orelse false;
+            if (value != true) _ = self.info.addEdit(.{ .kind = .replace_with_true, .at = start, .remove = end - start });
         }
     }
 
@@ -46,7 +105,11 @@ const Handler = struct {
 
     pub fn objectOpen(self: *Handler, path: json_scan.Path, offset: usize) void {
         if (path.depth == 0) self.info.root_open = offset;
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream_options")) self.info.stream_options_open = offset;
+        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream_options")) {
+            self.info.stream_options_seen = true;
+            self.info.usage_asked = false;
+            self.info.open_insertion = self.info.addEdit(.{ .kind = .insert_member, .at = offset + 1 });
+        }
     }
 };
 
@@ -66,32 +129,57 @@ pub fn isCompletionsPath(path: []const u8) bool {
     return std.mem.endsWith(u8, path_only, "/chat/completions") or std.mem.endsWith(u8, path_only, "/completions");
 }
 
-/// Whether a completions request streams without having said anything about usage.
+/// Whether a streamed completions request needs its body changed so the upstream reports
+/// usage: the gateway decides that, whatever the client said (absent, false, null).
 pub fn needsIncludeUsage(info: RequestInfo) bool {
-    return info.stream and info.include_usage == null; // an explicit choice stands
+    if (!info.stream) return false;
+    if (!info.stream_options_seen) return true;
+    for (info.edits[0..info.edits_len]) |edit| {
+        if (!edit.cancelled) return true;
+    }
+    return false;
 }
 
-/// The body with `"include_usage":true` added (inside an existing `stream_options`, or as a new
-/// `stream_options` member). Returns null when `out` is too small or the body has no root object.
+/// Bytes the include_usage edits add at most.
+pub const include_usage_bytes_max = usage_edits_max * "\"stream_options\":{\"include_usage\":true},".len;
+
+/// The body with every `stream_options.include_usage` made true (inserted where missing,
+/// `false`/`null` replaced, `stream_options: null` replaced by the object). Null when `out` is
+/// too small, the body has no root object, or it needed more edits than fit.
 pub fn withIncludeUsage(body: []const u8, info: RequestInfo, out: []u8) ?[]u8 {
-    const insert_at, const insertion = if (info.stream_options_open) |open|
-        .{ open + 1, streamOptionsMember(body, open) }
-    else if (info.root_open) |open|
-        .{ open + 1, "\"stream_options\":{\"include_usage\":true}," }
-    else
-        return null;
-    if (insert_at > body.len or out.len < body.len + insertion.len) return null;
-    @memcpy(out[0..insert_at], body[0..insert_at]);
-    @memcpy(out[insert_at..][0..insertion.len], insertion);
-    @memcpy(out[insert_at + insertion.len ..][0 .. body.len - insert_at], body[insert_at..]);
-    return out[0 .. body.len + insertion.len];
+    if (info.edits_overflow) return null;
+    var root_edit = [1]Edit{.{ .kind = .insert_stream_options, .at = (info.root_open orelse return null) + 1 }};
+    const edits: []const Edit = if (info.stream_options_seen) info.edits[0..info.edits_len] else &root_edit;
+    var written: usize = 0;
+    var read: usize = 0;
+    for (edits) |edit| {
+        if (edit.cancelled) continue;
+        if (edit.at < read or edit.at + edit.remove > body.len) return null;
+        const kept = body[read..edit.at];
+        const text = switch (edit.kind) {
+            .insert_member => if (objectIsEmpty(body, edit.at)) "\"include_usage\":true" else "\"include_usage\":true,",
+            .insert_stream_options => "\"stream_options\":{\"include_usage\":true},",
+            .replace_with_true => "true",
+            .replace_with_object => "{\"include_usage\":true}",
+        };
+        if (out.len < written + kept.len + text.len) return null;
+        @memcpy(out[written..][0..kept.len], kept);
+        written += kept.len;
+        @memcpy(out[written..][0..text.len], text);
+        written += text.len;
+        read = edit.at + edit.remove;
+    }
+    const rest = body[read..];
+    if (out.len < written + rest.len) return null;
+    @memcpy(out[written..][0..rest.len], rest);
+    return out[0 .. written + rest.len];
 }
 
-/// `"include_usage":true` plus a comma unless `stream_options` is empty.
-fn streamOptionsMember(body: []const u8, open: usize) []const u8 {
-    var i = open + 1;
+/// Whether the object whose members start at `at` has none.
+fn objectIsEmpty(body: []const u8, at: usize) bool {
+    var i = at;
     while (i < body.len and std.ascii.isWhitespace(body[i])) i += 1;
-    return if (i < body.len and body[i] == '}') "\"include_usage\":true" else "\"include_usage\":true,";
+    return i < body.len and body[i] == '}';
 }
 
 /// The body with its top-level `model` replaced by `model` (already a valid JSON string body,
@@ -108,11 +196,17 @@ pub fn withModel(body: []const u8, info: RequestInfo, model: []const u8, out: []
     return out[0..new_len];
 }
 
+/// Outputs counted at most (OpenAI allows n up to 128): a larger number is clamped.
+pub const outputs_max = 128;
+
 /// Tokens a request may use, for a reservation: its prompt (about 4 bytes a token of JSON) plus
-/// its declared output limit or `default_output_tokens`.
+/// its declared output limit (or `default_output_tokens`) for every output it asks for (`n`,
+/// `best_of`, `candidateCount`: each output is generated, and billed, in full).
 pub fn estimateTokens(info: RequestInfo, body_bytes: u64, default_output_tokens: u64) u64 {
     const prompt = std.math.divCeil(u64, body_bytes, 4) catch 0;
-    return prompt +| (info.max_output_tokens orelse default_output_tokens);
+    const per_output = @min(info.max_output_tokens orelse default_output_tokens, usage.value_tokens_max);
+    const outputs = std.math.clamp(info.outputs orelse 1, 1, outputs_max);
+    return @min(prompt +| per_output * outputs, usage.request_tokens_max);
 }
 
 test "request: finds limits, stream flags and offsets" {
@@ -138,13 +232,39 @@ test "request: include_usage is added where it belongs, and explicit choices sta
     const empty_options = "{\"stream\":true,\"stream_options\":{ }}";
     try std.testing.expectEqualStrings("{\"stream\":true,\"stream_options\":{\"include_usage\":true }}", withIncludeUsage(empty_options, scan(empty_options), &out).?);
     const declined = "{\"stream\":true,\"stream_options\":{\"include_usage\":false}}";
-    try std.testing.expect(!needsIncludeUsage(scan(declined)));
+    try std.testing.expectEqualStrings("{\"stream\":true,\"stream_options\":{\"include_usage\":true}}", withIncludeUsage(declined, scan(declined), &out).?);
+    try std.testing.expect(!scan(declined).usage_asked);
+    const nulled = "{\"stream\":true,\"stream_options\":null}";
+    try std.testing.expectEqualStrings("{\"stream\":true,\"stream_options\":{\"include_usage\":true}}", withIncludeUsage(nulled, scan(nulled), &out).?);
+    const asked = "{\"stream\":true,\"stream_options\":{\"x\":1,\"include_usage\":true}}";
+    try std.testing.expect(!needsIncludeUsage(scan(asked)));
+    try std.testing.expect(scan(asked).usage_asked);
+    try std.testing.expect(!needsIncludeUsage(scan("{\"stream\":false,\"stream_options\":null}")));
     try std.testing.expectEqual(@as(?[]u8, null), withIncludeUsage(plain, scan(plain), out[0..10]));
+}
+
+test "request: escaped keys cannot hide stream_options or include_usage (fuzz regression)" {
+    var out: [256]u8 = undefined;
+    const escaped = "{\"stream\":true,\"stream\\u005foptions\":{\"include\\u005Fusage\":false}}";
+    try std.testing.expectEqualStrings("{\"stream\":true,\"stream\\u005foptions\":{\"include\\u005Fusage\":true}}", withIncludeUsage(escaped, scan(escaped), &out).?);
+    // An escape JSON does not have is not JSON: nothing is learnt, nothing rewritten.
+    try std.testing.expect(!scan("{\"stream\":true,\"stream\\_options\":{}}").stream);
 }
 
 test "request: estimate is prompt bytes over four plus the output limit" {
     try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300 }, 100, 512));
     try std.testing.expectEqual(@as(u64, 1 + 512), estimateTokens(.{}, 3, 512));
+}
+
+test "request: every output counts: n, best_of (the larger), candidateCount, clamped" {
+    try std.testing.expectEqual(@as(?u64, 8), scan("{\"n\":8,\"max_tokens\":10}").outputs);
+    try std.testing.expectEqual(@as(?u64, 5), scan("{\"n\":2,\"best_of\":5}").outputs);
+    try std.testing.expectEqual(@as(?u64, 3), scan("{\"generationConfig\":{\"candidateCount\":3}}").outputs);
+    try std.testing.expectEqual(@as(?u64, null), scan("{\"messages\":[{\"n\":9}]}").outputs);
+    try std.testing.expectEqual(@as(u64, 25 + 8 * 300), estimateTokens(.{ .max_output_tokens = 300, .outputs = 8 }, 100, 512));
+    try std.testing.expectEqual(@as(u64, 25 + 128 * 300), estimateTokens(.{ .max_output_tokens = 300, .outputs = 1 << 40 }, 100, 512));
+    try std.testing.expectEqual(@as(u64, 25 + 300), estimateTokens(.{ .max_output_tokens = 300, .outputs = 0 }, 100, 512));
+    try std.testing.expectEqual(usage.request_tokens_max, estimateTokens(.{ .max_output_tokens = std.math.maxInt(u64), .outputs = std.math.maxInt(u64) }, std.math.maxInt(u64), 512));
 }
 
 test "request: the top-level model is rewritten, nested ones are not" {

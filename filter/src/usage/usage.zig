@@ -10,6 +10,20 @@
 const std = @import("std");
 const json_scan = @import("json_scan.zig");
 
+/// The per-request ceiling on each reported usage value: no single request processes a billion
+/// tokens of one kind (the largest context windows hold a few million), so a larger number is
+/// a broken or hostile upstream. Such a value is clamped to this and the request marked
+/// `clamped` (logged), so no arithmetic downstream - weights, budgets, the Redis script's doubles -
+/// ever sees a number near 2^64.
+pub const value_tokens_max: u64 = 1_000_000_000;
+/// The most one request can be charged: five clamped values (input, cached, cache writes,
+/// output, thoughts) at the heaviest weight (contract/limits.json `weight_max`). Below 2^53, so
+/// the Redis script's Lua doubles hold it exactly.
+pub const request_tokens_max: u64 = 5 * value_tokens_max * @import("limits").weight_max;
+comptime {
+    std.debug.assert(request_tokens_max < 1 << 53);
+}
+
 pub const Usage = struct {
     /// Prompt tokens as the provider counts them (OpenAI and Gemini include cached ones).
     input_tokens: ?u64 = null,
@@ -22,6 +36,8 @@ pub const Usage = struct {
     cache_write_tokens: u64 = 0,
     /// Gemini thinking tokens, billed as output but reported apart.
     thoughts_tokens: u64 = 0,
+    /// A reported value was above `value_tokens_max` and was clamped to it.
+    clamped: bool = false,
 
     pub fn seen(self: Usage) bool {
         return self.input_tokens != null or self.output_tokens != null;
@@ -37,7 +53,7 @@ pub const Usage = struct {
         const milli = @as(u128, uncached_input) * weights.input_milli + @as(u128, cached) * weights.cached_milli +
             @as(u128, output) * weights.output_milli;
         const tokens = milli / 1000 + @intFromBool(milli % 1000 != 0);
-        return @intCast(@min(tokens, std.math.maxInt(u64)));
+        return @intCast(@min(tokens, request_tokens_max));
     }
 };
 
@@ -50,7 +66,12 @@ pub const Weights = struct {
 
 const Field = enum { input, output, cached_in_input, cache_read, cache_write, thoughts };
 
-const FieldName = struct { parent: []const u8, key: []const u8, field: Field };
+/// `depth_max`: the deepest a provider puts the field (json_scan.Path.depth of the number): the
+/// top-level `usage` / `usageMetadata` (2), one level down (3: Anthropic `message.usage`, the
+/// Responses API `response.usage`, a Gemini stream's array of chunks), details one below that.
+/// A `usage` object deeper than that sits in content (a tool call's input, structured output)
+/// and must not override the real one.
+const FieldName = struct { parent: []const u8, key: []const u8, field: Field, depth_max: usize = 3 };
 
 /// (parent object key, key) pairs that carry usage, across the dialects.
 const usage_fields = [_]FieldName{
@@ -60,8 +81,8 @@ const usage_fields = [_]FieldName{
     .{ .parent = "usage", .key = "output_tokens", .field = .output },
     .{ .parent = "usage", .key = "cache_read_input_tokens", .field = .cache_read }, // Anthropic
     .{ .parent = "usage", .key = "cache_creation_input_tokens", .field = .cache_write },
-    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input }, // OpenAI
-    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input },
+    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input, .depth_max = 4 }, // OpenAI
+    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input, .depth_max = 4 },
     .{ .parent = "usageMetadata", .key = "promptTokenCount", .field = .input }, // Gemini
     .{ .parent = "usageMetadata", .key = "candidatesTokenCount", .field = .output },
     .{ .parent = "usageMetadata", .key = "cachedContentTokenCount", .field = .cached_in_input },
@@ -81,9 +102,11 @@ comptime {
 const UsageHandler = struct {
     usage: Usage = .{},
 
-    pub fn number(self: *UsageHandler, path: json_scan.Path, value: u64) void {
+    pub fn number(self: *UsageHandler, path: json_scan.Path, reported: u64) void {
         if (path.parent.len == 0 and path.depth != 1) return; // top-level fields only at depth 1
+        const value = @min(reported, value_tokens_max);
         for (usage_fields) |candidate| {
+            if (path.depth > candidate.depth_max) continue;
             if (std.mem.eql(u8, candidate.key, path.key) and std.mem.eql(u8, candidate.parent, path.parent)) {
                 switch (candidate.field) {
                     .input => self.usage.input_tokens = value,
@@ -93,12 +116,13 @@ const UsageHandler = struct {
                     .cache_write => self.usage.cache_write_tokens = value,
                     .thoughts => self.usage.thoughts_tokens = value,
                 }
+                if (reported > value_tokens_max) self.usage.clamped = true;
                 return;
             }
         }
     }
 
-    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: bool) void {}
+    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: ?bool, _: usize, _: usize) void {}
     pub fn objectOpen(_: *UsageHandler, _: json_scan.Path, _: usize) void {}
     pub fn stringValue(_: *UsageHandler, _: json_scan.Path, _: usize, _: usize) void {}
 };
@@ -322,4 +346,32 @@ test "usage: Responses API completed event and Anthropic cache fields" {
     try std.testing.expectEqual(@as(u64, 3), usage.cached_in_input);
     const anthropic = "{\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":20,\"cache_read_input_tokens\":100,\"output_tokens\":7}}";
     try std.testing.expectEqual(@as(u64, 132), (try scanSplitEverywhere("application/json", anthropic)).weighted(.{}));
+}
+
+test "usage: values above the per-request ceiling are clamped and marked" {
+    const body = "{\"usage\":{\"prompt_tokens\":18446744073709551615,\"completion_tokens\":1000000000001,\"prompt_tokens_details\":{\"cached_tokens\":18446744073709551615}}}";
+    const usage = try scanSplitEverywhere("application/json", body);
+    try std.testing.expectEqual(@as(?u64, value_tokens_max), usage.input_tokens);
+    try std.testing.expectEqual(@as(?u64, value_tokens_max), usage.output_tokens);
+    try std.testing.expect(usage.clamped);
+    // The weighted cost of clamped values stays exact in a Lua double (Redis) at any weight.
+    const heaviest = Weights{ .input_milli = 1_000_000, .output_milli = 1_000_000, .cached_milli = 1_000_000 };
+    const worst = Usage{ .input_tokens = value_tokens_max, .output_tokens = value_tokens_max, .cache_read_tokens = value_tokens_max, .cache_write_tokens = value_tokens_max, .thoughts_tokens = value_tokens_max };
+    try std.testing.expect(worst.weighted(heaviest) <= request_tokens_max);
+    try std.testing.expect(!(try scanSplitEverywhere("application/json", "{\"usage\":{\"prompt_tokens\":5}}")).clamped);
+}
+
+test "usage: a usage object inside content never overrides the real one; deep nesting is read" {
+    const anthropic = "{\"usage\":{\"input_tokens\":500,\"output_tokens\":300},\"content\":[{\"type\":\"tool_use\",\"input\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}]}";
+    try std.testing.expectEqual(@as(u64, 800), (try scanSplitEverywhere("application/json", anthropic)).weighted(.{}));
+    const gemini_array = "[{\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":6}}]";
+    try std.testing.expectEqual(@as(u64, 11), (try scanSplitEverywhere("application/json", gemini_array)).weighted(.{}));
+    const deep = comptime nested: {
+        var text: []const u8 = "{\"output\":";
+        for (0..100) |_| text = text ++ "[";
+        text = text ++ "1";
+        for (0..100) |_| text = text ++ "]";
+        break :nested text ++ ",\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":10}}";
+    };
+    try std.testing.expectEqual(@as(u64, 40), (try scanSplitEverywhere("application/json", deep)).weighted(.{}));
 }

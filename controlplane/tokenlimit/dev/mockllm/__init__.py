@@ -85,6 +85,10 @@ header                            effect (default)
 ``x-mock-abort-after-bytes: N``   send only the first N body bytes, then drop the connection
                                   (simulates an upstream reset mid-stream; JSON replies keep
                                   their full Content-Length so the truncation is visible)
+``x-mock-compress: 1``            compress the reply as a real upstream does when the request's
+                                  ``Accept-Encoding`` allows it (zstd, br, gzip, deflate, in that
+                                  order of preference; ``Content-Encoding`` set); identity
+                                  otherwise
 ================================  =============================================================
 
 A malformed control header, an invalid JSON body or a non-object body gets a 400 with

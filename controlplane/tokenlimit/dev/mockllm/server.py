@@ -29,6 +29,7 @@ from tokenlimit.dev.mockllm.common import (
     ident,
     json_bytes,
 )
+from tokenlimit.dev.mockllm.encoding import compress, negotiate_encoding
 from tokenlimit.dev.mockllm.errors import error_body
 
 # --------------------------------------------------------------------------- routing
@@ -340,6 +341,12 @@ async def _llm_handler(request: web.Request) -> web.StreamResponse:
         headers["Cache-Control"] = "no-cache"
     else:
         headers["Content-Type"] = "application/json"
+    if request.headers.get("x-mock-compress", "").strip().lower() in ("1", "true", "yes"):
+        encoding = negotiate_encoding(request.headers.get("accept-encoding", ""))
+        if encoding is not None:
+            # As an upstream does when the request allows it: the whole reply, one coding.
+            writes = [compress(b"".join(writes), encoding)]
+            headers["Content-Encoding"] = encoding
     _count_status(request, k.status)
     return await _send(request, k.status, headers, writes, k, stream=stream)
 

@@ -1,0 +1,158 @@
+"""Counting through the Redis store when the network misbehaves (issue 9): a settlement that
+stalls and is retried charges once; an admission that lands after its request gave up is
+released. The Higress build's proxy_redis_call reaches a real redis-server (support.redis_wire);
+a wrapper around it plays the faulty network."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from support.proxywasm_host import Clock, Host
+from support.redis_server import RedisServer
+from support.redis_wire import redis_wire
+
+Wire = Callable[[bytes], bytes | None]
+
+
+SCRIPT = (Path(__file__).resolve().parents[2] / "contract" / "budget.lua").read_text()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        # Loaded as a gateway that ran before would have, so a replayed EVALSHA runs.
+        redis.Redis.from_url(server.url).script_load(SCRIPT)
+        yield server
+
+
+def config(**extra: object) -> dict[str, object]:
+    return {
+        "rule_name": "stall",
+        "rule_items": [
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [{"key": "*", "token_per_minute": 100_000}],
+            }
+        ],
+        "redis": {"service_name": "redis.dns", "timeout": 500},
+        **extra,
+    }
+
+
+def used(server: RedisServer) -> int:
+    client = redis.Redis.from_url(server.url)
+    keys = client.keys("tokenlimit:{stall}:per_header:*")
+    return sum(int(client.hget(key, "u") or 0) for key in keys)
+
+
+def ask(host: Host, prompt: int, completion: int, body: bytes | None = None) -> None:
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        ":authority": "x",
+        "content-type": "application/json",
+        "x-api-key": "k",
+    }
+    if body is not None:
+        headers["content-length"] = str(len(body))
+    answer = json.dumps({"usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
+    host.http_stream().complete(headers, 200, [answer.encode()], body)
+
+
+def test_a_settlement_retried_after_a_stall_charges_once(
+    higress_wasm: Path, redis_server: RedisServer
+) -> None:
+    wire = redis_wire(redis_server)
+    stalls = {"left": 5}
+
+    def stalling(query: bytes) -> bytes | None:
+        reply = wire(query)  # Redis runs it ...
+        if b"settle" in query and stalls["left"] > 0:
+            stalls["left"] -= 1
+            return None  # ... but the answer never arrives: the filter retries
+        return reply
+
+    clock = Clock()
+    host = Host(higress_wasm, clock=clock, redis_handler=stalling)
+    assert host.configure(config())
+    for _ in range(5):
+        ask(host, 30, 10)
+    for _ in range(10):
+        clock.advance(1.5)
+        host.tick()
+        host.run_pending()
+    assert stalls["left"] == 0
+    assert used(redis_server) == 200  # 5 x 40, not 440
+
+
+def test_an_admission_that_lands_after_its_request_gave_up_is_released(
+    higress_wasm: Path, redis_server: RedisServer
+) -> None:
+    wire = redis_wire(redis_server)
+    late: list[bytes] = []
+
+    def slow_admissions(query: bytes) -> bytes | None:
+        if b"admit" in query and not late:
+            late.append(query)  # stuck in the network; the filter times out
+            return None
+        return wire(query)
+
+    clock = Clock()
+    host = Host(higress_wasm, clock=clock, redis_handler=slow_admissions)
+    assert host.configure(config(admission="reserve", default_output_tokens=1000))
+    body = json.dumps({"model": "m", "messages": [{"content": "x" * 80}]}).encode()
+    ask(host, 30, 10, body)  # failure_mode open: admitted, uncounted in Redis
+    for _ in range(3):
+        clock.advance(1.5)
+        host.tick()
+        host.run_pending()
+    wire(late[0])  # the admission finally runs on Redis
+    assert used(redis_server) == 0  # ... and reserves nothing: its request gave up on it
+
+    # An admission that ran but whose answer was lost is given back too.
+    def lost_answers(query: bytes) -> bytes | None:
+        reply = wire(query)
+        return None if b"admit" in query else reply
+
+    other = Host(higress_wasm, clock=clock, redis_handler=lost_answers, seed=2)
+    assert other.configure(config(admission="reserve", default_output_tokens=1000))
+    ask(other, 30, 10, body)
+    for _ in range(3):
+        clock.advance(1.5)
+        other.tick()
+        other.run_pending()
+    assert used(redis_server) == 0
+
+
+# ---- 7. reply sizes are bounded ----------------------------------------------------------------
+
+HUGE = 16 * 1024 * 1024
+
+
+def test_an_oversized_bridge_or_redis_reply_is_not_read_whole(
+    filter_wasm: Path, higress_wasm: Path
+) -> None:
+    """A reply past the largest one the script returns is a bad reply, read only up to that
+    bound: a hostile or broken peer cannot make the filter copy megabytes into its memory."""
+    huge = b"-ERR " + b"x" * HUGE + b"\r\n"
+    for wasm in (filter_wasm, higress_wasm):
+        host = Host(wasm, clock=Clock())
+        assert host.configure(config(redis={"service_name": "tokenlimit-bridge", "timeout": 500}))
+        before = host.memory_bytes_used()
+        stream = host.http_stream()
+        headers = {":method": "GET", ":path": "/", ":authority": "x", "x-api-key": "k"}
+        stream.request_headers(headers, end_of_stream=True)
+        if wasm == filter_wasm:
+            (call_id,) = host.pending_http_calls()
+            host.respond_http_call(call_id, 200, huge)
+        else:
+            (call_id,) = host.pending_redis_calls()
+            host.respond_redis_call(call_id, huge)
+        assert stream.local_response is None  # failure_mode open: admitted
+        assert not stream.request_paused
+        assert host.memory_bytes_used() - before < 1024 * 1024, wasm.name
+        assert host.trap is None
