@@ -23,6 +23,7 @@ test {
     _ = @import("src/config/regex/regex_test.zig");
     _ = @import("src/config/regex/unicode.zig");
     _ = @import("src/config/regex/vm.zig");
+    _ = @import("src/config/rule_items.zig");
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/context.zig");
     _ = @import("src/http/rewrite.zig");

@@ -10,6 +10,7 @@ test pins this), so renderers, the operator and the CLI all build on the same va
     fields.py         the value types of single fields and their bounds
     higress.py        a bare config read as Higress reads it (what it ignores, numbers as text)
     counters.py       counter names as the filter writes them (a rule name, a name's length)
+    rule_items.py     budget windows, limit keys, rule items: what a budget counts, by which key
     filter_config.py  FilterConfig: the JSON the filter reads (Higress names)
     target.py         TargetRef: what a policy attaches to
     store.py          Redis store names: what Higress resolves, what Envoy/Istio call the bridge
@@ -38,14 +39,10 @@ from tokenlimit.model.fallback import (
 )
 from tokenlimit.model.filter_config import (
     FilterConfig,
-    GlobalThreshold,
-    LimitKey,
     RedisConfig,
     RouteRule,
-    RuleItem,
     Weights,
     filter_json,
-    key_problem,
     parse_filter_config,
     parse_filter_config_with_warnings,
 )
@@ -64,6 +61,7 @@ from tokenlimit.model.policy import (
     policy_filter_config,
 )
 from tokenlimit.model.problems import ConfigInvalid, Problem, field_path, problems
+from tokenlimit.model.rule_items import GlobalThreshold, LimitKey, RuleItem, key_problem
 from tokenlimit.model.store import (
     ENVOY_BRIDGE_CLUSTER,
     HIGRESS_STATIC_PORT,
