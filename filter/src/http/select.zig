@@ -24,6 +24,7 @@ pub fn rule(current: *const config.Config) ?*const config.Rule {
                 .routes = route_rule.routes,
                 .domains = route_rule.domains,
                 .services = route_rule.services,
+                .route_prefixes = route_rule.route_prefixes,
             };
             if (match.routeConditionsMatch(conditions, identity)) {
                 return if (route_rule.rule) |*matched| matched else null;

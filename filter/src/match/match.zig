@@ -194,14 +194,14 @@ pub fn domainMatches(pattern: []const u8, authority: []const u8) bool {
     return std.ascii.eqlIgnoreCase(pattern, host);
 }
 
-/// A Higress `_rules_` entry's conditions (config.RouteRule, plus the fields config/ does not
-/// parse yet: `_match_route_prefix_` and `_match_consumer_` stay empty until it does).
+/// A Higress `_rules_` entry's conditions (config.RouteRule's `_match_*` fields). There is no
+/// consumer condition: Higress's matcher (wasm-go pkg/matcher) has none, so a
+/// `_match_consumer_` in a config is an unknown field, ignored as Higress ignores it.
 pub const RouteConditions = struct {
     routes: []const []const u8,
     domains: []const []const u8,
     services: []const []const u8,
     route_prefixes: []const []const u8 = &.{},
-    consumers: []const []const u8 = &.{},
 };
 
 /// What of a request the conditions look at; null where the host has none.
@@ -209,13 +209,12 @@ pub const RequestRoute = struct {
     route: ?[]const u8 = null,
     authority: ?[]const u8 = null,
     cluster: ?[]const u8 = null,
-    consumer: ?[]const u8 = null,
 };
 
 /// Whether a `_rules_` entry applies, as Higress's rule matcher combines the conditions: the
 /// first kind present decides, in this order: routes (AND services, when both are given);
-/// else domains (services ignored); else services; else route prefixes (AND consumers, when
-/// given). Empty names never match, as Higress drops them when it reads the config.
+/// else domains (services ignored); else services; else route prefixes (a route name that
+/// starts with one). Empty names never match, as Higress drops them when it reads the config.
 pub fn routeConditionsMatch(conditions: RouteConditions, request: RequestRoute) bool {
     if (conditions.routes.len > 0) {
         if (!anyEql(conditions.routes, request.route)) return false;
@@ -229,10 +228,9 @@ pub fn routeConditionsMatch(conditions: RouteConditions, request: RequestRoute) 
     if (conditions.services.len > 0) return anyService(conditions.services, request.cluster);
     if (conditions.route_prefixes.len > 0) {
         const route = request.route orelse return false;
-        const prefixed = for (conditions.route_prefixes) |prefix| {
-            if (prefix.len > 0 and std.mem.startsWith(u8, route, prefix)) break true;
-        } else false;
-        return prefixed and (conditions.consumers.len == 0 or anyEql(conditions.consumers, request.consumer));
+        for (conditions.route_prefixes) |prefix| {
+            if (prefix.len > 0 and std.mem.startsWith(u8, route, prefix)) return true;
+        }
     }
     return false;
 }
@@ -275,7 +273,7 @@ pub fn serviceMatches(pattern: []const u8, cluster_name: []const u8) bool {
 
 test "match: route, domain and service conditions combine as Higress combines them" {
     const cluster = "outbound|80||llm.ns.svc.cluster.local";
-    const request: RequestRoute = .{ .route = "chat", .authority = "b.example", .cluster = cluster, .consumer = "alice" };
+    const request: RequestRoute = .{ .route = "chat", .authority = "b.example", .cluster = cluster };
     // Routes decide; domains beside them are ignored; services beside them must match too.
     try std.testing.expect(routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{"a.example"}, .services = &.{} }, request));
     try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{}, .services = &.{"other"} }, request));
@@ -283,9 +281,10 @@ test "match: route, domain and service conditions combine as Higress combines th
     // Domains decide over services.
     try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{"a.example"}, .services = &.{"llm.ns.svc.cluster.local"} }, request));
     try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{"llm.ns.svc.cluster.local:80"} }, request));
-    // Route prefixes, alone or with consumers.
-    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"} }, request));
-    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"}, .consumers = &.{"bob"} }, request));
+    // Route prefixes, read only when no route, domain or service is given.
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{ "", "ch" } }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"chats"} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{"x"}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"} }, request));
     try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{""}, .domains = &.{}, .services = &.{} }, .{ .route = "" }));
 }
 
