@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 from support.proxywasm_host import Host
-from test_filter import chat_request, exchange
+from test_filter import chat_request, clock, exchange
 from test_match_higress import configured, route_rule, rule_applies
+
+__all__ = ["clock"]  # the fixture, 10 s into a minute
 
 
 @pytest.mark.parametrize(
@@ -53,3 +55,80 @@ def test_match_consumer_is_not_a_higress_field_and_narrows_nothing(make_host: An
     bob = chat_request(**{"x-mse-consumer": "bob"})
     assert rule_applies(h, bob, {"route_name": "api-chat"}) is True
     assert any("_match_consumer_" in line for line in h.log_messages())
+
+
+# ---- what a Higress user sees of a refusal ------------------------------------------------------
+
+TEN_TOKENS = {"rule_name": "r", "global_threshold": {"token_per_minute": 10}}
+CHAT_ROUTE = {"route_name": "default/chat", "cluster_name": "outbound|80||llm.ns.svc.cluster.local"}
+METRIC = "route.{}.upstream.{}.model.none.consumer.{}.metric.token_ratelimit_count"
+
+
+def refused_on(h: Host, request: dict[str, str], properties: dict[str, str] | None = None) -> Any:
+    """Spends the 10-token budget, then returns the refused request's stream."""
+    exchange(h, request, 10, 0, properties=properties)
+    stream = exchange(h, request, properties=properties)
+    assert stream.local_response is not None
+    return stream
+
+
+def higress_host(higress_wasm: Any, clock: Any) -> Host:
+    h = Host(higress_wasm, clock=clock)
+    assert h.configure(TEN_TOKENS), h.log_messages()
+    return h
+
+
+def test_a_refusal_on_higress_carries_higress_reset_header_and_details(higress_wasm, clock):
+    # main.go rejected(): SendHttpResponseWithDetail(code, "ai-token-ratelimit.rejected",
+    # {X-TokenRateLimit-Reset: <TTL of the refusing counter, seconds>}, rejected_msg).
+    stream = refused_on(higress_host(higress_wasm, clock), chat_request())
+    reply = stream.local_response
+    assert reply.details == "ai-token-ratelimit.rejected"
+    headers = dict(reply.headers)
+    assert headers["x-tokenratelimit-reset"] == "50"  # 10 s into the minute: 50 s left
+    assert (reply.status, reply.body) == (429, b"Too many requests")
+    assert headers["retry-after"] == "50"  # tokenlimit's own headers stay
+
+
+def test_a_refusal_on_envoy_keeps_tokenlimit_details(make_host, clock):
+    h = make_host(clock=clock)
+    assert h.configure(TEN_TOKENS)
+    reply = refused_on(h, chat_request()).local_response
+    assert reply.details == "tokenlimit_rejected"
+    assert "x-tokenratelimit-reset" not in dict(reply.headers)
+
+
+def test_a_refusal_on_higress_counts_token_ratelimit_count_by_route_and_consumer(
+    higress_wasm, clock
+):
+    h = higress_host(higress_wasm, clock)
+    alice = chat_request(**{"x-mse-consumer": "alice"})
+    refused_on(h, alice, CHAT_ROUTE)
+    exchange(h, alice, properties=CHAT_ROUTE)
+    name = METRIC.format("default/chat", CHAT_ROUTE["cluster_name"], "alice")
+    assert h.metrics[name] == 2
+    assert h.metric_types[name].name == "COUNTER"
+    # Without a route, a cluster or a consumer: Higress's "-", "-" and "none".
+    h.clock.advance(60)
+    refused_on(h, chat_request())
+    assert h.metrics[METRIC.format("-", "-", "none")] == 1
+
+
+def test_a_refusal_on_higress_writes_token_ratelimit_status_into_ai_log(higress_wasm, clock):
+    h = higress_host(higress_wasm, clock)
+    stream = refused_on(h, chat_request())
+    # wasm-go's WriteUserAttributeToLogWithKey: a JSON object, escaped as a JSON string body.
+    assert stream.properties_set["ai_log"] == b'{\\"token_ratelimit_status\\":\\"limited\\"}'
+    # Fields other plugins wrote before are kept.
+    h.clock.advance(60)
+    earlier = {"ai_log": '{\\"model\\":\\"qwen\\",\\"n\\":2}'}
+    stream = refused_on(h, chat_request(), earlier)
+    assert stream.properties_set["ai_log"] == (
+        b'{\\"model\\":\\"qwen\\",\\"n\\":2,\\"token_ratelimit_status\\":\\"limited\\"}'
+    )
+
+
+def test_an_admitted_request_on_higress_leaves_ai_log_alone(higress_wasm, clock):
+    stream = exchange(higress_host(higress_wasm, clock), chat_request(), 1, 0)
+    assert stream.local_response is None
+    assert "ai_log" not in stream.properties_set
