@@ -132,3 +132,78 @@ def test_an_admitted_request_on_higress_leaves_ai_log_alone(higress_wasm, clock)
     stream = exchange(higress_host(higress_wasm, clock), chat_request(), 1, 0)
     assert stream.local_response is None
     assert "ai_log" not in stream.properties_set
+
+
+# ---- cookies and empty values, as Higress reads them --------------------------------------------
+
+
+def per_item(item: dict[str, Any], key: str = "*") -> dict[str, Any]:
+    return {
+        "rule_name": "r",
+        "rule_items": [{**item, "limit_keys": [{"key": key, "token_per_minute": 20}]}],
+    }
+
+
+def limited(h: Host, request: dict[str, str]) -> bool:
+    """Whether `request` spends a budget: 20 tokens, then one more is refused."""
+    h.clock.advance(60)
+    exchange(h, request, 20, 0)
+    return exchange(h, request, 1, 0).local_response is not None
+
+
+def cookie(value: str) -> dict[str, str]:
+    return chat_request(cookie=value)
+
+
+def test_a_cookie_value_keeps_its_quotes_as_higress_reads_it(make_host: Any) -> None:
+    # util.ExtractCookieValueByKey: the text after the first `=`, quotes and all; so `"q"` and
+    # `q` are two callers, and a literal key `q` does not hold `"q"`.
+    h = configured(make_host, per_item({"limit_by_per_cookie": "session"}))
+    exchange(h, cookie('session="q"'), 20, 0)
+    assert exchange(h, cookie("session=q"), 1, 0).local_response is None
+    assert exchange(h, cookie('a=1; session="q"'), 1, 0).local_response is not None
+    h = configured(make_host, per_item({"limit_by_cookie": "session"}, key='"q"'))
+    assert limited(h, cookie('session="q"')) is True
+    assert limited(h, cookie("session=q")) is False
+
+
+@pytest.mark.parametrize(
+    ("header", "key", "is_limited"),
+    [
+        ("session=a=b", "a=b", True),  # 2.0.1: the rest after the first `=`
+        ("x=1;  session=a=b ;y", "a=b", True),  # pairs trimmed; a pair without `=` skipped
+        ("session; session=a=b", "a=b", True),
+        ("session=a; session=a=b", "a=b", False),  # the first pair named so wins
+        ("Session=a=b", "a=b", False),  # names are case-sensitive
+    ],
+)
+def test_cookie_pairs_are_split_as_higress_2_0_1_splits_them(
+    make_host: Any, header: str, key: str, is_limited: bool
+) -> None:
+    h = configured(make_host, per_item({"limit_by_cookie": "session"}, key=key))
+    assert limited(h, cookie(header)) is is_limited
+
+
+@pytest.mark.parametrize(
+    ("item", "request_headers", "is_limited"),
+    [
+        # An empty header, parameter or consumer is a value: Higress's `*` holds it.
+        ({"limit_by_per_header": "x-api-key"}, {"x-api-key": ""}, True),
+        ({"limit_by_per_consumer": ""}, {"x-mse-consumer": ""}, True),
+        ({"limit_by_per_param": "apikey"}, {":path": "/v1/chat/completions?apikey="}, True),
+        ({"limit_by_per_param": "apikey"}, {":path": "/v1/chat/completions?apikey"}, True),
+        # An empty cookie is not (Higress skips the item), nor is an absent header.
+        ({"limit_by_per_cookie": "session"}, {"cookie": "session="}, False),
+        ({"limit_by_per_header": "x-api-key"}, {}, False),
+    ],
+)
+def test_empty_values_are_limited_where_higress_limits_them(
+    make_host: Any, item: dict[str, Any], request_headers: dict[str, str], is_limited: bool
+) -> None:
+    h = configured(make_host, per_item(item))
+    assert limited(h, chat_request(**request_headers)) is is_limited
+
+
+def test_an_empty_value_matches_a_regexp_that_matches_empty(make_host: Any) -> None:
+    h = configured(make_host, per_item({"limit_by_per_header": "x-api-key"}, "regexp:^$"))
+    assert limited(h, chat_request(**{"x-api-key": ""})) is True
