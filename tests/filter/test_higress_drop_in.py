@@ -8,10 +8,11 @@ v1.0.6-0.20251103065747-41d65dbb2f9e); where tokenlimit differs on purpose the t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support.proxywasm_host import Host
+from support.proxywasm_host import Clock, Host
 from test_filter import chat_request, clock, exchange
 from test_match_higress import configured, route_rule, rule_applies
 
@@ -72,13 +73,15 @@ def refused_on(h: Host, request: dict[str, str], properties: dict[str, str] | No
     return stream
 
 
-def higress_host(higress_wasm: Any, clock: Any) -> Host:
+def higress_host(higress_wasm: Path, clock: Clock) -> Host:
     h = Host(higress_wasm, clock=clock)
     assert h.configure(TEN_TOKENS), h.log_messages()
     return h
 
 
-def test_a_refusal_on_higress_carries_higress_reset_header_and_details(higress_wasm, clock):
+def test_a_refusal_on_higress_carries_higress_reset_header_and_details(
+    higress_wasm: Path, clock: Clock
+) -> None:
     # main.go rejected(): SendHttpResponseWithDetail(code, "ai-token-ratelimit.rejected",
     # {X-TokenRateLimit-Reset: <TTL of the refusing counter, seconds>}, rejected_msg).
     stream = refused_on(higress_host(higress_wasm, clock), chat_request())
@@ -90,7 +93,7 @@ def test_a_refusal_on_higress_carries_higress_reset_header_and_details(higress_w
     assert headers["retry-after"] == "50"  # tokenlimit's own headers stay
 
 
-def test_a_refusal_on_envoy_keeps_tokenlimit_details(make_host, clock):
+def test_a_refusal_on_envoy_keeps_tokenlimit_details(make_host: Any, clock: Clock) -> None:
     h = make_host(clock=clock)
     assert h.configure(TEN_TOKENS)
     reply = refused_on(h, chat_request()).local_response
@@ -99,8 +102,8 @@ def test_a_refusal_on_envoy_keeps_tokenlimit_details(make_host, clock):
 
 
 def test_a_refusal_on_higress_counts_token_ratelimit_count_by_route_and_consumer(
-    higress_wasm, clock
-):
+    higress_wasm: Path, clock: Clock
+) -> None:
     h = higress_host(higress_wasm, clock)
     alice = chat_request(**{"x-mse-consumer": "alice"})
     refused_on(h, alice, CHAT_ROUTE)
@@ -114,7 +117,9 @@ def test_a_refusal_on_higress_counts_token_ratelimit_count_by_route_and_consumer
     assert h.metrics[METRIC.format("-", "-", "none")] == 1
 
 
-def test_a_refusal_on_higress_writes_token_ratelimit_status_into_ai_log(higress_wasm, clock):
+def test_a_refusal_on_higress_writes_token_ratelimit_status_into_ai_log(
+    higress_wasm: Path, clock: Clock
+) -> None:
     h = higress_host(higress_wasm, clock)
     stream = refused_on(h, chat_request())
     # wasm-go's WriteUserAttributeToLogWithKey: a JSON object, escaped as a JSON string body.
@@ -128,7 +133,9 @@ def test_a_refusal_on_higress_writes_token_ratelimit_status_into_ai_log(higress_
     )
 
 
-def test_an_admitted_request_on_higress_leaves_ai_log_alone(higress_wasm, clock):
+def test_an_admitted_request_on_higress_leaves_ai_log_alone(
+    higress_wasm: Path, clock: Clock
+) -> None:
     stream = exchange(higress_host(higress_wasm, clock), chat_request(), 1, 0)
     assert stream.local_response is None
     assert "ai_log" not in stream.properties_set
