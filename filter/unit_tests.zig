@@ -36,6 +36,7 @@ test {
     _ = @import("src/meter/budget_fuzz.zig");
     _ = @import("src/meter/calendar.zig");
     _ = @import("src/meter/counter.zig");
+    _ = @import("src/respond/higress.zig");
     _ = @import("src/respond/response.zig");
     _ = @import("src/store/circuit.zig");
     _ = @import("src/store/local.zig");

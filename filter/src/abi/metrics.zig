@@ -52,3 +52,48 @@ fn defineSet(comptime T: type, comptime prefix: []const u8, comptime gauges: []c
     }
     return defined;
 }
+
+// ---- Higress's own refusal counter (Higress build; respond/higress.zig) --------------------------
+
+/// Distinct `token_ratelimit_count` names kept per VM. Route and cluster come from the
+/// gateway's config, the consumer from `x-mse-consumer`, which a client may set itself where no
+/// auth plugin owns it: past this many names (Higress keeps every one) further consumers are
+/// counted under the consumer `other`, so a client cannot grow the gateway's stats without bound.
+pub const higress_rejection_names_max = 1024;
+/// Longest name kept; a longer one (a very long consumer) is counted under the consumer `other`.
+pub const higress_rejection_name_bytes_max = 512;
+
+var higress_rejection_ids: std.StringHashMapUnmanaged(u32) = .empty;
+
+/// Higress's metric name for refusals on a route, upstream cluster and consumer (its main.go
+/// `generateMetricName(route, cluster, "none", consumer, "token_ratelimit_count")`).
+pub fn higressRejectionName(buffer: []u8, route: []const u8, cluster: []const u8, consumer: []const u8) ?[]const u8 {
+    return std.fmt.bufPrint(buffer, "route.{s}.upstream.{s}.model.none.consumer.{s}.metric.token_ratelimit_count", .{ route, cluster, consumer }) catch null;
+}
+
+/// The counter id for `higressRejectionName(route, cluster, consumer)`, defined on first use
+/// (Higress's DefineCounterMetric) and kept, so each name is defined once per VM. 0 (no metric)
+/// when the host refuses it.
+pub fn higressRejections(route: []const u8, cluster: []const u8, consumer: []const u8) u32 {
+    var buffer: [higress_rejection_name_bytes_max]u8 = undefined;
+    const full = higress_rejection_ids.count() >= higress_rejection_names_max;
+    var name = higressRejectionName(&buffer, route, cluster, consumer);
+    if (name) |text| if (higress_rejection_ids.get(text)) |id| return id;
+    if (name == null or full) name = higressRejectionName(&buffer, route, cluster, "other");
+    const text = name orelse return 0;
+    if (higress_rejection_ids.get(text)) |id| return id;
+    const id = host.defineMetric(.counter, text) catch return 0;
+    const owned = host.allocator.dupe(u8, text) catch return id;
+    higress_rejection_ids.put(host.allocator, owned, id) catch host.allocator.free(owned);
+    return id;
+}
+
+test "metrics: Higress's refusal counter name" {
+    var buffer: [higress_rejection_name_bytes_max]u8 = undefined;
+    try std.testing.expectEqualStrings(
+        "route.default/chat.upstream.outbound|80||llm.ns.svc.cluster.local.model.none.consumer.alice.metric.token_ratelimit_count",
+        higressRejectionName(&buffer, "default/chat", "outbound|80||llm.ns.svc.cluster.local", "alice").?,
+    );
+    const long: [higress_rejection_name_bytes_max]u8 = @splat('c');
+    try std.testing.expectEqual(@as(?[]const u8, null), higressRejectionName(&buffer, "-", "-", &long));
+}

@@ -24,6 +24,7 @@ pub fn rule(current: *const config.Config) ?*const config.Rule {
                 .routes = route_rule.routes,
                 .domains = route_rule.domains,
                 .services = route_rule.services,
+                .route_prefixes = route_rule.route_prefixes,
             };
             if (match.routeConditionsMatch(conditions, identity)) {
                 return if (route_rule.rule) |*matched| matched else null;
@@ -164,7 +165,8 @@ fn requestValue(item: *const config.RuleItem) host.Error!?host.HostBytes {
 fn narrow(item: *const config.RuleItem, raw: []const u8, out: []u8) ?[]const u8 {
     return switch (item.limit_type) {
         .param, .per_param => match.queryParam(raw, item.source, out),
-        .cookie, .per_cookie => match.cookieValue(raw, item.source),
+        // An empty cookie counts as absent (Higress skips the item); other empty values count.
+        .cookie, .per_cookie => if (match.cookieValue(raw, item.source)) |value| (if (value.len > 0) value else null) else null,
         else => raw,
     };
 }

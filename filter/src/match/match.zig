@@ -39,7 +39,8 @@ pub const Decision = union(enum) {
 pub fn matchKey(item: *const config.RuleItem, subject: Subject, regexp_steps: *u32) Decision {
     const value = subject.text;
     if (item.limit_type == .per_ip and subject.address == null) return .{ .unknown = 0 };
-    if (value.len == 0) return .none;
+    // An empty value is a value (Higress: an empty header, parameter or consumer is held by `*`;
+    // an empty cookie never gets here, see select.zig's `narrow`).
     const authorization = isAuthorizationItem(item);
     for (item.keys, 0..) |*key, index| {
         const matched = switch (key.matcher) {
@@ -163,15 +164,54 @@ fn unescapedEql(raw: []const u8, name: []const u8) bool {
     return i == raw.len;
 }
 
-/// Value of cookie `name` in a `cookie` header ("a=1; session=xyz").
+/// Value of cookie `name` in a `cookie` header ("a=1; session=xyz"), as Higress 2.0.1 reads it
+/// (util.ExtractCookieValueByKey): pairs split on `;` and trimmed of white space (Go's
+/// strings.TrimSpace), a pair without `=` skipped, the first pair named `name` wins, and its value
+/// is everything after the first `=`, quotes included (`session="q"` is `"q"`). Higress 1.0.0
+/// stops the value at the next `=` and fails on a pair `name` without `=`; 2.0.1 fixed both.
 pub fn cookieValue(header: []const u8, name: []const u8) ?[]const u8 {
     var pairs = std.mem.splitScalar(u8, header, ';');
     while (pairs.next()) |raw_pair| {
-        const pair = std.mem.trim(u8, raw_pair, " \t");
+        const pair = trimGoSpace(raw_pair);
         const equals = std.mem.indexOfScalar(u8, pair, '=') orelse continue;
-        if (std.mem.eql(u8, pair[0..equals], name)) return std.mem.trim(u8, pair[equals + 1 ..], "\"");
+        if (std.mem.eql(u8, pair[0..equals], name)) return pair[equals + 1 ..];
     }
     return null;
+}
+
+/// `text` without leading and trailing white space as Go's strings.TrimSpace sees it: ASCII
+/// space, `\t`, `\n`, `\v`, `\f`, `\r` and the Unicode spaces (U+0085, U+00A0, U+1680,
+/// U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000).
+pub fn trimGoSpace(text: []const u8) []const u8 {
+    var start: usize = 0;
+    var end: usize = text.len;
+    while (start < end) {
+        const len = spaceAt(text[start..end]) orelse break;
+        start += len;
+    }
+    while (end > start) {
+        var begin = end - 1;
+        while (begin > start and end - begin < 4 and text[begin] & 0xc0 == 0x80) begin -= 1;
+        const len = spaceAt(text[begin..end]) orelse break;
+        if (begin + len != end) break;
+        end = begin;
+    }
+    return text[start..end];
+}
+
+/// The byte length of the Go white-space character that `text` starts with, or null.
+fn spaceAt(text: []const u8) ?usize {
+    switch (text[0]) {
+        ' ', '\t', '\n', 0x0b, 0x0c, '\r' => return 1,
+        else => {},
+    }
+    const len = std.unicode.utf8ByteSequenceLength(text[0]) catch return null;
+    if (len == 1 or len > text.len) return null;
+    const code_point = std.unicode.utf8Decode(text[0..len]) catch return null;
+    return switch (code_point) {
+        0x85, 0xa0, 0x1680, 0x2000...0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000 => len,
+        else => null,
+    };
 }
 
 /// The first address of an `x-forwarded-for`-style header, as Higress takes it.
@@ -194,14 +234,14 @@ pub fn domainMatches(pattern: []const u8, authority: []const u8) bool {
     return std.ascii.eqlIgnoreCase(pattern, host);
 }
 
-/// A Higress `_rules_` entry's conditions (config.RouteRule, plus the fields config/ does not
-/// parse yet: `_match_route_prefix_` and `_match_consumer_` stay empty until it does).
+/// A Higress `_rules_` entry's conditions (config.RouteRule's `_match_*` fields). There is no
+/// consumer condition: Higress's matcher (wasm-go pkg/matcher) has none, so a
+/// `_match_consumer_` in a config is an unknown field, ignored as Higress ignores it.
 pub const RouteConditions = struct {
     routes: []const []const u8,
     domains: []const []const u8,
     services: []const []const u8,
     route_prefixes: []const []const u8 = &.{},
-    consumers: []const []const u8 = &.{},
 };
 
 /// What of a request the conditions look at; null where the host has none.
@@ -209,13 +249,12 @@ pub const RequestRoute = struct {
     route: ?[]const u8 = null,
     authority: ?[]const u8 = null,
     cluster: ?[]const u8 = null,
-    consumer: ?[]const u8 = null,
 };
 
 /// Whether a `_rules_` entry applies, as Higress's rule matcher combines the conditions: the
 /// first kind present decides, in this order: routes (AND services, when both are given);
-/// else domains (services ignored); else services; else route prefixes (AND consumers, when
-/// given). Empty names never match, as Higress drops them when it reads the config.
+/// else domains (services ignored); else services; else route prefixes (a route name that
+/// starts with one). Empty names never match, as Higress drops them when it reads the config.
 pub fn routeConditionsMatch(conditions: RouteConditions, request: RequestRoute) bool {
     if (conditions.routes.len > 0) {
         if (!anyEql(conditions.routes, request.route)) return false;
@@ -229,10 +268,9 @@ pub fn routeConditionsMatch(conditions: RouteConditions, request: RequestRoute) 
     if (conditions.services.len > 0) return anyService(conditions.services, request.cluster);
     if (conditions.route_prefixes.len > 0) {
         const route = request.route orelse return false;
-        const prefixed = for (conditions.route_prefixes) |prefix| {
-            if (prefix.len > 0 and std.mem.startsWith(u8, route, prefix)) break true;
-        } else false;
-        return prefixed and (conditions.consumers.len == 0 or anyEql(conditions.consumers, request.consumer));
+        for (conditions.route_prefixes) |prefix| {
+            if (prefix.len > 0 and std.mem.startsWith(u8, route, prefix)) return true;
+        }
     }
     return false;
 }
@@ -275,7 +313,7 @@ pub fn serviceMatches(pattern: []const u8, cluster_name: []const u8) bool {
 
 test "match: route, domain and service conditions combine as Higress combines them" {
     const cluster = "outbound|80||llm.ns.svc.cluster.local";
-    const request: RequestRoute = .{ .route = "chat", .authority = "b.example", .cluster = cluster, .consumer = "alice" };
+    const request: RequestRoute = .{ .route = "chat", .authority = "b.example", .cluster = cluster };
     // Routes decide; domains beside them are ignored; services beside them must match too.
     try std.testing.expect(routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{"a.example"}, .services = &.{} }, request));
     try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{"chat"}, .domains = &.{}, .services = &.{"other"} }, request));
@@ -283,9 +321,10 @@ test "match: route, domain and service conditions combine as Higress combines th
     // Domains decide over services.
     try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{"a.example"}, .services = &.{"llm.ns.svc.cluster.local"} }, request));
     try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{"llm.ns.svc.cluster.local:80"} }, request));
-    // Route prefixes, alone or with consumers.
-    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"} }, request));
-    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"}, .consumers = &.{"bob"} }, request));
+    // Route prefixes, read only when no route, domain or service is given.
+    try std.testing.expect(routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{ "", "ch" } }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"chats"} }, request));
+    try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{"x"}, .domains = &.{}, .services = &.{}, .route_prefixes = &.{"ch"} }, request));
     try std.testing.expect(!routeConditionsMatch(.{ .routes = &.{""}, .domains = &.{}, .services = &.{} }, .{ .route = "" }));
 }
 
@@ -306,8 +345,12 @@ test "match: query parameters and cookies" {
     var small: [2]u8 = undefined;
     try std.testing.expectEqualStrings("a+b", queryParam("/v?k=a+b", "k", &small).?);
     try std.testing.expectEqualStrings("xyz", cookieValue("a=1; session=xyz", "session").?);
-    try std.testing.expectEqualStrings("q", cookieValue("session=\"q\"", "session").?);
+    try std.testing.expectEqualStrings("\"q\"", cookieValue("session=\"q\"", "session").?);
+    try std.testing.expectEqualStrings("a=b", cookieValue("session; \x0bsession=a=b\u{a0} ;", "session").?);
+    try std.testing.expectEqualStrings("", cookieValue("session=; session=x", "session").?);
     try std.testing.expectEqual(@as(?[]const u8, null), cookieValue("sessionx=1", "session"));
+    try std.testing.expectEqualStrings("x\u{3000}y", trimGoSpace("\u{2028} x\u{3000}y\u{85}\r"));
+    try std.testing.expectEqualStrings("\xe2\x80", trimGoSpace("\xe2\x80"));
     try std.testing.expectEqualStrings("1.2.3.4", firstListValue(" 1.2.3.4 , 5.6.7.8"));
 }
 
@@ -339,7 +382,8 @@ test "match: first matching key wins, per kind" {
     var steps = regexp_steps_per_request_max;
     try std.testing.expectEqualStrings("regexp:^vip-", matchKey(&items[0], .{ .text = "vip-123" }, &steps).key.text);
     try std.testing.expectEqualStrings("*", matchKey(&items[0], .{ .text = "basic-1" }, &steps).key.text);
-    try std.testing.expectEqual(Decision.none, matchKey(&items[0], .{ .text = "" }, &steps));
+    try std.testing.expectEqualStrings("*", matchKey(&items[0], .{ .text = "" }, &steps).key.text); // as Higress
+    try std.testing.expectEqual(Decision.none, matchKey(&items[2], .{ .text = "" }, &steps));
     const a = try ip.parseAddress("10.9.8.7");
     try std.testing.expectEqualStrings("10.0.0.0/8", matchKey(&items[1], .{ .text = "10.9.8.7", .address = a }, &steps).key.text);
     const b = try ip.parseAddress("::1");

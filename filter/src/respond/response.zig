@@ -5,6 +5,7 @@ const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const header_map = @import("../abi/header_map.zig");
 const host = @import("../abi/host.zig");
+const higress = @import("higress.zig");
 
 /// OpenAI's reset duration form: "1s", "42s", "1m30s", "2h0m0s" (Go's time.Duration style,
 /// whole seconds, rounded up so a client that waits this long finds the window reset).
@@ -70,16 +71,21 @@ fn printNumber(buffer: *[24]u8, number: u64) usize {
 }
 
 /// Sends the rejection for the budget that refused the request (`requests`: a request budget).
+/// On Higress it also carries what Higress's own refusal carries (respond/higress.zig: details,
+/// `x-tokenratelimit-reset`, its counter and `ai_log` field), here, where every refusal is sent.
 pub fn sendRejection(status_code: u32, message: []const u8, requests: bool, check: budget.Check) host.Error!void {
     const headers = LimitHeaders.init(check);
-    var writer: header_map.HeaderMapWriter(5) = .{};
+    var writer: header_map.HeaderMapWriter(6) = .{};
     writer.add("content-type", "text/plain; charset=utf-8");
     writer.add("retry-after", headers.retry_after[0..headers.retry_after_len]);
+    // Higress's value is the refusing counter's Redis TTL: whole seconds until the window resets.
+    if (higress.on_higress) writer.add(higress.reset_header, headers.retry_after[0..headers.retry_after_len]);
     headers.addTo(requests, &writer);
     var buffer: [512]u8 = undefined;
-    comptime std.debug.assert(512 > 4 + 5 * 8 + 5 * (32 + 24 + 2)); // five short headers always fit
+    comptime std.debug.assert(512 > 4 + 6 * 8 + 6 * (32 + 24 + 2)); // six short headers always fit
     const serialized = writer.write(&buffer) catch return error.HostFailure;
-    try host.sendLocalResponse(status_code, "tokenlimit_rejected", message, serialized);
+    higress.recordRejection();
+    try host.sendLocalResponse(status_code, higress.rejection_details, message, serialized);
 }
 
 /// The 503 for `failure_mode: closed` when the budget store cannot be asked.
