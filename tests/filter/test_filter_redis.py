@@ -208,10 +208,17 @@ def test_redis_down_fails_open_and_the_circuit_stops_calling(
     warnings = [m for m in host.log_messages(LogLevel.WARN) if "redis store unavailable" in m]
     assert len(warnings) == 1 and "Redis is unreachable" in warnings[0]
     assert host.metrics["tokenlimit.redis_circuit_open"] == 1
-    # Redis returns; after the back-off one probe goes through and the circuit closes.
+    # Redis returns; after the back-off one probe goes through and the circuit closes. The
+    # bridge reconnects in real time, so on a loaded machine the first probe may still fail:
+    # then the back-off (at most 30 s) is waited out again, a bounded number of times.
     redis_server.restart()
     clock.advance(1.5)
-    assert not refused(ask(host, "k"))
+    for _ in range(20):
+        assert not refused(ask(host, "k"))  # open: admitted whether or not the probe worked
+        if host.metrics["tokenlimit.redis_circuit_open"] == 0:
+            break
+        time.sleep(0.25)
+        clock.advance(31)
     assert any("redis store recovered" in m for m in host.log_messages())
     assert host.metrics["tokenlimit.redis_circuit_open"] == 0
 
