@@ -276,7 +276,12 @@ def test_push_changes_limits_mid_traffic_without_a_failed_request(
     statuses = {s for _, s in client.statuses}
     assert statuses == {200, 429}, statuses
     assert not any(s == 429 for t, s in client.statuses if t < pushed_strict)
-    assert len(client.statuses) > 20
+    # Traffic flowed through both reloads: answers before, between and after the pushes (a
+    # count would say the same thing less directly and depends on the machine's speed).
+    times = [t for t, _ in client.statuses]
+    assert any(t < pushed_strict for t in times)
+    assert any(pushed_strict < t < pushed_generous for t in times)
+    assert any(t > pushed_generous for t in times)
     assert "status=5" not in access
 
 
