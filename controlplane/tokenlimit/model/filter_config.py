@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Annotated, Self
+from decimal import Decimal
+from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -75,6 +76,20 @@ from tokenlimit.model.limits import (
     ROUTE_RULES_MAX,
     RULE_ITEMS_MAX,
 )
+from tokenlimit.model.model_budgets import (
+    COST_WINDOWS,
+    LONG_WINDOWS,
+    MODEL_KINDS,
+    OptCalendar,
+    OptCost,
+    OptModelHeader,
+    OptModels,
+    OptModelSource,
+    OptPrices,
+    OptTimeZone,
+    OptWarnAt,
+    model_pattern_problem,
+)
 from tokenlimit.model.problems import ConfigInvalid, Problem, problems
 
 _REGEXP_PREFIX = "regexp:"
@@ -87,6 +102,8 @@ _WINDOWS = (
     "request_per_minute",
     "request_per_hour",
     "request_per_day",
+    *LONG_WINDOWS,
+    *COST_WINDOWS,
 )
 _EXACT_KINDS = ("limit_by_header", "limit_by_param", "limit_by_cookie", "limit_by_consumer")
 _PER_KINDS = (
@@ -96,7 +113,7 @@ _PER_KINDS = (
     "limit_by_per_consumer",
 )
 _IP_KIND = "limit_by_per_ip"
-_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND)
+_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND, *MODEL_KINDS)
 _MATCH_FIELDS = ("match_route", "match_domain", "match_service", "match_route_prefix")
 
 
@@ -113,7 +130,7 @@ def _at_least_one_window(obj: BaseModel, info: ValidationInfo) -> None:
 
 
 class _Windows(_Model):
-    """The budget windows: at least one token or request limit per second/minute/hour/day."""
+    """The budget windows: at least one token, request or cost limit."""
 
     model_config = ConfigDict(json_schema_extra=_cel(_WINDOWS_RULE))
 
@@ -133,6 +150,26 @@ class _Windows(_Model):
     """Requests per hour."""
     request_per_day: OptTokenLimit = None
     """Requests per day."""
+    token_per_week: OptTokenLimit = None
+    """Tokens per calendar week (from Monday 00:00 in the rule's time_zone)."""
+    token_per_month: OptTokenLimit = None
+    """Tokens per calendar month (from the 1st, 00:00 in the rule's time_zone)."""
+    request_per_week: OptTokenLimit = None
+    """Requests per calendar week."""
+    request_per_month: OptTokenLimit = None
+    """Requests per calendar month."""
+    cost_per_second: OptCost = None
+    """USD per second (at most 6 decimals), priced by the rule's prices."""
+    cost_per_minute: OptCost = None
+    """USD per minute."""
+    cost_per_hour: OptCost = None
+    """USD per hour."""
+    cost_per_day: OptCost = None
+    """USD per day (from 00:00 in the rule's time_zone)."""
+    cost_per_week: OptCost = None
+    """USD per calendar week."""
+    cost_per_month: OptCost = None
+    """USD per calendar month (e.g. 200 for "$200 a month")."""
 
     @model_validator(mode="after")
     def _windows(self, info: ValidationInfo) -> Self:
@@ -142,6 +179,10 @@ class _Windows(_Model):
 
 class GlobalThreshold(_Windows):
     """One budget shared by every request the rule sees."""
+
+    warn_at: OptWarnAt = None
+    """Soft limit: the fraction of a budget (e.g. 0.8) past which admitted responses carry a
+    warning header, a metric counts them and one log line per window says so."""
 
 
 class _Key(_Model):
@@ -188,6 +229,18 @@ class RuleItem(_Model):
     limit_by_per_ip: OptIpSource = None
     """A budget per client address: `from-remote-addr` or `from-header-<name>` (keys: IPs,
     CIDRs or `*`)."""
+    limit_by_model: OptModelSource = None
+    """Key: the request's model (value ""); keys are model names, `*` or `regexp:`, and each
+    key is one budget shared by the models it matches."""
+    limit_by_per_model: OptModelSource = None
+    """A budget per model (value ""): with key `gpt-4o`, a provider quota every caller shares."""
+    per_model: OptBool = None
+    """One budget per (key, model): "each key, per model"."""
+    models: OptModels = None
+    """The item applies only to requests for these models (names, `*` or `regexp:`)."""
+    warn_at: OptWarnAt = None
+    """Soft limit: the fraction of a budget (e.g. 0.8) past which admitted responses carry a
+    warning header, a metric counts them and one log line per window says so."""
     limit_keys: Annotated[
         list[LimitKey],
         Field(min_length=1, max_length=LIMIT_KEYS_MAX),
@@ -221,7 +274,18 @@ class RuleItem(_Model):
             problem = key_problem(kinds[0], limit_key.key, naming)
             if problem is not None:
                 raise _error(problem, (keys_key, index, "key"))
+        if self.per_model and kinds[0] in MODEL_KINDS:
+            raise _error(
+                f"{kinds[0]} items are keyed by model already: use "
+                f"{_doc_key(RuleItem, 'limit_by_per_model', naming)} for a budget per model",
+                (_doc_key(RuleItem, "per_model", naming),),
+            )
         return self
+
+    @property
+    def model_keyed(self) -> bool:
+        """Whether this item's counters carry the request's model."""
+        return bool(self.per_model) or self.kind == "limit_by_per_model"
 
 
 class RedisConfig(_Model):
@@ -318,6 +382,15 @@ class BudgetFields(_Model):
     local_share: OptShare = None
     """failure_mode local: the fraction of each limit one gateway enforces on its own while
     Redis is unavailable (e.g. 0.25 with four gateways). Default 1."""
+    time_zone: OptTimeZone = None
+    """IANA time zone of the day, week and month windows (default UTC; DST handled)."""
+    model_header: OptModelHeader = None
+    """Read the request's model from this header when present (e.g. x-higress-llm-model)."""
+    prices: OptPrices = None
+    """USD per 1M tokens by model name, `*` or `regexp:`; the first matching entry prices a
+    request. A request for a model no entry matches is refused by cost limits."""
+    calendar: OptCalendar = None
+    """The time_zone's UTC offsets, rendered by the control plane (never written by hand)."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)
@@ -338,16 +411,42 @@ class BudgetFields(_Model):
                 f"{_doc_key(model, 'global_threshold', naming)}, got {hybrid_items}",
                 (items_key,),
             )
+        self._check_calendar(naming)
         self._check_counter_names(naming)
+
+    # A policy's calendar is rendered from its timeZone (policy_filter_config); a filter
+    # config must carry it, since the filter cannot resolve a zone name.
+    _calendar_rendered: ClassVar[bool] = False
+
+    def _check_calendar(self, naming: Naming) -> None:
+        """A zone other than UTC needs its table, and a table belongs to the rule's zone: one
+        for another zone would count months that are not the rule's."""
+        zone = self.time_zone or "UTC"
+        if self.calendar is None:
+            if zone != "UTC" and not self._calendar_rendered:
+                raise _error(
+                    f"needs {_doc_key(type(self), 'calendar', naming)}, the zone's UTC offsets "
+                    "(the filter cannot resolve zone names): render the config from a policy "
+                    "(`tokenlimit render`), which adds it",
+                    (_doc_key(type(self), "time_zone", naming),),
+                )
+            return
+        if self.calendar.zone != zone:
+            raise _error(
+                f"is the table of {show(self.calendar.zone)}, but the rule's "
+                f"{_doc_key(type(self), 'time_zone', naming)} is {show(zone)}: render the "
+                "config again",
+                (_doc_key(type(self), "calendar", naming), "zone"),
+            )
 
     def _check_counter_names(self, naming: Naming) -> None:
         """Refuse what the filter refuses: budgets whose counter names would not fit."""
         assert self.rule_name is not None
         model = type(self)
-        budgets: list[tuple[tuple[str | int, ...], str, str, BaseModel]] = []
+        budgets: list[tuple[tuple[str | int, ...], str, str, BaseModel, bool]] = []
         if self.global_threshold is not None:
             at: tuple[str | int, ...] = (_doc_key(model, "global_threshold", naming),)
-            budgets.append((at, "global", "", self.global_threshold))
+            budgets.append((at, "global", "", self.global_threshold, False))
         for index, item in enumerate(self.rule_items or []):
             limit_type = LIMIT_TYPES[item.kind]
             source = "" if "consumer" in limit_type else item.source
@@ -356,9 +455,11 @@ class BudgetFields(_Model):
                 index,
                 _doc_key(RuleItem, item.kind, naming),
             )
-            budgets.extend((at, limit_type, source, key) for key in item.limit_keys)
-        for at, limit_type, source, windows in budgets:
-            size = counter_key_bytes(self.rule_name, limit_type, source, windows)
+            budgets.extend(
+                (at, limit_type, source, key, item.model_keyed) for key in item.limit_keys
+            )
+        for at, limit_type, source, windows, model_keyed in budgets:
+            size = counter_key_bytes(self.rule_name, limit_type, source, windows, model_keyed)
             if size > COUNTER_KEY_BYTES_MAX:
                 raise _error(
                     f"makes counter names longer than the {COUNTER_KEY_BYTES_MAX} bytes a "
@@ -434,6 +535,8 @@ def key_problem(kind: str, key: str, naming: Naming = "snake") -> str | None:
     spelled = _doc_key(RuleItem, kind, naming)
     if kind in _EXACT_KINDS:
         return None
+    if kind in MODEL_KINDS:
+        return model_pattern_problem(key)
     if kind == _IP_KIND:
         return None if key == "*" else _ip_problem(key)
     if key == "*":
@@ -524,6 +627,19 @@ def _validate(document: object) -> FilterConfig:
 
 
 def filter_json(cfg: FilterConfig) -> str:
-    """The compact JSON the filter reads: Higress names, unset fields left out, fixed order."""
+    """The compact JSON the filter reads: Higress names, unset fields left out, fixed order.
+    Fractions are written in plain decimal notation (`0.000001`, never `1e-06`): the filter
+    reads a price's or cost limit's digits into micro-dollars."""
     document = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return _plain_json(document)
+
+
+def _plain_json(value: object) -> str:
+    if isinstance(value, dict):
+        members = (f"{_plain_json(str(k))}:{_plain_json(v)}" for k, v in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_plain_json(v) for v in value) + "]"
+    if type(value) is float:
+        return format(Decimal(repr(value)), "f")
+    return json.dumps(value, ensure_ascii=False)
