@@ -253,9 +253,10 @@ def test_render_invalid_policy_exits_1(tmp_path: Path) -> None:
     result = run("render", bad, "--wasm", "/w.wasm")
     assert result.exit_code == 1
     assert result.stderr == (
-        f"{bad}: global_threshold: needs at least one of token_per_second, "
-        "token_per_minute, token_per_hour, token_per_day, request_per_second, "
-        "request_per_minute, request_per_hour, request_per_day\n"
+        f"{bad}: global_threshold: needs at least one of "
+        "token_per_second/minute/hour/day/week/month, "
+        "request_per_second/minute/hour/day/week/month or "
+        "cost_per_second/minute/hour/day/week/month\n"
     )
 
 

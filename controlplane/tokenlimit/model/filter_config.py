@@ -125,8 +125,18 @@ _WINDOWS_RULE = (
 
 def _at_least_one_window(obj: BaseModel, info: ValidationInfo) -> None:
     if all(getattr(obj, w) is None for w in _WINDOWS):
-        names = ", ".join(_doc_key(type(obj), w, _naming(info)) for w in _WINDOWS)
-        raise _error(f"needs at least one of {names}")
+        raise _error(f"needs at least one of {_window_families(type(obj), _naming(info))}")
+
+
+def _window_families(model: type[BaseModel], naming: Naming) -> str:
+    """Every window, compactly: token_per_second/minute/..., request_per_... or cost_per_..."""
+    families: dict[str, list[str]] = {}
+    for window in _WINDOWS:
+        spelled = _doc_key(model, window, naming)
+        cut = spelled.rindex("_" if naming == "snake" else "Per") + (1 if naming == "snake" else 3)
+        families.setdefault(spelled[:cut], []).append(spelled[cut:])
+    shown = [prefix + "/".join(units) for prefix, units in families.items()]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 class _Windows(_Model):
