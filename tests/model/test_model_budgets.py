@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from support.config_needs import PROBES, judged_vectors
 from tokenlimit.model import ConfigInvalid, filter_json, parse_filter_config, parse_policy
 from tokenlimit.model.calendar import render_current, window_bounds
@@ -26,7 +28,7 @@ def policy(**spec: Any) -> dict[str, Any]:
         "apiVersion": "tokenlimit.io/v1alpha1",
         "kind": "TokenRateLimitPolicy",
         "metadata": {"name": "p"},
-        "spec": {"ruleName": "team-a", **spec},
+        "spec": {"ruleName": "team-a", **spec},  # a spec's own ruleName wins
     }
 
 
@@ -185,3 +187,14 @@ def test_vectors_needing_an_ignored_field_are_skipped_and_reported(make_host: An
 
 def test_now_is_a_real_instant() -> None:
     assert datetime.fromtimestamp(NOW_MS / 1000, UTC).isoformat() == "2026-01-01T00:00:00+00:00"
+
+
+def test_the_readme_examples_are_policies_that_render() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("## Budgets per model")[1].split("```yaml")[1].split("```")[0]
+    examples = list(yaml.safe_load_all(block))
+    assert len(examples) == 5
+    for example in examples:
+        document = policy(**example["spec"])
+        config = policy_filter_config(parse_policy(document), now_ms=NOW_MS)
+        assert parse_filter_config(json.loads(filter_json(config))) == config
