@@ -2,9 +2,12 @@
 
 Counter keys are written by the filter (filter/src/match.zig `counterKey`) as
 
-    tokenlimit:{<rule>}:<limit type>[:<source>]:<tokens|requests>:<window seconds>:<identity>
+    tokenlimit:{<rule>}:<type>[:<source>]:<tokens|requests|cost>:<window s>:<identity>[:m=<model>]
 
-pinned by contract/counter_keys.json for both halves. `<identity>` is the key value itself for
+pinned by contract/counter_keys.json for both halves. A per-model budget (`per_model`,
+`limit_by_per_model`) carries the model as a last segment, named as an identity is (as-is
+when short and plain, else hashed); cost counters hold micro-USD (docs/design-model-budgets.md).
+`<identity>` is the key value itself for
 addresses and consumer names, and the first 16 bytes of its SHA-256 in hex for values that may
 be credentials (headers, parameters, cookies) or that cannot sit in a key as they are. `--key K`
 finds a caller by computing that identity, so nobody has to store a raw key.
@@ -22,6 +25,7 @@ import importlib.resources
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tokenlimit.model.counters import counter_rule_name
@@ -39,7 +43,19 @@ HASHED_TYPES = frozenset({"header", "param", "cookie", "per_header", "per_param"
 SOURCELESS_TYPES = frozenset({"global", "consumer", "per_consumer"})
 UNITS = {"tokens": "token", "requests": "request"}  # key spelling: config field prefix
 WINDOWS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-WINDOW_NAMES = {seconds: name for name, seconds in WINDOWS_S.items()}
+# Model budgets (design-model-budgets.md §3, §4): cost counters and calendar weeks and months
+# (by their nominal length). Read as the design spells them until contract/counter_keys.json
+# pins them; then they join UNITS and WINDOWS_S, which its vectors must cover.
+DESIGNED_UNITS = {"cost": "cost"}
+DESIGNED_WINDOWS_S = {"week": 604_800, "month": 2_629_746}
+ALL_UNITS = {**UNITS, **DESIGNED_UNITS}
+ALL_WINDOWS_S = {**WINDOWS_S, **DESIGNED_WINDOWS_S}
+WINDOW_NAMES = {seconds: name for name, seconds in ALL_WINDOWS_S.items()}
+# Windows that follow the calendar (Monday, the 1st) rather than the epoch: budget.lua reads
+# them only with the rule's calendar table, so they are shown unread until it can.
+CALENDAR_WINDOWS_S = frozenset(DESIGNED_WINDOWS_S.values())
+MODEL_SEGMENT = "m="
+MICRO_USD = 1_000_000
 ALGORITHMS = {"fixed": 0, "sliding": 1, "token_bucket": 2}  # budget.lua's numbers
 IDENTITY_BYTES_MAX = 32  # match.zig: a value longer than a hash is hashed
 SCAN_COUNT = 500
@@ -84,14 +100,22 @@ def key_source(limit_type: str, source: str) -> str:
 
 
 def counter_key(
-    rule: str, limit_type: str, source: str, unit: str, window_s: int, value: str
+    rule: str,
+    limit_type: str,
+    source: str,
+    unit: str,
+    window_s: int,
+    value: str,
+    model: str | None = None,
 ) -> str:
     """The counter the filter charges for a request whose key value is `value` (match.zig
-    `counterKey`); `source` as configured, `unit` "tokens" or "requests"."""
+    `counterKey`); `source` as configured, `unit` "tokens", "requests" or "cost"; `model` for
+    a per-model budget."""
     part = key_source(limit_type, source)
     middle = f"{limit_type}:{part}" if part else limit_type
     named = counter_rule_name(rule)  # a name outside the plain set is hashed, as the filter does
-    return f"{KEY_PREFIX}{{{named}}}:{middle}:{unit}:{window_s}:{identity(limit_type, value)}"
+    key = f"{KEY_PREFIX}{{{named}}}:{middle}:{unit}:{window_s}:{identity(limit_type, value)}"
+    return key if model is None else f"{key}:{MODEL_SEGMENT}{identity('model', model)}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,7 @@ class Counter:
     window_s: int
     identity: str
     key: str
+    model: str = ""  # the model segment of a per-model budget ("" for others)
 
     @property
     def hashed(self) -> bool:
@@ -123,6 +148,9 @@ def parse_counter_key(key: str) -> Counter | None:
         return None
     rule = key[len(KEY_PREFIX) + 1 : rule_end]
     parts = key[rule_end + 2 :].split(":")
+    model = ""
+    if len(parts) >= 5 and parts[-1].startswith(MODEL_SEGMENT):
+        model = parts.pop()[len(MODEL_SEGMENT) :]
     # type, [source], unit, window, identity (the identity itself never contains ':')
     if len(parts) == 4:
         limit_type, unit, window, caller = parts
@@ -132,9 +160,9 @@ def parse_counter_key(key: str) -> Counter | None:
         source = ":".join(parts[1:-3])
     else:
         return None
-    if unit not in UNITS or not window.isdigit():
+    if unit not in ALL_UNITS or not window.isdigit():
         return None
-    return Counter(rule, limit_type, source, unit, int(window), caller, key)
+    return Counter(rule, limit_type, source, unit, int(window), caller, key, model)
 
 
 # ---- what the policy says a counter may hold ------------------------------------------------
@@ -156,6 +184,7 @@ class Budget:
 
     algorithm: Algorithm
     entries: tuple[LimitEntry, ...]
+    calendar: bool = False  # the rule's day windows follow a time zone other than UTC
 
     def limit_for(self, counter: Counter) -> int | None:
         """The limit of the first entry that matched the caller, or None when the entries that
@@ -179,18 +208,30 @@ def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
     rules += config.rules or []
     entries: dict[BudgetKey, list[LimitEntry]] = defaultdict(list)
     algorithm_of: dict[str, Algorithm] = {}
+    zoned: set[str] = set()
     for rule in rules:
         assert rule.rule_name is not None  # validated: every rule is named
-        algorithm_of[counter_rule_name(rule.rule_name)] = _algorithm(rule.algorithm)
+        named = counter_rule_name(rule.rule_name)
+        algorithm_of[named] = _algorithm(rule.algorithm)
+        if rule.calendar is not None and rule.calendar.zone != "UTC":
+            zoned.add(named)
         for limit_type, source, key, windows in _limit_keys(rule):
-            for unit, prefix in UNITS.items():
-                for window, seconds in WINDOWS_S.items():
+            for unit, prefix in ALL_UNITS.items():
+                for window, seconds in ALL_WINDOWS_S.items():
                     limit = getattr(windows, f"{prefix}_per_{window}")
                     if limit is not None:
-                        named = counter_rule_name(rule.rule_name)
                         budget_key = (named, limit_type, source, unit, seconds)
-                        entries[budget_key].append(LimitEntry(key, int(limit)))
-    return {k: Budget(algorithm_of[k[0]], tuple(v)) for k, v in entries.items()}
+                        entries[budget_key].append(LimitEntry(key, _counted(unit, limit)))
+    return {
+        k: Budget(algorithm_of[k[0]], tuple(v), calendar=k[0] in zoned) for k, v in entries.items()
+    }
+
+
+def _counted(unit: str, limit: float) -> int:
+    """A limit in the counter's unit: cost limits (USD, ≤ 6 decimals) in micro-USD."""
+    if unit == "cost":
+        return int(Decimal(repr(limit)) * MICRO_USD)
+    return int(limit)
 
 
 def _algorithm(name: str | None) -> Algorithm:
@@ -272,7 +313,11 @@ def _peek(
             plans.append((counter, None, None))
         else:
             plans.append((counter, budget.algorithm, budget.limit_for(counter)))
-    readable = [p for p in plans if p[1] != "token_bucket" or p[2] is not None]
+    readable = [
+        p
+        for p in plans
+        if (p[1] != "token_bucket" or p[2] is not None) and not _follows_calendar(p[0], budgets)
+    ]
     args: list[int | str] = ["peek", 0]  # 0: the Redis server's clock, as the filter uses
     for counter, algorithm, limit in readable:
         # Fixed and sliding windows count without the limit; only `remaining` needs it.
@@ -281,8 +326,8 @@ def _peek(
     numbers = {p[0].key: reply[1 + 3 * i : 4 + 3 * i] for i, p in enumerate(readable)}
     rows: list[Row] = []
     for counter, algorithm, limit in plans:
-        if counter.key not in numbers:
-            rows.append(Row(counter, algorithm, None, None, None, None))
+        if counter.key not in numbers:  # unread: its limit is still the policy's
+            rows.append(Row(counter, algorithm, limit, None, None, None))
             continue
         used, remaining, reset_ms = numbers[counter.key]
         known = None if limit is None else remaining
@@ -290,22 +335,47 @@ def _peek(
     return rows
 
 
+def _follows_calendar(counter: Counter, budgets: Mapping[BudgetKey, Budget] | None) -> bool:
+    """Whether the counter's window starts on a calendar boundary (a week, a month, or a day
+    in a zone other than UTC): budget.lua's `peek` reads those with the rule's calendar table
+    (design-model-budgets.md §5), which this reader does not send yet, so it shows them unread
+    rather than read in the wrong window."""
+    if counter.window_s in CALENDAR_WINDOWS_S:
+        return True
+    budget = (budgets or {}).get(
+        (counter.rule, counter.limit_type, counter.source, counter.unit, counter.window_s)
+    )
+    return counter.window_s == WINDOWS_S["day"] and budget is not None and budget.calendar
+
+
 def table_rows(rows: Iterable[Row]) -> list[tuple[str, ...]]:
-    """The cells `tokenlimit usage` prints, one tuple per counter ("?" where unknown)."""
+    """The cells `tokenlimit usage` prints, one tuple per counter ("?" where unknown): cost
+    counters in USD, the model of a per-model budget ("" for others)."""
     return [
         (
             r.counter.rule,
             r.counter.limit_type + (f" {r.counter.source}" if r.counter.source else ""),
             r.counter.identity[:12] + "…" if r.counter.hashed else r.counter.identity,
-            f"{r.counter.unit}/{WINDOW_NAMES.get(r.counter.window_s, f'{r.counter.window_s}s')}",
-            _cell(r.used),
-            _cell(r.limit),
-            _cell(r.remaining),
+            r.counter.model,
+            f"{_unit_name(r.counter.unit)}/"
+            f"{WINDOW_NAMES.get(r.counter.window_s, f'{r.counter.window_s}s')}",
+            _cell(r.used, r.counter.unit),
+            _cell(r.limit, r.counter.unit),
+            _cell(r.remaining, r.counter.unit),
             "?" if r.resets_in_s is None else f"{r.resets_in_s:.0f}s",
         )
         for r in rows
     ]
 
 
-def _cell(number: int | None) -> str:
-    return "?" if number is None else str(number)
+def _unit_name(unit: str) -> str:
+    return "USD" if unit == "cost" else unit
+
+
+def _cell(number: int | None, unit: str = "tokens") -> str:
+    """A count as shown; micro-USD as dollars with every digit the counter holds."""
+    if number is None:
+        return "?"
+    if unit == "cost":
+        return f"${Decimal(number) / MICRO_USD:.6f}"
+    return str(number)

@@ -253,9 +253,10 @@ def test_render_invalid_policy_exits_1(tmp_path: Path) -> None:
     result = run("render", bad, "--wasm", "/w.wasm")
     assert result.exit_code == 1
     assert result.stderr == (
-        f"{bad}: global_threshold: needs at least one of token_per_second, "
-        "token_per_minute, token_per_hour, token_per_day, request_per_second, "
-        "request_per_minute, request_per_hour, request_per_day\n"
+        f"{bad}: global_threshold: needs at least one of "
+        "token_per_second/minute/hour/day/week/month, "
+        "request_per_second/minute/hour/day/week/month or "
+        "cost_per_second/minute/hour/day/week/month\n"
     )
 
 
@@ -352,3 +353,22 @@ def wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str]) -> list[
             pytest.fail(f"tokenlimit up exited {proc.returncode}: {proc.stderr.read()}")
         time.sleep(0.05)
     pytest.fail(f"tokenlimit up printed {path.read_text()!r} in {UP_READY_TIMEOUT_S}s")
+
+
+def test_validate_warns_of_cost_limits_without_a_catch_all_price(tmp_path: Path) -> None:
+    config = {
+        "rule_name": "team",
+        "prices": {"gpt-4o": {"input": 2.5, "output": 10}},
+        "global_threshold": {"cost_per_month": 200},
+    }
+    unpriced = write(tmp_path, "unpriced.json", json.dumps(config))
+    result = run("validate", unpriced)
+    assert result.exit_code == 0
+    assert result.stderr == (
+        f'{unpriced}: warning: rule team has cost limits but no "*" price: a request for a '
+        'model no prices entry matches is refused (add a "*" entry to price every other '
+        "model)\n"
+    )
+    config["prices"]["*"] = {"input": 10, "output": 40}
+    priced = write(tmp_path, "priced.json", json.dumps(config))
+    assert run("validate", priced).stderr == ""

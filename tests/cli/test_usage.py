@@ -72,7 +72,12 @@ def test_usage_rows_come_from_redis_and_a_key_is_found_by_its_value() -> None:
         assert only.counter.key == alice and only.used == 250
         assert read_usage(client, rule="other") == []
         cells = table_rows([only])[0]
-        assert cells[0] == "chat" and cells[1] == "per_header x-api-key" and cells[4] == "250"
+        assert (
+            cells[0] == "chat"
+            and cells[1] == "per_header x-api-key"
+            and cells[3] == ""
+            and cells[5] == "250"
+        )
         assert "alice-key" not in " ".join(cells)
 
 
@@ -228,4 +233,58 @@ def test_a_token_bucket_of_unknown_limit_is_shown_unknown_not_guessed(tmp_path: 
         client.hset(key, mapping={"s": 1, "u": 7, "p": 0})
         (row,) = read_usage(client, budgets)
     assert (row.algorithm, row.limit, row.used, row.remaining) == ("token_bucket", None, None, None)
-    assert table_rows([row])[0][4:] == ("?", "?", "?", "?")
+    assert table_rows([row])[0][5:] == ("?", "?", "?", "?")
+
+
+# ---- model budgets: the model, tokens, dollars and the limit --------------------------------
+
+
+def test_usage_shows_the_model_the_cost_in_dollars_and_the_limit() -> None:
+    # Counter keys as design-model-budgets.md §3 spells them (`:m=<model>`, unit `cost` in
+    # micro-USD), written the way budget.lua records them.
+    budgets = budget_of(
+        [
+            {
+                "limit_by_per_header": "x-api-key",
+                "per_model": True,
+                "limit_keys": [{"key": "*", "cost_per_hour": 2.5, "token_per_hour": 1000}],
+            },
+            {"limit_by_per_model": "", "limit_keys": [{"key": "gpt-4o", "token_per_month": 9}]},
+        ]
+    )
+    budgets.update(
+        budgets_of(
+            policy_from_data(
+                {
+                    "rule_name": "p",
+                    "prices": {"*": {"input": 1, "output": 1}},
+                    "global_threshold": {"cost_per_minute": 1},
+                },
+                "t",
+            ).config
+        )
+    )
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        seconds, _ = client.time()
+        hour_start = int(seconds) * 1000 - int(seconds) * 1000 % 3_600_000
+        cost = counter_key("r", "per_header", "x-api-key", "cost", 3600, "alice", "gpt-4o")
+        tokens = counter_key("r", "per_header", "x-api-key", "tokens", 3600, "alice", "gpt-4o")
+        month = counter_key("r", "per_model", "", "tokens", 2_629_746, "gpt-4o", "gpt-4o")
+        client.hset(cost, mapping={"s": hour_start, "u": 1_250_001, "p": 0})
+        client.hset(tokens, mapping={"s": hour_start, "u": 400, "p": 0})
+        client.hset(month, mapping={"s": 1, "u": 5, "p": 0})
+        rows = {r.counter.key: r for r in read_usage(client, budgets)}
+    assert cost.endswith(":cost:3600:" + hash_value("alice") + ":m=gpt-4o")
+    assert table_rows([rows[cost]])[0][3:8] == (
+        "gpt-4o",
+        "USD/hour",
+        "$1.250001",
+        "$2.500000",
+        "$1.249999",
+    )
+    assert table_rows([rows[tokens]])[0][3:8] == ("gpt-4o", "tokens/hour", "400", "1000", "600")
+    # A calendar month is not read in an epoch-aligned window: its limit only, never a guess.
+    assert rows[month].limit == 9 and rows[month].used is None
+    assert table_rows([rows[month]])[0][3:6] == ("gpt-4o", "tokens/month", "?")
+    assert budgets[("p", "global", "", "cost", 60)].entries[0].limit == 1_000_000

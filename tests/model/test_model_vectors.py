@@ -28,6 +28,7 @@ from tokenlimit.model import (
 from tokenlimit.model._regexp import regexp_problem
 from tokenlimit.model.filter_config import parse_filter_config_with_warnings
 from tokenlimit.model.higress import read_as_higress
+from tokenlimit.model.model_budgets import time_zone_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "contract" / "config.json").read_text())
@@ -94,18 +95,33 @@ def camel_key(key: str) -> str:
 
 def camel_document(data: Any) -> Any:
     if isinstance(data, dict):
-        return {camel_key(k): camel_document(v) for k, v in data.items()}
+        return {
+            camel_key(k): camel_prices(v) if k == "prices" else camel_document(v)
+            for k, v in data.items()
+        }
     if isinstance(data, list):
         return [camel_document(v) for v in data]
     return data
 
 
+def camel_prices(prices: Any) -> Any:
+    """`prices` is keyed by model names, which a policy spells as they are."""
+    if not isinstance(prices, dict):
+        return camel_document(prices)
+    return {name: camel_document(price) for name, price in prices.items()}
+
+
 def camel_path(path: str) -> str:
     parts = re.split(r"(\.|\[\d+\])", path)
+    # A model name under `prices` is spelled as written (it is two parts after "prices").
+    verbatim = {i + 2 for i, p in enumerate(parts) if p == "prices"}
     return (
         "spec"
         + ("." if path and not path.startswith("[") else "")
-        + "".join(p if p == "." or p.startswith("[") else camel_key(p) for p in parts)
+        + "".join(
+            p if p == "." or p.startswith("[") or i in verbatim else camel_key(p)
+            for i, p in enumerate(parts)
+        )
     )
 
 
@@ -122,7 +138,8 @@ def as_policy(config: Any) -> dict[str, Any]:
 # `spec.redis` in its own shape (a Secret reference, never a password; tests/test_crd.py),
 # not the filter's `redis` object, so vectors about that object are the bare config's alone.
 # A policy is a Kubernetes document with a typed schema: Higress's lenient reading (numbers as
-# text, unknown fields ignored) is the bare config's alone.
+# text, unknown fields ignored) is the bare config's alone. A policy never holds a `calendar`:
+# it is rendered from timeZone (tests/model/test_model_budgets.py).
 def read_as_is(vector: dict[str, Any]) -> bool:
     return "warnings" not in vector and read_as_higress(vector["config"])[0] == vector["config"]
 
@@ -130,13 +147,18 @@ def read_as_is(vector: dict[str, Any]) -> bool:
 SPEC_VALID = [
     v
     for v in VALID
-    if "_rules_" not in v["config"] and "redis" not in v["config"] and read_as_is(v)
+    if "_rules_" not in v["config"]
+    and "redis" not in v["config"]
+    and "calendar" not in v["config"]
+    and read_as_is(v)
 ]
 SPEC_INVALID = [
     v
     for v in INVALID
     if not (isinstance(v["config"], dict) and ("_rules_" in v["config"] or "redis" in v["config"]))
-    and not v["field"].startswith(("_rules_", "redis"))
+    and not v["field"].startswith(("_rules_", "redis", "calendar"))
+    # a policy's valid zone needs no calendar: it is rendered
+    and not (v["field"] == "time_zone" and time_zone_problem(v["config"]["time_zone"]) is None)
     and read_as_is(v)
 ]
 

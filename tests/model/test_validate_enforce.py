@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.config_needs import judged_vectors
 from support.proxywasm_host import Host
 from support.proxywasm_host.abi import LogLevel
 from tokenlimit.model import ConfigInvalid
@@ -111,10 +112,10 @@ def replaced(document: Any, at: tuple[Any, ...], value: Any) -> Any:
     return changed
 
 
-def derived(seed: int, per_vector: int) -> Iterator[tuple[str, Any]]:
+def derived(seed: int, per_vector: int, vectors: list[dict[str, Any]]) -> Iterator[tuple[str, Any]]:
     """Documents one change away from a valid vector: a field replaced or removed."""
     rng = random.Random(seed)
-    for vector in VECTORS:
+    for vector in vectors:
         if not vector["valid"]:
             continue
         paths = list(leaves(vector["config"]))
@@ -140,13 +141,17 @@ def host(request: pytest.FixtureRequest, filter_wasm: Path, higress_wasm: Path) 
 def test_the_model_and_the_filter_judge_every_vector_alike(
     host: Host, vector: dict[str, Any]
 ) -> None:
-    assert_agree(host, vector["config"], vector["name"])
     assert model_verdict(vector["config"])[0] == vector["valid"]
+    # A vector marked `needs` waits for fields the filter ignores today (reported as skipped).
+    if list(judged_vectors(host, [vector])):
+        assert_agree(host, vector["config"], vector["name"])
 
 
 def test_the_model_and_the_filter_agree_one_change_away_from_every_vector(host: Host) -> None:
     count = 0
-    for name, config in derived(seed=11, per_vector=12):
+    for name, config in derived(
+        seed=11, per_vector=12, vectors=list(judged_vectors(host, VECTORS))
+    ):
         assert_agree(host, config, name)
         count += 1
     assert count > 300

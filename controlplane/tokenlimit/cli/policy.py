@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,9 @@ from tokenlimit.cli._common import (
     load_policy,
     module_file,
 )
+
+if TYPE_CHECKING:
+    from tokenlimit.model import FilterConfig
 
 RENDER_UPSTREAM_DEFAULT = "https://api.openai.com"
 
@@ -64,9 +67,25 @@ def validate(files: tuple[str, ...], strict: bool) -> None:
             continue
         for warning in policy.warnings:
             click.echo(f"{file}: warning: {warning}", err=True)
+        for unpriced in _unpriced_models(policy.config):
+            click.echo(f"{file}: warning: {unpriced}", err=True)
         click.echo(f"{file}: ok ({loader.summary(policy)})")
     if failures:
         raise PolicyInvalid("\n".join(failures))
+
+
+def _unpriced_models(config: FilterConfig) -> list[str]:
+    """Rules whose cost limits refuse a request for a model no price matches: legal (silently
+    free would escape every cost budget), but worth saying before a gateway refuses traffic."""
+    from tokenlimit.model.policy import cost_limited
+
+    rules = [config, *(config.rules or [])]
+    return [
+        f'rule {rule.rule_name} has cost limits but no "*" price: a request for a model '
+        'no prices entry matches is refused (add a "*" entry to price every other model)'
+        for rule in rules
+        if rule.rule_name is not None and cost_limited(rule) and "*" not in (rule.prices or {})
+    ]
 
 
 def _module_options(func: Any) -> Any:

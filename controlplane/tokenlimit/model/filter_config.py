@@ -14,7 +14,8 @@ re-exports them (`__all__`), so both import paths name the same classes.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Self
+from decimal import Decimal
+from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -29,6 +30,7 @@ from tokenlimit.model._checks import an_object as _object
 from tokenlimit.model._checks import array as _array
 from tokenlimit.model._checks import int_in as _int_in
 from tokenlimit.model._checks import refusal as _error
+from tokenlimit.model._checks import show
 from tokenlimit.model._spelling import Model as _Model
 from tokenlimit.model._spelling import Naming
 from tokenlimit.model._spelling import doc_key as _doc_key
@@ -65,6 +67,12 @@ from tokenlimit.model.limits import (
     REJECTED_MSG_BYTES_MAX,
     ROUTE_RULES_MAX,
     RULE_ITEMS_MAX,
+)
+from tokenlimit.model.model_budgets import (
+    OptCalendar,
+    OptModelHeader,
+    OptPrices,
+    OptTimeZone,
 )
 from tokenlimit.model.problems import ConfigInvalid, Problem, problems
 from tokenlimit.model.rule_items import GlobalThreshold, LimitKey, RuleItem, key_problem
@@ -181,6 +189,15 @@ class BudgetFields(_Model):
     local_share: OptShare = None
     """failure_mode local: the fraction of each limit one gateway enforces on its own while
     Redis is unavailable (e.g. 0.25 with four gateways). Default 1."""
+    time_zone: OptTimeZone = None
+    """IANA time zone of the day, week and month windows (default UTC; DST handled)."""
+    model_header: OptModelHeader = None
+    """Read the request's model from this header when present (e.g. x-higress-llm-model)."""
+    prices: OptPrices = None
+    """USD per 1M tokens by model name, `*` or `regexp:`; the first matching entry prices a
+    request. A request for a model no entry matches is refused by cost limits."""
+    calendar: OptCalendar = None
+    """The time_zone's UTC offsets, rendered by the control plane (never written by hand)."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)
@@ -201,16 +218,42 @@ class BudgetFields(_Model):
                 f"{_doc_key(model, 'global_threshold', naming)}, got {hybrid_items}",
                 (items_key,),
             )
+        self._check_calendar(naming)
         self._check_counter_names(naming)
+
+    # A policy's calendar is rendered from its timeZone (policy_filter_config); a filter
+    # config must carry it, since the filter cannot resolve a zone name.
+    _calendar_rendered: ClassVar[bool] = False
+
+    def _check_calendar(self, naming: Naming) -> None:
+        """A zone other than UTC needs its table, and a table belongs to the rule's zone: one
+        for another zone would count months that are not the rule's."""
+        zone = self.time_zone or "UTC"
+        if self.calendar is None:
+            if zone != "UTC" and not self._calendar_rendered:
+                raise _error(
+                    f"needs {_doc_key(type(self), 'calendar', naming)}, the zone's UTC offsets "
+                    "(the filter cannot resolve zone names): render the config from a policy "
+                    "(`tokenlimit render`), which adds it",
+                    (_doc_key(type(self), "time_zone", naming),),
+                )
+            return
+        if self.calendar.zone != zone:
+            raise _error(
+                f"is the table of {show(self.calendar.zone)}, but the rule's "
+                f"{_doc_key(type(self), 'time_zone', naming)} is {show(zone)}: render the "
+                "config again",
+                (_doc_key(type(self), "calendar", naming), "zone"),
+            )
 
     def _check_counter_names(self, naming: Naming) -> None:
         """Refuse what the filter refuses: budgets whose counter names would not fit."""
         assert self.rule_name is not None
         model = type(self)
-        budgets: list[tuple[tuple[str | int, ...], str, str, BaseModel]] = []
+        budgets: list[tuple[tuple[str | int, ...], str, str, BaseModel, bool]] = []
         if self.global_threshold is not None:
             at: tuple[str | int, ...] = (_doc_key(model, "global_threshold", naming),)
-            budgets.append((at, "global", "", self.global_threshold))
+            budgets.append((at, "global", "", self.global_threshold, False))
         for index, item in enumerate(self.rule_items or []):
             limit_type = LIMIT_TYPES[item.kind]
             source = "" if "consumer" in limit_type else item.source
@@ -219,9 +262,11 @@ class BudgetFields(_Model):
                 index,
                 _doc_key(RuleItem, item.kind, naming),
             )
-            budgets.extend((at, limit_type, source, key) for key in item.limit_keys)
-        for at, limit_type, source, windows in budgets:
-            size = counter_key_bytes(self.rule_name, limit_type, source, windows)
+            budgets.extend(
+                (at, limit_type, source, key, item.model_keyed) for key in item.limit_keys
+            )
+        for at, limit_type, source, windows, model_keyed in budgets:
+            size = counter_key_bytes(self.rule_name, limit_type, source, windows, model_keyed)
             if size > COUNTER_KEY_BYTES_MAX:
                 raise _error(
                     f"makes counter names longer than the {COUNTER_KEY_BYTES_MAX} bytes a "
@@ -289,6 +334,9 @@ class FilterConfig(_RuleFields):
         return [n for n in names if n is not None]
 
 
+# --- key semantics -------------------------------------------------------------------------
+
+
 def parse_filter_config(data: object, *, strict: bool = False) -> FilterConfig:
     """Validate a bare filter config (snake_case / Higress names), read as Higress reads it.
     `strict`: refuse it for the fields Higress (and the filter) would ignore."""
@@ -343,6 +391,19 @@ def _validate(document: object) -> FilterConfig:
 
 
 def filter_json(cfg: FilterConfig) -> str:
-    """The compact JSON the filter reads: Higress names, unset fields left out, fixed order."""
+    """The compact JSON the filter reads: Higress names, unset fields left out, fixed order.
+    Fractions are written in plain decimal notation (`0.000001`, never `1e-06`): the filter
+    reads a price's or cost limit's digits into micro-dollars."""
     document = cfg.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return _plain_json(document)
+
+
+def _plain_json(value: object) -> str:
+    if isinstance(value, dict):
+        members = (f"{_plain_json(str(k))}:{_plain_json(v)}" for k, v in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_plain_json(v) for v in value) + "]"
+    if type(value) is float:
+        return format(Decimal(repr(value)), "f")
+    return json.dumps(value, ensure_ascii=False)

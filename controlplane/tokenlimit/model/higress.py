@@ -31,6 +31,18 @@ WINDOWS = (
     "request_per_hour",
     "request_per_day",
 )
+# Model-aware budgets (docs/design-model-budgets.md): fields Higress does not have. Whole-number
+# windows are read as leniently as Higress's own; USD amounts are numbers only.
+MODEL_WINDOWS = ("token_per_week", "token_per_month", "request_per_week", "request_per_month")
+COST_FIELDS = (
+    "cost_per_second",
+    "cost_per_minute",
+    "cost_per_hour",
+    "cost_per_day",
+    "cost_per_week",
+    "cost_per_month",
+)
+_INTEGER_WINDOWS = (*WINDOWS, *MODEL_WINDOWS)
 # Higress's reading order: each field set overrides the ones before it.
 LIMIT_BY_PRECEDENCE = (
     "limit_by_header",
@@ -63,11 +75,17 @@ RULE_FIELDS = (
     "weights",
     "failure_mode",
     "local_share",
+    "time_zone",
+    "model_header",
+    "prices",
+    "calendar",
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)
-_ITEM_FIELDS = (*LIMIT_BY_PRECEDENCE, "limit_keys")
-_KEY_FIELDS = ("key", *WINDOWS)
+_MODEL_ITEM_FIELDS = ("limit_by_model", "limit_by_per_model", "per_model", "models", "warn_at")
+_ITEM_FIELDS = (*LIMIT_BY_PRECEDENCE, *_MODEL_ITEM_FIELDS, "limit_keys")
+_KEY_FIELDS = ("key", *_INTEGER_WINDOWS, *COST_FIELDS)
+_GLOBAL_FIELDS = (*_INTEGER_WINDOWS, *COST_FIELDS, "warn_at")
 _REDIS_FIELDS = ("service_name", "service_port", "username", "password", "timeout", "database")
 _WEIGHT_FIELDS = ("input", "output", "cached")
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -104,7 +122,7 @@ class _Reading:
                 obj[name] = as_integer(obj[name])
         if isinstance(obj.get("global_threshold"), dict):
             obj["global_threshold"] = self.windows(
-                obj["global_threshold"], WINDOWS, (*at, "global_threshold")
+                obj["global_threshold"], _GLOBAL_FIELDS, (*at, "global_threshold")
             )
         if isinstance(obj.get("rule_items"), list):
             obj["rule_items"] = [
@@ -119,7 +137,7 @@ class _Reading:
 
     def windows(self, obj: dict[Any, Any], fields: Sequence[str], at: Loc) -> dict[Any, Any]:
         obj = self.known(obj, fields, at)
-        return {k: as_integer(v) if k in WINDOWS else v for k, v in obj.items()}
+        return {k: as_integer(v) if k in _INTEGER_WINDOWS else v for k, v in obj.items()}
 
     def item(self, obj: dict[Any, Any], at: Loc) -> dict[Any, Any]:
         obj = self.known(obj, _ITEM_FIELDS, at)

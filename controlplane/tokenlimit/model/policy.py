@@ -12,7 +12,9 @@ generated from these classes.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Self
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -25,11 +27,13 @@ from pydantic import (
 )
 
 from tokenlimit.model._checks import an_object as _object
+from tokenlimit.model._checks import array, one_of
 from tokenlimit.model._checks import int_in as _int_in
 from tokenlimit.model._checks import refusal as _error
 from tokenlimit.model._spelling import Model as _Model
 from tokenlimit.model._spelling import cel as _cel
 from tokenlimit.model._spelling import doc_key as _doc_key
+from tokenlimit.model.calendar import render_current
 from tokenlimit.model.fallback import FallbackSpec
 from tokenlimit.model.fields import (
     DNS_SUBDOMAIN_CHARS_MAX,
@@ -41,6 +45,7 @@ from tokenlimit.model.fields import (
     Port,
     Present,
     SubdomainName,
+    enum,
     literal,
     matching,
     text,
@@ -51,11 +56,20 @@ from tokenlimit.model.filter_config import (
     parse_filter_config,
 )
 from tokenlimit.model.limits import (
+    LIMIT_KEYS_MAX,
     REDIS_DATABASE_MAX,
     REDIS_SERVICE_NAME_BYTES_MAX,
     REDIS_TIMEOUT_MS_MAX,
 )
-from tokenlimit.model.problems import ConfigInvalid, problems
+from tokenlimit.model.model_budgets import (
+    COST_WINDOWS,
+    GENAI_PRICES,
+    MODEL_KINDS,
+    ModelPattern,
+    is_pattern,
+)
+from tokenlimit.model.prices import prices_from_genai
+from tokenlimit.model.problems import ConfigInvalid, Problem, problems
 from tokenlimit.model.store import filter_redis, higress_redis_problem, host_problem, is_ip
 from tokenlimit.model.target import TargetRef
 
@@ -214,13 +228,59 @@ class PolicySpec(BudgetFields):
     ] = None
     """Envoy: how many proxies in front of the gateway append to X-Forwarded-For and are
     trusted (default 0: the peer address is the connection's, whatever the client sends)."""
+    prices_from: Annotated[
+        Annotated[str, enum((GENAI_PRICES,)), one_of((GENAI_PRICES,))] | None, Present
+    ] = None
+    """`genai-prices`: fill `prices` from the genai-prices package when the policy is rendered
+    (its data as installed), for every model the policy names and `priceModels`; entries in
+    `prices` override it. The filter config carries the numbers."""
+    price_models: Annotated[
+        Annotated[
+            list[ModelPattern],
+            Field(min_length=1, max_length=LIMIT_KEYS_MAX),
+            array(1, LIMIT_KEYS_MAX, "model names"),
+        ]
+        | None,
+        Present,
+    ] = None
+    """pricesFrom: models to price beside those named in `models` and limitByModel keys."""
+
+    _calendar_rendered: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _rule(self, info: ValidationInfo) -> Self:
         self._check_rule(info)
         if self.redis is not None:
             _check_store(self.redis, self.target_ref)
+        self._check_model_budgets()
         return self
+
+    def _check_model_budgets(self) -> None:
+        if self.calendar is not None:
+            raise _error(
+                "is rendered from timeZone when the policy is rendered; set timeZone instead",
+                ("calendar",),
+            )
+        for index, name in enumerate(self.price_models or []):
+            if is_pattern(name):
+                raise _error(
+                    f"must be a model name genai-prices knows, not a pattern, got {name!r} "
+                    "(price patterns in prices)",
+                    ("priceModels", index),
+                )
+        if self.price_models is not None and self.prices_from is None:
+            raise _error("needs pricesFrom: genai-prices", ("priceModels",))
+        if self.prices_from is not None and not (priced_models(self) or self.prices):
+            raise _error(
+                "names no model to price: list them in priceModels (or in an item's models)",
+                ("pricesFrom",),
+            )
+        if cost_limited(self) and self.prices is None and self.prices_from is None:
+            raise _error(
+                "cost limits need prices: set prices (USD per 1M tokens by model) or "
+                "pricesFrom: genai-prices; without a price every request would be refused",
+                ("prices",),
+            )
 
     @property
     def gateway(self) -> str | None:
@@ -307,12 +367,37 @@ def parse_policy(data: object) -> TokenRateLimitPolicy:
         raise ConfigInvalid(problems(exc, TokenRateLimitPolicy, "camel")) from None
 
 
-def policy_filter_config(policy: TokenRateLimitPolicy | PolicySpec) -> FilterConfig:
+def priced_models(spec: PolicySpec) -> list[str]:
+    """The model names `pricesFrom` looks up: priceModels, then every exact name in items'
+    `models` and limitByModel/limitByPerModel keys, each once, in document order."""
+    names = list(spec.price_models or [])
+    for item in spec.rule_items or []:
+        names += item.models or []
+        if item.kind in MODEL_KINDS:
+            names += [key.key for key in item.limit_keys]
+    return [n for i, n in enumerate(names) if not is_pattern(n) and n not in names[:i]]
+
+
+def cost_limited(spec: BudgetFields) -> bool:
+    """Whether any budget of the rule is in USD."""
+    budgets: list[BaseModel] = [spec.global_threshold] if spec.global_threshold else []
+    for item in spec.rule_items or []:
+        budgets += item.limit_keys
+    return any(getattr(b, w) is not None for b in budgets for w in COST_WINDOWS)
+
+
+def policy_filter_config(
+    policy: TokenRateLimitPolicy | PolicySpec, *, now_ms: int | None = None
+) -> FilterConfig:
     """The filter config a policy (or its spec) stands for.
 
     The budget fields carry over as they are; `spec.redis` becomes the filter's `redis` object
     for the policy's gateway kind (`filter_redis`). The Redis password is not part of it: a
     policy holds only a Secret reference, resolved when the policy is applied.
+
+    What the filter cannot work out itself is rendered here, as of `now_ms` (default: the
+    clock): `timeZone` into `calendar` (a year back, ten ahead), and `pricesFrom:
+    genai-prices` into `prices` numbers. ConfigInvalid names a model genai-prices lacks.
     """
     spec = policy.spec if isinstance(policy, TokenRateLimitPolicy) else policy
     document = spec.model_dump(
@@ -321,4 +406,34 @@ def policy_filter_config(policy: TokenRateLimitPolicy | PolicySpec) -> FilterCon
     redis = filter_redis(spec)
     if redis is not None:
         document["redis"] = redis
+    if spec.time_zone is not None and spec.time_zone != "UTC":
+        document["calendar"] = render_current(spec.time_zone, now_ms).model_dump(mode="json")
+    if spec.prices_from is not None:
+        document["prices"] = _rendered_prices(spec, now_ms)
     return parse_filter_config(document)
+
+
+def _json_number(amount: Decimal) -> int | float:
+    """A price as the JSON number that spells it (≤ 6 decimals: a float's repr keeps them)."""
+    return int(amount) if amount == amount.to_integral_value() else float(amount)
+
+
+def _rendered_prices(spec: PolicySpec, now_ms: int | None) -> dict[str, Any]:
+    """`prices` with pricesFrom filled in: the policy's own entries first (they win, being
+    first to match), then genai-prices' for the other named models, then a `*` entry last (a
+    catch-all first would shadow every entry after it)."""
+    own = {
+        name: price.model_dump(mode="json", exclude_none=True)
+        for name, price in (spec.prices or {}).items()
+    }
+    at = None if now_ms is None else datetime.fromtimestamp(now_ms / 1000, UTC)
+    try:
+        found = prices_from_genai([m for m in priced_models(spec) if m not in own], at=at)
+    except LookupError as exc:
+        raise ConfigInvalid([Problem(("spec", "pricesFrom"), str(exc.args[0]))]) from None
+    looked_up = {
+        name: {k: _json_number(v) for k, v in price.model_dump().items()}
+        for name, price in found.items()
+    }
+    last = {"*": own.pop("*")} if "*" in own else {}
+    return {**own, **looked_up, **last}

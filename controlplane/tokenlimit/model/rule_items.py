@@ -12,7 +12,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 
 from tokenlimit.model._checks import array as _array
 from tokenlimit.model._checks import refusal as _error
@@ -23,8 +29,27 @@ from tokenlimit.model._spelling import Naming, camel_name
 from tokenlimit.model._spelling import cel as _cel
 from tokenlimit.model._spelling import doc_key as _doc_key
 from tokenlimit.model._spelling import naming_of as _naming
-from tokenlimit.model.fields import Key, OptConsumer, OptIpSource, OptSourceName, OptTokenLimit
-from tokenlimit.model.limits import LIMIT_KEYS_MAX
+from tokenlimit.model.fields import (
+    Key,
+    OptBool,
+    OptConsumer,
+    OptIpSource,
+    OptSourceName,
+    OptTokenLimit,
+)
+from tokenlimit.model.limits import (
+    LIMIT_KEYS_MAX,
+)
+from tokenlimit.model.model_budgets import (
+    COST_WINDOWS,
+    LONG_WINDOWS,
+    MODEL_KINDS,
+    OptCost,
+    OptModels,
+    OptModelSource,
+    OptWarnAt,
+    model_pattern_problem,
+)
 
 _REGEXP_PREFIX = "regexp:"
 _WINDOWS = (
@@ -36,6 +61,8 @@ _WINDOWS = (
     "request_per_minute",
     "request_per_hour",
     "request_per_day",
+    *LONG_WINDOWS,
+    *COST_WINDOWS,
 )
 _EXACT_KINDS = ("limit_by_header", "limit_by_param", "limit_by_cookie", "limit_by_consumer")
 _PER_KINDS = (
@@ -45,7 +72,7 @@ _PER_KINDS = (
     "limit_by_per_consumer",
 )
 _IP_KIND = "limit_by_per_ip"
-_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND)
+_ALL_KINDS = (*_EXACT_KINDS, *_PER_KINDS, _IP_KIND, *MODEL_KINDS)
 
 
 _WINDOWS_RULE = (
@@ -56,12 +83,22 @@ _WINDOWS_RULE = (
 
 def _at_least_one_window(obj: BaseModel, info: ValidationInfo) -> None:
     if all(getattr(obj, w) is None for w in _WINDOWS):
-        names = ", ".join(_doc_key(type(obj), w, _naming(info)) for w in _WINDOWS)
-        raise _error(f"needs at least one of {names}")
+        raise _error(f"needs at least one of {_window_families(type(obj), _naming(info))}")
+
+
+def _window_families(model: type[BaseModel], naming: Naming) -> str:
+    """Every window, compactly: token_per_second/minute/..., request_per_... or cost_per_..."""
+    families: dict[str, list[str]] = {}
+    for window in _WINDOWS:
+        spelled = _doc_key(model, window, naming)
+        cut = spelled.rindex("_" if naming == "snake" else "Per") + (1 if naming == "snake" else 3)
+        families.setdefault(spelled[:cut], []).append(spelled[cut:])
+    shown = [prefix + "/".join(units) for prefix, units in families.items()]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 class _Windows(_Model):
-    """The budget windows: at least one token or request limit per second/minute/hour/day."""
+    """The budget windows: at least one token, request or cost limit."""
 
     model_config = ConfigDict(json_schema_extra=_cel(_WINDOWS_RULE))
 
@@ -81,6 +118,26 @@ class _Windows(_Model):
     """Requests per hour."""
     request_per_day: OptTokenLimit = None
     """Requests per day."""
+    token_per_week: OptTokenLimit = None
+    """Tokens per calendar week (from Monday 00:00 in the rule's time_zone)."""
+    token_per_month: OptTokenLimit = None
+    """Tokens per calendar month (from the 1st, 00:00 in the rule's time_zone)."""
+    request_per_week: OptTokenLimit = None
+    """Requests per calendar week."""
+    request_per_month: OptTokenLimit = None
+    """Requests per calendar month."""
+    cost_per_second: OptCost = None
+    """USD per second (at most 6 decimals), priced by the rule's prices."""
+    cost_per_minute: OptCost = None
+    """USD per minute."""
+    cost_per_hour: OptCost = None
+    """USD per hour."""
+    cost_per_day: OptCost = None
+    """USD per day (from 00:00 in the rule's time_zone)."""
+    cost_per_week: OptCost = None
+    """USD per calendar week."""
+    cost_per_month: OptCost = None
+    """USD per calendar month (e.g. 200 for "$200 a month")."""
 
     @model_validator(mode="after")
     def _windows(self, info: ValidationInfo) -> Self:
@@ -90,6 +147,10 @@ class _Windows(_Model):
 
 class GlobalThreshold(_Windows):
     """One budget shared by every request the rule sees."""
+
+    warn_at: OptWarnAt = None
+    """Soft limit: the fraction of a budget (e.g. 0.8) past which admitted responses carry a
+    warning header, a metric counts them and one log line per window says so."""
 
 
 class _Key(_Model):
@@ -136,6 +197,18 @@ class RuleItem(_Model):
     limit_by_per_ip: OptIpSource = None
     """A budget per client address: `from-remote-addr` or `from-header-<name>` (keys: IPs,
     CIDRs or `*`)."""
+    limit_by_model: OptModelSource = None
+    """Key: the request's model (value ""); keys are model names, `*` or `regexp:`, and each
+    key is one budget shared by the models it matches."""
+    limit_by_per_model: OptModelSource = None
+    """A budget per model (value ""): with key `gpt-4o`, a provider quota every caller shares."""
+    per_model: OptBool = None
+    """One budget per (key, model): "each key, per model"."""
+    models: OptModels = None
+    """The item applies only to requests for these models (names, `*` or `regexp:`)."""
+    warn_at: OptWarnAt = None
+    """Soft limit: the fraction of a budget (e.g. 0.8) past which admitted responses carry a
+    warning header, a metric counts them and one log line per window says so."""
     limit_keys: Annotated[
         list[LimitKey],
         Field(min_length=1, max_length=LIMIT_KEYS_MAX),
@@ -169,10 +242,18 @@ class RuleItem(_Model):
             problem = key_problem(kinds[0], limit_key.key, naming)
             if problem is not None:
                 raise _error(problem, (keys_key, index, "key"))
+        if self.per_model and kinds[0] in MODEL_KINDS:
+            raise _error(
+                f"{kinds[0]} items are keyed by model already: use "
+                f"{_doc_key(RuleItem, 'limit_by_per_model', naming)} for a budget per model",
+                (_doc_key(RuleItem, "per_model", naming),),
+            )
         return self
 
-
-# --- key semantics -------------------------------------------------------------------------
+    @property
+    def model_keyed(self) -> bool:
+        """Whether this item's counters carry the request's model."""
+        return bool(self.per_model) or self.kind == "limit_by_per_model"
 
 
 def key_problem(kind: str, key: str, naming: Naming = "snake") -> str | None:
@@ -180,6 +261,8 @@ def key_problem(kind: str, key: str, naming: Naming = "snake") -> str | None:
     spelled = _doc_key(RuleItem, kind, naming)
     if kind in _EXACT_KINDS:
         return None
+    if kind in MODEL_KINDS:
+        return model_pattern_problem(key)
     if kind == _IP_KIND:
         return None if key == "*" else _ip_problem(key)
     if key == "*":

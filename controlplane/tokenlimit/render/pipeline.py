@@ -11,6 +11,11 @@ The one entry point `tokenlimit render`, `push --rendered`, the operator, `token
 - `higress` (`HigressOptions`): the WasmPlugin, and a redirect EnvoyFilter per fallback route.
 - `istio` (`IstioOptions`): the WasmPlugin (+ ServiceEntry, DestinationRule for the bridge).
 
+Every target carries the same filter config, `policy_filter_config(policy)`: what the filter
+cannot work out itself is rendered there, as of the render -- the policy's `timeZone` as a
+`calendar` table of UTC offsets (a year back, ten ahead; re-rendered on every apply), and
+`pricesFrom: genai-prices` as `prices` numbers (docs/design-model-budgets.md).
+
 A part of the policy a target cannot carry is refused with a `RenderError` naming the field
 (`spec.fallback: ...`), never dropped: a limiter rendered without its fallback routes is the
 budget escape the fallback exists to close.
