@@ -92,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if self.headers.get("transfer-encoding", "").lower() != "chunked":
             return self.rfile.read(int(self.headers.get("content-length") or 0))
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int(self.rfile.readline().split(b";")[0].strip(), 16)
             if size == 0:
@@ -124,13 +124,16 @@ def reserve_config(redis: bool = False) -> FilterConfig:
 
 def chat_body(total_bytes: int) -> bytes:
     """A chat request of exactly `total_bytes` bytes (JSON)."""
-    empty = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": ""}]}
-    padding = total_bytes - len(json.dumps(empty).encode())
+
+    def body(content: str) -> bytes:
+        message = {"role": "user", "content": content}
+        return json.dumps({"model": "m", "max_tokens": 10, "messages": [message]}).encode()
+
+    padding = total_bytes - len(body(""))
     assert padding >= 0
-    empty["messages"][0]["content"] = "x" * padding
-    body = json.dumps(empty).encode()
-    assert len(body) == total_bytes
-    return body
+    padded = body("x" * padding)
+    assert len(padded) == total_bytes
+    return padded
 
 
 def post(gw: Gateway, api_key: str, body: bytes, usage_tokens: int = 10) -> tuple[int, bytes]:
