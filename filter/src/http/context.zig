@@ -36,12 +36,10 @@ fn randomNonce() u64 {
     return std.mem.readInt(u64, &bytes, .little);
 }
 
-/// Whether Envoy keeps a paused request-headers phase as StopIteration, so the body still
-/// reaches the filter while the headers wait. By default Envoy turns that pause into
-/// StopAllIteration and keeps the body from the filter too (a request waiting for its body
-/// would wait forever); `allow_on_headers_stop_iteration: true` (Envoy 1.35+) keeps it. The
-/// filter cannot read that setting, so the config that sets it says so in this VM environment
-/// variable (render/envoy/filter.py); without it the headers go on before the decision.
+/// Whether Envoy keeps a paused request-headers phase as StopIteration (the body still reaches
+/// the filter). By default it makes it StopAllIteration, which keeps the body away too: a request
+/// waiting for its body would wait forever. `allow_on_headers_stop_iteration: true` (Envoy 1.35+)
+/// keeps it; the config that sets it says so in this VM environment variable (filter.py).
 const headers_held_variable = "TOKENLIMIT_HOLD_REQUEST_HEADERS";
 var headers_held_known: ?bool = null;
 
