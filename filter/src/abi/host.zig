@@ -95,7 +95,10 @@ pub const BufferType = enum(u32) {
     redis_call_response = 9,
 };
 pub const MetricType = enum(u32) { counter = 0, gauge = 1, histogram = 2 };
-pub const Action = enum(u32) { @"continue" = 0, pause = 1 };
+/// What a callback tells Envoy. `pause` is StopIteration (headers) or StopIterationAndBuffer
+/// (body: held up to Envoy's buffer limit, then 413); `hold_body` is body-only
+/// StopIterationAndWatermark (held under flow control, no size limit).
+pub const Action = enum(u32) { @"continue" = 0, pause = 1, hold_body = 2 };
 
 /// Bytes the host allocated in our memory (through proxy_on_memory_allocate); we own them.
 pub const HostBytes = struct {

@@ -36,6 +36,22 @@ fn randomNonce() u64 {
     return std.mem.readInt(u64, &bytes, .little);
 }
 
+/// Whether Envoy keeps a paused request-headers phase as StopIteration (the body still reaches
+/// the filter). By default it makes it StopAllIteration, which keeps the body away too: a request
+/// waiting for its body would wait forever. `allow_on_headers_stop_iteration: true` (Envoy 1.35+)
+/// keeps it; the config that sets it says so in this VM environment variable (filter.py).
+const headers_held_variable = "TOKENLIMIT_HOLD_REQUEST_HEADERS";
+var headers_held_known: ?bool = null;
+
+fn headersCanBeHeld() bool {
+    if (headers_held_known == null) {
+        var value: [8]u8 = undefined;
+        const given = host.environmentVariable(headers_held_variable, &value);
+        headers_held_known = given != null and std.mem.eql(u8, given.?, "1");
+    }
+    return headers_held_known.?;
+}
+
 pub const Phase = enum {
     /// No rule applies, or the request was rejected or admitted uncounted: nothing more to do.
     idle,
@@ -151,7 +167,9 @@ pub const HttpContext = struct {
 
         if (rule.admission == .reserve and body_readable) {
             self.enter(.awaiting_body);
-            return .@"continue"; // headers go on; the body is held until it is complete
+            // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
+            // so the upstream sees nothing of a request the budget refuses.
+            return if (headersCanBeHeld()) .pause else .@"continue";
         }
         const estimate = request.estimateTokens(.{}, body_length orelse 0, rule.default_output_tokens);
         return self.decide(estimate);
@@ -177,6 +195,13 @@ pub const HttpContext = struct {
             if (size <= rewrite.request_body_bytes_max) rewrite.rewriteModel(self.config.?.model_rewrite.?, size);
             self.enter(.idle);
             return .@"continue";
+        }
+        if (self.phase == .awaiting_store) {
+            // Decided on the headers, Redis not yet answered: the body waits with the headers,
+            // under flow control rather than a buffer limit (any size may arrive meanwhile).
+            self.request_bytes = size; // all of it so far, buffered
+            self.request_sent = end_of_stream;
+            return .hold_body;
         }
         if (self.phase != .awaiting_body and !(self.phase == .admitted and self.include_usage_candidate)) {
             // Passing through: each call brings the next chunk.

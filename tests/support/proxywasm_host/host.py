@@ -78,6 +78,8 @@ class Host(BufferCalls, ControlCalls, CallOuts, SharedDataCalls, MetricCalls, Wa
         redis_handler: RedisHandler | None = None,
         vm_id: str = "",
         seed: int = 0,
+        environment: Mapping[str, str] | None = None,
+        allow_on_headers_stop_iteration: bool = False,
     ) -> None:
         # The whole state, in one place; each attribute's type is declared by the class that uses
         # it (VmBase or one of the host-function groups).
@@ -102,6 +104,12 @@ class Host(BufferCalls, ControlCalls, CallOuts, SharedDataCalls, MetricCalls, Wa
         self.tick_period_ms: int | None = None
         self.trap = None
         self.vm_id = vm_id
+        # Envoy's Wasm `allow_on_headers_stop_iteration`, and the VM environment variable with
+        # which tokenlimit's rendered config tells the filter it is set (render/envoy/filter.py).
+        self.allow_on_headers_stop_iteration = allow_on_headers_stop_iteration
+        self.environment = dict(environment or {})
+        if allow_on_headers_stop_iteration:
+            self.environment.setdefault("TOKENLIMIT_HOLD_REQUEST_HEADERS", "1")
         self.random = random.Random(seed)
         self.call_trace = None  # set to [] to record
         self.plugin_config = None

@@ -60,6 +60,9 @@ class _Side:
         self.body_eos = False
         self.buffering = False  # the last body callback paused: new data is appended
         self.paused_in: str | None = None  # headers | body | trailers
+        # Paused in headers as StopAllIteration (the host holds body and trailers), not as
+        # StopIteration (they still reach the module; Continue from them releases the headers).
+        self.stopped_all = False
         self.held = bytearray()  # data that arrived while paused in headers
         self.held_eos = False
         self.held_trailers: HeaderMap | None = None
@@ -94,6 +97,7 @@ class HttpStream:
         self._resp = _Side(False)
         self._log_phase = False
         self._local_reply_delivered = False
+        self._last_raw = 0  # what the last callback returned, before the host maps it
 
     # -- what the test reads -------------------------------------------------------------------
     @property
@@ -232,6 +236,7 @@ class HttpStream:
     def _invoke(self, side: _Side, event: str, *args: int) -> Action:
         export = f"proxy_on_{side.name}_{event}"
         raw = self.host._call(export, self.id, *args, ctx=self.id, drain=False)
+        self._last_raw = raw
         action = Action.PAUSE if (raw != 0 or self.host._last_call_stopped) else Action.CONTINUE
         self.actions.append((export, action))
         return action
@@ -247,13 +252,20 @@ class HttpStream:
             side.headers_live = False
         else:
             side.paused_in = "headers"
+            # Envoy keeps a plain pause (1) as StopIteration only when allowed to; a stop after
+            # a local reply, or any other value, is StopAllIteration.
+            side.stopped_all = not (
+                self.host.allow_on_headers_stop_iteration
+                and self._last_raw == 1
+                and not self.host._last_call_stopped
+            )
         self.host._drain()
         return action
 
     def _data(self, side: _Side, data: bytes, end_of_stream: bool) -> Action:
         if side.terminated:
             return Action.PAUSE
-        if side.paused_in == "headers":  # StopAllIteration: the host holds the data
+        if side.paused_in == "headers" and side.stopped_all:  # the host holds the data
             side.held += data
             side.held_eos = side.held_eos or end_of_stream
             return Action.PAUSE
@@ -278,7 +290,7 @@ class HttpStream:
     def _trailers(self, side: _Side, trailers: HeaderInput) -> Action:
         if side.terminated:
             return Action.PAUSE
-        if side.paused_in == "headers":
+        if side.paused_in == "headers" and side.stopped_all:
             side.held_trailers = HeaderMap(trailers)
             return Action.PAUSE
         side.trailers = HeaderMap(trailers)

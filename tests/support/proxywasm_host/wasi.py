@@ -1,5 +1,6 @@
 """The WASI (snapshot preview1) calls a proxy-wasm module may import: stdout/stderr go to the
-log, time is the fake clock, randomness is seeded, there is no environment and no arguments."""
+log, time is the fake clock, randomness is seeded, the environment is `Host.environment` (Envoy's
+`vm_config.environment_variables`), there are no arguments."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ class WasiCalls(VmBase):
     clock: Clock
     logs: list[tuple[int, str]]
     random: random.Random
+    environment: dict[str, str]
+
+    def _environ_entries(self) -> list[bytes]:
+        return [f"{k}={v}".encode() + b"\0" for k, v in self.environment.items()]
 
     @wasi_call("fd_write", "iiii")
     def _fd_write(self, fd: int, iovs: int, count: int, ret: int) -> int:
@@ -45,12 +50,17 @@ class WasiCalls(VmBase):
 
     @wasi_call("environ_sizes_get", "ii")
     def _environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
-        self._write_u32(count_ptr, 0)
-        self._write_u32(size_ptr, 0)
+        entries = self._environ_entries()
+        self._write_u32(count_ptr, len(entries))
+        self._write_u32(size_ptr, sum(len(entry) for entry in entries))
         return WasiErrno.SUCCESS
 
     @wasi_call("environ_get", "ii")
     def _environ_get(self, array_ptr: int, buf_ptr: int) -> int:
+        for index, entry in enumerate(self._environ_entries()):
+            self._write_u32(array_ptr + 4 * index, buf_ptr)
+            self._write(buf_ptr, entry)
+            buf_ptr += len(entry)
         return WasiErrno.SUCCESS
 
     @wasi_call("args_sizes_get", "ii")

@@ -17,6 +17,8 @@ from tokenlimit.render.envoy.common import (
 )
 
 BRIDGE_TOKEN_VARIABLE = BRIDGE_TOKEN_ENV  # contract/limits.json: the filter reads it too
+# filter/src/http/context.zig reads it: the Envoy running the filter keeps request headers held.
+HOLD_REQUEST_HEADERS_VARIABLE = "TOKENLIMIT_HOLD_REQUEST_HEADERS"
 REWRITE_FILTER_NAME = "tokenlimit-model-rewrite"
 # The rewrite filters of all clusters share one VM (same module, same VM id), apart from the
 # limiter's: nothing they do can touch the budgets kept in the limiter's VM.
@@ -52,9 +54,17 @@ def filter_typed_config(cfg: FilterConfig, wasm_path: str) -> dict[str, Any]:
                 "code": {"local": {"filename": wasm_path}},
                 # The bridge's bearer token reaches the filter from Envoy's own environment,
                 # never through this config (unset: the bridge must not require one).
-                "environment_variables": {"host_env_keys": [BRIDGE_TOKEN_VARIABLE]},
+                "environment_variables": {
+                    "host_env_keys": [BRIDGE_TOKEN_VARIABLE],
+                    # Tells the filter Envoy honours the setting below (it cannot read it).
+                    "key_values": {HOLD_REQUEST_HEADERS_VARIABLE: "1"},
+                },
             },
             "configuration": {"@type": STRING_VALUE_TYPE, "value": filter_json(cfg)},
+            # A paused request-headers phase stays StopIteration: under `reserve` the headers
+            # wait while the filter reads the body and decides (else Envoy 1.35+ makes it
+            # StopAllIteration, which keeps the body from the filter).
+            "allow_on_headers_stop_iteration": True,
         },
     }
 
