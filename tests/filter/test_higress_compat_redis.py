@@ -175,3 +175,31 @@ def test_request_limits_are_refused_under_compat(higress_wasm: Path) -> None:
     host = Host(higress_wasm, clock=Clock())
     assert not host.configure(config)
     assert any("request_per_*" in m for m in host.log_messages()), host.log_messages()
+
+
+def test_the_envoy_build_shares_the_budget_through_the_bridge(
+    filter_wasm: Path, redis_server: RedisServer, client: redis.Redis
+) -> None:
+    # The bridge runs only tokenlimit's own scripts (bridge/guard.py): every contract/*.lua,
+    # higress_compat.lua included, so the stock-Envoy build can keep Higress's budgets too.
+    from test_filter_redis import BRIDGE_CLUSTER, Bridge
+
+    bridge = Bridge(redis_server.url)
+    try:
+        host = Host(filter_wasm, clock=Clock(), http_call_handler=bridge.handler, seed=3)
+        config = {**RULE, "compat": "higress", "redis": {"service_name": BRIDGE_CLUSTER}}
+        assert host.configure(config), host.log_messages()
+        assert [status(ask(host, key)) for key in ("sk-a", "sk-b", "sk-c", "sk-d")] == [
+            200,
+            200,
+            200,
+            429,
+        ]
+    finally:
+        bridge.stop()
+    assert everything(client) == {
+        "higress-token-ratelimit:{shared}:global_threshold:60": "120",
+        "higress-token-ratelimit:{shared}:limit_by_per_header:3600:X-Api-Key:sk-a": "40",
+        "higress-token-ratelimit:{shared}:limit_by_per_header:3600:X-Api-Key:sk-b": "40",
+        "higress-token-ratelimit:{shared}:limit_by_per_header:3600:X-Api-Key:sk-c": "40",
+    }

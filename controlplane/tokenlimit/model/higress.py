@@ -63,6 +63,7 @@ RULE_FIELDS = (
     "weights",
     "failure_mode",
     "local_share",
+    "compat",
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)
