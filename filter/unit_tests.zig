@@ -8,6 +8,7 @@ test {
     _ = @import("src/abi/host.zig");
     _ = @import("src/abi/message.zig");
     _ = @import("src/abi/metrics.zig");
+    _ = @import("src/config/compat.zig");
     _ = @import("src/config/config.zig");
     _ = @import("src/config/ip.zig");
     _ = @import("src/config/json_tree.zig");
@@ -39,6 +40,7 @@ test {
     _ = @import("src/respond/higress.zig");
     _ = @import("src/respond/response.zig");
     _ = @import("src/store/circuit.zig");
+    _ = @import("src/store/higress_compat.zig");
     _ = @import("src/store/local.zig");
     _ = @import("src/store/redis.zig");
     _ = @import("src/store/resp.zig");

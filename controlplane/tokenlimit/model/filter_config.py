@@ -29,6 +29,7 @@ from pydantic import (
 from tokenlimit.model._checks import an_object as _object
 from tokenlimit.model._checks import array as _array
 from tokenlimit.model._checks import int_in as _int_in
+from tokenlimit.model._checks import one_of as _one_of
 from tokenlimit.model._checks import refusal as _error
 from tokenlimit.model._checks import show
 from tokenlimit.model._spelling import Model as _Model
@@ -56,6 +57,7 @@ from tokenlimit.model.fields import (
     Present,
     text,
 )
+from tokenlimit.model.fields import enum as _enum
 from tokenlimit.model.higress import dropped_default, has_route_rules, read_as_higress
 from tokenlimit.model.limits import (
     CONFIG_BYTES_MAX,
@@ -145,6 +147,36 @@ _OptItems = Annotated[
     Present,
 ]
 _OptRedis = Annotated[Annotated[RedisConfig, WrapValidator(_object)] | None, Present]
+# `compat` (filter/src/config/compat.zig): "" (tokenlimit's own keys), or whose Redis keys and
+# counting the budgets share: Higress 2.0.1's ("higress") or 1.0.x's ("higress-1.0").
+COMPATS = ("", "higress", "higress-1.0")
+_OptCompat = Annotated[Annotated[str, _enum(COMPATS), _one_of(COMPATS)] | None, Present]
+
+
+def compat_refusal(rule: BudgetFields) -> str | None:
+    """Why a rule cannot run under its `compat` (Higress's keys hold only what Higress counts),
+    as the filter says it (config/compat.zig `refusal`), or None."""
+    if not rule.compat:
+        return None
+    if getattr(rule, "redis", None) is None:
+        return "needs redis: Higress's counters live in Redis"
+    if rule.admission not in (None, "postpaid"):
+        return "needs admission postpaid: Higress charges after the response and reserves nothing"
+    if rule.algorithm not in (None, "fixed"):
+        return "needs algorithm fixed: Higress counts in fixed windows"
+    weights = rule.weights
+    if weights is not None and any(
+        w is not None and w != 1 for w in (weights.input, weights.output, weights.cached)
+    ):
+        return "cannot be used with weights: Higress counts input + output tokens unweighted"
+    budgets: list[BaseModel] = [rule.global_threshold] if rule.global_threshold else []
+    budgets += [key for item in rule.rule_items or [] for key in item.limit_keys]
+    if any(getattr(b, f"request_per_{w}", None) is not None for b in budgets for w in _WINDOWS):
+        return "cannot be used with request_per_* limits: Higress's keys count tokens only"
+    return None
+
+
+_WINDOWS = ("second", "minute", "hour", "day")
 
 
 class BudgetFields(_Model):
@@ -198,6 +230,10 @@ class BudgetFields(_Model):
     request. A request for a model no entry matches is refused by cost limits."""
     calendar: OptCalendar = None
     """The time_zone's UTC offsets, rendered by the control plane (never written by hand)."""
+    compat: _OptCompat = None
+    """higress (2.0.1) or higress-1.0: budgets on Higress ai-token-ratelimit's own Redis keys
+    with its counting, so the old plugin and tokenlimit share one budget during a rolling
+    upgrade (docs/higress-compat.md). Needs redis; token limits only, fixed windows."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)
@@ -220,6 +256,9 @@ class BudgetFields(_Model):
             )
         self._check_calendar(naming)
         self._check_counter_names(naming)
+        reason = compat_refusal(self)
+        if reason is not None:
+            raise _error(reason, (_doc_key(model, "compat", naming),))
 
     # A policy's calendar is rendered from its timeZone (policy_filter_config); a filter
     # config must carry it, since the filter cannot resolve a zone name.

@@ -79,6 +79,7 @@ RULE_FIELDS = (
     "model_header",
     "prices",
     "calendar",
+    "compat",
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)

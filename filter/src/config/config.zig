@@ -12,6 +12,7 @@ const ip = @import("ip.zig");
 const parse_zig = @import("parse.zig");
 const reader = @import("reader.zig");
 const regex = @import("regex/regex.zig");
+const compat = @import("compat.zig");
 
 /// contract/limits.json, handed over by build.zig: the control plane enforces the same bounds
 /// on the same fields (tokenlimit.model.limits), so a config it accepts, the filter accepts.
@@ -20,6 +21,7 @@ const bounds = @import("limits");
 pub const parse = parse_zig.parse;
 pub const Diagnostic = reader.Diagnostic;
 pub const ParseError = reader.ParseError;
+pub const Compat = compat.Compat;
 
 pub const config_bytes_max = bounds.config_bytes_max;
 pub const rule_name_bytes_max = bounds.rule_name_bytes_max;
@@ -137,6 +139,9 @@ pub const RuleItem = struct {
     source: []const u8,
     ip_source: IpSource = .remote_address,
     keys: []const LimitKey,
+    /// The `limit_by_*` value as written, where `source` changes it (header names are
+    /// lower-cased): Higress's Redis keys carry it as written (`compat`).
+    written_source: []const u8 = "",
 };
 
 pub const Rule = struct {
@@ -161,6 +166,8 @@ pub const Rule = struct {
     local_share_milli: u32 = 1000,
     /// Budgets live in Redis when set (Higress semantics), else in the local store.
     redis: ?Redis = null,
+    /// `compat`: whose Redis keys and counting the budgets use (config/compat.zig).
+    compat: Compat = .none,
 };
 
 pub const RouteRule = struct {

@@ -10,6 +10,7 @@ const sha256 = @import("../match/sha256.zig");
 const json_tree = @import("json_tree.zig");
 const reader_zig = @import("reader.zig");
 const items_zig = @import("rule_items.zig");
+const compat = @import("compat.zig");
 const bounds = @import("limits");
 
 const Value = json_tree.Value;
@@ -77,7 +78,7 @@ const Parser = struct {
     const rule_fields = [_][]const u8{
         "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
-        "failure_mode", "local_share",
+        "failure_mode", "local_share",      "compat",
     };
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_" };
@@ -258,6 +259,13 @@ const Parser = struct {
             self.reader.leave(saved);
         }
         parsed.redis = try self.redisField(map);
+        if (map.get("compat")) |value| {
+            const saved = self.reader.enter("compat");
+            const spelled = try self.reader.scalarString(value, 32);
+            parsed.compat = compat.Compat.fromText(spelled) orelse return self.reader.fail("must be " ++ compat.expected ++ ", got \"{s}\"", .{spelled});
+            if (compat.refusal(&parsed)) |reason| return self.reader.fail("{s}", .{reason});
+            self.reader.leave(saved);
+        }
         return parsed;
     }
 

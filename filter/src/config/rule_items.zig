@@ -133,7 +133,10 @@ pub const ItemParser = struct {
                 }
                 item.source = source;
             },
-            .header, .per_header => item.source = try std.ascii.allocLowerString(self.arena, source),
+            .header, .per_header => {
+                item.source = try std.ascii.allocLowerString(self.arena, source);
+                item.written_source = source;
+            },
             .param, .per_param, .cookie, .per_cookie => item.source = source,
         }
         self.reader.leave(saved_source);

@@ -10,6 +10,7 @@ const ip = @import("../config/ip.zig");
 const match = @import("../match/match.zig");
 const request = @import("../usage/request.zig");
 const store = @import("../store/store.zig");
+const higress_compat = @import("../store/higress_compat.zig");
 
 const allocator = host.allocator;
 
@@ -64,7 +65,7 @@ pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const
     var regexp_steps = match.regexp_steps_per_request_max;
     for (selected.items) |*item| {
         if (item.limit_type == .global) {
-            try addItemCounters(counters, selected, item, "", &item.keys[0].limits);
+            try addItemCounters(counters, selected, item, "", "", &item.keys[0].limits);
             continue;
         }
         var raw = try requestValue(item);
@@ -76,7 +77,9 @@ pub fn collectCounters(counters: *std.ArrayList(store.Counter), selected: *const
             .none => continue,
             .unknown => |from| match.strictest(item, from),
         };
-        try addItemCounters(counters, selected, item, subject.text, &limits);
+        // Higress keys on the header as sent; tokenlimit canonicalizes Authorization schemes.
+        const as_higress_reads = if (match.isAuthorizationItem(item)) raw.?.bytes else subject.text;
+        try addItemCounters(counters, selected, item, subject.text, as_higress_reads, &limits);
     }
 }
 
@@ -85,6 +88,7 @@ fn addItemCounters(
     selected: *const config.Rule,
     item: *const config.RuleItem,
     value: []const u8,
+    higress_value: []const u8,
     limits: *const config.Limits,
 ) !void {
     var hashed: counter.HashedValue = undefined;
@@ -96,6 +100,7 @@ fn addItemCounters(
                 .key = try counter.counterKey(selected.name, item, unit, window, caller),
                 .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
                 .unit = unit,
+                .higress_key = if (selected.compat == .none) .{} else higress_compat.key(selected.compat, selected.configured_name, item, window, higress_value),
             });
         }
     }

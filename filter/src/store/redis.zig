@@ -22,6 +22,7 @@ const script = @import("script.zig");
 const store = @import("store.zig");
 const transport_http = @import("transport_http.zig");
 const transport_higress = @import("transport_higress.zig");
+const higress_compat = @import("higress_compat.zig");
 
 const allocator = host.allocator;
 
@@ -60,6 +61,8 @@ const Pending = struct {
     /// admit: the release to send if the answer never comes (a timeout, a lost reply): the
     /// admission may still run on Redis, and must not leave a reservation nobody settles.
     release_tail: ?[]u8 = null,
+    /// The script the call runs: budget.lua, or higress_compat.lua under `compat`.
+    lua: enum { budget, higress } = .budget,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
@@ -143,11 +146,22 @@ pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_token
     send(call) catch queueForRetry(call);
 }
 
+/// A call of higress_compat.lua (`compat`): a check (it reserves nothing, so there is no
+/// release) or a charge, kept for retry as settlements are. On success redis.zig owns `tail`.
+pub fn callHigress(op: Op, redis: config.Redis, tail: []u8, caller: store.Caller) !void {
+    const call = Pending{ .op = op, .http_context_id = if (op == .admit) caller.http_context_id else 0, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false, .lua = .higress };
+    if (op == .admit) return send(call);
+    host.setEffectiveContext(caller.root_context_id) catch {};
+    defer host.setEffectiveContext(caller.http_context_id) catch {};
+    if (!available(host.nowMs())) return queueForRetry(call);
+    send(call) catch queueForRetry(call);
+}
+
 /// Sends `call` as EVALSHA (or EVAL once Redis said NOSCRIPT). On success the pending table
 /// owns `call.tail`; on failure the caller still does.
 fn send(call: Pending) !void {
     if (pending.count() >= pending_max) return error.TooManyCallsInFlight;
-    const command = try script.command(allocator, call.tail, call.sent_as_eval);
+    const command = try if (call.lua == .higress) higress_compat.command(allocator, call.tail, call.sent_as_eval) else script.command(allocator, call.tail, call.sent_as_eval);
     defer allocator.free(command);
     const call_id = try transport.send(call.target.slice(), call.target.timeout_ms, command);
     host.incrementMetric(metrics.redis.calls, 1);

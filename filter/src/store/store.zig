@@ -10,6 +10,7 @@ const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const local = @import("local.zig");
 const redis = @import("redis.zig");
+const higress_compat = @import("higress_compat.zig");
 
 pub const Counter = struct {
     key: counter.CounterKey,
@@ -23,6 +24,8 @@ pub const Counter = struct {
     admitted_at_ms: u64 = 0,
     /// The budget as admission left it (for headers and logs).
     check: budget.Check = .{ .limit = 0, .used = 0, .reset_in_ms = 0 },
+    /// Under `compat`: Higress's key for this counter (higress_compat.zig), else empty.
+    higress_key: higress_compat.Key = .{},
 };
 
 /// Why a store gave no answer. The local classes mean host trouble in this process (the
@@ -84,11 +87,14 @@ pub const Caller = struct {
 
 pub const Store = union(enum) {
     local,
-    redis: *const config.Redis,
+    redis: Remote,
+
+    /// Redis, on tokenlimit's keys (budget.lua) or, under `compat`, Higress's (higress_compat).
+    pub const Remote = struct { settings: *const config.Redis, compat: config.Compat = .none };
 
     /// The store a rule's counters live in.
     pub fn of(rule: *const config.Rule) Store {
-        return if (rule.redis) |*settings| .{ .redis = settings } else .local;
+        return if (rule.redis) |*settings| .{ .redis = .{ .settings = settings, .compat = rule.compat } } else .local;
     }
 
     /// Admits a request against all its counters (each must have room for its
@@ -104,9 +110,10 @@ pub const Store = union(enum) {
                 } };
                 return .{ .decided = refused };
             },
-            .redis => |settings| {
+            .redis => |remote| {
                 if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
-                redis.admit(settings.*, counters, force, caller) catch |err| {
+                const started = if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller) else higress_compat.admit(remote.settings.*, counters, caller);
+                started catch |err| {
                     host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ caller.rule_name, @errorName(err) });
                     return .{ .failed = .not_sent };
                 };
@@ -121,7 +128,7 @@ pub const Store = union(enum) {
         std.debug.assert(counters.len > 0);
         switch (self) {
             .local => try local.settle(counters, now_ms, actual_tokens),
-            .redis => |settings| try redis.settle(settings.*, counters, actual_tokens, caller),
+            .redis => |remote| try if (remote.compat == .none) redis.settle(remote.settings.*, counters, actual_tokens, caller) else higress_compat.settle(remote.settings.*, counters, actual_tokens, caller),
         }
     }
 };
