@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.filter_requests import PER_KEY
+from support.proxywasm_host import Clock, Host
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +49,16 @@ def make_any_host(any_build: Path) -> Callable[..., Any]:
         return Host(any_build, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def clock() -> Clock:
+    # 10 s into a minute, so a per-minute window has 50 s left.
+    return Clock(now_ns=(1_767_225_600 + 10) * 10**9)
+
+
+@pytest.fixture
+def host(make_host, clock: Clock) -> Host:
+    h = make_host(clock=clock)
+    assert h.configure(PER_KEY), h.log_messages()
+    return h

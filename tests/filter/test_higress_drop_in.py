@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.filter_requests import chat_request, exchange
 from support.proxywasm_host import Clock, Host
-from test_filter import chat_request, clock, exchange
 from test_match_higress import configured, route_rule, rule_applies
-
-__all__ = ["clock"]  # the fixture, 10 s into a minute
 
 
 @pytest.mark.parametrize(

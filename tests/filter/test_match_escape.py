@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support.filter_requests import chat_request, exchange
 from support.proxywasm_host import Host
-from test_filter import chat_request, exchange
 
 PEER = {"source.address": "192.0.2.7:40000"}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support.filter_requests import chat_request, exchange
 from support.proxywasm_host import Host
-from test_filter import chat_request, exchange
 
 
 def configured(make_host: Any, config: dict[str, Any]) -> Host:

@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from support.filter_requests import chat_request, exchange
 from support.proxywasm_host import Host
-from test_filter import chat_request, exchange
 
 # Regexp work per request, over a baseline config of the same shape whose patterns fail at once.
 # The bound is ~1 ms on the bench machine (bench/regexp.py); the test allows for a loaded box.
