@@ -173,10 +173,12 @@ def compat_refusal(rule: BudgetFields) -> str | None:
     budgets += [key for item in rule.rule_items or [] for key in item.limit_keys]
     if any(getattr(b, f"request_per_{w}", None) is not None for b in budgets for w in _WINDOWS):
         return "cannot be used with request_per_* limits: Higress's keys count tokens only"
+    if any(getattr(b, f"cost_per_{w}", None) is not None for b in budgets for w in _WINDOWS):
+        return "cannot be used with cost_per_* limits: Higress's keys count tokens only"
     return None
 
 
-_WINDOWS = ("second", "minute", "hour", "day")
+_WINDOWS = ("second", "minute", "hour", "day", "week", "month")
 
 
 class BudgetFields(_Model):
