@@ -136,7 +136,7 @@ const Parser = struct {
         "failure_mode", "local_share",      "compat",
     } ++ model_rule_fields;
     /// Rule-level fields of model-aware budgets (issue 12).
-    const model_rule_fields = [_][]const u8{ "model_header", "calendar", "prices", "warn_at" };
+    const model_rule_fields = [_][]const u8{ "model_header", "time_zone", "calendar", "prices", "warn_at" };
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_" };
 
@@ -264,11 +264,13 @@ const Parser = struct {
         var rule_items: []RuleItem = try self.arena.alloc(RuleItem, global_count);
         if (global) |value| {
             const saved = self.reader.enter("global_threshold");
-            const limits = try self.limitsOf(try self.reader.object(value), false);
-            self.reader.leave(saved);
+            const global_map = try self.reader.object(value);
+            const limits = try self.limitsOf(global_map, &.{"warn_at"});
             const keys = try self.arena.alloc(LimitKey, 1);
             keys[0] = .{ .text = "global", .matcher = .any, .limits = limits };
             rule_items[0] = .{ .limit_type = .global, .source = "", .keys = keys };
+            if (global_map.get("warn_at")) |warn_at| rule_items[0].warn_at_milli = try self.warnAt(warn_at);
+            self.reader.leave(saved);
         }
         if (items) |value| {
             const saved = self.reader.enter("rule_items");
@@ -325,6 +327,7 @@ const Parser = struct {
         }
         parsed.derive();
         if (map.get("calendar")) |value| parsed.calendar = try self.budgetFields().calendarField(value);
+        try self.budgetFields().timeZone(map, parsed.calendar);
         if (map.get("prices")) |value| parsed.prices = try self.budgetFields().pricesField(value);
         if (map.get("warn_at")) |value| parsed.warn_at_milli = try self.warnAt(value);
         if (map.get("model_header")) |value| {
@@ -337,12 +340,13 @@ const Parser = struct {
         return parsed;
     }
 
-    /// `warn_at`: a fraction of a budget, greater than 0 and at most 1, as thousandths.
+    /// `warn_at`: a fraction of a budget, greater than 0 and less than 1, as thousandths (1
+    /// would warn only when the hard limit already refuses).
     fn warnAt(self: *Parser, value: Value) ParseError!u32 {
         const saved = self.reader.enter("warn_at");
         defer self.reader.leave(saved);
         const fraction = try self.milli(value);
-        if (fraction == 0 or fraction > 1000) return self.reader.fail("must be a fraction greater than 0 and at most 1, with at most 3 decimals", .{});
+        if (fraction == 0 or fraction >= 1000) return self.reader.fail("must be a number greater than 0 and less than 1, with at most 3 decimals", .{});
         return fraction;
     }
 
@@ -385,8 +389,8 @@ const Parser = struct {
     }
 
     /// Reads token_per_* / request_per_* fields; at least one must be present.
-    fn limitsOf(self: *Parser, map: ObjectMap, comptime with_key: bool) ParseError!Limits {
-        try self.reader.ignoreUnknown(map, &(limit_field_names ++ if (with_key) [_][]const u8{"key"} else [_][]const u8{}));
+    fn limitsOf(self: *Parser, map: ObjectMap, comptime also: []const []const u8) ParseError!Limits {
+        try self.reader.ignoreUnknown(map, &(limit_field_names ++ also[0..also.len].*));
         var limits: Limits = .{};
         var count: usize = 0;
         for (limit_fields) |field| {
@@ -424,16 +428,30 @@ const Parser = struct {
         // Higress's precedence (limit_by_fields): each field set overrides the one before; the
         // overridden ones are ignored, as Higress ignores them, and named in the warning.
         var found: ?struct { name: []const u8, limit_type: LimitType, source: []const u8 } = null;
+        var model_fields: usize = 0;
+        var set_fields: usize = 0;
         for (limit_by_fields) |field| {
             const field_value = map.get(field.name) orelse continue;
             var source: []const u8 = "";
-            if (!field.any_value) {
+            if (field.limit_type == .model or field.limit_type == .per_model) {
+                // The model comes from the request: a value here would read as "only this
+                // model" and silently mean every model.
+                const saved = self.reader.enter(field.name);
+                const written = if (field_value == .string) field_value.string else "";
+                if (field_value != .string or written.len != 0) return self.reader.fail("must be \"\" (the model is read from the request; name models in the limit keys)", .{});
+                self.reader.leave(saved);
+                model_fields += 1;
+            } else if (!field.any_value) {
                 if (field_value == .null) continue;
                 const saved = self.reader.enter(field.name);
                 source = try self.reader.scalarString(field_value, config.config_bytes_max);
                 self.reader.leave(saved);
                 if (source.len == 0) continue; // Higress skips an empty value
             }
+            set_fields += 1;
+            // Higress's precedence is for Higress's fields; a model field beside another one
+            // is ambiguous (a budget per model, or per caller?), so it is refused.
+            if (model_fields > 0 and set_fields > 1) return self.reader.fail("sets {s} and {s}: a limit_by_model / limit_by_per_model item takes no other limit_by_* field (use per_model or models on the other item)", .{ found.?.name, field.name });
             if (found) |previous| try self.reader.ignore(previous.name);
             found = .{ .name = field.name, .limit_type = field.limit_type, .source = source };
         }
@@ -509,7 +527,7 @@ const Parser = struct {
         if (text.len == 0) return self.reader.fail("must not be empty", .{});
         const matcher = try self.keyMatcher(text, limit_type);
         self.reader.leave(saved);
-        return .{ .text = text, .matcher = matcher, .limits = try self.limitsOf(map, true) };
+        return .{ .text = text, .matcher = matcher, .limits = try self.limitsOf(map, &.{"key"}) };
     }
 
     fn keyMatcher(self: *Parser, text: []const u8, limit_type: LimitType) ParseError!KeyMatcher {

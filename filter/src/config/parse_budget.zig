@@ -72,7 +72,7 @@ pub const Fields = struct {
         const saved = self.reader.enter("calendar");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);
-        try self.reader.ignoreUnknown(map, &.{ "zone", "transitions" });
+        try self.reader.refuseUnknown(map, &.{ "zone", "transitions" });
         if (map.get("zone")) |zone| {
             const saved_zone = self.reader.enter("zone");
             _ = try self.reader.string(zone, config.source_name_bytes_max); // for people: logs, usage
@@ -101,12 +101,36 @@ pub const Fields = struct {
         return table;
     }
 
+    /// `time_zone`: the filter cannot resolve a zone name, so it checks what it can: the name
+    /// looks like an IANA name, and a zone other than UTC comes with the `calendar` rendered for
+    /// it (one for another zone would turn months over at the wrong hour). `calendar` is the
+    /// already-read table, if any.
+    pub fn timeZone(self: Fields, map: ObjectMap, table: ?calendar.Table) ParseError!void {
+        var zone: []const u8 = "UTC";
+        if (map.get("time_zone")) |value| {
+            const saved = self.reader.enter("time_zone");
+            zone = try self.reader.string(value, config.source_name_bytes_max);
+            if (!looksLikeZoneName(zone)) return self.reader.fail("must be an IANA time zone name such as Europe/Berlin, got \"{s}\"", .{zone});
+            if (table == null and !std.mem.eql(u8, zone, "UTC")) return self.reader.fail("needs calendar, the zone's UTC offsets (the filter cannot resolve zone names): render the config from a policy (`tokenlimit render`), which adds it", .{});
+            self.reader.leave(saved);
+        }
+        if (table == null) return;
+        const calendar_map = map.get("calendar").?.object; // calendarField read it as an object
+        const written = if (calendar_map.get("zone")) |value| value.string else "";
+        if (!std.mem.eql(u8, written, zone)) {
+            const saved = self.reader.enter("calendar");
+            defer self.reader.leave(saved);
+            return self.reader.failField("zone", "is the table of \"{s}\", but the rule's time_zone is \"{s}\": render the config again", .{ written, zone });
+        }
+    }
+
     /// `prices: {"<model or pattern>": {"input": 2.5, "output": 10, "cached": 1.25,
     /// "cache_write": 3.75}}`: USD per 1M tokens, kept as micro-USD integers, in document order.
     pub fn pricesField(self: Fields, value: Value) ParseError![]const config.PriceEntry {
         const saved = self.reader.enter("prices");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);
+        if (map.count() == 0) return self.reader.fail("must price at least one model (leave it out when no limit is in dollars)", .{});
         if (map.count() > config.limit_keys_max) return self.reader.fail("must have at most {d} entries, got {d}", .{ config.limit_keys_max, map.count() });
         const entries = try self.arena.alloc(config.PriceEntry, map.count());
         var it = map.iterator();
@@ -117,7 +141,8 @@ pub const Fields = struct {
             defer self.reader.leave(saved_entry);
             if (name.len == 0 or name.len > config.key_bytes_max) return self.reader.fail("a model name of 1 to {d} bytes", .{config.key_bytes_max});
             const price_map = try self.reader.object(member.value_ptr.*);
-            try self.reader.ignoreUnknown(price_map, &.{ "input", "output", "cached", "cache_write" });
+            // The project's own field: an unknown price (`reasoning`) would be silently free.
+            try self.reader.refuseUnknown(price_map, &.{ "input", "output", "cached", "cache_write" });
             var price = config.Price{};
             inline for (.{ "input", "output", "cached", "cache_write" }) |field| {
                 if (price_map.get(field)) |number| {
@@ -126,6 +151,9 @@ pub const Fields = struct {
                     self.reader.leave(saved_field);
                 }
             }
+            // Input and output are what every request costs: a missing one is no "free".
+            if (price_map.get("input") == null) return self.reader.failField("input", "is required (USD per 1M input tokens)", .{});
+            if (price_map.get("output") == null) return self.reader.failField("output", "is required (USD per 1M output tokens)", .{});
             // A cache price left out is the input price (as genai-prices reads a missing one).
             if (price_map.get("cached") == null) price.cached = price.input;
             if (price_map.get("cache_write") == null) price.cache_write = price.input;
@@ -194,3 +222,27 @@ pub const Fields = struct {
         };
     }
 };
+
+/// An IANA zone name's shape (`Europe/Berlin`, `America/Argentina/Buenos_Aires`, `Etc/GMT+5`,
+/// `UTC`): components of letters, digits, `_`, `-`, `+`, none empty, `.` or `..`.
+fn looksLikeZoneName(name: []const u8) bool {
+    if (name.len == 0) return false;
+    var it = std.mem.splitScalar(u8, name, '/');
+    while (it.next()) |part| {
+        if (part.len == 0 or !std.ascii.isAlphabetic(part[0])) return false;
+        for (part) |c| {
+            if (!std.ascii.isAlphanumeric(c) and c != '_' and c != '-' and c != '+') return false;
+        }
+    }
+    return true;
+}
+
+test looksLikeZoneName {
+    try std.testing.expect(looksLikeZoneName("UTC"));
+    try std.testing.expect(looksLikeZoneName("America/Argentina/Buenos_Aires"));
+    try std.testing.expect(looksLikeZoneName("Etc/GMT+5"));
+    try std.testing.expect(!looksLikeZoneName(""));
+    try std.testing.expect(!looksLikeZoneName("Europe//Berlin"));
+    try std.testing.expect(!looksLikeZoneName("../etc/passwd"));
+    try std.testing.expect(!looksLikeZoneName("Europe/Berlin "));
+}
