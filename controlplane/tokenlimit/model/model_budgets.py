@@ -254,7 +254,9 @@ def _calendar(value: Any, handler: Callable[[Any], Any]) -> Any:
             )
         for part, number in enumerate(pair):
             if type(number) is not int:
-                raise _error(f"must be an integer, got {show(number)}", ("transitions", index, part))
+                raise _error(
+                    f"must be an integer, got {show(number)}", ("transitions", index, part)
+                )
         pairs.append((pair[0], pair[1]))
     try:
         table = CalendarTable(zone=zone, transitions=tuple(pairs))
