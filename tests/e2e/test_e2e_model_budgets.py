@@ -155,6 +155,7 @@ def test_a_monthly_budget_in_tokyo_retries_after_the_first_of_next_month(gateway
         gateway,
         {
             "rule_name": "monthly",
+            "time_zone": table.zone,
             "calendar": {"zone": table.zone, "transitions": table.transitions},
             "rule_items": [
                 {

@@ -34,6 +34,7 @@ BERLIN = render_table(
 def monthly(table: Any, **extra: Any) -> dict[str, Any]:
     return {
         "rule_name": "monthly",
+        "time_zone": table.zone,
         "calendar": {"zone": table.zone, "transitions": table.transitions},
         "show_limit_headers": True,
         "rule_items": [
@@ -96,7 +97,7 @@ def test_admitted_responses_count_down_to_the_first_of_the_month_in_berlin(make_
 def test_week_limits_are_accepted_and_a_bad_calendar_is_refused(make_host) -> None:
     host = make_host(clock=at("2026-12-02T12:00:00+00:00"))  # a Wednesday
     weekly = monthly(TOKYO)
-    del weekly["calendar"]
+    del weekly["calendar"], weekly["time_zone"]
     weekly["rule_items"][0]["limit_keys"][0] = {"key": "*", "request_per_week": 1}
     assert host.configure(weekly), host.log_messages()
     assert ask(host).local_response is None

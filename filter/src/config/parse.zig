@@ -346,7 +346,7 @@ const Parser = struct {
         const saved = self.reader.enter("warn_at");
         defer self.reader.leave(saved);
         const fraction = try self.milli(value);
-        if (fraction == 0 or fraction >= 1000) return self.reader.fail("must be a number greater than 0 and less than 1, with at most 3 decimals", .{});
+        if (fraction == 0 or fraction >= 1000) return self.reader.fail("must be a fraction greater than 0 and less than 1, with at most 3 decimals", .{});
         return fraction;
     }
 
