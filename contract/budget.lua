@@ -24,6 +24,12 @@
 --         nothing would report now (`tokenlimit usage` reads counters this way, so the
 --         control plane has no copy of the math). remaining = max(limit - used, 0).
 --
+-- Calendar windows (a rule's time zone; weeks and months always): the window length is sent
+-- as a negative code, -1 hour, -2 day, -3 week, -4 month, and the call ends with one more
+-- argument, the zone's offsets around now: 'from_ms:offset_s,from_ms:offset_s,...' (found by
+-- the count: one argument past the counters). The script is sent as calendar.lua followed by
+-- this file (calendar_bounds comes from there); calls without calendar windows are unchanged.
+--
 -- Records are hashes {s = start ms, u = used, p = previous window's usage}.
 --
 -- Idempotence: the marker key holds what happened to the request: 'a:<ms>' (admitted at that
@@ -40,6 +46,35 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The zone table of this call (nil without calendar windows), set by the operation.
+local zone_froms, zone_offsets = nil, nil
+local calendar_codes = {[-1] = 'hour', [-2] = 'day', [-3] = 'week', [-4] = 'month'}
+local nominal_ms = {[-1] = 3600000, [-2] = 86400000, [-3] = 604800000, [-4] = 2629746000}
+
+local function read_zone(text)
+  zone_froms, zone_offsets = {}, {}
+  for from, offset in string.gmatch(text, '(%-?%d+):(%-?%d+)') do
+    zone_froms[#zone_froms + 1] = tonumber(from)
+    zone_offsets[#zone_offsets + 1] = tonumber(offset)
+  end
+  if #zone_froms == 0 then error('tokenlimit: empty zone table') end
+end
+
+-- The [start, end) window holding `at` for a window length or calendar code.
+local function window_bounds(length, at)
+  if length > 0 then
+    local start = at - (at % length)
+    return start, start + length
+  end
+  return calendar_bounds(at, calendar_codes[length], zone_froms, zone_offsets)
+end
+
+-- The nominal length of a window (the token bucket refills at limit per nominal length).
+local function nominal(length)
+  if length > 0 then return length end
+  return nominal_ms[length]
+end
+
 local function read(key)
   local v = redis.call('HMGET', key, 's', 'u', 'p')
   return {s = tonumber(v[1]) or 0, u = tonumber(v[2]) or 0, p = tonumber(v[3]) or 0}
@@ -48,6 +83,7 @@ end
 -- The record brought forward to `now`: windows rolled, bucket refilled.
 local function current(r, algorithm, length, limit, now)
   if algorithm == 2 then
+    length = nominal(length)
     if r.u == 0 or now <= r.s then
       return {s = (r.u == 0) and now or r.s, u = r.u, p = 0}
     end
@@ -56,20 +92,28 @@ local function current(r, algorithm, length, limit, now)
     local spent = math.ceil(refilled * length / limit)
     return {s = r.s + spent, u = r.u - refilled, p = 0}
   end
-  local start = now - (now % length)
+  local start = window_bounds(length, now)
   if r.s == start then return r end
   local previous = 0
-  if algorithm == 1 and start >= length and r.s == start - length then previous = r.u end
+  if algorithm == 1 then
+    if length < 0 then
+      if r.s == window_bounds(length, start - 1) then previous = r.u end
+    elseif start >= length and r.s == start - length then
+      previous = r.u
+    end
+  end
   return {s = start, u = 0, p = previous}
 end
 
 -- {used, reset_ms} of a current record.
 local function check(r, algorithm, length, limit, now)
-  if algorithm == 0 then return r.u, r.s + length - now end
-  if algorithm == 1 then
-    local weighted = math.floor(r.p * (length - (now - r.s)) / length)
-    return r.u + weighted, r.s + length - now
+  if algorithm ~= 2 then
+    local start, finish = window_bounds(length, now)
+    local reset = finish - math.max(now, start)
+    if algorithm == 0 then return r.u, reset end
+    return r.u + math.floor(r.p * reset / (finish - start)), reset
   end
+  length = nominal(length)
   local excess = math.max(r.u - limit, 0) + 1
   local wait = math.ceil(excess * length / limit)
   return r.u, math.max(1, wait - math.max(now - r.s, 0))
@@ -83,7 +127,15 @@ end
 
 -- Keep a record as long as it can still matter: sliding windows look one window back, and an
 -- overdrawn bucket needs longer than one window to refill.
-local function ttl(r, algorithm, length, limit)
+local function ttl(r, algorithm, length, limit, now)
+  if length < 0 and algorithm ~= 2 then
+    -- Until the window ends (fixed), and through the next one too (sliding weighs it).
+    local _, finish = window_bounds(length, now)
+    local until_end = math.max(finish - now, 1)
+    if algorithm == 1 then return until_end + 32 * 86400000 end
+    return until_end
+  end
+  length = nominal(length)
   if algorithm == 1 then return 2 * length end
   if algorithm == 2 then return math.max(length, math.ceil(r.u * length / limit)) end
   return length
@@ -93,10 +145,10 @@ end
 -- charge far below it), so a reply never carries a number Redis cannot turn into an integer.
 local used_max = 9007199254740992
 
-local function write(key, r, algorithm, length, limit)
+local function write(key, r, algorithm, length, limit, now)
   r.u = math.min(r.u, used_max)
   redis.call('HSET', key, 's', r.s, 'u', r.u, 'p', r.p)
-  redis.call('PEXPIRE', key, ttl(r, algorithm, length, limit))
+  redis.call('PEXPIRE', key, ttl(r, algorithm, length, limit, now))
 end
 
 local marker_ttl_min, marker_ttl_max = 600000, 3600000
@@ -104,13 +156,14 @@ local marker_ttl_min, marker_ttl_max = 600000, 3600000
 -- How long a request's marker is kept: its longest window, within the bounds above.
 local function marker_ttl(n, first, stride)
   local longest = 0
-  for i = 1, n do longest = math.max(longest, tonumber(ARGV[first + stride * (i - 1)])) end
+  for i = 1, n do longest = math.max(longest, nominal(tonumber(ARGV[first + stride * (i - 1)]))) end
   return math.min(math.max(longest, marker_ttl_min), marker_ttl_max)
 end
 
 local function admit(now)
   local force = tonumber(ARGV[3]) == 1
-  local n = (#ARGV - 3) / 4
+  local n = math.floor((#ARGV - 3) / 4)
+  if (#ARGV - 3) % 4 == 1 then read_zone(ARGV[#ARGV]) end
   local marker = KEYS[n + 1]
   local late = marker ~= nil and redis.call('EXISTS', marker) == 1
   local states, results, refused = {}, {}, 0
@@ -130,7 +183,7 @@ local function admit(now)
     for i = 1, n do
       local st = states[i]
       st.r.u = st.r.u + st.amount
-      write(KEYS[i], st.r, st.algorithm, st.length, st.limit)
+      write(KEYS[i], st.r, st.algorithm, st.length, st.limit, now)
       local used, reset = check(st.r, st.algorithm, st.length, st.limit, now)
       results[i] = {used, st.limit, reset}
     end
@@ -150,9 +203,13 @@ end
 -- settle, or release (`releasing`): replaces each reservation with the actual cost, once.
 -- Returns the counters changed, or -1 when the marker says it was done already.
 local function settle(now, releasing)
-  local n = (#ARGV - 3) / 5
-  local marker = KEYS[n + 1]
+  local n = math.floor((#ARGV - 3) / 5)
   local admitted_at = tonumber(ARGV[#ARGV])
+  if (#ARGV - 3) % 5 == 1 then
+    read_zone(ARGV[#ARGV])
+    admitted_at = tonumber(ARGV[#ARGV - 1])
+  end
+  local marker = KEYS[n + 1]
   if marker ~= nil then
     local state = redis.call('GET', marker)
     if state == 's' or state == 'r' then return -1 end
@@ -174,10 +231,10 @@ local function settle(now, releasing)
       local r = current(read(key), algorithm, length, limit, now)
       if actual > reserved then
         r.u = r.u + (actual - reserved)
-      elseif algorithm == 2 or (admitted_at - (admitted_at % length)) == r.s then
+      elseif algorithm == 2 or window_bounds(length, admitted_at) == r.s then
         r.u = math.max(r.u - (reserved - actual), 0)
       end
-      write(key, r, algorithm, length, limit)
+      write(key, r, algorithm, length, limit, now)
       changed = changed + 1
     end
   end
@@ -187,6 +244,7 @@ end
 
 -- Read-only: brings each record forward to `now` in memory only (no HSET, no PEXPIRE).
 local function peek(now)
+  if (#ARGV - 2) % 3 == 1 then read_zone(ARGV[#ARGV]) end
   local reply = {now}
   for i, key in ipairs(KEYS) do
     local base = 3 + 3 * (i - 1)

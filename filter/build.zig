@@ -76,7 +76,7 @@ pub fn build(b: *std.Build) void {
 /// The files the filter shares with the control plane live in ../contract (DESIGN.md §2.3);
 /// they reach the source as named imports: `@embedFile("budget.lua")`.
 fn addContract(b: *std.Build, module: *std.Build.Module) void {
-    for ([_][]const u8{ "budget.lua", "budget.json", "calendar.json", "higress_compat.lua" }) |name| {
+    for ([_][]const u8{ "budget.lua", "budget.json", "calendar.json", "calendar.lua", "higress_compat.lua" }) |name| {
         module.addAnonymousImport(name, .{ .root_source_file = b.path(b.fmt("../contract/{s}", .{name})) });
     }
 }
@@ -110,6 +110,7 @@ const Limits = struct {
     redis_timeout_ms_max: u64,
     redis_database_max: u64,
     local_counters_max: u64,
+    model_bytes_max: u64,
     bridge_cluster: []const u8,
     bridge_token_env: []const u8,
 };

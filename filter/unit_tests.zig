@@ -14,6 +14,7 @@ test {
     _ = @import("src/config/json_tree.zig");
     _ = @import("src/config/json_tree_test.zig");
     _ = @import("src/config/parse.zig");
+    _ = @import("src/config/parse_budget.zig");
     _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");
     _ = @import("src/config/regex/charset.zig");
@@ -24,13 +25,14 @@ test {
     _ = @import("src/config/regex/regex_test.zig");
     _ = @import("src/config/regex/unicode.zig");
     _ = @import("src/config/regex/vm.zig");
-    _ = @import("src/config/rule_items.zig");
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/context.zig");
+    _ = @import("src/http/model.zig");
     _ = @import("src/http/rewrite.zig");
     _ = @import("src/http/root.zig");
     _ = @import("src/http/select.zig");
     _ = @import("src/http/settle.zig");
+    _ = @import("src/http/warn.zig");
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");
     _ = @import("src/meter/budget.zig");

@@ -18,9 +18,25 @@ import redis
 from support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = (ROOT / "contract" / "budget.lua").read_text()
+# As the filter sends it: calendar.lua first (budget.lua calls its calendar_bounds).
+SCRIPT = (ROOT / "contract" / "calendar.lua").read_text() + (
+    ROOT / "contract" / "budget.lua"
+).read_text()
 VECTORS = json.loads((ROOT / "contract" / "budget.json").read_text())
 ALGORITHMS = {"fixed": 0, "sliding": 1, "token_bucket": 2}
+# Calendar windows reach the script as codes, and the zone table as the call's last argument.
+CALENDAR_CODES = {"hour": -1, "day": -2, "week": -3, "month": -4}
+UTC_TABLE = [[946_684_800_000, 0]]
+
+
+def window_argument(scenario: dict[str, Any]) -> tuple[int, list[str]]:
+    """The window argument of a scenario's counter, and the zone argument that ends a call."""
+    window = scenario.get("window")
+    table = scenario.get("calendar")
+    if window in ("week", "month") or (table is not None and window in CALENDAR_CODES):
+        zone = ",".join(f"{from_ms}:{offset_s}" for from_ms, offset_s in table or UTC_TABLE)
+        return CALENDAR_CODES[window], [zone]
+    return scenario["window_ms"], []
 
 
 @pytest.fixture(scope="module")
@@ -37,33 +53,47 @@ def run(client: redis.Redis, keys: list[str], args: Sequence[int | str]) -> Any:
 
 
 def run_admit(
-    client: redis.Redis, keys: list[str], now_ms: int, force: bool, counters: list[Counter]
+    client: redis.Redis,
+    keys: list[str],
+    now_ms: int,
+    force: bool,
+    counters: list[Counter],
+    zone: Sequence[str] = (),
 ) -> list[int]:
     args: list[int | str] = ["admit", now_ms, int(force)]
     for algorithm, window_ms, limit, amount in counters:
         args += [algorithm, window_ms, limit, amount]
-    reply: list[int] = run(client, keys, args)
+    reply: list[int] = run(client, keys, [*args, *zone])
     return reply
 
 
 def run_settle(
-    client: redis.Redis, keys: list[str], now_ms: int, counters: list[Counter], admitted_at_ms: int
+    client: redis.Redis,
+    keys: list[str],
+    now_ms: int,
+    counters: list[Counter],
+    admitted_at_ms: int,
+    zone: Sequence[str] = (),
 ) -> int:
     args: list[int | str] = ["settle", now_ms]
     for algorithm, window_ms, limit, reserved, actual in counters:
         args += [algorithm, window_ms, limit, reserved, actual]
     args.append(admitted_at_ms)
-    changed: int = run(client, keys, args)
+    changed: int = run(client, keys, [*args, *zone])
     return changed
 
 
 def run_peek(
-    client: redis.Redis, keys: list[str], now_ms: int, counters: list[Counter]
+    client: redis.Redis,
+    keys: list[str],
+    now_ms: int,
+    counters: list[Counter],
+    zone: Sequence[str] = (),
 ) -> list[int]:
     args: list[int | str] = ["peek", now_ms]
     for algorithm, window_ms, limit in counters:
         args += [algorithm, window_ms, limit]
-    reply: list[int] = run(client, keys, args)
+    reply: list[int] = run(client, keys, [*args, *zone])
     return reply
 
 
@@ -88,16 +118,16 @@ def test_lua_scripts_follow_the_shared_vectors(
     key = "tokenlimit:{vectors}:global:tokens:0:" + scenario["name"]
     client.delete(key)
     algorithm = ALGORITHMS[scenario["algorithm"]]
-    window_ms, limit = scenario["window_ms"], scenario["limit"]
+    (window_ms, zone), limit = window_argument(scenario), scenario["limit"]
     for index, step in enumerate(scenario["steps"]):
         if step["op"] == "settle":
             counter = (algorithm, window_ms, limit, step["reserved"], step["actual"])
-            run_settle(client, [key], step["at_ms"], [counter], step["admitted_at_ms"])
+            run_settle(client, [key], step["at_ms"], [counter], step["admitted_at_ms"], zone)
             continue
         if step["op"] == "peek":
             before = snapshot(client, key)
             now_ms, used, remaining, reset_ms = run_peek(
-                client, [key], step["at_ms"], [(algorithm, window_ms, limit)]
+                client, [key], step["at_ms"], [(algorithm, window_ms, limit)], zone
             )
             assert_untouched(client, key, before)
             assert now_ms == step["at_ms"] and remaining == max(limit - used, 0)
@@ -105,7 +135,7 @@ def test_lua_scripts_follow_the_shared_vectors(
             assert got == step["expect"], f"step {index}"
             continue
         asked = (algorithm, window_ms, limit, step["amount"])
-        reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked])
+        reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked], zone)
         refused, now_ms, used, reported_limit, reset_ms = reply
         assert now_ms == step["at_ms"]
         assert reported_limit == limit

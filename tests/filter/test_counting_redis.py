@@ -18,7 +18,9 @@ from support.redis_wire import redis_wire
 Wire = Callable[[bytes], bytes | None]
 
 
-SCRIPT = (Path(__file__).resolve().parents[2] / "contract" / "budget.lua").read_text()
+# The script the filter sends: calendar.lua, then budget.lua (calendar.lua says why).
+CONTRACT = Path(__file__).resolve().parents[2] / "contract"
+SCRIPT = (CONTRACT / "calendar.lua").read_text() + (CONTRACT / "budget.lua").read_text()
 
 
 @pytest.fixture

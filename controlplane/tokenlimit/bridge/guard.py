@@ -28,13 +28,14 @@ DESCRIPTORS_RESERVE = 128
 
 
 def contract_scripts() -> tuple[bytes, ...]:
-    """Every contract/*.lua shipped with the package (the filter embeds the same files)."""
+    """Every contract/*.lua shipped with the package (the filter embeds the same files), and
+    calendar.lua + budget.lua joined: the script the filter sends (calendar.lua says why)."""
     folder = files("tokenlimit") / "contract"
-    return tuple(
-        entry.read_bytes()
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
-        if entry.name.endswith(".lua")
-    )
+    bodies = {entry.name: entry.read_bytes() for entry in folder.iterdir()}
+    scripts = tuple(bodies[name] for name in sorted(bodies) if name.endswith(".lua"))
+    if "calendar.lua" in bodies and "budget.lua" in bodies:
+        scripts += (bodies["calendar.lua"] + bodies["budget.lua"],)
+    return scripts
 
 
 class Scripts:

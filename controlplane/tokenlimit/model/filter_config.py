@@ -75,6 +75,7 @@ from tokenlimit.model.model_budgets import (
     OptModelHeader,
     OptPrices,
     OptTimeZone,
+    OptWarnAt,
 )
 from tokenlimit.model.problems import ConfigInvalid, Problem, problems
 from tokenlimit.model.rule_items import GlobalThreshold, LimitKey, RuleItem, key_problem
@@ -173,10 +174,12 @@ def compat_refusal(rule: BudgetFields) -> str | None:
     budgets += [key for item in rule.rule_items or [] for key in item.limit_keys]
     if any(getattr(b, f"request_per_{w}", None) is not None for b in budgets for w in _WINDOWS):
         return "cannot be used with request_per_* limits: Higress's keys count tokens only"
+    if any(getattr(b, f"cost_per_{w}", None) is not None for b in budgets for w in _WINDOWS):
+        return "cannot be used with cost_per_* limits: Higress's keys count tokens only"
     return None
 
 
-_WINDOWS = ("second", "minute", "hour", "day")
+_WINDOWS = ("second", "minute", "hour", "day", "week", "month")
 
 
 class BudgetFields(_Model):
@@ -230,6 +233,9 @@ class BudgetFields(_Model):
     request. A request for a model no entry matches is refused by cost limits."""
     calendar: OptCalendar = None
     """The time_zone's UTC offsets, rendered by the control plane (never written by hand)."""
+    warn_at: OptWarnAt = None
+    """Soft limit for every item that sets none: the fraction of a budget (0 < warn_at < 1,
+    3 decimals) past which admitted responses carry a warning."""
     compat: _OptCompat = None
     """higress (2.0.1) or higress-1.0: budgets on Higress ai-token-ratelimit's own Redis keys
     with its counting, so the old plugin and tokenlimit share one budget during a rolling

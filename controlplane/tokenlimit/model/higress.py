@@ -79,6 +79,7 @@ RULE_FIELDS = (
     "model_header",
     "prices",
     "calendar",
+    "warn_at",
     "compat",
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")

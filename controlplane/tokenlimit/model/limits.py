@@ -43,6 +43,7 @@ class Limits(BaseModel):
     redis_timeout_ms_max: int
     redis_database_max: int
     local_counters_max: int  # the filter's local store table; nothing in a config to bound
+    model_bytes_max: int
     bridge_cluster: str
     bridge_token_env: str
 
@@ -78,6 +79,8 @@ PORT_MAX: Final = LIMITS.port_max
 REDIS_SERVICE_NAME_BYTES_MAX: Final = LIMITS.redis_service_name_bytes_max
 REDIS_CREDENTIAL_BYTES_MAX: Final = LIMITS.redis_credential_bytes_max
 REDIS_TIMEOUT_MS_MAX: Final = LIMITS.redis_timeout_ms_max
+# A request's model longer than this is refused (400), never truncated (that would merge budgets).
+MODEL_BYTES_MAX: Final = LIMITS.model_bytes_max
 REDIS_DATABASE_MAX: Final = LIMITS.redis_database_max
 BRIDGE_CLUSTER: Final = LIMITS.bridge_cluster  # the Envoy cluster render.envoy adds for the bridge
 BRIDGE_TOKEN_ENV: Final = LIMITS.bridge_token_env  # the bridge's bearer token, in Envoy's env

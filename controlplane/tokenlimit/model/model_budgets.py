@@ -247,18 +247,23 @@ def _calendar(value: Any, handler: Callable[[Any], Any]) -> Any:
         raise _error("must be a non-empty array of [from_ms, offset_s] pairs", ("transitions",))
     pairs: list[tuple[int, int]] = []
     for index, pair in enumerate(transitions):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
+        if not (isinstance(pair, list) and len(pair) == 2):
             raise _error(
                 f"must be a [from_ms, offset_s] pair of integers, got {show(pair)}",
                 ("transitions", index),
             )
+        for part, number in enumerate(pair):
+            if type(number) is not int:
+                raise _error(
+                    f"must be an integer, got {show(number)}", ("transitions", index, part)
+                )
         pairs.append((pair[0], pair[1]))
     try:
         table = CalendarTable(zone=zone, transitions=tuple(pairs))
     except ValidationError as exc:
         first = exc.errors()[0]
         reason = str(first["msg"]).removeprefix("Value error, ")
-        at = tuple(first["loc"])[:2] or ("transitions",)
+        at = tuple(first["loc"])[:3] or ("transitions",)
         raise _error(f"{reason}, got {show(first['input'])}", at) from None
     return handler(table)
 

@@ -15,6 +15,8 @@ pub const Plugin = struct {
     store_errors: u32 = 0,
     store_fallbacks: u32 = 0,
     config_rejected: u32 = 0,
+    /// Admitted responses that carried a `warn_at` warning (issue 12).
+    budget_warnings: u32 = 0,
     /// Host calls that returned a status the filter did not expect (abi/host.zig `failed`).
     host_call_failures: u32 = 0,
 };

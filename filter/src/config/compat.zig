@@ -44,6 +44,9 @@ pub fn refusal(rule: *const config.Rule) ?[]const u8 {
             for (key.limits.requests) |limit| {
                 if (limit != null) return "cannot be used with request_per_* limits: Higress's keys count tokens only";
             }
+            for (key.limits.cost) |limit| {
+                if (limit != null) return "cannot be used with cost_per_* limits: Higress's keys count tokens only";
+            }
         }
     }
     return null;
@@ -60,7 +63,7 @@ test "compat: the spellings a config may use" {
 
 test "compat: only what Higress's keys can hold" {
     const redis: config.Redis = .{ .service_name = "redis.dns" };
-    const tokens = [_]config.LimitKey{.{ .text = "*", .matcher = .any, .limits = .{ .tokens = .{ null, 100, null, null } } }};
+    const tokens = [_]config.LimitKey{.{ .text = "*", .matcher = .any, .limits = .{ .tokens = .{ null, 100, null, null, null, null } } }};
     const items = [_]config.RuleItem{.{ .limit_type = .global, .source = "", .keys = &tokens }};
     var rule: config.Rule = .{ .name = "r", .items = &items, .redis = redis };
     try testing.expectEqual(@as(?[]const u8, null), refusal(&rule));
@@ -73,7 +76,7 @@ test "compat: only what Higress's keys can hold" {
     rule.compat = .higress_1_0;
     try testing.expect(std.mem.indexOf(u8, refusal(&rule).?, "redis") != null);
     rule.redis = redis;
-    const requests = [_]config.LimitKey{.{ .text = "*", .matcher = .any, .limits = .{ .requests = .{ 5, null, null, null } } }};
+    const requests = [_]config.LimitKey{.{ .text = "*", .matcher = .any, .limits = .{ .requests = .{ 5, null, null, null, null, null } } }};
     const request_items = [_]config.RuleItem{.{ .limit_type = .global, .source = "", .keys = &requests }};
     rule.items = &request_items;
     try testing.expect(std.mem.indexOf(u8, refusal(&rule).?, "request_per_") != null);

@@ -7,6 +7,7 @@
 const std = @import("std");
 const assert = std.debug.assert;
 const budget = @import("../meter/budget.zig");
+const calendar_zig = @import("../meter/calendar.zig");
 const usage = @import("../usage/usage.zig");
 const ip = @import("ip.zig");
 const parse_zig = @import("parse.zig");
@@ -31,6 +32,8 @@ pub const key_bytes_max = bounds.key_bytes_max;
 pub const rejected_msg_bytes_max = bounds.rejected_msg_bytes_max;
 pub const source_name_bytes_max = bounds.source_name_bytes_max;
 pub const route_rules_max = bounds.route_rules_max;
+/// A request's model longer than this is refused with 400 (never truncated: that would merge budgets).
+pub const model_bytes_max = bounds.model_bytes_max;
 /// Rule names up to this long, of printable ASCII without space, `:`, `{` or `}`, appear in
 /// counter names as written (every name valid before Higress's wider names were accepted,
 /// so their counters keep their names); any other name appears as `=` + the hex SHA-256 of the
@@ -77,10 +80,14 @@ pub const LimitType = enum {
     per_cookie,
     per_consumer,
     per_ip,
+    /// `limit_by_model`: one budget per matching key, shared by every model it matches.
+    model,
+    /// `limit_by_per_model`: one budget per model value (a provider quota, shared by callers).
+    per_model,
 
     pub fn isPer(self: LimitType) bool {
         return switch (self) {
-            .per_header, .per_param, .per_cookie, .per_consumer, .per_ip => true,
+            .per_header, .per_param, .per_cookie, .per_consumer, .per_ip, .per_model => true,
             else => false,
         };
     }
@@ -102,20 +109,50 @@ pub const KeyMatcher = union(enum) {
     ip_range: ip.Range,
 };
 
-pub const Unit = enum { tokens, requests };
+/// What a budget counts: tokens, requests, or money (`cost_per_*`: micro-USD, priced by the
+/// rule's `prices`).
+pub const Unit = enum { tokens, requests, cost };
 
 /// Limits per unit and window (indexed by `budget.Window`); null where the key sets none.
 pub const Limits = struct {
-    tokens: [4]?u64 = .{ null, null, null, null },
-    requests: [4]?u64 = .{ null, null, null, null },
+    tokens: [window_count]?u64 = @splat(null),
+    requests: [window_count]?u64 = @splat(null),
+    /// Micro-USD (`cost_per_month: 200` is 200_000_000).
+    cost: [window_count]?u64 = @splat(null),
+
+    pub const window_count = std.meta.tags(budget.Window).len;
 
     pub fn get(self: *const Limits, unit: Unit, window: budget.Window) ?u64 {
         const per_window = switch (unit) {
             .tokens => &self.tokens,
             .requests => &self.requests,
+            .cost => &self.cost,
         };
         return per_window[@backingInt(window)];
     }
+
+    pub fn hasCost(self: *const Limits) bool {
+        for (self.cost) |limit| if (limit != null) return true;
+        return false;
+    }
+};
+
+/// USD per 1M tokens as integers of micro-USD (`input: 2.5` is 2_500_000): the filter's money
+/// is integers only (docs/design-model-budgets.md §6).
+pub const Price = struct {
+    input: u64 = 0,
+    output: u64 = 0,
+    /// Cache reads.
+    cached: u64 = 0,
+    cache_write: u64 = 0,
+};
+
+/// One `prices` entry: the model (exact, `*`, `regexp:`) and its price. The first entry (in
+/// document order) that matches a request's model prices it.
+pub const PriceEntry = struct {
+    text: []const u8,
+    matcher: KeyMatcher,
+    price: Price,
 };
 
 pub const Admission = enum { postpaid, reserve };
@@ -135,13 +172,26 @@ pub const IpSource = union(enum) { remote_address, header: []const u8 };
 
 pub const RuleItem = struct {
     limit_type: LimitType,
-    /// Lower-cased header name, parameter or cookie name; "" for global and consumer.
+    /// Lower-cased header name, parameter or cookie name; "" for global, consumer and model.
     source: []const u8,
     ip_source: IpSource = .remote_address,
     keys: []const LimitKey,
     /// The `limit_by_*` value as written, where `source` changes it (header names are
     /// lower-cased): Higress's Redis keys carry it as written (`compat`).
     written_source: []const u8 = "",
+    /// `models`: the item applies only to requests for these models (exact, `*`, `regexp:`);
+    /// empty: to every request, with or without a model.
+    models: []const KeyMatcher = &.{},
+    /// `per_model: true`: one budget per (identity, model) (http/model.zig).
+    per_model: bool = false,
+    /// `warn_at`: thousandths of a budget past which admitted responses carry a warning
+    /// (0: the rule's `warn_at`, if any).
+    warn_at_milli: u32 = 0,
+
+    /// Whether the item needs the request's model to be judged (http/model.zig).
+    pub fn modelAware(self: *const RuleItem) bool {
+        return self.models.len > 0 or self.per_model or self.limit_type == .model or self.limit_type == .per_model;
+    }
 };
 
 pub const Rule = struct {
@@ -168,6 +218,37 @@ pub const Rule = struct {
     redis: ?Redis = null,
     /// `compat`: whose Redis keys and counting the budgets use (config/compat.zig).
     compat: Compat = .none,
+    /// `calendar`: the rule's `time_zone` as the control plane rendered it (meter/calendar.zig);
+    /// null: UTC, and second to day windows epoch-aligned as before.
+    calendar: ?calendar_zig.Table = null,
+    /// `model_header`: lower-cased name of a request header that names the model (Higress's
+    /// model router); "" when unset. Read before the path and the body (http/model.zig).
+    model_header: []const u8 = "",
+
+    /// `warn_at` for every item that sets none (thousandths; 0: no warnings).
+    warn_at_milli: u32 = 0,
+    /// `prices`, in document order.
+    prices: []const PriceEntry = &.{},
+
+    /// Whether any item needs the request's model (then the body is read before admission);
+    /// cost limits need it too (a request is priced by its model). Set by `derive`.
+    model_aware: bool = false,
+
+    pub fn modelAware(self: *const Rule) bool {
+        return self.model_aware;
+    }
+
+    /// Works out what the rule needs from a request, once, when the config is loaded (a rule
+    /// may have thousands of keys: not something to walk per request).
+    pub fn derive(self: *Rule) void {
+        self.model_aware = false;
+        for (self.items) |*item| {
+            if (item.modelAware()) self.model_aware = true;
+            for (item.keys) |*key| {
+                if (key.limits.hasCost()) self.model_aware = true;
+            }
+        }
+    }
 };
 
 pub const RouteRule = struct {

@@ -184,6 +184,18 @@ pub const Reader = struct {
         }
     }
 
+    /// The project's own objects (`prices` entries, `calendar`) are not Higress's: a field
+    /// there that the filter does not know is a typo that would silently change a budget.
+    pub fn refuseUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
+        var it = map.iterator();
+        next_field: while (it.next()) |entry| {
+            for (known) |name| {
+                if (std.mem.eql(u8, entry.key_ptr.*, name)) continue :next_field;
+            }
+            return self.failField(entry.key_ptr.*, "is not a known field", .{});
+        }
+    }
+
     pub fn enumField(self: *Reader, comptime E: type, name: []const u8, value: Value) ParseError!E {
         const saved = self.enter(name);
         defer self.leave(saved);

@@ -5,17 +5,21 @@ const std = @import("std");
 const config = @import("../config/config.zig");
 const store = @import("../store/store.zig");
 
-/// Sets what each counter asks room for: 1 for request counters; for token counters the
-/// estimate under `reserve` admission, 0 under `postpaid` (room means "not spent").
-pub fn prepare(counters: []store.Counter, admission: config.Admission, estimate_tokens: u64, now_ms: u64) void {
+/// Sets what each counter asks room for: 1 for request counters; for token and cost counters
+/// the estimate under `reserve` admission, 0 under `postpaid` (room means "not spent").
+pub fn prepare(counters: []store.Counter, admission: config.Admission, estimate: Estimate, now_ms: u64) void {
     for (counters) |*counter| {
         counter.admitted_at_ms = now_ms;
         counter.admit_amount = switch (counter.unit) {
             .requests => 1,
-            .tokens => if (admission == .reserve) estimate_tokens else 0,
+            .tokens => if (admission == .reserve) estimate.tokens else 0,
+            .cost => if (admission == .reserve) estimate.cost else 0,
         };
     }
 }
+
+/// What a request may use, for a reservation: tokens, and their cost (micro-USD) at its price.
+pub const Estimate = struct { tokens: u64, cost: u64 = 0 };
 
 /// What happens to the request.
 pub const Verdict = union(enum) {
@@ -78,11 +82,11 @@ fn testCounter(unit: config.Unit, limit: u64) store.Counter {
 
 test "admission: request counters ask for one, token counters for the estimate only under reserve" {
     var counters = [_]store.Counter{ testCounter(.requests, 10), testCounter(.tokens, 1000) };
-    prepare(&counters, .reserve, 250, 42);
+    prepare(&counters, .reserve, .{ .tokens = 250 }, 42);
     try testing.expectEqual(@as(u64, 1), counters[0].admit_amount);
     try testing.expectEqual(@as(u64, 250), counters[1].admit_amount);
     try testing.expectEqual(@as(u64, 42), counters[1].admitted_at_ms);
-    prepare(&counters, .postpaid, 250, 43);
+    prepare(&counters, .postpaid, .{ .tokens = 250 }, 43);
     try testing.expectEqual(@as(u64, 0), counters[1].admit_amount);
 }
 

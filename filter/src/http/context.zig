@@ -10,6 +10,7 @@ const budget = @import("../meter/budget.zig");
 const config = @import("../config/config.zig");
 const host = @import("../abi/host.zig");
 const metrics = @import("../abi/metrics.zig");
+const model = @import("model.zig");
 const redis = @import("../store/redis.zig");
 const request = @import("../usage/request.zig");
 const response = @import("../respond/response.zig");
@@ -21,6 +22,7 @@ const settlement = @import("settle.zig");
 const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
+const warn = @import("warn.zig");
 
 const allocator = host.allocator;
 
@@ -112,6 +114,15 @@ pub const HttpContext = struct {
     /// x-request-id (store.Caller.request_id).
     request_id: [script.request_id_bytes_max]u8 = undefined,
     request_id_len: usize = 0,
+    /// The request's model (model.zig), for rules whose items depend on it; its bytes live in
+    /// `model_buffer`.
+    requested_model: model.Requested = .none,
+    model_buffer: model.Buffer = undefined,
+    /// The price of the request's model, when the rule has cost limits (micro-USD per 1M).
+    price: ?config.Price = null,
+    /// The rule's items depend on the model and only the body can name it: the counters are
+    /// resolved (model.resolve) once the body is complete.
+    model_pending: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
@@ -142,12 +153,17 @@ pub const HttpContext = struct {
         const current = (root_context orelse return .@"continue").config orelse return .@"continue";
         if (current.model_rewrite != null) return self.prepareModelRewrite(current, end_of_stream);
         const rule = select.rule(current) orelse return .@"continue";
-        select.collectCounters(&self.counters, rule) catch |err| {
-            // Without its counters the request cannot be judged; admit it and say why.
-            host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
-            self.counters.clearRetainingCapacity();
-        };
-        if (self.counters.items.len == 0) return .@"continue";
+        self.collectCounters(rule);
+        if (rule.modelAware()) {
+            self.requested_model = model.fromRequestHeaders(rule, &self.model_buffer);
+            if (self.requested_model == .refused) return model.refuse(rule, self.requested_model.refused);
+            // Only the body can still name the model: judge the request once it is complete
+            // (a body past the bound, or one without a `model`, reads as no model).
+            const length = if (end_of_stream) null else select.contentLength();
+            self.model_pending = self.requested_model == .none and !end_of_stream and (length orelse 0) <= rewrite.request_body_bytes_max;
+            if (!self.model_pending and !self.resolveModel(rule)) return model.refuseUnpriced(rule, self.requested_model);
+        }
+        if (self.counters.items.len == 0 and !self.model_pending) return .@"continue";
         self.config = current.retain();
         self.rule = rule;
         self.nameRequest();
@@ -165,14 +181,13 @@ pub const HttpContext = struct {
         // The body may grow by the include_usage member: its length is no longer known here.
         if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
 
-        if (rule.admission == .reserve and body_readable) {
+        if (self.model_pending or (rule.admission == .reserve and body_readable)) {
             self.enter(.awaiting_body);
             // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
             // so the upstream sees nothing of a request the budget refuses.
             return if (headersCanBeHeld()) .pause else .@"continue";
         }
-        const estimate = request.estimateTokens(.{}, body_length orelse 0, rule.default_output_tokens);
-        return self.decide(estimate);
+        return self.decide(.{}, body_length orelse 0);
     }
 
     /// Upstream-filter role: hold the JSON body so its `model` can be renamed for this upstream.
@@ -226,16 +241,62 @@ pub const HttpContext = struct {
         }
         self.include_usage_candidate = false;
         if (self.phase != .awaiting_body) return .@"continue";
-        return self.decide(request.estimateTokens(info, size, self.rule.?.default_output_tokens));
+        if (self.model_pending) {
+            const rule = self.rule.?;
+            self.requested_model = model.fromRequestBody(size, &self.model_buffer);
+            if (self.requested_model == .refused) {
+                self.enter(.idle);
+                return model.refuse(rule, self.requested_model.refused);
+            }
+            if (!self.resolveModel(rule)) {
+                self.enter(.idle);
+                return model.refuseUnpriced(rule, self.requested_model);
+            }
+            if (self.counters.items.len == 0) {
+                self.enter(.idle);
+                return .@"continue";
+            }
+        }
+        return self.decide(info, size);
     }
 
-    /// Admits or rejects the request against every counter, reserving `estimate` tokens under
-    /// `reserve` admission. With a Redis store the answer comes later (`onStoreReply`).
-    fn decide(self: *HttpContext, estimate: u64) host.Action {
+    /// The counters of every item of `rule` that applies to this request (none: not counted).
+    fn collectCounters(self: *HttpContext, rule: *const config.Rule) void {
+        select.collectCounters(&self.counters, rule) catch |err| {
+            // Without its counters the request cannot be judged; admit it and say why.
+            host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
+            self.counters.clearRetainingCapacity();
+        };
+        for (self.counters.items) |*counter| counter.budget.zone = rule.calendar;
+    }
+
+    /// Applies the request's model to its counters (model.zig), once it is known, and prices
+    /// it. False: the rule has cost limits and the model no price (the request is refused).
+    fn resolveModel(self: *HttpContext, rule: *const config.Rule) bool {
+        self.model_pending = false;
+        if (self.requested_model == .name) setProperty("tokenlimit_model", self.requested_model.name);
+        model.resolve(&self.counters, rule, self.requested_model) catch |err| {
+            host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
+            self.counters.clearRetainingCapacity();
+        };
+        for (self.counters.items) |*counter| counter.budget.zone = rule.calendar;
+        var costed = false;
+        for (self.counters.items) |counter| costed = costed or counter.unit == .cost;
+        if (!costed) return true;
+        self.price = model.priceOf(rule, self.requested_model);
+        return self.price != null;
+    }
+
+    /// Admits or rejects the request against every counter, reserving its estimate (tokens,
+    /// and their cost at its model's price) under `reserve` admission. With a Redis store the
+    /// answer comes later (`onStoreReply`).
+    fn decide(self: *HttpContext, info: request.RequestInfo, body_bytes: u64) host.Action {
         const rule = self.rule.?;
         std.debug.assert(self.counters.items.len > 0);
         const now_ms = host.nowMs();
-        admission.prepare(self.counters.items, rule.admission, estimate, now_ms);
+        const tokens = request.estimateTokens(info, body_bytes, rule.default_output_tokens);
+        const cost = if (self.price) |price| settlement.estimateCost(price, body_bytes, tokens) else 0;
+        admission.prepare(self.counters.items, rule.admission, .{ .tokens = tokens, .cost = cost }, now_ms);
         self.store = store.Store.of(rule);
         return self.carryOut(self.store.admit(self.caller(), self.counters.items, now_ms, rule.shadow));
     }
@@ -271,7 +332,7 @@ pub const HttpContext = struct {
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
                 setProperty("tokenlimit_decision", "rejected");
                 host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit, counter.check.reset_in_ms });
-                response.sendRejection(rule.rejected_code, rule.rejected_msg, counter.unit == .requests, counter.check) catch |err| {
+                response.sendRejection(rule.rejected_code, rule.rejected_msg, counter.unit, counter.check) catch |err| {
                     host.logf(.err, "could not send the rejection: {s}", .{@errorName(err)});
                     return .@"continue";
                 };
@@ -368,6 +429,7 @@ pub const HttpContext = struct {
         if (self.phase != .admitted) return .@"continue";
         self.response_seen = true;
         if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
+        warn.addWarning(self.rule.?, self.counters.items);
         var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
         defer status.deinit();
         const code = std.fmt.parseInt(u16, status.bytes, 10) catch 0;
@@ -454,6 +516,12 @@ pub const HttpContext = struct {
             (if (self.response_ok) .answered else .refused)
         else if (self.request_sent) .unanswered else .not_sent;
         const cost = settlement.charge(outcome, seen, self.request_bytes, self.response_bytes, rule.weights);
+        if (self.price) |price| {
+            const micros = settlement.chargeCost(cost, price, seen, self.request_bytes, self.response_bytes, outcome == .unanswered);
+            for (self.counters.items) |*counter| counter.actual_cost = micros;
+            var dollars: [24]u8 = undefined;
+            setProperty("tokenlimit_cost", dollars[0..response.printDollars(&dollars, micros)]);
+        }
         self.store.settle(self.caller(), self.counters.items, host.nowMs(), cost.tokens) catch |err| {
             host.incrementMetric(metrics.plugin.store_errors, 1);
             host.logf(.err, "rule {s}: settling {d} tokens{s} failed: {s}", .{ rule.name, cost.tokens, if (self.store == .redis) " in redis" else "", @errorName(err) });
@@ -470,13 +538,13 @@ pub const HttpContext = struct {
 /// OpenAI-style headers on an admitted response: the token budget with the least room, and the
 /// request budget with the least room, as admission left them.
 fn addLimitHeaders(counters: []const store.Counter) void {
-    for ([_]config.Unit{ .tokens, .requests }) |unit| {
+    for ([_]config.Unit{ .tokens, .requests, .cost }) |unit| {
         var tightest: ?budget.Check = null;
         for (counters) |counter| {
             if (counter.unit != unit) continue;
             if (tightest == null or counter.check.remaining() < tightest.?.remaining()) tightest = counter.check;
         }
-        if (tightest) |check| response.addLimitHeaders(unit == .requests, check);
+        if (tightest) |check| response.addLimitHeaders(unit, check);
     }
 }
 

@@ -93,11 +93,12 @@ fn addItemCounters(
 ) !void {
     var hashed: counter.HashedValue = undefined;
     const caller = counter.identity(item.limit_type, value, &hashed);
-    for ([_]config.Unit{ .requests, .tokens }) |unit| {
+    for ([_]config.Unit{ .requests, .tokens, .cost }) |unit| { // issue 12: cost
         for (std.meta.tags(budget.Window)) |window| {
             const limit = limits.get(unit, window) orelse continue;
             try addCounter(counters, .{
-                .key = try counter.counterKey(selected.name, item, unit, window, caller),
+                .key = try counter.counterKey(selected.name, item, unit, window, caller, null),
+                .item = item, // issue 12: http/model.zig applies the item's model conditions
                 .budget = .{ .algorithm = selected.algorithm, .window = window, .limit = limit },
                 .unit = unit,
                 .higress_key = if (selected.compat == .none) .{} else higress_compat.key(selected.compat, selected.configured_name, item, window, higress_value),
@@ -144,6 +145,7 @@ fn addCounter(counters: *std.ArrayList(store.Counter), added: store.Counter) !vo
     for (counters.items) |*existing| {
         if (std.mem.eql(u8, existing.key.slice(), added.key.slice())) {
             existing.budget.limit = @min(existing.budget.limit, added.budget.limit); // strictest
+            if (existing.item != added.item) existing.item = null; // issue 12: kept whatever the model
             return;
         }
     }
@@ -159,6 +161,7 @@ fn requestValue(item: *const config.RuleItem) host.Error!?host.HostBytes {
         .param, .per_param => host.getHeader(.request_headers, ":path"),
         .cookie, .per_cookie => host.getHeader(.request_headers, "cookie"),
         .consumer, .per_consumer => host.getHeader(.request_headers, "x-mse-consumer"),
+        .model, .per_model => null, // issue 12: counted by http/model.zig, once the model is known
         .per_ip => switch (item.ip_source) {
             .remote_address => host.getProperty("source\x00address"),
             .header => |name| host.getHeader(.request_headers, name),

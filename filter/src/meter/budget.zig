@@ -4,33 +4,72 @@
 //!
 //! Three algorithms, one record shape:
 //! - `fixed`: windows aligned to the Unix epoch (a per-minute budget resets at every whole
-//!   minute UTC), so `Retry-After` is predictable and gateways agree on boundaries.
+//!   minute UTC), so `Retry-After` is predictable and gateways agree on boundaries. Weeks and
+//!   months, and every window of a rule with a `time_zone`, are calendar windows instead
+//!   (calendar.zig: local midnight, Monday, the 1st; DST days 23 or 25 hours).
 //! - `sliding`: the current aligned window plus the previous one weighted by how much of it still
 //!   overlaps the last `window` of time (the Cloudflare / nginx approximation).
 //! - `token_bucket`: capacity = limit, refilled at limit per window, continuously; `used` is
 //!   the bucket's deficit. Refill advances `start_ms` only by the time that refilled whole
 //!   tokens, so integer math never drifts.
 const std = @import("std");
+const calendar = @import("calendar.zig");
 
 pub const Window = enum(u8) {
     second = 0,
     minute = 1,
     hour = 2,
     day = 3,
+    week = 4,
+    month = 5,
 
+    /// The nominal length: exact up to a day in UTC; a month is 1/12 of a Gregorian year. The
+    /// token bucket refills at `limit` per nominal length; counter names carry it.
     pub fn seconds(self: Window) u64 {
         return switch (self) {
             .second => 1,
             .minute => 60,
             .hour => 3600,
             .day => 86400,
+            .week => 604_800,
+            .month => 2_629_746,
         };
     }
 
     pub fn lengthMs(self: Window) u64 {
         return self.seconds() * std.time.ms_per_s;
     }
+
+    /// The longest a calendar window of this kind lasts (a DST day: 25 h; a 31-day month
+    /// with a fall-back), for how long a record may still matter.
+    pub fn longestMs(self: Window) u64 {
+        return switch (self) {
+            .second, .minute, .hour => self.lengthMs(),
+            .day => 25 * std.time.ms_per_hour,
+            .week => 7 * std.time.ms_per_day + std.time.ms_per_hour,
+            .month => 31 * std.time.ms_per_day + std.time.ms_per_hour,
+        };
+    }
+
+    /// Whether windows of this kind are calendar windows under `table` (null: no time zone).
+    /// Second and minute windows stay epoch-aligned (every real zone offset is whole minutes);
+    /// without a zone, so do hours and days (today's windows).
+    pub fn isCalendar(self: Window, table: ?calendar.Table) bool {
+        return switch (self) {
+            .second, .minute => false,
+            .hour, .day => table != null,
+            .week, .month => true,
+        };
+    }
+
+    pub fn calendarWindow(self: Window) calendar.Window {
+        return @fromBackingInt(@intCast(@backingInt(self)));
+    }
 };
+
+comptime {
+    for (std.meta.tags(Window)) |window| std.debug.assert(std.mem.eql(u8, @tagName(window), @tagName(window.calendarWindow())));
+}
 
 pub const Algorithm = enum(u8) { fixed = 0, sliding = 1, token_bucket = 2 };
 
@@ -103,6 +142,15 @@ pub const Budget = struct {
     algorithm: Algorithm,
     window: Window,
     limit: u64,
+    /// The rule's time zone as rendered (`calendar`); null: UTC, epoch-aligned windows.
+    zone: ?calendar.Table = null,
+
+    /// The [start, end) window holding `at_ms` (fixed and sliding).
+    pub fn bounds(self: Budget, at_ms: u64) calendar.Bounds {
+        if (self.window.isCalendar(self.zone)) return calendar.bounds(self.zone orelse calendar.Table.utc, at_ms, self.window.calendarWindow());
+        const start_ms = windowStartMs(at_ms, self.window);
+        return .{ .start_ms = start_ms, .end_ms = start_ms + self.window.lengthMs() };
+    }
 
     /// The record brought forward to `now_ms`: windows rolled, bucket refilled.
     pub fn current(self: Budget, record: Record, now_ms: u64) Record {
@@ -110,10 +158,9 @@ pub const Budget = struct {
         const length_ms = self.window.lengthMs();
         switch (self.algorithm) {
             .fixed, .sliding => {
-                const start_ms = windowStartMs(now_ms, self.window);
+                const start_ms = self.bounds(now_ms).start_ms;
                 if (record.start_ms == start_ms) return record;
-                const previous_start_ms = start_ms -| length_ms;
-                const previous = if (record.start_ms == previous_start_ms and start_ms >= length_ms) record.used else 0;
+                const previous = if (start_ms > 0 and self.previousStartMs(start_ms) == record.start_ms) record.used else 0;
                 return .{ .start_ms = start_ms, .used = 0, .previous = if (self.algorithm == .sliding) previous else 0 };
             },
             .token_bucket => {
@@ -130,16 +177,25 @@ pub const Budget = struct {
         }
     }
 
+    /// Start of the window before the one starting at `start_ms` (epoch windows: one length
+    /// earlier, and none before the epoch).
+    fn previousStartMs(self: Budget, start_ms: u64) ?u64 {
+        if (self.window.isCalendar(self.zone)) return self.bounds(start_ms - 1).start_ms;
+        if (start_ms < self.window.lengthMs()) return null;
+        return start_ms - self.window.lengthMs();
+    }
+
     pub fn check(self: Budget, record: Record, now_ms: u64) Check {
         const state = self.current(record, now_ms);
         const length_ms = self.window.lengthMs();
         switch (self.algorithm) {
-            .fixed => return .{ .limit = self.limit, .used = state.used, .reset_in_ms = state.start_ms + length_ms - now_ms },
-            .sliding => {
-                const elapsed_ms = now_ms - state.start_ms;
-                const weighted_previous = mulDiv(state.previous, length_ms - elapsed_ms, length_ms);
-                const used = state.used +| weighted_previous;
-                return .{ .limit = self.limit, .used = used, .reset_in_ms = state.start_ms + length_ms - now_ms };
+            .fixed, .sliding => {
+                const window = self.bounds(now_ms);
+                const reset_in_ms = window.end_ms - @max(now_ms, window.start_ms);
+                if (self.algorithm == .fixed) return .{ .limit = self.limit, .used = state.used, .reset_in_ms = reset_in_ms };
+                // The previous window still weighs what is left of this one.
+                const weighted_previous = mulDiv(state.previous, reset_in_ms, window.end_ms - window.start_ms);
+                return .{ .limit = self.limit, .used = state.used +| weighted_previous, .reset_in_ms = reset_in_ms };
             },
             .token_bucket => {
                 // Time until the deficit is below the limit again (at least one token's refill).
@@ -181,7 +237,7 @@ pub const Budget = struct {
     /// only if it was made in the window still current: an expired window's reservation is gone.
     pub fn refund(self: Budget, record: Record, now_ms: u64, amount: u64, reserved_at_ms: u64) Record {
         var state = self.current(record, now_ms);
-        if (self.algorithm != .token_bucket and windowStartMs(reserved_at_ms, self.window) != state.start_ms) return state;
+        if (self.algorithm != .token_bucket and self.bounds(reserved_at_ms).start_ms != state.start_ms) return state;
         state.used -|= amount;
         return state;
     }
@@ -287,18 +343,32 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
         admitted_at_ms: u64 = 0,
         expect: ?struct { refused: bool, used: u64, reset_ms: u64 } = null,
     };
-    const Scenario = struct { name: []const u8, algorithm: []const u8, window_ms: u64, limit: u64, steps: []const Step };
+    // Calendar scenarios name their `window` (week, month) and may carry a zone table.
+    const Scenario = struct {
+        name: []const u8,
+        algorithm: []const u8,
+        window_ms: u64 = 0,
+        window: ?[]const u8 = null,
+        calendar: ?[]const [2]i64 = null,
+        limit: u64,
+        steps: []const Step,
+    };
     const parsed = try std.json.parseFromSlice([]const Scenario, testing.allocator, @embedFile("budget.json"), .{});
     defer parsed.deinit();
     try testing.expect(parsed.value.len > 0);
     for (parsed.value) |scenario| {
-        const window: Window = switch (scenario.window_ms) {
+        const window: Window = if (scenario.window) |name| std.meta.stringToEnum(Window, name).? else switch (scenario.window_ms) {
             1000 => .second,
             60_000 => .minute,
             3_600_000 => .hour,
             else => .day,
         };
-        const b = Budget{ .algorithm = std.meta.stringToEnum(Algorithm, scenario.algorithm).?, .window = window, .limit = scenario.limit };
+        var transitions: [calendar.transitions_max]calendar.Transition = undefined;
+        const zone: ?calendar.Table = if (scenario.calendar) |pairs| zone: {
+            for (pairs, transitions[0..pairs.len]) |pair, *transition| transition.* = .{ .from_ms = @intCast(pair[0]), .offset_s = @intCast(pair[1]) };
+            break :zone try calendar.Table.init(transitions[0..pairs.len]);
+        } else null;
+        const b = Budget{ .algorithm = std.meta.stringToEnum(Algorithm, scenario.algorithm).?, .window = window, .limit = scenario.limit, .zone = zone };
         var record = Record{};
         for (scenario.steps, 0..) |step, index| {
             if (std.mem.eql(u8, step.op, "settle")) {

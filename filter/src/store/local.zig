@@ -83,7 +83,10 @@ fn digestOf(name: []const u8) Digest {
 /// window's end and settled later still finds its record.
 pub fn idleAfterMs(b: budget.Budget, record: budget.Record) u64 {
     const windows = 2 + record.used / @max(b.limit, 1);
-    return record.start_ms +| (b.window.lengthMs() *| windows);
+    // A calendar window may last longer than its nominal length (a 31-day month, a DST day).
+    const calendar = b.algorithm != .token_bucket and b.window.isCalendar(b.zone);
+    const length_ms = if (calendar) b.window.longestMs() else b.window.lengthMs();
+    return record.start_ms +| (length_ms *| windows);
 }
 
 /// A stored slot and its compare-and-swap token (`slot` null: unreadable, treated as free).
@@ -196,7 +199,10 @@ pub fn Table(comptime Shared: type, comptime slot_count: usize) type {
         }
 
         fn overflow(self: Self, key: []const u8) Error!Place {
-            const cut = std.mem.lastIndexOfScalar(u8, key, ':') orelse 0;
+            // Without the caller, and without a per_model item's `:m=<model>` after it (neither
+            // holds a ':'), so new callers of every model share one overflow counter too.
+            const unmodelled = key[0 .. std.mem.lastIndexOf(u8, key, ":m=") orelse key.len];
+            const cut = std.mem.lastIndexOfScalar(u8, unmodelled, ':') orelse 0;
             const group = std.fmt.bytesToHex(digestOf(key[0..cut]), .lower);
             var place = Place.named(undefined, "tokenlimit:overflow:{s}", .{&group});
             place.digest = digestOf(place.name());
@@ -281,6 +287,7 @@ pub fn Table(comptime Shared: type, comptime slot_count: usize) type {
             for (counters) |*counter| {
                 const actual = switch (counter.unit) {
                     .tokens => actual_tokens,
+                    .cost => counter.actual_cost,
                     .requests => counter.reserved, // a request counts once, at admission
                 };
                 if (actual == counter.reserved) continue;
@@ -470,6 +477,19 @@ test "local store: a full table never evicts a live counter; new callers share t
     var newcomer = [_]store.Counter{try callerCounter(&buf, "newcomer", 2)};
     try testing.expectEqual(@as(?usize, 0), try local.admit(&newcomer, test_now_ms, false));
     try testing.expectEqual(@as(usize, probe_slots + 1), shared.entries.count());
+}
+
+test "local store: per_model callers past the table share one overflow counter, whatever the model" {
+    var shared: MapSharedData = .{};
+    defer shared.deinit();
+    const local = Table(MapSharedData, probe_slots){ .shared = &shared };
+    var buf: [160]u8 = undefined;
+    for (0..1000) |i| {
+        const key = try std.fmt.bufPrint(&buf, "tokenlimit:{{r}}:per_header:x-key:requests:60:a{d}:m=model{d}", .{ i, i % 7 });
+        var counters = [_]store.Counter{testCounter(key, .requests, 2, 1)};
+        _ = try local.admit(&counters, test_now_ms, false);
+    }
+    try testing.expectEqual(@as(usize, 1), shared.overflowEntries());
 }
 
 test "local store: idle slots are reclaimed, live ones are kept" {

@@ -2,11 +2,15 @@
 //! as RESP, and the meaning of its replies. Pure, so the wire format is tested here without a
 //! host; redis.zig sends what this builds.
 const std = @import("std");
+const budget = @import("../meter/budget.zig");
+const calendar = @import("../meter/calendar.zig");
 const counter_key = @import("../meter/counter.zig");
 const resp = @import("resp.zig");
 const store = @import("store.zig");
 
-pub const source = @embedFile("budget.lua");
+/// calendar.lua first: budget.lua calls its calendar_bounds (contract/calendar.lua says why
+/// one script, joined). The bridge allows this joined script by its SHA (bridge/guard.py).
+pub const source = @embedFile("calendar.lua") ++ @embedFile("budget.lua");
 /// EVALSHA name, computed at build time (no SHA-1 code in the module).
 pub const sha: [40]u8 = blk: {
     @setEvalBranchQuota(1_000_000);
@@ -21,7 +25,7 @@ pub const sha: [40]u8 = blk: {
 pub const reply_bytes_max = "*99999\r\n".len + (2 + 3 * counter_key.reply_counters_max) * ":-9223372036854775808\r\n".len;
 
 comptime {
-    std.debug.assert(reply_bytes_max < 32 * 1024);
+    std.debug.assert(reply_bytes_max < 64 * 1024);
 }
 
 /// Longest request id kept in a marker key (longer ids are cut: the id only has to be unique).
@@ -61,10 +65,11 @@ pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Coun
     try tail.argInt(allocator, @intFromBool(force));
     for (counters) |counter| {
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
-        try tail.argInt(allocator, counter.budget.window.lengthMs());
+        try windowArgument(allocator, &tail, counter.budget);
         try tail.argInt(allocator, counter.budget.limit);
         try tail.argInt(allocator, counter.admit_amount);
     }
+    try appendZone(allocator, &tail, counters);
     return tail.bytes.toOwnedSlice(allocator);
 }
 
@@ -99,14 +104,48 @@ fn settlement(allocator: std.mem.Allocator, operation: []const u8, counters: []c
     for (counters) |counter| {
         const reserved = if (actual.reserved_as_read) counter.reserved else @min(counter.admit_amount, counter.budget.limit);
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
-        try tail.argInt(allocator, counter.budget.window.lengthMs());
+        try windowArgument(allocator, &tail, counter.budget);
         try tail.argInt(allocator, counter.budget.limit);
         try tail.argInt(allocator, reserved);
-        const cost = if (counter.unit == .tokens) actual.tokens else if (actual.release_requests) 0 else reserved;
+        const cost = switch (counter.unit) {
+            .tokens => actual.tokens,
+            .cost => if (actual.reserved_as_read) counter.actual_cost else 0, // a release gives it all back
+            .requests => if (actual.release_requests) 0 else reserved,
+        };
         try tail.argInt(allocator, cost);
     }
     try tail.argInt(allocator, counters[0].admitted_at_ms);
+    try appendZone(allocator, &tail, counters);
     return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// A counter's window as budget.lua reads it: the length in ms, or for a calendar window
+/// its code (-1 hour, -2 day, -3 week, -4 month; the zone table ends the call).
+fn windowArgument(allocator: std.mem.Allocator, tail: *resp.Command, b: budget.Budget) !void {
+    if (!b.window.isCalendar(b.zone)) return tail.argInt(allocator, b.window.lengthMs());
+    const code: u8 = @backingInt(b.window) - 1; // hour 2 -> 1 ... month 5 -> 4
+    var text: [4]u8 = undefined;
+    try tail.arg(allocator, std.fmt.bufPrint(&text, "-{d}", .{code}) catch unreachable);
+}
+
+/// How far around the call's time the zone table is sent: a month either way plus the clock
+/// skew tolerated between a gateway and Redis (the script's clock decides the window).
+pub const zone_margin_ms: u64 = 40 * std.time.ms_per_day;
+
+/// The last argument when any counter has a calendar window: `from_ms:offset_s,...`, the
+/// entries of the rule's table around now (every counter of a call shares the rule's zone).
+fn appendZone(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter) !void {
+    const first = for (counters) |counter| {
+        if (counter.budget.window.isCalendar(counter.budget.zone)) break counter;
+    } else return;
+    const table = (first.budget.zone orelse calendar.Table.utc).around(first.admitted_at_ms, zone_margin_ms);
+    var text: std.ArrayList(u8) = .empty;
+    defer text.deinit(allocator);
+    for (table.transitions, 0..) |transition, index| {
+        var entry: [48]u8 = undefined;
+        try text.appendSlice(allocator, std.fmt.bufPrint(&entry, "{s}{d}:{d}", .{ if (index > 0) "," else "", transition.from_ms, transition.offset_s }) catch unreachable);
+    }
+    try tail.arg(allocator, text.items);
 }
 
 fn appendKeys(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter, marker: MarkerKey) !void {

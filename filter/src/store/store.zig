@@ -19,9 +19,14 @@ pub const Counter = struct {
     /// What admission asks room for and adds: 1 for request counters, the estimate for token
     /// counters under `reserve`, 0 for token counters under `postpaid`.
     admit_amount: u64 = 0,
+    /// Cost counters: what the finished request cost (micro-USD), set before settlement.
+    actual_cost: u64 = 0,
     /// What admission added (the amount, capped at the limit); settled against the real cost.
     reserved: u64 = 0,
     admitted_at_ms: u64 = 0,
+    /// The rule item the counter was collected for (null: shared by several), so the model's
+    /// conditions apply once the model is known (http/model.zig).
+    item: ?*const config.RuleItem = null,
     /// The budget as admission left it (for headers and logs).
     check: budget.Check = .{ .limit = 0, .used = 0, .reset_in_ms = 0 },
     /// Under `compat`: Higress's key for this counter (higress_compat.zig), else empty.

@@ -196,6 +196,69 @@ pub fn withModel(body: []const u8, info: RequestInfo, model: []const u8, out: []
     return out[0..new_len];
 }
 
+/// The request's top-level `model` string, decoded (escapes resolved, so `"\u0067pt-4o"` is
+/// `gpt-4o` for a budget as it is for the provider) into `out`. `.none` when the body names no
+/// model as a string; `.invalid` when the string does not decode (a lone surrogate, a bad
+/// escape) or holds a control character; `.too_long` when it decodes to more than `out` holds.
+pub fn decodeModel(body: []const u8, info: RequestInfo, out: []u8) DecodedModel {
+    const start = info.model_start orelse return .none;
+    if (info.model_end <= start or info.model_end > body.len) return .none;
+    return decodeString(body[start + 1 .. info.model_end], out);
+}
+
+pub const DecodedModel = union(enum) { none, invalid, too_long, value: []const u8 };
+
+/// A JSON string's contents (without the quotes) decoded into `out`.
+pub fn decodeString(raw: []const u8, out: []u8) DecodedModel {
+    var len: usize = 0;
+    var i: usize = 0;
+    while (i < raw.len) {
+        var code: u21 = raw[i];
+        if (code == '\\') {
+            if (i + 1 >= raw.len) return .invalid;
+            const escape = raw[i + 1];
+            i += 2;
+            code = switch (escape) {
+                '"', '\\', '/' => escape,
+                'b' => 0x08,
+                'f' => 0x0c,
+                'n' => '\n',
+                'r' => '\r',
+                't' => '\t',
+                'u' => unicode: {
+                    const high = hex4(raw, i) orelse return .invalid;
+                    i += 4;
+                    if (high >= 0xdc00 and high <= 0xdfff) return .invalid;
+                    if (high < 0xd800 or high > 0xdbff) break :unicode high;
+                    if (i + 6 > raw.len or raw[i] != '\\' or raw[i + 1] != 'u') return .invalid;
+                    const low = hex4(raw, i + 2) orelse return .invalid;
+                    if (low < 0xdc00 or low > 0xdfff) return .invalid;
+                    i += 6;
+                    break :unicode 0x10000 + ((@as(u21, high) - 0xd800) << 10) + (low - 0xdc00);
+                },
+                else => return .invalid,
+            };
+            if (code < 0x20 or code == 0x7f) return .invalid;
+            const width = std.unicode.utf8CodepointSequenceLength(code) catch return .invalid;
+            if (len + width > out.len) return .too_long;
+            _ = std.unicode.utf8Encode(code, out[len..][0..width]) catch return .invalid;
+            len += width;
+            continue;
+        }
+        if (code < 0x20 or code == 0x7f) return .invalid;
+        if (len == out.len) return .too_long;
+        out[len] = raw[i];
+        len += 1;
+        i += 1;
+    }
+    return .{ .value = out[0..len] };
+}
+
+fn hex4(raw: []const u8, at: usize) ?u16 {
+    if (at + 4 > raw.len) return null;
+    return std.fmt.parseInt(u16, raw[at..][0..4], 16) catch null;
+}
+
 /// Outputs counted at most (OpenAI allows n up to 128): a larger number is clamped.
 pub const outputs_max = 128;
 
@@ -273,4 +336,22 @@ test "request: the top-level model is rewritten, nested ones are not" {
     const info = scan(body);
     try std.testing.expectEqualStrings("{\"messages\":[{\"model\":\"inner\"}],\"model\" : \"claude-3-haiku\",\"x\":1}", withModel(body, info, "claude-3-haiku", &out).?);
     try std.testing.expectEqual(@as(?[]u8, null), withModel("{}", scan("{}"), "m", &out));
+}
+
+test "request: the model is decoded before it names a budget, odd spellings refused" {
+    var out: [16]u8 = undefined;
+    const escaped = "{\"model\":\"\\u0067pt-4o\"}";
+    try std.testing.expectEqualStrings("gpt-4o", decodeModel(escaped, scan(escaped), &out).value);
+    const plain = "{\"messages\":[],\"model\":\"gpt-4o-mini\"}";
+    try std.testing.expectEqualStrings("gpt-4o-mini", decodeModel(plain, scan(plain), &out).value);
+    try std.testing.expectEqualStrings("é😀", decodeString("\\u00e9\\ud83d\\ude00", &out).value);
+    try std.testing.expectEqual(DecodedModel.none, decodeModel("{\"model\":4}", scan("{\"model\":4}"), &out));
+    try std.testing.expectEqual(DecodedModel.none, decodeModel("{}", scan("{}"), &out));
+    try std.testing.expectEqual(DecodedModel.invalid, decodeString("gpt\\u0000", &out));
+    try std.testing.expectEqual(DecodedModel.invalid, decodeString("gpt\\n", &out));
+    try std.testing.expectEqual(DecodedModel.invalid, decodeString("\\ud800", &out));
+    try std.testing.expectEqual(DecodedModel.invalid, decodeString("\\x41", &out));
+    const sixteen: [16]u8 = @splat('a');
+    try std.testing.expectEqual(DecodedModel.too_long, decodeString(sixteen ++ "a", &out));
+    try std.testing.expectEqualStrings(&sixteen, decodeString(&sixteen, &out).value);
 }
