@@ -197,6 +197,11 @@ def test_a_dollar_budget_with_a_price_table(gateway: Gateway) -> None:
     assert headers["x-ratelimit-remaining-cost"] == "0.000000"
     # A model the table does not price is refused, never free.
     assert post(gateway, "frank", "o1") == 429
+    # The access log carries each request's model and what it cost (USD).
+    deadline = time.monotonic() + 5
+    while "model=gpt-4o cost=0.000750" not in gateway.logs().stdout:
+        assert time.monotonic() < deadline, gateway.logs().stdout[-1500:]
+        time.sleep(0.1)
 
 
 def test_warn_at_marks_admitted_responses_past_the_fraction(gateway: Gateway) -> None:
