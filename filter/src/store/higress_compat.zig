@@ -22,6 +22,7 @@ const config = @import("../config/config.zig");
 const host = @import("../abi/host.zig");
 const redis = @import("redis.zig");
 const resp = @import("resp.zig");
+const script = @import("script.zig");
 const sha256 = @import("../match/sha256.zig");
 const store = @import("store.zig");
 
@@ -139,26 +140,11 @@ fn appendKeys(allocator: std.mem.Allocator, tail: *resp.Command, counters: []con
     }
 }
 
-/// Number of arguments in a tail this file built: numkeys, the keys, the operation, then 2
-/// (check) or 3 (charge) per key.
-fn countArguments(tail: []const u8) usize {
-    var count: usize = 0;
-    var at: usize = 0;
-    while (at < tail.len) {
-        std.debug.assert(tail[at] == '$');
-        const line_end = std.mem.indexOfPos(u8, tail, at, "\r\n") orelse break;
-        const length = std.fmt.parseInt(usize, tail[at + 1 .. line_end], 10) catch break;
-        at = line_end + 2 + length + 2;
-        count += 1;
-    }
-    return count;
-}
-
 /// The whole command: EVALSHA (or EVAL with the source, once Redis said NOSCRIPT) + arguments.
 pub fn command(allocator: std.mem.Allocator, arguments: []const u8, as_eval: bool) ![]u8 {
     var out: resp.Command = .{};
     errdefer out.deinit(allocator);
-    try out.begin(allocator, 2 + countArguments(arguments));
+    try out.begin(allocator, 2 + script.countArguments(arguments));
     try out.arg(allocator, if (as_eval) "EVAL" else "EVALSHA");
     try out.arg(allocator, if (as_eval) source else &sha);
     try out.bytes.appendSlice(allocator, arguments);

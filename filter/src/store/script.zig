@@ -166,8 +166,8 @@ pub fn command(allocator: std.mem.Allocator, arguments: []const u8, as_eval: boo
 }
 
 /// Number of RESP bulk strings in an encoded argument list (each starts with '$' at a line
-/// start). The list was built by this file, so its shape is asserted.
-fn countArguments(tail: []const u8) usize {
+/// start). The list was built by this file or higress_compat.zig, so its shape is asserted.
+pub fn countArguments(tail: []const u8) usize {
     var count: usize = 0;
     var at: usize = 0;
     while (at < tail.len) {
