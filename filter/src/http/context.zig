@@ -6,7 +6,6 @@
 //! verdict out. `main.zig` owns the context table and the ABI exports.
 const std = @import("std");
 const admission = @import("admission.zig");
-const budget = @import("../meter/budget.zig");
 const config = @import("../config/config.zig");
 const host = @import("../abi/host.zig");
 const metrics = @import("../abi/metrics.zig");
@@ -14,6 +13,7 @@ const model = @import("model.zig");
 const redis = @import("../store/redis.zig");
 const request = @import("../usage/request.zig");
 const response = @import("../respond/response.zig");
+const response_phase = @import("response_phase.zig");
 const rewrite = @import("rewrite.zig");
 const root = @import("root.zig");
 const script = @import("../store/script.zig");
@@ -22,7 +22,6 @@ const settlement = @import("settle.zig");
 const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
-const warn = @import("warn.zig");
 
 const allocator = host.allocator;
 
@@ -131,12 +130,12 @@ pub const HttpContext = struct {
         self.* = undefined;
     }
 
-    fn enter(self: *HttpContext, next: Phase) void {
+    pub fn enter(self: *HttpContext, next: Phase) void {
         std.debug.assert(self.phase.canEnter(next));
         self.phase = next;
     }
 
-    fn caller(self: *const HttpContext) store.Caller {
+    pub fn caller(self: *const HttpContext) store.Caller {
         return .{ .rule_name = self.rule.?.name, .request_id = self.request_id[0..self.request_id_len], .http_context_id = self.id, .root_context_id = self.root_id };
     }
 
@@ -425,138 +424,16 @@ pub const HttpContext = struct {
         return false;
     }
 
-    pub fn onResponseHeaders(self: *HttpContext) host.Action {
-        if (self.phase != .admitted) return .@"continue";
-        self.response_seen = true;
-        if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
-        warn.addWarning(self.rule.?, self.counters.items);
-        var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
-        defer status.deinit();
-        const code = std.fmt.parseInt(u16, status.bytes, 10) catch 0;
-        // Upstream refusals and errors consume no tokens; only successful answers are charged.
-        self.response_ok = code >= 200 and code < 300;
-        if (!self.response_ok) return .@"continue";
-        var content_type = (host.getHeader(.response_headers, "content-type") catch null) orelse host.HostBytes{ .bytes = &.{} };
-        defer content_type.deinit();
-        self.scanner = usage.Scanner.init(content_type.bytes);
-        if (encodedBody()) {
-            // Compressed although identity was asked for: its bytes cannot be read for usage.
-            self.response_encoded = true;
-            host.logf(.warn, "rule {s}: the upstream answered with a content-encoding despite accept-encoding: identity; usage is estimated", .{self.rule.?.name});
-            return .@"continue";
-        }
-        if (self.hide_usage_event and self.scanner == .sse) {
-            self.event_filter = .{};
-            // Events may be left out: a declared length would no longer hold.
-            host.removeHeader(.response_headers, "content-length") catch {};
-        }
-        return .@"continue";
-    }
-
-    pub fn onResponseBody(self: *HttpContext, size: usize, end_of_stream: bool) host.Action {
-        if (self.phase != .admitted or !self.response_ok) return .@"continue";
-        if (size > 0) {
-            // Scan the chunk as it passes; it is forwarded at once (never buffered).
-            if (host.getBuffer(.response_body, 0, size) catch null) |chunk| {
-                var bytes = chunk;
-                defer bytes.deinit();
-                if (!self.response_encoded) self.scanner.feed(bytes.bytes);
-                self.response_bytes +|= bytes.bytes.len;
-                if (self.event_filter) |*filter| self.filterEvents(filter, bytes.bytes, end_of_stream);
-            }
-        } else if (end_of_stream) {
-            if (self.event_filter) |*filter| self.filterEvents(filter, "", true);
-        }
-        if (end_of_stream) self.settle("end of stream");
-        return .@"continue";
-    }
-
-    /// Replaces the chunk with what the client gets of it (whole events, the usage-only one
-    /// left out). On any failure the filter steps aside and the bytes pass as they are.
-    fn filterEvents(self: *HttpContext, filter: *sse_filter.UsageEventFilter, chunk: []const u8, end_of_stream: bool) void {
-        var out: std.ArrayList(u8) = .empty;
-        defer out.deinit(allocator);
-        filter.process(allocator, chunk, end_of_stream, &out) catch |err| {
-            host.logf(.warn, "could not filter the usage event ({s}); the stream passes unfiltered", .{@errorName(err)});
-            out.clearRetainingCapacity();
-            out.appendSlice(allocator, filter.held.items) catch {};
-            out.appendSlice(allocator, chunk) catch {};
-            filter.deinit(allocator);
-            self.event_filter = null;
-        };
-        if (std.mem.eql(u8, out.items, chunk)) return;
-        host.setBuffer(.response_body, 0, chunk.len, out.items) catch |err| {
-            host.logf(.warn, "could not replace the response chunk: {s}", .{@errorName(err)});
-            return;
-        };
-    }
-
-    pub fn onResponseTrailers(self: *HttpContext) host.Action {
-        self.settle("trailers");
-        return .@"continue";
-    }
-
-    /// Called when the stream is over, however it ended (client abort, upstream reset).
-    pub fn onLog(self: *HttpContext) void {
-        self.settle("stream closed");
-    }
-
-    /// Replaces the reservation with the request's real cost, exactly once.
-    fn settle(self: *HttpContext, reason: []const u8) void {
-        if (self.phase != .admitted) return;
-        self.enter(.settled);
-        const rule = self.rule.?;
-        var seen: usage.Usage = .{};
-        if (self.response_ok and !self.response_encoded) {
-            self.scanner.finish();
-            seen = self.scanner.usage();
-            if (seen.clamped) host.logf(.warn, "rule {s}: the upstream reported a usage value above {d} tokens; clamped to it (usage.zig value_tokens_max)", .{ rule.name, usage.value_tokens_max });
-        }
-        const outcome: settlement.Outcome = if (self.response_seen)
-            (if (self.response_ok) .answered else .refused)
-        else if (self.request_sent) .unanswered else .not_sent;
-        const cost = settlement.charge(outcome, seen, self.request_bytes, self.response_bytes, rule.weights);
-        if (self.price) |price| {
-            const micros = settlement.chargeCost(cost, price, seen, self.request_bytes, self.response_bytes, outcome == .unanswered);
-            for (self.counters.items) |*counter| counter.actual_cost = micros;
-            var dollars: [24]u8 = undefined;
-            setProperty("tokenlimit_cost", dollars[0..response.printDollars(&dollars, micros)]);
-        }
-        self.store.settle(self.caller(), self.counters.items, host.nowMs(), cost.tokens) catch |err| {
-            host.incrementMetric(metrics.plugin.store_errors, 1);
-            host.logf(.err, "rule {s}: settling {d} tokens{s} failed: {s}", .{ rule.name, cost.tokens, if (self.store == .redis) " in redis" else "", @errorName(err) });
-        };
-        if (cost.tokens > 0) host.incrementMetric(metrics.plugin.tokens_charged, @intCast(@min(cost.tokens, std.math.maxInt(i64))));
-        if (cost.estimated() and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
-        var cost_text: [24]u8 = undefined;
-        setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
-        setProperty("tokenlimit_usage", cost.label());
-        host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, cost.label(), reason, rule.name, self.counters.items.len });
-    }
+    // The response phase (response_phase.zig): usage is read as the answer passes, and the
+    // reservation is settled against it when the stream ends.
+    pub const onResponseHeaders = response_phase.onResponseHeaders;
+    pub const onResponseBody = response_phase.onResponseBody;
+    pub const onResponseTrailers = response_phase.onResponseTrailers;
+    pub const onLog = response_phase.onLog;
 };
 
-/// OpenAI-style headers on an admitted response: the token budget with the least room, and the
-/// request budget with the least room, as admission left them.
-fn addLimitHeaders(counters: []const store.Counter) void {
-    for ([_]config.Unit{ .tokens, .requests, .cost }) |unit| {
-        var tightest: ?budget.Check = null;
-        for (counters) |counter| {
-            if (counter.unit != unit) continue;
-            if (tightest == null or counter.check.remaining() < tightest.?.remaining()) tightest = counter.check;
-        }
-        if (tightest) |check| response.addLimitHeaders(unit, check);
-    }
-}
-
-/// Whether the response being delivered declares a content-encoding other than identity.
-fn encodedBody() bool {
-    var encoding = (host.getHeader(.response_headers, "content-encoding") catch null) orelse return false;
-    defer encoding.deinit();
-    const value = std.mem.trim(u8, encoding.bytes, " \t");
-    return value.len > 0 and !std.ascii.eqlIgnoreCase(value, "identity");
-}
-
-fn setProperty(name: []const u8, value: []const u8) void {
+/// Sets an access-log property (also for response_phase.zig).
+pub fn setProperty(name: []const u8, value: []const u8) void {
     host.setProperty(name, value) catch {}; // access-log fields are best effort (failures are counted)
 }
 
