@@ -23,7 +23,11 @@ Each rule becomes one policy with `targetRef.gateway: higress`:
 - `redis.service_name`/`service_port`/`timeout`/`database`/`username` map to `spec.redis`; an
   inline `password` moves into a Secret document (`<plugin>-redis`, key `password`) that the
   policy references, because a policy never holds a password. A missing `service_port` is
-  written out as the default Higress used (80 for `.static`, else 6379).
+  written out as the default Higress used (80 for `.static`, else 6379);
+- a `_rules_` entry with only `_match_route_prefix_` → `targetRef.routePrefixes` (rendered back
+  as a defaultConfig `_rules_` entry: WasmPlugin matchRules have no prefix field); refused
+  beside a default config, which a policy cannot exclude by prefix. Beside routes, domains
+  or services the prefixes are dropped and noted, as Higress never reads them then.
 
 Every policy is then validated by the same loader as `validate` and `push`: a Higress config
 that would fail (a Redis name Higress cannot resolve, a field the filter refuses) is reported,
@@ -203,6 +207,21 @@ def _as_higress_matches(
     return target
 
 
+def _prefix_target(prefixes: list[str], at: str, *, beside_default: bool) -> dict[str, list[str]]:
+    """`targetRef.routePrefixes` for a `_match_route_prefix_` rule (rendered back into a
+    defaultConfig `_rules_` entry), or why it cannot be one."""
+    if beside_default:
+        raise ImportFailed(
+            at,
+            [
+                "_match_route_prefix_ beside a default config: the prefix rule replaces the "
+                "default on those routes, and a policy cannot exclude routes by prefix (list "
+                "the routes in _match_route_, or import the rule without the default config)"
+            ],
+        )
+    return {"routePrefixes": prefixes}
+
+
 def _excluding(
     rules: list[_Rule], at: str, rules_field: str, result: ImportResult
 ) -> dict[str, Any]:
@@ -234,19 +253,19 @@ def _import_config(
         entry, _ = read_as_higress({"_rules_": [entry]})
         assert isinstance(entry, dict)
         rule = dict(entry["_rules_"][0])
-        if rule.get("_match_route_prefix_"):
-            raise ImportFailed(
-                at,
-                [
-                    "_match_route_prefix_: a policy attaches to routes by name, not by prefix: "
-                    "list the routes in _match_route_"
-                ],
-            )
         target = {
             ours: list(rule[theirs])
             for theirs, ours in _RULE_MATCH_FIELDS.items()
             if rule.get(theirs)
         }
+        prefixes = [p for p in rule.get("_match_route_prefix_") or [] if p]
+        if prefixes and target:
+            result.notes.append(
+                f"{at}: _match_route_prefix_ dropped: Higress reads route prefixes only in a "
+                "rule naming no routes, domains or services"
+            )
+        elif prefixes:
+            target = _prefix_target(prefixes, at, beside_default=bool(config))
         for theirs in (*_RULE_MATCH_FIELDS, "_match_route_prefix_"):
             rule.pop(theirs, None)
         target = _as_higress_matches(target, at, "_match_domain_", result)

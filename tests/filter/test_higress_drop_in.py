@@ -44,6 +44,44 @@ def test_route_names_decide_before_route_prefixes(make_host: Any) -> None:
     assert rule_applies(h, chat_request(), {"route_name": "chat"}) is True
 
 
+def test_an_imported_route_prefix_rule_renders_to_a_plugin_that_limits_those_routes(
+    make_host: Any,
+) -> None:
+    # `tokenlimit import` keeps a `_match_route_prefix_` rule: WasmPlugin matchRules have no
+    # prefix field, so the policy's targetRef.routePrefixes renders into defaultConfig's _rules_.
+    from tokenlimit.importer import import_documents
+    from tokenlimit.loader import policy_from_data
+    from tokenlimit.render.higress import HigressOptions, render
+    from tokenlimit.render.kube import WasmModule
+
+    config = {
+        "_rules_": [
+            {
+                "_match_route_prefix_": ["api-"],
+                "rule_name": "matched",
+                "global_threshold": {"token_per_minute": 20},
+            }
+        ]
+    }
+    (document,) = import_documents([config], "c.yaml", name="gw").documents
+    assert document["spec"]["targetRef"] == {"gateway": "higress", "routePrefixes": ["api-"]}
+    policy = policy_from_data(document, "imported").policy
+    assert policy is not None
+    (plugin,) = render(policy, HigressOptions(module=WasmModule("oci://x/tokenlimit:1", None)))
+    assert "matchRules" not in plugin["spec"]
+    assert plugin["spec"]["defaultConfigDisable"] is False
+    rendered = plugin["spec"]["defaultConfig"]
+    assert list(rendered) == ["_rules_"]
+    assert rendered["_rules_"][0]["_match_route_prefix_"] == ["api-"]
+    h = configured(make_host, rendered)
+    on_prefix = {"route_name": "api-chat"}
+    assert exchange(h, chat_request(), 20, 0, properties=on_prefix).local_response is None
+    assert exchange(h, chat_request(), 1, 0, properties=on_prefix).local_response is not None
+    other = {"route_name": "chat"}
+    for _ in range(3):  # no rule on other routes: nothing is limited there
+        assert exchange(h, chat_request(), 20, 0, properties=other).local_response is None
+
+
 def test_match_consumer_is_not_a_higress_field_and_narrows_nothing(make_host: Any) -> None:
     # wasm-go's matcher reads _match_route_, _match_domain_, _match_service_ and
     # _match_route_prefix_ only: `_match_consumer_` is an unknown field, ignored (with a

@@ -224,3 +224,43 @@ def test_exclude_is_only_for_a_policy_on_every_route() -> None:
     spec["targetRef"] = {"gateway": "envoy", "exclude": {"ingresses": ["c"]}}
     with pytest.raises(PolicyError, match=r"spec.targetRef.exclude: attaches to higress"):
         policy_from_data(policy, "p")
+
+
+def test_a_route_prefix_rule_beside_a_default_config_is_refused_with_the_fix() -> None:
+    # The prefix rule replaces the default on its routes; a policy cannot exclude by prefix.
+    config = {
+        "rule_name": "all",
+        "global_threshold": {"token_per_hour": 10},
+        "_rules_": [
+            {
+                "_match_route_prefix_": ["api-"],
+                "rule_name": "api",
+                "global_threshold": {"token_per_minute": 1},
+            }
+        ],
+    }
+    with pytest.raises(ImportFailed, match="list the routes in _match_route_"):
+        import_documents([config], "c.yaml", name="gw")
+
+
+def test_route_prefixes_attach_alone_and_only_to_higress() -> None:
+    def target(ref: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": "p"},
+            "spec": {
+                "targetRef": ref,
+                "ruleName": "r",
+                "globalThreshold": {"tokenPerMinute": 1},
+            },
+        }
+
+    policy_from_data(target({"gateway": "higress", "routePrefixes": ["api-"]}), "p")
+    for ref in (
+        {"gateway": "envoy", "routePrefixes": ["api-"]},
+        {"gateway": "higress", "routePrefixes": ["api-"], "ingresses": ["chat"]},
+        {"gateway": "higress", "routePrefixes": ["api-"], "exclude": {"ingresses": ["chat"]}},
+    ):
+        with pytest.raises(PolicyError, match="routePrefixes"):
+            policy_from_data(target(ref), "p")

@@ -45,6 +45,7 @@ _INGRESS_NAME = re.compile(rf"(?:{DNS_LABEL.pattern}/)?{DNS_SUBDOMAIN.pattern}")
 _DOMAIN = re.compile(rf"(?:\*\.)?{DNS_SUBDOMAIN.pattern}")
 _SERVICE_MATCH = re.compile(rf"{DNS_SUBDOMAIN.pattern}(?::[0-9]{{1,5}})?")
 _LISTENER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ROUTE_PREFIX = re.compile(r"[A-Za-z0-9_./-]+")
 _LABEL_KEY_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
@@ -140,6 +141,25 @@ Services = Annotated[
     | None,
     Present,
 ]
+RoutePrefixes = Annotated[
+    Annotated[
+        list[
+            Annotated[
+                str,
+                Field(max_length=INGRESS_NAME_CHARS_MAX, pattern=f"^{_ROUTE_PREFIX.pattern}$"),
+                matching(
+                    _ROUTE_PREFIX,
+                    INGRESS_NAME_CHARS_MAX,
+                    "the start of a route name: letters, digits, '-', '_', '.' or '/'",
+                ),
+            ]
+        ],
+        Field(min_length=1, max_length=ATTACHMENTS_MAX),
+        _array(1, ATTACHMENTS_MAX, "strings"),
+    ]
+    | None,
+    Present,
+]
 
 
 class LabelSelector(_Model):
@@ -189,6 +209,12 @@ class TargetRef(_Model):
                 "ingresses, domains and services attach to Higress (gateway: higress)",
             ),
             (
+                "!has(self.routePrefixes) || (self.gateway == 'higress' && !(has(self.ingresses) "
+                "|| has(self.domains) || has(self.services) || has(self.exclude)))",
+                "routePrefixes attach to Higress (gateway: higress), without ingresses, domains, "
+                "services or exclude",
+            ),
+            (
                 "self.gateway == 'istio' || !(has(self.selector) || has(self.gatewayRef))",
                 "selector and gatewayRef attach to Istio (gateway: istio)",
             ),
@@ -213,6 +239,10 @@ class TargetRef(_Model):
     """Higress: request hosts (exact, or `*.example.com`) the budget applies to."""
     services: Services = None
     """Higress: upstream services (`llm.ns.svc.cluster.local`, `qwen.dns:443`) it applies to."""
+    route_prefixes: RoutePrefixes = None
+    """Higress: route-name prefixes the budget applies to (Higress's `_match_route_prefix_`),
+    rendered as a `_rules_` entry inside the WasmPlugin's defaultConfig: WasmPlugin matchRules
+    have no prefix field. Alone: not with ingresses, domains, services or exclude."""
     selector: Annotated[Annotated[LabelSelector, WrapValidator(_object)] | None, Present] = None
     """Istio: the gateway workloads (pods) that run the filter."""
     gateway_ref: Annotated[Annotated[GatewayRef, WrapValidator(_object)] | None, Present] = None
@@ -250,6 +280,7 @@ class TargetRef(_Model):
             "gateway_ref": "istio",
             "listener": "envoy",
             "exclude": "higress",
+            "route_prefixes": "higress",
         }
         for name, owner in owners.items():
             if getattr(self, name) is not None and owner != self.gateway:
@@ -262,6 +293,12 @@ class TargetRef(_Model):
                 "is for a policy on every route: a policy attached to ingresses, domains or "
                 "services already applies nowhere else",
                 (_doc_key(TargetRef, "exclude", "camel"),),
+            )
+        if self.route_prefixes is not None and (self.attachments or self.exclude is not None):
+            raise _error(
+                "attach on their own: a policy on route prefixes renders as a defaultConfig "
+                "rule, which cannot be combined with ingresses, domains, services or exclude",
+                (_doc_key(TargetRef, "route_prefixes", "camel"),),
             )
         if self.gateway == "istio" and (self.selector is None) == (self.gateway_ref is None):
             got = "both" if self.selector is not None else "neither"

@@ -116,7 +116,12 @@ def render(
     spec["failStrategy"] = fail_strategy(policy.spec, options.fail_strategy)
     target = policy.spec.target_ref
     attachments = target.attachments if target is not None else {}
-    if not attachments:
+    if target is not None and target.route_prefixes:
+        spec["defaultConfig"] = {
+            "_rules_": [{"_match_route_prefix_": list(target.route_prefixes), **config}]
+        }
+        spec["defaultConfigDisable"] = False
+    elif not attachments:
         spec["defaultConfig"] = config
         spec["defaultConfigDisable"] = False
         # targetRef.exclude: Higress skips the plugin there (another policy's rule replaces it).
