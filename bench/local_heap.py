@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 from _overhead_setup import REQUEST_BODY, filter_config, gateway_bootstrap, upstream_bootstrap
+from tokenlimit.dev.process import free_port
 from tokenlimit.wasm import filter_path
 
 
@@ -63,10 +64,10 @@ def run(args: argparse.Namespace) -> str:
     envoys: list[h.Envoy] = []
     rows: list[list[object]] = []
     try:
-        up = h.Envoy("upstream", {}, h.free_port(), h.free_port(), work)
+        up = h.Envoy("upstream", {}, free_port(), free_port(), work)
         up.config = upstream_bootstrap(up.listen_port, up.admin_port)
         envoys.append(up.start())
-        gw = h.Envoy("gateway", {}, h.free_port(), h.free_port(), work)
+        gw = h.Envoy("gateway", {}, free_port(), free_port(), work)
         gw.config = gateway_bootstrap(
             up.url, wasm, filter_config("postpaid"), gw.listen_port, gw.admin_port
         )

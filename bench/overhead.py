@@ -57,6 +57,7 @@ from _overhead_setup import (
     upstream_bootstrap,
     wrk_script,
 )
+from tokenlimit.dev.process import free_port
 from tokenlimit.wasm import filter_path
 
 # --- measurement -----------------------------------------------------------------------------
@@ -112,12 +113,12 @@ def run(args: argparse.Namespace) -> str:
     watch = h.CpuWatch()
     done = False
     try:
-        up = h.Envoy("upstream", {}, h.free_port(), h.free_port(), work)
+        up = h.Envoy("upstream", {}, free_port(), free_port(), work)
         up.config = upstream_bootstrap(up.listen_port, up.admin_port)
         envoys.append(up.start())
         gw = {}
         for v in variants:
-            listen, admin = h.free_port(), h.free_port()
+            listen, admin = free_port(), free_port()
             doc = gateway_bootstrap(up.url, wasm, configs[v], listen, admin)
             gw[v] = h.Envoy(f"gateway-{v}", doc, listen, admin, work, concurrency=1)
         for v in variants:

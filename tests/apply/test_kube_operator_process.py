@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from support.recorded_kube import FIXTURES, POLICIES, RecordedApiServer, serving
+from tokenlimit.dev.process import free_port
 
 pytestmark = pytest.mark.usefixtures("_discovery_cache_in_tmp")
 
@@ -31,12 +31,6 @@ users: [{name: operator, user: {token: not-checked}}]
 contexts: [{name: recorded, context: {cluster: recorded, user: operator}}]
 current-context: recorded
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Any, what: str, timeout_s: float = 20.0) -> None:

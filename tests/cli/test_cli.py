@@ -311,7 +311,7 @@ def test_importing_the_cli_pulls_no_heavy_modules() -> None:
 
 
 def test_up_serves_logs_and_stops_on_sigint(filter_wasm: Path, tmp_path: Path) -> None:
-    from tokenlimit.dev.gateway import free_port
+    from tokenlimit.dev.process import free_port
 
     listen, admin = free_port(), free_port()
     argv = [sys.executable, "-m", "tokenlimit.cli", "up", "--policy", str(POLICY)]

@@ -33,7 +33,7 @@ from support.fallback_gateway import (
     fallback_spec,
     limiter_config,
 )
-from tokenlimit.dev.gateway import free_port
+from tokenlimit.dev.process import free_port
 from tokenlimit.fallback import toggles
 from tokenlimit.model import FallbackSpec
 from tokenlimit.render.envoy import (

@@ -17,7 +17,7 @@ from support.fallback_gateway import (
     post,
 )
 from support.require import require_binary
-from tokenlimit.dev.gateway import free_port
+from tokenlimit.dev.process import free_port
 from tokenlimit.fallback import toggles
 from tokenlimit.render.envoy import EcdsFilter, EnvoyOptions, ecds_resource, to_yaml
 

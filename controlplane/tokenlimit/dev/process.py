@@ -7,6 +7,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,13 @@ def _die_with_parent() -> None:
     # Runs in the child between fork and exec: it only sets a signal, takes no locks.
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def spawn(
