@@ -46,6 +46,7 @@ test {
     _ = @import("src/store/circuit.zig");
     _ = @import("src/store/higress_compat.zig");
     _ = @import("src/store/local.zig");
+    _ = @import("src/store/local_test.zig");
     _ = @import("src/store/redis.zig");
     _ = @import("src/store/resp.zig");
     _ = @import("src/store/resp_fuzz.zig");
