@@ -16,6 +16,9 @@ The numbers come from contract/budget.lua's read-only `peek`, the script the fil
 with: the fixed, sliding and token-bucket math exists once, in the script, and not here. The
 script needs each counter's algorithm and limit, which only the policy knows (a counter key
 names neither); without a policy, counters are read as fixed windows of unknown limit.
+Calendar windows (weeks, months, and hours and days in a rule's time zone) are read as the
+filter admits them: with the window's code and the rule's zone table around now, through
+calendar.lua + budget.lua joined as the filter joins them (contract/calendar.lua says why).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
     from tokenlimit.model import FilterConfig, RuleItem
+    from tokenlimit.model.calendar import CalendarTable
     from tokenlimit.model.filter_config import BudgetFields
 
 KEY_PREFIX = "tokenlimit:"
@@ -44,16 +48,16 @@ SOURCELESS_TYPES = frozenset({"global", "consumer", "per_consumer"})
 UNITS = {"tokens": "token", "requests": "request"}  # key spelling: config field prefix
 WINDOWS_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 # Model budgets (design-model-budgets.md §3, §4): cost counters and calendar weeks and months
-# (by their nominal length). Read as the design spells them until contract/counter_keys.json
-# pins them; then they join UNITS and WINDOWS_S, which its vectors must cover.
-DESIGNED_UNITS = {"cost": "cost"}
-DESIGNED_WINDOWS_S = {"week": 604_800, "month": 2_629_746}
-ALL_UNITS = {**UNITS, **DESIGNED_UNITS}
-ALL_WINDOWS_S = {**WINDOWS_S, **DESIGNED_WINDOWS_S}
+# (keyed by their nominal length).
+COST_UNITS = {"cost": "cost"}
+CALENDAR_WINDOWS = {"week": 604_800, "month": 2_629_746}
+ALL_UNITS = {**UNITS, **COST_UNITS}
+ALL_WINDOWS_S = {**WINDOWS_S, **CALENDAR_WINDOWS}
 WINDOW_NAMES = {seconds: name for name, seconds in ALL_WINDOWS_S.items()}
-# Windows that follow the calendar (Monday, the 1st) rather than the epoch: budget.lua reads
-# them only with the rule's calendar table, so they are shown unread until it can.
-CALENDAR_WINDOWS_S = frozenset(DESIGNED_WINDOWS_S.values())
+# budget.lua's codes for a window that follows the calendar (script.zig `windowArgument`):
+# weeks and months always; hours and days when the rule has a zone other than UTC.
+CALENDAR_CODES = {3600: -1, 86_400: -2, 604_800: -3, 2_629_746: -4}
+ZONE_MARGIN_MS = 40 * 86_400_000  # script.zig `zone_margin_ms`: the table sent around now
 MODEL_SEGMENT = "m="
 MICRO_USD = 1_000_000
 ALGORITHMS = {"fixed": 0, "sliding": 1, "token_bucket": 2}  # budget.lua's numbers
@@ -66,8 +70,10 @@ Algorithm = Literal["fixed", "sliding", "token_bucket"]
 
 
 def budget_script() -> str:
-    """contract/budget.lua as shipped in the package: the script the filter embeds."""
-    return (importlib.resources.files("tokenlimit") / "contract" / "budget.lua").read_text()
+    """calendar.lua + budget.lua as shipped in the package, joined in the order the filter
+    embeds them (script.zig `source`): one script, one SHA, the bridge's guard allows it."""
+    contract = importlib.resources.files("tokenlimit") / "contract"
+    return (contract / "calendar.lua").read_text() + (contract / "budget.lua").read_text()
 
 
 # ---- counter keys (contract/counter_keys.json) ----------------------------------------------
@@ -184,7 +190,8 @@ class Budget:
 
     algorithm: Algorithm
     entries: tuple[LimitEntry, ...]
-    calendar: bool = False  # the rule's day windows follow a time zone other than UTC
+    # The rule's zone table when its time zone is not UTC (hours and days follow it too).
+    calendar: CalendarTable | None = None
 
     def limit_for(self, counter: Counter) -> int | None:
         """The limit of the first entry that matched the caller, or None when the entries that
@@ -208,13 +215,13 @@ def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
     rules += config.rules or []
     entries: dict[BudgetKey, list[LimitEntry]] = defaultdict(list)
     algorithm_of: dict[str, Algorithm] = {}
-    zoned: set[str] = set()
+    zones: dict[str, CalendarTable] = {}
     for rule in rules:
         assert rule.rule_name is not None  # validated: every rule is named
         named = counter_rule_name(rule.rule_name)
         algorithm_of[named] = _algorithm(rule.algorithm)
         if rule.calendar is not None and rule.calendar.zone != "UTC":
-            zoned.add(named)
+            zones[named] = rule.calendar
         for limit_type, source, key, windows in _limit_keys(rule):
             for unit, prefix in ALL_UNITS.items():
                 for window, seconds in ALL_WINDOWS_S.items():
@@ -223,7 +230,8 @@ def budgets_of(config: FilterConfig) -> dict[BudgetKey, Budget]:
                         budget_key = (named, limit_type, source, unit, seconds)
                         entries[budget_key].append(LimitEntry(key, _counted(unit, limit)))
     return {
-        k: Budget(algorithm_of[k[0]], tuple(v), calendar=k[0] in zoned) for k, v in entries.items()
+        k: Budget(algorithm_of[k[0]], tuple(v), calendar=zones.get(k[0]))
+        for k, v in entries.items()
     }
 
 
@@ -284,10 +292,12 @@ def read_usage(
         if found >= ROWS_MAX:
             break
     script = client.register_script(budget_script())
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
     rows: list[Row] = []
     for same_rule in counters.values():
         for start in range(0, len(same_rule), PEEK_KEYS_MAX):
-            rows += _peek(script, same_rule[start : start + PEEK_KEYS_MAX], budgets)
+            rows += _peek(script, same_rule[start : start + PEEK_KEYS_MAX], budgets, now_ms)
     return sorted(
         rows, key=lambda r: (r.counter.rule, r.counter.identity, r.counter.unit, r.counter.window_s)
     )
@@ -301,31 +311,41 @@ def _is_callers(counter: Counter, key_value: str) -> bool:
 
 
 def _peek(
-    script: Script, counters: list[Counter], budgets: Mapping[BudgetKey, Budget] | None
+    script: Script,
+    counters: list[Counter],
+    budgets: Mapping[BudgetKey, Budget] | None,
+    now_ms: int,
 ) -> list[Row]:
-    """One `peek` for counters of one rule: every number is the script's."""
-    plans: list[tuple[Counter, Algorithm | None, int | None]] = []
+    """One `peek` for counters of one rule: every number is the script's. `now_ms` (the Redis
+    server's clock) only picks the zone-table entries sent; the script reads its own clock."""
+    plans: list[tuple[Counter, Algorithm | None, int | None, Budget | None]] = []
     for counter in counters:
         budget = (budgets or {}).get(
             (counter.rule, counter.limit_type, counter.source, counter.unit, counter.window_s)
         )
         if budget is None:
-            plans.append((counter, None, None))
+            plans.append((counter, None, None, None))
         else:
-            plans.append((counter, budget.algorithm, budget.limit_for(counter)))
+            plans.append((counter, budget.algorithm, budget.limit_for(counter), budget))
     readable = [
         p
         for p in plans
-        if (p[1] != "token_bucket" or p[2] is not None) and not _follows_calendar(p[0], budgets)
+        if (p[1] != "token_bucket" or p[2] is not None) and _window_argument(p[0], p[3]) != 0
     ]
     args: list[int | str] = ["peek", 0]  # 0: the Redis server's clock, as the filter uses
-    for counter, algorithm, limit in readable:
+    zone: CalendarTable | None = None
+    for counter, algorithm, limit, budget in readable:
         # Fixed and sliding windows count without the limit; only `remaining` needs it.
-        args += [ALGORITHMS[algorithm or "fixed"], counter.window_s * 1000, limit or 0]
+        window = _window_argument(counter, budget)
+        args += [ALGORITHMS[algorithm or "fixed"], window, limit or 0]
+        if window < 0:
+            zone = _zone(budget)
+    if zone is not None:
+        args.append(_zone_argument(zone, now_ms))
     reply: list[int] = script(keys=[p[0].key for p in readable], args=args) if readable else []
     numbers = {p[0].key: reply[1 + 3 * i : 4 + 3 * i] for i, p in enumerate(readable)}
     rows: list[Row] = []
-    for counter, algorithm, limit in plans:
+    for counter, algorithm, limit, _ in plans:
         if counter.key not in numbers:  # unread: its limit is still the policy's
             rows.append(Row(counter, algorithm, limit, None, None, None))
             continue
@@ -335,17 +355,33 @@ def _peek(
     return rows
 
 
-def _follows_calendar(counter: Counter, budgets: Mapping[BudgetKey, Budget] | None) -> bool:
-    """Whether the counter's window starts on a calendar boundary (a week, a month, or a day
-    in a zone other than UTC): budget.lua's `peek` reads those with the rule's calendar table
-    (design-model-budgets.md §5), which this reader does not send yet, so it shows them unread
-    rather than read in the wrong window."""
-    if counter.window_s in CALENDAR_WINDOWS_S:
-        return True
-    budget = (budgets or {}).get(
-        (counter.rule, counter.limit_type, counter.source, counter.unit, counter.window_s)
-    )
-    return counter.window_s == WINDOWS_S["day"] and budget is not None and budget.calendar
+def _window_argument(counter: Counter, budget: Budget | None) -> int:
+    """The window as budget.lua reads it (script.zig `windowArgument`): its length in ms, or
+    the calendar code of a week, a month, or an hour or day in a zone other than UTC. 0 when
+    it cannot be read: a week or month without a policy, whose zone only the policy knows."""
+    code = CALENDAR_CODES.get(counter.window_s)
+    if counter.window_s in CALENDAR_WINDOWS.values():
+        return 0 if budget is None else code or 0
+    if code is not None and budget is not None and budget.calendar is not None:
+        return code
+    return counter.window_s * 1000
+
+
+def _zone(budget: Budget | None) -> CalendarTable:
+    """The zone table a calendar window is read in: the rule's, else UTC's."""
+    from tokenlimit.model.calendar import UTC_TABLE
+
+    return budget.calendar if budget is not None and budget.calendar is not None else UTC_TABLE
+
+
+def _zone_argument(table: CalendarTable, now_ms: int) -> str:
+    """The last argument of a call with calendar windows (script.zig `appendZone`): the table's
+    entries around now as `from_ms:offset_s,...`, the entry in effect before the range first."""
+    low, high = now_ms - ZONE_MARGIN_MS, now_ms + ZONE_MARGIN_MS
+    entries = list(table.transitions)
+    first = max((i for i, (start, _) in enumerate(entries) if start <= low), default=0)
+    last = max((i for i, (start, _) in enumerate(entries) if start <= high), default=0)
+    return ",".join(f"{start}:{offset}" for start, offset in entries[first : last + 1])
 
 
 def table_rows(rows: Iterable[Row]) -> list[tuple[str, ...]]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
@@ -15,6 +17,7 @@ from support.redis_server import RedisServer
 from support.redis_wire import redis_wire
 from tokenlimit.cli import main
 from tokenlimit.loader import policy_from_data
+from tokenlimit.model.calendar import render_current
 from tokenlimit.usage import (
     Budget,
     BudgetKey,
@@ -284,7 +287,82 @@ def test_usage_shows_the_model_the_cost_in_dollars_and_the_limit() -> None:
         "$1.249999",
     )
     assert table_rows([rows[tokens]])[0][3:8] == ("gpt-4o", "tokens/hour", "400", "1000", "600")
-    # A calendar month is not read in an epoch-aligned window: its limit only, never a guess.
-    assert rows[month].limit == 9 and rows[month].used is None
-    assert table_rows([rows[month]])[0][3:6] == ("gpt-4o", "tokens/month", "?")
+    # A month is read in its calendar window (UTC here): the record from 1970 has expired.
+    assert (rows[month].limit, rows[month].used, rows[month].remaining) == (9, 0, 9)
+    assert table_rows([rows[month]])[0][3:8] == ("gpt-4o", "tokens/month", "0", "9", "9")
     assert budgets[("p", "global", "", "cost", 60)].entries[0].limit == 1_000_000
+
+
+# ---- calendar windows: weeks, months and days in the rule's time zone ------------------------
+
+
+def test_usage_reads_week_month_and_zoned_day_counters_the_filter_wrote(
+    higress_wasm: Path, tmp_path: Path
+) -> None:
+    # Tokyo has no DST, so the next month starts at 00:00 +09:00 on the 1st: the reset the
+    # table shows must count to exactly that instant (as the filter's Retry-After does).
+    zone = "Asia/Tokyo"
+    config, path = policy_file(
+        tmp_path,
+        time_zone=zone,
+        calendar=render_current(zone).model_dump(mode="json"),
+        rule_items=[
+            {
+                "limit_by_per_header": "x-api-key",
+                "limit_keys": [
+                    {
+                        "key": "*",
+                        "token_per_day": 1000,
+                        "token_per_week": 5000,
+                        "token_per_month": 20000,
+                    }
+                ],
+            }
+        ],
+    )
+    with RedisServer() as server:
+        host = Host(higress_wasm, redis_handler=redis_wire(server))
+        assert host.configure(config), host.log_messages()
+        spend(host, "alice-key", 300, 200)
+        seconds, _ = redis.Redis.from_url(server.url).time()
+        result = CliRunner().invoke(
+            main, ["usage", "--redis", server.url, "--policy", str(path), "--key", "alice-key"]
+        )
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[4]: cells[5:9]
+        for cells in map(str.split, result.output.splitlines())
+        if cells[:1] == ["chat"]
+    }
+    assert rows.keys() == {"tokens/day", "tokens/week", "tokens/month"}, result.output
+    assert rows["tokens/day"][:3] == ["500", "1000", "500"]
+    assert rows["tokens/week"][:3] == ["500", "5000", "4500"]
+    assert rows["tokens/month"][:3] == ["500", "20000", "19500"]
+    local = datetime.fromtimestamp(int(seconds), ZoneInfo(zone))
+    next_month = (local.replace(day=28) + timedelta(days=4)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    expected = next_month.timestamp() - int(seconds)
+    assert abs(int(rows["tokens/month"][3].rstrip("s")) - expected) <= 2, result.output
+    next_day = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert abs(int(rows["tokens/day"][3].rstrip("s")) - (next_day.timestamp() - int(seconds))) <= 2
+    assert "pass --policy" not in result.output
+
+
+def test_without_the_policy_a_month_is_shown_unread_and_says_why(
+    higress_wasm: Path, tmp_path: Path
+) -> None:
+    config, _ = policy_file(
+        tmp_path,
+        rule_items=[
+            {"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*", "token_per_month": 9}]}
+        ],
+    )
+    with RedisServer() as server:
+        host = Host(higress_wasm, redis_handler=redis_wire(server))
+        assert host.configure(config), host.log_messages()
+        spend(host, "bob-key", 2, 1)
+        result = CliRunner().invoke(main, ["usage", "--redis", server.url])
+    assert result.exit_code == 0, result.output
+    assert usage_cells(result.output) == ["?", "?", "?"], result.output
+    assert "week and month counters follow the rule's time zone" in result.output

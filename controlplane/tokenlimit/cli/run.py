@@ -233,7 +233,7 @@ def usage(
     from rich.table import Table
 
     from tokenlimit.usage import (
-        CALENDAR_WINDOWS_S,
+        CALENDAR_WINDOWS,
         Budget,
         BudgetKey,
         budgets_of,
@@ -273,10 +273,10 @@ def usage(
     if not console.is_terminal:
         console.width = max(console.width, USAGE_WIDTH_MIN)  # a pipe or a file has no edge
     console.print(table)
-    if any(r.counter.window_s in CALENDAR_WINDOWS_S and r.used is None for r in rows):
+    if any(r.counter.window_s in CALENDAR_WINDOWS.values() and r.used is None for r in rows):
         click.echo(
-            "week and month counters (and days in a time zone) are not read yet: "
-            "shown with their limit only",
+            "week and month counters follow the rule's time zone, which only its policy "
+            "names: pass --policy to read them",
             err=True,
         )
     if any(r.algorithm is None for r in rows):
