@@ -1,6 +1,7 @@
 """End to end, model-aware budgets (issue 12): real Envoy (2 workers) running the real filter in
 front of the mock LLM. A per-model provider quota shared by two keys; key x model budgets; a
-monthly budget whose Retry-After reaches the 1st of next month in a non-UTC zone.
+monthly budget whose Retry-After reaches the 1st of next month in a non-UTC zone; dollar
+budgets priced by hand and from the genai-prices package.
 
 The filter config is written into the ECDS file as the filter reads it (the policy model learns
 these fields in the control-plane half of the issue), the way an operator's update reaches it.
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import genai_prices
 import pytest
 import yaml
 from tokenlimit.dev.gateway import Gateway
-from tokenlimit.model import parse_filter_config
+from tokenlimit.loader import policy_from_data
+from tokenlimit.model import filter_json, parse_filter_config
 from tokenlimit.model.calendar import render_current
 from tokenlimit.render.envoy import FILTER_NAME
 
@@ -201,6 +204,49 @@ def test_a_dollar_budget_with_a_price_table(gateway: Gateway) -> None:
     deadline = time.monotonic() + 5
     while "model=gpt-4o cost=0.000750" not in gateway.logs().stdout:
         assert time.monotonic() < deadline, gateway.logs().stdout[-1500:]
+        time.sleep(0.1)
+
+
+def test_a_dollar_budget_priced_from_genai_prices(gateway: Gateway) -> None:
+    # The policy names no price: `pricesFrom: genai-prices` fills gpt-4o's from the installed
+    # package when the policy is rendered. The expected cost is the package's own calc_price,
+    # not ours, so a wrong price table or wrong arithmetic in either half shows here.
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=100, output_tokens=50),
+        model_ref="gpt-4o",
+        provider_id="openai",
+    ).total_price
+    assert expected > 0
+    policy = {
+        "apiVersion": "tokenlimit.io/v1alpha1",
+        "kind": "TokenRateLimitPolicy",
+        "metadata": {"name": "genai", "namespace": "default"},
+        "spec": {
+            "ruleName": "genai",
+            "pricesFrom": "genai-prices",
+            "priceModels": ["gpt-4o"],
+            "ruleItems": [
+                {
+                    "limitByPerHeader": "x-api-key",
+                    # Two requests fit (admitted while spend is under the limit), a third not.
+                    "limitKeys": [{"key": "*", "costPerMinute": float(round(expected * 3 / 2, 6))}],
+                }
+            ],
+            "targetRef": {"gateway": "envoy", "listener": "tokenlimit"},
+        },
+    }
+    configure(gateway, json.loads(filter_json(policy_from_data(policy, "test").config)))
+    avoid_minute_boundary()
+    assert [post(gateway, "hank", "gpt-4o", 100, 50) for _ in range(2)] == [200, 200]
+    status, headers = exchange(gateway, "hank", "gpt-4o", 100, 50)
+    assert status == 429
+    assert headers["x-ratelimit-limit-cost"] == f"{round(expected * 3 / 2, 6):.6f}"
+    # An unpriced model stays refused: genai-prices fills only the models the policy names.
+    assert post(gateway, "ivan", "o1") == 429
+    logged = f"model=gpt-4o cost={expected:.6f}"
+    deadline = time.monotonic() + 5
+    while logged not in gateway.logs().stdout:
+        assert time.monotonic() < deadline, (logged, gateway.logs().stdout[-1500:])
         time.sleep(0.1)
 
 
