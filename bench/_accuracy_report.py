@@ -38,7 +38,8 @@ def tables(out: list[str], rounds: Sequence[RoundLike], kind_labels: dict[str, s
         "Rows (`--rows`): `plain` as above; `n: 8`, every request asks for 8 outputs and is "
         "billed for 8; `dodging`, clients rotate between `include_usage: false`, "
         "`stream_options: null` and disconnecting before the answer, with a budget out of "
-        "reach: its ratio is Envoy's `tokens_charged` ÷ the true usage (bench/_accuracy_rows.py)."
+        "reach: its ratio is Envoy's `tokens_charged` ÷ the true usage (bench/_accuracy_rows.py); "
+        "`cost ($)`, a dollar budget in `reserve`: the admitted requests' cost ÷ the budget."
         "\n"
     )
     cells: dict[tuple[str, str, str, int], list[Any]] = {}

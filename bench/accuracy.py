@@ -28,11 +28,14 @@ over 200 responses) ÷ budget, and as a cross-check Envoy's own counters
 Two adversarial rows (issue 9, bench/_accuracy_rows.py): `n8`, clients whose requests ask for
 8 outputs (reserve; admitted ÷ budget), and `dodge`, clients that rotate between
 `include_usage: false`, `stream_options: null` and disconnecting before the answer (charged ÷
-true usage).
+true usage). A `cost` row (issue 12): the same requests under a dollar budget
+(`cost_per_minute`, `--cost-budget` USD, gpt-4o-mini priced at COST_PRICE) in `reserve`, which
+reserves each request's estimate at the model's price; its ratio is the admitted requests'
+cost (the mock's usage at that price, rounded up per request as the filter does) ÷ budget.
 
     .venv/bin/python bench/accuracy.py [--quick] [--clients 8,32,128] [--budget 10000]
         [--seconds 8] [--repeat 2] [--store local,redis] [--seed 1]
-        [--rows plain,n8,dodge] [--row-clients 32]
+        [--rows plain,n8,dodge,cost] [--row-clients 32] [--cost-budget 0.05]
 
 Default run: about 2-3 minutes; `--quick`: about 1 minute. Markdown on stdout, progress on
 stderr.
@@ -62,6 +65,7 @@ import _accuracy_rows as rows
 import _harness as h
 from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import FilterConfig, parse_filter_config
+from tokenlimit.model.prices import Price, TokenUsage, cost_micro_usd
 
 WINDOW_S = 60  # token_per_minute: fixed windows aligned to the epoch
 API_KEY = "bench-shared-key"
@@ -74,8 +78,14 @@ WINDOW_MARGIN_S = 2.0  # slack past the last answer before a round may end
 STATS_SETTLE_S = 0.3
 STORES = ("local", "redis")
 MODES = ("postpaid", "reserve")
-KINDS = ("plain", "n8", "dodge")
-KIND_LABELS = {"plain": "plain", "n8": "n: 8", "dodge": "dodging"}
+KINDS = ("plain", "n8", "dodge", "cost")
+KIND_LABELS = {"plain": "plain", "n8": "n: 8", "dodge": "dodging", "cost": "cost ($)"}
+ROW_KINDS = ("n8", "dodge", "cost")  # run with --row-clients clients, one mode each
+# The cost row's price for the requests' model (gpt-4o's list price, USD per 1M tokens): high
+# enough that one request is thousands of micro-USD, so per-request rounding does not matter.
+COST_PRICE = {"input": 2.5, "output": 10.0}
+COST_MODEL = "gpt-4o-mini"  # every request's model
+MICRO_USD = 1_000_000
 WORDS = ("invoice", "refund", "customer", "billing", "account", "plan", "upgrade", "support")
 
 
@@ -95,18 +105,21 @@ class Target(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-def rule_config(store: str, rule_name: str, admission: str, budget: int) -> FilterConfig:
-    """One shared key with `budget` tokens a minute. A Redis target will add its `redis` block."""
-    doc = {
+def rule_config(
+    store: str, rule_name: str, admission: str, budget: int, kind: str = "plain"
+) -> FilterConfig:
+    """One shared key with `budget` tokens a minute (the cost row: `budget` micro-USD a minute,
+    with COST_PRICE for the model). A Redis target will add its `redis` block."""
+    limit: dict[str, object] = {"key": API_KEY, "token_per_minute": budget}
+    doc: dict[str, object] = {
         "rule_name": rule_name,
         "admission": admission,
-        "rule_items": [
-            {
-                "limit_by_header": "x-api-key",
-                "limit_keys": [{"key": API_KEY, "token_per_minute": budget}],
-            }
-        ],
+        "rule_items": [{"limit_by_header": "x-api-key", "limit_keys": [limit]}],
     }
+    if kind == "cost":
+        limit.pop("token_per_minute")
+        limit["cost_per_minute"] = budget / MICRO_USD
+        doc["prices"] = {COST_MODEL: COST_PRICE}
     # For `redis` the Gateway adds the block pointing at the bridge it starts.
     return parse_filter_config(doc)
 
@@ -166,6 +179,7 @@ class Round:
     rejected: int = 0
     errors: int = 0
     tokens: int = 0  # from the mock's usage in 200 responses
+    cost_micro_usd: int = 0  # the cost row: those tokens at COST_PRICE (budget is micro-USD)
     envoy_allowed: int = 0
     envoy_rejected: int = 0
     envoy_charged: int = 0
@@ -181,6 +195,8 @@ class Round:
     def ratio(self) -> float:
         if self.kind == "dodge":
             return self.envoy_charged / max(self.tokens, 1)
+        if self.kind == "cost":
+            return self.cost_micro_usd / self.budget
         return self.tokens / self.budget
 
     @property
@@ -205,7 +221,7 @@ def request_plan(rng: random.Random, delay_ms: tuple[int, int]) -> tuple[bytes, 
         words.append(rng.choice(WORDS))
     body = json.dumps(
         {
-            "model": "gpt-4o-mini",
+            "model": COST_MODEL,
             "messages": [
                 {"role": "system", "content": "You answer customer-support questions."},
                 {"role": "user", "content": " ".join(words)},
@@ -238,6 +254,7 @@ async def drive(
         await rows.drive_dodgers(url, result, seconds, seed, delay_ms, API_KEY, WORDS)
         return
     plan = plan_for(result.kind)
+    price = Price(**COST_PRICE, cached=COST_PRICE["input"], cache_write=COST_PRICE["input"])
     stop_at = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=result.clients)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -264,6 +281,10 @@ async def drive(
                     usage = json.loads(payload)["usage"]
                     result.admitted += 1
                     result.tokens += usage["prompt_tokens"] + usage["completion_tokens"]
+                    spent = TokenUsage(
+                        input=usage["prompt_tokens"], output=usage["completion_tokens"]
+                    )
+                    result.cost_micro_usd += cost_micro_usd(spent, price)
                 elif status == 429:
                     result.rejected += 1
                     await asyncio.sleep(rng.uniform(*REJECT_BACKOFF_S))
@@ -290,13 +311,15 @@ def wait_for_room(needed_s: float) -> None:
 
 def run_round(target: Target, result: Round, args: argparse.Namespace, serial: int) -> Round:
     name = f"acc-{result.store}-{result.mode}-n{result.clients}-{args.run_id}-{serial}"
-    target.apply(rule_config(result.store, name, result.mode, result.budget))
+    target.apply(rule_config(result.store, name, result.mode, result.budget, result.kind))
     needed = args.seconds + args.delay[1] / 1000 + WINDOW_MARGIN_S
     for attempt in range(2):
         fresh = Round(result.store, result.mode, result.clients, result.budget, result.repeat)
         fresh.kind = result.kind
         if attempt:  # a fresh rule name again, and a whole window ahead
-            target.apply(rule_config(fresh.store, f"{name}-again", fresh.mode, fresh.budget))
+            target.apply(
+                rule_config(fresh.store, f"{name}-again", fresh.mode, fresh.budget, fresh.kind)
+            )
             wait_for_room(WINDOW_S)
         wait_for_room(needed)
         before = target.stats()
@@ -397,10 +420,14 @@ def main() -> None:
         "--rows",
         type=name_list(KINDS),
         default=list(KINDS),
-        help="plain (the grid above), n8 (n: 8, reserve), dodge (dodging clients); all three",
+        help="plain (the grid above), n8 (n: 8, reserve), dodge (dodging clients), "
+        "cost (a dollar budget, reserve); all four",
     )
     parser.add_argument(
-        "--row-clients", type=int, default=32, help="clients in the n8 and dodge rows (32)"
+        "--row-clients", type=int, default=32, help="clients in the n8, dodge and cost rows (32)"
+    )
+    parser.add_argument(
+        "--cost-budget", type=float, default=0.05, help="the cost row's USD per minute (0.05)"
     )
     parser.add_argument("--budget", type=int, default=10_000, help="tokens per minute (10000)")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per round (8)")
@@ -426,6 +453,8 @@ def main() -> None:
         parser.error("--seconds must be 1..30 and --repeat 1..5 (rounds must fit in a minute)")
     if not 1 <= args.budget <= 10**9 or not 1 <= args.envoy_workers <= 8:
         parser.error("--budget must be 1..10^9 and --envoy-workers 1..8")
+    if not 0.000001 <= args.cost_budget <= 1000:
+        parser.error("--cost-budget must be 0.000001..1000 USD")
     args.run_id = f"{int(time.time()) % 100_000:05d}"
 
     started = time.monotonic()
@@ -436,10 +465,14 @@ def main() -> None:
         with open_target(store, args) as target:
             cell = 0
             for repeat in range(1, args.repeat + 1):
-                for kind in [k for k in ("n8", "dodge") if k in args.rows]:
+                for kind in [k for k in ROW_KINDS if k in args.rows]:
                     serial += 1
-                    mode = "reserve" if kind == "n8" else "postpaid"
-                    budget = args.budget if kind == "n8" else rows.DODGE_BUDGET
+                    mode = "postpaid" if kind == "dodge" else "reserve"
+                    budget = {
+                        "n8": args.budget,
+                        "dodge": rows.DODGE_BUDGET,
+                        "cost": round(args.cost_budget * MICRO_USD),
+                    }[kind]
                     log(f"round {serial}: store={store} {kind} clients={args.row_clients}")
                     extra = Round(store, mode, args.row_clients, budget, repeat, kind=kind)
                     r = run_round(target, extra, args, serial)
