@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from support.proxywasm_host import Host
 from support.redis_server import RedisServer
 from support.redis_wire import redis_wire
@@ -59,7 +59,7 @@ def test_usage_rows_come_from_redis_and_a_key_is_found_by_its_value() -> None:
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         seconds, micros = client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = seconds * 1000 + int(micros) // 1000
         start = now_ms - now_ms % 60_000
         alice = "tokenlimit:{chat}:per_header:x-api-key:tokens:60:" + hash_value("alice-key")
         bob = "tokenlimit:{chat}:per_header:x-api-key:tokens:60:" + hash_value("bob-key")
@@ -121,6 +121,21 @@ def spend(host: Host, api_key: str, prompt: int, completion: int) -> None:
     assert stream.local_response is None, host.log_messages()
 
 
+def usage_after_spending(
+    wasm: Path, config: dict[str, Any], api_key: str, tokens: tuple[int, int], *args: str
+) -> tuple[Result, int]:
+    """`tokenlimit usage --redis URL *args` after one request of `api_key` spent `tokens`
+    (prompt, completion) through the real filter; also the Redis server's clock (s) then."""
+    with RedisServer() as server:
+        host = Host(wasm, redis_handler=redis_wire(server))
+        assert host.configure(config), host.log_messages()
+        spend(host, api_key, *tokens)
+        seconds, _ = redis.Redis.from_url(server.url).time()
+        result = CliRunner().invoke(main, ["usage", "--redis", server.url, *args])
+    assert result.exit_code == 0, result.output
+    return result, seconds
+
+
 def usage_cells(output: str, rule: str = "chat") -> list[str]:
     """The used, limit and left cells of the one table row of `rule`."""
     (row,) = [cells for cells in map(str.split, output.splitlines()) if cells[:1] == [rule]]
@@ -133,14 +148,9 @@ def test_usage_shows_what_a_counter_used_in_every_algorithm(
 ) -> None:
     # A day's bucket refills one token every 86.4 s: the 500 spent are all still used when read.
     config, path = policy_file(tmp_path, algorithm=algorithm)
-    with RedisServer() as server:
-        host = Host(higress_wasm, redis_handler=redis_wire(server))
-        assert host.configure(config), host.log_messages()
-        spend(host, "alice-key", 300, 200)
-        result = CliRunner().invoke(
-            main, ["usage", "--redis", server.url, "--policy", str(path), "--key", "alice-key"]
-        )
-    assert result.exit_code == 0, result.output
+    result, _ = usage_after_spending(
+        higress_wasm, config, "alice-key", (300, 200), "--policy", str(path), "--key", "alice-key"
+    )
     assert usage_cells(result.output) == ["500", "1000", "500"], result.output
     assert "read as fixed windows" not in result.output
 
@@ -149,12 +159,7 @@ def test_without_the_policy_a_counter_reads_as_a_fixed_window_and_says_so(
     higress_wasm: Path, tmp_path: Path
 ) -> None:
     config, _ = policy_file(tmp_path)
-    with RedisServer() as server:
-        host = Host(higress_wasm, redis_handler=redis_wire(server))
-        assert host.configure(config), host.log_messages()
-        spend(host, "bob-key", 20, 5)
-        result = CliRunner().invoke(main, ["usage", "--redis", server.url])
-    assert result.exit_code == 0, result.output
+    result, _ = usage_after_spending(higress_wasm, config, "bob-key", (20, 5))
     assert usage_cells(result.output) == ["25", "?", "?"], result.output
     assert "counters no --policy names are read as fixed windows" in result.output
 
@@ -270,7 +275,7 @@ def test_usage_shows_the_model_the_cost_in_dollars_and_the_limit() -> None:
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
         seconds, _ = client.time()
-        hour_start = int(seconds) * 1000 - int(seconds) * 1000 % 3_600_000
+        hour_start = seconds * 1000 - seconds * 1000 % 3_600_000
         cost = counter_key("r", "per_header", "x-api-key", "cost", 3600, "alice", "gpt-4o")
         tokens = counter_key("r", "per_header", "x-api-key", "tokens", 3600, "alice", "gpt-4o")
         month = counter_key("r", "per_model", "", "tokens", 2_629_746, "gpt-4o", "gpt-4o")
@@ -320,15 +325,9 @@ def test_usage_reads_week_month_and_zoned_day_counters_the_filter_wrote(
             }
         ],
     )
-    with RedisServer() as server:
-        host = Host(higress_wasm, redis_handler=redis_wire(server))
-        assert host.configure(config), host.log_messages()
-        spend(host, "alice-key", 300, 200)
-        seconds, _ = redis.Redis.from_url(server.url).time()
-        result = CliRunner().invoke(
-            main, ["usage", "--redis", server.url, "--policy", str(path), "--key", "alice-key"]
-        )
-    assert result.exit_code == 0, result.output
+    result, seconds = usage_after_spending(
+        higress_wasm, config, "alice-key", (300, 200), "--policy", str(path), "--key", "alice-key"
+    )
     rows = {
         cells[4]: cells[5:9]
         for cells in map(str.split, result.output.splitlines())
@@ -338,14 +337,14 @@ def test_usage_reads_week_month_and_zoned_day_counters_the_filter_wrote(
     assert rows["tokens/day"][:3] == ["500", "1000", "500"]
     assert rows["tokens/week"][:3] == ["500", "5000", "4500"]
     assert rows["tokens/month"][:3] == ["500", "20000", "19500"]
-    local = datetime.fromtimestamp(int(seconds), ZoneInfo(zone))
+    local = datetime.fromtimestamp(seconds, ZoneInfo(zone))
     next_month = (local.replace(day=28) + timedelta(days=4)).replace(
         day=1, hour=0, minute=0, second=0, microsecond=0
     )
-    expected = next_month.timestamp() - int(seconds)
+    expected = next_month.timestamp() - seconds
     assert abs(int(rows["tokens/month"][3].rstrip("s")) - expected) <= 2, result.output
     next_day = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    assert abs(int(rows["tokens/day"][3].rstrip("s")) - (next_day.timestamp() - int(seconds))) <= 2
+    assert abs(int(rows["tokens/day"][3].rstrip("s")) - (next_day.timestamp() - seconds)) <= 2
     assert "pass --policy" not in result.output
 
 
@@ -358,11 +357,6 @@ def test_without_the_policy_a_month_is_shown_unread_and_says_why(
             {"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*", "token_per_month": 9}]}
         ],
     )
-    with RedisServer() as server:
-        host = Host(higress_wasm, redis_handler=redis_wire(server))
-        assert host.configure(config), host.log_messages()
-        spend(host, "bob-key", 2, 1)
-        result = CliRunner().invoke(main, ["usage", "--redis", server.url])
-    assert result.exit_code == 0, result.output
+    result, _ = usage_after_spending(higress_wasm, config, "bob-key", (2, 1))
     assert usage_cells(result.output) == ["?", "?", "?"], result.output
     assert "week and month counters follow the rule's time zone" in result.output
