@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import ConfigDict, Field, WrapValidator, model_validator
 
@@ -89,77 +89,48 @@ def _label_problem(key: object, value: object) -> str | None:
     return None
 
 
-# Each attachment list: 1 to ATTACHMENTS_MAX strings. Per item, the schema half (Field) and the
-# check with the project's message; a more specific check last (outermost: it runs first).
-Ingresses = Annotated[
+# Each attachment list: 1 to ATTACHMENTS_MAX strings of one kind, or absent. Per item, the
+# schema half (Field) and the check with the project's message; a more specific check last
+# (outermost: it runs first).
+_Item = TypeVar("_Item")
+_Attachments = Annotated[
     Annotated[
-        list[
-            Annotated[
-                str,
-                Field(max_length=INGRESS_NAME_CHARS_MAX, pattern=f"^{_INGRESS_NAME.pattern}$"),
-                matching(
-                    _INGRESS_NAME, INGRESS_NAME_CHARS_MAX, "a route name: namespace/name or name"
-                ),
-            ]
-        ],
+        list[_Item],
         Field(min_length=1, max_length=ATTACHMENTS_MAX),
         _array(1, ATTACHMENTS_MAX, "strings"),
     ]
     | None,
     Present,
 ]
-Domains = Annotated[
-    Annotated[
-        list[
-            Annotated[
-                str,
-                Field(max_length=DOMAIN_CHARS_MAX, pattern=f"^{_DOMAIN.pattern}$"),
-                matching(_DOMAIN, DOMAIN_CHARS_MAX, "a host name or *.suffix"),
-                WrapValidator(_check_domain),
-            ]
-        ],
-        Field(min_length=1, max_length=ATTACHMENTS_MAX),
-        _array(1, ATTACHMENTS_MAX, "strings"),
-    ]
-    | None,
-    Present,
+IngressName = Annotated[
+    str,
+    Field(max_length=INGRESS_NAME_CHARS_MAX, pattern=f"^{_INGRESS_NAME.pattern}$"),
+    matching(_INGRESS_NAME, INGRESS_NAME_CHARS_MAX, "a route name: namespace/name or name"),
 ]
-Services = Annotated[
-    Annotated[
-        list[
-            Annotated[
-                str,
-                Field(max_length=SERVICE_MATCH_CHARS_MAX, pattern=f"^{_SERVICE_MATCH.pattern}$"),
-                matching(
-                    _SERVICE_MATCH, SERVICE_MATCH_CHARS_MAX, "a service host, optionally with :port"
-                ),
-            ]
-        ],
-        Field(min_length=1, max_length=ATTACHMENTS_MAX),
-        _array(1, ATTACHMENTS_MAX, "strings"),
-    ]
-    | None,
-    Present,
+Domain = Annotated[
+    str,
+    Field(max_length=DOMAIN_CHARS_MAX, pattern=f"^{_DOMAIN.pattern}$"),
+    matching(_DOMAIN, DOMAIN_CHARS_MAX, "a host name or *.suffix"),
+    WrapValidator(_check_domain),
 ]
-RoutePrefixes = Annotated[
-    Annotated[
-        list[
-            Annotated[
-                str,
-                Field(max_length=INGRESS_NAME_CHARS_MAX, pattern=f"^{_ROUTE_PREFIX.pattern}$"),
-                matching(
-                    _ROUTE_PREFIX,
-                    INGRESS_NAME_CHARS_MAX,
-                    "the start of a route name: letters, digits, '-', '_', '.' or '/'",
-                ),
-            ]
-        ],
-        Field(min_length=1, max_length=ATTACHMENTS_MAX),
-        _array(1, ATTACHMENTS_MAX, "strings"),
-    ]
-    | None,
-    Present,
+ServiceMatch = Annotated[
+    str,
+    Field(max_length=SERVICE_MATCH_CHARS_MAX, pattern=f"^{_SERVICE_MATCH.pattern}$"),
+    matching(_SERVICE_MATCH, SERVICE_MATCH_CHARS_MAX, "a service host, optionally with :port"),
 ]
+RoutePrefix = Annotated[
+    str,
+    Field(max_length=INGRESS_NAME_CHARS_MAX, pattern=f"^{_ROUTE_PREFIX.pattern}$"),
+    matching(
+        _ROUTE_PREFIX,
+        INGRESS_NAME_CHARS_MAX,
+        "the start of a route name: letters, digits, '-', '_', '.' or '/'",
+    ),
+]
+Ingresses = _Attachments[IngressName]
+Domains = _Attachments[Domain]
+Services = _Attachments[ServiceMatch]
+RoutePrefixes = _Attachments[RoutePrefix]
 
 
 class LabelSelector(_Model):
