@@ -23,6 +23,7 @@ test {
     _ = @import("src/config/regex/parse.zig");
     _ = @import("src/config/regex/program.zig");
     _ = @import("src/config/regex/regex.zig");
+    _ = @import("src/config/regex/regex_limits_test.zig");
     _ = @import("src/config/regex/regex_test.zig");
     _ = @import("src/config/regex/unicode.zig");
     _ = @import("src/config/regex/vm.zig");
