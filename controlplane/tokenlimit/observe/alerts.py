@@ -32,6 +32,8 @@ Kind = Literal[
     "upstream_rate_limited", "budget_warn", "budget_spent", "refusal_rate", "store_unavailable"
 ]
 AlertKey = tuple[str, str]  # kind, subject
+METRIC_KINDS = frozenset({"upstream_rate_limited", "refusal_rate"})
+BUDGET_KINDS = frozenset({"budget_warn", "budget_spent"})
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ class Evaluator:
         else:
             # Envoy unseen: keep the metric episodes as they were rather than resolve them on
             # a blind spot (a gateway restart must not read as "recovered").
-            found |= {k: a for k, (a, _) in self._active.items() if k[0] != "store_unavailable"}
+            carried = METRIC_KINDS if obs.budgets is not None else METRIC_KINDS | BUDGET_KINDS
+            found |= {k: a for k, (a, _) in self._active.items() if k[0] in carried}
         if obs.budgets is not None:
             found |= self._budgets(obs.budgets)
         down = obs.store_error or (

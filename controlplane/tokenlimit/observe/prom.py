@@ -102,7 +102,9 @@ def parse(text: str) -> Stats:
     stats = Stats()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, float(sample.value)
+            # The parser names a counter's samples `<name>_total`; Envoy prints them without.
+            name = family.name if sample.name == family.name + "_total" else sample.name
+            labels, value = sample.labels, float(sample.value)
             rule = labels.get("rule", ALL_RULES)
             model = labels.get("model", NO_MODEL)
             if name == "tokenlimit_requests" and "outcome" in labels:
