@@ -90,8 +90,8 @@ def _callers(rows: Sequence[Row]) -> list[dict[str, Any]]:
     (one counter per window: the shortest window of each unit, not a double count)."""
     shortest: dict[tuple[str, str, str, str], Row] = {}
     for r in rows:
-        if r.used is None:
-            continue
+        if r.used is None or r.counter.limit_type == "global":
+            continue  # a global budget is everyone's, not a caller's
         key = (caller(r), r.counter.rule, r.counter.unit, r.counter.model)
         if key not in shortest or r.counter.window_s < shortest[key].counter.window_s:
             shortest[key] = r

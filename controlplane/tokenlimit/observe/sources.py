@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 REDIS_TIMEOUT_S = 3.0
 CALLER_CHARS = 12
+EVERYONE = "(everyone)"  # a global budget's one counter is nobody's in particular
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Policy:
 def caller(row: Row) -> str:
     """A caller as the panel shows it: always a hash (the filter's for credentials, and one of
     the name for addresses and consumers), so an exposed panel shows no key, IP or name."""
+    if row.counter.limit_type == "global":
+        return EVERYONE
     identity = row.counter.identity
     if not row.counter.hashed:
         identity = hashlib.sha256(identity.encode()).hexdigest()
