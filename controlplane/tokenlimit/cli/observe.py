@@ -194,7 +194,8 @@ def logs(file: TextIO, rows: int) -> None:
     summary = summarise(file)
     if summary.total.requests == 0:
         raise click.ClickException(
-            f"no tokenlimit access-log lines in {file.name} ({summary.lines} lines read): "
+            f"no tokenlimit access-log lines in {getattr(file, 'name', '-')} "
+            f"({summary.lines} lines read): "
             "is it the log `tokenlimit render`'s Envoy bootstrap writes?"
         )
     click.echo(render(summary, rows), nl=False)

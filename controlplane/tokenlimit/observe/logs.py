@@ -57,7 +57,7 @@ class Summary:
         decision = entry.get("decision", "-")
         self.decisions[decision] = self.decisions.get(decision, 0) + 1
         for table, name in (
-            (self.callers, entry.get("key", "-")),
+            (self.callers, caller(entry)),
             (self.rules, entry.get("rule", "-")),
             (self.models, _model(entry)),
         ):
@@ -74,6 +74,12 @@ def parse_line(line: str) -> dict[str, str] | None:
         return None
     entry["path"] = match["path"]
     return entry
+
+
+def caller(entry: dict[str, str]) -> str:
+    """The caller of a line: the last segment of the filter's counter identity (`key=`, e.g.
+    `per_header:x-api-key:tokens:60:<sha-256 prefix>`): hashed for credentials."""
+    return entry.get("key", "-").rpartition(":")[2] or "-"
 
 
 def upstream_status(entry: dict[str, str]) -> str | None:

@@ -129,8 +129,10 @@ def _bump(into: dict, key: object, value: float) -> None:  # type: ignore[type-a
 
 
 def fetch_text(admin_url: str, timeout_s: float = FETCH_TIMEOUT_S) -> str:
-    """One Envoy's /stats/prometheus (only the tokenlimit metrics: `filter=` keeps it small)."""
-    url = admin_url.rstrip("/") + "/stats/prometheus?filter=%5Etokenlimit"
+    """One Envoy's /stats/prometheus, the stats whose names hold "tokenlimit" (`filter=` keeps
+    the page small; it matches Envoy's internal names, `wasmcustom.tokenlimit.*`, not the
+    Prometheus ones, so it cannot be anchored to `^tokenlimit_`)."""
+    url = admin_url.rstrip("/") + "/stats/prometheus?filter=tokenlimit"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             body: bytes = response.read(BODY_BYTES_MAX + 1)
