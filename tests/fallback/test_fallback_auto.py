@@ -299,7 +299,8 @@ def test_webhook_bodies() -> None:
     assert webhook_body("dingtalk", a_switch()) == {"msgtype": "text", "text": {"content": text}}
     assert webhook_body("wecom", a_switch()) == {"msgtype": "text", "text": {"content": text}}
     with pytest.raises(ValueError, match="webhook format must be one of"):
-        webhook_body("slack", a_switch())
+        webhook_body("teams", a_switch())
+    assert webhook_body("slack", a_switch()) == {"text": text}
 
 
 def test_wecom_content_is_cut_to_2048_bytes() -> None:

@@ -2,6 +2,7 @@
 
 - policy.py  validate, render, push, import, crd, filter path
 - run.py     up, bridge, mock-llm, usage
+- observe.py dashboard, alerts, logs
 - tokenlimit.fallback.cli and tokenlimit.operator.command: `fallback ...` and `operator`
 
 Heavy modules (aiohttp, redis, rich, the gateway) are imported inside the commands that use
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from tokenlimit.cli import policy, run
+from tokenlimit.cli import observe, policy, run
 from tokenlimit.fallback.cli import fallback_group
 from tokenlimit.operator.command import operator_command
 
@@ -35,5 +36,8 @@ for command in (
     run.usage,
     fallback_group,
     operator_command,
+    observe.dashboard,
+    observe.alerts,
+    observe.logs,
 ):
     main.add_command(command)

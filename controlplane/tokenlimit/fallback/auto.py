@@ -24,25 +24,19 @@ keeps a window (`windowS`) of the primary's counters:
   fallback enable --to`, are left alone, and a switch is made only if the route is still in
   the mode the decision was based on (checked under the state file's lock).
 
-Every switch is logged (`tokenlimit.fallback` logger) and posted to the webhooks: a generic
-JSON body, or DingTalk / WeCom group-robot bodies (`{"msgtype": "text", "text": {"content":
-...}}`; DingTalk's optional signing secret adds `timestamp` and `sign` to the URL).
+Every switch is logged (`tokenlimit.fallback` logger) and posted to the webhooks through
+`tokenlimit.observe.notify` (the sender `tokenlimit alerts` uses too): a generic JSON body,
+DingTalk / WeCom group-robot bodies (`{"msgtype": "text", "text": {"content": ...}}`; DingTalk's
+optional signing secret adds `timestamp` and `sign` to the URL), or Slack's `{"text": ...}`.
 
 Clock and sleep are injected, so the state machine is tested without waiting.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -53,13 +47,33 @@ from tokenlimit.apply import envoy_admin
 from tokenlimit.fallback import toggles
 from tokenlimit.fallback.toggles import RouteToggle, ToggleError
 from tokenlimit.model import AutoSwitch, FallbackRoute
+from tokenlimit.observe import notify as sending
+from tokenlimit.observe.notify import (
+    DINGTALK_CONTENT_CHARS_MAX,
+    WEBHOOK_FORMATS,
+    WEBHOOK_TIMEOUT_S,
+    WECOM_CONTENT_BYTES_MAX,
+    dingtalk_signed_url,
+    webhook_body,
+)
 from tokenlimit.render.envoy.clusters import upstream_cluster_name
 
 LOG = logging.getLogger("tokenlimit.fallback")
-WEBHOOK_FORMATS = ("generic", "dingtalk", "wecom")
-WEBHOOK_TIMEOUT_S = 5.0
-WECOM_CONTENT_BYTES_MAX = 2048
-DINGTALK_CONTENT_CHARS_MAX = 18000
+__all__ = [
+    "DINGTALK_CONTENT_CHARS_MAX",
+    "WEBHOOK_FORMATS",
+    "WEBHOOK_TIMEOUT_S",
+    "WECOM_CONTENT_BYTES_MAX",
+    "Counts",
+    "Switch",
+    "WatchError",
+    "Watcher",
+    "Webhook",
+    "dingtalk_signed_url",
+    "host_counts",
+    "parse_host_counts",
+    "webhook_body",
+]
 
 
 class WatchError(RuntimeError):
@@ -158,33 +172,11 @@ class Switch:
 
 
 # --- webhooks ------------------------------------------------------------------------------------
+# The sending lives in tokenlimit.observe.notify, shared with `tokenlimit alerts`; these names stay
+# importable from here. Webhook logs as "fallback webhook" on this module's logger, as before.
 
 
-def webhook_body(fmt: str, switch: Switch) -> dict[str, Any]:
-    """The JSON a webhook of this format receives for a switch."""
-    if fmt == "generic":
-        return switch.to_json()
-    text = switch.text()
-    if fmt == "wecom":
-        # WeCom group robots take at most 2048 bytes of text content.
-        encoded = text.encode()
-        if len(encoded) > WECOM_CONTENT_BYTES_MAX:
-            text = encoded[: WECOM_CONTENT_BYTES_MAX - 3].decode(errors="ignore") + "..."
-        return {"msgtype": "text", "text": {"content": text}}
-    if fmt == "dingtalk":
-        return {"msgtype": "text", "text": {"content": text[:DINGTALK_CONTENT_CHARS_MAX]}}
-    raise ValueError(f"webhook format must be one of {', '.join(WEBHOOK_FORMATS)}, got {fmt!r}")
-
-
-def dingtalk_signed_url(url: str, secret: str, now_ms: int) -> str:
-    """DingTalk's signed robot URL: HMAC-SHA256 of `<timestamp>\\n<secret>`, base64, quoted."""
-    digest = hmac.new(secret.encode(), f"{now_ms}\n{secret}".encode(), hashlib.sha256).digest()
-    sign = urllib.parse.quote_plus(base64.b64encode(digest).decode())
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}timestamp={now_ms}&sign={sign}"
-
-
-class Webhook:
+class Webhook(sending.Webhook):
     """Posts each switch to one URL in one format; failures are logged, never raised."""
 
     def __init__(
@@ -197,60 +189,15 @@ class Webhook:
         clock: Callable[[], float] = time.time,
         logger: logging.Logger = LOG,
     ) -> None:
-        if fmt not in WEBHOOK_FORMATS:
-            raise ValueError(
-                f"webhook format must be one of {', '.join(WEBHOOK_FORMATS)}, got {fmt!r}"
-            )
-        if secret is not None and fmt != "dingtalk":
-            raise ValueError("a signing secret is for DingTalk robots (format dingtalk)")
-        self.url = url
-        self.fmt = fmt
-        self.secret = secret
-        self.timeout_s = timeout_s
-        self.clock = clock
-        self.logger = logger
-
-    def target(self) -> str:
-        if self.secret is None:
-            return self.url
-        return dingtalk_signed_url(self.url, self.secret, int(self.clock() * 1000))
-
-    def __call__(self, switch: Switch) -> bool:
-        body = json.dumps(webhook_body(self.fmt, switch), ensure_ascii=False).encode()
-        request = urllib.request.Request(
-            self.target(),
-            data=body,
-            headers={"content-type": "application/json; charset=utf-8"},
-            method="POST",
+        super().__init__(
+            url,
+            fmt,
+            secret=secret,
+            timeout_s=timeout_s,
+            clock=clock,
+            logger=logger,
+            label="fallback webhook",
         )
-        shown = _redacted(self.url)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                reply = response.read()
-        except (OSError, ValueError) as exc:
-            self.logger.warning("fallback webhook %s (%s) failed: %s", shown, self.fmt, exc)
-            return False
-        if self.fmt in ("dingtalk", "wecom"):
-            # Both robots answer 200 with {"errcode": 0, "errmsg": "ok"} or an error code.
-            try:
-                errcode = json.loads(reply).get("errcode", 0)
-            except (ValueError, AttributeError):
-                errcode = 0
-            if errcode:
-                self.logger.warning(
-                    "fallback webhook %s (%s) refused the message: %s",
-                    shown,
-                    self.fmt,
-                    reply[:200].decode(errors="replace"),
-                )
-                return False
-        return True
-
-
-def _redacted(url: str) -> str:
-    """The URL without its query (robot URLs carry their access token there)."""
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 # --- the watcher ---------------------------------------------------------------------------------

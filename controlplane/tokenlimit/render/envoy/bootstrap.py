@@ -39,14 +39,30 @@ INTERNAL_LISTENER_TYPE = (
 )
 
 # The properties the filter sets with proxy_set_property, as Envoy's access log reads them.
-DECISION_FIELDS = ("decision", "rule", "key", "tokens", "model", "cost")
+# cache, wait_ms and served_model come from the response cache and wait/pace/downgrade features
+# (issue 16's call logs); a request none of them touched logs "-" there.
+DECISION_FIELDS = (
+    "decision",
+    "rule",
+    "key",
+    "tokens",
+    "model",
+    "cost",
+    "cache",
+    "wait_ms",
+    "served_model",
+)
 # The path without its query string (`NQ`): API keys travel in queries too (`?key=`, Gemini),
 # and this log is written at info level. ORIG_OR_PATH: the path the client sent.
+# request_id: Envoy's x-request-id (it makes one when the client sent none), to find one call.
+# The upstream's status is `status` when `details` is `via_upstream` (Envoy has no separate
+# upstream-status operator); the limiter's own replies and Envoy's carry other details.
+# `tokenlimit logs` (observe/logs.py) reads this format.
 ACCESS_LOG_FORMAT = (
     "[%START_TIME%] %REQ(:METHOD)% %PATH(NQ:ORIG_OR_PATH)% "
-    "status=%RESPONSE_CODE% flags=%RESPONSE_FLAGS% "
+    "status=%RESPONSE_CODE% flags=%RESPONSE_FLAGS% request_id=%REQ(X-REQUEST-ID)% "
     + " ".join(f"{f}=%FILTER_STATE(wasm.tokenlimit_{f}:PLAIN)%" for f in DECISION_FIELDS)
-    + " duration_ms=%DURATION% upstream=%UPSTREAM_HOST%\n"
+    + " details=%RESPONSE_CODE_DETAILS% duration_ms=%DURATION% upstream=%UPSTREAM_HOST%\n"
 )
 
 
