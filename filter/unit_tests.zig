@@ -6,6 +6,7 @@
 test {
     _ = @import("src/abi/header_map.zig");
     _ = @import("src/abi/host.zig");
+    _ = @import("src/abi/labelled_metrics.zig");
     _ = @import("src/abi/message.zig");
     _ = @import("src/abi/metrics.zig");
     _ = @import("src/config/compat.zig");

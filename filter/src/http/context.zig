@@ -8,6 +8,7 @@ const std = @import("std");
 const admission = @import("admission.zig");
 const config = @import("../config/config.zig");
 const host = @import("../abi/host.zig");
+const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 const model = @import("model.zig");
 const redis = @import("../store/redis.zig");
@@ -161,6 +162,11 @@ pub const HttpContext = struct {
             const length = if (end_of_stream) null else select.contentLength();
             self.model_pending = self.requested_model == .none and !end_of_stream and (length orelse 0) <= rewrite.request_body_bytes_max;
             if (!self.model_pending and !self.resolveModel(rule)) return model.refuseUnpriced(rule, self.requested_model);
+        } else {
+            // labelled metrics (issue 16): the model as the headers name it, for the `model`
+            // label only (the rule's budgets do not depend on it; a refusal reads as none).
+            self.requested_model = model.fromRequestHeaders(rule, &self.model_buffer);
+            if (self.requested_model == .refused) self.requested_model = .none;
         }
         if (self.counters.items.len == 0 and !self.model_pending) return .@"continue";
         self.config = current.retain();
@@ -233,6 +239,12 @@ pub const HttpContext = struct {
                 var bytes = body;
                 defer bytes.deinit();
                 info = request.scan(bytes.bytes);
+                // labelled metrics (issue 16): the body's model, for the label only, where the
+                // rule's budgets do not read it (model-aware rules read it below).
+                if (self.requested_model == .none and self.rule != null and !self.rule.?.modelAware()) {
+                    const named = model.Requested.of(request.decodeModel(bytes.bytes, info, &self.model_buffer));
+                    if (named == .name) self.requested_model = named;
+                }
                 if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
                     self.hide_usage_event = !info.usage_asked;
                 }
@@ -320,6 +332,7 @@ pub const HttpContext = struct {
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 host.incrementMetric(metrics.plugin.requests_shadow_rejected, 1);
+                self.countOutcome(.shadow_rejected);
                 setProperty("tokenlimit_decision", "shadow_rejected");
                 host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
                 return self.admitted();
@@ -329,6 +342,7 @@ pub const HttpContext = struct {
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 self.enter(.idle);
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
+                self.countOutcome(.rejected);
                 setProperty("tokenlimit_decision", "rejected");
                 host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit, counter.check.reset_in_ms });
                 response.sendRejection(rule.rejected_code, rule.rejected_msg, counter.unit, counter.check) catch |err| {
@@ -339,12 +353,14 @@ pub const HttpContext = struct {
             },
             .uncounted => |failure| {
                 host.incrementMetric(metrics.plugin.store_errors, 1);
+                self.countOutcome(.store_unavailable);
                 host.logf(.err, "rule {s}: budget store failed ({s}); request admitted uncounted", .{ rule.name, failure.describe() });
                 self.enter(.idle);
                 return .@"continue";
             },
             .fail_open, .fail_closed, .fail_local => |failure| {
                 host.incrementMetric(metrics.plugin.store_fallbacks, 1);
+                self.countOutcome(.store_unavailable);
                 host.logf(.debug, "rule {s}: redis store unavailable ({s}); failure_mode {s}", .{ rule.name, failure.describe(), @tagName(rule.failure_mode) });
                 return self.storeUnavailable();
             },
@@ -360,11 +376,13 @@ pub const HttpContext = struct {
                 setProperty("tokenlimit_decision", "allowed_store_unavailable");
                 self.enter(.idle); // admitted uncounted, as Higress does
                 host.incrementMetric(metrics.plugin.requests_allowed, 1);
+                self.countOutcome(.allowed);
                 return .@"continue";
             },
             .closed => {
                 self.enter(.idle);
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
+                self.countOutcome(.rejected);
                 setProperty("tokenlimit_decision", "rejected_store_unavailable");
                 response.sendStoreUnavailable() catch return .@"continue";
                 return .pause;
@@ -380,7 +398,20 @@ pub const HttpContext = struct {
     fn admitted(self: *HttpContext) host.Action {
         self.enter(.admitted);
         host.incrementMetric(metrics.plugin.requests_allowed, 1);
+        self.countOutcome(.allowed);
         return .@"continue";
+    }
+
+    // ---- labelled metrics (issue 16) ----
+
+    /// The request's model as far as the filter knows it (null: none), for metric labels.
+    pub fn modelName(self: *const HttpContext) ?[]const u8 {
+        return if (self.requested_model == .name) self.requested_model.name else null;
+    }
+
+    /// Counts the request under its rule and model (tokenlimit_requests{outcome}).
+    pub fn countOutcome(self: *const HttpContext, outcome: labelled.Outcome) void {
+        labelled.countRequest(ruleLabel(self.rule.?), self.modelName(), outcome);
     }
 
     /// The Redis store answered (or failed) for this paused request: finish admission and let
@@ -431,6 +462,11 @@ pub const HttpContext = struct {
     pub const onResponseTrailers = response_phase.onResponseTrailers;
     pub const onLog = response_phase.onLog;
 };
+
+/// The name a rule's metrics carry: its `rule_name` as configured (its counter form if empty).
+pub fn ruleLabel(rule: *const config.Rule) []const u8 {
+    return if (rule.configured_name.len > 0) rule.configured_name else rule.name;
+}
 
 /// Sets an access-log property (also for response_phase.zig).
 pub fn setProperty(name: []const u8, value: []const u8) void {
