@@ -35,6 +35,7 @@ test {
     _ = @import("src/http/root.zig");
     _ = @import("src/http/select.zig");
     _ = @import("src/http/settle.zig");
+    _ = @import("src/http/usage_endpoint.zig");
     _ = @import("src/http/warn.zig");
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");

@@ -23,6 +23,7 @@ const settlement = @import("settle.zig");
 const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
+const usage_endpoint = @import("usage_endpoint.zig");
 
 const allocator = host.allocator;
 
@@ -123,6 +124,9 @@ pub const HttpContext = struct {
     /// The rule's items depend on the model and only the body can name it: the counters are
     /// resolved (model.resolve) once the body is complete.
     model_pending: bool = false,
+    /// usage endpoint (issue 16): this request asks for its caller's usage; a Redis store's
+    /// `peek` is on its way (usage_endpoint.zig), never an admission.
+    usage_request: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
@@ -154,6 +158,7 @@ pub const HttpContext = struct {
         if (current.model_rewrite != null) return self.prepareModelRewrite(current, end_of_stream);
         const rule = select.rule(current) orelse return .@"continue";
         self.collectCounters(rule);
+        if (usage_endpoint.isUsageRequest(rule)) return usage_endpoint.answer(self, current, rule); // issue 16
         if (rule.modelAware()) {
             self.requested_model = model.fromRequestHeaders(rule, &self.model_buffer);
             if (self.requested_model == .refused) return model.refuse(rule, self.requested_model.refused);
@@ -418,10 +423,11 @@ pub const HttpContext = struct {
     /// the request go on, or reject it.
     pub fn onStoreReply(self: *HttpContext, outcome: redis.Outcome) void {
         if (self.phase != .awaiting_store) return;
+        if (self.usage_request) return usage_endpoint.onPeekReply(self, outcome); // issue 16
         if (self.abandoned) return self.releaseAbandoned(outcome);
         const answer: store.Admission = switch (outcome) {
             .admitted => |values| script.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
-            .settled => .{ .failed = .bad_reply },
+            .settled, .peeked => .{ .failed = .bad_reply },
             .failed => |failure| .{ .failed = failure },
         };
         std.debug.assert(answer != .pending);

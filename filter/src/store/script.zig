@@ -119,6 +119,39 @@ fn settlement(allocator: std.mem.Allocator, operation: []const u8, counters: []c
     return tail.bytes.toOwnedSlice(allocator);
 }
 
+/// A `peek` (the usage endpoint, issue 16): numkeys and the counters' keys (no marker: a peek
+/// writes nothing), `peek 0`, then (algorithm, window_ms, limit) per counter and the zone table
+/// when a window needs one. Each counter's `admitted_at_ms` is the time the zone table is for.
+pub fn peekArguments(allocator: std.mem.Allocator, counters: []const store.Counter) ![]u8 {
+    std.debug.assert(counters.len > 0);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try tail.argInt(allocator, counters.len);
+    for (counters) |counter| try tail.arg(allocator, counter.key.slice());
+    try tail.arg(allocator, "peek");
+    try tail.argInt(allocator, 0);
+    for (counters) |counter| {
+        try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
+        try windowArgument(allocator, &tail, counter.budget);
+        try tail.argInt(allocator, counter.budget.limit);
+    }
+    try appendZone(allocator, &tail, counters);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// Reads a peek reply into the counters' `check`: the server's time, then (used, remaining,
+/// reset_ms) per counter. False for a reply of the wrong shape (network input: never asserted).
+pub fn readPeekReply(counters: []store.Counter, values: []const i64) bool {
+    if (values.len != 1 + 3 * counters.len) return false;
+    for (counters, 0..) |*counter, index| {
+        const used = values[1 + 3 * index];
+        const reset_ms = values[3 + 3 * index];
+        if (used < 0 or reset_ms < 0) return false;
+        counter.check = .{ .limit = counter.budget.limit, .used = @intCast(used), .reset_in_ms = @intCast(reset_ms) };
+    }
+    return true;
+}
+
 /// A counter's window as budget.lua reads it: the length in ms, or for a calendar window
 /// its code (-1 hour, -2 day, -3 week, -4 month; the zone table ends the call).
 fn windowArgument(allocator: std.mem.Allocator, tail: *resp.Command, b: budget.Budget) !void {
