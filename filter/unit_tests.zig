@@ -29,6 +29,7 @@ test {
     _ = @import("src/config/regex/vm.zig");
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/context.zig");
+    _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");
     _ = @import("src/http/response_phase.zig");
     _ = @import("src/http/rewrite.zig");

@@ -134,3 +134,24 @@ def test_distinct_models_past_the_cap_count_as_other(build: Path) -> None:
     assert "other" in models
     assert names["tokenlimit.requests.rule.m.model.other.outcome.allowed"] == 20
     assert sum(names.values()) == cap + 20
+
+
+def test_higress_token_metrics_count_reported_usage_under_ai_statistics_names(build: Path) -> None:
+    host = Host(build)
+    config = {"rule_name": "r", "rule_items": [per_key(10**6)], "model_header": "x-model"}
+    request = {**chat_request("k"), "x-model": "qwen-max", "x-mse-consumer": "team-a"}
+    where = {"route_name": "chat-route", "cluster_name": "outbound|443||qwen.dns"}
+
+    def answer(body: bytes) -> None:
+        host.http_stream(properties=where).complete(request, JSON_RESPONSE, [body])
+
+    assert host.configure(config), host.log_messages()
+    answer(openai_body(10, 30))
+    assert not any(".metric." in name for name in host.metrics)  # off by default
+    assert host.configure({**config, "higress_token_metrics": True}), host.log_messages()
+    answer(openai_body(10, 30))
+    answer(b'{"choices": []}')  # no usage reported: ai-statistics records nothing either
+    base = "route.chat-route.upstream.outbound|443||qwen.dns.model.qwen-max.consumer.team-a.metric."
+    assert host.metrics[base + "input_token"] == 10
+    assert host.metrics[base + "output_token"] == 30
+    assert host.metrics[base + "total_token"] == 40

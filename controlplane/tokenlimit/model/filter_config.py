@@ -245,6 +245,9 @@ class BudgetFields(_Model):
     usage_path: OptUsagePath = None
     """Where the filter answers GET with the caller's own budgets (default
     /tokenlimit/v1/usage; "" turns it off)."""
+    higress_token_metrics: OptBool = None
+    """Also count reported tokens under Higress ai-statistics' metric names
+    (route_upstream_model_consumer_metric_input_token, ...); off by default."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

@@ -82,6 +82,7 @@ RULE_FIELDS = (
     "warn_at",
     "compat",
     "usage_path",  # the usage endpoint (issue 16)
+    "higress_token_metrics",  # issue 16
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)

@@ -171,6 +171,11 @@ fn ruleLabel(rule_name: []const u8) Label {
     return sanitise(rule_name);
 }
 
+/// The `model` label for `model`, through this VM's cap (also for Higress-named metrics).
+pub fn modelLabel(model: ?[]const u8) Label {
+    return models.label(model);
+}
+
 /// One request of `rule_name` (configured name) for `model` (null: not known) had `outcome`.
 pub fn countRequest(rule_name: []const u8, model: ?[]const u8, outcome: Outcome) void {
     const rule = ruleLabel(rule_name);

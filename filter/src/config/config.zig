@@ -237,6 +237,9 @@ pub const Rule = struct {
     // usage endpoint (issue 16): `usage_path`, where the filter answers a caller's own usage
     // (http/usage_endpoint.zig); "" turns it off.
     usage_path: []const u8 = usage_path_default,
+    /// `higress_token_metrics`: also count tokens under Higress ai-statistics' metric names
+    /// (http/higress_tokens.zig); off by default, as ai-statistics may count them already.
+    higress_token_metrics: bool = false,
 
     pub fn modelAware(self: *const Rule) bool {
         return self.model_aware;

@@ -92,7 +92,7 @@ const Parser = struct {
     /// Rule-level fields of model-aware budgets (issue 12).
     const model_rule_fields = [_][]const u8{ "model_header", "time_zone", "calendar", "prices", "warn_at" } ++ usage_rule_fields;
     /// The usage endpoint (issue 16).
-    const usage_rule_fields = [_][]const u8{"usage_path"};
+    const usage_rule_fields = [_][]const u8{ "usage_path", "higress_token_metrics" };
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_" };
 
@@ -294,6 +294,7 @@ const Parser = struct {
             self.reader.leave(saved);
         }
         if (map.get("usage_path")) |value| parsed.usage_path = try self.usagePath(value); // issue 16
+        if (map.get("higress_token_metrics")) |value| parsed.higress_token_metrics = try self.reader.boolField("higress_token_metrics", value);
         return parsed;
     }
 

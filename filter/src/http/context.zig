@@ -7,6 +7,7 @@
 const std = @import("std");
 const admission = @import("admission.zig");
 const config = @import("../config/config.zig");
+const higress_tokens = @import("higress_tokens.zig");
 const host = @import("../abi/host.zig");
 const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
@@ -127,6 +128,8 @@ pub const HttpContext = struct {
     /// usage endpoint (issue 16): this request asks for its caller's usage; a Redis store's
     /// `peek` is on its way (usage_endpoint.zig), never an admission.
     usage_request: bool = false,
+    /// `higress_token_metrics` (issue 16): the request's consumer, for the answer's counters.
+    higress_consumer: higress_tokens.Consumer = .{},
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
@@ -177,6 +180,7 @@ pub const HttpContext = struct {
         self.config = current.retain();
         self.rule = rule;
         self.nameRequest();
+        if (rule.higress_token_metrics) self.higress_consumer = higress_tokens.Consumer.read(); // issue 16
         setProperty("tokenlimit_rule", rule.name);
         // Usage can only be read from an answer the upstream did not compress: ask for identity
         // (Envoy's compressor filter can still compress towards the client, docs/config.md).

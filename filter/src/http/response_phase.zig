@@ -6,6 +6,7 @@ const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const config = @import("../config/config.zig");
 const context = @import("context.zig");
+const higress_tokens = @import("higress_tokens.zig");
 const host = @import("../abi/host.zig");
 const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
@@ -128,6 +129,7 @@ fn settle(self: *HttpContext, reason: []const u8) void {
     if (cost.estimated() and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
     // labelled metrics (issue 16)
     labelled.countCharge(context.ruleLabel(rule), self.modelName(), cost.tokens, charged_micros);
+    if (rule.higress_token_metrics) higress_tokens.count(self.modelName(), &self.higress_consumer, seen);
     if (cost.estimated() and cost.tokens > 0) self.countOutcome(.estimated);
     var cost_text: [24]u8 = undefined;
     setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
