@@ -324,3 +324,17 @@ test "script: error replies that change what happens next" {
     try testing.expectEqual(ErrorReply.auth_failed, classifyError("NOAUTH Authentication required."));
     try testing.expectEqual(ErrorReply.other, classifyError("ERR budget.lua: bad argument"));
 }
+
+test "script: a peek names only the counters (no marker) and reads used and reset back" {
+    var counters = [_]store.Counter{ testCounter("t", .tokens, 300, 0), testCounter("r", .requests, 10, 0) };
+    const tail = try peekArguments(testing.allocator, &counters);
+    defer testing.allocator.free(tail);
+    try testing.expectEqualStrings("$1\r\n2\r\n$1\r\nt\r\n$1\r\nr\r\n$4\r\npeek\r\n$1\r\n0\r\n" ++
+        "$1\r\n0\r\n$5\r\n60000\r\n$3\r\n300\r\n$1\r\n0\r\n$5\r\n60000\r\n$2\r\n10\r\n", tail);
+    try testing.expect(readPeekReply(&counters, &.{ 1_700_000_000_000, 120, 180, 30_000, 10, 0, 5_000 }));
+    try testing.expectEqual(budget.Check{ .limit = 300, .used = 120, .reset_in_ms = 30_000 }, counters[0].check);
+    try testing.expectEqual(@as(u64, 0), counters[1].check.remaining());
+    // Network input of the wrong shape is refused, never trusted.
+    try testing.expect(!readPeekReply(&counters, &.{ 1, 2, 3 }));
+    try testing.expect(!readPeekReply(&counters, &.{ 1, -1, 0, 0, 0, 0, 0 }));
+}
