@@ -23,6 +23,7 @@ CONFIG = {
     "rule_name": "chat",
     "admission": "reserve",
     "default_output_tokens": 0,
+    "warn_at": 0.5,
     "prices": {"*": {"input": 1.0, "output": 2.0}},
     "rule_items": [
         {
@@ -39,7 +40,7 @@ def gateway(filter_wasm: Path) -> Iterator[Gateway]:
         yield gw
 
 
-def post(gw: Gateway, api_key: str, model: str) -> int:
+def post(gw: Gateway, api_key: str, model: str, status: int = 200) -> int:
     request = urllib.request.Request(
         gw.listen_url + "/v1/chat/completions",
         data=json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode(),
@@ -48,6 +49,7 @@ def post(gw: Gateway, api_key: str, model: str) -> int:
             "x-api-key": api_key,
             "x-mock-prompt-tokens": "40",
             "x-mock-completion-tokens": "60",
+            **({"x-mock-status": str(status)} if status != 200 else {}),
         },
     )
     try:
@@ -94,9 +96,19 @@ def test_prometheus_shows_rule_model_and_outcome_labels(gateway: Gateway) -> Non
     cost = samples(text, METRICS.prometheus_name("cost_microusd"))
     # 40 prompt tokens at $1/M and 60 completion tokens at $2/M: 160 micro-USD an answer.
     assert cost[frozenset({("rule", "chat"), ("model", "gpt-4o")})] == 160 * statuses.count(200)
+    # Past half of the budget, admissions are warned: counted by rule alone.
+    warned = samples(text, METRICS.prometheus_name("budget_warned"))
+    assert warned[frozenset({("rule", "chat")})] >= 1
     # The unlabelled counters are still there; no caller key reached a metric.
     assert re.search(r"^tokenlimit_requests_allowed\{\} \d+", text, re.M)
     assert "alice" not in text
+
+
+def test_upstream_429s_are_counted_by_rule_and_model(gateway: Gateway) -> None:
+    # Before the cap test below fills every worker's model set.
+    assert post(gateway, "sk-limited", "qwen-max", status=429) == 429
+    limited = samples(prometheus(gateway), METRICS.prometheus_name("upstream_rate_limited"))
+    assert limited[frozenset({("rule", "chat"), ("model", "qwen-max")})] == 1
 
 
 def test_the_model_label_is_capped_with_many_distinct_models(gateway: Gateway) -> None:
