@@ -6,6 +6,8 @@
 //! Two things are read at configure time and handed to the source:
 //!   ../contract/limits.json  every config bound the control plane enforces too, as
 //!                            `@import("limits")` (see `Limits`)
+//!   ../contract/metrics.json the labelled metrics' names, labels and outcomes, as
+//!                            `@import("metrics_contract")` (see `metricsOptions`)
 //!   src/ (recursively)       every .zig file, for the generated test root unit_tests.zig
 //!                            (see `unitTestRoot`)
 //! Both are declared as configure dependencies, so editing either reruns this script.
@@ -16,6 +18,7 @@ pub fn build(b: *std.Build) void {
     const optimize = b.option(std.builtin.OptimizeMode, "optimize", "Optimization mode (default ReleaseSmall)") orelse .small;
     const wasm_target = b.resolveTargetQuery(.{ .cpu_arch = .wasm32, .os_tag = .freestanding });
     const limits = limitsOptions(b);
+    const metrics_contract = metricsOptions(b);
 
     const variants = [_]struct { name: []const u8, transport: []const u8 }{
         .{ .name = "tokenlimit", .transport = "http" },
@@ -32,6 +35,7 @@ pub fn build(b: *std.Build) void {
         });
         module.addOptions("build_options", options);
         module.addOptions("limits", limits);
+        module.addOptions("metrics_contract", metrics_contract);
         addContract(b, module);
         const exe = b.addExecutable(.{ .name = variant.name, .root_module = module });
         exe.entry = .disabled;
@@ -66,6 +70,7 @@ pub fn build(b: *std.Build) void {
     });
     test_module.addOptions("build_options", test_options);
     test_module.addOptions("limits", limits);
+    test_module.addOptions("metrics_contract", metrics_contract);
     addContract(b, test_module);
     const unit_tests = b.addTest(.{ .root_module = test_module });
     if (write_root) |write| unit_tests.step.dependOn(&write.step);
@@ -113,6 +118,8 @@ const Limits = struct {
     model_bytes_max: u64,
     bridge_cluster: []const u8,
     bridge_token_env: []const u8,
+    // labelled metrics (issue 16): distinct `model` label values per worker VM
+    metrics_models_max: u64,
 };
 
 /// Reads contract/limits.json into the `limits` module: `pub const <key>: u64 = <value>;` or
@@ -155,6 +162,51 @@ fn limitsOptions(b: *std.Build) *std.Build.Step.Options {
             else => @compileError("Limits." ++ name ++ ": only u64 and []const u8 are supported"),
         }
     }
+    return options;
+}
+
+// ---- labelled metrics (issue 16) -----------------------------------------------------------------
+
+const metrics_path = "../contract/metrics.json";
+
+/// The part of contract/metrics.json the filter needs, as the `metrics_contract` module:
+/// `prefix`, `label_value_bytes_max`, `model_none`, `model_other`, `outcomes` and, per metric,
+/// `metric_names[i]` with its labels joined by commas in `metric_labels[i]`. The filter's
+/// enums (abi/labelled_metrics.zig) are checked against these at compile time, so a name
+/// changed on one side fails the build. The renderer and the dashboard read the same file.
+fn metricsOptions(b: *std.Build) *std.Build.Step.Options {
+    b.dependOnFileContents(b.path(metrics_path));
+    const arena = b.graph.arena;
+    const bytes = readFile(b, metrics_path, 64 * 1024) catch |err| std.process.fatal("{s}: cannot read it ({t}); it names the labelled metrics " ++
+        "the filter, the renderer and the dashboard share", .{ metrics_path, err });
+    const Metric = struct { name: []const u8, labels: []const []const u8, help: []const u8 };
+    const Tag = struct { tag_name: []const u8, regex: []const u8 };
+    const Contract = struct {
+        _comment: []const u8,
+        prefix: []const u8,
+        label_value_bytes_max: u64,
+        model_none: []const u8,
+        model_other: []const u8,
+        outcomes: []const []const u8,
+        metrics: []const Metric,
+        stats_tags: []const Tag,
+    };
+    const contract = std.json.parseFromSliceLeaky(Contract, arena, bytes, .{}) catch |err|
+        std.process.fatal("{s}: does not fit the contract's shape ({t}): every key of `Contract` in build.zig, no other", .{ metrics_path, err });
+    const options = b.addOptions();
+    options.addOption([]const u8, "prefix", contract.prefix);
+    options.addOption(u64, "label_value_bytes_max", contract.label_value_bytes_max);
+    options.addOption([]const u8, "model_none", contract.model_none);
+    options.addOption([]const u8, "model_other", contract.model_other);
+    options.addOption([]const []const u8, "outcomes", contract.outcomes);
+    const names = arena.alloc([]const u8, contract.metrics.len) catch @panic("OOM");
+    const labels = arena.alloc([]const u8, contract.metrics.len) catch @panic("OOM");
+    for (contract.metrics, names, labels) |metric, *name, *joined| {
+        name.* = metric.name;
+        joined.* = std.mem.join(arena, ",", metric.labels) catch @panic("OOM");
+    }
+    options.addOption([]const []const u8, "metric_names", names);
+    options.addOption([]const []const u8, "metric_labels", labels);
     return options;
 }
 

@@ -6,6 +6,7 @@
 test {
     _ = @import("src/abi/header_map.zig");
     _ = @import("src/abi/host.zig");
+    _ = @import("src/abi/labelled_metrics.zig");
     _ = @import("src/abi/message.zig");
     _ = @import("src/abi/metrics.zig");
     _ = @import("src/config/compat.zig");
@@ -29,12 +30,14 @@ test {
     _ = @import("src/config/regex/vm.zig");
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/context.zig");
+    _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");
     _ = @import("src/http/response_phase.zig");
     _ = @import("src/http/rewrite.zig");
     _ = @import("src/http/root.zig");
     _ = @import("src/http/select.zig");
     _ = @import("src/http/settle.zig");
+    _ = @import("src/http/usage_endpoint.zig");
     _ = @import("src/http/warn.zig");
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");

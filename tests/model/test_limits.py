@@ -163,6 +163,7 @@ OTHER = (
     "bridge_token_env",
     "local_counters_max",  # sizes the filter's local store (filter/src/store/local.zig)
     "model_bytes_max",  # bounds a request's model (filter/src/http/model.zig), not a config field
+    "metrics_models_max",  # caps the filter's `model` metric label (abi/labelled_metrics.zig)
 )
 
 VECTORS = [

@@ -79,6 +79,7 @@ from tokenlimit.model.model_budgets import (
 )
 from tokenlimit.model.problems import ConfigInvalid, Problem, problems
 from tokenlimit.model.rule_items import GlobalThreshold, LimitKey, RuleItem, key_problem
+from tokenlimit.model.usage_endpoint import OptUsagePath
 
 __all__ = [
     "BudgetFields",
@@ -240,6 +241,13 @@ class BudgetFields(_Model):
     """higress (2.0.1) or higress-1.0: budgets on Higress ai-token-ratelimit's own Redis keys
     with its counting, so the old plugin and tokenlimit share one budget during a rolling
     upgrade (docs/higress-compat.md). Needs redis; token limits only, fixed windows."""
+    # usage endpoint (issue 16)
+    usage_path: OptUsagePath = None
+    """Where the filter answers GET with the caller's own budgets (default
+    /tokenlimit/v1/usage; "" turns it off)."""
+    higress_token_metrics: OptBool = None
+    """Also count reported tokens under Higress ai-statistics' metric names
+    (route_upstream_model_consumer_metric_input_token, ...); off by default."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

@@ -81,6 +81,8 @@ RULE_FIELDS = (
     "calendar",
     "warn_at",
     "compat",
+    "usage_path",  # the usage endpoint (issue 16)
+    "higress_token_metrics",  # issue 16
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)

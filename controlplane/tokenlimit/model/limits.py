@@ -46,6 +46,8 @@ class Limits(BaseModel):
     model_bytes_max: int
     bridge_cluster: str
     bridge_token_env: str
+    # labelled metrics (issue 16): distinct `model` label values per worker VM (the filter's)
+    metrics_models_max: int
 
 
 def load_limits() -> Limits:

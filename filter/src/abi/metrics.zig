@@ -57,7 +57,8 @@ fn defineSet(comptime T: type, comptime prefix: []const u8, comptime gauges: []c
 
 // ---- Higress's own refusal counter (Higress build; respond/higress.zig) --------------------------
 
-/// Distinct `token_ratelimit_count` names kept per VM. Route and cluster come from the
+/// Distinct Higress-named metrics (`token_ratelimit_count`, and the token counters of
+/// `higress_token_metrics`) kept per VM. Route and cluster come from the
 /// gateway's config, the consumer from `x-mse-consumer`, which a client may set itself where no
 /// auth plugin owns it: past this many names (Higress keeps every one) further consumers are
 /// counted under the consumer `other`, so a client cannot grow the gateway's stats without bound.
@@ -70,18 +71,31 @@ var higress_rejection_ids: std.StringHashMapUnmanaged(u32) = .empty;
 /// Higress's metric name for refusals on a route, upstream cluster and consumer (its main.go
 /// `generateMetricName(route, cluster, "none", consumer, "token_ratelimit_count")`).
 pub fn higressRejectionName(buffer: []u8, route: []const u8, cluster: []const u8, consumer: []const u8) ?[]const u8 {
-    return std.fmt.bufPrint(buffer, "route.{s}.upstream.{s}.model.none.consumer.{s}.metric.token_ratelimit_count", .{ route, cluster, consumer }) catch null;
+    return higressName(buffer, route, cluster, "none", consumer, "token_ratelimit_count");
+}
+
+/// Higress's AI metric names (ai-statistics' and ai-token-ratelimit's `generateMetricName`):
+/// `route.<route>.upstream.<cluster>.model.<model>.consumer.<consumer>.metric.<metric>`.
+pub fn higressName(buffer: []u8, route: []const u8, cluster: []const u8, model: []const u8, consumer: []const u8, metric: []const u8) ?[]const u8 {
+    return std.fmt.bufPrint(buffer, "route.{s}.upstream.{s}.model.{s}.consumer.{s}.metric.{s}", .{ route, cluster, model, consumer, metric }) catch null;
 }
 
 /// The counter id for `higressRejectionName(route, cluster, consumer)`, defined on first use
 /// (Higress's DefineCounterMetric) and kept, so each name is defined once per VM. 0 (no metric)
 /// when the host refuses it.
 pub fn higressRejections(route: []const u8, cluster: []const u8, consumer: []const u8) u32 {
+    return higressCounter(route, cluster, "none", consumer, "token_ratelimit_count");
+}
+
+/// As `higressRejections` for any of Higress's AI metrics (issue 16: ai-statistics' token
+/// counters `input_token`, `output_token`, `total_token`). `model` must already be bounded
+/// (labelled_metrics caps it); consumers past the table's bound count as `other`.
+pub fn higressCounter(route: []const u8, cluster: []const u8, model: []const u8, consumer: []const u8, metric: []const u8) u32 {
     var buffer: [higress_rejection_name_bytes_max]u8 = undefined;
     const full = higress_rejection_ids.count() >= higress_rejection_names_max;
-    var name = higressRejectionName(&buffer, route, cluster, consumer);
+    var name = higressName(&buffer, route, cluster, model, consumer, metric);
     if (name) |text| if (higress_rejection_ids.get(text)) |id| return id;
-    if (name == null or full) name = higressRejectionName(&buffer, route, cluster, "other");
+    if (name == null or full) name = higressName(&buffer, route, cluster, model, "other", metric);
     const text = name orelse return 0;
     if (higress_rejection_ids.get(text)) |id| return id;
     const id = host.defineMetric(.counter, text) catch return 0;
@@ -95,6 +109,10 @@ test "metrics: Higress's refusal counter name" {
     try std.testing.expectEqualStrings(
         "route.default/chat.upstream.outbound|80||llm.ns.svc.cluster.local.model.none.consumer.alice.metric.token_ratelimit_count",
         higressRejectionName(&buffer, "default/chat", "outbound|80||llm.ns.svc.cluster.local", "alice").?,
+    );
+    try std.testing.expectEqualStrings(
+        "route.r.upstream.c.model.qwen-max.consumer.none.metric.input_token",
+        higressName(&buffer, "r", "c", "qwen-max", "none", "input_token").?,
     );
     const long: [higress_rejection_name_bytes_max]u8 = @splat('c');
     try std.testing.expectEqual(@as(?[]const u8, null), higressRejectionName(&buffer, "-", "-", &long));

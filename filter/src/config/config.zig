@@ -234,6 +234,13 @@ pub const Rule = struct {
     /// cost limits need it too (a request is priced by its model). Set by `derive`.
     model_aware: bool = false,
 
+    // usage endpoint (issue 16): `usage_path`, where the filter answers a caller's own usage
+    // (http/usage_endpoint.zig); "" turns it off.
+    usage_path: []const u8 = usage_path_default,
+    /// `higress_token_metrics`: also count tokens under Higress ai-statistics' metric names
+    /// (http/higress_tokens.zig); off by default, as ai-statistics may count them already.
+    higress_token_metrics: bool = false,
+
     pub fn modelAware(self: *const Rule) bool {
         return self.model_aware;
     }
@@ -250,6 +257,9 @@ pub const Rule = struct {
         }
     }
 };
+
+/// Where a rule answers `GET` with the caller's own usage unless `usage_path` says otherwise.
+pub const usage_path_default = "/tokenlimit/v1/usage";
 
 pub const RouteRule = struct {
     /// `_match_route_`: route names, matched exactly (empty names dropped, as Higress does).

@@ -90,7 +90,9 @@ const Parser = struct {
         "failure_mode", "local_share",      "compat",
     } ++ model_rule_fields;
     /// Rule-level fields of model-aware budgets (issue 12).
-    const model_rule_fields = [_][]const u8{ "model_header", "time_zone", "calendar", "prices", "warn_at" };
+    const model_rule_fields = [_][]const u8{ "model_header", "time_zone", "calendar", "prices", "warn_at" } ++ usage_rule_fields;
+    /// The usage endpoint (issue 16).
+    const usage_rule_fields = [_][]const u8{ "usage_path", "higress_token_metrics" };
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_" };
 
@@ -291,7 +293,23 @@ const Parser = struct {
             parsed.model_header = try std.ascii.allocLowerString(self.arena, header);
             self.reader.leave(saved);
         }
+        if (map.get("usage_path")) |value| parsed.usage_path = try self.usagePath(value); // issue 16
+        if (map.get("higress_token_metrics")) |value| parsed.higress_token_metrics = try self.reader.boolField("higress_token_metrics", value);
         return parsed;
+    }
+
+    /// `usage_path` (issue 16): "" (off), or a path: `/` then printable ASCII without a space,
+    /// `?` or `#` (the query string is not part of what is matched).
+    fn usagePath(self: *Parser, value: Value) ParseError![]const u8 {
+        const saved = self.reader.enter("usage_path");
+        defer self.reader.leave(saved);
+        const path = try self.reader.string(value, config.source_name_bytes_max);
+        if (path.len == 0) return path;
+        if (path[0] != '/') return self.reader.fail("must start with /, got \"{s}\" (\"\" turns the usage endpoint off)", .{path});
+        for (path) |c| {
+            if (c <= ' ' or c >= 0x7f or c == '?' or c == '#') return self.reader.fail("must be printable ASCII without spaces, ? or #, got \"{s}\"", .{path});
+        }
+        return path;
     }
 
     fn weightsField(self: *Parser, value: Value) ParseError!usage.Weights {

@@ -7,7 +7,9 @@
 const std = @import("std");
 const admission = @import("admission.zig");
 const config = @import("../config/config.zig");
+const higress_tokens = @import("higress_tokens.zig");
 const host = @import("../abi/host.zig");
+const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 const model = @import("model.zig");
 const redis = @import("../store/redis.zig");
@@ -22,6 +24,7 @@ const settlement = @import("settle.zig");
 const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
+const usage_endpoint = @import("usage_endpoint.zig");
 
 const allocator = host.allocator;
 
@@ -122,6 +125,11 @@ pub const HttpContext = struct {
     /// The rule's items depend on the model and only the body can name it: the counters are
     /// resolved (model.resolve) once the body is complete.
     model_pending: bool = false,
+    /// usage endpoint (issue 16): this request asks for its caller's usage; a Redis store's
+    /// `peek` is on its way (usage_endpoint.zig), never an admission.
+    usage_request: bool = false,
+    /// `higress_token_metrics` (issue 16): the request's consumer, for the answer's counters.
+    higress_consumer: higress_tokens.Consumer = .{},
 
     pub fn deinit(self: *HttpContext) void {
         self.counters.deinit(allocator);
@@ -153,6 +161,7 @@ pub const HttpContext = struct {
         if (current.model_rewrite != null) return self.prepareModelRewrite(current, end_of_stream);
         const rule = select.rule(current) orelse return .@"continue";
         self.collectCounters(rule);
+        if (usage_endpoint.isUsageRequest(rule)) return usage_endpoint.answer(self, current, rule); // issue 16
         if (rule.modelAware()) {
             self.requested_model = model.fromRequestHeaders(rule, &self.model_buffer);
             if (self.requested_model == .refused) return model.refuse(rule, self.requested_model.refused);
@@ -161,11 +170,17 @@ pub const HttpContext = struct {
             const length = if (end_of_stream) null else select.contentLength();
             self.model_pending = self.requested_model == .none and !end_of_stream and (length orelse 0) <= rewrite.request_body_bytes_max;
             if (!self.model_pending and !self.resolveModel(rule)) return model.refuseUnpriced(rule, self.requested_model);
+        } else {
+            // labelled metrics (issue 16): the model as the headers name it, for the `model`
+            // label only (the rule's budgets do not depend on it; a refusal reads as none).
+            self.requested_model = model.fromRequestHeaders(rule, &self.model_buffer);
+            if (self.requested_model == .refused) self.requested_model = .none;
         }
         if (self.counters.items.len == 0 and !self.model_pending) return .@"continue";
         self.config = current.retain();
         self.rule = rule;
         self.nameRequest();
+        if (rule.higress_token_metrics) self.higress_consumer = higress_tokens.Consumer.read(); // issue 16
         setProperty("tokenlimit_rule", rule.name);
         // Usage can only be read from an answer the upstream did not compress: ask for identity
         // (Envoy's compressor filter can still compress towards the client, docs/config.md).
@@ -233,6 +248,12 @@ pub const HttpContext = struct {
                 var bytes = body;
                 defer bytes.deinit();
                 info = request.scan(bytes.bytes);
+                // labelled metrics (issue 16): the body's model, for the label only, where the
+                // rule's budgets do not read it (model-aware rules read it below).
+                if (self.requested_model == .none and self.rule != null and !self.rule.?.modelAware()) {
+                    const named = model.Requested.of(request.decodeModel(bytes.bytes, info, &self.model_buffer));
+                    if (named == .name) self.requested_model = named;
+                }
                 if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
                     self.hide_usage_event = !info.usage_asked;
                 }
@@ -320,6 +341,7 @@ pub const HttpContext = struct {
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 host.incrementMetric(metrics.plugin.requests_shadow_rejected, 1);
+                self.countOutcome(.shadow_rejected);
                 setProperty("tokenlimit_decision", "shadow_rejected");
                 host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
                 return self.admitted();
@@ -329,6 +351,7 @@ pub const HttpContext = struct {
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 self.enter(.idle);
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
+                self.countOutcome(.rejected);
                 setProperty("tokenlimit_decision", "rejected");
                 host.logf(.debug, "rejected rule={s} counter={s} used={d} limit={d} reset_ms={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit, counter.check.reset_in_ms });
                 response.sendRejection(rule.rejected_code, rule.rejected_msg, counter.unit, counter.check) catch |err| {
@@ -339,12 +362,14 @@ pub const HttpContext = struct {
             },
             .uncounted => |failure| {
                 host.incrementMetric(metrics.plugin.store_errors, 1);
+                self.countOutcome(.store_unavailable);
                 host.logf(.err, "rule {s}: budget store failed ({s}); request admitted uncounted", .{ rule.name, failure.describe() });
                 self.enter(.idle);
                 return .@"continue";
             },
             .fail_open, .fail_closed, .fail_local => |failure| {
                 host.incrementMetric(metrics.plugin.store_fallbacks, 1);
+                self.countOutcome(.store_unavailable);
                 host.logf(.debug, "rule {s}: redis store unavailable ({s}); failure_mode {s}", .{ rule.name, failure.describe(), @tagName(rule.failure_mode) });
                 return self.storeUnavailable();
             },
@@ -360,11 +385,13 @@ pub const HttpContext = struct {
                 setProperty("tokenlimit_decision", "allowed_store_unavailable");
                 self.enter(.idle); // admitted uncounted, as Higress does
                 host.incrementMetric(metrics.plugin.requests_allowed, 1);
+                self.countOutcome(.allowed);
                 return .@"continue";
             },
             .closed => {
                 self.enter(.idle);
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
+                self.countOutcome(.rejected);
                 setProperty("tokenlimit_decision", "rejected_store_unavailable");
                 response.sendStoreUnavailable() catch return .@"continue";
                 return .pause;
@@ -380,17 +407,31 @@ pub const HttpContext = struct {
     fn admitted(self: *HttpContext) host.Action {
         self.enter(.admitted);
         host.incrementMetric(metrics.plugin.requests_allowed, 1);
+        self.countOutcome(.allowed);
         return .@"continue";
+    }
+
+    // ---- labelled metrics (issue 16) ----
+
+    /// The request's model as far as the filter knows it (null: none), for metric labels.
+    pub fn modelName(self: *const HttpContext) ?[]const u8 {
+        return if (self.requested_model == .name) self.requested_model.name else null;
+    }
+
+    /// Counts the request under its rule and model (tokenlimit_requests{outcome}).
+    pub fn countOutcome(self: *const HttpContext, outcome: labelled.Outcome) void {
+        labelled.countRequest(ruleLabel(self.rule.?), self.modelName(), outcome);
     }
 
     /// The Redis store answered (or failed) for this paused request: finish admission and let
     /// the request go on, or reject it.
     pub fn onStoreReply(self: *HttpContext, outcome: redis.Outcome) void {
         if (self.phase != .awaiting_store) return;
+        if (self.usage_request) return usage_endpoint.onPeekReply(self, outcome); // issue 16
         if (self.abandoned) return self.releaseAbandoned(outcome);
         const answer: store.Admission = switch (outcome) {
             .admitted => |values| script.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
-            .settled => .{ .failed = .bad_reply },
+            .settled, .peeked => .{ .failed = .bad_reply },
             .failed => |failure| .{ .failed = failure },
         };
         std.debug.assert(answer != .pending);
@@ -431,6 +472,11 @@ pub const HttpContext = struct {
     pub const onResponseTrailers = response_phase.onResponseTrailers;
     pub const onLog = response_phase.onLog;
 };
+
+/// The name a rule's metrics carry: its `rule_name` as configured (its counter form if empty).
+pub fn ruleLabel(rule: *const config.Rule) []const u8 {
+    return if (rule.configured_name.len > 0) rule.configured_name else rule.name;
+}
 
 /// Sets an access-log property (also for response_phase.zig).
 pub fn setProperty(name: []const u8, value: []const u8) void {

@@ -7,6 +7,7 @@ const std = @import("std");
 const config = @import("../config/config.zig");
 const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
+const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 const response = @import("../respond/response.zig");
 const rewrite = @import("rewrite.zig");
@@ -255,6 +256,7 @@ pub fn segment(item: *const config.RuleItem, requested: Requested, out: *counter
 pub fn refuse(rule: *const config.Rule, refusal: Refusal) host.Action {
     host.logf(.info, "rule {s}: request refused: {s}", .{ rule.name, refusal.describe() });
     host.incrementMetric(metrics.plugin.requests_rejected, 1);
+    labelled.countRequest(ruleLabel(rule), null, .rejected); // issue 16
     setProperty("tokenlimit_decision", "rejected_model");
     response.sendPlain(400, "tokenlimit_bad_model", refusal.describe()) catch |err| {
         host.logf(.err, "could not send the rejection: {s}", .{@errorName(err)});
@@ -268,12 +270,17 @@ pub fn refuseUnpriced(rule: *const config.Rule, requested: Requested) host.Actio
     const name = if (requested == .name) requested.name else "(none)";
     host.logf(.warn, "model {s} has no price in rule {s}; request refused (add it, or a \"*\" entry, to prices)", .{ name, rule.name });
     host.incrementMetric(metrics.plugin.requests_rejected, 1);
+    labelled.countRequest(ruleLabel(rule), if (requested == .name) requested.name else null, .rejected); // issue 16
     setProperty("tokenlimit_decision", "rejected_unpriced");
     response.sendPlain(rule.rejected_code, "tokenlimit_unpriced", "The requested model has no price for this budget") catch |err| {
         host.logf(.err, "could not send the rejection: {s}", .{@errorName(err)});
         return .@"continue";
     };
     return .pause;
+}
+
+fn ruleLabel(rule: *const config.Rule) []const u8 {
+    return if (rule.configured_name.len > 0) rule.configured_name else rule.name;
 }
 
 fn setProperty(name: []const u8, value: []const u8) void {

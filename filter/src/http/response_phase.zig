@@ -6,7 +6,9 @@ const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const config = @import("../config/config.zig");
 const context = @import("context.zig");
+const higress_tokens = @import("higress_tokens.zig");
 const host = @import("../abi/host.zig");
+const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 const response = @import("../respond/response.zig");
 const settlement = @import("settle.zig");
@@ -27,6 +29,7 @@ pub fn onResponseHeaders(self: *HttpContext) host.Action {
     var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
     defer status.deinit();
     const code = std.fmt.parseInt(u16, status.bytes, 10) catch 0;
+    if (code == 429) labelled.countUpstreamRateLimited(context.ruleLabel(self.rule.?), self.modelName()); // issue 16
     // Upstream refusals and errors consume no tokens; only successful answers are charged.
     self.response_ok = code >= 200 and code < 300;
     if (!self.response_ok) return .@"continue";
@@ -110,8 +113,10 @@ fn settle(self: *HttpContext, reason: []const u8) void {
         (if (self.response_ok) .answered else .refused)
     else if (self.request_sent) .unanswered else .not_sent;
     const cost = settlement.charge(outcome, seen, self.request_bytes, self.response_bytes, rule.weights);
+    var charged_micros: u64 = 0;
     if (self.price) |price| {
         const micros = settlement.chargeCost(cost, price, seen, self.request_bytes, self.response_bytes, outcome == .unanswered);
+        charged_micros = micros;
         for (self.counters.items) |*counter| counter.actual_cost = micros;
         var dollars: [24]u8 = undefined;
         setProperty("tokenlimit_cost", dollars[0..response.printDollars(&dollars, micros)]);
@@ -122,6 +127,10 @@ fn settle(self: *HttpContext, reason: []const u8) void {
     };
     if (cost.tokens > 0) host.incrementMetric(metrics.plugin.tokens_charged, @intCast(@min(cost.tokens, std.math.maxInt(i64))));
     if (cost.estimated() and cost.tokens > 0) host.incrementMetric(metrics.plugin.usage_estimated, 1);
+    // labelled metrics (issue 16)
+    labelled.countCharge(context.ruleLabel(rule), self.modelName(), cost.tokens, charged_micros);
+    if (rule.higress_token_metrics) higress_tokens.count(self.modelName(), &self.higress_consumer, seen);
+    if (cost.estimated() and cost.tokens > 0) self.countOutcome(.estimated);
     var cost_text: [24]u8 = undefined;
     setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
     setProperty("tokenlimit_usage", cost.label());

@@ -8,6 +8,7 @@ const config = @import("../config/config.zig");
 const store = @import("../store/store.zig");
 const admission = @import("admission.zig");
 const host = @import("../abi/host.zig");
+const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 
 pub const header_name = "x-tokenlimit-warning";
@@ -66,6 +67,7 @@ pub fn addWarning(rule: *const config.Rule, counters: []const store.Counter) voi
     const text = describe(counter, &buffer);
     host.replaceHeader(.response_headers, header_name, text) catch {};
     host.incrementMetric(metrics.plugin.budget_warnings, 1);
+    labelled.countBudgetWarned(if (rule.configured_name.len > 0) rule.configured_name else rule.name); // issue 16
     if (firstInWindow(counter, host.nowMs())) {
         host.logf(.warn, "rule {s}: budget {s} past its warn_at: {s}", .{ rule.name, admission.counterIdentity(counter.key.slice()), text });
     }

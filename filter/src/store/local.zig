@@ -125,6 +125,12 @@ pub fn settle(counters: []const store.Counter, now_ms: u64, actual_tokens: u64) 
     return (HostStore{ .shared = &host_shared_data }).settle(counters, now_ms, actual_tokens);
 }
 
+/// Reads each counter's budget into its `check`, writing nothing (the usage endpoint, issue 16):
+/// what an admission of nothing would report now. A counter never written reads as unused.
+pub fn peek(counters: []store.Counter, now_ms: u64) Error!void {
+    return (HostStore{ .shared = &host_shared_data }).peek(counters, now_ms);
+}
+
 /// What one compare-and-swap round decides: the record to write, or null to write nothing.
 const Update = struct {
     context: *const anyopaque,
@@ -293,6 +299,14 @@ pub fn Table(comptime Shared: type, comptime slot_count: usize) type {
                 if (actual == counter.reserved) continue;
                 var step = SettleStep{ .counter = counter, .now_ms = now_ms, .actual = actual };
                 _ = try self.modify(counter, now_ms, .{ .context = &step, .apply = SettleStep.apply });
+            }
+        }
+
+        /// issue 16: each counter's `check` as its record stands now; nothing is written.
+        pub fn peek(self: Self, counters: []store.Counter, now_ms: u64) Error!void {
+            for (counters) |*counter| {
+                const place = try self.locate(counter.key.slice(), now_ms);
+                counter.check = counter.budget.check(place.record, now_ms);
             }
         }
 

@@ -231,3 +231,18 @@ test "local store: a slot round-trips and anything else reads as free" {
     try testing.expectEqual(slot, Slot.decode(&slot.encode()).?);
     try testing.expectEqual(@as(?Slot, null), Slot.decode(&budget.Record.encode(.{})));
 }
+
+test "local store: a peek reads each budget and writes nothing, not even for a new caller" {
+    var shared: MapSharedData = .{};
+    defer shared.deinit();
+    const local = Local(MapSharedData){ .shared = &shared };
+    var spent = [_]store.Counter{testCounter("t", .tokens, 100, 30)};
+    try testing.expectEqual(@as(?usize, null), try local.admit(&spent, test_now_ms, false));
+    const writes = shared.next_cas;
+    var asked = [_]store.Counter{ testCounter("t", .tokens, 100, 0), testCounter("new", .tokens, 100, 0) };
+    try local.peek(&asked, test_now_ms + 10_000);
+    try testing.expectEqual(budget.Check{ .limit = 100, .used = 30, .reset_in_ms = 50_000 }, asked[0].check);
+    try testing.expectEqual(@as(u64, 0), asked[1].check.used);
+    try testing.expectEqual(writes, shared.next_cas);
+    try testing.expectEqual(@as(usize, 1), shared.entries.count());
+}

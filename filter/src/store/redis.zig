@@ -38,7 +38,7 @@ const transport = if (is_higress) transport_higress else transport_http;
 pub const pending_max = 4096;
 pub const retry_queue_max = 1024;
 
-pub const Op = enum { admit, settle };
+pub const Op = enum { admit, settle, peek };
 
 /// An admission reply on its way to the HTTP context that waits for it.
 pub const Delivery = struct { http_context_id: u32, outcome: Outcome };
@@ -47,6 +47,8 @@ pub const Delivery = struct { http_context_id: u32, outcome: Outcome };
 pub const Outcome = union(enum) {
     /// admit: the script's reply values (script.readAdmitReply reads them).
     admitted: []const i64,
+    /// peek (the usage endpoint, issue 16): the script's reply values (script.readPeekReply).
+    peeked: []const i64,
     settled,
     failed: store.Failure,
 };
@@ -132,6 +134,15 @@ pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, 
     try send(call);
 }
 
+/// Starts a read-only `peek` of `counters` for the usage endpoint (issue 16); the reply arrives
+/// through `onReply` as `.peeked`, for `caller.http_context_id`.
+pub fn peek(redis: config.Redis, counters: []const store.Counter, caller: store.Caller) !void {
+    std.debug.assert(caller.http_context_id != 0);
+    const tail = try script.peekArguments(allocator, counters);
+    errdefer allocator.free(tail);
+    try send(.{ .op = .peek, .http_context_id = caller.http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false });
+}
+
 /// Starts the settlement script (actual cost against each reservation). Failures are queued
 /// and retried, so a charge survives a Redis outage up to the queue's bound.
 pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, caller: store.Caller) !void {
@@ -196,7 +207,11 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
         const bytes = reply orelse break :blk .{ .failed = transport_failure };
         const parsed = resp.parseReply(bytes, &integers) catch break :blk .{ .failed = .bad_reply };
         switch (parsed) {
-            .integers => |values| break :blk if (call.op == .admit) .{ .admitted = values } else .{ .failed = .bad_reply },
+            .integers => |values| break :blk switch (call.op) {
+                .admit => .{ .admitted = values },
+                .peek => .{ .peeked = values },
+                .settle => .{ .failed = .bad_reply },
+            },
             .integer => break :blk if (call.op == .settle) .settled else .{ .failed = .bad_reply },
             .err => |text| switch (script.classifyError(text)) {
                 .no_script => if (!call.sent_as_eval) {

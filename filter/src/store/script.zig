@@ -119,6 +119,39 @@ fn settlement(allocator: std.mem.Allocator, operation: []const u8, counters: []c
     return tail.bytes.toOwnedSlice(allocator);
 }
 
+/// A `peek` (the usage endpoint, issue 16): numkeys and the counters' keys (no marker: a peek
+/// writes nothing), `peek 0`, then (algorithm, window_ms, limit) per counter and the zone table
+/// when a window needs one. Each counter's `admitted_at_ms` is the time the zone table is for.
+pub fn peekArguments(allocator: std.mem.Allocator, counters: []const store.Counter) ![]u8 {
+    std.debug.assert(counters.len > 0);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try tail.argInt(allocator, counters.len);
+    for (counters) |counter| try tail.arg(allocator, counter.key.slice());
+    try tail.arg(allocator, "peek");
+    try tail.argInt(allocator, 0);
+    for (counters) |counter| {
+        try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
+        try windowArgument(allocator, &tail, counter.budget);
+        try tail.argInt(allocator, counter.budget.limit);
+    }
+    try appendZone(allocator, &tail, counters);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// Reads a peek reply into the counters' `check`: the server's time, then (used, remaining,
+/// reset_ms) per counter. False for a reply of the wrong shape (network input: never asserted).
+pub fn readPeekReply(counters: []store.Counter, values: []const i64) bool {
+    if (values.len != 1 + 3 * counters.len) return false;
+    for (counters, 0..) |*counter, index| {
+        const used = values[1 + 3 * index];
+        const reset_ms = values[3 + 3 * index];
+        if (used < 0 or reset_ms < 0) return false;
+        counter.check = .{ .limit = counter.budget.limit, .used = @intCast(used), .reset_in_ms = @intCast(reset_ms) };
+    }
+    return true;
+}
+
 /// A counter's window as budget.lua reads it: the length in ms, or for a calendar window
 /// its code (-1 hour, -2 day, -3 week, -4 month; the zone table ends the call).
 fn windowArgument(allocator: std.mem.Allocator, tail: *resp.Command, b: budget.Budget) !void {
@@ -290,4 +323,18 @@ test "script: error replies that change what happens next" {
     try testing.expectEqual(ErrorReply.auth_failed, classifyError("WRONGPASS invalid username-password pair"));
     try testing.expectEqual(ErrorReply.auth_failed, classifyError("NOAUTH Authentication required."));
     try testing.expectEqual(ErrorReply.other, classifyError("ERR budget.lua: bad argument"));
+}
+
+test "script: a peek names only the counters (no marker) and reads used and reset back" {
+    var counters = [_]store.Counter{ testCounter("t", .tokens, 300, 0), testCounter("r", .requests, 10, 0) };
+    const tail = try peekArguments(testing.allocator, &counters);
+    defer testing.allocator.free(tail);
+    try testing.expectEqualStrings("$1\r\n2\r\n$1\r\nt\r\n$1\r\nr\r\n$4\r\npeek\r\n$1\r\n0\r\n" ++
+        "$1\r\n0\r\n$5\r\n60000\r\n$3\r\n300\r\n$1\r\n0\r\n$5\r\n60000\r\n$2\r\n10\r\n", tail);
+    try testing.expect(readPeekReply(&counters, &.{ 1_700_000_000_000, 120, 180, 30_000, 10, 0, 5_000 }));
+    try testing.expectEqual(budget.Check{ .limit = 300, .used = 120, .reset_in_ms = 30_000 }, counters[0].check);
+    try testing.expectEqual(@as(u64, 0), counters[1].check.remaining());
+    // Network input of the wrong shape is refused, never trusted.
+    try testing.expect(!readPeekReply(&counters, &.{ 1, 2, 3 }));
+    try testing.expect(!readPeekReply(&counters, &.{ 1, -1, 0, 0, 0, 0, 0 }));
 }

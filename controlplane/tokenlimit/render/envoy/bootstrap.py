@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenlimit.model import ENVOY_BRIDGE_CLUSTER, FallbackSpec, PolicySpec
+from tokenlimit.model.metrics_contract import METRICS
 from tokenlimit.model.upstream import Upstream
 from tokenlimit.render.envoy import fallback as chains
 from tokenlimit.render.envoy.clusters import fallback_clusters, upstream_cluster
@@ -146,6 +147,9 @@ def bootstrap(options: EnvoyOptions, fallback: FallbackRoutes | None = None) -> 
             ]
         },
     }
+    # Labelled metrics (issue 16): the filter's metric names carry rule, model and outcome;
+    # these tag regexes (contract/metrics.json) make /stats/prometheus show them as labels.
+    document["stats_config"] = {"stats_tags": METRICS.envoy_stats_tags()}
     if len(listeners) > 1:
         document["bootstrap_extensions"] = [
             {
