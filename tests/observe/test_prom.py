@@ -10,11 +10,14 @@ from tokenlimit.observe import prom
 def test_several_envoys_are_summed_and_one_that_is_down_is_named() -> None:
     a, b = FakeEnvoy(), FakeEnvoy()
     try:
-        a.add('tokenlimit_requests{rule="chat",model="gpt-4o",outcome="allowed"}', 5)
-        b.add('tokenlimit_requests{rule="chat",model="gpt-4o",outcome="allowed"}', 7)
-        b.add('tokenlimit_cost_microusd{rule="chat",model="gpt-4o"}', 1_500)
-        a.add("tokenlimit_requests_rejected", 2)  # a filter without labels: rule *, model none
+        # a: a filter without labels (rule *, model none); b: one with labels, which also
+        # keeps the unlabelled twins of its counts (read once, not twice).
+        a.add("tokenlimit_requests_allowed", 5)
+        a.add("tokenlimit_requests_rejected", 2)
         a.add("tokenlimit_tokens_charged", 40)
+        b.add('tokenlimit_requests{rule="chat",model="gpt-4o",outcome="allowed"}', 7)
+        b.add("tokenlimit_requests_allowed", 7)
+        b.add('tokenlimit_cost_microusd{rule="chat",model="gpt-4o"}', 1_500)
         b.gauges["tokenlimit_redis_circuit_open"] = 1
         down = f"http://127.0.0.1:{free_port()}"
         stats, errors = prom.read([a.admin_url, b.admin_url, down])
@@ -22,7 +25,8 @@ def test_several_envoys_are_summed_and_one_that_is_down_is_named() -> None:
         a.served.close()
         b.served.close()
     assert stats.requests == {
-        ("chat", "gpt-4o", "allowed"): 12,
+        ("chat", "gpt-4o", "allowed"): 7,
+        (prom.ALL_RULES, prom.NO_MODEL, "allowed"): 5,
         (prom.ALL_RULES, prom.NO_MODEL, "rejected"): 2,
     }
     assert stats.tokens == {(prom.ALL_RULES, prom.NO_MODEL): 40}

@@ -10,9 +10,10 @@ The filter's labelled metrics (issue 16) appear as
     tokenlimit_budget_warned{rule}               admissions past warn_at
     tokenlimit_redis_circuit_open                gauge: 1 while Redis is unavailable
 
-(Envoy prints counters without a `_total` suffix.) A filter built before those labels counts the
-same things unlabelled (`tokenlimit_requests_allowed`, `tokenlimit_tokens_charged`, ...): they are
-read as rule "*" and model "none", so the panel and alerts work against either.
+(Envoy prints counters without a `_total` suffix.) The filter also keeps the same counts
+unlabelled (`tokenlimit_requests_allowed`, `tokenlimit_tokens_charged`, ...), as a filter built
+before the labels had only those: they are read, as rule "*" and model "none", only where the
+labelled family is missing, so the panel and alerts work against either and never count twice.
 
 Several Envoys (`--envoy-admin` more than once) are summed, gauges by their maximum.
 """
@@ -98,8 +99,10 @@ def _add_all(into: dict, *sources: Mapping) -> None:  # type: ignore[type-arg]
 
 
 def parse(text: str) -> Stats:
-    """The tokenlimit metrics in a Prometheus text exposition."""
-    stats = Stats()
+    """The tokenlimit metrics in a Prometheus text exposition. A filter with labels still
+    defines the unlabelled counters too (they count the same requests): those are read only
+    from a filter that shows no labelled series, so nothing is counted twice."""
+    labelled, legacy = Stats(), Stats()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             # The parser names a counter's samples `<name>_total`; Envoy prints them without.
@@ -108,20 +111,29 @@ def parse(text: str) -> Stats:
             rule = labels.get("rule", ALL_RULES)
             model = labels.get("model", NO_MODEL)
             if name == "tokenlimit_requests" and "outcome" in labels:
-                _bump(stats.requests, (rule, model, labels["outcome"]), value)
+                _bump(labelled.requests, (rule, model, labels["outcome"]), value)
             elif name in LEGACY_OUTCOMES:
-                _bump(stats.requests, (rule, model, LEGACY_OUTCOMES[name]), value)
-            elif name in ("tokenlimit_tokens", "tokenlimit_tokens_charged"):
-                _bump(stats.tokens, (rule, model), value)
+                _bump(legacy.requests, (rule, model, LEGACY_OUTCOMES[name]), value)
+            elif name == "tokenlimit_tokens":
+                _bump(labelled.tokens, (rule, model), value)
+            elif name == "tokenlimit_tokens_charged":
+                _bump(legacy.tokens, (rule, model), value)
             elif name == "tokenlimit_cost_microusd":
-                _bump(stats.cost_microusd, (rule, model), value)
+                _bump(labelled.cost_microusd, (rule, model), value)
             elif name == "tokenlimit_upstream_rate_limited":
-                _bump(stats.upstream_rate_limited, (rule, model), value)
-            elif name in ("tokenlimit_budget_warned", "tokenlimit_budget_warnings"):
-                _bump(stats.budget_warned, rule, value)
+                _bump(labelled.upstream_rate_limited, (rule, model), value)
+            elif name == "tokenlimit_budget_warned":
+                _bump(labelled.budget_warned, rule, value)
+            elif name == "tokenlimit_budget_warnings":
+                _bump(legacy.budget_warned, rule, value)
             elif name == "tokenlimit_redis_circuit_open":
-                stats.redis_circuit_open = max(stats.redis_circuit_open, value)
-    return stats
+                labelled.redis_circuit_open = max(labelled.redis_circuit_open, value)
+    families = ("requests", "tokens", "cost_microusd", "upstream_rate_limited", "budget_warned")
+    if any(getattr(labelled, name) for name in families):
+        return labelled  # a filter with labels: its unlabelled twins are the same counts
+    labelled.requests, labelled.tokens = legacy.requests, legacy.tokens
+    labelled.budget_warned = legacy.budget_warned
+    return labelled
 
 
 def _bump(into: dict, key: object, value: float) -> None:  # type: ignore[type-arg]
