@@ -15,6 +15,7 @@ test {
     _ = @import("src/config/json_tree_test.zig");
     _ = @import("src/config/parse.zig");
     _ = @import("src/config/parse_budget.zig");
+    _ = @import("src/config/parse_cache.zig");
     _ = @import("src/config/parse_items.zig");
     _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");

@@ -36,6 +36,7 @@ from tokenlimit.model._spelling import Model as _Model
 from tokenlimit.model._spelling import Naming
 from tokenlimit.model._spelling import doc_key as _doc_key
 from tokenlimit.model._spelling import naming_of as _naming
+from tokenlimit.model.cache import OptCache
 from tokenlimit.model.counters import (
     COUNTER_KEY_BYTES_MAX,
     LIMIT_TYPES,
@@ -240,6 +241,9 @@ class BudgetFields(_Model):
     """higress (2.0.1) or higress-1.0: budgets on Higress ai-token-ratelimit's own Redis keys
     with its counting, so the old plugin and tokenlimit share one budget during a rolling
     upgrade (docs/higress-compat.md). Needs redis; token limits only, fixed windows."""
+    # Response cache (issue 15, tokenlimit.model.cache).
+    cache: OptCache = None
+    """Exact response cache: a repeated request is answered by the gateway at 0 tokens."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

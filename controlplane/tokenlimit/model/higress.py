@@ -81,6 +81,7 @@ RULE_FIELDS = (
     "calendar",
     "warn_at",
     "compat",
+    "cache",  # response cache (issue 15): tokenlimit's own, its fields checked strictly
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)
