@@ -167,7 +167,9 @@ CASES: dict[str, list[Case]] = {
         Case(lambda n: cache_policy(ttlSeconds=n), "spec.cache.ttlSeconds", parse=parse_policy),
     ],
     "cache_entry_bytes_max": [
-        Case(lambda n: rule(cache={"ttl_seconds": 1, "max_entry_bytes": n}), "cache.max_entry_bytes"),
+        Case(
+            lambda n: rule(cache={"ttl_seconds": 1, "max_entry_bytes": n}), "cache.max_entry_bytes"
+        ),
         Case(
             lambda n: cache_policy(ttlSeconds=1, maxEntryBytes=n),
             "spec.cache.maxEntryBytes",
@@ -184,7 +186,7 @@ OTHER = (
     "local_counters_max",  # sizes the filter's local store (filter/src/store/local.zig)
     "model_bytes_max",  # bounds a request's model (filter/src/http/model.zig), not a config field
     "cache_entry_bytes_default",  # a default, below cache_entry_bytes_max (config.zig asserts it)
-    "cache_local_bytes_max",  # sizes the filter's local cache ring (filter/src/cache/store_local.zig)
+    "cache_local_bytes_max",  # sizes the filter's local cache ring (cache/store_local.zig)
 )
 
 VECTORS = [
