@@ -26,6 +26,9 @@ __all__ = ["CACHE_SCOPES", "CacheConfig", "OptCache"]
 CACHE_SCOPES = ("key", "rule")
 
 
+_OptScope = Annotated[Annotated[str, _enum(CACHE_SCOPES), _one_of(CACHE_SCOPES)] | None, Present]
+
+
 class CacheConfig(_Model):
     """Exact response cache for a rule: a repeated request is answered by the gateway."""
 
@@ -39,9 +42,7 @@ class CacheConfig(_Model):
         Present,
     ] = None
     """How long an answer is served from the cache; 0 or absent: no caching."""
-    scope: Annotated[
-        Annotated[str, _enum(CACHE_SCOPES), _one_of(CACHE_SCOPES)] | None, Present
-    ] = None
+    scope: _OptScope = None
     """key (default): answers go only to the caller that asked; rule: shared by every caller
     of the rule (opt in: one caller's answer is served to another)."""
     max_entry_bytes: Annotated[
