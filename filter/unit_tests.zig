@@ -8,6 +8,10 @@ test {
     _ = @import("src/abi/host.zig");
     _ = @import("src/abi/message.zig");
     _ = @import("src/abi/metrics.zig");
+    _ = @import("src/cache/entry.zig");
+    _ = @import("src/cache/key.zig");
+    _ = @import("src/cache/store_local.zig");
+    _ = @import("src/cache/store_redis.zig");
     _ = @import("src/config/compat.zig");
     _ = @import("src/config/config.zig");
     _ = @import("src/config/ip.zig");
@@ -28,6 +32,7 @@ test {
     _ = @import("src/config/regex/unicode.zig");
     _ = @import("src/config/regex/vm.zig");
     _ = @import("src/http/admission.zig");
+    _ = @import("src/http/cache.zig");
     _ = @import("src/http/context.zig");
     _ = @import("src/http/model.zig");
     _ = @import("src/http/response_phase.zig");
