@@ -10,6 +10,7 @@ test {
     _ = @import("src/abi/metrics.zig");
     _ = @import("src/cache/entry.zig");
     _ = @import("src/cache/key.zig");
+    _ = @import("src/cache/key_fuzz.zig");
     _ = @import("src/cache/store_local.zig");
     _ = @import("src/cache/store_redis.zig");
     _ = @import("src/config/compat.zig");
