@@ -211,3 +211,17 @@ def test_a_rule_without_cache_adds_nothing(make_host: Any, clock: Clock) -> None
     assert again.local_response is None
     assert "x-tokenlimit-cache" not in again.response_header_map
     assert "tokenlimit_cache" not in again.properties_set
+
+
+def test_hostile_bodies_are_bypassed_or_keyed_never_crash(make_host: Any, clock: Clock) -> None:
+    host = make(make_host, clock)
+    deep = b"[" * 100_000 + b"]" * 100_000  # past the nesting bound: not cached
+    stream = ask(host, body=deep)
+    assert stream.local_response is None
+    assert stream.properties_set["tokenlimit_cache"] == b"bypass"
+    broken = ask(host, body=b'{"messages": [1, 2,')
+    assert broken.properties_set["tokenlimit_cache"] == b"bypass"
+    # A body near the 1 MiB bound with 50,000 members is keyed (sorted in O(n log n)).
+    wide = json.dumps({f"k{i:05d}": i for i in range(50_000)}).encode()
+    assert ask(host, body=wide).properties_set["tokenlimit_cache"] == b"miss"
+    assert ask(host, body=wide).local_response is not None
