@@ -39,7 +39,7 @@ INTERNAL_LISTENER_TYPE = (
 )
 
 # The properties the filter sets with proxy_set_property, as Envoy's access log reads them.
-DECISION_FIELDS = ("decision", "rule", "key", "tokens", "model", "cost")
+DECISION_FIELDS = ("decision", "rule", "key", "tokens", "model", "cost", "cache")  # cache: issue 15
 # The path without its query string (`NQ`): API keys travel in queries too (`?key=`, Gemini),
 # and this log is written at info level. ORIG_OR_PATH: the path the client sent.
 ACCESS_LOG_FORMAT = (
