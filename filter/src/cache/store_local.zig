@@ -12,8 +12,10 @@
 //! - Oldest evicted: when the ring wraps, a new entry overwrites the oldest pages. A reader
 //!   checks every page's stamp: one overwritten by a later generation makes the entry a miss,
 //!   and a page being rewritten by another worker is never served half old, half new.
-//! - The index slot of a digest (from its first bytes) names the entry's first generation and
-//!   page count. Two digests that share a slot: the later one wins, the other is a miss.
+//! - The index is two-way: a digest may sit in either of two slots (from two parts of it), each
+//!   naming an entry's first generation and page count. A new entry takes a slot that is free,
+//!   already its own, or else the one naming the older entry; so two popular keys that share
+//!   one slot do not evict each other on every request.
 //!
 //! The logic is generic over where values live (`Shared`): Envoy shared data in the module, a
 //! map in the tests below.
@@ -54,8 +56,11 @@ pub fn Ring(comptime Shared: type) type {
         pub fn get(self: Self, allocator: std.mem.Allocator, digest: key.Digest) Error!?[]u8 {
             var name: [48]u8 = undefined;
             var record: [index_record_bytes]u8 = undefined;
-            const read = try self.shared.read(indexName(&name, digest), &record) orelse return null;
-            if (read.len != record.len or !std.mem.eql(u8, record[0..16], digest[0..16])) return null;
+            const found = for (0..2) |way| {
+                const read = try self.shared.read(indexName(&name, digest, way), &record) orelse continue;
+                if (read.len == record.len and std.mem.eql(u8, record[0..16], digest[0..16])) break true;
+            } else false;
+            if (!found) return null;
             const first = std.mem.readInt(u64, record[16..24], .little);
             const pages = std.mem.readInt(u32, record[24..28], .little);
             if (pages == 0 or pages > entry_pages_max) return null;
@@ -96,7 +101,22 @@ pub fn Ring(comptime Shared: type) type {
             @memcpy(record[0..16], digest[0..16]);
             std.mem.writeInt(u64, record[16..24], first, .little);
             std.mem.writeInt(u32, record[24..28], @intCast(pages), .little);
-            try unconditional(self.shared.write(indexName(&name, digest), &record, 0));
+            const way = try self.wayFor(digest);
+            try unconditional(self.shared.write(indexName(&name, digest, way), &record, 0));
+        }
+
+        /// The index slot a new entry takes: its own, a free one, else the older entry's.
+        fn wayFor(self: Self, digest: key.Digest) Error!usize {
+            var name: [48]u8 = undefined;
+            var oldest: struct { way: usize, first: u64 } = .{ .way = 0, .first = std.math.maxInt(u64) };
+            for (0..2) |way| {
+                var record: [index_record_bytes]u8 = undefined;
+                const read = try self.shared.read(indexName(&name, digest, way), &record) orelse return way;
+                if (read.len != record.len or std.mem.eql(u8, record[0..16], digest[0..16])) return way;
+                const first = std.mem.readInt(u64, record[16..24], .little);
+                if (first < oldest.first) oldest = .{ .way = way, .first = first };
+            }
+            return oldest.way;
         }
 
         /// Takes the next `pages` generations from the cursor (compare-and-swap, bounded).
@@ -131,8 +151,9 @@ fn pageName(buffer: *[48]u8, generation: u64) []const u8 {
     return std.fmt.bufPrint(buffer, "tokenlimit:cache:page:{d}", .{generation % page_count}) catch unreachable;
 }
 
-fn indexName(buffer: *[48]u8, digest: key.Digest) []const u8 {
-    const slot = std.mem.readInt(u32, digest[0..4], .little) % index_slots;
+fn indexName(buffer: *[48]u8, digest: key.Digest, way: usize) []const u8 {
+    const part = if (way == 0) digest[0..4] else digest[4..8];
+    const slot = std.mem.readInt(u32, part, .little) % index_slots;
     return std.fmt.bufPrint(buffer, "tokenlimit:cache:index:{d}", .{slot}) catch unreachable;
 }
 
@@ -204,8 +225,32 @@ const MapShared = struct {
 fn digestOf(n: u32) key.Digest {
     var digest: key.Digest = @splat(0);
     std.mem.writeInt(u32, digest[0..4], n, .little);
+    std.mem.writeInt(u32, digest[4..8], n +% 1, .little);
     digest[31] = @truncate(n);
     return digest;
+}
+
+test "local cache: two keys sharing an index slot both stay (two-way index)" {
+    const a = std.testing.allocator;
+    var shared: MapShared = .{ .allocator = a };
+    defer shared.deinit();
+    const ring = Ring(MapShared){ .shared = &shared };
+    const first = digestOf(5);
+    var second = digestOf(5 + index_slots); // same first slot, another second one
+    second[31] = 0xee;
+    try ring.put(first, "one");
+    try ring.put(second, "two");
+    for ([_]key.Digest{ first, second }, [_][]const u8{ "one", "two" }) |digest, expected| {
+        const read = (try ring.get(a, digest)).?;
+        defer a.free(read);
+        try std.testing.expectEqualStrings(expected, read);
+    }
+    var third = second; // a third key on both of those slots evicts the older entry only
+    third[10] = 0x33;
+    try ring.put(third, "three");
+    try std.testing.expect(try ring.get(a, first) == null);
+    const kept = (try ring.get(a, second)).?;
+    a.free(kept);
 }
 
 test "local cache: an entry spanning pages comes back whole; another digest is a miss" {
