@@ -5,11 +5,13 @@ until its TTL; what must never be stored is not; Cache-Control bypasses it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from support.filter_requests import JSON_RESPONSE, chat_request, openai_body
 from support.proxywasm_host import Clock, Host
 from support.proxywasm_host.stream import HttpStream
+from tokenlimit.model import filter_json, parse_policy, policy_filter_config
 
 QUESTION = {"model": "m", "messages": [{"role": "user", "content": "last quarter's results?"}]}
 # The same question, members in another order and spaced out: the same key.
@@ -43,10 +45,10 @@ def ask(
     body: bytes | None = None,
     response: dict[str, str] | None = None,
     chunks: list[bytes] | None = None,
-    **headers: str,
+    headers: dict[str, str] | None = None,
 ) -> HttpStream:
     payload = json.dumps(QUESTION).encode() if body is None else body
-    request = {**chat_request(api_key), "content-length": str(len(payload)), **headers}
+    request = {**chat_request(api_key), "content-length": str(len(payload)), **(headers or {})}
     answer = [openai_body(10, 30)] if chunks is None else chunks
     return host.http_stream().complete(request, response or JSON_RESPONSE, answer, payload)
 
@@ -140,12 +142,12 @@ def test_cache_control_no_store_or_no_cache_bypasses_lookup_and_store(
 ) -> None:
     host = make(make_host, clock)
     for directive in ("no-store", "max-age=0, No-Cache"):
-        bypassed = ask(host, **{"cache-control": directive})
+        bypassed = ask(host, headers={"cache-control": directive})
         assert bypassed.local_response is None
         assert bypassed.response_header_map.get("x-tokenlimit-cache") == "bypass"
         assert bypassed.properties_set["tokenlimit_cache"] == b"bypass"
     assert ask(host).local_response is None  # nothing was stored
-    assert ask(host, **{"cache-control": "no-cache"}).local_response is None  # nor looked up
+    assert ask(host, headers={"cache-control": "no-cache"}).local_response is None  # nor looked up
     assert host.metrics["tokenlimit.cache_bypasses"] == 3
 
 
@@ -225,3 +227,36 @@ def test_hostile_bodies_are_bypassed_or_keyed_never_crash(make_host: Any, clock:
     wide = json.dumps({f"k{i:05d}": i for i in range(50_000)}).encode()
     assert ask(host, body=wide).properties_set["tokenlimit_cache"] == b"miss"
     assert ask(host, body=wide).local_response is not None
+
+
+def test_the_higress_build_serves_hits_from_its_local_store(
+    higress_wasm: Path, clock: Clock
+) -> None:
+    host = Host(higress_wasm, clock=clock)
+    assert host.configure(cached_rule()), host.log_messages()
+    assert ask(host).local_response is None
+    hit = ask(host).local_response
+    assert hit is not None and hit.body == openai_body(10, 30)
+
+
+def test_a_policys_camelcase_cache_reaches_the_filter(make_host: Any, clock: Clock) -> None:
+    spec = {
+        "ruleName": "faq",
+        "globalThreshold": {"requestPerMinute": 100},
+        "cache": {"ttlSeconds": 60, "scope": "rule", "maxEntryBytes": 4096},
+        "targetRef": {"gateway": "envoy"},
+    }
+    policy = parse_policy(
+        {
+            "apiVersion": "tokenlimit.io/v1alpha1",
+            "kind": "TokenRateLimitPolicy",
+            "metadata": {"name": "p"},
+            "spec": spec,
+        }
+    )
+    document = json.loads(filter_json(policy_filter_config(policy.spec)))
+    assert document["cache"] == {"ttl_seconds": 60, "scope": "rule", "max_entry_bytes": 4096}
+    host: Host = make_host(clock=clock)
+    assert host.configure(document), host.log_messages()
+    ask(host, "alice")
+    assert ask(host, "bob").local_response is not None  # scope rule: shared

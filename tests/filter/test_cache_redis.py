@@ -82,7 +82,10 @@ def test_gateways_share_answers_through_the_bridge(
     assert hosts[1].metrics["tokenlimit.cache_store_errors"] == 0
     # One key, hash-tagged by its digest, with the TTL in Redis.
     client = redis.Redis.from_url(redis_server.url)
-    (name,) = client.keys("tokenlimit:cache:*")
+    names = client.keys("tokenlimit:cache:*")
+    assert len(names) == 1
+    name = names[0]
+    assert isinstance(name, bytes)
     assert name.startswith(b"tokenlimit:cache:{") and name.endswith(b"}")
     assert 29_000 < client.pttl(name) <= 30_000
     # Another caller's identical question is a miss; once Redis drops the entry, so is ours.
