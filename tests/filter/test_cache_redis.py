@@ -137,3 +137,15 @@ def test_the_bridge_guard_allows_the_cache_script_by_its_sha() -> None:
     assert scripts.refusal([b"EVALSHA", sha, b"1", b"k", b"get"]) is None
     assert scripts.refusal([b"EVAL", source, b"1", b"k", b"get"]) is None
     assert scripts.refusal([b"EVAL", source + b" ", b"0"]) is not None
+
+
+def test_a_hit_waits_for_its_request_budget_in_redis(filter_wasm: Path, bridge: Bridge) -> None:
+    config = rule({"service_name": BRIDGE_CLUSTER, "timeout": 500})
+    config["rule_items"][0]["limit_keys"][0]["request_per_minute"] = 2
+    host = Host(filter_wasm, clock=Clock(), http_call_handler=bridge.handler, seed=4)
+    assert host.configure(config), host.log_messages()
+    assert ask(host).local_response is None
+    hit = ask(host).local_response  # lookup, then admission: both answered by Redis
+    assert hit is not None and hit.status == 200 and hit.body == ANSWER.encode()
+    refused = ask(host).local_response  # a third request: the request budget is spent
+    assert refused is not None and refused.status == 429
