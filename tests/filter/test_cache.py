@@ -215,8 +215,9 @@ def test_a_rule_without_cache_adds_nothing(make_host: Any, clock: Clock) -> None
     assert "tokenlimit_cache" not in again.properties_set
 
 
-def test_hostile_bodies_are_bypassed_or_keyed_never_crash(make_host: Any, clock: Clock) -> None:
-    host = make(make_host, clock)
+def test_hostile_bodies_are_bypassed_or_keyed_never_crash(make_any_host: Any, clock: Clock) -> None:
+    # Also the ReleaseSafe build: any overflow or out-of-bounds index in the canonicaliser traps.
+    host = make(make_any_host, clock)
     deep = b"[" * 100_000 + b"]" * 100_000  # past the nesting bound: not cached
     stream = ask(host, body=deep)
     assert stream.local_response is None
@@ -260,3 +261,15 @@ def test_a_policys_camelcase_cache_reaches_the_filter(make_host: Any, clock: Clo
     assert host.configure(document), host.log_messages()
     ask(host, "alice")
     assert ask(host, "bob").local_response is not None  # scope rule: shared
+
+
+def test_a_stream_is_replayed_as_the_client_saw_it_without_the_gateways_usage_event(
+    make_host: Any, clock: Clock
+) -> None:
+    host = make(make_host, clock)
+    streaming = json.dumps({**QUESTION, "stream": True}).encode()
+    first = ask(host, body=streaming, response=SSE, chunks=SSE_BODY)
+    seen = first.forwarded_response_body
+    assert b"usage" not in seen and seen.endswith(b"data: [DONE]\n\n")  # the gateway asked
+    hit = ask(host, body=streaming, response=SSE, chunks=SSE_BODY).local_response
+    assert hit is not None and hit.body == seen
