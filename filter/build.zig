@@ -81,7 +81,7 @@ pub fn build(b: *std.Build) void {
 /// The files the filter shares with the control plane live in ../contract (DESIGN.md §2.3);
 /// they reach the source as named imports: `@embedFile("budget.lua")`.
 fn addContract(b: *std.Build, module: *std.Build.Module) void {
-    for ([_][]const u8{ "budget.lua", "budget.json", "calendar.json", "calendar.lua", "higress_compat.lua" }) |name| {
+    for ([_][]const u8{ "budget.lua", "budget.json", "calendar.json", "calendar.lua", "higress_compat.lua", "cache.lua" }) |name| {
         module.addAnonymousImport(name, .{ .root_source_file = b.path(b.fmt("../contract/{s}", .{name})) });
     }
 }
@@ -120,6 +120,11 @@ const Limits = struct {
     bridge_token_env: []const u8,
     // labelled metrics (issue 16): distinct `model` label values per worker VM
     metrics_models_max: u64,
+    // Response cache (issue 15).
+    cache_ttl_seconds_max: u64,
+    cache_entry_bytes_max: u64,
+    cache_entry_bytes_default: u64,
+    cache_local_bytes_max: u64,
 };
 
 /// Reads contract/limits.json into the `limits` module: `pub const <key>: u64 = <value>;` or

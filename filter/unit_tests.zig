@@ -9,6 +9,11 @@ test {
     _ = @import("src/abi/labelled_metrics.zig");
     _ = @import("src/abi/message.zig");
     _ = @import("src/abi/metrics.zig");
+    _ = @import("src/cache/entry.zig");
+    _ = @import("src/cache/key.zig");
+    _ = @import("src/cache/key_fuzz.zig");
+    _ = @import("src/cache/store_local.zig");
+    _ = @import("src/cache/store_redis.zig");
     _ = @import("src/config/compat.zig");
     _ = @import("src/config/config.zig");
     _ = @import("src/config/ip.zig");
@@ -16,6 +21,7 @@ test {
     _ = @import("src/config/json_tree_test.zig");
     _ = @import("src/config/parse.zig");
     _ = @import("src/config/parse_budget.zig");
+    _ = @import("src/config/parse_cache.zig");
     _ = @import("src/config/parse_items.zig");
     _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");
@@ -29,6 +35,7 @@ test {
     _ = @import("src/config/regex/unicode.zig");
     _ = @import("src/config/regex/vm.zig");
     _ = @import("src/http/admission.zig");
+    _ = @import("src/http/cache.zig");
     _ = @import("src/http/context.zig");
     _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");

@@ -63,6 +63,13 @@ def policy(redis: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cache_policy(**cache: Any) -> dict[str, Any]:
+    """A policy whose spec sets `cache` (camelCase, as a policy spells it)."""
+    document = policy({})
+    document["spec"] = {**document["spec"], "cache": cache}
+    return document
+
+
 def sized(size: int) -> dict[str, Any]:
     """A config whose JSON, as the filter reads it, is exactly `size` bytes (padded in a
     route name, which has no bound of its own)."""
@@ -154,6 +161,21 @@ CASES: dict[str, list[Case]] = {
         Case(lambda n: redis(database=n), "redis.database"),
         Case(lambda n: policy({"database": n}), "spec.redis.database", parse=parse_policy),
     ],
+    # Response cache (issue 15): the filter config, and a policy's camelCase spelling.
+    "cache_ttl_seconds_max": [
+        Case(lambda n: rule(cache={"ttl_seconds": n}), "cache.ttl_seconds"),
+        Case(lambda n: cache_policy(ttlSeconds=n), "spec.cache.ttlSeconds", parse=parse_policy),
+    ],
+    "cache_entry_bytes_max": [
+        Case(
+            lambda n: rule(cache={"ttl_seconds": 1, "max_entry_bytes": n}), "cache.max_entry_bytes"
+        ),
+        Case(
+            lambda n: cache_policy(ttlSeconds=1, maxEntryBytes=n),
+            "spec.cache.maxEntryBytes",
+            parse=parse_policy,
+        ),
+    ],
 }
 # Defaults and names the model does not bound a value by; checked by their own tests below.
 OTHER = (
@@ -164,6 +186,8 @@ OTHER = (
     "local_counters_max",  # sizes the filter's local store (filter/src/store/local.zig)
     "model_bytes_max",  # bounds a request's model (filter/src/http/model.zig), not a config field
     "metrics_models_max",  # caps the filter's `model` metric label (abi/labelled_metrics.zig)
+    "cache_entry_bytes_default",  # a default, below cache_entry_bytes_max (config.zig asserts it)
+    "cache_local_bytes_max",  # sizes the filter's local cache ring (cache/store_local.zig)
 )
 
 VECTORS = [

@@ -2,7 +2,7 @@
 
 The Zig parser is tested against the same vectors, so the two halves agree on what a policy
 means. The `regexp:` checker is also held to the test tables of the filter's regexp
-(filter/src/config/regex/regex_test.zig).
+(filter/src/config/regex/regex_test.zig and regex_limits_test.zig).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "contract" / "config.json").read_text())
 VALID = [v for v in VECTORS if v["valid"]]
 INVALID = [v for v in VECTORS if not v["valid"]]
-REGEX_ZIG = ROOT / "filter" / "src" / "config" / "regex" / "regex_test.zig"
+REGEX_TESTS = ROOT / "filter" / "src" / "config" / "regex"
+# The match vectors, and the refusals with their bounds and fuzz run.
+REGEX_ZIG = (REGEX_TESTS / "regex_test.zig", REGEX_TESTS / "regex_limits_test.zig")
 
 
 def refused_paths(data: object, parse: Any = parse_filter_config) -> list[str]:
@@ -288,9 +290,10 @@ def zig_string(body: str) -> str | None:
 
 
 def zig_table(pattern: str) -> list[re.Match[str]]:
-    if not REGEX_ZIG.is_file():
-        pytest.fail(f"{REGEX_ZIG} is missing: the filter source is part of this repository")
-    return list(re.finditer(pattern, REGEX_ZIG.read_text()))
+    for path in REGEX_ZIG:
+        if not path.is_file():
+            pytest.fail(f"{path} is missing: the filter source is part of this repository")
+    return list(re.finditer(pattern, "\n".join(path.read_text() for path in REGEX_ZIG)))
 
 
 def test_regexp_checker_accepts_what_regex_zig_matches() -> None:

@@ -11,7 +11,9 @@ descriptors and a caller learns why instead of waiting.
 
 Scripts (`Scripts`): `EVAL` runs any Lua, and Lua may call any Redis command (FLUSHALL, KEYS,
 an endless loop that blocks Redis for every gateway). The bridge runs only the scripts it
-knows by SHA-1: tokenlimit's own, contract/*.lua, shipped in the package.
+knows by SHA-1: tokenlimit's own, contract/*.lua, shipped in the package (budget.lua,
+higress_compat.lua, and cache.lua for the response cache: its get and set are the only way
+the filter reads or writes cached answers through the bridge).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ it: it refuses patterns the filter accepts (`^*a`, `\\p{Han}`) and accepts patte
 refuses (`(?m)`, `(?i:...)`). So this module follows parse.zig's recursive-descent parser step
 by step, with the same checks in the same order and the same messages, and computes the size
 of the program the filter would compile (the filter refuses more than 1024 instructions). Keep
-the two in step: tests/model/test_model_vectors.py checks this port against regex_test.zig's
-tables.
+the two in step: tests/model/test_model_vectors.py checks this port against the tables of
+regex_test.zig and regex_limits_test.zig.
 
 Supported: literals (any UTF-8), `.`, `^ $ \\A \\z \\b \\B`, `|`, `(re)`, `(?:re)`,
 `(?P<name>re)`, `(?<name>re)`, classes `[a-z]` `[^...]` (a literal `]` written `\\]`) with POSIX

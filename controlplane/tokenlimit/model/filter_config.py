@@ -36,6 +36,7 @@ from tokenlimit.model._spelling import Model as _Model
 from tokenlimit.model._spelling import Naming
 from tokenlimit.model._spelling import doc_key as _doc_key
 from tokenlimit.model._spelling import naming_of as _naming
+from tokenlimit.model.cache import OptCache
 from tokenlimit.model.counters import (
     COUNTER_KEY_BYTES_MAX,
     LIMIT_TYPES,
@@ -248,6 +249,9 @@ class BudgetFields(_Model):
     higress_token_metrics: OptBool = None
     """Also count reported tokens under Higress ai-statistics' metric names
     (route_upstream_model_consumer_metric_input_token, ...); off by default."""
+    # Response cache (issue 15, tokenlimit.model.cache).
+    cache: OptCache = None
+    """Exact response cache: a repeated request is answered by the gateway at 0 tokens."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

@@ -83,6 +83,7 @@ RULE_FIELDS = (
     "compat",
     "usage_path",  # the usage endpoint (issue 16)
     "higress_token_metrics",  # issue 16
+    "cache",  # response cache (issue 15): tokenlimit's own, its fields checked strictly
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)

@@ -48,6 +48,11 @@ class Limits(BaseModel):
     bridge_token_env: str
     # labelled metrics (issue 16): distinct `model` label values per worker VM (the filter's)
     metrics_models_max: int
+    # Response cache (issue 15): `cache` rule field bounds, and the local store's size.
+    cache_ttl_seconds_max: int
+    cache_entry_bytes_max: int
+    cache_entry_bytes_default: int
+    cache_local_bytes_max: int  # the filter's local cache ring; nothing in a config to bound
 
 
 def load_limits() -> Limits:
@@ -86,3 +91,7 @@ MODEL_BYTES_MAX: Final = LIMITS.model_bytes_max
 REDIS_DATABASE_MAX: Final = LIMITS.redis_database_max
 BRIDGE_CLUSTER: Final = LIMITS.bridge_cluster  # the Envoy cluster render.envoy adds for the bridge
 BRIDGE_TOKEN_ENV: Final = LIMITS.bridge_token_env  # the bridge's bearer token, in Envoy's env
+# Response cache (issue 15): a rule's `cache` bounds (filter/src/config/parse_cache.zig).
+CACHE_TTL_SECONDS_MAX: Final = LIMITS.cache_ttl_seconds_max
+CACHE_ENTRY_BYTES_MAX: Final = LIMITS.cache_entry_bytes_max
+CACHE_ENTRY_BYTES_DEFAULT: Final = LIMITS.cache_entry_bytes_default

@@ -19,6 +19,16 @@ pub const Plugin = struct {
     budget_warnings: u32 = 0,
     /// Host calls that returned a status the filter did not expect (abi/host.zig `failed`).
     host_call_failures: u32 = 0,
+    // Response cache (issue 15, http/cache.zig).
+    cache_hits: u32 = 0,
+    cache_misses: u32 = 0,
+    cache_bypasses: u32 = 0,
+    /// Bytes of entries written (local ring or Redis).
+    cache_bytes_stored: u32 = 0,
+    /// Tokens the answers served from the cache cost when they were fetched.
+    cache_tokens_saved: u32 = 0,
+    /// Lookups or stores the cache's store failed (a lookup failure is served as a miss).
+    cache_store_errors: u32 = 0,
 };
 
 pub const Redis = struct {

@@ -230,6 +230,9 @@ pub const Rule = struct {
     /// `prices`, in document order.
     prices: []const PriceEntry = &.{},
 
+    /// Response cache (issue 15, config/parse_cache.zig): null when the rule caches nothing.
+    cache: ?Cache = null,
+
     /// Whether any item needs the request's model (then the body is read before admission);
     /// cost limits need it too (a request is priced by its model). Set by `derive`.
     model_aware: bool = false,
@@ -260,6 +263,23 @@ pub const Rule = struct {
 
 /// Where a rule answers `GET` with the caller's own usage unless `usage_path` says otherwise.
 pub const usage_path_default = "/tokenlimit/v1/usage";
+/// A rule's response cache (issue 15, docs/cache.md).
+pub const Cache = struct {
+    ttl_seconds: u32,
+    scope: Scope = .key,
+    max_entry_bytes: u32 = bounds.cache_entry_bytes_default,
+
+    /// key: an answer is served only to the caller that asked; rule: to every caller of the rule.
+    pub const Scope = enum { key, rule };
+};
+
+comptime {
+    // Response cache: the default is a valid value, and entries fit the bridge's argument bound
+    // (512 KiB, tokenlimit.bridge.resp.MAX_ARG_BYTES) with room for the entry's own header.
+    assert(bounds.cache_entry_bytes_default <= bounds.cache_entry_bytes_max);
+    assert(bounds.cache_entry_bytes_max + 4096 <= 512 * 1024);
+    assert(bounds.cache_ttl_seconds_max <= std.math.maxInt(u32));
+}
 
 pub const RouteRule = struct {
     /// `_match_route_`: route names, matched exactly (empty names dropped, as Higress does).

@@ -9,6 +9,7 @@ const config = @import("config.zig");
 const sha256 = @import("../match/sha256.zig");
 const json_tree = @import("json_tree.zig");
 const parse_budget = @import("parse_budget.zig");
+const parse_cache = @import("parse_cache.zig");
 const parse_items = @import("parse_items.zig");
 const reader_zig = @import("reader.zig");
 const compat = @import("compat.zig");
@@ -88,7 +89,9 @@ const Parser = struct {
         "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
         "failure_mode", "local_share",      "compat",
-    } ++ model_rule_fields;
+    } ++ model_rule_fields ++ cache_rule_fields;
+    /// The response cache (issue 15, parse_cache.zig).
+    const cache_rule_fields = [_][]const u8{"cache"};
     /// Rule-level fields of model-aware budgets (issue 12).
     const model_rule_fields = [_][]const u8{ "model_header", "time_zone", "calendar", "prices", "warn_at" } ++ usage_rule_fields;
     /// The usage endpoint (issue 16).
@@ -295,6 +298,8 @@ const Parser = struct {
         }
         if (map.get("usage_path")) |value| parsed.usage_path = try self.usagePath(value); // issue 16
         if (map.get("higress_token_metrics")) |value| parsed.higress_token_metrics = try self.reader.boolField("higress_token_metrics", value);
+        // Response cache (issue 15).
+        if (map.get("cache")) |value| parsed.cache = try parse_cache.field(&self.reader, value);
         return parsed;
     }
 

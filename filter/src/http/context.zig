@@ -6,6 +6,7 @@
 //! verdict out. `main.zig` owns the context table and the ABI exports.
 const std = @import("std");
 const admission = @import("admission.zig");
+const cache_flow = @import("cache.zig");
 const config = @import("../config/config.zig");
 const higress_tokens = @import("higress_tokens.zig");
 const host = @import("../abi/host.zig");
@@ -69,11 +70,14 @@ pub const Phase = enum {
     admitted,
     /// Settled (or its abandoned admission given back): final.
     settled,
+    /// Response cache (issue 15): the lookup waits for Redis's reply (the request is paused).
+    awaiting_cache,
 
     /// The transitions a request may take. Any other is a bug in this file, never input.
     pub fn canEnter(from: Phase, to: Phase) bool {
         return switch (to) {
-            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model,
+            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model or from == .awaiting_cache,
+            .awaiting_cache => from == .idle or from == .awaiting_body,
             .awaiting_body, .rewriting_model => from == .idle,
             .awaiting_store => from == .idle or from == .awaiting_body,
             .admitted => from == .idle or from == .awaiting_body or from == .awaiting_store,
@@ -131,7 +135,11 @@ pub const HttpContext = struct {
     /// `higress_token_metrics` (issue 16): the request's consumer, for the answer's counters.
     higress_consumer: higress_tokens.Consumer = .{},
 
+    // Response cache (issue 15, cache.zig).
+    cache: cache_flow.State = .{},
+
     pub fn deinit(self: *HttpContext) void {
+        self.cache.deinit();
         self.counters.deinit(allocator);
         if (self.event_filter) |*filter| filter.deinit(allocator);
         if (self.config) |held| config.release(allocator, held);
@@ -195,12 +203,15 @@ pub const HttpContext = struct {
         // The body may grow by the include_usage member: its length is no longer known here.
         if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
 
-        if (self.model_pending or (rule.admission == .reserve and body_readable)) {
+        // Response cache (issue 15): its key may need the whole body.
+        const cache_needs_body = cache_flow.onRequestHeaders(self, rule, end_of_stream, body_readable);
+        if (self.model_pending or (rule.admission == .reserve and body_readable) or cache_needs_body) {
             self.enter(.awaiting_body);
             // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
             // so the upstream sees nothing of a request the budget refuses.
             return if (headersCanBeHeld()) .pause else .@"continue";
         }
+        if (cache_flow.lookup(self, .{}, body_length orelse 0)) |action| return action;
         return self.decide(.{}, body_length orelse 0);
     }
 
@@ -254,6 +265,7 @@ pub const HttpContext = struct {
                     const named = model.Requested.of(request.decodeModel(bytes.bytes, info, &self.model_buffer));
                     if (named == .name) self.requested_model = named;
                 }
+                cache_flow.keyFromBody(self, bytes.bytes); // before include_usage changes it
                 if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
                     self.hide_usage_event = !info.usage_asked;
                 }
@@ -277,6 +289,7 @@ pub const HttpContext = struct {
                 return .@"continue";
             }
         }
+        if (cache_flow.lookup(self, info, size)) |action| return action;
         return self.decide(info, size);
     }
 
@@ -310,7 +323,7 @@ pub const HttpContext = struct {
     /// Admits or rejects the request against every counter, reserving its estimate (tokens,
     /// and their cost at its model's price) under `reserve` admission. With a Redis store the
     /// answer comes later (`onStoreReply`).
-    fn decide(self: *HttpContext, info: request.RequestInfo, body_bytes: u64) host.Action {
+    pub fn decide(self: *HttpContext, info: request.RequestInfo, body_bytes: u64) host.Action {
         const rule = self.rule.?;
         std.debug.assert(self.counters.items.len > 0);
         const now_ms = host.nowMs();
@@ -426,16 +439,17 @@ pub const HttpContext = struct {
     /// The Redis store answered (or failed) for this paused request: finish admission and let
     /// the request go on, or reject it.
     pub fn onStoreReply(self: *HttpContext, outcome: redis.Outcome) void {
+        if (self.phase == .awaiting_cache) return cache_flow.onLookupReply(self, outcome);
         if (self.phase != .awaiting_store) return;
         if (self.usage_request) return usage_endpoint.onPeekReply(self, outcome); // issue 16
         if (self.abandoned) return self.releaseAbandoned(outcome);
         const answer: store.Admission = switch (outcome) {
             .admitted => |values| script.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
-            .settled, .peeked => .{ .failed = .bad_reply },
+            .settled, .peeked, .cached => .{ .failed = .bad_reply },
             .failed => |failure| .{ .failed = failure },
         };
         std.debug.assert(answer != .pending);
-        const action = self.carryOut(answer);
+        const action = cache_flow.afterAdmission(self, self.carryOut(answer));
         if (action == .@"continue") host.continueRequest() catch |err| {
             host.logf(.err, "could not resume the request: {s}", .{@errorName(err)});
         };

@@ -4,6 +4,7 @@
 //! pure (settle.zig); this file reads the response and carries the charge out.
 const std = @import("std");
 const budget = @import("../meter/budget.zig");
+const cache_flow = @import("cache.zig");
 const config = @import("../config/config.zig");
 const context = @import("context.zig");
 const higress_tokens = @import("higress_tokens.zig");
@@ -22,6 +23,7 @@ const HttpContext = context.HttpContext;
 const setProperty = context.setProperty;
 
 pub fn onResponseHeaders(self: *HttpContext) host.Action {
+    if (cache_flow.onResponseHeaders(self)) return .@"continue"; // a cached answer (issue 15)
     if (self.phase != .admitted) return .@"continue";
     self.response_seen = true;
     if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
@@ -36,6 +38,7 @@ pub fn onResponseHeaders(self: *HttpContext) host.Action {
     var content_type = (host.getHeader(.response_headers, "content-type") catch null) orelse host.HostBytes{ .bytes = &.{} };
     defer content_type.deinit();
     self.scanner = usage.Scanner.init(content_type.bytes);
+    cache_flow.startCapture(self, code, content_type.bytes);
     if (encodedBody()) {
         // Compressed although identity was asked for: its bytes cannot be read for usage.
         self.response_encoded = true;
@@ -59,12 +62,15 @@ pub fn onResponseBody(self: *HttpContext, size: usize, end_of_stream: bool) host
             defer bytes.deinit();
             if (!self.response_encoded) self.scanner.feed(bytes.bytes);
             self.response_bytes +|= bytes.bytes.len;
-            if (self.event_filter) |*filter| filterEvents(self, filter, bytes.bytes, end_of_stream);
+            if (self.event_filter) |*filter| filterEvents(self, filter, bytes.bytes, end_of_stream) else cache_flow.capture(self, bytes.bytes);
         }
     } else if (end_of_stream) {
         if (self.event_filter) |*filter| filterEvents(self, filter, "", true);
     }
-    if (end_of_stream) settle(self, "end of stream");
+    if (end_of_stream) {
+        settle(self, "end of stream");
+        cache_flow.finish(self);
+    }
     return .@"continue";
 }
 
@@ -81,6 +87,7 @@ fn filterEvents(self: *HttpContext, filter: *sse_filter.UsageEventFilter, chunk:
         filter.deinit(allocator);
         self.event_filter = null;
     };
+    cache_flow.capture(self, out.items); // what the client receives
     if (std.mem.eql(u8, out.items, chunk)) return;
     host.setBuffer(.response_body, 0, chunk.len, out.items) catch |err| {
         host.logf(.warn, "could not replace the response chunk: {s}", .{@errorName(err)});
@@ -90,6 +97,7 @@ fn filterEvents(self: *HttpContext, filter: *sse_filter.UsageEventFilter, chunk:
 
 pub fn onResponseTrailers(self: *HttpContext) host.Action {
     settle(self, "trailers");
+    cache_flow.finish(self);
     return .@"continue";
 }
 
@@ -134,6 +142,7 @@ fn settle(self: *HttpContext, reason: []const u8) void {
     var cost_text: [24]u8 = undefined;
     setProperty("tokenlimit_tokens", std.fmt.bufPrint(&cost_text, "{d}", .{cost.tokens}) catch "");
     setProperty("tokenlimit_usage", cost.label());
+    cache_flow.noteCost(self, cost.tokens, cost.basis == .reported);
     host.logf(.debug, "charged {d} tokens ({s}, {s}) rule={s} counters={d}", .{ cost.tokens, cost.label(), reason, rule.name, self.counters.items.len });
 }
 

@@ -23,6 +23,7 @@ const store = @import("store.zig");
 const transport_http = @import("transport_http.zig");
 const transport_higress = @import("transport_higress.zig");
 const higress_compat = @import("higress_compat.zig");
+const cache_script = @import("../cache/store_redis.zig");
 
 const allocator = host.allocator;
 
@@ -38,7 +39,12 @@ const transport = if (is_higress) transport_higress else transport_http;
 pub const pending_max = 4096;
 pub const retry_queue_max = 1024;
 
-pub const Op = enum { admit, settle, peek };
+/// peek: the usage endpoint (issue 16); cache_get / cache_set: the response cache (issue 15,
+/// contract/cache.lua).
+pub const Op = enum { admit, settle, peek, cache_get, cache_set };
+
+/// The longest reply a transport reads: a budget reply, or a cached answer.
+pub const reply_bytes_max = @max(script.reply_bytes_max, cache_script.reply_bytes_max);
 
 /// An admission reply on its way to the HTTP context that waits for it.
 pub const Delivery = struct { http_context_id: u32, outcome: Outcome };
@@ -51,7 +57,12 @@ pub const Outcome = union(enum) {
     peeked: []const i64,
     settled,
     failed: store.Failure,
+    /// cache_get: the entry's bytes (valid until the next reply arrives), or null: none.
+    cached: ?[]const u8,
 };
+
+/// The last cache_get reply's entry: delivery is synchronous, the next reply frees it.
+var cached_reply: ?[]u8 = null;
 
 const Pending = struct {
     op: Op,
@@ -64,7 +75,7 @@ const Pending = struct {
     /// admission may still run on Redis, and must not leave a reservation nobody settles.
     release_tail: ?[]u8 = null,
     /// The script the call runs: budget.lua, or higress_compat.lua under `compat`.
-    lua: enum { budget, higress } = .budget,
+    lua: enum { budget, higress, cache } = .budget,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
@@ -168,11 +179,35 @@ pub fn callHigress(op: Op, redis: config.Redis, tail: []u8, caller: store.Caller
     send(call) catch queueForRetry(call);
 }
 
+/// Response cache (issue 15): asks Redis for the entry under `digest`; the outcome (`cached`)
+/// arrives through `onReply` like an admission's.
+pub fn cacheGet(redis: config.Redis, digest: [32]u8, caller: store.Caller) !void {
+    std.debug.assert(caller.http_context_id != 0);
+    const tail = try cache_script.getArguments(allocator, digest);
+    errdefer allocator.free(tail);
+    try send(.{ .op = .cache_get, .http_context_id = caller.http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false, .lua = .cache });
+}
+
+/// Response cache: stores an entry with its TTL. Best effort: a failure loses one entry (it is
+/// counted), never retried (the answer will be asked for again).
+pub fn cacheSet(redis: config.Redis, digest: [32]u8, bytes: []const u8, ttl_ms: u64, caller: store.Caller) !void {
+    const tail = try cache_script.setArguments(allocator, digest, bytes, ttl_ms);
+    errdefer allocator.free(tail);
+    host.setEffectiveContext(caller.root_context_id) catch {};
+    defer host.setEffectiveContext(caller.http_context_id) catch {};
+    if (!available(host.nowMs())) return error.CircuitOpen;
+    try send(.{ .op = .cache_set, .http_context_id = 0, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false, .lua = .cache });
+}
+
 /// Sends `call` as EVALSHA (or EVAL once Redis said NOSCRIPT). On success the pending table
 /// owns `call.tail`; on failure the caller still does.
 fn send(call: Pending) !void {
     if (pending.count() >= pending_max) return error.TooManyCallsInFlight;
-    const command = try if (call.lua == .higress) higress_compat.command(allocator, call.tail, call.sent_as_eval) else script.command(allocator, call.tail, call.sent_as_eval);
+    const command = try switch (call.lua) {
+        .budget => script.command(allocator, call.tail, call.sent_as_eval),
+        .higress => higress_compat.command(allocator, call.tail, call.sent_as_eval),
+        .cache => cache_script.command(allocator, call.tail, call.sent_as_eval),
+    };
     defer allocator.free(command);
     const call_id = try transport.send(call.target.slice(), call.target.timeout_ms, command);
     host.incrementMetric(metrics.redis.calls, 1);
@@ -203,16 +238,26 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
     var call = entry.value;
     var integers: [3 * counter.reply_counters_max + 2]i64 = undefined;
     const now_ms = host.nowMs();
+    if (cached_reply) |previous| allocator.free(previous);
+    cached_reply = null;
     const outcome: Outcome = blk: {
         const bytes = reply orelse break :blk .{ .failed = transport_failure };
+        if (call.op == .cache_get) switch (cache_script.readGet(bytes)) {
+            .none => break :blk .{ .cached = null },
+            .found => |found| {
+                cached_reply = allocator.dupe(u8, found) catch break :blk .{ .failed = .bad_reply };
+                break :blk .{ .cached = cached_reply };
+            },
+            .other => {}, // an error reply (NOSCRIPT ...) is read below
+        };
         const parsed = resp.parseReply(bytes, &integers) catch break :blk .{ .failed = .bad_reply };
         switch (parsed) {
             .integers => |values| break :blk switch (call.op) {
                 .admit => .{ .admitted = values },
                 .peek => .{ .peeked = values },
-                .settle => .{ .failed = .bad_reply },
+                .settle, .cache_get, .cache_set => .{ .failed = .bad_reply },
             },
-            .integer => break :blk if (call.op == .settle) .settled else .{ .failed = .bad_reply },
+            .integer => break :blk if (call.op == .settle or call.op == .cache_set) .settled else .{ .failed = .bad_reply },
             .err => |text| switch (script.classifyError(text)) {
                 .no_script => if (!call.sent_as_eval) {
                     call.sent_as_eval = true; // first use on this Redis: send the script itself
@@ -236,6 +281,11 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
             _ = circuitStep(now_ms, .failed, failure);
         },
         else => _ = circuitStep(now_ms, .succeeded, .circuit_open),
+    }
+    if (call.op == .cache_set) {
+        if (outcome == .failed) host.incrementMetric(metrics.plugin.cache_store_errors, 1);
+        allocator.free(call.tail);
+        return null;
     }
     if (call.op == .settle) {
         if (outcome == .failed) {

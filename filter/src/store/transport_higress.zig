@@ -5,6 +5,8 @@ const std = @import("std");
 const config = @import("../config/config.zig");
 const host = @import("../abi/host.zig");
 const script = @import("script.zig");
+/// Budget replies and cached answers (redis.zig `reply_bytes_max`); longer replies are refused.
+const reply_bytes_max = @max(script.reply_bytes_max, @import("../cache/store_redis.zig").reply_bytes_max);
 const store = @import("store.zig");
 
 pub fn start() void {}
@@ -40,7 +42,7 @@ pub const Reply = struct {
 
 /// Reads the reply being delivered (proxy_on_redis_call_response); `status` 0 is success.
 pub fn readReply(status: u32, response_size: u32) Reply {
-    if (status == 0 and response_size > script.reply_bytes_max) return .{ .body = null, .failure = .bad_reply };
+    if (status == 0 and response_size > reply_bytes_max) return .{ .body = null, .failure = .bad_reply };
     const body = if (status == 0 and response_size > 0) host.getBuffer(.redis_call_response, 0, response_size) catch null else null;
     return .{ .body = body, .failure = .redis_unreachable };
 }

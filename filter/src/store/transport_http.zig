@@ -7,6 +7,8 @@ const config = @import("../config/config.zig");
 const header_map = @import("../abi/header_map.zig");
 const host = @import("../abi/host.zig");
 const script = @import("script.zig");
+/// Budget replies and cached answers (redis.zig `reply_bytes_max`); longer replies are refused.
+const reply_bytes_max = @max(script.reply_bytes_max, @import("../cache/store_redis.zig").reply_bytes_max);
 const store = @import("store.zig");
 
 /// Env var (Envoy `vm_config.environment_variables`) holding the bridge's bearer token.
@@ -70,7 +72,7 @@ pub fn readReply(header_count: u32, body_size: u32) Reply {
         @memcpy(bridge_error_buffer[0..n], bytes.bytes[0..n]);
         bridge_error = bridge_error_buffer[0..n];
     }
-    if (status == 200 and body_size > script.reply_bytes_max) return .{ .body = null, .failure = .bad_reply };
+    if (status == 200 and body_size > reply_bytes_max) return .{ .body = null, .failure = .bad_reply };
     const body = if (status == 200 and body_size > 0) host.getBuffer(.http_call_response_body, 0, body_size) catch null else null;
     return .{ .body = body, .failure = classify(status, bridge_error) };
 }
