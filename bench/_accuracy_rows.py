@@ -11,6 +11,9 @@ upstream if the gateway let them decide), and a client that disconnects after se
 request, before any answer (the provider bills the prompt). The budget is far out of reach:
 this row measures what is charged, Envoy's `tokenlimit.tokens_charged`, against the true usage
 (prompt + completion the mock bills; the prompt only for a disconnect). Target: at least 0.95.
+
+`cost` (issue 12): the plain requests under a dollar budget in `reserve`; the helpers below
+give the rule's price and what an admitted answer cost. Target: at most 1.05.
 """
 
 from __future__ import annotations
@@ -23,11 +26,31 @@ import time
 from typing import Any, Protocol
 
 import aiohttp
+from tokenlimit.model.prices import Price, TokenUsage, cost_micro_usd
 
 N_OUTPUTS = 8
 DODGES = ("include_usage_false", "stream_options_null", "disconnect")
 DISCONNECT_AFTER_S = 0.1  # well before the mock's 200-500 ms delay ends
 DODGE_BUDGET = 10**9
+# The cost row's price for the requests' model (gpt-4o's list price, USD per 1M tokens): high
+# enough that one request is thousands of micro-USD, so per-request rounding does not matter.
+COST_PRICE = {"input": 2.5, "output": 10.0}
+COST_MODEL = "gpt-4o-mini"  # every request's model
+MICRO_USD = 1_000_000
+_PRICE = Price(**COST_PRICE, cached=COST_PRICE["input"], cache_write=COST_PRICE["input"])
+
+
+def cost_limits(limit: dict[str, object], doc: dict[str, object], budget_micro_usd: int) -> None:
+    """Turns a plain row's rule into the cost row's: the limit in USD, the model priced."""
+    limit.pop("token_per_minute")
+    limit["cost_per_minute"] = budget_micro_usd / MICRO_USD
+    doc["prices"] = {COST_MODEL: COST_PRICE}
+
+
+def answer_cost(usage: dict[str, int]) -> int:
+    """What an answer's usage costs at COST_PRICE, in micro-USD, rounded up as the filter does."""
+    spent = TokenUsage(input=usage["prompt_tokens"], output=usage["completion_tokens"])
+    return cost_micro_usd(spent, _PRICE)
 
 
 class Result(Protocol):

@@ -29,9 +29,10 @@ Two adversarial rows (issue 9, bench/_accuracy_rows.py): `n8`, clients whose req
 8 outputs (reserve; admitted ÷ budget), and `dodge`, clients that rotate between
 `include_usage: false`, `stream_options: null` and disconnecting before the answer (charged ÷
 true usage). A `cost` row (issue 12): the same requests under a dollar budget
-(`cost_per_minute`, `--cost-budget` USD, gpt-4o-mini priced at COST_PRICE) in `reserve`, which
-reserves each request's estimate at the model's price; its ratio is the admitted requests'
-cost (the mock's usage at that price, rounded up per request as the filter does) ÷ budget.
+(`cost_per_minute`, `--cost-budget` USD, the model priced in _accuracy_rows.py) in `reserve`,
+which reserves each request's estimate at the model's price; its ratio is the admitted
+requests' cost (the mock's usage at that price, rounded up per request as the filter does) ÷
+budget.
 
     .venv/bin/python bench/accuracy.py [--quick] [--clients 8,32,128] [--budget 10000]
         [--seconds 8] [--repeat 2] [--store local,redis] [--seed 1]
@@ -65,7 +66,6 @@ import _accuracy_rows as rows
 import _harness as h
 from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import FilterConfig, parse_filter_config
-from tokenlimit.model.prices import Price, TokenUsage, cost_micro_usd
 
 WINDOW_S = 60  # token_per_minute: fixed windows aligned to the epoch
 API_KEY = "bench-shared-key"
@@ -81,11 +81,6 @@ MODES = ("postpaid", "reserve")
 KINDS = ("plain", "n8", "dodge", "cost")
 KIND_LABELS = {"plain": "plain", "n8": "n: 8", "dodge": "dodging", "cost": "cost ($)"}
 ROW_KINDS = ("n8", "dodge", "cost")  # run with --row-clients clients, one mode each
-# The cost row's price for the requests' model (gpt-4o's list price, USD per 1M tokens): high
-# enough that one request is thousands of micro-USD, so per-request rounding does not matter.
-COST_PRICE = {"input": 2.5, "output": 10.0}
-COST_MODEL = "gpt-4o-mini"  # every request's model
-MICRO_USD = 1_000_000
 WORDS = ("invoice", "refund", "customer", "billing", "account", "plan", "upgrade", "support")
 
 
@@ -109,7 +104,7 @@ def rule_config(
     store: str, rule_name: str, admission: str, budget: int, kind: str = "plain"
 ) -> FilterConfig:
     """One shared key with `budget` tokens a minute (the cost row: `budget` micro-USD a minute,
-    with COST_PRICE for the model). A Redis target will add its `redis` block."""
+    priced in bench/_accuracy_rows.py). A Redis target will add its `redis` block."""
     limit: dict[str, object] = {"key": API_KEY, "token_per_minute": budget}
     doc: dict[str, object] = {
         "rule_name": rule_name,
@@ -117,9 +112,7 @@ def rule_config(
         "rule_items": [{"limit_by_header": "x-api-key", "limit_keys": [limit]}],
     }
     if kind == "cost":
-        limit.pop("token_per_minute")
-        limit["cost_per_minute"] = budget / MICRO_USD
-        doc["prices"] = {COST_MODEL: COST_PRICE}
+        rows.cost_limits(limit, doc, budget)
     # For `redis` the Gateway adds the block pointing at the bridge it starts.
     return parse_filter_config(doc)
 
@@ -221,7 +214,7 @@ def request_plan(rng: random.Random, delay_ms: tuple[int, int]) -> tuple[bytes, 
         words.append(rng.choice(WORDS))
     body = json.dumps(
         {
-            "model": COST_MODEL,
+            "model": rows.COST_MODEL,
             "messages": [
                 {"role": "system", "content": "You answer customer-support questions."},
                 {"role": "user", "content": " ".join(words)},
@@ -254,7 +247,6 @@ async def drive(
         await rows.drive_dodgers(url, result, seconds, seed, delay_ms, API_KEY, WORDS)
         return
     plan = plan_for(result.kind)
-    price = Price(**COST_PRICE, cached=COST_PRICE["input"], cache_write=COST_PRICE["input"])
     stop_at = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=result.clients)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -281,10 +273,7 @@ async def drive(
                     usage = json.loads(payload)["usage"]
                     result.admitted += 1
                     result.tokens += usage["prompt_tokens"] + usage["completion_tokens"]
-                    spent = TokenUsage(
-                        input=usage["prompt_tokens"], output=usage["completion_tokens"]
-                    )
-                    result.cost_micro_usd += cost_micro_usd(spent, price)
+                    result.cost_micro_usd += rows.answer_cost(usage)
                 elif status == 429:
                     result.rejected += 1
                     await asyncio.sleep(rng.uniform(*REJECT_BACKOFF_S))
@@ -471,7 +460,7 @@ def main() -> None:
                     budget = {
                         "n8": args.budget,
                         "dodge": rows.DODGE_BUDGET,
-                        "cost": round(args.cost_budget * MICRO_USD),
+                        "cost": round(args.cost_budget * rows.MICRO_USD),
                     }[kind]
                     log(f"round {serial}: store={store} {kind} clients={args.row_clients}")
                     extra = Round(store, mode, args.row_clients, budget, repeat, kind=kind)
