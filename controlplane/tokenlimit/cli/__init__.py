@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from tokenlimit.cli import policy, run
+from tokenlimit.cli import jobs, policy, run
 from tokenlimit.fallback.cli import fallback_group
 from tokenlimit.operator.command import operator_command
 
@@ -35,5 +35,6 @@ for command in (
     run.usage,
     fallback_group,
     operator_command,
+    jobs.jobs_command,  # issue 14: the async jobs service
 ):
     main.add_command(command)
