@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tokenlimit.cli.jobs import PASSWORD_ENV
 from tokenlimit.dev import process
@@ -54,3 +55,27 @@ def start(
         process.terminate(proc)
         raise
     return proc, found.group(1)
+
+
+def beside(
+    gateway_url: str, redis_url: str, work_dir: Path, port: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """For `tokenlimit up --jobs-port`: the service on `port`, its log in the gateway's work
+    directory; a password in `redis_url` moves to the environment. GatewayError if it fails."""
+    from tokenlimit.dev.gateway import GatewayError
+
+    url, password = split_password(redis_url)
+    try:
+        return start(gateway_url, url, work_dir / "jobs.log", port=port, redis_password=password)
+    except process.ProcessError as exc:
+        raise GatewayError(str(exc)) from None
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The Redis URL without its password, and the password."""
+    parts = urlsplit(url if "://" in url else "redis://" + url)
+    if parts.password is None:
+        return url, None
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=user + host)), unquote(parts.password)
