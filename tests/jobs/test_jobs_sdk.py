@@ -7,6 +7,7 @@ import json
 import time
 
 import openai
+import redis
 from jobs_support import Services, chat_lines, jsonl, metric, wait_for
 from tokenlimit.dev.gateway import Gateway
 
@@ -48,3 +49,12 @@ def test_sdk_batch_completes_every_line_once_under_a_tight_budget(
 
     listed = client.batches.list()
     assert [b.id for b in listed.data] == [batch.id]
+
+    # Nothing is kept for ever, and the caller's credentials went with the batch's end.
+    keys = redis.Redis.from_url(services.redis_url, decode_responses=True)
+    assert not keys.keys("tokenlimit:jobs:cred:*")
+    assert not keys.keys("tokenlimit:jobs:batch:*:lines")
+    for key in keys.keys("tokenlimit:jobs:*"):
+        if key != "tokenlimit:jobs:queue":
+            assert keys.ttl(key) > 0, key
+    assert "team-a" not in services.log_text()  # never logged

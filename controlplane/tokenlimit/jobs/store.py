@@ -34,9 +34,14 @@ import redis.asyncio as aioredis
 
 from tokenlimit.jobs.config import JobsConfig
 
-#: A line's result and its count in one step: returns {written (0|1), done, total}.
+#: A line's result and its count in one step: returns {written (0|1), done, total}. The
+#: results live as long as their batch (a batch gone by its TTL records nothing: no key is
+#: ever left without an expiry).
 RECORD_LINE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, 0} end
 local written = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl > 0 and redis.call('TTL', KEYS[2]) == -1 then redis.call('EXPIRE', KEYS[2], ttl) end
 if written == 1 then
   redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
   redis.call('HINCRBY', KEYS[1], 'done', 1)
