@@ -84,3 +84,22 @@ def test_a_killed_workers_lines_are_taken_over_and_none_is_duplicated(
     assert total <= mock_stats()["requests"] <= total + 3
     # Bounded: the take-over waits claim_idle_ms, then the rest runs at the budget's pace.
     assert took_s < CLAIM_IDLE_MS / 1000 + 20
+
+
+def test_a_live_worker_on_a_slow_request_keeps_its_job(services: Services, mock_stats) -> None:
+    """A request slower than claim_idle_ms is not taken over while its worker lives: the
+    worker touches its entry, so the upstream sees each line once."""
+    _a, url_a = services.start(2, *SLOW)
+    _b, url_b = services.start(2, *SLOW)
+    client = openai.OpenAI(
+        base_url=url_a + "/v1",
+        api_key="team-slow",
+        max_retries=0,
+        default_headers={"x-mock-delay-ms": str(CLAIM_IDLE_MS * 2)},
+    )
+    total = 4
+    batch_id = _submit(client, total)
+    wait_for(lambda: client.batches.retrieve(batch_id).status == "completed", 30, "the batch")
+    assert mock_stats()["requests"] == total
+    assert metric(url_a, "tokenlimit_jobs_taken_over_total") == 0
+    assert metric(url_b, "tokenlimit_jobs_taken_over_total") == 0

@@ -30,6 +30,14 @@ from redis.exceptions import ResponseError
 
 GROUP = "workers"
 CLAIM_COUNT = 10
+#: Reset an entry's idle time only while `consumer` still holds it: a bare XCLAIM would take
+#: it back from a consumer that took it over, and two would then hold it.
+TOUCH = """
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #held == 0 or held[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Queue:
         # hides an abandoned one behind it. Entries it hands over wait here, already ours.
         self._cursor = "0-0"
         self._claimed: list[Entry] = []
+        self._touch = client.register_script(TOUCH)
 
     async def ensure_group(self) -> None:
         """Create the stream and group if missing (every replica does; the first one wins)."""
@@ -110,11 +119,11 @@ class Queue:
                 return _entry(message)
         return None
 
-    async def touch(self, consumer: str, entry_id: str) -> None:
-        """Still working on it: reset the entry's idle time so nobody takes it over."""
-        await self.redis.xclaim(
-            self.stream, GROUP, consumer, min_idle_time=0, message_ids=[entry_id], justid=True
-        )
+    async def touch(self, consumer: str, entry_id: str) -> bool:
+        """Still working on it: reset the entry's idle time so nobody takes it over. False
+        when another consumer took it already (then this one must not take it back)."""
+        touched = await self._touch(keys=[self.stream], args=[GROUP, consumer, entry_id])
+        return bool(touched)
 
     async def ack(self, entry_id: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

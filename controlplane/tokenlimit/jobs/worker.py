@@ -99,8 +99,14 @@ class Worker:
     async def _touch(self, entry_id: str) -> None:
         while True:
             await asyncio.sleep(self.touch_every_s)
-            with contextlib.suppress(Exception):  # a missed touch only risks a duplicate
-                await self.queue.touch(self.name, entry_id)
+            try:
+                if not await self.queue.touch(self.name, entry_id):
+                    # Taken over (this worker stalled past claim_idle_ms): the result is still
+                    # written once, whoever finishes first.
+                    log.info("worker %s: entry %s was taken over", self.name, entry_id)
+                    return
+            except Exception:  # a missed touch only risks a second delivery
+                continue
 
     # --- batch lines ---------------------------------------------------------------------------
 
