@@ -19,6 +19,7 @@ from tokenlimit.model import FilterConfig, parse_filter_config
 TOKENS_PER_SECOND = 120
 #: A killed worker's job is taken over after this (the tests' bound; production: 30 s).
 CLAIM_IDLE_MS = 1500
+LOG_TAIL = 40
 
 
 def budget(tokens_per_second: int = TOKENS_PER_SECOND) -> FilterConfig:
@@ -83,14 +84,18 @@ def chat_lines(count: int, max_tokens: int = 40, prefix: str = "req") -> list[di
     ]
 
 
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def wait_for(
+    check: Callable[[], Any], timeout_s: float, what: str, services: Services | None = None
+) -> Any:
+    """Poll `check` until it returns something true; on time-out the services' logs say why."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = check()
         if found:
             return found
         time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout_s:g}s")
+    logs = "\n".join(services.log_text().splitlines()[-LOG_TAIL:]) if services else ""
+    raise AssertionError(f"{what} did not happen within {timeout_s:g}s\n{logs}")
 
 
 def metric(url: str, name: str) -> float:

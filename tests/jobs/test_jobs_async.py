@@ -46,7 +46,7 @@ def test_respond_async_answers_202_and_the_job_carries_the_upstream_answer(
         found = call(url + headers["Location"], headers=key)[2]
         return found if found["status"] == "completed" else None
 
-    done = wait_for(finished, 20, "the job")
+    done = wait_for(finished, 20, "the job", services)
     assert done["response"]["status_code"] == 200
     assert done["response"]["body"]["usage"]["completion_tokens"] == 7
     assert mock_stats()["requests"] == 1
@@ -76,7 +76,7 @@ def test_a_queued_job_can_be_cancelled(services: Services, mock_stats) -> None:
     assert cancelled["response"] is None
 
     _proc2, url2 = services.start(workers=1)  # a worker comes: it must not run it
-    wait_for(lambda: metric_zero_queue(url2), 10, "the queue to drain")
+    wait_for(lambda: metric_zero_queue(url2), 10, "the queue to drain", services)
     assert call(url2 + headers["Location"], headers=key)[2]["status"] == "cancelled"
     assert mock_stats()["requests"] == 0
 

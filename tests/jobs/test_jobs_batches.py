@@ -30,7 +30,12 @@ def test_cancel_stops_the_lines_not_started_and_keeps_the_finished_ones(
     client = _client(url)
     total = 40  # ~60 tokens each at 120 tokens/s: ~20 s if not cancelled
     batch_id = _submit(client, chat_lines(total))
-    wait_for(lambda: client.batches.retrieve(batch_id).request_counts.completed >= 2, 20, "2 lines")
+    wait_for(
+        lambda: client.batches.retrieve(batch_id).request_counts.completed >= 2,
+        20,
+        "2 lines",
+        services,
+    )
     cancelling = client.batches.cancel(batch_id)
     assert cancelling.status in ("cancelling", "cancelled")
 
@@ -38,7 +43,7 @@ def test_cancel_stops_the_lines_not_started_and_keeps_the_finished_ones(
         found = client.batches.retrieve(batch_id)
         return found if found.status == "cancelled" else None
 
-    batch = wait_for(final, 10, "the cancel")
+    batch = wait_for(final, 10, "the cancel", services)
     completed = batch.request_counts.completed
     assert 2 <= completed < total
     assert batch.cancelled_at is not None
@@ -65,7 +70,7 @@ def test_lines_the_completion_window_runs_out_on_expire(services: Services, mock
         found = client.batches.retrieve(batch_id)
         return found if found.status == "expired" else None
 
-    batch = wait_for(final, 15, "the expiry")
+    batch = wait_for(final, 15, "the expiry", services)
     counts = batch.request_counts
     assert counts.total == total and 0 < counts.completed < total
     assert counts.completed + counts.failed == total

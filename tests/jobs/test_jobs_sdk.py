@@ -31,7 +31,7 @@ def test_sdk_batch_completes_every_line_once_under_a_tight_budget(
         found = client.batches.retrieve(batch.id)
         return found if found.status == "completed" else None
 
-    finished = wait_for(done, 60, "the batch")
+    finished = wait_for(done, 60, "the batch", services)
     assert finished.request_counts.completed == LINES and finished.request_counts.failed == 0
     assert finished.error_file_id is None
 

@@ -46,7 +46,9 @@ def test_two_services_share_the_queue_and_each_line_runs_once(
     client = _client(url_a)
     total = 16
     batch_id = _submit(client, total)
-    wait_for(lambda: client.batches.retrieve(batch_id).status == "completed", 30, "the batch")
+    wait_for(
+        lambda: client.batches.retrieve(batch_id).status == "completed", 30, "the batch", services
+    )
 
     assert sorted(_output_ids(client, batch_id)) == sorted(f"req-{i}" for i in range(total))
     done_a = metric(url_a, 'tokenlimit_jobs_finished_total{outcome="completed"}')
@@ -64,14 +66,18 @@ def test_a_killed_workers_lines_are_taken_over_and_none_is_duplicated(
     client = _client(url_a)
     total = 20
     batch_id = _submit(client, total)
-    wait_for(lambda: client.batches.retrieve(batch_id).request_counts.completed >= 3, 20, "3")
+    wait_for(
+        lambda: client.batches.retrieve(batch_id).request_counts.completed >= 3, 20, "3", services
+    )
     doomed.send_signal(signal.SIGKILL)  # mid-batch, with requests in flight
     doomed.wait(5)
     killed_at = time.monotonic()
 
     _b, url_b = services.start(2, *SLOW)
     survivor = _client(url_b)
-    wait_for(lambda: survivor.batches.retrieve(batch_id).status == "completed", 40, "the batch")
+    wait_for(
+        lambda: survivor.batches.retrieve(batch_id).status == "completed", 40, "the batch", services
+    )
     took_s = time.monotonic() - killed_at
 
     ids = _output_ids(survivor, batch_id)
@@ -99,7 +105,9 @@ def test_a_live_worker_on_a_slow_request_keeps_its_job(services: Services, mock_
     )
     total = 4
     batch_id = _submit(client, total)
-    wait_for(lambda: client.batches.retrieve(batch_id).status == "completed", 30, "the batch")
+    wait_for(
+        lambda: client.batches.retrieve(batch_id).status == "completed", 30, "the batch", services
+    )
     assert mock_stats()["requests"] == total
     assert metric(url_a, "tokenlimit_jobs_taken_over_total") == 0
     assert metric(url_b, "tokenlimit_jobs_taken_over_total") == 0
