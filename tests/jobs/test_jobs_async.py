@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from jobs_support import Services, wait_for
+from jobs_support import Services, metric, wait_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}
 
@@ -82,8 +82,48 @@ def test_a_queued_job_can_be_cancelled(services: Services, mock_stats) -> None:
 
 
 def metric_zero_queue(url: str) -> bool:
-    from jobs_support import metric
-
     return metric(url, "tokenlimit_jobs_queued") == 0 and (
         metric(url, "tokenlimit_jobs_pending") == 0
     )
+
+
+CONTROLLED = ("--credential-header", "authorization", "--credential-header", "x-mock-status")
+
+
+def test_a_refusal_for_good_fails_the_job_at_once(services: Services, mock_stats) -> None:
+    """A 4xx other than 429 is the upstream's final word: no retry, the job fails with it."""
+    _proc, url = services.start(1, *CONTROLLED)
+    key = {"authorization": "Bearer solo", "x-mock-status": "400"}
+    _s, headers, _job = call(
+        url + "/v1/chat/completions", "POST", CHAT, {**key, "prefer": "respond-async"}
+    )
+
+    def finished() -> Any:
+        found = call(url + headers["Location"], headers=key)[2]
+        return found if found["status"] == "failed" else None
+
+    failed = wait_for(finished, 20, "the failure", services)
+    assert failed["response"]["status_code"] == 400
+    assert "error" in failed["response"]["body"]
+    assert mock_stats()["requests"] == 1
+
+
+def test_a_5xx_is_retried_not_failed(services: Services, mock_stats) -> None:
+    _proc, url = services.start(1, *CONTROLLED)
+    key = {"authorization": "Bearer solo", "x-mock-status": "503"}
+    _s, headers, _job = call(
+        url + "/v1/chat/completions", "POST", CHAT, {**key, "prefer": "respond-async"}
+    )
+    wait_for(lambda: mock_stats()["requests"] >= 3, 20, "three attempts", services)
+    job = call(url + headers["Location"], headers=key)[2]
+    assert job["status"] == "in_progress" and job["response"] is None
+    assert metric(url, "tokenlimit_jobs_retried_total") >= 2
+    status, _h, _job = call(url + headers["Location"] + "/cancel", "POST", {}, key)
+    assert status == 200
+    done = wait_for(
+        lambda: call(url + headers["Location"], headers=key)[2]["status"] == "cancelled",
+        10,
+        "the cancel of a running job",
+        services,
+    )
+    assert done
