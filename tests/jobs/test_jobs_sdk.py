@@ -57,4 +57,8 @@ def test_sdk_batch_completes_every_line_once_under_a_tight_budget(
     for key in keys.keys("tokenlimit:jobs:*"):
         if key != "tokenlimit:jobs:queue":
             assert keys.ttl(key) > 0, key
-    assert "team-a" not in services.log_text()  # never logged
+    log = services.log_text()
+    assert "team-a" not in log  # never logged
+    # One log line per state change.
+    assert f"batch {batch.id}: validating -> in_progress ({LINES} requests)" in log
+    assert f"batch {batch.id}: in_progress -> completed (completed {LINES}, failed 0 of" in log
