@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from tokenlimit.cli import observe, policy, run
+from tokenlimit.cli import jobs, observe, policy, run
 from tokenlimit.fallback.cli import fallback_group
 from tokenlimit.operator.command import operator_command
 
@@ -39,5 +39,6 @@ for command in (
     observe.dashboard,
     observe.alerts,
     observe.logs,
+    jobs.jobs_command,  # issue 14: the async jobs service
 ):
     main.add_command(command)

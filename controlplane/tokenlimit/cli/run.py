@@ -152,6 +152,14 @@ def mock_llm(port: int, host: str, name: str) -> None:
     help="Proxies in front of the gateway whose X-Forwarded-For entries are trusted for "
     "per-IP budgets (default: the policy's xffNumTrustedHops, else 0).",
 )
+@click.option(  # issue 14: the async jobs service beside the gateway
+    "--jobs-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Also run `tokenlimit jobs` (OpenAI Batch API, Prefer: respond-async) on this port, "
+    "through this gateway; needs --redis.",
+)
 def up(
     policy_file: str,
     listen: int,
@@ -162,6 +170,7 @@ def up(
     wasm_path: str | None,
     redis_url: str | None,
     xff_num_trusted_hops: int | None,
+    jobs_port: int | None = None,
 ) -> None:
     """Run a local gateway: Envoy with the filter, in front of UPSTREAM.
 
@@ -172,6 +181,8 @@ def up(
 
     policy = load_policy(policy_file)
     _require_store(policy, redis_url)
+    if jobs_port is not None and redis_url is None:
+        raise click.UsageError("--jobs-port needs --redis URL: the jobs service queues in Redis")
     for port, option in ((listen, "--listen"), (admin_port, "--admin-port")):
         _require_free(port, option)
     if wasm_path is None:
@@ -188,15 +199,27 @@ def up(
         xff_num_trusted_hops=_trusted_hops(xff_num_trusted_hops, policy),
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    jobs = None
     try:
         gateway.start()
         click.echo(_ready_line(gateway, policy))
+        if jobs_port is not None and redis_url is not None:
+            from tokenlimit.jobs import launch
+
+            jobs, jobs_url = launch.beside(
+                gateway.listen_url, redis_url, gateway.work_dir, jobs_port
+            )
+            click.echo(f"tokenlimit up: jobs {jobs_url} (OpenAI SDK base_url {jobs_url}/v1)")
         _follow(gateway, policy_file)
     except GatewayError as exc:
         raise GatewayFailed(str(exc)) from None
     except KeyboardInterrupt:
         pass  # Ctrl-C or SIGTERM: a normal way to stop
     finally:
+        if jobs is not None:
+            from tokenlimit.dev import process
+
+            process.terminate(jobs)
         gateway.stop()
         signal.signal(signal.SIGTERM, previous_handler)
 
