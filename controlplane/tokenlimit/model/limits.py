@@ -44,6 +44,8 @@ class Limits(BaseModel):
     redis_database_max: int
     local_counters_max: int  # the filter's local store table; nothing in a config to bound
     model_bytes_max: int
+    wait_ms_max: int  # near the limit (issue 13): when_exhausted.max_wait_ms
+    wait_queued_max: int  # when_exhausted.max_queued
     bridge_cluster: str
     bridge_token_env: str
 
@@ -84,3 +86,6 @@ MODEL_BYTES_MAX: Final = LIMITS.model_bytes_max
 REDIS_DATABASE_MAX: Final = LIMITS.redis_database_max
 BRIDGE_CLUSTER: Final = LIMITS.bridge_cluster  # the Envoy cluster render.envoy adds for the bridge
 BRIDGE_TOKEN_ENV: Final = LIMITS.bridge_token_env  # the bridge's bearer token, in Envoy's env
+# Near the limit (issue 13): the longest hold and the most requests one worker holds.
+WAIT_MS_MAX: Final = LIMITS.wait_ms_max
+WAIT_QUEUED_MAX: Final = LIMITS.wait_queued_max

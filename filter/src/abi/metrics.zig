@@ -19,6 +19,13 @@ pub const Plugin = struct {
     budget_warnings: u32 = 0,
     /// Host calls that returned a status the filter did not expect (abi/host.zig `failed`).
     host_call_failures: u32 = 0,
+    // Near the limit (issue 13, http/wait.zig): requests admitted after waiting for room,
+    // rejected at max_wait_ms, rejected at once (max_queued), held by pace_above, held now.
+    requests_waited: u32 = 0,
+    wait_timeouts: u32 = 0,
+    wait_overflows: u32 = 0,
+    requests_paced: u32 = 0,
+    wait_queued: u32 = 0,
 };
 
 pub const Redis = struct {
@@ -35,7 +42,7 @@ pub var redis: Redis = .{};
 
 /// Defines both sets; host-call failures are counted from here on.
 pub fn define() void {
-    plugin = defineSet(Plugin, "tokenlimit.", &.{});
+    plugin = defineSet(Plugin, "tokenlimit.", &.{"wait_queued"});
     host.failures_metric_id = plugin.host_call_failures;
     redis = defineSet(Redis, "tokenlimit.redis_", &.{"circuit_open"});
 }

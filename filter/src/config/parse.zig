@@ -10,6 +10,7 @@ const sha256 = @import("../match/sha256.zig");
 const json_tree = @import("json_tree.zig");
 const parse_budget = @import("parse_budget.zig");
 const parse_items = @import("parse_items.zig");
+const parse_exhausted = @import("parse_exhausted.zig"); // near the limit (issue 13)
 const reader_zig = @import("reader.zig");
 const compat = @import("compat.zig");
 const bounds = @import("limits");
@@ -88,7 +89,7 @@ const Parser = struct {
         "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
         "failure_mode", "local_share",      "compat",
-    } ++ model_rule_fields;
+    } ++ model_rule_fields ++ parse_exhausted.rule_fields;
     /// Rule-level fields of model-aware budgets (issue 12).
     const model_rule_fields = [_][]const u8{ "model_header", "time_zone", "calendar", "prices", "warn_at" };
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
@@ -291,6 +292,8 @@ const Parser = struct {
             parsed.model_header = try std.ascii.allocLowerString(self.arena, header);
             self.reader.leave(saved);
         }
+        // Near the limit (issue 13).
+        parsed.near_limit = try (parse_exhausted.Fields{ .reader = &self.reader, .arena = self.arena }).read(map);
         return parsed;
     }
 

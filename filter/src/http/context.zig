@@ -22,6 +22,8 @@ const settlement = @import("settle.zig");
 const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
+const wait = @import("wait.zig"); // near the limit (issue 13)
+const Lane = @import("../config/parse_exhausted.zig").Lane;
 
 const allocator = host.allocator;
 
@@ -66,15 +68,18 @@ pub const Phase = enum {
     admitted,
     /// Settled (or its abandoned admission given back): final.
     settled,
+    /// Near the limit (issue 13): held, paused, in the wait queue (wait.zig).
+    queued,
 
     /// The transitions a request may take. Any other is a bug in this file, never input.
     pub fn canEnter(from: Phase, to: Phase) bool {
         return switch (to) {
-            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model,
+            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model or from == .queued,
             .awaiting_body, .rewriting_model => from == .idle,
-            .awaiting_store => from == .idle or from == .awaiting_body,
-            .admitted => from == .idle or from == .awaiting_body or from == .awaiting_store,
-            .settled => from == .admitted or from == .awaiting_store,
+            .awaiting_store => from == .idle or from == .awaiting_body or from == .queued,
+            .admitted => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .queued,
+            .settled => from == .admitted or from == .awaiting_store or from == .queued,
+            .queued => from == .idle or from == .awaiting_body or from == .awaiting_store,
         };
     }
 };
@@ -123,7 +128,12 @@ pub const HttpContext = struct {
     /// resolved (model.resolve) once the body is complete.
     model_pending: bool = false,
 
+    // Near the limit (issue 13, wait.zig): the priority lane, and the estimate pacing sizes by.
+    lane: Lane = .normal,
+    estimate: admission.Estimate = .{ .tokens = 0 },
+
     pub fn deinit(self: *HttpContext) void {
+        wait.forget(self.id);
         self.counters.deinit(allocator);
         if (self.event_filter) |*filter| filter.deinit(allocator);
         if (self.config) |held| config.release(allocator, held);
@@ -165,6 +175,7 @@ pub const HttpContext = struct {
         if (self.counters.items.len == 0 and !self.model_pending) return .@"continue";
         self.config = current.retain();
         self.rule = rule;
+        wait.readLane(self);
         self.nameRequest();
         setProperty("tokenlimit_rule", rule.name);
         // Usage can only be read from an answer the upstream did not compress: ask for identity
@@ -210,7 +221,7 @@ pub const HttpContext = struct {
             self.enter(.idle);
             return .@"continue";
         }
-        if (self.phase == .awaiting_store) {
+        if (self.phase == .awaiting_store or self.phase == .queued) {
             // Decided on the headers, Redis not yet answered: the body waits with the headers,
             // under flow control rather than a buffer limit (any size may arrive meanwhile).
             self.request_bytes = size; // all of it so far, buffered
@@ -296,6 +307,8 @@ pub const HttpContext = struct {
         const tokens = request.estimateTokens(info, body_bytes, rule.default_output_tokens);
         const cost = if (self.price) |price| settlement.estimateCost(price, body_bytes, tokens) else 0;
         admission.prepare(self.counters.items, rule.admission, .{ .tokens = tokens, .cost = cost }, now_ms);
+        self.estimate = .{ .tokens = tokens, .cost = cost };
+        wait.applyLane(self);
         self.store = store.Store.of(rule);
         return self.carryOut(self.store.admit(self.caller(), self.counters.items, now_ms, rule.shadow));
     }
@@ -313,6 +326,7 @@ pub const HttpContext = struct {
                 const first = &self.counters.items[0];
                 setProperty("tokenlimit_key", admission.counterIdentity(first.key.slice()));
                 setProperty("tokenlimit_decision", "allowed");
+                if (wait.onAllowed(self)) |action| return action;
                 host.logf(.debug, "allowed rule={s} counters={d} first={s} reserved={d}", .{ rule.name, self.counters.items.len, first.key.slice(), first.reserved });
                 return self.admitted();
             },
@@ -320,13 +334,14 @@ pub const HttpContext = struct {
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 host.incrementMetric(metrics.plugin.requests_shadow_rejected, 1);
-                setProperty("tokenlimit_decision", "shadow_rejected");
+                setProperty("tokenlimit_decision", wait.shadowDecision(self));
                 host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
                 return self.admitted();
             },
             .rejected => |index| {
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
+                if (wait.onRefused(self, index)) |action| return action;
                 self.enter(.idle);
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
                 setProperty("tokenlimit_decision", "rejected");
@@ -383,6 +398,18 @@ pub const HttpContext = struct {
         return .@"continue";
     }
 
+    /// A held request's budgets are asked again (wait.zig, on the tick).
+    pub fn readmit(self: *HttpContext) host.Action {
+        const now_ms = host.nowMs();
+        for (self.counters.items) |*counter| counter.admitted_at_ms = now_ms;
+        return self.carryOut(self.store.admit(self.caller(), self.counters.items, now_ms, self.rule.?.shadow));
+    }
+
+    /// A held request past max_wait_ms: refused by the counter that refused it last.
+    pub fn refuseHeld(self: *HttpContext, index: usize) host.Action {
+        return self.carryOut(.{ .decided = index });
+    }
+
     /// The Redis store answered (or failed) for this paused request: finish admission and let
     /// the request go on, or reject it.
     pub fn onStoreReply(self: *HttpContext, outcome: redis.Outcome) void {
@@ -419,6 +446,7 @@ pub const HttpContext = struct {
     /// Envoy is done with the stream. A request whose admission is still with Redis keeps its
     /// context until the answer comes (so a reservation made for it can be returned).
     pub fn onDone(self: *HttpContext) bool {
+        if (self.phase == .queued) wait.abandon(self); // a client that leaves is dropped
         if (self.phase != .awaiting_store) return true;
         self.abandoned = true;
         return false;
