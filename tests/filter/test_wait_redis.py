@@ -30,9 +30,7 @@ def rule(limit: dict[str, Any], **when: Any) -> dict[str, Any]:
     return {
         "rule_name": "near",
         "algorithm": "token_bucket",
-        "rule_items": [
-            {"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*", **limit}]}
-        ],
+        "rule_items": [{"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*", **limit}]}],
         "redis": {"service_name": "redis.dns", "timeout": 1000},
         "when_exhausted": {"action": "wait", "max_wait_ms": 3000, **when},
     }

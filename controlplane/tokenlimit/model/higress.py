@@ -81,6 +81,10 @@ RULE_FIELDS = (
     "calendar",
     "warn_at",
     "compat",
+    # near the limit (issue 13)
+    "when_exhausted",
+    "pace_above",
+    "priority",
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)
