@@ -29,6 +29,7 @@ test {
     _ = @import("src/config/regex/vm.zig");
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/context.zig");
+    _ = @import("src/http/downgrade.zig");
     _ = @import("src/http/model.zig");
     _ = @import("src/http/pace.zig");
     _ = @import("src/http/response_phase.zig");

@@ -26,6 +26,8 @@ pub const Plugin = struct {
     wait_overflows: u32 = 0,
     requests_paced: u32 = 0,
     wait_queued: u32 = 0,
+    /// Requests sent with when_exhausted.model instead (issue 13, http/downgrade.zig).
+    requests_downgraded: u32 = 0,
 };
 
 pub const Redis = struct {

@@ -23,6 +23,7 @@ const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
 const wait = @import("wait.zig"); // near the limit (issue 13)
+const downgrade = @import("downgrade.zig");
 const Lane = @import("../config/parse_exhausted.zig").Lane;
 
 const allocator = host.allocator;
@@ -131,6 +132,9 @@ pub const HttpContext = struct {
     // Near the limit (issue 13, wait.zig): the priority lane, and the estimate pacing sizes by.
     lane: Lane = .normal,
     estimate: admission.Estimate = .{ .tokens = 0 },
+    /// Judged with its whole body held (so a downgrade can rewrite its model), and downgraded.
+    body_held: bool = false,
+    downgraded: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
         wait.forget(self.id);
@@ -191,7 +195,8 @@ pub const HttpContext = struct {
         // The body may grow by the include_usage member: its length is no longer known here.
         if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
 
-        if (self.model_pending or (rule.admission == .reserve and body_readable)) {
+        const downgrades = rule.near_limit.action == .downgrade; // downgrade rewrites the body
+        if (self.model_pending or ((rule.admission == .reserve or downgrades) and body_readable)) {
             self.enter(.awaiting_body);
             // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
             // so the upstream sees nothing of a request the budget refuses.
@@ -267,11 +272,12 @@ pub const HttpContext = struct {
                 return .@"continue";
             }
         }
+        self.body_held = true;
         return self.decide(info, size);
     }
 
     /// The counters of every item of `rule` that applies to this request (none: not counted).
-    fn collectCounters(self: *HttpContext, rule: *const config.Rule) void {
+    pub fn collectCounters(self: *HttpContext, rule: *const config.Rule) void {
         select.collectCounters(&self.counters, rule) catch |err| {
             // Without its counters the request cannot be judged; admit it and say why.
             host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
@@ -282,7 +288,7 @@ pub const HttpContext = struct {
 
     /// Applies the request's model to its counters (model.zig), once it is known, and prices
     /// it. False: the rule has cost limits and the model no price (the request is refused).
-    fn resolveModel(self: *HttpContext, rule: *const config.Rule) bool {
+    pub fn resolveModel(self: *HttpContext, rule: *const config.Rule) bool {
         self.model_pending = false;
         if (self.requested_model == .name) setProperty("tokenlimit_model", self.requested_model.name);
         model.resolve(&self.counters, rule, self.requested_model) catch |err| {
@@ -300,7 +306,7 @@ pub const HttpContext = struct {
     /// Admits or rejects the request against every counter, reserving its estimate (tokens,
     /// and their cost at its model's price) under `reserve` admission. With a Redis store the
     /// answer comes later (`onStoreReply`).
-    fn decide(self: *HttpContext, info: request.RequestInfo, body_bytes: u64) host.Action {
+    pub fn decide(self: *HttpContext, info: request.RequestInfo, body_bytes: u64) host.Action {
         const rule = self.rule.?;
         std.debug.assert(self.counters.items.len > 0);
         const now_ms = host.nowMs();
@@ -325,7 +331,7 @@ pub const HttpContext = struct {
             .allowed => {
                 const first = &self.counters.items[0];
                 setProperty("tokenlimit_key", admission.counterIdentity(first.key.slice()));
-                setProperty("tokenlimit_decision", "allowed");
+                setProperty("tokenlimit_decision", if (self.downgraded) "downgraded" else "allowed");
                 if (wait.onAllowed(self)) |action| return action;
                 host.logf(.debug, "allowed rule={s} counters={d} first={s} reserved={d}", .{ rule.name, self.counters.items.len, first.key.slice(), first.reserved });
                 return self.admitted();
@@ -334,11 +340,12 @@ pub const HttpContext = struct {
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 host.incrementMetric(metrics.plugin.requests_shadow_rejected, 1);
-                setProperty("tokenlimit_decision", wait.shadowDecision(self));
+                setProperty("tokenlimit_decision", downgrade.shadowDecision(rule) orelse wait.shadowDecision(self));
                 host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
                 return self.admitted();
             },
             .rejected => |index| {
+                if (downgrade.onRefused(self)) |action| return action;
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 if (wait.onRefused(self, index)) |action| return action;
