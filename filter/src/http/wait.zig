@@ -198,7 +198,9 @@ pub fn onTick(root_id: u32, lookup: *const fn (u32) ?*HttpContext) void {
                 renameAttempt(self, &queue.entries.items[index]);
                 proceed(self.readmit());
                 if (self.phase == .awaiting_store) queue.entries.items[index].in_flight = true;
-                if (self.phase != .admitted) block(entry.key_hash);
+                // Postpaid: an admitted request's cost is known only when it ends, so the
+                // next of its budget waits for the next tick rather than see the same room.
+                if (self.phase != .admitted or self.rule.?.admission == .postpaid) block(entry.key_hash);
             },
         }
     }
