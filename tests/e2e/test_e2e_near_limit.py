@@ -141,3 +141,50 @@ def test_a_low_lane_meets_its_smaller_budget_while_high_gets_through(gateway: Ga
     statuses = [post(gateway, "lanes", "low")[0] for _ in range(9)]
     assert statuses == [200] * 8 + [429]  # low (and normal) see 80 %
     assert [post(gateway, "lanes", "high")[0] for _ in range(3)] == [200, 200, 429]
+
+
+def ask_model(gw: Gateway, model: str, path: str) -> tuple[int, str, dict[str, str]]:
+    """One request for `model`: status, the model the upstream answered as, headers."""
+    request = urllib.request.Request(
+        gw.listen_url + path,
+        data=json.dumps({"model": model, "max_tokens": 5, "messages": []}).encode(),
+        headers={"content-type": "application/json", "x-api-key": "dg"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            answer = json.loads(response.read())
+            got = {k.lower(): v for k, v in response.headers.items()}
+            return response.status, str(answer.get("model")), got
+    except urllib.error.HTTPError as refused:
+        return refused.code, "", {k.lower(): v for k, v in refused.headers.items()}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_spent_model_is_served_by_the_downgrade_model(gateway: Gateway, path: str) -> None:
+    per_model = {
+        "limit_by_per_model": "",
+        "limit_keys": [
+            {"key": "gpt-4o", "request_per_minute": 1},
+            {"key": "gpt-4o-mini", "request_per_minute": 1},
+        ],
+    }
+    configure(
+        gateway,
+        {
+            "rule_name": f"downgrade-{time.monotonic_ns()}",
+            "rule_items": [per_model],
+            "when_exhausted": {"action": "downgrade", "model": "gpt-4o-mini"},
+        },
+    )
+    status, served, headers = ask_model(gateway, "gpt-4o", path)
+    assert (status, served, headers.get("x-tokenlimit-served-model")) == (200, "gpt-4o", None)
+    # gpt-4o is spent: the upstream sees (and answers as) gpt-4o-mini, and the client is told.
+    status, served, headers = ask_model(gateway, "gpt-4o", path)
+    assert (status, served) == (200, "gpt-4o-mini")
+    assert headers["x-tokenlimit-served-model"] == "gpt-4o-mini"
+    # gpt-4o-mini's budget is spent too: today's 429.
+    assert ask_model(gateway, "gpt-4o", path)[0] == 429
+    deadline = time.monotonic() + 5
+    while "decision=downgraded" not in gateway.logs().stdout:
+        assert time.monotonic() < deadline, gateway.logs().stdout[-1500:]
+        time.sleep(0.1)

@@ -192,10 +192,11 @@ pub const HttpContext = struct {
         const body_length = if (end_of_stream) 0 else select.contentLength();
         const body_readable = !end_of_stream and body_length != null and body_length.? <= rewrite.request_body_bytes_max and select.isJson();
         self.include_usage_candidate = body_readable and select.isOpenAiCompletionsPath();
-        // The body may grow by the include_usage member: its length is no longer known here.
-        if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
-
+        // The body may grow by the include_usage member (or a downgrade's model): its length is
+        // no longer known here.
         const downgrades = rule.near_limit.action == .downgrade; // downgrade rewrites the body
+        if (self.include_usage_candidate or (downgrades and body_readable)) host.removeHeader(.request_headers, "content-length") catch {};
+
         if (self.model_pending or ((rule.admission == .reserve or downgrades) and body_readable)) {
             self.enter(.awaiting_body);
             // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
