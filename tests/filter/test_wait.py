@@ -6,6 +6,7 @@ request gets today's 429 with an honest Retry-After; `max_queued` bounds the que
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from support.proxywasm_host import Clock, Host
@@ -48,7 +49,9 @@ def tick(host: Host, clock: Clock, ms: int) -> None:
     host.tick()
 
 
-def test_a_spent_budget_waits_for_room_instead_of_a_429(make_any_host, clock: Clock) -> None:
+def test_a_spent_budget_waits_for_room_instead_of_a_429(
+    make_any_host: Callable[..., Host], clock: Clock
+) -> None:
     host = make_any_host(clock=clock)
     assert host.configure(wait_rule()), host.log_messages()
     first, second = start(host), start(host)
@@ -71,7 +74,7 @@ def test_a_spent_budget_waits_for_room_instead_of_a_429(make_any_host, clock: Cl
 
 
 def test_waiting_requests_of_one_budget_are_released_first_in_first_out(
-    make_host, clock: Clock
+    make_host: Callable[..., Host], clock: Clock
 ) -> None:
     host = make_host(clock=clock)
     assert host.configure(wait_rule()), host.log_messages()
@@ -91,7 +94,7 @@ def test_waiting_requests_of_one_budget_are_released_first_in_first_out(
 
 
 def test_past_max_wait_ms_the_request_gets_todays_429_with_an_honest_retry_after(
-    make_host, clock: Clock
+    make_host: Callable[..., Host], clock: Clock
 ) -> None:
     host = make_host(clock=clock)
     rule = wait_rule(max_wait_ms=300)
@@ -113,7 +116,9 @@ def test_past_max_wait_ms_the_request_gets_todays_429_with_an_honest_retry_after
     assert host.metrics["tokenlimit.wait_timeouts"] == 1
 
 
-def test_a_client_that_leaves_is_dropped_from_the_queue(make_host, clock: Clock) -> None:
+def test_a_client_that_leaves_is_dropped_from_the_queue(
+    make_host: Callable[..., Host], clock: Clock
+) -> None:
     host = make_host(clock=clock)
     assert host.configure(wait_rule()), host.log_messages()
     start(host), start(host)
@@ -127,7 +132,9 @@ def test_a_client_that_leaves_is_dropped_from_the_queue(make_host, clock: Clock)
     assert host.metrics["tokenlimit.requests_waited"] == 1
 
 
-def test_max_queued_rejects_at_once_past_the_bound(make_host, clock: Clock) -> None:
+def test_max_queued_rejects_at_once_past_the_bound(
+    make_host: Callable[..., Host], clock: Clock
+) -> None:
     host = make_host(clock=clock)
     assert host.configure(wait_rule(max_queued=2)), host.log_messages()
     start(host), start(host)
@@ -138,7 +145,9 @@ def test_max_queued_rejects_at_once_past_the_bound(make_host, clock: Clock) -> N
     assert host.metrics["tokenlimit.wait_overflows"] == 1
 
 
-def test_shadow_mode_reports_the_wait_it_would_have_made(make_host, clock: Clock) -> None:
+def test_shadow_mode_reports_the_wait_it_would_have_made(
+    make_host: Callable[..., Host], clock: Clock
+) -> None:
     host = make_host(clock=clock)
     assert host.configure({**wait_rule(), "shadow": True}), host.log_messages()
     start(host), start(host)
@@ -147,7 +156,7 @@ def test_shadow_mode_reports_the_wait_it_would_have_made(make_host, clock: Clock
     assert third.properties_set["tokenlimit_decision"] == b"shadow_waited"
 
 
-def test_the_config_names_a_bad_field(make_host) -> None:
+def test_the_config_names_a_bad_field(make_host: Callable[..., Host]) -> None:
     host = make_host()
     assert not host.configure(wait_rule(max_wait_ms=0))
     assert any("when_exhausted.max_wait_ms" in m for m in host.log_messages())

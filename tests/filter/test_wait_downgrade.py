@@ -6,7 +6,7 @@ when that budget is spent too the request waits (max_wait_ms written) or is reje
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,9 @@ def sent_model(stream: Any) -> str:
     return str(json.loads(b"".join(stream.request_body_chunks_forwarded))["model"])
 
 
-def test_a_spent_model_is_downgraded_and_charged_to_the_cheaper_one(make_any_host) -> None:
+def test_a_spent_model_is_downgraded_and_charged_to_the_cheaper_one(
+    make_any_host: Callable[..., Host],
+) -> None:
     host = make_any_host()
     assert host.configure(rule()), host.log_messages()
     first = ask(host)
@@ -85,7 +87,7 @@ def test_a_spent_model_is_downgraded_and_charged_to_the_cheaper_one(make_any_hos
 
 
 def test_when_the_cheaper_model_is_spent_too_it_waits_if_max_wait_ms_is_written(
-    make_host,
+    make_host: Callable[..., Host],
 ) -> None:
     clock = Clock(now_ns=(1_767_225_600 + 59) * 10**9)  # a second before the minute rolls
     host = make_host(clock=clock)
@@ -102,7 +104,9 @@ def test_when_the_cheaper_model_is_spent_too_it_waits_if_max_wait_ms_is_written(
     assert held.properties_set["tokenlimit_decision"] == b"waited"
 
 
-def test_shadow_mode_reports_the_downgrade_it_would_have_made(make_host) -> None:
+def test_shadow_mode_reports_the_downgrade_it_would_have_made(
+    make_host: Callable[..., Host],
+) -> None:
     host = make_host()
     assert host.configure({**rule(), "shadow": True}), host.log_messages()
     answer(ask(host))

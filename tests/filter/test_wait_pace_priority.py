@@ -6,6 +6,7 @@ memory bound docs/config.md states."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from support.proxywasm_host import Clock, Host
@@ -37,7 +38,9 @@ def tick(host: Host, clock: Clock, ms: int) -> None:
     host.tick()
 
 
-def test_pace_above_spaces_admissions_over_the_rest_of_the_window(make_any_host) -> None:
+def test_pace_above_spaces_admissions_over_the_rest_of_the_window(
+    make_any_host: Callable[..., Host],
+) -> None:
     clock = Clock(now_ns=(1_767_225_600 + 10) * 10**9)  # 50 s of the minute left
     host = make_any_host(clock=clock)
     rule = per_key({"request_per_minute": 100}, pace_above=0.5)
@@ -60,7 +63,7 @@ def test_pace_above_spaces_admissions_over_the_rest_of_the_window(make_any_host)
     assert host.metrics["tokenlimit.requests_paced"] == 2
 
 
-def test_pace_above_never_holds_beyond_max_wait_ms(make_host) -> None:
+def test_pace_above_never_holds_beyond_max_wait_ms(make_host: Callable[..., Host]) -> None:
     clock = Clock(now_ns=(1_767_225_600 + 10) * 10**9)
     host = make_host(clock=clock)
     rule = per_key(
@@ -79,7 +82,9 @@ def test_pace_above_never_holds_beyond_max_wait_ms(make_host) -> None:
     assert held.properties_set["tokenlimit_wait_ms"] == b"300"
 
 
-def test_a_lower_lane_sees_the_budget_less_the_reserved_shares(make_host) -> None:
+def test_a_lower_lane_sees_the_budget_less_the_reserved_shares(
+    make_host: Callable[..., Host],
+) -> None:
     host = make_host()
     rule = per_key(
         {"request_per_minute": 10},
@@ -95,7 +100,7 @@ def test_a_lower_lane_sees_the_budget_less_the_reserved_shares(make_host) -> Non
     assert start(host, "high").local_response is not None
 
 
-def test_waiting_requests_are_released_high_first(make_host) -> None:
+def test_waiting_requests_are_released_high_first(make_host: Callable[..., Host]) -> None:
     clock = Clock()
     host = make_host(clock=clock)
     rule = per_key(
@@ -127,7 +132,9 @@ def memory_per_request(host: Host, count: int) -> float:
     return (host.memory_bytes_used() - before) / count
 
 
-def test_ten_thousand_held_requests_stay_within_the_documented_bound(make_host) -> None:
+def test_ten_thousand_held_requests_stay_within_the_documented_bound(
+    make_host: Callable[..., Host],
+) -> None:
     when = {"action": "wait", "max_wait_ms": 60000, "max_queued": 10000}
     host = make_host()
     assert host.configure(per_key({"request_per_minute": 1}, when_exhausted=when))
