@@ -207,7 +207,18 @@ pub fn onTick(root_id: u32, lookup: *const fn (u32) ?*HttpContext) void {
     queue.compact();
     host.setEffectiveContext(root_id) catch {};
     if (queue.live == 0) stopTicking();
-    host.recordMetric(metrics.plugin.wait_queued, queue.live);
+    reportHeld();
+}
+
+/// The gauge is Envoy's, shared by every worker: each worker adds what changed in its own
+/// queue, so the gauge shows the requests held by the whole gateway.
+var reported_held: i64 = 0;
+
+fn reportHeld() void {
+    const live: i64 = @intCast(queue.live);
+    if (live == reported_held) return;
+    host.incrementMetric(metrics.plugin.wait_queued, live - reported_held);
+    reported_held = live;
 }
 
 fn releasePaced(self: *HttpContext, entry: wait_queue.Entry, now_ms: u64) void {
@@ -250,7 +261,7 @@ fn keyHash(self: *const HttpContext, index: usize) u64 {
 }
 
 fn startTicking() void {
-    host.recordMetric(metrics.plugin.wait_queued, queue.live);
+    reportHeld();
     if (ticking_fast) return;
     // Called on the request's context: Envoy applies the period to its root context.
     host.setTickPeriod(tick_ms) catch return;
