@@ -159,8 +159,16 @@ def ask_model(gw: Gateway, model: str, path: str) -> tuple[int, str, dict[str, s
         return refused.code, "", {k.lower(): v for k, v in refused.headers.items()}
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
-def test_a_spent_model_is_served_by_the_downgrade_model(gateway: Gateway, path: str) -> None:
+@pytest.mark.parametrize(
+    ("store", "path"),
+    [("local", "/v1/chat/completions"), ("local", "/v1/messages"), ("redis", "/v1/messages")],
+)
+def test_a_spent_model_is_served_by_the_downgrade_model(
+    request: pytest.FixtureRequest, store: str, path: str
+) -> None:
+    # With Redis the refusal arrives after the body callback: Envoy keeps a body the filter
+    # paused on writable until the request goes on.
+    gateway: Gateway = request.getfixturevalue("gateway" if store == "local" else "redis_gateway")
     per_model = {
         "limit_by_per_model": "",
         "limit_keys": [
