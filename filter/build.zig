@@ -116,6 +116,9 @@ const Limits = struct {
     redis_database_max: u64,
     local_counters_max: u64,
     model_bytes_max: u64,
+    // near the limit (issue 13): when_exhausted.max_wait_ms and max_queued
+    wait_ms_max: u64,
+    wait_queued_max: u64,
     bridge_cluster: []const u8,
     bridge_token_env: []const u8,
     // labelled metrics (issue 16): distinct `model` label values per worker VM

@@ -22,6 +22,7 @@ test {
     _ = @import("src/config/parse.zig");
     _ = @import("src/config/parse_budget.zig");
     _ = @import("src/config/parse_cache.zig");
+    _ = @import("src/config/parse_exhausted.zig");
     _ = @import("src/config/parse_items.zig");
     _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");
@@ -37,14 +38,18 @@ test {
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/cache.zig");
     _ = @import("src/http/context.zig");
+    _ = @import("src/http/downgrade.zig");
     _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");
+    _ = @import("src/http/pace.zig");
     _ = @import("src/http/response_phase.zig");
     _ = @import("src/http/rewrite.zig");
     _ = @import("src/http/root.zig");
     _ = @import("src/http/select.zig");
     _ = @import("src/http/settle.zig");
     _ = @import("src/http/usage_endpoint.zig");
+    _ = @import("src/http/wait.zig");
+    _ = @import("src/http/wait_queue.zig");
     _ = @import("src/http/warn.zig");
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");

@@ -7,6 +7,7 @@ const http = @import("http/context.zig");
 const metrics = @import("abi/metrics.zig");
 const redis = @import("store/redis.zig");
 const root = @import("http/root.zig");
+const wait = @import("http/wait.zig"); // near the limit (issue 13)
 
 const allocator = host.allocator;
 
@@ -125,6 +126,7 @@ export fn proxy_on_delete(context_id: u32) void {
 }
 
 export fn proxy_on_tick(root_context_id: u32) void {
+    wait.onTick(root_context_id, &httpContext);
     redis.onTick(root_context_id);
 }
 

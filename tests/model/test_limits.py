@@ -176,6 +176,19 @@ CASES: dict[str, list[Case]] = {
             parse=parse_policy,
         ),
     ],
+    # Near the limit (issue 13).
+    "wait_ms_max": [
+        Case(
+            lambda n: rule(when_exhausted={"action": "wait", "max_wait_ms": n}),
+            "when_exhausted.max_wait_ms",
+        )
+    ],
+    "wait_queued_max": [
+        Case(
+            lambda n: rule(when_exhausted={"action": "wait", "max_queued": n}),
+            "when_exhausted.max_queued",
+        )
+    ],
 }
 # Defaults and names the model does not bound a value by; checked by their own tests below.
 OTHER = (

@@ -43,6 +43,7 @@ from tokenlimit.model.counters import (
     counter_key_bytes,
     counter_rule_name,
 )
+from tokenlimit.model.exhausted import OptPaceAbove, OptPriority, OptWhenExhausted
 from tokenlimit.model.fields import (
     OptAdmission,
     OptAlgorithm,
@@ -252,6 +253,16 @@ class BudgetFields(_Model):
     # Response cache (issue 15, tokenlimit.model.cache).
     cache: OptCache = None
     """Exact response cache: a repeated request is answered by the gateway at 0 tokens."""
+    # Near the limit (issue 13): tokenlimit.model.exhausted.
+    when_exhausted: OptWhenExhausted = None
+    """What a request whose budget is spent gets instead of a 429: wait for room (at most
+    maxWaitMs) or downgrade to a cheaper model; default reject."""
+    pace_above: OptPaceAbove = None
+    """Above this share of a budget, admissions are spaced out so the rest lasts to the window's
+    end (each held at most whenExhausted.maxWaitMs)."""
+    priority: OptPriority = None
+    """Lanes named by a request header (high, normal, low); reserved shares are held back for
+    higher lanes, and waiting requests are released high first."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)

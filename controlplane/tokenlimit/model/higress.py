@@ -84,6 +84,10 @@ RULE_FIELDS = (
     "usage_path",  # the usage endpoint (issue 16)
     "higress_token_metrics",  # issue 16
     "cache",  # response cache (issue 15): tokenlimit's own, its fields checked strictly
+    # near the limit (issue 13)
+    "when_exhausted",
+    "pace_above",
+    "priority",
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)

@@ -44,6 +44,8 @@ class Limits(BaseModel):
     redis_database_max: int
     local_counters_max: int  # the filter's local store table; nothing in a config to bound
     model_bytes_max: int
+    wait_ms_max: int  # near the limit (issue 13): when_exhausted.max_wait_ms
+    wait_queued_max: int  # when_exhausted.max_queued
     bridge_cluster: str
     bridge_token_env: str
     # labelled metrics (issue 16): distinct `model` label values per worker VM (the filter's)
@@ -95,3 +97,6 @@ BRIDGE_TOKEN_ENV: Final = LIMITS.bridge_token_env  # the bridge's bearer token, 
 CACHE_TTL_SECONDS_MAX: Final = LIMITS.cache_ttl_seconds_max
 CACHE_ENTRY_BYTES_MAX: Final = LIMITS.cache_entry_bytes_max
 CACHE_ENTRY_BYTES_DEFAULT: Final = LIMITS.cache_entry_bytes_default
+# Near the limit (issue 13): the longest hold and the most requests one worker holds.
+WAIT_MS_MAX: Final = LIMITS.wait_ms_max
+WAIT_QUEUED_MAX: Final = LIMITS.wait_queued_max

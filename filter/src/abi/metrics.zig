@@ -29,6 +29,15 @@ pub const Plugin = struct {
     cache_tokens_saved: u32 = 0,
     /// Lookups or stores the cache's store failed (a lookup failure is served as a miss).
     cache_store_errors: u32 = 0,
+    // Near the limit (issue 13, http/wait.zig): requests admitted after waiting for room,
+    // rejected at max_wait_ms, rejected at once (max_queued), held by pace_above, held now.
+    requests_waited: u32 = 0,
+    wait_timeouts: u32 = 0,
+    wait_overflows: u32 = 0,
+    requests_paced: u32 = 0,
+    wait_queued: u32 = 0,
+    /// Requests sent with when_exhausted.model instead (issue 13, http/downgrade.zig).
+    requests_downgraded: u32 = 0,
 };
 
 pub const Redis = struct {
@@ -45,7 +54,7 @@ pub var redis: Redis = .{};
 
 /// Defines both sets; host-call failures are counted from here on.
 pub fn define() void {
-    plugin = defineSet(Plugin, "tokenlimit.", &.{});
+    plugin = defineSet(Plugin, "tokenlimit.", &.{"wait_queued"});
     host.failures_metric_id = plugin.host_call_failures;
     redis = defineSet(Redis, "tokenlimit.redis_", &.{"circuit_open"});
 }

@@ -23,6 +23,8 @@ pub const parse = parse_zig.parse;
 pub const Diagnostic = reader.Diagnostic;
 pub const ParseError = reader.ParseError;
 pub const Compat = compat.Compat;
+/// Near the limit (issue 13).
+pub const NearLimit = @import("parse_exhausted.zig").NearLimit;
 
 pub const config_bytes_max = bounds.config_bytes_max;
 pub const rule_name_bytes_max = bounds.rule_name_bytes_max;
@@ -243,6 +245,8 @@ pub const Rule = struct {
     /// `higress_token_metrics`: also count tokens under Higress ai-statistics' metric names
     /// (http/higress_tokens.zig); off by default, as ai-statistics may count them already.
     higress_token_metrics: bool = false,
+    /// Near the limit (issue 13): when_exhausted, pace_above, priority (parse_exhausted.zig).
+    near_limit: NearLimit = .{},
 
     pub fn modelAware(self: *const Rule) bool {
         return self.model_aware;

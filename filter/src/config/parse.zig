@@ -11,6 +11,7 @@ const json_tree = @import("json_tree.zig");
 const parse_budget = @import("parse_budget.zig");
 const parse_cache = @import("parse_cache.zig");
 const parse_items = @import("parse_items.zig");
+const parse_exhausted = @import("parse_exhausted.zig"); // near the limit (issue 13)
 const reader_zig = @import("reader.zig");
 const compat = @import("compat.zig");
 const bounds = @import("limits");
@@ -89,7 +90,7 @@ const Parser = struct {
         "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
         "failure_mode", "local_share",      "compat",
-    } ++ model_rule_fields ++ cache_rule_fields;
+    } ++ model_rule_fields ++ cache_rule_fields ++ parse_exhausted.rule_fields;
     /// The response cache (issue 15, parse_cache.zig).
     const cache_rule_fields = [_][]const u8{"cache"};
     /// Rule-level fields of model-aware budgets (issue 12).
@@ -300,6 +301,8 @@ const Parser = struct {
         if (map.get("higress_token_metrics")) |value| parsed.higress_token_metrics = try self.reader.boolField("higress_token_metrics", value);
         // Response cache (issue 15).
         if (map.get("cache")) |value| parsed.cache = try parse_cache.field(&self.reader, value);
+        // Near the limit (issue 13).
+        parsed.near_limit = try (parse_exhausted.Fields{ .reader = &self.reader, .arena = self.arena }).read(map);
         return parsed;
     }
 

@@ -275,6 +275,7 @@ fn serve(self: *HttpContext) host.Action {
     @memcpy(self.cache.content_type[0..found.content_type.len], found.content_type);
     self.cache.content_type_len = found.content_type.len;
     self.cache.served = true;
+    self.countOutcome(.cached);
     setProperty("tokenlimit_decision", "cached");
     setProperty("tokenlimit_tokens", "0");
     host.incrementMetric(metrics.plugin.cache_tokens_saved, @intCast(@min(found.tokens, std.math.maxInt(i64))));

@@ -26,6 +26,9 @@ const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
 const usage_endpoint = @import("usage_endpoint.zig");
+const wait = @import("wait.zig"); // near the limit (issue 13)
+const downgrade = @import("downgrade.zig");
+const Lane = @import("../config/parse_exhausted.zig").Lane;
 
 const allocator = host.allocator;
 
@@ -72,16 +75,19 @@ pub const Phase = enum {
     settled,
     /// Response cache (issue 15): the lookup waits for Redis's reply (the request is paused).
     awaiting_cache,
+    /// Near the limit (issue 13): held, paused, in the wait queue (wait.zig).
+    queued,
 
     /// The transitions a request may take. Any other is a bug in this file, never input.
     pub fn canEnter(from: Phase, to: Phase) bool {
         return switch (to) {
-            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model or from == .awaiting_cache,
+            .idle => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .rewriting_model or from == .awaiting_cache or from == .queued,
             .awaiting_cache => from == .idle or from == .awaiting_body,
             .awaiting_body, .rewriting_model => from == .idle,
-            .awaiting_store => from == .idle or from == .awaiting_body,
-            .admitted => from == .idle or from == .awaiting_body or from == .awaiting_store,
-            .settled => from == .admitted or from == .awaiting_store,
+            .awaiting_store => from == .idle or from == .awaiting_body or from == .queued,
+            .admitted => from == .idle or from == .awaiting_body or from == .awaiting_store or from == .queued,
+            .settled => from == .admitted or from == .awaiting_store or from == .queued,
+            .queued => from == .idle or from == .awaiting_body or from == .awaiting_store,
         };
     }
 };
@@ -138,8 +144,16 @@ pub const HttpContext = struct {
     // Response cache (issue 15, cache.zig).
     cache: cache_flow.State = .{},
 
+    // Near the limit (issue 13, wait.zig): the priority lane, and the estimate pacing sizes by.
+    lane: Lane = .normal,
+    estimate: admission.Estimate = .{ .tokens = 0 },
+    /// Judged with its whole body held (so a downgrade can rewrite its model), and downgraded.
+    body_held: bool = false,
+    downgraded: bool = false,
+
     pub fn deinit(self: *HttpContext) void {
         self.cache.deinit();
+        wait.forget(self.id);
         self.counters.deinit(allocator);
         if (self.event_filter) |*filter| filter.deinit(allocator);
         if (self.config) |held| config.release(allocator, held);
@@ -187,6 +201,7 @@ pub const HttpContext = struct {
         if (self.counters.items.len == 0 and !self.model_pending) return .@"continue";
         self.config = current.retain();
         self.rule = rule;
+        wait.readLane(self);
         self.nameRequest();
         if (rule.higress_token_metrics) self.higress_consumer = higress_tokens.Consumer.read(); // issue 16
         setProperty("tokenlimit_rule", rule.name);
@@ -200,12 +215,14 @@ pub const HttpContext = struct {
         const body_length = if (end_of_stream) 0 else select.contentLength();
         const body_readable = !end_of_stream and body_length != null and body_length.? <= rewrite.request_body_bytes_max and select.isJson();
         self.include_usage_candidate = body_readable and select.isOpenAiCompletionsPath();
-        // The body may grow by the include_usage member: its length is no longer known here.
-        if (self.include_usage_candidate) host.removeHeader(.request_headers, "content-length") catch {};
+        // The body may grow by the include_usage member (or a downgrade's model): its length is
+        // no longer known here.
+        const downgrades = rule.near_limit.action == .downgrade; // downgrade rewrites the body
+        if (self.include_usage_candidate or (downgrades and body_readable)) host.removeHeader(.request_headers, "content-length") catch {};
 
         // Response cache (issue 15): its key may need the whole body.
         const cache_needs_body = cache_flow.onRequestHeaders(self, rule, end_of_stream, body_readable);
-        if (self.model_pending or (rule.admission == .reserve and body_readable) or cache_needs_body) {
+        if (self.model_pending or ((rule.admission == .reserve or downgrades) and body_readable) or cache_needs_body) {
             self.enter(.awaiting_body);
             // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
             // so the upstream sees nothing of a request the budget refuses.
@@ -236,7 +253,7 @@ pub const HttpContext = struct {
             self.enter(.idle);
             return .@"continue";
         }
-        if (self.phase == .awaiting_store) {
+        if (self.phase == .awaiting_store or self.phase == .queued) {
             // Decided on the headers, Redis not yet answered: the body waits with the headers,
             // under flow control rather than a buffer limit (any size may arrive meanwhile).
             self.request_bytes = size; // all of it so far, buffered
@@ -289,12 +306,13 @@ pub const HttpContext = struct {
                 return .@"continue";
             }
         }
+        self.body_held = true;
         if (cache_flow.lookup(self, info, size)) |action| return action;
         return self.decide(info, size);
     }
 
     /// The counters of every item of `rule` that applies to this request (none: not counted).
-    fn collectCounters(self: *HttpContext, rule: *const config.Rule) void {
+    pub fn collectCounters(self: *HttpContext, rule: *const config.Rule) void {
         select.collectCounters(&self.counters, rule) catch |err| {
             // Without its counters the request cannot be judged; admit it and say why.
             host.logf(.warn, "rule {s}: could not evaluate request ({s}); admitted", .{ rule.name, @errorName(err) });
@@ -305,7 +323,7 @@ pub const HttpContext = struct {
 
     /// Applies the request's model to its counters (model.zig), once it is known, and prices
     /// it. False: the rule has cost limits and the model no price (the request is refused).
-    fn resolveModel(self: *HttpContext, rule: *const config.Rule) bool {
+    pub fn resolveModel(self: *HttpContext, rule: *const config.Rule) bool {
         self.model_pending = false;
         if (self.requested_model == .name) setProperty("tokenlimit_model", self.requested_model.name);
         model.resolve(&self.counters, rule, self.requested_model) catch |err| {
@@ -330,6 +348,8 @@ pub const HttpContext = struct {
         const tokens = request.estimateTokens(info, body_bytes, rule.default_output_tokens);
         const cost = if (self.price) |price| settlement.estimateCost(price, body_bytes, tokens) else 0;
         admission.prepare(self.counters.items, rule.admission, .{ .tokens = tokens, .cost = cost }, now_ms);
+        self.estimate = .{ .tokens = tokens, .cost = cost };
+        wait.applyLane(self);
         self.store = store.Store.of(rule);
         return self.carryOut(self.store.admit(self.caller(), self.counters.items, now_ms, rule.shadow));
     }
@@ -346,7 +366,8 @@ pub const HttpContext = struct {
             .allowed => {
                 const first = &self.counters.items[0];
                 setProperty("tokenlimit_key", admission.counterIdentity(first.key.slice()));
-                setProperty("tokenlimit_decision", "allowed");
+                setProperty("tokenlimit_decision", if (self.downgraded) "downgraded" else "allowed");
+                if (wait.onAllowed(self)) |action| return action;
                 host.logf(.debug, "allowed rule={s} counters={d} first={s} reserved={d}", .{ rule.name, self.counters.items.len, first.key.slice(), first.reserved });
                 return self.admitted();
             },
@@ -355,13 +376,15 @@ pub const HttpContext = struct {
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
                 host.incrementMetric(metrics.plugin.requests_shadow_rejected, 1);
                 self.countOutcome(.shadow_rejected);
-                setProperty("tokenlimit_decision", "shadow_rejected");
+                setProperty("tokenlimit_decision", downgrade.shadowDecision(rule) orelse wait.shadowDecision(self));
                 host.logf(.info, "shadow: would reject rule={s} counter={s} used={d} limit={d}", .{ rule.name, counter.key.slice(), counter.check.used, counter.check.limit });
                 return self.admitted();
             },
             .rejected => |index| {
+                if (downgrade.onRefused(self)) |action| return action;
                 const counter = &self.counters.items[index];
                 setProperty("tokenlimit_key", admission.counterIdentity(counter.key.slice()));
+                if (wait.onRefused(self, index)) |action| return action;
                 self.enter(.idle);
                 host.incrementMetric(metrics.plugin.requests_rejected, 1);
                 self.countOutcome(.rejected);
@@ -436,6 +459,18 @@ pub const HttpContext = struct {
         labelled.countRequest(ruleLabel(self.rule.?), self.modelName(), outcome);
     }
 
+    /// A held request's budgets are asked again (wait.zig, on the tick).
+    pub fn readmit(self: *HttpContext) host.Action {
+        const now_ms = host.nowMs();
+        for (self.counters.items) |*counter| counter.admitted_at_ms = now_ms;
+        return self.carryOut(self.store.admit(self.caller(), self.counters.items, now_ms, self.rule.?.shadow));
+    }
+
+    /// A held request past max_wait_ms: refused by the counter that refused it last.
+    pub fn refuseHeld(self: *HttpContext, index: usize) host.Action {
+        return self.carryOut(.{ .decided = index });
+    }
+
     /// The Redis store answered (or failed) for this paused request: finish admission and let
     /// the request go on, or reject it.
     pub fn onStoreReply(self: *HttpContext, outcome: redis.Outcome) void {
@@ -474,6 +509,7 @@ pub const HttpContext = struct {
     /// Envoy is done with the stream. A request whose admission is still with Redis keeps its
     /// context until the answer comes (so a reservation made for it can be returned).
     pub fn onDone(self: *HttpContext) bool {
+        if (self.phase == .queued) wait.abandon(self); // a client that leaves is dropped
         if (self.phase != .awaiting_store) return true;
         self.abandoned = true;
         return false;

@@ -17,6 +17,7 @@ const sse_filter = @import("../usage/sse_filter.zig");
 const store = @import("../store/store.zig");
 const usage = @import("../usage/usage.zig");
 const warn = @import("warn.zig");
+const downgrade = @import("downgrade.zig");
 
 const allocator = host.allocator;
 const HttpContext = context.HttpContext;
@@ -28,6 +29,7 @@ pub fn onResponseHeaders(self: *HttpContext) host.Action {
     self.response_seen = true;
     if (self.rule.?.show_limit_headers) addLimitHeaders(self.counters.items);
     warn.addWarning(self.rule.?, self.counters.items);
+    downgrade.onResponseHeaders(self); // near the limit (issue 13)
     var status = (host.getHeader(.response_headers, ":status") catch null) orelse return .@"continue";
     defer status.deinit();
     const code = std.fmt.parseInt(u16, status.bytes, 10) catch 0;
