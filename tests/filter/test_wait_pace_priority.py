@@ -14,7 +14,7 @@ from support.proxywasm_host import Clock, Host
 HEADERS = {":method": "POST", ":path": "/v1/chat/completions", ":authority": "x"}
 # docs/config.md ("Near the limit"): what one held request costs the filter at most, and what
 # holding it adds to the context every request in flight has.
-HELD_REQUEST_BYTES_MAX = 8192
+HELD_REQUEST_BYTES_MAX = 10240  # docs/near-limit.md "Memory bound"
 QUEUE_PLACE_BYTES_MAX = 256
 
 

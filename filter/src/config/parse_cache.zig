@@ -28,8 +28,7 @@ pub fn field(reader: *Reader, value: Value) ParseError!?config.Cache {
 fn number(reader: *Reader, name: []const u8, value: Value, min: i64, max: i64) ParseError!i64 {
     const saved = reader.enter(name);
     defer reader.leave(saved);
-    if (value != .number_string) return reader.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, Reader.typeName(value) });
-    return reader.integer(value, min, max);
+    return reader.jsonInteger(value, min, max);
 }
 
 test "cache config: fields, defaults, and ttl 0 as no cache" {

@@ -107,13 +107,13 @@ pub const Fields = struct {
         if (map.get("action")) |action| near.action = try self.reader.enumField(Action, "action", action);
         if (map.get("max_wait_ms")) |wait| {
             const saved_field = self.reader.enter("max_wait_ms");
-            near.max_wait_ms = @intCast(try self.reader.integer(wait, 1, bounds.wait_ms_max));
+            near.max_wait_ms = @intCast(try self.reader.jsonInteger(wait, 1, bounds.wait_ms_max));
             near.downgrade_waits = true;
             self.reader.leave(saved_field);
         }
         if (map.get("max_queued")) |queued| {
             const saved_field = self.reader.enter("max_queued");
-            near.max_queued = @intCast(try self.reader.integer(queued, 1, bounds.wait_queued_max));
+            near.max_queued = @intCast(try self.reader.jsonInteger(queued, 1, bounds.wait_queued_max));
             self.reader.leave(saved_field);
         }
         if (map.get("model")) |model| {

@@ -172,6 +172,14 @@ pub const Reader = struct {
         return number;
     }
 
+    /// An integer written as a JSON number only: the project's own objects (`cache`,
+    /// `when_exhausted`) are not Higress's, so they take no decimal strings (`"7"`), as the
+    /// control plane's strict model refuses them.
+    pub fn jsonInteger(self: *Reader, value: Value, min: i64, max: i64) ParseError!i64 {
+        if (value != .number_string) return self.fail("must be an integer from {d} to {d}, got {s}", .{ min, max, typeName(value) });
+        return self.integer(value, min, max);
+    }
+
     /// Higress ignores fields it does not know (its README once documented one it never read),
     /// so the filter does too; each is recorded for the one warning line the root logs.
     pub fn ignoreUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
