@@ -9,7 +9,7 @@ the record and its expiry exactly as they were."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,25 @@ def run_settle(
     return changed
 
 
+def run_settle_batch(
+    client: redis.Redis,
+    key: str,
+    name: str,
+    step: dict[str, Any],
+    counter_of: Callable[[int, int], Counter],
+    zone: Sequence[str],
+) -> None:
+    """A `settle_batch` step: every settlement of the step in one call, each with its own
+    marker (under the counter's hash tag), applied in order as one `settle` each would be."""
+    keys: list[str] = []
+    args: list[int | str] = ["settle_batch", step["at_ms"], len(step["settlements"])]
+    for j, entry in enumerate(step["settlements"]):
+        keys += [key, f"tokenlimit:{{vectors}}:req:{name}:{j}"]
+        args += ["settle", 1, entry["admitted_at_ms"], zone[0] if zone else ""]
+        args += counter_of(entry["reserved"], entry["actual"])
+    assert len(run(client, keys, args)) == len(step["settlements"])
+
+
 def run_peek(
     client: redis.Redis,
     keys: list[str],
@@ -119,10 +138,16 @@ def test_lua_scripts_follow_the_shared_vectors(
     client.delete(key)
     algorithm = ALGORITHMS[scenario["algorithm"]]
     (window_ms, zone), limit = window_argument(scenario), scenario["limit"]
+    def counter_of(reserved: int, actual: int) -> Counter:
+        return (algorithm, window_ms, limit, reserved, actual)
+
     for index, step in enumerate(scenario["steps"]):
         if step["op"] == "settle":
             counter = (algorithm, window_ms, limit, step["reserved"], step["actual"])
             run_settle(client, [key], step["at_ms"], [counter], step["admitted_at_ms"], zone)
+            continue
+        if step["op"] == "settle_batch":
+            run_settle_batch(client, key, f"{scenario['name']}:{index}", step, counter_of, zone)
             continue
         if step["op"] == "peek":
             before = snapshot(client, key)

@@ -341,6 +341,8 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
         reserved: u64 = 0,
         actual: u64 = 0,
         admitted_at_ms: u64 = 0,
+        /// settle_batch (store/batch.zig): several settlements in one script call, each as `settle`.
+        settlements: []const struct { reserved: u64, actual: u64, admitted_at_ms: u64 } = &.{},
         expect: ?struct { refused: bool, used: u64, reset_ms: u64 } = null,
     };
     // Calendar scenarios name their `window` (week, month) and may carry a zone table.
@@ -373,6 +375,10 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
         for (scenario.steps, 0..) |step, index| {
             if (std.mem.eql(u8, step.op, "settle")) {
                 record = b.settle(record, step.at_ms, step.reserved, step.actual, step.admitted_at_ms);
+                continue;
+            }
+            if (std.mem.eql(u8, step.op, "settle_batch")) {
+                for (step.settlements) |entry| record = b.settle(record, step.at_ms, entry.reserved, entry.actual, entry.admitted_at_ms);
                 continue;
             }
             const outcome = b.admit(record, step.at_ms, step.amount, step.force);
