@@ -389,7 +389,7 @@ pub const HttpContext = struct {
         if (self.phase != .awaiting_store) return;
         if (self.abandoned) return self.releaseAbandoned(outcome);
         const answer: store.Admission = switch (outcome) {
-            .admitted => |values| script.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
+            .admitted => |values| self.store.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
             .settled => .{ .failed = .bad_reply },
             .failed => |failure| .{ .failed = failure },
         };
