@@ -83,6 +83,25 @@ def run_settle(
     return changed
 
 
+def batch_entries(
+    key: str,
+    name: str,
+    step: dict[str, Any],
+    counter_of: Callable[[int, int], Counter],
+    zone: Sequence[str],
+) -> tuple[list[str], list[int | str]]:
+    """The keys and arguments of a step's settlements as settle_batch and batch_admit take
+    them: the count, then per settlement its op, counter count, admission time, zone and
+    counter; each with its own marker under the counter's hash tag."""
+    keys: list[str] = []
+    args: list[int | str] = [len(step["settlements"])]
+    for j, entry in enumerate(step["settlements"]):
+        keys += [key, f"tokenlimit:{{vectors}}:req:{name}:{j}"]
+        args += ["settle", 1, entry["admitted_at_ms"], zone[0] if zone else ""]
+        args += counter_of(entry["reserved"], entry["actual"])
+    return keys, args
+
+
 def run_settle_batch(
     client: redis.Redis,
     key: str,
@@ -91,15 +110,12 @@ def run_settle_batch(
     counter_of: Callable[[int, int], Counter],
     zone: Sequence[str],
 ) -> None:
-    """A `settle_batch` step: every settlement of the step in one call, each with its own
-    marker (under the counter's hash tag), applied in order as one `settle` each would be."""
-    keys: list[str] = []
-    args: list[int | str] = ["settle_batch", step["at_ms"], len(step["settlements"])]
-    for j, entry in enumerate(step["settlements"]):
-        keys += [key, f"tokenlimit:{{vectors}}:req:{name}:{j}"]
-        args += ["settle", 1, entry["admitted_at_ms"], zone[0] if zone else ""]
-        args += counter_of(entry["reserved"], entry["actual"])
-    assert len(run(client, keys, args)) == len(step["settlements"])
+    """A `settle_batch` step: every settlement of the step in one call, applied in order as
+    one `settle` each would be."""
+    keys, args = batch_entries(key, name, step, counter_of, zone)
+    assert len(run(client, keys, ["settle_batch", step["at_ms"], *args])) == len(
+        step["settlements"]
+    )
 
 
 def run_peek(
@@ -160,7 +176,13 @@ def test_lua_scripts_follow_the_shared_vectors(
             assert got == step["expect"], f"step {index}"
             continue
         asked = (algorithm, window_ms, limit, step["amount"])
-        reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked], zone)
+        if step["op"] == "batch_admit":
+            batch = batch_entries(key, f"{scenario['name']}:{index}", step, counter_of, zone)
+            keys, args = batch[0] + [key], ["batch_admit", step["at_ms"], *batch[1]]
+            args += [int(step.get("force", False)), *asked, *zone]
+            reply = run(client, keys, args)
+        else:
+            reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked], zone)
         refused, now_ms, used, reported_limit, reset_ms = reply
         assert now_ms == step["at_ms"]
         assert reported_limit == limit

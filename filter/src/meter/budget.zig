@@ -377,10 +377,9 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
                 record = b.settle(record, step.at_ms, step.reserved, step.actual, step.admitted_at_ms);
                 continue;
             }
-            if (std.mem.eql(u8, step.op, "settle_batch")) {
-                for (step.settlements) |entry| record = b.settle(record, step.at_ms, entry.reserved, entry.actual, entry.admitted_at_ms);
-                continue;
-            }
+            // settle_batch and batch_admit (store/batch.zig): settlements in one call, each as `settle`.
+            for (step.settlements) |entry| record = b.settle(record, step.at_ms, entry.reserved, entry.actual, entry.admitted_at_ms);
+            if (std.mem.eql(u8, step.op, "settle_batch")) continue;
             const outcome = b.admit(record, step.at_ms, step.amount, step.force);
             // The store writes nothing on a refusal it does not force.
             if (!outcome.refused or step.force) record = outcome.record;

@@ -103,6 +103,27 @@ pub fn Queue(comptime Target: type) type {
             return now_ms -| sent >= flush_period_ms;
         }
 
+        /// What an admission carries (budget.lua `batch_admit`): its request's admit call with
+        /// the group's queued settlements applied first, and those settlements as their own
+        /// settle_batch call, to retry if the admit call fails. The caller owns both tails.
+        pub const Carried = struct { admit_tail: []u8, settle_tail: []u8, entries: usize };
+
+        /// Takes the queued settlements of the admission's group into its call (issue 17: one
+        /// script call per request), or null when none wait or they would make the call too
+        /// long for the bridge.
+        pub fn carry(self: *Self, allocator: std.mem.Allocator, target: Target, counters: []const store.Counter, force: bool, marker: script.MarkerKey) !?Carried {
+            std.debug.assert(counters.len > 0);
+            const tag = script.hashTag(counters[0].key.slice());
+            const group = for (self.groups.items) |*group| {
+                if (std.mem.eql(u8, group.tag[0..group.tag_len], tag) and std.mem.eql(u8, group.target.slice(), target.slice())) break group;
+            } else return null;
+            if (group.entries == 0 or group.size() + script.admissionSize(counters.len) > call_arguments_max) return null;
+            const admit_tail = try script.batchAdmitArguments(allocator, group.keys.bytes.items, group.key_count, group.arguments.bytes.items, group.entries, counters, force, marker);
+            errdefer allocator.free(admit_tail);
+            const taken = try self.take(allocator, group, group.sent_ms orelse 0);
+            return .{ .admit_tail = admit_tail, .settle_tail = taken.tail, .entries = taken.entries };
+        }
+
         /// The next non-empty group's batch (the tick sends them all), or null when none waits.
         pub fn next(self: *Self, allocator: std.mem.Allocator, now_ms: u64) !?Batch {
             for (self.groups.items) |*group| {
@@ -215,6 +236,31 @@ test "batch: settlements of one rule go out in one settle_batch call, other rule
     try testing.expectEqual(@as(usize, 2), queue.groups.items.len); // busy a moment ago: kept
     queue.prune(testing.allocator, 1040 + flush_period_ms);
     try testing.expectEqual(@as(usize, 0), queue.groups.items.len);
+}
+
+test "batch: an admission carries its group's queued settlements, other groups keep theirs" {
+    var queue: Queue(TestTarget) = .{};
+    defer queue.deinit(testing.allocator);
+    const a = [_]store.Counter{testCounter("tokenlimit:{a}:k", 5)};
+    const b = [_]store.Counter{testCounter("tokenlimit:{b}:k", 5)};
+    for ([_][]const store.Counter{ &a, &a, &a, &b, &b }, 0..) |counters, i| {
+        var id: [4]u8 = undefined;
+        const marker = script.MarkerKey.init(counters[0].key.slice(), std.fmt.bufPrint(&id, "{d}", .{i}) catch unreachable);
+        if (try queue.add(testing.allocator, .{ .name = "t" }, counters, 3, marker, 0)) |leading| testing.allocator.free(leading.tail);
+    }
+    try testing.expectEqual(@as(usize, 3), queue.queued); // a: 2 waiting, b: 1 waiting
+    const carried = (try queue.carry(testing.allocator, .{ .name = "t" }, &a, false, script.MarkerKey.init(a[0].key.slice(), "next"))).?;
+    defer testing.allocator.free(carried.admit_tail);
+    defer testing.allocator.free(carried.settle_tail);
+    try testing.expectEqual(@as(usize, 2), carried.entries);
+    try testing.expect(std.mem.startsWith(u8, carried.admit_tail, "$1\r\n6\r\n")); // 2 x (key, marker), key, marker
+    try testing.expect(std.mem.indexOf(u8, carried.admit_tail, "$11\r\nbatch_admit\r\n$1\r\n0\r\n$1\r\n2\r\n$6\r\nsettle\r\n") != null);
+    try testing.expect(std.mem.endsWith(u8, carried.admit_tail, "$1\r\n0\r\n$1\r\n0\r\n$5\r\n60000\r\n$4\r\n1000\r\n$1\r\n0\r\n")); // force, then the counter
+    try testing.expect(std.mem.indexOf(u8, carried.settle_tail, "settle_batch") != null);
+    try testing.expectEqual(@as(usize, 1), queue.queued);
+    try testing.expectEqual(@as(?Queue(TestTarget).Carried, null), try queue.carry(testing.allocator, .{ .name = "t" }, &a, false, script.MarkerKey.init(a[0].key.slice(), "x")));
+    try testing.expectEqual(@as(?Queue(TestTarget).Carried, null), try queue.carry(testing.allocator, .{ .name = "other" }, &b, false, script.MarkerKey.init(b[0].key.slice(), "x")));
+    while (try queue.next(testing.allocator, 0)) |batch| testing.allocator.free(batch.tail);
 }
 
 test "batch: a full call is handed back at once, and no call passes the bridge's bound" {

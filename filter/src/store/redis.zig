@@ -73,8 +73,11 @@ const Pending = struct {
     /// The script the call runs: budget.lua, or higress_compat.lua under `compat`.
     lua: enum { budget, higress } = .budget,
     /// A settle_batch call (batch.zig): how many settlements it carries (its reply is one
-    /// integer each); 0 for a single settle or release.
+    /// integer each); 0 for a single settle or release. An admit: how many it carries.
     batch_entries: usize = 0,
+    /// An admit carrying queued settlements (batch_admit): those settlements as a settle_batch
+    /// call, kept for retry should the admit call fail.
+    carried_tail: ?[]u8 = null,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
@@ -135,16 +138,30 @@ pub fn available(now_ms: u64) bool {
     return circuitStep(now_ms, .ask, .circuit_open);
 }
 
-/// Starts the admission script for `counters`; the outcome arrives through `onReply`.
+/// Starts the admission script for `counters`; the outcome arrives through `onReply`. The
+/// settlements this worker queued for the same rule ride along (budget.lua `batch_admit`):
+/// they land before this admission is judged, in the same script call.
 pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller) !void {
     std.debug.assert(caller.http_context_id != 0);
     const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
-    const tail = try script.admitArguments(allocator, counters, force, marker);
-    errdefer allocator.free(tail);
+    const target = Target.fromConfig(redis);
     const release = try script.releaseArguments(allocator, counters, marker, false);
     errdefer allocator.free(release);
-    const call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false, .release_tail = release };
+    const carried = batches.carry(allocator, target, counters, force, marker) catch null;
+    errdefer if (carried) |taken| {
+        // The call could not start: its settlements wait for the tick's retry instead.
+        allocator.free(taken.admit_tail);
+        queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = taken.settle_tail, .target = target, .sent_as_eval = false, .batch_entries = taken.entries });
+    };
+    const tail = if (carried) |taken| taken.admit_tail else try script.admitArguments(allocator, counters, force, marker);
+    errdefer if (carried == null) allocator.free(tail);
+    var call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = release };
+    if (carried) |taken| {
+        call.carried_tail = taken.settle_tail;
+        call.batch_entries = taken.entries;
+    }
     try send(call);
+    if (carried) |taken| host.incrementMetric(metrics.redis.settles_batched, @intCast(taken.entries));
 }
 
 /// Queues a settlement (actual cost against each reservation) for the worker's next
@@ -290,6 +307,13 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
         return null;
     }
     allocator.free(call.tail);
+    if (call.carried_tail) |carried| {
+        // A failed admit call may or may not have applied its settlements: retried, they apply
+        // once (their markers).
+        if (outcome == .failed) {
+            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = carried, .target = call.target, .sent_as_eval = false, .batch_entries = call.batch_entries });
+        } else allocator.free(carried);
+    }
     if (call.release_tail) |release| {
         if (outcome == .failed) {
             // The admission may still run (or may have run) on Redis: it is given back, once,

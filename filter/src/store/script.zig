@@ -61,15 +61,45 @@ pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Coun
     try appendKeys(allocator, &tail, counters, marker);
     try tail.arg(allocator, "admit");
     try tail.argInt(allocator, 0);
+    try appendAdmission(allocator, &tail, counters, force);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// As admitArguments, with queued settlements (appendBatchEntry's keys and arguments) applied
+/// first in the same call: budget.lua `batch_admit` (issue 17: one script call per request).
+pub fn batchAdmitArguments(allocator: std.mem.Allocator, keys: []const u8, key_count: usize, arguments: []const u8, entries: usize, counters: []const store.Counter, force: bool, marker: MarkerKey) ![]u8 {
+    std.debug.assert(entries > 0 and key_count >= 2 * entries);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try tail.argInt(allocator, key_count + counters.len + 1);
+    try tail.bytes.appendSlice(allocator, keys);
+    for (counters) |counter| try tail.arg(allocator, counter.key.slice());
+    try tail.arg(allocator, marker.slice());
+    try tail.arg(allocator, "batch_admit");
+    try tail.argInt(allocator, 0);
+    try tail.argInt(allocator, entries);
+    try tail.bytes.appendSlice(allocator, arguments);
+    try appendAdmission(allocator, &tail, counters, force);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// Keys and arguments an admission of `counter_count` counters adds to a call (a zone table
+/// counted in).
+pub fn admissionSize(counter_count: usize) usize {
+    return (counter_count + 1) + 1 + 4 * counter_count + 1;
+}
+
+/// An admission's arguments from the force flag on: (algorithm, window, limit, amount) per
+/// counter, then the zone table when a window is a calendar one.
+fn appendAdmission(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter, force: bool) !void {
     try tail.argInt(allocator, @intFromBool(force));
     for (counters) |counter| {
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
-        try windowArgument(allocator, &tail, counter.budget);
+        try windowArgument(allocator, tail, counter.budget);
         try tail.argInt(allocator, counter.budget.limit);
         try tail.argInt(allocator, counter.admit_amount);
     }
-    try appendZone(allocator, &tail, counters);
-    return tail.bytes.toOwnedSlice(allocator);
+    try appendZone(allocator, tail, counters);
 }
 
 /// As admitArguments for a settle call: `settle 0`, then (algorithm, window_ms, limit,
