@@ -154,6 +154,7 @@ def test_lua_scripts_follow_the_shared_vectors(
     client.delete(key)
     algorithm = ALGORITHMS[scenario["algorithm"]]
     (window_ms, zone), limit = window_argument(scenario), scenario["limit"]
+
     def counter_of(reserved: int, actual: int) -> Counter:
         return (algorithm, window_ms, limit, reserved, actual)
 

@@ -158,7 +158,10 @@ def test_a_batch_whose_reply_is_lost_is_retried_and_charges_once(
 
 
 def exhausted_config(**extra: object) -> dict[str, object]:
-    item = {"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*", "token_per_minute": 100}]}
+    item = {
+        "limit_by_per_header": "x-api-key",
+        "limit_keys": [{"key": "*", "token_per_minute": 100}],
+    }
     return config(rule_items=[item], **extra)
 
 
@@ -234,18 +237,20 @@ def test_the_stock_build_batches_through_the_bridge(
         bridge.stop()
 
 
+@pytest.mark.parametrize("ran_on_redis", [True, False], ids=["reply-lost", "call-lost"])
 def test_settlements_riding_with_a_lost_admission_are_retried_and_charge_once(
-    higress_wasm: Path, redis_server: RedisServer
+    higress_wasm: Path, redis_server: RedisServer, ran_on_redis: bool
 ) -> None:
     wire = redis_wire(redis_server)
     lost: list[bytes] = []
 
     def losing_a_carrying_admission(query: bytes) -> bytes | None:
-        reply = wire(query)  # Redis applies the settlements and the admission ...
         if b"batch_admit" in query and not lost:
             lost.append(query)
-            return None  # ... the answer is lost: failure_mode open admits uncounted
-        return reply
+            if ran_on_redis:
+                wire(query)  # Redis applies the settlement and the admission; the answer is lost
+            return None  # failure_mode open: the request goes on uncounted
+        return wire(query)
 
     clock = Clock()
     host = Host(higress_wasm, clock=clock, redis_handler=losing_a_carrying_admission)
@@ -255,8 +260,8 @@ def test_settlements_riding_with_a_lost_admission_are_retried_and_charge_once(
     assert len(lost) == 1
     for _ in range(5):
         tick(host, clock, 1.5)
-    # The first two charges, each once: the lost call's settlement is retried (its marker
-    # stops a second charge). The third request went on uncounted (failure_mode open, as for
-    # any admission whose answer is lost) and its admission was released.
+    # The first two charges, each once: the lost call's settlement is retried (applied then,
+    # or stopped by its marker if it ran). The third request went on uncounted (failure_mode
+    # open, as for any admission whose answer is lost) and its admission was released.
     assert used(redis_server) == 2 * 40
     assert host.metrics["tokenlimit.redis_settle_retries_queued"] >= 2
