@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support.proxywasm_host import Clock, Host
+from support.proxywasm_host import Clock, Host, HttpStream
 from support.redis_server import RedisServer
 from support.redis_wire import redis_wire
 from test_filter_redis import BRIDGE_CLUSTER, Bridge
@@ -54,7 +54,7 @@ def used(server: RedisServer) -> int:
     return sum(int(client.hget(key, "u") or 0) for key in keys)
 
 
-def ask(host: Host, key: str = "k", prompt: int = 30, completion: int = 10):
+def ask(host: Host, key: str = "k", prompt: int = 30, completion: int = 10) -> HttpStream:
     headers = {
         ":method": "POST",
         ":path": "/v1/chat/completions",
@@ -129,7 +129,7 @@ def test_two_rules_batch_apart_so_every_call_stays_on_one_cluster_slot(
     client = redis.Redis.from_url(redis_server.url)
     for route, requests in (("alpha", 3), ("beta", 2)):
         (key,) = client.keys(f"tokenlimit:{{{route}}}:per_header:*")
-        assert int(client.hget(key, "u")) == 40 * requests
+        assert client.hget(key, "u") == str(40 * requests).encode()
 
 
 def test_a_batch_whose_reply_is_lost_is_retried_and_charges_once(
