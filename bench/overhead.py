@@ -118,7 +118,9 @@ def run(args: argparse.Namespace) -> str:
     done = False
     stack = contextlib.ExitStack()
     try:
-        bridge = stack.enter_context(redis_and_bridge(work)) if args.redis else None
+        bridge, bridge_pid = (
+            stack.enter_context(redis_and_bridge(work)) if args.redis else (None, 0)
+        )
         up = h.Envoy("upstream", {}, free_port(), free_port(), work)
         up.config = upstream_bootstrap(up.listen_port, up.admin_port)
         envoys.append(up.start())
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> str:
         mem = {v: {"start": memory(gw[v])} for v in variants}
         stats_before = gw["with"].stats()
         redis_before = gw["redis"].stats() if args.redis else {}
+        bridge_cpu = h.cpu_seconds(bridge_pid) if args.redis else 0.0
 
         log(f"warm-up {WARMUP_S:g}s per gateway and connection count")
         for conns in args.connections:
@@ -164,7 +167,9 @@ def run(args: argparse.Namespace) -> str:
         stats_after = gw["with"].stats()
         text = report(args, wasm, series, mem, stats_before, stats_after)
         if args.redis:
-            text += "\n\n" + redis_report(args, series, redis_before, gw["redis"].stats())
+            bridge_cpu = h.cpu_seconds(bridge_pid) - bridge_cpu
+            redis_after = gw["redis"].stats()
+            text += "\n\n" + redis_report(args, series, redis_before, redis_after, bridge_cpu)
         done = True
         return text + "\n\n" + watch.summary()
     finally:
@@ -351,13 +356,15 @@ def redis_report(
     series: dict[tuple[str, int], Series],
     before: dict[str, int],
     after: dict[str, int],
+    bridge_cpu_s: float,
 ) -> str:
     """--redis: the Redis store's throughput beside the local store's, and its calls."""
     ratios = ", ".join(
         f"{c} connections {ratio(series['redis', c].rps, series['with', c].rps)}"
         for c in args.connections
     )
-    return f"Redis store ÷ local store, req/s: {ratios}. " + calls_per_request(before, after)
+    calls = calls_per_request(before, after, bridge_cpu_s)
+    return f"Redis store ÷ local store, req/s: {ratios}. {calls}"
 
 
 def mib(n: int) -> str:
