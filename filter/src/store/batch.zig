@@ -1,6 +1,7 @@
 //! Settlements off the request's critical path (issue 17): a finished request's settlement is
-//! queued here instead of sent, and a worker's queued settlements go to Redis together, in
-//! one budget.lua `settle_batch` call per (Redis target, rule hash tag) -- on the root tick
+//! queued here instead of sent, and a worker's queued settlements go to Redis together: with
+//! the worker's next admission of the same rule (`carry`, budget.lua `batch_admit`), else in
+//! one `settle_batch` call per (Redis target, rule hash tag) on the root tick
 //! (`flush_period_ms`) or as soon as a call is full. Every key of a call shares its rule's
 //! hash tag, so each call runs on one Redis Cluster slot. A group that sent nothing for a
 //! whole period sends its next settlement at once (leading edge): sparse traffic settles

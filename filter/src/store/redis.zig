@@ -10,11 +10,12 @@
 //! calling Redis after repeated failures and probes again after a back-off; every transition is
 //! logged once. Settlements that fail wait in a bounded retry queue for the tick.
 //!
-//! Off the critical path (issue 17): a request's settlement is queued (batch.zig) and sent
-//! with the worker's other settlements in one `settle_batch` call per rule on the root tick,
-//! so a request costs one script call (its admission) at steady state; and a counter known to
-//! be exhausted is refused from this worker's cache until its reset (refusals.zig), with no
-//! call at all.
+//! Off the critical path (issue 17): a request's settlement is queued (batch.zig) and rides
+//! with the worker's next admission of the same rule (`batch_admit`: one script call does
+//! both), or goes with the rule's other queued settlements in one `settle_batch` call on the
+//! root tick; so a request costs one script call (its admission) at steady state. A counter
+//! known to be exhausted is refused from this worker's cache until its reset (refusals.zig),
+//! with no call at all.
 const std = @import("std");
 const build_options = @import("build_options");
 const circuit_breaker = @import("circuit.zig");
