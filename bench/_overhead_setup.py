@@ -168,7 +168,12 @@ def filter_config(admission: str, *, idle: bool = False) -> FilterConfig:
 
 
 def gateway_bootstrap(
-    upstream_url: str, wasm: Path, cfg: FilterConfig | None, listen: int, admin: int
+    upstream_url: str,
+    wasm: Path,
+    cfg: FilterConfig | None,
+    listen: int,
+    admin: int,
+    bridge: Upstream | None = None,  # overhead.py --redis: the bridge cluster
 ) -> dict[str, Any]:
     """The project's own bootstrap with the filter inline, or the same minus the filter."""
     # The filter entry is rendered in both and dropped from one, so nothing else can differ.
@@ -179,6 +184,7 @@ def gateway_bootstrap(
             filter=InlineFilter(filter_typed_config(placeholder, str(wasm))),
             listen_port=listen,
             admin_port=admin,
+            bridge=bridge,
         )
     )
     if cfg is None:

@@ -35,6 +35,7 @@ Needs wrk (`apt-get install -y wrk`). Prints a Markdown report on stdout, progre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
@@ -45,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+from _overhead_redis import calls_per_request, redis_and_bridge, redis_filter_config
 from _overhead_setup import (
     COMPLETION_TOKENS,
     KEYS,
@@ -104,28 +106,38 @@ def run(args: argparse.Namespace) -> str:
     work = h.work_dir("overhead")
     script = wrk_script(work / "chat.lua", args.path)
     variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
+    variants += ("redis",) if args.redis else ()
     configs = {
         "with": filter_config(args.admission),
         "without": None,
         "idle": filter_config(args.admission, idle=True),
+        "redis": redis_filter_config(filter_config(args.admission)),
     }
     envoys: list[h.Envoy] = []
     watch = h.CpuWatch()
     done = False
+    stack = contextlib.ExitStack()
     try:
+        bridge, bridge_pid = (
+            stack.enter_context(redis_and_bridge(work)) if args.redis else (None, 0)
+        )
         up = h.Envoy("upstream", {}, free_port(), free_port(), work)
         up.config = upstream_bootstrap(up.listen_port, up.admin_port)
         envoys.append(up.start())
         gw = {}
         for v in variants:
             listen, admin = free_port(), free_port()
-            doc = gateway_bootstrap(up.url, wasm, configs[v], listen, admin)
+            doc = gateway_bootstrap(
+                up.url, wasm, configs[v], listen, admin, bridge if v == "redis" else None
+            )
             gw[v] = h.Envoy(f"gateway-{v}", doc, listen, admin, work, concurrency=1)
         for v in variants:
             envoys.append(gw[v].start())
         time.sleep(1.0)  # let them settle before the first memory reading
         mem = {v: {"start": memory(gw[v])} for v in variants}
         stats_before = gw["with"].stats()
+        redis_before = gw["redis"].stats() if args.redis else {}
+        bridge_cpu = h.cpu_seconds(bridge_pid) if args.redis else 0.0
 
         log(f"warm-up {WARMUP_S:g}s per gateway and connection count")
         for conns in args.connections:
@@ -154,11 +166,16 @@ def run(args: argparse.Namespace) -> str:
             mem[v]["end"] = memory(gw[v])
         stats_after = gw["with"].stats()
         text = report(args, wasm, series, mem, stats_before, stats_after)
+        if args.redis:
+            bridge_cpu = h.cpu_seconds(bridge_pid) - bridge_cpu
+            redis_after = gw["redis"].stats()
+            text += "\n\n" + redis_report(args, series, redis_before, redis_after, bridge_cpu)
         done = True
         return text + "\n\n" + watch.summary()
     finally:
         for envoy in reversed(envoys):
             envoy.stop()
+        stack.close()
         if done:
             shutil.rmtree(work, ignore_errors=True)
         else:
@@ -172,7 +189,12 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.3f}" if b else "—"
 
 
-LABELS = {"without": "without filter", "with": "with filter", "idle": "filter, no rule matches"}
+LABELS = {
+    "without": "without filter",
+    "with": "with filter",
+    "idle": "filter, no rule matches",
+    "redis": "with filter, Redis store",
+}
 WASM_STATS_SHOWN = (
     "wasm.wasm_vm_count",
     "wasm.envoy.wasm.runtime.v8.active",
@@ -188,7 +210,9 @@ def report(
     before: dict[str, int],
     after: dict[str, int],
 ) -> str:
-    variants = [v for v in ("without", "with", "idle") if (v, args.connections[0]) in series]
+    variants = [
+        v for v in ("without", "with", "idle", "redis") if (v, args.connections[0]) in series
+    ]
     out: list[str] = []
     out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
     out.append(h.machine_summary() + "\n")
@@ -327,6 +351,22 @@ def report(
     return "\n".join(out)
 
 
+def redis_report(
+    args: argparse.Namespace,
+    series: dict[tuple[str, int], Series],
+    before: dict[str, int],
+    after: dict[str, int],
+    bridge_cpu_s: float,
+) -> str:
+    """--redis: the Redis store's throughput beside the local store's, and its calls."""
+    ratios = ", ".join(
+        f"{c} connections {ratio(series['redis', c].rps, series['with', c].rps)}"
+        for c in args.connections
+    )
+    calls = calls_per_request(before, after, bridge_cpu_s)
+    return f"Redis store ÷ local store, req/s: {ratios}. {calls}"
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:+.1f}" if n < 0 else f"{n / 2**20:.1f}"
 
@@ -363,6 +403,12 @@ def main() -> None:
         "reads the JSON request body (to add stream_options.include_usage when streaming)",
     )
     parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="add a gateway keeping the same budget in Redis (a real redis-server behind the "
+        "tokenlimit bridge; bench/_overhead_redis.py)",
+    )
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 60:
         parser.error("--rounds must be 1..20 and --seconds 1..60")

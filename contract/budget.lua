@@ -5,7 +5,7 @@
 -- KEYS[i]  counter keys; all share one {rule} hash tag, so this runs on Redis Cluster too.
 -- KEYS[n + 1] (admit, settle, release; optional) the request's marker key, same hash tag: makes
 --          each operation apply once per request (see "Idempotence" below).
--- ARGV[1]  'admit', 'settle', 'release' or 'peek'
+-- ARGV[1]  'admit', 'settle', 'release', 'settle_batch', 'batch_admit' or 'peek'
 -- ARGV[2]  now in ms, or 0 to use the Redis server's clock (so skewed gateways agree)
 --
 -- admit:  ARGV[3] 1 = shadow mode: add the amounts even where a counter refuses;
@@ -19,6 +19,15 @@
 -- release: as settle, for a request that gave up on its admission (its answer timed out or
 --         was lost, or the client left): refunds what the admission reserved if it ran, or,
 --         when it has not run yet, leaves a tombstone so that it reserves nothing when it does.
+-- settle_batch: ARGV[3] the number of entries; then per entry 'settle' or 'release', its
+--         counter count n, its admission time, its zone table ('' without calendar windows),
+--         and 5 arguments per counter as settle. KEYS: per entry its n counter keys, then its
+--         marker key. Every key of a call shares one hash tag (the filter groups by rule).
+--         Returns each entry's settle result, in order.
+-- batch_admit: ARGV[3] the number of settle_batch entries, the entries (as settle_batch),
+--         then an admit's arguments from its force flag on; KEYS: the entries' keys, then the
+--         admit's. Applies the settlements, then admits; replies as admit. A gateway worker
+--         sends its queued settlements with its next admission this way: one call for both.
 -- peek:   ARGV[3 + 3(i-1) ...] per counter: algorithm, window length ms, limit. Writes nothing.
 --         Returns {now_ms, then per counter: used, remaining, reset_ms}: what an admit of
 --         nothing would report now (`tokenlimit usage` reads counters this way, so the
@@ -154,24 +163,25 @@ end
 local marker_ttl_min, marker_ttl_max = 600000, 3600000
 
 -- How long a request's marker is kept: its longest window, within the bounds above.
-local function marker_ttl(n, first, stride)
+local function marker_ttl(args, n, first, stride)
   local longest = 0
-  for i = 1, n do longest = math.max(longest, nominal(tonumber(ARGV[first + stride * (i - 1)]))) end
+  for i = 1, n do longest = math.max(longest, nominal(tonumber(args[first + stride * (i - 1)]))) end
   return math.min(math.max(longest, marker_ttl_min), marker_ttl_max)
 end
 
-local function admit(now)
-  local force = tonumber(ARGV[3]) == 1
-  local n = math.floor((#ARGV - 3) / 4)
-  if (#ARGV - 3) % 4 == 1 then read_zone(ARGV[#ARGV]) end
-  local marker = KEYS[n + 1]
+-- `keys` and `args` as KEYS and ARGV of an admit call (batch_admit passes its tail).
+local function admit(now, keys, args)
+  local force = tonumber(args[3]) == 1
+  local n = math.floor((#args - 3) / 4)
+  if (#args - 3) % 4 == 1 then read_zone(args[#args]) end
+  local marker = keys[n + 1]
   local late = marker ~= nil and redis.call('EXISTS', marker) == 1
   local states, results, refused = {}, {}, 0
   for i = 1, n do
-    local key = KEYS[i]
+    local key = keys[i]
     local base = 4 + 4 * (i - 1)
-    local algorithm, length = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
-    local limit, amount = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+    local algorithm, length = tonumber(args[base]), tonumber(args[base + 1])
+    local limit, amount = tonumber(args[base + 2]), tonumber(args[base + 3])
     local r = current(read(key), algorithm, length, limit, now)
     local used, reset = check(r, algorithm, length, limit, now)
     states[i] = {r = r, algorithm = algorithm, length = length, limit = limit, amount = math.min(amount, limit)}
@@ -183,13 +193,13 @@ local function admit(now)
     for i = 1, n do
       local st = states[i]
       st.r.u = st.r.u + st.amount
-      write(KEYS[i], st.r, st.algorithm, st.length, st.limit, now)
+      write(keys[i], st.r, st.algorithm, st.length, st.limit, now)
       local used, reset = check(st.r, st.algorithm, st.length, st.limit, now)
       results[i] = {used, st.limit, reset}
     end
   end
   if marker ~= nil and not late then
-    redis.call('SET', marker, applied and ('a:' .. now) or 'n', 'PX', marker_ttl(n, 5, 4))
+    redis.call('SET', marker, applied and ('a:' .. now) or 'n', 'PX', marker_ttl(args, n, 5, 4))
   end
   local reply = {refused, now}
   for i = 1, n do
@@ -200,22 +210,27 @@ local function admit(now)
   return reply
 end
 
--- settle, or release (`releasing`): replaces each reservation with the actual cost, once.
--- Returns the counters changed, or -1 when the marker says it was done already.
-local function settle(now, releasing)
-  local n = math.floor((#ARGV - 3) / 5)
-  local admitted_at = tonumber(ARGV[#ARGV])
-  if (#ARGV - 3) % 5 == 1 then
-    read_zone(ARGV[#ARGV])
-    admitted_at = tonumber(ARGV[#ARGV - 1])
-  end
-  local marker = KEYS[n + 1]
+-- How long a request's marker is kept, from the window lengths of its counters.
+local function marker_ttl_of(lengths)
+  local longest = 0
+  for _, length in ipairs(lengths) do longest = math.max(longest, nominal(length)) end
+  return math.min(math.max(longest, marker_ttl_min), marker_ttl_max)
+end
+
+-- One settlement or release (`releasing`): replaces each reservation with the actual cost,
+-- once. `keys` are its counter keys, `marker` its marker key (or nil), `args` its counters'
+-- arguments from `first` on, 5 per counter. Returns the counters changed, or -1 when the
+-- marker says it was done already.
+local function settle_one(now, releasing, keys, marker, args, first, admitted_at)
+  local n = #keys
+  local lengths = {}
+  for i = 1, n do lengths[i] = tonumber(args[first + 5 * (i - 1) + 1]) end
   if marker ~= nil then
     local state = redis.call('GET', marker)
     if state == 's' or state == 'r' then return -1 end
     if releasing and (state == false or state == 'n') then
       -- Nothing reserved (yet): an admission still on its way must reserve nothing.
-      redis.call('SET', marker, 'r', 'PX', marker_ttl(n, 4, 5))
+      redis.call('SET', marker, 'r', 'PX', marker_ttl_of(lengths))
       return 0
     end
     -- The admission's own (server) time: a release never read the admit reply that says it.
@@ -223,23 +238,84 @@ local function settle(now, releasing)
   end
   local changed = 0
   for i = 1, n do
-    local key = KEYS[i]
-    local base = 3 + 5 * (i - 1)
-    local algorithm, length = tonumber(ARGV[base]), tonumber(ARGV[base + 1])
-    local limit, reserved, actual = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+    local base = first + 5 * (i - 1)
+    local algorithm, length = tonumber(args[base]), tonumber(args[base + 1])
+    local limit, reserved, actual = tonumber(args[base + 2]), tonumber(args[base + 3]), tonumber(args[base + 4])
     if actual ~= reserved then
-      local r = current(read(key), algorithm, length, limit, now)
+      local r = current(read(keys[i]), algorithm, length, limit, now)
       if actual > reserved then
         r.u = r.u + (actual - reserved)
       elseif algorithm == 2 or window_bounds(length, admitted_at) == r.s then
         r.u = math.max(r.u - (reserved - actual), 0)
       end
-      write(key, r, algorithm, length, limit, now)
+      write(keys[i], r, algorithm, length, limit, now)
       changed = changed + 1
     end
   end
-  if marker ~= nil then redis.call('SET', marker, 's', 'PX', marker_ttl(n, 4, 5)) end
+  if marker ~= nil then redis.call('SET', marker, 's', 'PX', marker_ttl_of(lengths)) end
   return changed
+end
+
+-- settle, or release (`releasing`): one request's settlement, as settle_one.
+local function settle(now, releasing)
+  local n = math.floor((#ARGV - 3) / 5)
+  local admitted_at = tonumber(ARGV[#ARGV])
+  if (#ARGV - 3) % 5 == 1 then
+    read_zone(ARGV[#ARGV])
+    admitted_at = tonumber(ARGV[#ARGV - 1])
+  end
+  local keys = {}
+  for i = 1, n do keys[i] = KEYS[i] end
+  return settle_one(now, releasing, keys, KEYS[n + 1], ARGV, 3, admitted_at)
+end
+
+-- settle_batch: many requests' settlements and releases in one call (a gateway worker queues
+-- them and flushes them together, issue 17). Each entry is applied exactly as its own
+-- settle/release would be, markers included, so a batch retried after a lost reply changes
+-- nothing twice. Returns each entry's result (as settle) in order.
+-- Applies `count` settle_batch entries from ARGV[first] and KEYS[1] on. Returns each entry's
+-- result, and where the arguments and keys after them start; nil and a message when the
+-- entries do not add up (then nothing was changed).
+local function apply_entries(now, count, first)
+  local entries, at, key_at = {}, first, 1
+  for j = 1, count do
+    local n = tonumber(ARGV[at + 1]) or -1
+    if n < 1 or at + 3 + 5 * n > #ARGV or key_at + n > #KEYS then break end
+    entries[j] = {at = at, key_at = key_at, n = n}
+    at, key_at = at + 4 + 5 * n, key_at + n + 1
+  end
+  if #entries ~= count then return nil, 'tokenlimit: settle_batch arguments do not add up' end
+  local results = {}
+  for j, entry in ipairs(entries) do
+    local releasing, zone = ARGV[entry.at] == 'release', ARGV[entry.at + 3]
+    if zone ~= '' then read_zone(zone) else zone_froms, zone_offsets = nil, nil end
+    local keys = {}
+    for i = 1, entry.n do keys[i] = KEYS[entry.key_at + i - 1] end
+    results[j] = settle_one(now, releasing, keys, KEYS[entry.key_at + entry.n], ARGV, entry.at + 4, tonumber(ARGV[entry.at + 2]))
+  end
+  zone_froms, zone_offsets = nil, nil
+  return results, at, key_at
+end
+
+local function settle_batch(now)
+  local count = tonumber(ARGV[3]) or -1
+  local results, at, key_at = apply_entries(now, count, 4)
+  if results == nil then return redis.error_reply(at) end
+  if at ~= #ARGV + 1 or key_at ~= #KEYS + 1 then
+    return redis.error_reply('tokenlimit: settle_batch arguments do not add up')
+  end
+  return results
+end
+
+-- batch_admit: queued settlements first, then an admission, in one call (the admission sees
+-- them). Replies as admit.
+local function batch_admit(now)
+  local results, at, key_at = apply_entries(now, tonumber(ARGV[3]) or -1, 4)
+  if results == nil then return redis.error_reply(at) end
+  local keys, args = {}, {'admit', ARGV[2]}
+  for i = key_at, #KEYS do keys[#keys + 1] = KEYS[i] end
+  for i = at, #ARGV do args[#args + 1] = ARGV[i] end
+  return admit(now, keys, args)
 end
 
 -- Read-only: brings each record forward to `now` in memory only (no HSET, no PEXPIRE).
@@ -258,8 +334,10 @@ local function peek(now)
   return reply
 end
 
-if ARGV[1] == 'admit' then return admit(now_ms()) end
+if ARGV[1] == 'admit' then return admit(now_ms(), KEYS, ARGV) end
 if ARGV[1] == 'settle' then return settle(now_ms(), false) end
 if ARGV[1] == 'release' then return settle(now_ms(), true) end
 if ARGV[1] == 'peek' then return peek(now_ms()) end
+if ARGV[1] == 'settle_batch' then return settle_batch(now_ms()) end
+if ARGV[1] == 'batch_admit' then return batch_admit(now_ms()) end
 return redis.error_reply('tokenlimit: unknown operation ' .. tostring(ARGV[1]))

@@ -56,6 +56,17 @@ def post(gw: Gateway, api_key: str, timeout_s: float = 5.0) -> tuple[int, float]
         return refused.code, time.monotonic() - started
 
 
+# A worker queues its settlements and sends them with its next admission or on its 50 ms tick
+# (filter/src/store/batch.zig): that is how long another worker may not see a charge yet.
+SETTLE_DELAY_S = 0.05
+
+
+def spaced_post(gw: Gateway, api_key: str) -> int:
+    """A request sent once the previous one's charge has surely landed, on any worker."""
+    time.sleep(SETTLE_DELAY_S + 0.02)
+    return post(gw, api_key)[0]
+
+
 def avoid_minute_boundary(seconds_needed: float = 15.0) -> None:
     into_minute = time.time() % 60
     if into_minute > 60 - seconds_needed:
@@ -74,10 +85,11 @@ def test_two_envoys_enforce_one_budget(filter_wasm: Path, redis_server: RedisSer
         Gateway(config(), wasm_path=filter_wasm, concurrency=2, redis=redis_server.url) as b,
     ):
         avoid_minute_boundary()
-        alone = [post(a, "alone-key")[0] for _ in range(14)]
-        together = [post(gw, "shared-key")[0] for gw in (a, b) * 7]
+        alone = [spaced_post(a, "alone-key") for _ in range(14)]
+        together = [spaced_post(gw, "shared-key") for gw in (a, b) * 7]
         # 100-token answers on a 1000 budget: one gateway alone admits 10, and two together
-        # admit the same, not 20. (Postpaid charges land just after each answer; a request
+        # admit the same, not 20. (Postpaid charges land just after each answer -- within the
+        # settle delay, SETTLE_DELAY_S, when another worker or gateway admits next; a request
         # can slip in before the last one lands, in either setup.)
         assert 10 <= alone.count(200) <= 11, alone
         assert abs(together.count(200) - alone.count(200)) <= 1, (alone, together)

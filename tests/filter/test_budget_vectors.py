@@ -9,7 +9,7 @@ the record and its expiry exactly as they were."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,41 @@ def run_settle(
     return changed
 
 
+def batch_entries(
+    key: str,
+    name: str,
+    step: dict[str, Any],
+    counter_of: Callable[[int, int], Counter],
+    zone: Sequence[str],
+) -> tuple[list[str], list[int | str]]:
+    """The keys and arguments of a step's settlements as settle_batch and batch_admit take
+    them: the count, then per settlement its op, counter count, admission time, zone and
+    counter; each with its own marker under the counter's hash tag."""
+    keys: list[str] = []
+    args: list[int | str] = [len(step["settlements"])]
+    for j, entry in enumerate(step["settlements"]):
+        keys += [key, f"tokenlimit:{{vectors}}:req:{name}:{j}"]
+        args += ["settle", 1, entry["admitted_at_ms"], zone[0] if zone else ""]
+        args += counter_of(entry["reserved"], entry["actual"])
+    return keys, args
+
+
+def run_settle_batch(
+    client: redis.Redis,
+    key: str,
+    name: str,
+    step: dict[str, Any],
+    counter_of: Callable[[int, int], Counter],
+    zone: Sequence[str],
+) -> None:
+    """A `settle_batch` step: every settlement of the step in one call, applied in order as
+    one `settle` each would be."""
+    keys, args = batch_entries(key, name, step, counter_of, zone)
+    assert len(run(client, keys, ["settle_batch", step["at_ms"], *args])) == len(
+        step["settlements"]
+    )
+
+
 def run_peek(
     client: redis.Redis,
     keys: list[str],
@@ -119,10 +154,17 @@ def test_lua_scripts_follow_the_shared_vectors(
     client.delete(key)
     algorithm = ALGORITHMS[scenario["algorithm"]]
     (window_ms, zone), limit = window_argument(scenario), scenario["limit"]
+
+    def counter_of(reserved: int, actual: int) -> Counter:
+        return (algorithm, window_ms, limit, reserved, actual)
+
     for index, step in enumerate(scenario["steps"]):
         if step["op"] == "settle":
             counter = (algorithm, window_ms, limit, step["reserved"], step["actual"])
             run_settle(client, [key], step["at_ms"], [counter], step["admitted_at_ms"], zone)
+            continue
+        if step["op"] == "settle_batch":
+            run_settle_batch(client, key, f"{scenario['name']}:{index}", step, counter_of, zone)
             continue
         if step["op"] == "peek":
             before = snapshot(client, key)
@@ -135,7 +177,13 @@ def test_lua_scripts_follow_the_shared_vectors(
             assert got == step["expect"], f"step {index}"
             continue
         asked = (algorithm, window_ms, limit, step["amount"])
-        reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked], zone)
+        if step["op"] == "batch_admit":
+            batch = batch_entries(key, f"{scenario['name']}:{index}", step, counter_of, zone)
+            keys, args = batch[0] + [key], ["batch_admit", step["at_ms"], *batch[1]]
+            args += [int(step.get("force", False)), *asked, *zone]
+            reply = run(client, keys, args)
+        else:
+            reply = run_admit(client, [key], step["at_ms"], step.get("force", False), [asked], zone)
         refused, now_ms, used, reported_limit, reset_ms = reply
         assert now_ms == step["at_ms"]
         assert reported_limit == limit

@@ -153,11 +153,19 @@ def ask(host: Host, api_key: str, prompt: int = 10, completion: int = 30, *, set
     }
     body = json.dumps({"usage": {"prompt_tokens": prompt, "completion_tokens": completion}})
     stream = host.http_stream()
-    return stream.complete(
+    stream.complete(
         headers,
         {":status": "200", "content-type": "application/json"},
         [body.encode()] if settle else [],
     )
+    flush_settlements(host)
+    return stream
+
+
+def flush_settlements(host: Host) -> None:
+    """The worker's tick passes: its queued settlements go to Redis (one settle_batch call)."""
+    host.tick()
+    host.run_pending()
 
 
 def refused(stream) -> bool:

@@ -47,6 +47,13 @@ pub const Redis = struct {
     circuit_opened: u32 = 0,
     settle_retries_queued: u32 = 0,
     settles_dropped: u32 = 0,
+    // redisfast (issue 17): settlements batched off the request path, refusals kept per worker.
+    /// settle_batch calls made (each carries several requests' settlements).
+    settle_batches: u32 = 0,
+    /// Settlements sent inside settle_batch calls.
+    settles_batched: u32 = 0,
+    /// Requests refused from the worker's cache of exhausted counters, without a Redis call.
+    refused_locally: u32 = 0,
 };
 
 pub var plugin: Plugin = .{};

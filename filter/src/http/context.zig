@@ -479,7 +479,7 @@ pub const HttpContext = struct {
         if (self.usage_request) return usage_endpoint.onPeekReply(self, outcome); // issue 16
         if (self.abandoned) return self.releaseAbandoned(outcome);
         const answer: store.Admission = switch (outcome) {
-            .admitted => |values| script.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
+            .admitted => |values| self.store.readAdmitReply(self.counters.items, values, self.rule.?.shadow),
             .settled, .peeked, .cached => .{ .failed = .bad_reply },
             .failed => |failure| .{ .failed = failure },
         };

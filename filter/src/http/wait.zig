@@ -22,8 +22,9 @@ const Lane = parse_exhausted.Lane;
 
 /// The tick period while requests are held: the granularity of a wait and of a pacing hold.
 pub const tick_ms = 10;
-/// The period redis.start() sets for settlement retries, restored once nothing is held.
-const idle_tick_ms = 1000;
+/// The period redis.start() sets (the settle-batch flush and retries), restored once nothing
+/// is held: one tick period per root context serves both.
+const idle_tick_ms = @import("../store/batch.zig").flush_period_ms;
 /// Redis re-checks started per tick, so a long queue of distinct keys cannot flood Redis (or
 /// the store's `pending_max` calls in flight); the rest wait for the next tick.
 pub const rechecks_per_tick_max = 256;

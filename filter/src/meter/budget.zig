@@ -341,6 +341,8 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
         reserved: u64 = 0,
         actual: u64 = 0,
         admitted_at_ms: u64 = 0,
+        /// settle_batch (store/batch.zig): several settlements in one script call, each as `settle`.
+        settlements: []const struct { reserved: u64, actual: u64, admitted_at_ms: u64 } = &.{},
         expect: ?struct { refused: bool, used: u64, reset_ms: u64 } = null,
     };
     // Calendar scenarios name their `window` (week, month) and may carry a zone table.
@@ -375,6 +377,9 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
                 record = b.settle(record, step.at_ms, step.reserved, step.actual, step.admitted_at_ms);
                 continue;
             }
+            // settle_batch and batch_admit (store/batch.zig): settlements in one call, each as `settle`.
+            for (step.settlements) |entry| record = b.settle(record, step.at_ms, entry.reserved, entry.actual, entry.admitted_at_ms);
+            if (std.mem.eql(u8, step.op, "settle_batch")) continue;
             const outcome = b.admit(record, step.at_ms, step.amount, step.force);
             // The store writes nothing on a refusal it does not force.
             if (!outcome.refused or step.force) record = outcome.record;

@@ -9,6 +9,13 @@
 //! delivers within `redis.timeout` or fails. A circuit breaker per worker (circuit.zig) stops
 //! calling Redis after repeated failures and probes again after a back-off; every transition is
 //! logged once. Settlements that fail wait in a bounded retry queue for the tick.
+//!
+//! Off the critical path (issue 17): a request's settlement is queued (batch.zig) and rides
+//! with the worker's next admission of the same rule (`batch_admit`: one script call does
+//! both), or goes with the rule's other queued settlements in one `settle_batch` call on the
+//! root tick; so a request costs one script call (its admission) at steady state. A counter
+//! known to be exhausted is refused from this worker's cache until its reset (refusals.zig),
+//! with no call at all.
 const std = @import("std");
 const build_options = @import("build_options");
 const circuit_breaker = @import("circuit.zig");
@@ -24,6 +31,9 @@ const transport_http = @import("transport_http.zig");
 const transport_higress = @import("transport_higress.zig");
 const higress_compat = @import("higress_compat.zig");
 const cache_script = @import("../cache/store_redis.zig");
+
+const batch = @import("batch.zig");
+const refusals = @import("refusals.zig");
 
 const allocator = host.allocator;
 
@@ -76,6 +86,12 @@ const Pending = struct {
     release_tail: ?[]u8 = null,
     /// The script the call runs: budget.lua, or higress_compat.lua under `compat`.
     lua: enum { budget, higress, cache } = .budget,
+    /// A settle_batch call (batch.zig): how many settlements it carries (its reply is one
+    /// integer each); 0 for a single settle or release. An admit: how many it carries.
+    batch_entries: usize = 0,
+    /// An admit carrying queued settlements (batch_admit): those settlements as a settle_batch
+    /// call, kept for retry should the admit call fail.
+    carried_tail: ?[]u8 = null,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
@@ -84,7 +100,7 @@ const Target = struct {
     name_len: usize = 0,
     timeout_ms: u32,
 
-    fn slice(self: *const Target) []const u8 {
+    pub fn slice(self: *const Target) []const u8 {
         return self.name[0..self.name_len];
     }
 
@@ -98,11 +114,14 @@ const Target = struct {
 var circuit: circuit_breaker.Circuit = .{};
 var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retries: retry_queue.RetryQueue(Pending, retry_queue_max) = .{};
+var batches: batch.Queue(Target) = .{};
+var refused: refusals.Cache = .{};
 
-/// Once per VM (after metrics are defined): the transport, the retry tick.
+/// Once per VM (after metrics are defined): the transport, the tick that flushes queued
+/// settlements (batch.flush_period_ms, the bound on the settle delay) and retries.
 pub fn start() void {
     transport.start();
-    host.setTickPeriod(1000) catch {};
+    host.setTickPeriod(batch.flush_period_ms) catch {};
 }
 
 /// When a config is loaded: registers each rule's Redis upstream (Higress).
@@ -133,16 +152,30 @@ pub fn available(now_ms: u64) bool {
     return circuitStep(now_ms, .ask, .circuit_open);
 }
 
-/// Starts the admission script for `counters`; the outcome arrives through `onReply`.
+/// Starts the admission script for `counters`; the outcome arrives through `onReply`. The
+/// settlements this worker queued for the same rule ride along (budget.lua `batch_admit`):
+/// they land before this admission is judged, in the same script call.
 pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller) !void {
     std.debug.assert(caller.http_context_id != 0);
     const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
-    const tail = try script.admitArguments(allocator, counters, force, marker);
-    errdefer allocator.free(tail);
+    const target = Target.fromConfig(redis);
     const release = try script.releaseArguments(allocator, counters, marker, false);
     errdefer allocator.free(release);
-    const call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false, .release_tail = release };
+    const carried = batches.carry(allocator, target, counters, force, marker) catch null;
+    errdefer if (carried) |taken| {
+        // The call could not start: its settlements wait for the tick's retry instead.
+        allocator.free(taken.admit_tail);
+        queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = taken.settle_tail, .target = target, .sent_as_eval = false, .batch_entries = taken.entries });
+    };
+    const tail = if (carried) |taken| taken.admit_tail else try script.admitArguments(allocator, counters, force, marker);
+    errdefer if (carried == null) allocator.free(tail);
+    var call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = release };
+    if (carried) |taken| {
+        call.carried_tail = taken.settle_tail;
+        call.batch_entries = taken.entries;
+    }
     try send(call);
+    if (carried) |taken| host.incrementMetric(metrics.redis.settles_batched, @intCast(taken.entries));
 }
 
 /// Starts a read-only `peek` of `counters` for the usage endpoint (issue 16); the reply arrives
@@ -154,18 +187,60 @@ pub fn peek(redis: config.Redis, counters: []const store.Counter, caller: store.
     try send(.{ .op = .peek, .http_context_id = caller.http_context_id, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false });
 }
 
-/// Starts the settlement script (actual cost against each reservation). Failures are queued
-/// and retried, so a charge survives a Redis outage up to the queue's bound.
+/// Queues a settlement (actual cost against each reservation) for the worker's next
+/// settle_batch call (batch.zig): no call on the request's path while its rule is busy (the
+/// first settlement after a quiet period goes at once). Sent on its own when the queue cannot
+/// take it. Failures are queued and retried, so a charge survives a
+/// Redis outage up to the retry queue's bound.
 pub fn settle(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, caller: store.Caller) !void {
     const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
+    const target = Target.fromConfig(redis);
+    if (batches.add(allocator, target, counters, actual_tokens, marker, host.nowMs())) |full| {
+        const ready = full orelse return;
+        return sendFromRequest(batchCall(ready), caller);
+    } else |_| {}
     const tail = try script.settleArguments(allocator, counters, actual_tokens, marker);
+    sendFromRequest(.{ .op = .settle, .http_context_id = 0, .tail = tail, .target = target, .sent_as_eval = false }, caller);
+}
+
+fn batchCall(ready: batch.Queue(Target).Batch) Pending {
+    return .{ .op = .settle, .http_context_id = 0, .tail = ready.tail, .target = ready.target, .sent_as_eval = false, .batch_entries = ready.entries };
+}
+
+/// Sends a settlement call while a request's callback runs (kept for retry if it cannot go).
+fn sendFromRequest(call: Pending, caller: store.Caller) void {
     // Settlements belong to the root context: they outlive the request that caused them. The
     // request's own host calls after this one (its access-log fields) act on it again.
     host.setEffectiveContext(caller.root_context_id) catch {};
     defer host.setEffectiveContext(caller.http_context_id) catch {};
-    const call = Pending{ .op = .settle, .http_context_id = 0, .tail = tail, .target = Target.fromConfig(redis), .sent_as_eval = false };
+    sendSettlement(call);
+}
+
+fn sendSettlement(call: Pending) void {
+    std.debug.assert(call.op == .settle);
+    if (call.batch_entries > 0) {
+        host.incrementMetric(metrics.redis.settle_batches, 1);
+        host.incrementMetric(metrics.redis.settles_batched, @intCast(call.batch_entries));
+    }
     if (!available(host.nowMs())) return queueForRetry(call);
     send(call) catch queueForRetry(call);
+}
+
+/// The index of a counter this worker knows to be exhausted (refusals.zig), its check filled
+/// for the rejection: the request is refused without calling Redis.
+pub fn knownRefused(counters: []store.Counter, now_ms: u64) ?usize {
+    const index = refused.refusing(counters, now_ms) orelse return null;
+    host.incrementMetric(metrics.redis.refused_locally, 1);
+    return index;
+}
+
+/// Reads an admit reply (script.readAdmitReply) and remembers the counters it shows exhausted.
+/// `forced` (shadow mode) replies teach nothing: shadow admissions always reach Redis.
+pub fn readAdmitReply(counters: []store.Counter, values: []const i64, forced: bool) store.Admission {
+    const asked_ms = if (counters.len > 0) counters[0].admitted_at_ms else 0; // prepare's clock, until the reply sets the server's
+    const answer = script.readAdmitReply(counters, values, forced);
+    if (answer == .decided and !forced) refused.learn(counters, asked_ms);
+    return answer;
 }
 
 /// A call of higress_compat.lua (`compat`): a check (it reserves nothing, so there is no
@@ -255,9 +330,11 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
             .integers => |values| break :blk switch (call.op) {
                 .admit => .{ .admitted = values },
                 .peek => .{ .peeked = values },
-                .settle, .cache_get, .cache_set => .{ .failed = .bad_reply },
+                // settle_batch (batch.zig): one integer per settlement it carries.
+                .settle => if (call.batch_entries > 0 and values.len == call.batch_entries) .settled else .{ .failed = .bad_reply },
+                .cache_get, .cache_set => .{ .failed = .bad_reply },
             },
-            .integer => break :blk if (call.op == .settle or call.op == .cache_set) .settled else .{ .failed = .bad_reply },
+            .integer => break :blk if ((call.op == .settle and call.batch_entries == 0) or call.op == .cache_set) .settled else .{ .failed = .bad_reply },
             .err => |text| switch (script.classifyError(text)) {
                 .no_script => if (!call.sent_as_eval) {
                     call.sent_as_eval = true; // first use on this Redis: send the script itself
@@ -296,6 +373,13 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
         return null;
     }
     allocator.free(call.tail);
+    if (call.carried_tail) |carried| {
+        // A failed admit call may or may not have applied its settlements: retried, they apply
+        // once (their markers).
+        if (outcome == .failed) {
+            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = carried, .target = call.target, .sent_as_eval = false, .batch_entries = call.batch_entries });
+        } else allocator.free(carried);
+    }
     if (call.release_tail) |release| {
         if (outcome == .failed) {
             // The admission may still run (or may have run) on Redis: it is given back, once,
@@ -320,10 +404,14 @@ fn queueForRetry(call: Pending) void {
     host.incrementMetric(metrics.redis.settle_retries_queued, 1);
 }
 
-/// Each tick: re-send queued settlements while the circuit lets calls through.
+/// Each tick: sends the queued settlements (one settle_batch call per rule), then re-sends
+/// failed ones while the circuit lets calls through.
 pub fn onTick(root_context_id: u32) void {
-    if (retries.len() == 0) return;
+    if (batches.queued == 0 and retries.len() == 0) return;
     host.setEffectiveContext(root_context_id) catch return;
+    const now_ms = host.nowMs();
+    while (batches.next(allocator, now_ms) catch null) |ready| sendSettlement(batchCall(ready));
+    batches.prune(allocator, now_ms);
     while (retries.len() > 0 and available(host.nowMs())) {
         const call = retries.pop() orelse break;
         send(call) catch {

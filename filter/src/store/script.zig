@@ -39,8 +39,7 @@ pub const MarkerKey = struct {
     len: usize = 0,
 
     pub fn init(first_counter_key: []const u8, request_id: []const u8) MarkerKey {
-        const tag_end = if (std.mem.indexOf(u8, first_counter_key, "}:")) |end| end + 2 else 0;
-        const prefix = first_counter_key[0..@min(tag_end, 160)];
+        const prefix = hashTag(first_counter_key);
         const id = request_id[0..@min(request_id.len, request_id_bytes_max)];
         var key: MarkerKey = .{};
         const text = std.fmt.bufPrint(&key.bytes, "{s}req:{s}", .{ prefix, id }) catch unreachable; // 160 + 4 + id fits
@@ -62,15 +61,45 @@ pub fn admitArguments(allocator: std.mem.Allocator, counters: []const store.Coun
     try appendKeys(allocator, &tail, counters, marker);
     try tail.arg(allocator, "admit");
     try tail.argInt(allocator, 0);
+    try appendAdmission(allocator, &tail, counters, force);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// As admitArguments, with queued settlements (appendBatchEntry's keys and arguments) applied
+/// first in the same call: budget.lua `batch_admit` (issue 17: one script call per request).
+pub fn batchAdmitArguments(allocator: std.mem.Allocator, keys: []const u8, key_count: usize, arguments: []const u8, entries: usize, counters: []const store.Counter, force: bool, marker: MarkerKey) ![]u8 {
+    std.debug.assert(entries > 0 and key_count >= 2 * entries);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try tail.argInt(allocator, key_count + counters.len + 1);
+    try tail.bytes.appendSlice(allocator, keys);
+    for (counters) |counter| try tail.arg(allocator, counter.key.slice());
+    try tail.arg(allocator, marker.slice());
+    try tail.arg(allocator, "batch_admit");
+    try tail.argInt(allocator, 0);
+    try tail.argInt(allocator, entries);
+    try tail.bytes.appendSlice(allocator, arguments);
+    try appendAdmission(allocator, &tail, counters, force);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// Keys and arguments an admission of `counter_count` counters adds to a call (a zone table
+/// counted in).
+pub fn admissionSize(counter_count: usize) usize {
+    return (counter_count + 1) + 1 + 4 * counter_count + 1;
+}
+
+/// An admission's arguments from the force flag on: (algorithm, window, limit, amount) per
+/// counter, then the zone table when a window is a calendar one.
+fn appendAdmission(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter, force: bool) !void {
     try tail.argInt(allocator, @intFromBool(force));
     for (counters) |counter| {
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
-        try windowArgument(allocator, &tail, counter.budget);
+        try windowArgument(allocator, tail, counter.budget);
         try tail.argInt(allocator, counter.budget.limit);
         try tail.argInt(allocator, counter.admit_amount);
     }
-    try appendZone(allocator, &tail, counters);
-    return tail.bytes.toOwnedSlice(allocator);
+    try appendZone(allocator, tail, counters);
 }
 
 /// As admitArguments for a settle call: `settle 0`, then (algorithm, window_ms, limit,
@@ -101,10 +130,18 @@ fn settlement(allocator: std.mem.Allocator, operation: []const u8, counters: []c
     try appendKeys(allocator, &tail, counters, marker);
     try tail.arg(allocator, operation);
     try tail.argInt(allocator, 0);
+    try appendSettled(allocator, &tail, counters, actual);
+    try tail.argInt(allocator, counters[0].admitted_at_ms);
+    try appendZone(allocator, &tail, counters);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
+/// (algorithm, window, limit, reserved, actual) per counter, as settle and settle_batch read them.
+fn appendSettled(allocator: std.mem.Allocator, tail: *resp.Command, counters: []const store.Counter, actual: Actual) !void {
     for (counters) |counter| {
         const reserved = if (actual.reserved_as_read) counter.reserved else @min(counter.admit_amount, counter.budget.limit);
         try tail.argInt(allocator, @backingInt(counter.budget.algorithm));
-        try windowArgument(allocator, &tail, counter.budget);
+        try windowArgument(allocator, tail, counter.budget);
         try tail.argInt(allocator, counter.budget.limit);
         try tail.argInt(allocator, reserved);
         const cost = switch (counter.unit) {
@@ -114,8 +151,43 @@ fn settlement(allocator: std.mem.Allocator, operation: []const u8, counters: []c
         };
         try tail.argInt(allocator, cost);
     }
-    try tail.argInt(allocator, counters[0].admitted_at_ms);
-    try appendZone(allocator, &tail, counters);
+}
+
+/// One entry of a settle_batch call (contract/budget.lua): its keys (the counters', then the
+/// request's marker) go to `keys`, its arguments (`settle`, counter count, admission time, zone
+/// table or '', then 5 per counter) to `arguments`. A settlement is the same numbers as its own
+/// settle call would carry, so batching changes when a charge lands, never what it is.
+pub fn appendBatchEntry(allocator: std.mem.Allocator, keys: *resp.Command, arguments: *resp.Command, counters: []const store.Counter, actual_tokens: u64, marker: MarkerKey) !void {
+    std.debug.assert(counters.len > 0);
+    for (counters) |counter| try keys.arg(allocator, counter.key.slice());
+    try keys.arg(allocator, marker.slice());
+    try arguments.arg(allocator, "settle");
+    try arguments.argInt(allocator, counters.len);
+    try arguments.argInt(allocator, counters[0].admitted_at_ms);
+    var zone: resp.Command = .{};
+    defer zone.deinit(allocator);
+    try appendZone(allocator, &zone, counters);
+    if (zone.bytes.items.len == 0) try arguments.arg(allocator, "") else try arguments.bytes.appendSlice(allocator, zone.bytes.items);
+    try appendSettled(allocator, arguments, counters, .{ .tokens = actual_tokens, .reserved_as_read = true });
+}
+
+/// Keys and arguments (RESP bulk strings) one batch entry of `counters` adds to a call.
+pub fn batchEntrySize(counter_count: usize) struct { keys: usize, arguments: usize } {
+    return .{ .keys = counter_count + 1, .arguments = 4 + 5 * counter_count };
+}
+
+/// The tail (after the script argument) of a settle_batch call of `entries` entries whose keys
+/// and arguments were appended by appendBatchEntry.
+pub fn batchArguments(allocator: std.mem.Allocator, keys: []const u8, key_count: usize, arguments: []const u8, entries: usize) ![]u8 {
+    std.debug.assert(entries > 0 and key_count >= 2 * entries);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try tail.argInt(allocator, key_count);
+    try tail.bytes.appendSlice(allocator, keys);
+    try tail.arg(allocator, "settle_batch");
+    try tail.argInt(allocator, 0);
+    try tail.argInt(allocator, entries);
+    try tail.bytes.appendSlice(allocator, arguments);
     return tail.bytes.toOwnedSlice(allocator);
 }
 
@@ -150,6 +222,13 @@ pub fn readPeekReply(counters: []store.Counter, values: []const i64) bool {
         counter.check = .{ .limit = counter.budget.limit, .used = @intCast(used), .reset_in_ms = @intCast(reset_ms) };
     }
     return true;
+}
+
+/// The `{rule}:` hash tag prefix of a counter key (`tokenlimit:{rule}:`), which every key of a
+/// call must share (one Redis Cluster slot); empty for a key without one.
+pub fn hashTag(key: []const u8) []const u8 {
+    const tag_end = if (std.mem.indexOf(u8, key, "}:")) |end| end + 2 else 0;
+    return key[0..@min(tag_end, 160)];
 }
 
 /// A counter's window as budget.lua reads it: the length in ms, or for a calendar window

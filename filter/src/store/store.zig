@@ -10,6 +10,7 @@ const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const local = @import("local.zig");
 const redis = @import("redis.zig");
+const script = @import("script.zig");
 const higress_compat = @import("higress_compat.zig");
 
 pub const Counter = struct {
@@ -116,6 +117,8 @@ pub const Store = union(enum) {
                 return .{ .decided = refused };
             },
             .redis => |remote| {
+                // A counter this worker knows is exhausted refuses without a call (issue 17).
+                if (remote.compat == .none and !force) if (redis.knownRefused(counters, now_ms)) |index| return .{ .decided = index };
                 if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
                 const started = if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller) else higress_compat.admit(remote.settings.*, counters, caller);
                 started catch |err| {
@@ -125,6 +128,17 @@ pub const Store = union(enum) {
                 return .pending;
             },
         }
+    }
+
+    /// Reads the Redis store's admit reply into `counters`; budget.lua replies also teach the
+    /// worker's cache of exhausted counters (redis.readAdmitReply).
+    pub fn readAdmitReply(self: Store, counters: []Counter, values: []const i64, forced: bool) Admission {
+        const remote = switch (self) {
+            .redis => |remote| remote,
+            .local => unreachable, // the local store answers at once
+        };
+        if (remote.compat != .none) return script.readAdmitReply(counters, values, forced);
+        return redis.readAdmitReply(counters, values, forced);
     }
 
     /// Replaces each counter's reservation with the real cost. The Redis store queues what it
