@@ -7,6 +7,7 @@ import signal
 import time
 
 import openai
+import redis
 from jobs_support import CLAIM_IDLE_MS, Services, chat_lines, jsonl, metric, wait_for
 
 #: Forwarded like a credential, so the mock LLM answers each line slowly and a worker is
@@ -71,6 +72,9 @@ def test_a_killed_workers_lines_are_taken_over_and_none_is_duplicated(
     )
     doomed.send_signal(signal.SIGKILL)  # mid-batch, with requests in flight
     doomed.wait(5)
+    # Lines the killed service had taken and not finished (its workers may all have been
+    # between lines, pacing, at the kill: then there is nothing to take over).
+    orphaned = _pending_entries(services.redis_url)
 
     _b, url_b = services.start(2, *SLOW)
     started_at = time.monotonic()
@@ -84,7 +88,8 @@ def test_a_killed_workers_lines_are_taken_over_and_none_is_duplicated(
     assert sorted(ids) == sorted(f"req-{i}" for i in range(total))  # each line once
     counts = survivor.batches.retrieve(batch_id).request_counts
     assert counts.completed == total and counts.failed == 0
-    assert metric(url_b, "tokenlimit_jobs_taken_over_total") >= 1
+    if orphaned:
+        assert metric(url_b, "tokenlimit_jobs_taken_over_total") >= 1
     # At-least-once: a line whose request was in flight at the kill may reach the upstream a
     # second time (at most one per killed worker), but its result is written once.
     assert total <= mock_stats()["requests"] <= total + 3
@@ -112,3 +117,10 @@ def test_a_live_worker_on_a_slow_request_keeps_its_job(services: Services, mock_
     assert mock_stats()["requests"] == total
     assert metric(url_a, "tokenlimit_jobs_taken_over_total") == 0
     assert metric(url_b, "tokenlimit_jobs_taken_over_total") == 0
+
+
+def _pending_entries(redis_url: str) -> int:
+    """Entries of the jobs queue's consumer group taken by a consumer and not acknowledged."""
+    client = redis.Redis.from_url(redis_url)
+    streams = [key for key in client.scan_iter(match="*:queue") if client.type(key) == b"stream"]
+    return sum(int(client.xpending(stream, "workers")["pending"]) for stream in streams)
