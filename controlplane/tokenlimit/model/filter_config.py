@@ -37,6 +37,7 @@ from tokenlimit.model._spelling import Naming
 from tokenlimit.model._spelling import doc_key as _doc_key
 from tokenlimit.model._spelling import naming_of as _naming
 from tokenlimit.model.cache import OptCache
+from tokenlimit.model.lease import OptLease, lease_refusal
 from tokenlimit.model.counters import (
     COUNTER_KEY_BYTES_MAX,
     LIMIT_TYPES,
@@ -263,6 +264,11 @@ class BudgetFields(_Model):
     priority: OptPriority = None
     """Lanes named by a request header (high, normal, low); reserved shares are held back for
     higher lanes, and waiting requests are released high first."""
+    # Leases for hot keys (issue 17): tokenlimit.model.lease.
+    lease: OptLease = None
+    """Each gateway worker takes this share of a Redis budget at a time and admits against it
+    locally: one Redis call per slice instead of one per request (docs/redis.md). Needs redis
+    and fixed windows."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)
@@ -288,6 +294,9 @@ class BudgetFields(_Model):
         reason = compat_refusal(self)
         if reason is not None:
             raise _error(reason, (_doc_key(model, "compat", naming),))
+        reason = lease_refusal(self)  # issue 17
+        if reason is not None:
+            raise _error(reason, (_doc_key(model, "lease", naming),))
 
     # A policy's calendar is rendered from its timeZone (policy_filter_config); a filter
     # config must carry it, since the filter cannot resolve a zone name.

@@ -26,7 +26,7 @@ pub fn field(reader: *Reader, items: parse_items.Items, rule: *const config.Rule
     defer reader.leave(saved);
     const map = try reader.object(value);
     try reader.refuseUnknown(map, &.{"fraction"});
-    const fraction = map.get("fraction") orelse return reader.fail("needs a fraction (the share of a budget a worker takes at a time, e.g. 0.05)", .{});
+    const fraction = map.get("fraction") orelse return reader.failField("fraction", "required: the share of a budget a worker takes at a time, e.g. 0.05", .{});
     const inner = reader.enter("fraction");
     const milli = try items.milli(fraction);
     if (milli == 0 or milli > bounds.lease_fraction_milli_max) {
