@@ -37,7 +37,6 @@ from tokenlimit.model._spelling import Naming
 from tokenlimit.model._spelling import doc_key as _doc_key
 from tokenlimit.model._spelling import naming_of as _naming
 from tokenlimit.model.cache import OptCache
-from tokenlimit.model.lease import OptLease, lease_refusal
 from tokenlimit.model.counters import (
     COUNTER_KEY_BYTES_MAX,
     LIMIT_TYPES,
@@ -62,6 +61,7 @@ from tokenlimit.model.fields import (
 )
 from tokenlimit.model.fields import enum as _enum
 from tokenlimit.model.higress import dropped_default, has_route_rules, read_as_higress
+from tokenlimit.model.lease import OptLease, lease_refusal
 from tokenlimit.model.limits import (
     CONFIG_BYTES_MAX,
     REDIS_DATABASE_MAX,

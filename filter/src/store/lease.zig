@@ -8,10 +8,11 @@
 //!   counts the grant as used at once. A worker admits only what its slice still covers.
 //! - No charge is lost or doubled: every reservation made against a slice is inside a grant
 //!   Redis already counted. A settlement below the reservation gives the difference back to
-//!   the slice (same window only, as the script's refunds); one above it, or one this table
-//!   cannot place (its slot was reused), goes to Redis as an ordinary settlement (the caller
-//!   falls back), which adds `actual - reserved` there. So a slice never goes negative and a
-//!   worker holds no debt. A lease call whose answer never comes is given back by
+//!   the slice (same window only, as the script's refunds); one above it is taken from the
+//!   slice while the slice covers it (postpaid charges are), else it goes to Redis as an
+//!   ordinary settlement (the caller falls back), which adds `actual - reserved` there; so
+//!   does one this table cannot place (its slot was reused). A slice never goes negative and
+//!   a worker holds no debt. A lease call whose answer never comes is given back by
 //!   `lease_return` under the request's marker (applied once, whichever runs first).
 //! - A slice's unused remainder goes back to Redis with the worker's next lease call for the
 //!   key (the call's `carry`), so renewing never strands it. A remainder still held when the
@@ -151,22 +152,55 @@ pub const Table = struct {
         return answer;
     }
 
-    /// Settles leased counters against their slices: a refund (actual below the reservation,
-    /// same window) goes back to the slice, an exact cost changes nothing. False, with nothing
-    /// changed, when any counter costs more than it reserved or its slot is gone: then the
-    /// caller settles in Redis (the reservation is inside a grant Redis counted).
-    pub fn settle(self: *Table, counters: []const store.Counter, actual_tokens: u64) bool {
+    /// Where a settlement of leased counters goes (Table.settle).
+    pub const Settled = enum {
+        /// Against the slices, no call.
+        local,
+        /// To Redis as it is: a slot is gone (or the counters were not leased).
+        redis,
+        /// To Redis with each counter's reservation raised by `covered`: a cost above the
+        /// reservation that its slice could not cover; the slice gave what it had.
+        redis_covered,
+    };
+
+    /// Settles leased counters against their slices, no call: a cost above the reservation is
+    /// taken from the slice (postpaid charges all of theirs this way), a refund (below it, same
+    /// window) goes back to it. When a slice cannot cover an overrun, its remainder goes into
+    /// the overrun (`covered`) and the rest is for Redis, which adds `actual - reserved -
+    /// covered` there; every other counter of the request is then settled in Redis too (its
+    /// reservation is inside a grant Redis counted). Without this, a postpaid request admitted
+    /// on a slice's last tokens would leave them for the next one, and the next, unbounded.
+    pub fn settle(self: *Table, counters: []const store.Counter, actual_tokens: u64, now_ms: u64, covered: []u64) Settled {
+        std.debug.assert(covered.len == counters.len);
+        var overrun = false;
         for (counters) |*counter| {
-            if (!counter.leased) return false;
-            if (self.slotOf(counter).hash != hashOf(counter)) return false;
-            if (actualOf(counter, actual_tokens) > counter.reserved) return false;
+            if (!counter.leased) return .redis;
+            const slot = self.slotOf(counter);
+            if (slot.hash != hashOf(counter)) return .redis;
+            const actual = actualOf(counter, actual_tokens);
+            if (actual > counter.reserved and (now_ms >= slot.window_end_ms or slot.remaining < actual - counter.reserved)) overrun = true;
+        }
+        if (overrun) {
+            for (counters, covered) |*counter, *cover| {
+                const slot = self.slotOf(counter);
+                const actual = actualOf(counter, actual_tokens);
+                cover.* = 0;
+                if (actual <= counter.reserved) continue;
+                cover.* = if (now_ms < slot.window_end_ms) @min(slot.remaining, actual - counter.reserved) else 0;
+                slot.remaining -= cover.*;
+            }
+            return .redis_covered;
         }
         for (counters) |*counter| {
             const slot = self.slotOf(counter);
-            const refund = counter.reserved - actualOf(counter, actual_tokens);
-            if (windowEnd(counter) == slot.window_end_server_ms) slot.remaining += refund;
+            const actual = actualOf(counter, actual_tokens);
+            if (actual > counter.reserved) {
+                slot.remaining -= actual - counter.reserved;
+            } else if (now_ms < slot.window_end_ms and windowEnd(counter) == slot.window_end_server_ms) {
+                slot.remaining += counter.reserved - actual;
+            }
         }
-        return true;
+        return .local;
     }
 
     fn slotOf(self: *Table, counter: *const store.Counter) *Slot {
@@ -278,21 +312,33 @@ test "lease: a grant is admitted against locally until the slice is spent" {
     try testing.expectEqual(@as(u64, 120_000), asks[0].carry_end_ms);
 }
 
-test "lease: a refund returns to the slice, an overrun settles in Redis" {
+test "lease: a refund returns to the slice, an overrun past it settles in Redis" {
     var table: Table = .{};
     var counters = [_]store.Counter{testCounter("k", .tokens, 1000, 30)};
     var asks: [1]Ask = undefined;
+    var covered: [1]u64 = undefined;
     table.begin(&counters, 50, 0, 500, &asks);
     _ = table.readReply(&counters, &reply(0, 61_000, 50, 1000, 59_000, 50), 0);
-    try testing.expect(table.settle(&counters, 10)); // 20 back: 20 + 20 left
+    try testing.expectEqual(Table.Settled.local, table.settle(&counters, 10, 5, &covered)); // 20 back: 40 left
     var next = [_]store.Counter{testCounter("k", .tokens, 1000, 40)};
-    try testing.expect(table.admitLocal(&next, 10));
-    try testing.expect(!table.settle(&next, 41)); // more than reserved: Redis adds the difference
-    try testing.expect(table.settle(&next, 40));
+    try testing.expect(table.admitLocal(&next, 10)); // 0 left
+    try testing.expectEqual(Table.Settled.local, table.settle(&next, 40, 10, &covered));
+    try testing.expectEqual(Table.Settled.redis_covered, table.settle(&next, 41, 10, &covered));
+    try testing.expectEqual(@as(u64, 0), covered[0]); // nothing left to cover the 1 more
     // A refund for a past window changes nothing in this one.
     next[0].admitted_at_ms -= 60_000;
-    try testing.expect(table.settle(&next, 0));
+    try testing.expectEqual(Table.Settled.local, table.settle(&next, 0, 20, &covered));
     try testing.expect(!table.admitLocal(&next, 20));
+    // Postpaid: admitted while the slice has anything left, charged from it afterwards; an
+    // overrun takes the slice's last tokens and Redis gets the rest.
+    var postpaid = [_]store.Counter{testCounter("k", .tokens, 1000, 0)};
+    try testing.expectEqual(Table.Settled.local, table.settle(&counters, 0, 30, &covered)); // 30 back
+    try testing.expect(table.admitLocal(&postpaid, 30));
+    try testing.expectEqual(Table.Settled.local, table.settle(&postpaid, 25, 31, &covered)); // 5 left
+    try testing.expect(table.admitLocal(&postpaid, 32));
+    try testing.expectEqual(Table.Settled.redis_covered, table.settle(&postpaid, 25, 33, &covered));
+    try testing.expectEqual(@as(u64, 5), covered[0]);
+    try testing.expect(!table.admitLocal(&postpaid, 34)); // the slice is spent: ask again
 }
 
 test "lease: a refusal grants nothing; a slice lapses with its window" {

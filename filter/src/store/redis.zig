@@ -278,9 +278,24 @@ pub fn readLeaseReply(counters: []store.Counter, values: []const i64) store.Admi
     return answer;
 }
 
-/// Settles leased counters against this worker's slices; false: settle in Redis.
-pub fn settleLeased(counters: []const store.Counter, actual_tokens: u64) bool {
-    return leases.settle(counters, actual_tokens);
+/// Settles leased counters (lease.zig): against this worker's slices, or in Redis for what a
+/// slice could not cover. False: not leased, the caller settles them as usual.
+pub fn settleLeased(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, now_ms: u64, caller: store.Caller) !bool {
+    std.debug.assert(counters.len <= counter.counters_max);
+    var covered_buffer: [counter.counters_max]u64 = undefined;
+    const covered = covered_buffer[0..counters.len];
+    switch (leases.settle(counters, actual_tokens, now_ms, covered)) {
+        .local => return true,
+        .redis => return false,
+        .redis_covered => {
+            // What the slice covered counts as reserved: Redis adds only the rest.
+            const adjusted = try allocator.dupe(store.Counter, counters);
+            defer allocator.free(adjusted);
+            for (adjusted, covered) |*each, cover| each.reserved += cover;
+            try settle(redis, adjusted, actual_tokens, caller);
+            return true;
+        },
+    }
 }
 
 /// Reads an admit reply (script.readAdmitReply) and remembers the counters it shows exhausted.

@@ -161,7 +161,7 @@ pub const Store = union(enum) {
             .local => try local.settle(counters, now_ms, actual_tokens),
             .redis => |remote| {
                 // Leases (issue 17): refunds go back to this worker's slice, no call.
-                if (remote.lease_milli > 0 and redis.settleLeased(counters, actual_tokens)) return;
+                if (remote.lease_milli > 0 and try redis.settleLeased(remote.settings.*, counters, actual_tokens, now_ms, caller)) return;
                 try if (remote.compat == .none) redis.settle(remote.settings.*, counters, actual_tokens, caller) else higress_compat.settle(remote.settings.*, counters, actual_tokens, caller);
             },
         }
