@@ -40,10 +40,14 @@ def redis_and_bridge(work: Path) -> Iterator[tuple[Upstream, int]]:
             process.terminate(bridge)
 
 
-def redis_filter_config(base: FilterConfig) -> FilterConfig:
-    """`base` (the local-store config) with its budget kept in Redis through the bridge."""
+def redis_filter_config(base: FilterConfig, lease_fraction: float = 0.0) -> FilterConfig:
+    """`base` (the local-store config) with its budget kept in Redis through the bridge;
+    `lease_fraction` > 0 (`--lease`, issue 17): with leases for hot keys, each worker taking
+    that share of the budget at a time (docs/redis.md, "Leases")."""
     document: dict[str, Any] = base.model_dump(mode="json", by_alias=True, exclude_none=True)
     document["redis"] = {"service_name": ENVOY_BRIDGE_CLUSTER, "timeout": 500}
+    if lease_fraction > 0:
+        document["lease"] = {"fraction": lease_fraction}
     return parse_filter_config(document)
 
 

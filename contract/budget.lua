@@ -5,7 +5,8 @@
 -- KEYS[i]  counter keys; all share one {rule} hash tag, so this runs on Redis Cluster too.
 -- KEYS[n + 1] (admit, settle, release; optional) the request's marker key, same hash tag: makes
 --          each operation apply once per request (see "Idempotence" below).
--- ARGV[1]  'admit', 'settle', 'release', 'settle_batch', 'batch_admit' or 'peek'
+-- ARGV[1]  'admit', 'settle', 'release', 'settle_batch', 'batch_admit', 'peek', 'lease' or
+--          'lease_return'
 -- ARGV[2]  now in ms, or 0 to use the Redis server's clock (so skewed gateways agree)
 --
 -- admit:  ARGV[3] 1 = shadow mode: add the amounts even where a counter refuses;
@@ -32,6 +33,23 @@
 --         Returns {now_ms, then per counter: used, remaining, reset_ms}: what an admit of
 --         nothing would report now (`tokenlimit usage` reads counters this way, so the
 --         control plane has no copy of the math). remaining = max(limit - used, 0).
+-- lease:  (leases for hot keys, issue 17; fixed windows of a fixed length only) a gateway
+--         worker takes a slice of each counter's budget and admits against it locally.
+--         ARGV[3 + 7(i-1) ...] per counter: algorithm (0), window length ms, limit, want (the
+--         slice asked for), need (the triggering request's amount: the grant is at least
+--         this, or nothing), carry (what the worker brings back: > 0 an unused remainder, given
+--         back only while its window is the current one; < 0 a debt, settlements that cost
+--         more than reserved, always charged), carry_end (the end, server ms, of the window the
+--         carry belongs to). Carries are applied first; then, all or nothing as admit, each
+--         counter is granted min(max(want, need), limit - used) where need fits. The grant is
+--         counted as used at once, so the sum handed out never exceeds the limit. KEYS[n + 1]
+--         the request's marker (required): set to 'l:<now>:<grant>,<grant>...'; a lease finding
+--         its marker set is an error (it ran already). Returns an admit reply followed by the
+--         grants: {refused, now_ms, (used, limit, reset_ms) per counter, grant per counter}.
+-- lease_return: as lease, for a lease call whose answer never came: when the lease ran, its
+--         grants are given back (in their window); when it has not, its carries are applied
+--         and a tombstone left, so it does nothing if it runs later. Returns the counters
+--         changed, or -1 when the marker says it was done already.
 --
 -- Calendar windows (a rule's time zone; weeks and months always): the window length is sent
 -- as a negative code, -1 hour, -2 day, -3 week, -4 month, and the call ends with one more
@@ -334,10 +352,123 @@ local function peek(now)
   return reply
 end
 
+-- ---- leases (issue 17) ---------------------------------------------------------------------
+
+local lease_stride = 7
+
+-- The counters of a lease or lease_return call: {key, algorithm, length, limit, want, need,
+-- carry, carry_end} each, or nil and a message when the arguments do not add up.
+local function lease_counters()
+  local n = (#ARGV - 2) / lease_stride
+  if n < 1 or n ~= math.floor(n) or #KEYS ~= n + 1 then
+    return nil, 'tokenlimit: lease arguments do not add up'
+  end
+  local counters = {}
+  for i = 1, n do
+    local base = 3 + lease_stride * (i - 1)
+    local c = {key = KEYS[i]}
+    c.algorithm, c.length, c.limit = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+    c.want, c.need = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+    c.carry, c.carry_end = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
+    if c.algorithm ~= 0 or c.length <= 0 then
+      return nil, 'tokenlimit: leases take fixed windows of a fixed length only'
+    end
+    counters[i] = c
+  end
+  return counters
+end
+
+-- Applies each counter's carry to its current record (c.r): a debt always, a remainder only
+-- in the window it was granted in (a past window's record has reset anyway).
+local function apply_carries(counters, now)
+  for _, c in ipairs(counters) do
+    c.r = current(read(c.key), c.algorithm, c.length, c.limit, now)
+    local _, finish = window_bounds(c.length, now)
+    if c.carry < 0 then
+      c.r.u = c.r.u - c.carry
+    elseif c.carry > 0 and c.carry_end == finish then
+      c.r.u = math.max(c.r.u - c.carry, 0)
+    end
+  end
+end
+
+local function lease_marker_ttl(counters)
+  local lengths = {}
+  for i, c in ipairs(counters) do lengths[i] = c.length end
+  return marker_ttl_of(lengths)
+end
+
+local function lease(now)
+  local counters, problem = lease_counters()
+  if counters == nil then return redis.error_reply(problem) end
+  local marker = KEYS[#KEYS]
+  if redis.call('EXISTS', marker) == 1 then
+    return redis.error_reply('tokenlimit: lease already applied (its marker is set)')
+  end
+  apply_carries(counters, now)
+  local refused = 0
+  for i, c in ipairs(counters) do
+    if refused == 0 and not fits(c.r.u, c.limit, c.need) then refused = i end
+  end
+  local grants = {}
+  for i, c in ipairs(counters) do
+    grants[i] = 0
+    if refused == 0 then
+      grants[i] = math.min(math.max(c.want, c.need), c.limit - c.r.u)
+      c.r.u = c.r.u + grants[i]
+    end
+    write(c.key, c.r, c.algorithm, c.length, c.limit, now)
+  end
+  redis.call('SET', marker, 'l:' .. now .. ':' .. table.concat(grants, ','), 'PX', lease_marker_ttl(counters))
+  local reply = {refused, now}
+  for _, c in ipairs(counters) do
+    local used, reset = check(c.r, c.algorithm, c.length, c.limit, now)
+    reply[#reply + 1] = used
+    reply[#reply + 1] = c.limit
+    reply[#reply + 1] = reset
+  end
+  for i = 1, #counters do reply[#reply + 1] = grants[i] end
+  return reply
+end
+
+local function lease_return(now)
+  local counters, problem = lease_counters()
+  if counters == nil then return redis.error_reply(problem) end
+  local marker = KEYS[#KEYS]
+  local state = redis.call('GET', marker)
+  if state == false then
+    -- The lease has not run: its carries land now, and it must grant nothing when it does.
+    apply_carries(counters, now)
+    for _, c in ipairs(counters) do write(c.key, c.r, c.algorithm, c.length, c.limit, now) end
+    redis.call('SET', marker, 'r', 'PX', lease_marker_ttl(counters))
+    return #counters
+  end
+  if string.sub(state, 1, 2) ~= 'l:' then return -1 end
+  -- The lease ran (its carries landed with it): its grants go back, in their window.
+  local at, list = string.match(state, '^l:(%d+):(.*)$')
+  at = tonumber(at)
+  local i, changed = 1, 0
+  for grant in string.gmatch(list, '(%d+)') do
+    local c = counters[i]
+    if c == nil then break end
+    local r = current(read(c.key), c.algorithm, c.length, c.limit, now)
+    if tonumber(grant) > 0 and window_bounds(c.length, at) == r.s then
+      r.u = math.max(r.u - tonumber(grant), 0)
+      write(c.key, r, c.algorithm, c.length, c.limit, now)
+      changed = changed + 1
+    end
+    i = i + 1
+  end
+  redis.call('SET', marker, 's', 'PX', lease_marker_ttl(counters))
+  return changed
+end
+
 if ARGV[1] == 'admit' then return admit(now_ms(), KEYS, ARGV) end
 if ARGV[1] == 'settle' then return settle(now_ms(), false) end
 if ARGV[1] == 'release' then return settle(now_ms(), true) end
 if ARGV[1] == 'peek' then return peek(now_ms()) end
 if ARGV[1] == 'settle_batch' then return settle_batch(now_ms()) end
 if ARGV[1] == 'batch_admit' then return batch_admit(now_ms()) end
+if ARGV[1] == 'lease' then return lease(now_ms()) end
+if ARGV[1] == 'lease_return' then return lease_return(now_ms()) end
 return redis.error_reply('tokenlimit: unknown operation ' .. tostring(ARGV[1]))

@@ -128,6 +128,8 @@ const Limits = struct {
     cache_entry_bytes_max: u64,
     cache_entry_bytes_default: u64,
     cache_local_bytes_max: u64,
+    // Leases for hot keys (issue 17): the largest `lease.fraction`, in thousandths.
+    lease_fraction_milli_max: u64,
 };
 
 /// Reads contract/limits.json into the `limits` module: `pub const <key>: u64 = <value>;` or

@@ -24,6 +24,7 @@ test {
     _ = @import("src/config/parse_cache.zig");
     _ = @import("src/config/parse_exhausted.zig");
     _ = @import("src/config/parse_items.zig");
+    _ = @import("src/config/parse_lease.zig");
     _ = @import("src/config/parse_test.zig");
     _ = @import("src/config/reader.zig");
     _ = @import("src/config/regex/charset.zig");
@@ -62,6 +63,7 @@ test {
     _ = @import("src/store/batch.zig");
     _ = @import("src/store/circuit.zig");
     _ = @import("src/store/higress_compat.zig");
+    _ = @import("src/store/lease.zig");
     _ = @import("src/store/local.zig");
     _ = @import("src/store/local_test.zig");
     _ = @import("src/store/redis.zig");

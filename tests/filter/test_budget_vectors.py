@@ -176,6 +176,9 @@ def test_lua_scripts_follow_the_shared_vectors(
             got = {"refused": remaining == 0, "used": used, "reset_ms": reset_ms}
             assert got == step["expect"], f"step {index}"
             continue
+        if step["op"] == "lease":  # leases for hot keys (issue 17): test_leases_script.py
+            run_lease_step(client, key, f"{scenario['name']}:{index}", step, algorithm, limit)
+            continue
         asked = (algorithm, window_ms, limit, step["amount"])
         if step["op"] == "batch_admit":
             batch = batch_entries(key, f"{scenario['name']}:{index}", step, counter_of, zone)
@@ -189,6 +192,20 @@ def test_lua_scripts_follow_the_shared_vectors(
         assert reported_limit == limit
         got = {"refused": refused != 0, "used": used, "reset_ms": reset_ms}
         assert got == step["expect"], f"step {index}"
+
+
+def run_lease_step(
+    client: redis.Redis, key: str, name: str, step: dict[str, Any], algorithm: int, limit: int
+) -> None:
+    """A `lease` step: carries applied, then a slice granted (or all refused)."""
+    marker = f"tokenlimit:{{vectors}}:req:{name}"
+    client.delete(marker)
+    args = ["lease", step["at_ms"], algorithm, 60_000, limit, step["want"], step["amount"]]
+    reply = run(client, [key, marker], [*args, step["carry"], step["carry_end_ms"]])
+    refused, now_ms, used, reported_limit, reset_ms, granted = reply
+    assert now_ms == step["at_ms"] and reported_limit == limit
+    got = {"refused": refused != 0, "used": used, "reset_ms": reset_ms, "granted": granted}
+    assert got == step["expect"], name
 
 
 def test_admission_is_all_or_nothing_across_counters(client: redis.Redis) -> None:

@@ -176,6 +176,13 @@ CASES: dict[str, list[Case]] = {
             parse=parse_policy,
         ),
     ],
+    # Leases for hot keys (issue 17): the bound is in thousandths, the field a fraction.
+    "lease_fraction_milli_max": [
+        Case(
+            lambda n: rule(redis={"service_name": "redis.dns"}, lease={"fraction": n / 1000}),
+            "lease.fraction",
+        ),
+    ],
     # Near the limit (issue 13).
     "wait_ms_max": [
         Case(

@@ -61,6 +61,7 @@ from tokenlimit.model.fields import (
 )
 from tokenlimit.model.fields import enum as _enum
 from tokenlimit.model.higress import dropped_default, has_route_rules, read_as_higress
+from tokenlimit.model.lease import OptLease, lease_refusal
 from tokenlimit.model.limits import (
     CONFIG_BYTES_MAX,
     REDIS_DATABASE_MAX,
@@ -263,6 +264,11 @@ class BudgetFields(_Model):
     priority: OptPriority = None
     """Lanes named by a request header (high, normal, low); reserved shares are held back for
     higher lanes, and waiting requests are released high first."""
+    # Leases for hot keys (issue 17): tokenlimit.model.lease.
+    lease: OptLease = None
+    """Each gateway worker takes this share of a Redis budget at a time and admits against it
+    locally: one Redis call per slice instead of one per request (docs/redis.md). Needs redis
+    and fixed windows."""
 
     def _check_rule(self, info: ValidationInfo) -> None:
         naming = _naming(info)
@@ -288,6 +294,9 @@ class BudgetFields(_Model):
         reason = compat_refusal(self)
         if reason is not None:
             raise _error(reason, (_doc_key(model, "compat", naming),))
+        reason = lease_refusal(self)  # issue 17
+        if reason is not None:
+            raise _error(reason, (_doc_key(model, "lease", naming),))
 
     # A policy's calendar is rendered from its timeZone (policy_filter_config); a filter
     # config must carry it, since the filter cannot resolve a zone name.

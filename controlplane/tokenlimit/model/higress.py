@@ -88,6 +88,7 @@ RULE_FIELDS = (
     "when_exhausted",
     "pace_above",
     "priority",
+    "lease",  # leases for hot keys (issue 17): tokenlimit's own, its fields checked strictly
 )
 TOP_FIELDS = (*RULE_FIELDS, "_rules_")
 ROUTE_FIELDS = (*RULE_FIELDS, *MATCH_FIELDS)

@@ -55,6 +55,8 @@ class Limits(BaseModel):
     cache_entry_bytes_max: int
     cache_entry_bytes_default: int
     cache_local_bytes_max: int  # the filter's local cache ring; nothing in a config to bound
+    # Leases for hot keys (issue 17): the largest `lease.fraction`, in thousandths.
+    lease_fraction_milli_max: int
 
 
 def load_limits() -> Limits:
@@ -100,3 +102,5 @@ CACHE_ENTRY_BYTES_DEFAULT: Final = LIMITS.cache_entry_bytes_default
 # Near the limit (issue 13): the longest hold and the most requests one worker holds.
 WAIT_MS_MAX: Final = LIMITS.wait_ms_max
 WAIT_QUEUED_MAX: Final = LIMITS.wait_queued_max
+# Leases for hot keys (issue 17): the largest `lease.fraction` (tokenlimit.model.lease).
+LEASE_FRACTION_MILLI_MAX: Final = LIMITS.lease_fraction_milli_max

@@ -247,6 +247,8 @@ pub const Rule = struct {
     higress_token_metrics: bool = false,
     /// Near the limit (issue 13): when_exhausted, pace_above, priority (parse_exhausted.zig).
     near_limit: NearLimit = .{},
+    /// Leases for hot keys (issue 17, parse_lease.zig, store/lease.zig): null without.
+    lease: ?Lease = null,
 
     pub fn modelAware(self: *const Rule) bool {
         return self.model_aware;
@@ -350,3 +352,7 @@ pub fn destroy(gpa: std.mem.Allocator, config: *Config) void {
     config.deinit();
     gpa.destroy(config);
 }
+
+/// `lease: {fraction}` (issue 17): each worker takes this share of a budget from Redis at a
+/// time (store/lease.zig).
+pub const Lease = struct { fraction_milli: u32 };

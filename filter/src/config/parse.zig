@@ -10,6 +10,7 @@ const sha256 = @import("../match/sha256.zig");
 const json_tree = @import("json_tree.zig");
 const parse_budget = @import("parse_budget.zig");
 const parse_cache = @import("parse_cache.zig");
+const parse_lease = @import("parse_lease.zig");
 const parse_items = @import("parse_items.zig");
 const parse_exhausted = @import("parse_exhausted.zig"); // near the limit (issue 13)
 const reader_zig = @import("reader.zig");
@@ -90,7 +91,7 @@ const Parser = struct {
         "rule_name",    "global_threshold", "rule_items", "rejected_code",      "rejected_msg",          "redis",
         "admission",    "algorithm",        "shadow",     "show_limit_headers", "default_output_tokens", "weights",
         "failure_mode", "local_share",      "compat",
-    } ++ model_rule_fields ++ cache_rule_fields ++ parse_exhausted.rule_fields;
+    } ++ model_rule_fields ++ cache_rule_fields ++ parse_exhausted.rule_fields ++ parse_lease.rule_fields;
     /// The response cache (issue 15, parse_cache.zig).
     const cache_rule_fields = [_][]const u8{"cache"};
     /// Rule-level fields of model-aware budgets (issue 12).
@@ -303,6 +304,7 @@ const Parser = struct {
         if (map.get("cache")) |value| parsed.cache = try parse_cache.field(&self.reader, value);
         // Near the limit (issue 13).
         parsed.near_limit = try (parse_exhausted.Fields{ .reader = &self.reader, .arena = self.arena }).read(map);
+        if (map.get("lease")) |value| parsed.lease = try parse_lease.field(&self.reader, self.itemFields(), &parsed, value); // issue 17
         return parsed;
     }
 

@@ -496,7 +496,7 @@ pub const HttpContext = struct {
         std.debug.assert(self.store == .redis);
         self.enter(.settled);
         if (outcome == .admitted) {
-            if (script.readAdmitReply(self.counters.items, outcome.admitted, self.rule.?.shadow) != .failed) {
+            if (self.store.readAdmitReply(self.counters.items, outcome.admitted, self.rule.?.shadow) != .failed) { // a lease reply too (issue 17)
                 self.store.settle(self.caller(), self.counters.items, host.nowMs(), 0) catch |err| {
                     host.logf(.warn, "could not return the reservation of an abandoned request: {s}", .{@errorName(err)});
                 };

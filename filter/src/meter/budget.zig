@@ -343,7 +343,11 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
         admitted_at_ms: u64 = 0,
         /// settle_batch (store/batch.zig): several settlements in one script call, each as `settle`.
         settlements: []const struct { reserved: u64, actual: u64, admitted_at_ms: u64 } = &.{},
-        expect: ?struct { refused: bool, used: u64, reset_ms: u64 } = null,
+        expect: ?struct { refused: bool, used: u64, reset_ms: u64, granted: ?u64 = null } = null,
+        /// lease (store/lease.zig, issue 17): the slice asked for, and what the worker brings back.
+        want: u64 = 0,
+        carry: i64 = 0,
+        carry_end_ms: u64 = 0,
     };
     // Calendar scenarios name their `window` (week, month) and may carry a zone table.
     const Scenario = struct {
@@ -380,6 +384,20 @@ test "shared vectors: the same steps give the same results as the Redis scripts"
             // settle_batch and batch_admit (store/batch.zig): settlements in one call, each as `settle`.
             for (step.settlements) |entry| record = b.settle(record, step.at_ms, entry.reserved, entry.actual, entry.admitted_at_ms);
             if (std.mem.eql(u8, step.op, "settle_batch")) continue;
+            if (std.mem.eql(u8, step.op, "lease")) { // issue 17: carries, then a slice or nothing
+                if (step.carry < 0) record = b.settle(record, step.at_ms, 0, @abs(step.carry), step.at_ms);
+                if (step.carry > 0) record = b.settle(record, step.at_ms, @intCast(step.carry), 0, step.carry_end_ms - 1);
+                const asked = b.admit(record, step.at_ms, step.amount, false);
+                const used = b.check(record, step.at_ms).used;
+                const granted = if (asked.refused) 0 else @min(@max(step.want, step.amount), b.limit - used);
+                if (!asked.refused) record = b.add(record, step.at_ms, granted);
+                const after = b.check(record, step.at_ms);
+                try testing.expectEqual(step.expect.?.refused, asked.refused);
+                try testing.expectEqual(step.expect.?.used, after.used);
+                try testing.expectEqual(step.expect.?.reset_ms, after.reset_in_ms);
+                try testing.expectEqual(step.expect.?.granted.?, granted);
+                continue;
+            }
             const outcome = b.admit(record, step.at_ms, step.amount, step.force);
             // The store writes nothing on a refusal it does not force.
             if (!outcome.refused or step.force) record = outcome.record;

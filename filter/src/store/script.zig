@@ -19,10 +19,11 @@ pub const sha: [40]u8 = blk: {
     break :blk std.fmt.bytesToHex(digest, .lower);
 };
 
-/// The longest reply the script returns: an admit reply for `reply_counters_max` counters with
+/// The longest reply the script returns: a lease reply (an admit reply and a grant a counter,
+/// lease.zig) for `reply_counters_max` counters with
 /// every integer at its longest (`:-9223372036854775808\r\n`, 23 bytes). The transports read no
 /// more than this; a longer reply (a broken or hostile peer) is a bad reply, never copied.
-pub const reply_bytes_max = "*99999\r\n".len + (2 + 3 * counter_key.reply_counters_max) * ":-9223372036854775808\r\n".len;
+pub const reply_bytes_max = "*99999\r\n".len + (2 + 4 * counter_key.reply_counters_max) * ":-9223372036854775808\r\n".len;
 
 comptime {
     std.debug.assert(reply_bytes_max < 64 * 1024);

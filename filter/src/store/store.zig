@@ -32,6 +32,9 @@ pub const Counter = struct {
     check: budget.Check = .{ .limit = 0, .used = 0, .reset_in_ms = 0 },
     /// Under `compat`: Higress's key for this counter (higress_compat.zig), else empty.
     higress_key: higress_compat.Key = .{},
+    /// Leases (issue 17, lease.zig): admitted against this worker's slice of the budget, so
+    /// it settles against the slice first.
+    leased: bool = false,
 };
 
 /// Why a store gave no answer. The local classes mean host trouble in this process (the
@@ -96,11 +99,13 @@ pub const Store = union(enum) {
     redis: Remote,
 
     /// Redis, on tokenlimit's keys (budget.lua) or, under `compat`, Higress's (higress_compat).
-    pub const Remote = struct { settings: *const config.Redis, compat: config.Compat = .none };
+    /// `lease_milli`: the rule's `lease.fraction` in thousandths, 0 without leases (lease.zig).
+    pub const Remote = struct { settings: *const config.Redis, compat: config.Compat = .none, lease_milli: u32 = 0 };
 
     /// The store a rule's counters live in.
     pub fn of(rule: *const config.Rule) Store {
-        return if (rule.redis) |*settings| .{ .redis = .{ .settings = settings, .compat = rule.compat } } else .local;
+        const lease_milli: u32 = if (rule.lease) |lease| lease.fraction_milli else 0;
+        return if (rule.redis) |*settings| .{ .redis = .{ .settings = settings, .compat = rule.compat, .lease_milli = lease_milli } } else .local;
     }
 
     /// Admits a request against all its counters (each must have room for its
@@ -117,10 +122,15 @@ pub const Store = union(enum) {
                 return .{ .decided = refused };
             },
             .redis => |remote| {
+                // Leases (issue 17): this worker's slice of each budget covers the request.
+                const leasing = remote.lease_milli > 0 and remote.compat == .none and !force;
+                if (leasing and redis.admitLeased(counters, now_ms)) return .{ .decided = null };
                 // A counter this worker knows is exhausted refuses without a call (issue 17).
                 if (remote.compat == .none and !force) if (redis.knownRefused(counters, now_ms)) |index| return .{ .decided = index };
                 if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
-                const started = if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller) else higress_compat.admit(remote.settings.*, counters, caller);
+                const started = if (leasing and redis.canLease(counters, now_ms))
+                    redis.lease(remote.settings.*, counters, remote.lease_milli, caller, now_ms)
+                else if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller) else higress_compat.admit(remote.settings.*, counters, caller);
                 started catch |err| {
                     host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ caller.rule_name, @errorName(err) });
                     return .{ .failed = .not_sent };
@@ -138,6 +148,8 @@ pub const Store = union(enum) {
             .local => unreachable, // the local store answers at once
         };
         if (remote.compat != .none) return script.readAdmitReply(counters, values, forced);
+        // A lease call's reply carries one grant per counter after the admit reply.
+        if (remote.lease_milli > 0 and !forced and values.len == 2 + 4 * counters.len) return redis.readLeaseReply(counters, values);
         return redis.readAdmitReply(counters, values, forced);
     }
 
@@ -147,7 +159,11 @@ pub const Store = union(enum) {
         std.debug.assert(counters.len > 0);
         switch (self) {
             .local => try local.settle(counters, now_ms, actual_tokens),
-            .redis => |remote| try if (remote.compat == .none) redis.settle(remote.settings.*, counters, actual_tokens, caller) else higress_compat.settle(remote.settings.*, counters, actual_tokens, caller),
+            .redis => |remote| {
+                // Leases (issue 17): refunds go back to this worker's slice, no call.
+                if (remote.lease_milli > 0 and try redis.settleLeased(remote.settings.*, counters, actual_tokens, now_ms, caller)) return;
+                try if (remote.compat == .none) redis.settle(remote.settings.*, counters, actual_tokens, caller) else higress_compat.settle(remote.settings.*, counters, actual_tokens, caller);
+            },
         }
     }
 };
