@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from support.proxywasm_host import Clock, Host
+from support.redis_rules import loaded_redis, per_key_rule, used_tokens
 from support.redis_server import RedisServer
 from support.redis_wire import redis_wire
 
@@ -19,36 +19,20 @@ Wire = Callable[[bytes], bytes | None]
 
 
 # The script the filter sends: calendar.lua, then budget.lua (calendar.lua says why).
-CONTRACT = Path(__file__).resolve().parents[2] / "contract"
-SCRIPT = (CONTRACT / "calendar.lua").read_text() + (CONTRACT / "budget.lua").read_text()
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        # Loaded as a gateway that ran before would have, so a replayed EVALSHA runs.
-        redis.Redis.from_url(server.url).script_load(SCRIPT)
+    with loaded_redis() as server:
         yield server
 
 
 def config(**extra: object) -> dict[str, object]:
-    return {
-        "rule_name": "stall",
-        "rule_items": [
-            {
-                "limit_by_per_header": "x-api-key",
-                "limit_keys": [{"key": "*", "token_per_minute": 100_000}],
-            }
-        ],
-        "redis": {"service_name": "redis.dns", "timeout": 500},
-        **extra,
-    }
+    return per_key_rule("stall", **extra)
 
 
 def used(server: RedisServer) -> int:
-    client = redis.Redis.from_url(server.url)
-    keys = client.keys("tokenlimit:{stall}:per_header:*")
-    return sum(int(client.hget(key, "u") or 0) for key in keys)
+    return used_tokens(server, "stall")
 
 
 def ask(host: Host, prompt: int, completion: int, body: bytes | None = None) -> None:

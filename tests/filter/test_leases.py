@@ -11,21 +11,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from support.proxywasm_host import Clock, Host, HttpStream
+from support.redis_rules import loaded_redis, used_tokens
 from support.redis_server import RedisServer
 from support.redis_wire import redis_wire
 
-CONTRACT = Path(__file__).resolve().parents[2] / "contract"
-SCRIPT = (CONTRACT / "calendar.lua").read_text() + (CONTRACT / "budget.lua").read_text()
 LIMIT = 100_000
 COST = 40  # each request's tokens (30 prompt + 10 completion)
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        redis.Redis.from_url(server.url).script_load(SCRIPT)  # as a gateway before would have
+    with loaded_redis() as server:
         yield server
 
 
@@ -45,9 +42,7 @@ def config(limit: int = LIMIT, fraction: float = 0.05, **extra: object) -> dict[
 
 
 def used(server: RedisServer) -> int:
-    client = redis.Redis.from_url(server.url)
-    keys = client.keys("tokenlimit:{hot}:per_header:*")
-    return sum(int(client.hget(key, "u") or 0) for key in keys)
+    return used_tokens(server, "hot")
 
 
 def ask(host: Host, key: str = "k") -> HttpStream:

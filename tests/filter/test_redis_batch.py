@@ -19,39 +19,24 @@ from pathlib import Path
 import pytest
 import redis
 from support.proxywasm_host import Clock, Host, HttpStream
+from support.redis_rules import loaded_redis, per_key_rule, used_tokens
 from support.redis_server import RedisServer
 from support.redis_wire import redis_wire
 from test_filter_redis import BRIDGE_CLUSTER, Bridge
 
-CONTRACT = Path(__file__).resolve().parents[2] / "contract"
-SCRIPT = (CONTRACT / "calendar.lua").read_text() + (CONTRACT / "budget.lua").read_text()
-
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        redis.Redis.from_url(server.url).script_load(SCRIPT)  # as a gateway before would have
+    with loaded_redis() as server:
         yield server
 
 
 def config(**extra: object) -> dict[str, object]:
-    return {
-        "rule_name": "fast",
-        "rule_items": [
-            {
-                "limit_by_per_header": "x-api-key",
-                "limit_keys": [{"key": "*", "token_per_minute": 100_000}],
-            }
-        ],
-        "redis": {"service_name": "redis.dns", "timeout": 500},
-        **extra,
-    }
+    return per_key_rule("fast", **extra)
 
 
 def used(server: RedisServer) -> int:
-    client = redis.Redis.from_url(server.url)
-    keys = client.keys("tokenlimit:{fast}:per_header:*")
-    return sum(int(client.hget(key, "u") or 0) for key in keys)
+    return used_tokens(server, "fast")
 
 
 def ask(host: Host, key: str = "k", prompt: int = 30, completion: int = 10) -> HttpStream:
@@ -111,9 +96,7 @@ def test_two_rules_batch_apart_so_every_call_stays_on_one_cluster_slot(
 ) -> None:
     clock = Clock()
     host = Host(higress_wasm, clock=clock, redis_handler=redis_wire(redis_server))
-    route_rules = [
-        {"_match_route_": [route], **config(rule_name=route)} for route in ("alpha", "beta")
-    ]
+    route_rules = [{"_match_route_": [route], **per_key_rule(route)} for route in ("alpha", "beta")]
     assert host.configure({"_rules_": route_rules}), host.log_messages()
     for route in ("alpha", "beta", "alpha", "beta", "alpha"):
         host.properties["route_name"] = route.encode()
