@@ -166,13 +166,21 @@ async def _read_bounded(part: BodyPartReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _owned_file(request: web.Request) -> dict[str, str]:
+async def _owned(
+    request: web.Request, kind: str, fetch: Callable[[str], Awaitable[dict[str, str] | None]]
+) -> dict[str, str]:
+    """The file, batch or job named by the path, if the caller owns it: anybody else's is
+    answered as missing (404), so ids cannot be probed."""
     _creds, owner = _credentials(request)
-    file_id = request.match_info["id"]
-    meta = await request.app[STORE].file(file_id)
-    if meta is None or meta.get("owner") != owner:
-        raise JobError(404, "file_not_found", f"no file {file_id!r}")
-    return meta
+    object_id = request.match_info["id"]
+    found = await fetch(object_id)
+    if found is None or found.get("owner") != owner:
+        raise JobError(404, f"{kind}_not_found", f"no {kind} {object_id!r}")
+    return found
+
+
+async def _owned_file(request: web.Request) -> dict[str, str]:
+    return await _owned(request, "file", request.app[STORE].file)
 
 
 async def _file(request: web.Request) -> web.Response:
@@ -201,12 +209,7 @@ async def _create_batch(request: web.Request) -> web.Response:
 
 
 async def _owned_batch(request: web.Request) -> dict[str, str]:
-    _creds, owner = _credentials(request)
-    batch_id = request.match_info["id"]
-    batch = await request.app[STORE].batch(batch_id)
-    if batch is None or batch.get("owner") != owner:
-        raise JobError(404, "batch_not_found", f"no batch {batch_id!r}")
-    return batch
+    return await _owned(request, "batch", request.app[STORE].batch)
 
 
 async def _batch(request: web.Request) -> web.Response:
@@ -292,12 +295,7 @@ async def _submit_job(request: web.Request) -> web.Response:
 
 
 async def _owned_job(request: web.Request) -> dict[str, str]:
-    _creds, owner = _credentials(request)
-    job_id = request.match_info["id"]
-    job = await request.app[STORE].job(job_id)
-    if job is None or job.get("owner") != owner:
-        raise JobError(404, "job_not_found", f"no job {job_id!r}")
-    return job
+    return await _owned(request, "job", request.app[STORE].job)
 
 
 async def _job(request: web.Request) -> web.Response:
