@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tokenlimit.apply import envoy_admin
 from tokenlimit.apply.files import write_atomic
@@ -335,7 +334,7 @@ class Gateway:
 
     def _start_bridge(self, redis_url: str) -> str:
         # The password goes through the environment, never argv (`ps` shows argv to everyone).
-        redis_url, password = _split_password(redis_url)
+        redis_url, password = process.split_password(redis_url)
         argv = [
             sys.executable,
             "-m",
@@ -452,16 +451,6 @@ def _through_bridge(config: FilterConfig) -> FilterConfig:
     data = json.loads(filter_json(config))
     data["redis"] = redis
     return parse_filter_config(data)
-
-
-def _split_password(url: str) -> tuple[str, str | None]:
-    """The Redis URL without its password, and the password."""
-    parts = urlsplit(url if "://" in url else "redis://" + url)
-    if parts.password is None:
-        return url, None
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=user + host)), unquote(parts.password)
 
 
 def _accepts(port: int) -> bool:

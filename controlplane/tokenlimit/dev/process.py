@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 STOP_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 0.05
@@ -111,3 +112,14 @@ def wait_for_line(
             raise ProcessError(f"{what} exited with status {proc.returncode}:\n{tail(log)}")
         time.sleep(POLL_INTERVAL_S)
     raise ProcessError(f"{what} did not print its ready line within {timeout_s:g}s:\n{tail(log)}")
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """A Redis URL without its password, and the password: a child gets the password in its
+    environment, never on its command line (where `ps` shows it)."""
+    parts = urlsplit(url if "://" in url else "redis://" + url)
+    if parts.password is None:
+        return url, None
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=user + host)), unquote(parts.password)

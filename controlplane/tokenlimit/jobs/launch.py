@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tokenlimit.cli.jobs import PASSWORD_ENV
 from tokenlimit.dev import process
@@ -64,18 +63,8 @@ def beside(
     directory; a password in `redis_url` moves to the environment. GatewayError if it fails."""
     from tokenlimit.dev.gateway import GatewayError
 
-    url, password = split_password(redis_url)
+    url, password = process.split_password(redis_url)
     try:
         return start(gateway_url, url, work_dir / "jobs.log", port=port, redis_password=password)
     except process.ProcessError as exc:
         raise GatewayError(str(exc)) from None
-
-
-def split_password(url: str) -> tuple[str, str | None]:
-    """The Redis URL without its password, and the password."""
-    parts = urlsplit(url if "://" in url else "redis://" + url)
-    if parts.password is None:
-        return url, None
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=user + host)), unquote(parts.password)
