@@ -16,6 +16,9 @@ const std = @import("std");
 pub fn build(b: *std.Build) void {
     // The filter ships ReleaseSmall (tens of KB); -Doptimize=debug for a debuggable build.
     const optimize = b.option(std.builtin.OptimizeMode, "optimize", "Optimization mode (default ReleaseSmall)") orelse .small;
+    // Size work (issue 17): -Dstrip=false keeps the name section, so a size report
+    // (bench/wasm_size.py) can say which functions are big.
+    const strip = b.option(bool, "strip", "Strip debug info and names (default: all but debug builds)") orelse (optimize != .debug);
     const wasm_target = b.resolveTargetQuery(.{ .cpu_arch = .wasm32, .os_tag = .freestanding });
     const limits = limitsOptions(b);
     const metrics_contract = metricsOptions(b);
@@ -31,7 +34,7 @@ pub fn build(b: *std.Build) void {
             .root_source_file = b.path("src/main.zig"),
             .target = wasm_target,
             .optimize = optimize,
-            .strip = optimize != .debug,
+            .strip = strip,
         });
         module.addOptions("build_options", options);
         module.addOptions("limits", limits);
