@@ -195,12 +195,19 @@ def gateway_bootstrap(
     return doc
 
 
-def wrk_script(path: Path, request_path: str) -> Path:
-    headers = ", ".join(
-        f'wrk.format("POST", {h.lua_string(request_path)}, '
-        f'{{["content-type"] = "application/json", ["x-api-key"] = "{k}"}}, body)'
-        for k in KEYS
-    )
+def wrk_script(path: Path, request_path: str, method: str = "POST") -> Path:
+    """wrk cycling the API keys; POST sends the chat body, GET (issue 17's GET path) none."""
+    if method == "GET":
+        headers = ", ".join(
+            f'wrk.format("GET", {h.lua_string(request_path)}, {{["x-api-key"] = "{k}"}})'
+            for k in KEYS
+        )
+    else:
+        headers = ", ".join(
+            f'wrk.format("POST", {h.lua_string(request_path)}, '
+            f'{{["content-type"] = "application/json", ["x-api-key"] = "{k}"}}, body)'
+            for k in KEYS
+        )
     path.write_text(
         f"local body = {h.lua_string(REQUEST_BODY)}\n"
         "local requests = {}\n"

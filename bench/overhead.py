@@ -23,7 +23,8 @@ and the with/without ratios. It also reports the module size and the gateway's m
 (`server.memory_allocated`, RSS) after start, after warm-up and at the end, for both variants.
 
     .venv/bin/python bench/overhead.py [--rounds 3] [--seconds 5] [--connections 1,16]
-        [--admission postpaid|reserve] [--breakdown] [--path /v1/chat/completions] [--wasm PATH]
+        [--admission postpaid|reserve] [--breakdown] [--path /v1/chat/completions]
+        [--method POST|GET] [--wasm PATH]
 
 `--breakdown` adds a third gateway whose filter is loaded but matches no request, separating
 the cost of the Wasm plumbing (V8 contexts, callbacks) from the filter's own work.
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> str:
     wrk = h.require_wrk()
     wasm = Path(args.wasm).resolve() if args.wasm else filter_path("envoy")
     work = h.work_dir("overhead")
-    script = wrk_script(work / "chat.lua", args.path)
+    script = wrk_script(work / "chat.lua", args.path, args.method)
     variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
     variants += ("redis",) if args.redis else ()
     configs = {
@@ -219,8 +220,9 @@ def report(
     out.append(
         f"Gateway Envoys: 1 worker each, the project's bootstrap (access log on, to /dev/null); "
         f"upstream: Envoy `direct_response` (1 worker) with a {len(RESPONSE_BODY)}-byte chat "
-        f"completion; client: wrk, 1 thread, POST {args.path} with a "
-        f"{len(REQUEST_BODY)}-byte body, {len(KEYS)} API keys; admission `{args.admission}`. "
+        f"completion; client: wrk, 1 thread, {args.method} {args.path}"
+        f"{f' with a {len(REQUEST_BODY)}-byte body' if args.method == 'POST' else ''}, "
+        f"{len(KEYS)} API keys; admission `{args.admission}`. "
         f"{args.rounds} interleaved rounds x {args.seconds:g} s per variant and connection "
         f"count, after {WARMUP_S:g} s warm-up. Client, gateways and upstream share the same "
         f"{h.core_count()} cores. req/s: all rounds together (per-round range beside it); "
@@ -401,6 +403,12 @@ def main() -> None:
         default="/v1/chat/completions",
         help="request path (/v1/chat/completions): on OpenAI completion paths the filter also "
         "reads the JSON request body (to add stream_options.include_usage when streaming)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("POST", "GET"),
+        default="POST",
+        help="POST (the chat body) or GET (no body: the filter's path without body work)",
     )
     parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
     parser.add_argument(
