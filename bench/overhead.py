@@ -50,6 +50,7 @@ import _harness as h
 from _overhead_redis import calls_per_request, redis_and_bridge, redis_filter_config
 from _overhead_setup import (
     COMPLETION_TOKENS,
+    FEATURES,
     KEYS,
     PROMPT_TOKENS,
     REQUEST_BODY,
@@ -108,7 +109,11 @@ def run(args: argparse.Namespace) -> str:
     script = wrk_script(work / "chat.lua", args.path, args.method)
     variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
     variants += ("redis",) if args.redis else ()
+    variants += tuple(f"feature:{name}" for name in args.features)
     configs = {
+        **{
+            f"feature:{name}": filter_config(args.admission, feature=name) for name in args.features
+        },
         "with": filter_config(args.admission),
         "without": None,
         "idle": filter_config(args.admission, idle=True),
@@ -191,6 +196,7 @@ def ratio(a: float, b: float) -> str:
 
 
 LABELS = {
+    **{f"feature:{name}": f"with filter + {name}" for name in FEATURES},
     "without": "without filter",
     "with": "with filter",
     "idle": "filter, no rule matches",
@@ -211,9 +217,8 @@ def report(
     before: dict[str, int],
     after: dict[str, int],
 ) -> str:
-    variants = [
-        v for v in ("without", "with", "idle", "redis") if (v, args.connections[0]) in series
-    ]
+    known = ("without", "with", "idle", "redis", *(f"feature:{name}" for name in FEATURES))
+    variants = [v for v in known if (v, args.connections[0]) in series]
     out: list[str] = []
     out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
     out.append(h.machine_summary() + "\n")
@@ -380,6 +385,14 @@ def connection_list(text: str) -> list[int]:
     return values
 
 
+def feature_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown feature {unknown[0]!r}: one of {list(FEATURES)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
@@ -409,6 +422,13 @@ def main() -> None:
         choices=("POST", "GET"),
         default="POST",
         help="POST (the chat body) or GET (no body: the filter's path without body work)",
+    )
+    parser.add_argument(
+        "--features",
+        type=feature_list,
+        default=[],
+        help=f"add one gateway per feature switched on ({','.join(FEATURES)}), comma-separated: "
+        "what each costs over the plain rule, in the same rounds",
     )
     parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
     parser.add_argument(
