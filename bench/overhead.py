@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> str:
     variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
     variants += ("redis",) if args.redis else ()
     variants += tuple(f"feature:{name}" for name in args.features)
+    variants += ("baseline",) if args.baseline_wasm else ()
+    modules = {v: wasm for v in variants}
+    if args.baseline_wasm:
+        modules["baseline"] = Path(args.baseline_wasm).resolve()
     configs = {
         **{
             f"feature:{name}": filter_config(args.admission, feature=name) for name in args.features
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> str:
         "without": None,
         "idle": filter_config(args.admission, idle=True),
         "redis": redis_filter_config(filter_config(args.admission)),
+        "baseline": filter_config(args.admission),
     }
     envoys: list[h.Envoy] = []
     watch = h.CpuWatch()
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> str:
         for v in variants:
             listen, admin = free_port(), free_port()
             doc = gateway_bootstrap(
-                up.url, wasm, configs[v], listen, admin, bridge if v == "redis" else None
+                up.url, modules[v], configs[v], listen, admin, bridge if v == "redis" else None
             )
             gw[v] = h.Envoy(f"gateway-{v}", doc, listen, admin, work, concurrency=1)
         for v in variants:
@@ -201,6 +206,7 @@ LABELS = {
     "with": "with filter",
     "idle": "filter, no rule matches",
     "redis": "with filter, Redis store",
+    "baseline": "with filter, baseline module",
 }
 WASM_STATS_SHOWN = (
     "wasm.wasm_vm_count",
@@ -217,7 +223,8 @@ def report(
     before: dict[str, int],
     after: dict[str, int],
 ) -> str:
-    known = ("without", "with", "idle", "redis", *(f"feature:{name}" for name in FEATURES))
+    features = (f"feature:{name}" for name in FEATURES)
+    known = ("without", "with", "baseline", "idle", "redis", *features)
     variants = [v for v in known if (v, args.connections[0]) in series]
     out: list[str] = []
     out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
@@ -350,7 +357,14 @@ def report(
     out.append("")
     shown = ", ".join(f"`{k}` {after[k]}" for k in WASM_STATS_SHOWN if k in after) or "none"
     out.append(
-        f"Module: `{wasm.name}`, {wasm.stat().st_size:,} bytes. Memory: `allocated` is "
+        f"Module: `{wasm.name}`, {wasm.stat().st_size:,} bytes"
+        + (
+            f" (baseline: `{Path(args.baseline_wasm).name}`, "
+            f"{Path(args.baseline_wasm).stat().st_size:,} bytes)"
+            if args.baseline_wasm
+            else ""
+        )
+        + ". Memory: `allocated` is "
         "Envoy's `server.memory_allocated` (its tcmalloc heap); V8's heaps and the module's "
         "linear memory are mapped outside it and show only in RSS (/proc/<pid>/status). "
         f"Envoy wasm stats of the gateway with the filter (1 worker): {shown}."
@@ -431,6 +445,11 @@ def main() -> None:
         "what each costs over the plain rule, in the same rounds",
     )
     parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
+    parser.add_argument(
+        "--baseline-wasm",
+        help="add a gateway running this other module with the same rule: a before/after of "
+        "two builds in the same interleaved rounds",
+    )
     parser.add_argument(
         "--redis",
         action="store_true",

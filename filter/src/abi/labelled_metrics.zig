@@ -314,3 +314,24 @@ test "labelled metrics: each name is defined once; a full table counts nothing m
     try testing.expectEqual(@as(usize, 32 - 10), refused);
     try testing.expectEqual(@as(u32, 12), counter.defined);
 }
+
+test "labelled metrics: a sample is known by its metric, outcome, rule and model" {
+    const base: Sample = .{ .metric = .requests, .rule_name = "chat", .model = "gpt-4o", .outcome = .allowed };
+    var other = base;
+    other.outcome = .rejected;
+    try testing.expect(base.digest() != other.digest());
+    other = base;
+    other.model = null;
+    try testing.expect(base.digest() != other.digest());
+    other.model = "";
+    try testing.expect(base.digest() != other.digest());
+    other = base;
+    other.metric = .tokens;
+    other.outcome = null;
+    try testing.expect(base.digest() != other.digest());
+    // Names that only concatenate alike stay apart.
+    const a: Sample = .{ .metric = .tokens, .rule_name = "ab", .model = "c" };
+    const b: Sample = .{ .metric = .tokens, .rule_name = "a", .model = "bc" };
+    try testing.expect(a.digest() != b.digest());
+    try testing.expectEqual(base.digest(), (Sample{ .metric = .requests, .rule_name = "chat", .model = "gpt-4o", .outcome = .allowed }).digest());
+}
