@@ -59,9 +59,4 @@ pub const RequestHead = struct {
     pub fn isOpenAiCompletionsPath(self: *RequestHead) bool {
         return request.isCompletionsPath(self.pathValue() orelse return false);
     }
-
-    /// The header was removed or replaced by the filter: a later read must ask again.
-    pub fn forgetContentLength(self: *RequestHead) void {
-        self.content_length.deinit();
-    }
 };
