@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 
 from support.filter_requests import JSON_RESPONSE, chat_request, openai_body
-from support.proxywasm_host import Clock, Host
-from support.proxywasm_host.abi import LogLevel
+from support.proxywasm_host import Clock, Host, LogLevel
 
 PLAIN_RULE = {
     "rule_name": "chat",
@@ -27,11 +27,13 @@ PLAIN_RULE = {
 }
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
+MakeHost = Callable[..., Host]
+
 # Host calls of one plain request, all callbacks together (32 before issue 17).
 PLAIN_CALLS_MAX = 26
 
 
-def plain_host(make_host, clock: Clock, log_level: int = LogLevel.INFO) -> Host:
+def plain_host(make_host: MakeHost, clock: Clock, log_level: int = LogLevel.INFO) -> Host:
     host = make_host(clock=clock, log_level=log_level)
     assert host.configure(PLAIN_RULE), host.log_messages()
     return host
@@ -44,13 +46,16 @@ def plain_request(host: Host, api_key: str = "k1") -> list[str]:
     headers = chat_request(api_key, **{"content-length": str(len(BODY))})
     stream.complete(headers, JSON_RESPONSE, [openai_body(10, 30)], request_body=BODY.encode())
     calls, host.call_names = host.call_names, None
+    assert calls is not None
     assert stream.local_response is None
     assert stream.properties_set["tokenlimit_decision"] == b"allowed"
     assert stream.properties_set["tokenlimit_tokens"] == b"40"
     return calls
 
 
-def test_a_plain_request_stays_within_its_host_call_budget(make_host, clock: Clock) -> None:
+def test_a_plain_request_stays_within_its_host_call_budget(
+    make_host: MakeHost, clock: Clock
+) -> None:
     host = plain_host(make_host, clock)
     plain_request(host, "warm")  # first use defines the labelled metrics
     calls = plain_request(host)
@@ -69,7 +74,7 @@ def test_a_plain_request_stays_within_its_host_call_budget(make_host, clock: Clo
     assert len(properties) == len(set(properties)) == 5, properties
 
 
-def test_every_request_header_is_read_at_most_once(make_host, clock: Clock) -> None:
+def test_every_request_header_is_read_at_most_once(make_host: MakeHost, clock: Clock) -> None:
     host = plain_host(make_host, clock)
     calls = plain_request(host)
     reads = Counter(n for n in calls if n.startswith("proxy_get_header_map_value request_headers"))
@@ -78,14 +83,16 @@ def test_every_request_header_is_read_at_most_once(make_host, clock: Clock) -> N
     assert "proxy_get_header_map_value request_headers:x-request-id" not in reads
 
 
-def test_debug_lines_still_reach_a_gateway_at_debug_level(make_host, clock: Clock) -> None:
+def test_debug_lines_still_reach_a_gateway_at_debug_level(
+    make_host: MakeHost, clock: Clock
+) -> None:
     host = plain_host(make_host, clock, LogLevel.DEBUG)
     plain_request(host)
     assert any(m.startswith("allowed rule=chat") for m in host.log_messages(LogLevel.DEBUG))
 
 
 def test_a_log_level_raised_at_run_time_is_followed_on_the_next_tick(
-    make_host, clock: Clock
+    make_host: MakeHost, clock: Clock
 ) -> None:
     host = plain_host(make_host, clock, LogLevel.INFO)
     plain_request(host, "k1")
@@ -96,7 +103,9 @@ def test_a_log_level_raised_at_run_time_is_followed_on_the_next_tick(
     assert any(m.startswith("allowed rule=chat") for m in host.log_messages(LogLevel.DEBUG))
 
 
-def test_labelled_metrics_are_counted_without_redefining_names(make_host, clock: Clock) -> None:
+def test_labelled_metrics_are_counted_without_redefining_names(
+    make_host: MakeHost, clock: Clock
+) -> None:
     host = plain_host(make_host, clock)
     defined = []
     for key in ("a", "b", "c"):
