@@ -154,17 +154,39 @@ def upstream_bootstrap(listen_port: int, admin_port: int) -> dict[str, Any]:
     }
 
 
-def filter_config(admission: str, *, idle: bool = False) -> FilterConfig:
-    """A per-key budget no request reaches; `idle`: keyed on a header no request carries."""
+# Issue 17: each feature switched on over the plain per-key rule, to state what it costs.
+# Nothing here is ever exhausted: each measures the feature's bookkeeping on admitted requests
+# (cache: every request after a key's first is a hit, served without the upstream).
+FEATURES: dict[str, dict[str, Any]] = {
+    "model": {"item": {"per_model": True}},  # a model-aware item: the body is held and read
+    "warn": {"rule": {"warn_at": 0.8}},
+    "wait": {
+        "rule": {
+            "when_exhausted": {"action": "wait", "max_wait_ms": 1000, "max_queued": 1000},
+            "pace_above": 0.85,
+            "priority": {"header": "x-priority", "reserved": {"high": 0.2}},
+        }
+    },
+    "cache": {"rule": {"cache": {"ttl_seconds": 60}}},
+}
+
+
+def filter_config(
+    admission: str, *, idle: bool = False, feature: str | None = None
+) -> FilterConfig:
+    """A per-key budget no request reaches; `idle`: keyed on a header no request carries;
+    `feature`: one of FEATURES switched on."""
     item: dict[str, Any] = (
         {"limit_by_header": "x-bench-never-sent", "limit_keys": [{"key": "x"}]}
         if idle
         else {"limit_by_per_header": "x-api-key", "limit_keys": [{"key": "*"}]}
     )
     item["limit_keys"][0]["token_per_minute"] = BUDGET_PER_MINUTE
-    return parse_filter_config(
-        {"rule_name": "bench-overhead", "admission": admission, "rule_items": [item]}
-    )
+    patch = FEATURES[feature] if feature else {}
+    item.update(patch.get("item", {}))
+    rule: dict[str, Any] = {"rule_name": "bench-overhead", "admission": admission}
+    rule.update(patch.get("rule", {}))
+    return parse_filter_config({**rule, "rule_items": [item]})
 
 
 def gateway_bootstrap(
@@ -195,12 +217,19 @@ def gateway_bootstrap(
     return doc
 
 
-def wrk_script(path: Path, request_path: str) -> Path:
-    headers = ", ".join(
-        f'wrk.format("POST", {h.lua_string(request_path)}, '
-        f'{{["content-type"] = "application/json", ["x-api-key"] = "{k}"}}, body)'
-        for k in KEYS
-    )
+def wrk_script(path: Path, request_path: str, method: str = "POST") -> Path:
+    """wrk cycling the API keys; POST sends the chat body, GET (issue 17's GET path) none."""
+    if method == "GET":
+        headers = ", ".join(
+            f'wrk.format("GET", {h.lua_string(request_path)}, {{["x-api-key"] = "{k}"}})'
+            for k in KEYS
+        )
+    else:
+        headers = ", ".join(
+            f'wrk.format("POST", {h.lua_string(request_path)}, '
+            f'{{["content-type"] = "application/json", ["x-api-key"] = "{k}"}}, body)'
+            for k in KEYS
+        )
     path.write_text(
         f"local body = {h.lua_string(REQUEST_BODY)}\n"
         "local requests = {}\n"

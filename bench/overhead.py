@@ -23,7 +23,8 @@ and the with/without ratios. It also reports the module size and the gateway's m
 (`server.memory_allocated`, RSS) after start, after warm-up and at the end, for both variants.
 
     .venv/bin/python bench/overhead.py [--rounds 3] [--seconds 5] [--connections 1,16]
-        [--admission postpaid|reserve] [--breakdown] [--path /v1/chat/completions] [--wasm PATH]
+        [--admission postpaid|reserve] [--breakdown] [--path /v1/chat/completions]
+        [--method POST|GET] [--wasm PATH]
 
 `--breakdown` adds a third gateway whose filter is loaded but matches no request, separating
 the cost of the Wasm plumbing (V8 contexts, callbacks) from the filter's own work.
@@ -49,6 +50,7 @@ import _harness as h
 from _overhead_redis import calls_per_request, redis_and_bridge, redis_filter_config
 from _overhead_setup import (
     COMPLETION_TOKENS,
+    FEATURES,
     KEYS,
     PROMPT_TOKENS,
     REQUEST_BODY,
@@ -104,14 +106,23 @@ def run(args: argparse.Namespace) -> str:
     wrk = h.require_wrk()
     wasm = Path(args.wasm).resolve() if args.wasm else filter_path("envoy")
     work = h.work_dir("overhead")
-    script = wrk_script(work / "chat.lua", args.path)
+    script = wrk_script(work / "chat.lua", args.path, args.method)
     variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
     variants += ("redis",) if args.redis else ()
+    variants += tuple(f"feature:{name}" for name in args.features)
+    variants += ("baseline",) if args.baseline_wasm else ()
+    modules = {v: wasm for v in variants}
+    if args.baseline_wasm:
+        modules["baseline"] = Path(args.baseline_wasm).resolve()
     configs = {
+        **{
+            f"feature:{name}": filter_config(args.admission, feature=name) for name in args.features
+        },
         "with": filter_config(args.admission),
         "without": None,
         "idle": filter_config(args.admission, idle=True),
         "redis": redis_filter_config(filter_config(args.admission), args.lease),
+        "baseline": filter_config(args.admission),
     }
     envoys: list[h.Envoy] = []
     watch = h.CpuWatch()
@@ -128,7 +139,7 @@ def run(args: argparse.Namespace) -> str:
         for v in variants:
             listen, admin = free_port(), free_port()
             doc = gateway_bootstrap(
-                up.url, wasm, configs[v], listen, admin, bridge if v == "redis" else None
+                up.url, modules[v], configs[v], listen, admin, bridge if v == "redis" else None
             )
             gw[v] = h.Envoy(f"gateway-{v}", doc, listen, admin, work, concurrency=1)
         for v in variants:
@@ -190,10 +201,12 @@ def ratio(a: float, b: float) -> str:
 
 
 LABELS = {
+    **{f"feature:{name}": f"with filter + {name}" for name in FEATURES},
     "without": "without filter",
     "with": "with filter",
     "idle": "filter, no rule matches",
     "redis": "with filter, Redis store",
+    "baseline": "with filter, baseline module",
 }
 WASM_STATS_SHOWN = (
     "wasm.wasm_vm_count",
@@ -210,17 +223,18 @@ def report(
     before: dict[str, int],
     after: dict[str, int],
 ) -> str:
-    variants = [
-        v for v in ("without", "with", "idle", "redis") if (v, args.connections[0]) in series
-    ]
+    features = (f"feature:{name}" for name in FEATURES)
+    known = ("without", "with", "baseline", "idle", "redis", *features)
+    variants = [v for v in known if (v, args.connections[0]) in series]
     out: list[str] = []
     out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
     out.append(h.machine_summary() + "\n")
     out.append(
         f"Gateway Envoys: 1 worker each, the project's bootstrap (access log on, to /dev/null); "
         f"upstream: Envoy `direct_response` (1 worker) with a {len(RESPONSE_BODY)}-byte chat "
-        f"completion; client: wrk, 1 thread, POST {args.path} with a "
-        f"{len(REQUEST_BODY)}-byte body, {len(KEYS)} API keys; admission `{args.admission}`. "
+        f"completion; client: wrk, 1 thread, {args.method} {args.path}"
+        f"{f' with a {len(REQUEST_BODY)}-byte body' if args.method == 'POST' else ''}, "
+        f"{len(KEYS)} API keys; admission `{args.admission}`. "
         f"{args.rounds} interleaved rounds x {args.seconds:g} s per variant and connection "
         f"count, after {WARMUP_S:g} s warm-up. Client, gateways and upstream share the same "
         f"{h.core_count()} cores. req/s: all rounds together (per-round range beside it); "
@@ -343,7 +357,14 @@ def report(
     out.append("")
     shown = ", ".join(f"`{k}` {after[k]}" for k in WASM_STATS_SHOWN if k in after) or "none"
     out.append(
-        f"Module: `{wasm.name}`, {wasm.stat().st_size:,} bytes. Memory: `allocated` is "
+        f"Module: `{wasm.name}`, {wasm.stat().st_size:,} bytes"
+        + (
+            f" (baseline: `{Path(args.baseline_wasm).name}`, "
+            f"{Path(args.baseline_wasm).stat().st_size:,} bytes)"
+            if args.baseline_wasm
+            else ""
+        )
+        + ". Memory: `allocated` is "
         "Envoy's `server.memory_allocated` (its tcmalloc heap); V8's heaps and the module's "
         "linear memory are mapped outside it and show only in RSS (/proc/<pid>/status). "
         f"Envoy wasm stats of the gateway with the filter (1 worker): {shown}."
@@ -378,6 +399,14 @@ def connection_list(text: str) -> list[int]:
     return values
 
 
+def feature_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown feature {unknown[0]!r}: one of {list(FEATURES)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
@@ -402,7 +431,25 @@ def main() -> None:
         help="request path (/v1/chat/completions): on OpenAI completion paths the filter also "
         "reads the JSON request body (to add stream_options.include_usage when streaming)",
     )
+    parser.add_argument(
+        "--method",
+        choices=("POST", "GET"),
+        default="POST",
+        help="POST (the chat body) or GET (no body: the filter's path without body work)",
+    )
+    parser.add_argument(
+        "--features",
+        type=feature_list,
+        default=[],
+        help=f"add one gateway per feature switched on ({','.join(FEATURES)}), comma-separated: "
+        "what each costs over the plain rule, in the same rounds",
+    )
     parser.add_argument("--wasm", help="filter module (default: the one built into the package)")
+    parser.add_argument(
+        "--baseline-wasm",
+        help="add a gateway running this other module with the same rule: a before/after of "
+        "two builds in the same interleaved rounds",
+    )
     parser.add_argument(
         "--redis",
         action="store_true",

@@ -16,6 +16,12 @@ const std = @import("std");
 pub fn build(b: *std.Build) void {
     // The filter ships ReleaseSmall (tens of KB); -Doptimize=debug for a debuggable build.
     const optimize = b.option(std.builtin.OptimizeMode, "optimize", "Optimization mode (default ReleaseSmall)") orelse .small;
+    // Size work (issue 17): -Dstrip=false keeps the name section, so a size report
+    // (bench/_overhead_size.py) can say which functions are big.
+    const strip = b.option(bool, "strip", "Strip debug info and names (default: all but debug builds)") orelse (optimize != .debug);
+    // Optional: binaryen's wasm-opt (`npm install binaryen`) run over each module, -Oz. About
+    // 10 % smaller (bench/README.md); the default build needs nothing but zig.
+    const wasm_opt = b.option([]const u8, "wasm-opt", "Path of binaryen's wasm-opt: shrink each module after linking (optional)");
     const wasm_target = b.resolveTargetQuery(.{ .cpu_arch = .wasm32, .os_tag = .freestanding });
     const limits = limitsOptions(b);
     const metrics_contract = metricsOptions(b);
@@ -31,7 +37,7 @@ pub fn build(b: *std.Build) void {
             .root_source_file = b.path("src/main.zig"),
             .target = wasm_target,
             .optimize = optimize,
-            .strip = optimize != .debug,
+            .strip = strip,
         });
         module.addOptions("build_options", options);
         module.addOptions("limits", limits);
@@ -40,7 +46,13 @@ pub fn build(b: *std.Build) void {
         const exe = b.addExecutable(.{ .name = variant.name, .root_module = module });
         exe.entry = .disabled;
         exe.rdynamic = true;
-        b.installArtifact(exe);
+        if (wasm_opt) |tool| {
+            const run = b.addSystemCommand(&.{ tool, "-Oz", "--strip-debug", "--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals", "--enable-nontrapping-float-to-int", "--enable-multivalue" });
+            run.addArtifactArg(exe);
+            run.addArg("-o");
+            const shrunk = run.addOutputFileArg(b.fmt("{s}.wasm", .{variant.name}));
+            b.getInstallStep().dependOn(&b.addInstallBinFile(shrunk, b.fmt("{s}.wasm", .{variant.name})).step);
+        } else b.installArtifact(exe);
     }
 
     const test_step = b.step("test", "Run the filter's unit tests (every file under src/)");

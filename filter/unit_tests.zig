@@ -43,12 +43,15 @@ test {
     _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");
     _ = @import("src/http/pace.zig");
+    _ = @import("src/http/request_head.zig");
+    _ = @import("src/http/request_phase.zig");
     _ = @import("src/http/response_phase.zig");
     _ = @import("src/http/rewrite.zig");
     _ = @import("src/http/root.zig");
     _ = @import("src/http/select.zig");
     _ = @import("src/http/settle.zig");
     _ = @import("src/http/usage_endpoint.zig");
+    _ = @import("src/http/verdict.zig");
     _ = @import("src/http/wait.zig");
     _ = @import("src/http/wait_queue.zig");
     _ = @import("src/http/warn.zig");

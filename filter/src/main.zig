@@ -56,6 +56,7 @@ fn outOfMemory(what: []const u8) void {
 export fn proxy_on_configure(root_context_id: u32, plugin_config_size: u32) u32 {
     const context = root_contexts.get(root_context_id) orelse return 0;
     std.debug.assert(context.id == root_context_id);
+    _ = host.refreshLogLevel();
     return @intFromBool(context.configure(plugin_config_size));
 }
 
@@ -126,6 +127,7 @@ export fn proxy_on_delete(context_id: u32) void {
 }
 
 export fn proxy_on_tick(root_context_id: u32) void {
+    _ = host.refreshLogLevel(); // follows a level changed through Envoy's admin
     wait.onTick(root_context_id, &httpContext);
     redis.onTick(root_context_id);
 }

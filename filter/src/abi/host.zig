@@ -119,7 +119,26 @@ fn hostBytes(ptr: ?[*]u8, len: usize) HostBytes {
 
 extern "env" fn proxy_log(level: u32, message: [*]const u8, message_len: usize) u32;
 
+/// Whether Envoy would write a message at `level`. The level is asked once (proxy_get_log_level)
+/// and then cached: a debug line is neither formatted nor handed to the host when Envoy would
+/// drop it. `refreshLogLevel` (on configure and on every tick) follows a level changed at run
+/// time through Envoy's admin /logging.
+pub fn logEnabled(level: LogLevel) bool {
+    const current = log_level_cached orelse refreshLogLevel();
+    return @backingInt(level) >= @backingInt(current);
+}
+
+var log_level_cached: ?LogLevel = null;
+
+pub fn refreshLogLevel() LogLevel {
+    log_level_cached = .info; // what a failing proxy_get_log_level logs its failure at
+    const current = logLevel();
+    log_level_cached = current;
+    return current;
+}
+
 pub fn log(level: LogLevel, message: []const u8) void {
+    if (!logEnabled(level)) return;
     const status = proxy_log(@backingInt(level), message.ptr, message.len);
     if (status != @backingInt(Status.ok)) failed(.proxy_log, status) catch {}; // counted; nowhere to log
 }
@@ -136,6 +155,7 @@ pub fn logLevel() LogLevel {
 /// Formats into a stack buffer (message.zig: `{s}` and `{d}`); a line longer than the buffer
 /// is cut, never dropped.
 pub fn logf(level: LogLevel, comptime format: []const u8, args: anytype) void {
+    if (!logEnabled(level)) return; // not formatted for a line Envoy would drop
     var buffer: [1024]u8 = undefined;
     log(level, text.print(&buffer, format, args));
 }

@@ -82,11 +82,17 @@ pub const Labels = struct {
 
 /// `tokenlimit.<metric>.rule.<r>[.model.<m>[.outcome.<o>]]`, the values already sanitised.
 pub fn metricName(buffer: *[name_bytes_max]u8, metric: Metric, labels: Labels) []const u8 {
-    var writer = std.Io.Writer.fixed(buffer);
-    writer.print("{s}.{s}.rule.{s}", .{ contract.prefix, @tagName(metric), labels.rule }) catch unreachable;
-    if (metric != .budget_warned) writer.print(".model.{s}", .{labels.model}) catch unreachable;
-    if (metric == .requests) writer.print(".outcome.{s}", .{@tagName(labels.outcome.?)}) catch unreachable;
-    return writer.buffered();
+    // Concatenated by hand: std.fmt's writer costs the module kilobytes for three joins.
+    var len: usize = 0;
+    const parts = [_][]const u8{
+        contract.prefix,                                 ".",                                                @tagName(metric),                             ".rule.",                                                    labels.rule,
+        if (metric != .budget_warned) ".model." else "", if (metric != .budget_warned) labels.model else "", if (metric == .requests) ".outcome." else "", if (metric == .requests) @tagName(labels.outcome.?) else "",
+    };
+    for (parts) |part| {
+        @memcpy(buffer[len..][0..part.len], part);
+        len += part.len;
+    }
+    return buffer[0..len];
 }
 
 /// The models a VM has labelled so far (by digest), at most `models_max`; the others are
@@ -123,7 +129,20 @@ pub fn IdTable(comptime slot_count: usize) type {
         /// The id kept for `name`, or the one `define` gives it (kept too, even 0: a name the
         /// host refused is not asked for again). Null: the table is full.
         pub fn idOf(self: *Self, name: []const u8, context: anytype, comptime define: fn (@TypeOf(context), []const u8) u32) ?u32 {
-            const digest = std.hash.Wyhash.hash(1, name) | 1; // 0 marks a free slot
+            const Named = struct {
+                context: @TypeOf(context),
+                name: []const u8,
+                fn defineNamed(named: @This()) u32 {
+                    return define(named.context, named.name);
+                }
+            };
+            return self.idOfDigest(std.hash.Wyhash.hash(1, name), Named{ .context = context, .name = name }, Named.defineNamed);
+        }
+
+        /// The id kept for `digest` (of whatever identifies the metric), or the one `define`
+        /// gives it. Null: the table is full.
+        pub fn idOfDigest(self: *Self, any_digest: u64, context: anytype, comptime define: fn (@TypeOf(context)) u32) ?u32 {
+            const digest = any_digest | 1; // 0 marks a free slot
             var index: usize = @intCast(digest & (slot_count - 1));
             for (0..slot_count) |_| {
                 const slot = &self.slots[index];
@@ -131,7 +150,7 @@ pub fn IdTable(comptime slot_count: usize) type {
                 if (slot.digest == 0) {
                     // Keep a quarter free: probes stay short.
                     if (self.len >= slot_count - slot_count / 4) return null;
-                    slot.* = .{ .digest = digest, .id = define(context, name) };
+                    slot.* = .{ .digest = digest, .id = define(context) };
                     self.len += 1;
                     return slot.id;
                 }
@@ -154,16 +173,56 @@ fn defineOnHost(_: void, name: []const u8) u32 {
     return host.defineMetric(.counter, name) catch 0;
 }
 
-fn add(metric: Metric, labels: Labels, amount: u64) void {
+/// Ids by what a sample is made of (metric, outcome, the rule and model names as given), so
+/// a request hashes a few bytes and builds no name: the name (sanitised labels, the model cap)
+/// is built once, on a sample's first use (issue 17). Consistent with the name table: the
+/// model cap only ever adds models, so a model's label never changes once given. Full: the
+/// sample falls back to building its name.
+pub const sample_slots = 1024;
+var sample_ids: IdTable(sample_slots) = .{};
+
+const Sample = struct {
+    metric: Metric,
+    rule_name: []const u8,
+    model: ?[]const u8,
+    outcome: ?Outcome = null,
+
+    fn digest(self: Sample) u64 {
+        const outcome: u64 = if (self.outcome) |o| @as(u64, @backingInt(o)) + 1 else 0;
+        const seed = @as(u64, @backingInt(self.metric)) << 8 | outcome;
+        // Two one-shot hashes (the streaming hasher costs the module a kilobyte), the model's
+        // mixed in by an odd multiplier so (rule, model) and (model, rule) stay apart; no
+        // model hashes under another seed than any name.
+        const rule = std.hash.Wyhash.hash(seed, self.rule_name);
+        const model = if (self.model) |name| std.hash.Wyhash.hash(seed ^ 0x6d, name) else std.hash.Wyhash.hash(seed ^ 0x6e, "");
+        return rule ^ (model *% 0x9e3779b97f4a7c15);
+    }
+
+    /// The id by the metric's full name (the labels sanitised, the model through the cap).
+    fn byName(self: Sample) u32 {
+        const rule = ruleLabel(self.rule_name);
+        const model_label = models.label(self.model);
+        return nameId(self.metric, .{ .rule = rule.slice(), .model = model_label.slice(), .outcome = self.outcome }) orelse 0;
+    }
+};
+
+fn count(sample: Sample, amount: u64) void {
     if (amount == 0) return;
+    const id = sample_ids.idOfDigest(sample.digest(), sample, Sample.byName) orelse sample.byName();
+    if (id != 0) host.incrementMetric(id, @intCast(@min(amount, std.math.maxInt(i64))));
+}
+
+/// The id of the metric named by `metric` and `labels`, defined on first use. Null (or 0):
+/// not counted.
+fn nameId(metric: Metric, labels: Labels) ?u32 {
     var buffer: [name_bytes_max]u8 = undefined;
     const name = metricName(&buffer, metric, labels);
     const id = ids.idOf(name, {}, defineOnHost) orelse {
         if (!full_logged) host.logf(.warn, "labelled metrics: {d} names defined, no room for more; {s} and later names are not counted", .{ ids.len, name });
         full_logged = true;
-        return;
+        return null;
     };
-    host.incrementMetric(id, @intCast(@min(amount, std.math.maxInt(i64))));
+    return id;
 }
 
 /// The rule's label: the configured `rule_name` (its counter form when none is configured).
@@ -178,30 +237,23 @@ pub fn modelLabel(model: ?[]const u8) Label {
 
 /// One request of `rule_name` (configured name) for `model` (null: not known) had `outcome`.
 pub fn countRequest(rule_name: []const u8, model: ?[]const u8, outcome: Outcome) void {
-    const rule = ruleLabel(rule_name);
-    const model_label = models.label(model);
-    add(.requests, .{ .rule = rule.slice(), .model = model_label.slice(), .outcome = outcome }, 1);
+    count(.{ .metric = .requests, .rule_name = rule_name, .model = model, .outcome = outcome }, 1);
 }
 
 /// What a finished request was charged: tokens, and its cost in micro-USD (0: no price).
 pub fn countCharge(rule_name: []const u8, model: ?[]const u8, tokens: u64, cost_microusd: u64) void {
-    const rule = ruleLabel(rule_name);
-    const model_label = models.label(model);
-    add(.tokens, .{ .rule = rule.slice(), .model = model_label.slice() }, tokens);
-    add(.cost_microusd, .{ .rule = rule.slice(), .model = model_label.slice() }, cost_microusd);
+    count(.{ .metric = .tokens, .rule_name = rule_name, .model = model }, tokens);
+    count(.{ .metric = .cost_microusd, .rule_name = rule_name, .model = model }, cost_microusd);
 }
 
 /// An admitted request the upstream refused with 429.
 pub fn countUpstreamRateLimited(rule_name: []const u8, model: ?[]const u8) void {
-    const rule = ruleLabel(rule_name);
-    const model_label = models.label(model);
-    add(.upstream_rate_limited, .{ .rule = rule.slice(), .model = model_label.slice() }, 1);
+    count(.{ .metric = .upstream_rate_limited, .rule_name = rule_name, .model = model }, 1);
 }
 
 /// An admitted request whose budget was past its warn_at fraction.
 pub fn countBudgetWarned(rule_name: []const u8) void {
-    const rule = ruleLabel(rule_name);
-    add(.budget_warned, .{ .rule = rule.slice() }, 1);
+    count(.{ .metric = .budget_warned, .rule_name = rule_name, .model = null }, 1);
 }
 
 // ---- tests -----------------------------------------------------------------------------------
@@ -262,4 +314,25 @@ test "labelled metrics: each name is defined once; a full table counts nothing m
     try testing.expectEqual(@as(usize, 12), table.len);
     try testing.expectEqual(@as(usize, 32 - 10), refused);
     try testing.expectEqual(@as(u32, 12), counter.defined);
+}
+
+test "labelled metrics: a sample is known by its metric, outcome, rule and model" {
+    const base: Sample = .{ .metric = .requests, .rule_name = "chat", .model = "gpt-4o", .outcome = .allowed };
+    var other = base;
+    other.outcome = .rejected;
+    try testing.expect(base.digest() != other.digest());
+    other = base;
+    other.model = null;
+    try testing.expect(base.digest() != other.digest());
+    other.model = "";
+    try testing.expect(base.digest() != other.digest());
+    other = base;
+    other.metric = .tokens;
+    other.outcome = null;
+    try testing.expect(base.digest() != other.digest());
+    // Names that only concatenate alike stay apart.
+    const a: Sample = .{ .metric = .tokens, .rule_name = "ab", .model = "c" };
+    const b: Sample = .{ .metric = .tokens, .rule_name = "a", .model = "bc" };
+    try testing.expect(a.digest() != b.digest());
+    try testing.expectEqual(base.digest(), (Sample{ .metric = .requests, .rule_name = "chat", .model = "gpt-4o", .outcome = .allowed }).digest());
 }

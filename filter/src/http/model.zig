@@ -54,8 +54,8 @@ pub const Refusal = enum {
 
 /// The model from the request headers, first that yields a value (§2): `model_header` when
 /// the rule names one, then Azure's deployment path, then Gemini's model path. `.none` means
-/// "read the body's `model`".
-pub fn fromRequestHeaders(rule: *const config.Rule, out: *Buffer) Requested {
+/// "read the body's `model`". `path`: the request's `:path`, read once (request_head.zig).
+pub fn fromRequestHeaders(rule: *const config.Rule, out: *Buffer, path: ?[]const u8) Requested {
     if (rule.model_header.len > 0) {
         if (host.getHeader(.request_headers, rule.model_header) catch null) |header| {
             var value = header;
@@ -64,9 +64,7 @@ pub fn fromRequestHeaders(rule: *const config.Rule, out: *Buffer) Requested {
             if (requested != .none) return requested;
         }
     }
-    var path = (host.getHeader(.request_headers, ":path") catch null) orelse return .none;
-    defer path.deinit();
-    return fromPath(path.bytes, out);
+    return fromPath(path orelse return .none, out);
 }
 
 /// The body's top-level `model`, decoded (§2, last): a body past the bound reads as no model.

@@ -8,7 +8,6 @@ const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const ip = @import("../config/ip.zig");
 const match = @import("../match/match.zig");
-const request = @import("../usage/request.zig");
 const store = @import("../store/store.zig");
 const higress_compat = @import("../store/higress_compat.zig");
 
@@ -177,22 +176,4 @@ fn narrow(item: *const config.RuleItem, raw: []const u8, out: []u8) ?[]const u8 
         .cookie, .per_cookie => if (match.cookieValue(raw, item.source)) |value| (if (value.len > 0) value else null) else null,
         else => raw,
     };
-}
-
-pub fn contentLength() ?u64 {
-    var value = (host.getHeader(.request_headers, "content-length") catch null) orelse return null;
-    defer value.deinit();
-    return std.fmt.parseInt(u64, value.bytes, 10) catch null;
-}
-
-pub fn isJson() bool {
-    var value = (host.getHeader(.request_headers, "content-type") catch null) orelse return false;
-    defer value.deinit();
-    return std.ascii.findIgnoreCase(value.bytes, "json") != null;
-}
-
-pub fn isOpenAiCompletionsPath() bool {
-    var path = (host.getHeader(.request_headers, ":path") catch null) orelse return false;
-    defer path.deinit();
-    return request.isCompletionsPath(path.bytes);
 }

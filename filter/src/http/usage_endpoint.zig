@@ -28,11 +28,9 @@ pub const default_path = config.usage_path_default;
 pub const reply_bytes_max = 16 * 1024;
 
 /// Whether this request asks for the rule's usage endpoint (its path, query string aside).
-pub fn isUsageRequest(rule: *const config.Rule) bool {
+pub fn isUsageRequest(rule: *const config.Rule, path: ?[]const u8) bool {
     if (rule.usage_path.len == 0) return false;
-    var path = (host.getHeader(.request_headers, ":path") catch null) orelse return false;
-    defer path.deinit();
-    return std.mem.eql(u8, pathOnly(path.bytes), rule.usage_path);
+    return std.mem.eql(u8, pathOnly(path orelse return false), rule.usage_path);
 }
 
 pub fn pathOnly(path: []const u8) []const u8 {
@@ -110,7 +108,7 @@ fn requestedModel(rule: *const config.Rule, out: *model.Buffer) model.Requested 
     defer path.deinit();
     const given = modelParameter(path.bytes, out);
     if (given != .none) return if (given == .refused) .none else given;
-    const named = model.fromRequestHeaders(rule, out);
+    const named = model.fromRequestHeaders(rule, out, path.bytes);
     return if (named == .refused) .none else named;
 }
 

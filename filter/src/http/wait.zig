@@ -106,9 +106,9 @@ pub fn shadowDecision(self: *const HttpContext) []const u8 {
 /// one above `pace_above` is held for the pacing interval (`.pause`); others go on (null).
 pub fn onAllowed(self: *HttpContext) ?host.Action {
     const rule = self.rule.?;
-    const now_ms = host.nowMs();
+    // The clock is read only by a request that was held or is paced (not on the plain path).
     if (queue.find(self.id)) |entry| {
-        recordHeld(entry.enqueued_ms, now_ms);
+        recordHeld(entry.enqueued_ms, host.nowMs());
         _ = queue.remove(self.id);
         host.incrementMetric(metrics.plugin.requests_waited, 1);
         self.countOutcome(.waited);
@@ -118,6 +118,7 @@ pub fn onAllowed(self: *HttpContext) ?host.Action {
     const near = &rule.near_limit;
     if (near.pace_above_milli == 0) return null;
     const hold = pace.delay(self.counters.items, near.pace_above_milli, self.estimate, near.max_wait_ms) orelse return null;
+    const now_ms = host.nowMs();
     const key = keyHash(self, hold.index);
     // Spaced after the last paced request of the same budget, within max_wait_ms of now.
     const after = @max(now_ms, queue.lastPacedRelease(key) orelse now_ms);

@@ -112,6 +112,7 @@ class Host(BufferCalls, ControlCalls, CallOuts, SharedDataCalls, MetricCalls, Wa
             self.environment.setdefault("TOKENLIMIT_HOLD_REQUEST_HEADERS", "1")
         self.random = random.Random(seed)
         self.call_trace = None  # set to [] to record
+        self.call_names = None  # set to [] to record (VmBase.call_names)
         self.plugin_config = None
 
         self._contexts = {ROOT_CONTEXT_ID: RootContext()}

@@ -7,7 +7,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 try:
     import wasmtime
@@ -25,6 +25,7 @@ from support.proxywasm_host.abi import (
     U64,
     Hostcall,
     HostError,
+    MapType,
     MemoryFault,
     Status,
     WasmTrap,
@@ -62,6 +63,9 @@ class VmBase:
     module: wasmtime.Module
     trap: WasmTrap | None
     call_trace: list[tuple[str, tuple[int, ...], Any]] | None
+    # Set to [] to record each host call as "proxy_get_header_map_value :path" (the name the
+    # call is about, for calls that take one): what the filter asks the host per request.
+    call_names: list[str] | None
     abi_warnings: list[str]
     _store: wasmtime.Store
     _memory: wasmtime.Memory
@@ -177,9 +181,38 @@ class VmBase:
                 result = spec.fault
             if self.call_trace is not None:
                 self.call_trace.append((what, args, result))
+            if self.call_names is not None:
+                self.call_names.append(self._call_name(what, args))
             return None if not spec.results else int(result)
 
         return call
+
+    # Calls whose first (name pointer, length) pair names what they are about, by its offset.
+    _NAMED_CALLS: ClassVar[dict[str, int]] = {
+        "env.proxy_get_header_map_value": 1,
+        "env.proxy_replace_header_map_value": 1,
+        "env.proxy_remove_header_map_value": 1,
+        "env.proxy_add_header_map_value": 1,
+        "env.proxy_get_property": 0,
+        "env.proxy_set_property": 0,
+        "env.proxy_get_shared_data": 0,
+        "env.proxy_set_shared_data": 0,
+        "env.proxy_define_metric": 1,
+    }
+
+    def _call_name(self, what: str, args: tuple[int, ...]) -> str:
+        call = what.split(".", 1)[1]
+        at = self._NAMED_CALLS.get(what)
+        if at is None:
+            return call
+        try:
+            named = self._read(args[at], args[at + 1]).decode("utf-8", "replace")
+        except MemoryFault:
+            named = "?"
+        named = named.replace(chr(0), ".")
+        if at == 1 and "header_map" in call:  # which map: request_headers, response_headers, ...
+            named = f"{MapType(args[0]).name.lower()}:{named}"
+        return f"{call} {named}"
 
     # -- memory --------------------------------------------------------------------------------
     def _check(self, ptr: int, size: int) -> None:
