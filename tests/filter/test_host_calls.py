@@ -111,6 +111,7 @@ def test_labelled_metrics_are_counted_without_redefining_names(
     for key in ("a", "b", "c"):
         defined.append([n for n in plain_request(host, key) if "proxy_define_metric" in n])
     assert len(defined[0]) == 2 and defined[1] == defined[2] == []
-    # Admitted on its headers, before the body named a model; charged once it had.
-    assert host.metrics["tokenlimit.requests.rule.chat.model.none.outcome.allowed"] == 3
+    # Admitted on its headers, before the body named a model: counted, as charged, under the
+    # model the body named (the count waits for the end of the stream).
+    assert host.metrics["tokenlimit.requests.rule.chat.model.gpt-4o-mini.outcome.allowed"] == 3
     assert host.metrics["tokenlimit.tokens.rule.chat.model.gpt-4o-mini"] == 120

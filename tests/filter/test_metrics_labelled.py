@@ -155,3 +155,18 @@ def test_higress_token_metrics_count_reported_usage_under_ai_statistics_names(bu
     assert host.metrics[base + "input_token"] == 10
     assert host.metrics[base + "output_token"] == 30
     assert host.metrics[base + "total_token"] == 40
+
+
+def test_a_request_admitted_before_its_body_is_read_is_counted_under_its_model(
+    build: Path,
+) -> None:
+    # A postpaid rule with no model condition admits on the request headers, before the body
+    # names the model; the request is counted when its model is known, as its tokens are, so
+    # both series carry the same model label.
+    host = Host(build)
+    assert host.configure({"rule_name": "plain", "rule_items": [per_key(10_000)]})
+    send(host, "bob-secret", "gpt-4o-mini")
+    assert labelled(host, "tokenlimit.requests.rule.plain.") == {
+        "tokenlimit.requests.rule.plain.model.gpt-4o-mini.outcome.allowed": 1
+    }
+    assert host.metrics["tokenlimit.tokens.rule.plain.model.gpt-4o-mini"] == 40

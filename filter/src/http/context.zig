@@ -116,8 +116,12 @@ pub const HttpContext = struct {
     /// Judged with its whole body held (so a downgrade can rewrite its model), and downgraded.
     body_held: bool = false,
     downgraded: bool = false,
+    /// Admitted and not yet counted in tokenlimit_requests{outcome="allowed"}: counted when the
+    /// context ends, under the model the request turned out to name (labelled metrics).
+    allowed_uncounted: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
+        if (self.allowed_uncounted) self.countOutcome(.allowed); // its model is known by now
         self.cache.deinit();
         wait.forget(self.id);
         self.counters.deinit(allocator);

@@ -126,7 +126,9 @@ pub fn storeUnavailable(self: *HttpContext) host.Action {
 pub fn admitted(self: *HttpContext) host.Action {
     self.enter(.admitted);
     host.incrementMetric(metrics.plugin.requests_allowed, 1);
-    self.countOutcome(.allowed);
+    // Labelled when the stream ends (context.deinit): a request admitted on its headers learns
+    // its model from the body later, and its tokens are counted under that model.
+    self.allowed_uncounted = true;
     return .@"continue";
 }
 
