@@ -4,6 +4,7 @@ rule's filter config, and the tokens its counters hold."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,3 +46,12 @@ def used_tokens(server: RedisServer, rule_name: str) -> int:
     client = redis.Redis.from_url(server.url)
     keys = client.keys(f"tokenlimit:{{{rule_name}}}:per_header:*")
     return sum(int(client.hget(key, "u") or 0) for key in keys)
+
+
+def avoid_minute_end(server: RedisServer, margin_s: float = 5.0) -> None:
+    """Sleeps into the next minute (Redis's clock, which the script windows by) when fewer than
+    `margin_s` seconds of this one are left, so a test's per-minute window cannot reset midway."""
+    seconds, micros = redis.Redis.from_url(server.url).time()
+    into = seconds % 60 + micros / 1e6
+    if into > 60 - margin_s:
+        time.sleep(60 - into + 0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -41,11 +42,38 @@ def _die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM)
 
 
+PORT_LOW = 10_000  # free_port's range starts here and ends below the ephemeral range
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nothing listens on right now, chosen below the kernel's ephemeral range.
+
+    A port the OS hands out for `bind(0)` comes from the ephemeral range, the same range
+    outgoing connections take their source ports from: by the time a child (Envoy) binds it,
+    a client connection elsewhere on the machine may hold it ("Address already in use", seen
+    when two gateways start back to back). Below that range only listeners compete, and the
+    bind here checks that none holds the port now."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(PORT_LOW, max(PORT_LOW + 1, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: any
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """Linux's ip_local_port_range (32768-60999 by default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
 
 
 def spawn(
