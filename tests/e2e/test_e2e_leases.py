@@ -76,9 +76,11 @@ def test_the_slices_never_sum_past_the_limit(filter_wasm: Path, redis_server: Re
         avoid_minute_boundary()
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(lambda _: post(gw, "hot")[0], range(160)))
-        # Postpaid: a request is admitted while its worker's slice has anything left; each
-        # slice holds whole requests here, so exactly the budget's 100 get through.
-        assert 100 <= statuses.count(200) <= 100 * 1.05, statuses.count(200)
+        # Postpaid: a request is admitted while its worker's slice has anything left, and
+        # charged when it ends; so, as without leases, requests in flight at the end pass the
+        # budget -- here at most one per client on a slice and one on the ordinary path while
+        # its worker's lease call is out (docs/redis.md "Accuracy"): 100 + 2 x 4 clients.
+        assert 100 <= statuses.count(200) <= 100 + 2 * 4, statuses.count(200)
         assert statuses.count(429) == 160 - statuses.count(200)
         time.sleep(0.3)
         assert used(redis_server) >= statuses.count(200) * COST  # every charge counted
