@@ -166,11 +166,14 @@ pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.
             var bytes = body;
             defer bytes.deinit();
             info = request.scan(bytes.bytes);
-            // labelled metrics (issue 16): the body's model, for the label only, where the
-            // rule's budgets do not read it (model-aware rules read it below).
+            // The body's model where the rule's budgets do not read it (model-aware rules read it
+            // below): for the metric label and the access log's model field (issue 16).
             if (self.requested_model == .none and self.rule != null and !self.rule.?.modelAware()) {
                 const named = model.Requested.of(request.decodeModel(bytes.bytes, info, &self.model_buffer));
-                if (named == .name) self.requested_model = named;
+                if (named == .name) {
+                    self.requested_model = named;
+                    context.setProperty("tokenlimit_model", named.name);
+                }
             }
             cache_flow.keyFromBody(self, bytes.bytes); // before include_usage changes it
             if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
