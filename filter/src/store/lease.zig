@@ -239,11 +239,7 @@ fn windowEnd(counter: *const store.Counter) u64 {
 }
 
 fn hashOf(counter: *const store.Counter) u64 {
-    var hasher = std.hash.Wyhash.init(0x6c65617365); // "lease"
-    hasher.update(counter.key.slice());
-    const b = counter.budget;
-    hasher.update(std.mem.asBytes(&[_]u64{ @backingInt(b.algorithm), @backingInt(b.window), b.limit }));
-    return hasher.final() | 1; // never 0, the empty slot
+    return counter.tableHash(0x6c65617365); // "lease"
 }
 
 /// Everything after the script argument of a `lease` (or, `giving_back`, `lease_return`)

@@ -90,11 +90,7 @@ fn slotOf(hash: u64) usize {
 }
 
 fn hashOf(counter: *const store.Counter) u64 {
-    var hasher = std.hash.Wyhash.init(0x746f6b656e6c696d); // "tokenlim"
-    hasher.update(counter.key.slice());
-    const b = counter.budget;
-    hasher.update(std.mem.asBytes(&[_]u64{ @backingInt(b.algorithm), @backingInt(b.window), b.limit }));
-    return hasher.final() | 1; // never 0, the empty slot
+    return counter.tableHash(0x746f6b656e6c696d); // "tokenlim"
 }
 
 const testing = std.testing;

@@ -35,6 +35,17 @@ pub const Counter = struct {
     /// Leases (issue 17, lease.zig): admitted against this worker's slice of the budget, so
     /// it settles against the slice first.
     leased: bool = false,
+
+    /// The counter's key and budget (algorithm, window, limit) as one nonzero hash, for the
+    /// per-worker tables that remember counters (refusals.zig, lease.zig): a changed limit is
+    /// another entry. `seed` keeps each table's hashes its own.
+    pub fn tableHash(self: *const Counter, seed: u64) u64 {
+        var hasher = std.hash.Wyhash.init(seed);
+        hasher.update(self.key.slice());
+        const b = self.budget;
+        hasher.update(std.mem.asBytes(&[_]u64{ @backingInt(b.algorithm), @backingInt(b.window), b.limit }));
+        return hasher.final() | 1; // never 0, the empty slot
+    }
 };
 
 /// Why a store gave no answer. The local classes mean host trouble in this process (the
