@@ -37,6 +37,7 @@ from tokenlimit.model.fields import (
     OptSourceName,
     OptTokenLimit,
 )
+from tokenlimit.model.higress import WINDOWS as HIGRESS_WINDOWS
 from tokenlimit.model.limits import (
     LIMIT_KEYS_MAX,
 )
@@ -52,18 +53,8 @@ from tokenlimit.model.model_budgets import (
 )
 
 _REGEXP_PREFIX = "regexp:"
-_WINDOWS = (
-    "token_per_second",
-    "token_per_minute",
-    "token_per_hour",
-    "token_per_day",
-    "request_per_second",
-    "request_per_minute",
-    "request_per_hour",
-    "request_per_day",
-    *LONG_WINDOWS,
-    *COST_WINDOWS,
-)
+# Higress's windows, then the model-budget ones it does not have.
+_WINDOWS = (*HIGRESS_WINDOWS, *LONG_WINDOWS, *COST_WINDOWS)
 _EXACT_KINDS = ("limit_by_header", "limit_by_param", "limit_by_cookie", "limit_by_consumer")
 _PER_KINDS = (
     "limit_by_per_header",
