@@ -27,7 +27,7 @@
 const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const host = @import("../abi/host.zig");
-const sha256 = @import("../match/sha256.zig");
+const digest_memo = @import("digest_memo.zig");
 const store = @import("store.zig");
 
 /// Counters one Envoy keeps locally. Each slot costs Envoy about 150 bytes (a short key, a
@@ -71,10 +71,10 @@ pub const Slot = struct {
     }
 };
 
-pub const Digest = [16]u8;
+pub const Digest = digest_memo.Digest;
 
 pub fn digestOf(name: []const u8) Digest {
-    return sha256.hash(name)[0..16].*;
+    return digest_memo.worker.digestOf(name);
 }
 
 /// When a record left alone reads as empty: fixed and sliding windows after the window after

@@ -96,7 +96,18 @@ pub fn JsonScanner(comptime Handler: type) type {
         }
 
         pub fn feed(self: *Self, bytes: []const u8) void {
-            for (bytes) |c| {
+            var i: usize = 0;
+            while (i < bytes.len) : (i += 1) {
+                if (self.state == .string) {
+                    // Inside a string only a quote or a backslash changes anything, and string
+                    // bodies (prompts, answers) are most of the bytes: skip the rest in one
+                    // tight loop instead of a state dispatch per byte (issue 17).
+                    const skipped = plainStringBytes(bytes[i..]);
+                    i += skipped;
+                    self.offset += skipped;
+                    if (i == bytes.len) return;
+                }
+                const c = bytes[i];
                 switch (self.state) {
                     .failed => return,
                     .done => if (!isSpace(c)) {
@@ -107,6 +118,12 @@ pub fn JsonScanner(comptime Handler: type) type {
                 }
                 self.offset += 1;
             }
+        }
+
+        /// How many leading bytes of `bytes` a string's body passes over unchanged.
+        fn plainStringBytes(bytes: []const u8) usize {
+            for (bytes, 0..) |c, at| if (c == '"' or c == '\\') return at;
+            return bytes.len;
         }
 
         fn inObject(self: *const Self) bool {
@@ -176,10 +193,14 @@ pub fn JsonScanner(comptime Handler: type) type {
                 .string_escape => self.state = .string,
                 .number => {
                     if (std.ascii.isDigit(c)) {
-                        const times_ten = @mulWithOverflow(self.number, 10);
-                        const plus_digit = @addWithOverflow(times_ten[0], c - '0');
-                        if (times_ten[1] != 0 or plus_digit[1] != 0) self.number_valid = false;
-                        self.number = plus_digit[0];
+                        // Compared, not @mulWithOverflow: on wasm32 that becomes a 128-bit
+                        // multiply call per digit (issue 17). Past u64 the number is not a count.
+                        const digit = c - '0';
+                        const max = std.math.maxInt(u64);
+                        if (self.number > max / 10 or (self.number == max / 10 and digit > max % 10)) {
+                            self.number_valid = false;
+                            self.number = 0;
+                        } else self.number = self.number * 10 + digit;
                         return;
                     }
                     if (c == '.' or c == 'e' or c == 'E' or c == '+' or c == '-') {
