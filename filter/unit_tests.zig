@@ -65,6 +65,7 @@ test {
     _ = @import("src/respond/response.zig");
     _ = @import("src/store/batch.zig");
     _ = @import("src/store/circuit.zig");
+    _ = @import("src/store/digest_memo.zig");
     _ = @import("src/store/higress_compat.zig");
     _ = @import("src/store/lease.zig");
     _ = @import("src/store/local.zig");
