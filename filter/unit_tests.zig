@@ -84,4 +84,5 @@ test {
     _ = @import("src/usage/sse_filter.zig");
     _ = @import("src/usage/usage.zig");
     _ = @import("src/usage/usage_fuzz.zig");
+    _ = @import("src/zz_bench.zig");
 }
