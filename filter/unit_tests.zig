@@ -39,6 +39,7 @@ test {
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/cache.zig");
     _ = @import("src/http/context.zig");
+    _ = @import("src/http/context_ids.zig");
     _ = @import("src/http/downgrade.zig");
     _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");
@@ -84,5 +85,4 @@ test {
     _ = @import("src/usage/sse_filter.zig");
     _ = @import("src/usage/usage.zig");
     _ = @import("src/usage/usage_fuzz.zig");
-    _ = @import("src/zz_bench.zig");
 }

@@ -3,6 +3,7 @@
 //! created and freed here and nowhere else.
 const std = @import("std");
 const host = @import("abi/host.zig");
+const context_ids = @import("http/context_ids.zig");
 const http = @import("http/context.zig");
 const metrics = @import("abi/metrics.zig");
 const redis = @import("store/redis.zig");
@@ -11,8 +12,8 @@ const wait = @import("http/wait.zig"); // near the limit (issue 13)
 
 const allocator = host.allocator;
 
-var root_contexts: std.AutoHashMapUnmanaged(u32, *root.RootContext) = .empty;
-var http_contexts: std.AutoHashMapUnmanaged(u32, *http.HttpContext) = .empty;
+var root_contexts: context_ids.Map(*root.RootContext) = .empty;
+var http_contexts: context_ids.Map(*http.HttpContext) = .empty;
 
 export fn proxy_abi_version_0_2_1() void {}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from support.filter_requests import JSON_RESPONSE, chat_request, openai_body
 from support.proxywasm_host import Clock, Host, LogLevel
@@ -117,3 +118,21 @@ def test_labelled_metrics_are_counted_without_redefining_names(
     # model the body named (the count waits for the end of the stream).
     assert host.metrics["tokenlimit.requests.rule.chat.model.gpt-4o-mini.outcome.allowed"] == 3
     assert host.metrics["tokenlimit.tokens.rule.chat.model.gpt-4o-mini"] == 120
+
+
+# Wasm operators one plain request executes (wasmtime fuel: deterministic for a module and the
+# pinned wasmtime). Issue 17 took it from 215,272 to 126,502 (the JSON scanner's runs, SHA-256
+# without a shifted array, memoised counter digests); bench/instructions.py shows where it goes.
+PLAIN_INSTRUCTIONS_MAX = 150_000
+
+
+def test_a_plain_request_stays_within_its_instruction_budget(
+    filter_wasm: Path, clock: Clock
+) -> None:
+    host = Host(filter_wasm, clock=clock, log_level=LogLevel.INFO, count_instructions=True)
+    assert host.configure(PLAIN_RULE), host.log_messages()
+    plain_request(host, "warm")
+    before = host.instructions()
+    plain_request(host)
+    spent = host.instructions() - before
+    assert spent <= PLAIN_INSTRUCTIONS_MAX, f"{spent} Wasm instructions for one plain request"

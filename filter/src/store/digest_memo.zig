@@ -22,7 +22,8 @@ pub const Memo = struct {
 
     pub fn digestOf(self: *Memo, name: []const u8) Digest {
         if (name.len == 0 or name.len > name_bytes_max) return hash(name);
-        const at: usize = @intCast(std.hash.Wyhash.hash(0, name) % entries);
+        // Murmur3's 32-bit multiplies are native on wasm32 (wyhash's 128-bit one is a call).
+        const at: usize = std.hash.Murmur3_32.hash(name) % entries;
         if (self.lens[at] == name.len and wordsEql(self.names[at][0..name.len], name)) return self.digests[at];
         const digest = hash(name);
         @memcpy(self.names[at][0..name.len], name);

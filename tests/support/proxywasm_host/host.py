@@ -80,10 +80,12 @@ class Host(BufferCalls, ControlCalls, CallOuts, SharedDataCalls, MetricCalls, Wa
         seed: int = 0,
         environment: Mapping[str, str] | None = None,
         allow_on_headers_stop_iteration: bool = False,
+        count_instructions: bool = False,
     ) -> None:
         # The whole state, in one place; each attribute's type is declared by the class that uses
         # it (VmBase or one of the host-function groups).
         self.wasm_path = Path(wasm_path)
+        self.count_instructions = count_instructions
         self.clock = clock or Clock()
         self.vm_config = bytes_of(vm_config) if isinstance(vm_config, str) else bytes(vm_config)
         self.shared_data = shared_data if shared_data is not None else SharedData()

@@ -33,25 +33,31 @@ from support.proxywasm_host.abi import (
 from support.proxywasm_host.maps import deserialize_header_map
 from support.proxywasm_host.stream import Context, HttpStream
 
-_ENGINE: wasmtime.Engine | None = None
-_MODULES: dict[tuple[str, int, int], wasmtime.Module] = {}
+_ENGINES: dict[bool, wasmtime.Engine] = {}
+_MODULES: dict[tuple[str, int, int, bool], wasmtime.Module] = {}
+# Fuel given to a store that counts instructions: more than any test spends.
+FUEL = 2**62
 
 
-def _engine() -> wasmtime.Engine:
-    global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = wasmtime.Engine()
-    return _ENGINE
+def _engine(count_instructions: bool = False) -> wasmtime.Engine:
+    """One engine per kind: counting instructions (wasmtime fuel: one unit per Wasm operator,
+    deterministic for a module and a wasmtime version) needs its own engine config."""
+    engine = _ENGINES.get(count_instructions)
+    if engine is None:
+        config = wasmtime.Config()
+        config.consume_fuel = count_instructions
+        engine = _ENGINES[count_instructions] = wasmtime.Engine(config)
+    return engine
 
 
-def load_module(wasm_path: str | Path) -> wasmtime.Module:
-    """Compiles ``wasm_path`` once (per path, size and mtime) and reuses it."""
+def load_module(wasm_path: str | Path, count_instructions: bool = False) -> wasmtime.Module:
+    """Compiles ``wasm_path`` once (per path, size, mtime and engine) and reuses it."""
     path = Path(wasm_path).resolve()
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    key = (str(path), stat.st_mtime_ns, stat.st_size, count_instructions)
     module = _MODULES.get(key)
     if module is None:
-        module = wasmtime.Module.from_file(_engine(), str(path))
+        module = wasmtime.Module.from_file(_engine(count_instructions), str(path))
         _MODULES[key] = module
     return module
 
@@ -67,6 +73,9 @@ class VmBase:
     # call is about, for calls that take one): what the filter asks the host per request.
     call_names: list[str] | None
     abi_warnings: list[str]
+    # Counts the Wasm operators the module executes (issue 17: a deterministic measure of the
+    # filter's own work, beside the host calls); read with `instructions()`.
+    count_instructions: bool
     _store: wasmtime.Store
     _memory: wasmtime.Memory
     _exports: dict[str, wasmtime.Func]
@@ -80,8 +89,10 @@ class VmBase:
 
     def _instantiate(self) -> None:
         """Compiles (once), links and instantiates the module, then runs its WASI start-up."""
-        self.module = load_module(self.wasm_path)
-        self._store = wasmtime.Store(_engine())
+        self.module = load_module(self.wasm_path, self.count_instructions)
+        self._store = wasmtime.Store(_engine(self.count_instructions))
+        if self.count_instructions:
+            self._store.set_fuel(FUEL)
         instance = wasmtime.Instance(self._store, self.module, self._link())
         exports = instance.exports(self._store)
         memory = exports.get("memory")
@@ -100,6 +111,12 @@ class VmBase:
                 self._call("main", 0, 0, ctx=0)
         elif "_start" in self._exports:
             self._call("_start", ctx=0)
+
+    def instructions(self) -> int:
+        """Wasm operators executed so far (a host built with ``count_instructions=True``)."""
+        if not self.count_instructions:
+            raise HostError("this host does not count instructions (count_instructions=True)")
+        return FUEL - self._store.get_fuel()
 
     # -- calling into the module ---------------------------------------------------------------
     def _call(
