@@ -95,13 +95,32 @@ pub fn fromPath(full_path: []const u8, out: *Buffer) Requested {
         return unescapeSegment(rest[0 .. std.mem.indexOfScalar(u8, rest, '/') orelse rest.len], out);
     }
     const gemini = "/models/";
-    if (std.mem.lastIndexOf(u8, path, gemini)) |at| {
+    if (lastIndexOf(path, gemini)) |at| {
         const rest = path[at + gemini.len ..];
         const colon = std.mem.indexOfScalar(u8, rest, ':') orelse return .none;
         if (std.mem.indexOfScalar(u8, rest[0..colon], '/') != null) return .none;
         return unescapeSegment(rest[0..colon], out);
     }
     return .none;
+}
+
+/// `std.mem.lastIndexOf` for a short path: std's took ~11,000 Wasm instructions on a 20-byte
+/// path in a size-optimised build (issue 17), this a few hundred.
+fn lastIndexOf(haystack: []const u8, needle: []const u8) ?usize {
+    if (needle.len > haystack.len) return null;
+    var at = haystack.len - needle.len + 1;
+    while (at > 0) {
+        at -= 1;
+        if (haystack[at] == needle[0] and std.mem.eql(u8, haystack[at..][0..needle.len], needle)) return at;
+    }
+    return null;
+}
+
+test "model path: lastIndexOf finds the last occurrence, or none" {
+    try std.testing.expectEqual(@as(?usize, 9), lastIndexOf("/models/a/models/b", "/models/"));
+    try std.testing.expectEqual(@as(?usize, 0), lastIndexOf("/models/", "/models/"));
+    try std.testing.expectEqual(@as(?usize, null), lastIndexOf("/v1/chat/completions", "/models/"));
+    try std.testing.expectEqual(@as(?usize, null), lastIndexOf("/m", "/models/"));
 }
 
 fn unescapeSegment(text: []const u8, out: *Buffer) Requested {

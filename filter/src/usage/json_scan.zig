@@ -14,6 +14,7 @@ pub const key_bytes_max = 32;
 
 comptime {
     std.debug.assert(named_depth_max <= depth_max);
+    std.debug.assert(depth_max % 32 == 0);
 }
 
 /// Where a value sits: its object key and the key of the object holding it.
@@ -84,7 +85,9 @@ pub fn JsonScanner(comptime Handler: type) type {
         state: State = .value,
         depth: usize = 0,
         /// Bit i set: the container at level i is an object.
-        object_levels: std.StaticBitSet(depth_max) = .empty,
+        /// Words of bits, not std.StaticBitSet: its `isSet` takes the whole 128-byte set by
+        /// value, and a size-optimised build copies it on every call (issue 17).
+        object_levels: [depth_max / 32]u32 = @splat(0),
         frames: [named_depth_max]Frame = undefined,
         key: Name = .{},
         number: u64 = 0,
@@ -187,7 +190,8 @@ pub fn JsonScanner(comptime Handler: type) type {
 
         fn inObject(self: *const Self) bool {
             std.debug.assert(self.depth > 0);
-            return self.object_levels.isSet(self.depth - 1);
+            const level = self.depth - 1;
+            return (self.object_levels[level / 32] >> @intCast(level % 32)) & 1 != 0;
         }
 
         fn step(self: *Self, c: u8) void {
@@ -320,7 +324,9 @@ pub fn JsonScanner(comptime Handler: type) type {
             if (is_object) {
                 if (self.path()) |p| self.handler.objectOpen(p, self.offset);
             }
-            self.object_levels.setValue(self.depth, is_object);
+            const bit = @as(u32, 1) << @intCast(self.depth % 32);
+            const word = &self.object_levels[self.depth / 32];
+            word.* = if (is_object) word.* | bit else word.* & ~bit;
             if (self.depth < named_depth_max) {
                 var frame = Frame{};
                 if (self.depth > 0 and self.inObject()) frame.name = self.frames[self.depth - 1].key;

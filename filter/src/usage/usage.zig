@@ -104,9 +104,13 @@ const UsageHandler = struct {
 
     pub fn number(self: *UsageHandler, path: json_scan.Path, reported: u64) void {
         if (path.parent.len == 0 and path.depth != 1) return; // top-level fields only at depth 1
+        if (path.key.len == 0) return; // an array element: every field has a key
         const value = @min(reported, value_tokens_max);
         for (usage_fields) |candidate| {
             if (path.depth > candidate.depth_max) continue;
+            // Lengths first: most numbers (ids, indexes, timestamps) match no field, and a
+            // size-optimised build calls std.mem.eql rather than inlining it (issue 17).
+            if (candidate.key.len != path.key.len or candidate.parent.len != path.parent.len) continue;
             if (std.mem.eql(u8, candidate.key, path.key) and std.mem.eql(u8, candidate.parent, path.parent)) {
                 switch (candidate.field) {
                     .input => self.usage.input_tokens = value,
