@@ -82,7 +82,9 @@ pub fn withLimitedStatus(arena: std.mem.Allocator, previous: []const u8) error{O
         }
     }
     try members.append(arena, .{ .key = status_field, .value = .{ .string = "limited" } });
-    std.mem.sort(json_tree.Object.Entry, members.items, {}, keyLessThan);
+    // Keys are unique (json_tree refuses duplicates), so an unstable sort gives Go's order;
+    // heap sort is a fraction of std.mem.sort's stable block sort in code (issue 17).
+    std.sort.heap(json_tree.Object.Entry, members.items, {}, keyLessThan);
     var object: std.ArrayList(u8) = .empty;
     try writeValue(arena, &object, .{ .object = .{ .entries = members.items } });
     var escaped: std.ArrayList(u8) = .empty;
