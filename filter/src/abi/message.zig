@@ -4,10 +4,15 @@
 const std = @import("std");
 
 /// `format` with `args` (strings and integers, in order) into `out`, cut to fit.
-pub fn print(out: []u8, comptime format: []const u8, args: anytype) []u8 {
-    var values: [@typeInfo(@TypeOf(args)).@"struct".field_names.len]Arg = undefined;
-    inline for (args, 0..) |arg, i| values[i] = Arg.of(arg);
-    return out[0..interpolate(out, format, &values)];
+pub fn print(out: []u8, comptime format: []const u8, tuple: anytype) []u8 {
+    return out[0..interpolate(out, format, &argsOf(tuple))];
+}
+
+/// A tuple of strings and integers as `Arg`s, for `interpolate`.
+pub inline fn argsOf(tuple: anytype) [@typeInfo(@TypeOf(tuple)).@"struct".field_names.len]Arg {
+    var values: [@typeInfo(@TypeOf(tuple)).@"struct".field_names.len]Arg = undefined;
+    inline for (tuple, 0..) |arg, i| values[i] = Arg.of(arg);
+    return values;
 }
 
 /// An argument of a message.

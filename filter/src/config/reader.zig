@@ -71,17 +71,27 @@ pub const Reader = struct {
     }
 
     /// Records the error at the current path (message.zig formats it without per-message code).
-    pub fn fail(self: *Reader, comptime format: []const u8, args: anytype) ParseError {
+    /// Inline and tiny: a call site only lists its arguments; the work is `failWith`, once in
+    /// the module (a hundred call sites each had their own copy: issue 17, module size).
+    pub inline fn fail(self: *Reader, comptime format: []const u8, args: anytype) ParseError {
+        return self.failWith(format, &message.argsOf(args));
+    }
+
+    pub inline fn failField(self: *Reader, name: []const u8, comptime format: []const u8, args: anytype) ParseError {
+        return self.failFieldWith(name, format, &message.argsOf(args));
+    }
+
+    noinline fn failWith(self: *Reader, format: []const u8, args: []const message.Arg) ParseError {
         const d = self.diagnostic;
         @memcpy(d.field_buffer[0..self.path_len], self.path_buffer[0..self.path_len]);
         d.field_len = self.path_len;
-        d.reason_len = message.print(&d.reason_buffer, format, args).len;
+        d.reason_len = message.interpolate(&d.reason_buffer, format, args);
         return error.InvalidConfig;
     }
 
-    pub fn failField(self: *Reader, name: []const u8, comptime format: []const u8, args: anytype) ParseError {
+    noinline fn failFieldWith(self: *Reader, name: []const u8, format: []const u8, args: []const message.Arg) ParseError {
         _ = self.enter(name);
-        return self.fail(format, args);
+        return self.failWith(format, args);
     }
 
     /// The current path, for callers that restore it after catching a failure.
