@@ -4,6 +4,7 @@
 //! (`warn_at`, weights, `local_share`) that both items and rules read. Like parse_budget.zig it
 //! shares the parser's Reader (field path, diagnostic) and arena.
 const std = @import("std");
+const message = @import("../abi/message.zig");
 const budget = @import("../meter/budget.zig");
 const config = @import("config.zig");
 const counter = @import("../meter/counter.zig");
@@ -233,7 +234,7 @@ pub const Items = struct {
                         const field = if (item.limit_type == .global)
                             "global_threshold"
                         else
-                            std.fmt.bufPrint(&field_buffer, "rule_items[{d}].limit_by_{s}", .{ index - global_count, @tagName(item.limit_type) }) catch unreachable;
+                            message.print(&field_buffer, "rule_items[{d}].limit_by_{s}", .{ index - global_count, @tagName(item.limit_type) });
                         return self.reader.failField(field, "makes counter names longer than the {d} bytes a counter name may have (rule name as counted: {d} bytes, this name: {d} bytes); shorten the rule name or this name", .{ counter.counter_key_bytes_max, rule_name.len, item.source.len });
                     };
                 }

@@ -55,7 +55,7 @@ pub const Reader = struct {
     pub fn enterIndex(self: *Reader, index: usize) usize {
         const saved = self.path_len;
         var buffer: [24]u8 = undefined;
-        self.append(std.fmt.bufPrint(&buffer, "[{d}]", .{index}) catch "[?]");
+        self.append(message.print(&buffer, "[{d}]", .{index}));
         return saved;
     }
 
