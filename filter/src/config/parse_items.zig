@@ -98,7 +98,8 @@ pub const Items = struct {
             else => return self.reader.fail("must be a number " ++ weight_range ++ ", got {s}", .{Reader.typeName(value)}),
         };
         const dot = std.mem.indexOfScalar(u8, text, '.') orelse text.len;
-        const whole = std.fmt.parseInt(u32, text[0..dot], 10) catch return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
+        // u64 as elsewhere in the module: one parseInt instantiation fewer (issue 17).
+        const whole = std.fmt.parseInt(u64, text[0..dot], 10) catch return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
         const fraction_text = if (dot < text.len) text[dot + 1 ..] else "";
         if (fraction_text.len > 3 or whole > bounds.weight_max) return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
         var fraction: u32 = 0;
@@ -107,7 +108,7 @@ pub const Items = struct {
             if (digit > 9) return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
             fraction = fraction * 10 + digit;
         }
-        const result = whole * 1000 + fraction;
+        const result: u32 = @intCast(whole * 1000 + fraction); // whole <= weight_max
         if (result > bounds.weight_max * 1000) return self.reader.fail("must be a number " ++ weight_range ++ ", got {s}", .{text});
         return result;
     }
