@@ -114,8 +114,8 @@ pub const Items = struct {
     }
 
     /// Reads token_per_* / request_per_* fields; at least one must be present.
-    pub fn limitsOf(self: Items, map: ObjectMap, comptime also: []const []const u8) ParseError!Limits {
-        try self.reader.ignoreUnknown(map, &(limit_field_names ++ also[0..also.len].*));
+    pub fn limitsOf(self: Items, map: ObjectMap, also: []const []const u8) ParseError!Limits {
+        try self.reader.ignoreUnknownIn(map, &.{ &limit_field_names, also });
         var limits: Limits = .{};
         var count: usize = 0;
         for (limit_fields) |field| {

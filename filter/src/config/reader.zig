@@ -193,11 +193,17 @@ pub const Reader = struct {
     /// Higress ignores fields it does not know (its README once documented one it never read),
     /// so the filter does too; each is recorded for the one warning line the root logs.
     pub fn ignoreUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
+        return self.ignoreUnknownIn(map, &.{known});
+    }
+
+    /// As `ignoreUnknown`, the known names given in several lists (a list made at run time,
+    /// not per caller at compile time: issue 17, module size).
+    pub fn ignoreUnknownIn(self: *Reader, map: ObjectMap, lists: []const []const []const u8) ParseError!void {
         var it = map.iterator();
         next_field: while (it.next()) |entry| {
-            for (known) |name| {
+            for (lists) |known| for (known) |name| {
                 if (std.mem.eql(u8, entry.key_ptr.*, name)) continue :next_field;
-            }
+            };
             try self.ignore(entry.key_ptr.*);
         }
     }
