@@ -110,3 +110,19 @@ def test_the_bridge_allows_exactly_the_minified_scripts() -> None:
     assert scripts.shas == {hashlib.sha1(body).hexdigest().encode() for body in allowed}
     source = (CONTRACT / "budget.lua").read_bytes()
     assert scripts.refusal([b"EVAL", source, b"0"]) is not None  # nothing sends the readable one
+
+
+def test_both_modules_embed_the_minified_scripts_only(
+    filter_wasm: Path, higress_wasm: Path
+) -> None:
+    """The module size (issue 17): the readable scripts' comments are not in the module."""
+    minified = {name: (CONTRACT / MIN_FOLDER / name).read_bytes() for name in SCRIPTS}
+    source = (CONTRACT / "budget.lua").read_text()
+    comment = next(
+        line for line in source.splitlines() if line.startswith("-- ") and len(line) > 40
+    )
+    for module in (filter_wasm, higress_wasm):
+        data = module.read_bytes()
+        assert minified["calendar.lua"] + minified["budget.lua"] in data, module.name
+        assert minified["higress_compat.lua"] in data and minified["cache.lua"] in data
+        assert comment.encode() not in data, module.name
