@@ -32,8 +32,8 @@ MIN_FOLDER = "min"
 REGENERATE = "PYTHONPATH=$PWD/controlplane .venv/bin/python -m tokenlimit.contract_min"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Lua 5.1's read_numeral: digits and dots, then any alphanumerics, an exponent's sign included.
-_NUMBER = re.compile(r"(?:\d|\.\d)(?:[eE][+-]|[0-9A-Za-z_.])*")
+# Lua 5.1's read_numeral: digits and dots, an optional E with an optional sign, alphanumerics.
+_NUMBER = re.compile(r"(?:\d|\.\d)[0-9.]*(?:[eE][+-]?)?[0-9A-Za-z_]*")
 _LONG_OPEN = re.compile(r"\[(=*)\[")
 _OPERATORS = ("...", "..", "==", "~=", "<=", ">=")
 _SINGLE = set("+-*/%^#<>=(){}[];:,.")

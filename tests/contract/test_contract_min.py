@@ -36,7 +36,7 @@ local t = {'--not a comment', "a\\"b -- c", [[ -- kept
 local s = 'x' .. 'y'  -- trailing comment
 local n = 1 .. 2 .. .5  --[[ short long comment ]] local m = 0x1F
 local d = 3 - -2
-local e = 1e3 + 2.5e-1 + #t
+local e = 1e3 + 2.5e-1 + #t + 0xe + 1 + 0xe+1
 local u = {a = {b = 1}}
 return {t[1], t[2], t[3], t[4], s, n, m, d, e, u.a.b, #t ~= 4 and 1 or 0}
 """
