@@ -7,15 +7,22 @@ the standard library, so it runs wherever the benchmarks run (no wabt, no node).
     .venv/bin/python bench/_overhead_size.py MODULE.wasm [--top 40] [--group]
 
 `--group` sums function sizes by a name prefix (the Zig namespace up to the last `.`), which
-is how generic instantiations and comptime-generated tables show up.
+is how generic instantiations and comptime-generated tables show up. The data section is split
+into the embedded contract scripts (contract/min/*.lua, found by their bytes), text (runs of
+8+ printable bytes: messages, names) and the rest (tables, zero-filled globals); a stripped
+module works for that part too.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+
+CONTRACT_MIN = Path(__file__).resolve().parents[1] / "contract" / "min"
+TEXT_RUN = re.compile(rb"[\x20-\x7e\t\n]{8,}")
 
 SECTION_NAMES = {
     0: "custom",
@@ -66,6 +73,7 @@ class Module:
     imported_functions: int
     bodies: list[int]  # code-section body sizes, by defined function index
     names: dict[int, str]  # function index (imports first) -> name
+    data: list[bytes] = field(default_factory=list)  # the data segments' bytes
 
 
 def parse(data: bytes) -> Module:
@@ -75,6 +83,7 @@ def parse(data: bytes) -> Module:
     imported = 0
     bodies: list[int] = []
     names: dict[int, str] = {}
+    segments: list[bytes] = []
     while r.pos < len(data):
         section_id = r.u8()
         size = r.uleb()
@@ -93,8 +102,43 @@ def parse(data: bytes) -> Module:
                 body.pos += length
         elif label == "custom:name":
             names = function_names(data, start, start + size)
+        elif section_id == 11:
+            segments = data_segments(Reader(data, start))
         r.pos = start + size
-    return Module(sections, imported, bodies, names)
+    return Module(sections, imported, bodies, names, segments)
+
+
+def data_segments(r: Reader) -> list[bytes]:
+    """Active segments with an i32.const offset (what a Zig wasm32 module has)."""
+    segments: list[bytes] = []
+    for _ in range(r.uleb()):
+        flags = r.uleb()
+        if flags == 2:
+            r.uleb()  # memory index
+        if flags != 1:
+            r.pos += 1  # i32.const
+            r.uleb()
+            r.pos += 1  # end
+        length = r.uleb()
+        segments.append(r.data[r.pos : r.pos + length])
+        r.pos += length
+    return segments
+
+
+def data_rows(segments: list[bytes]) -> list[tuple[str, int]]:
+    """The data section by kind: embedded scripts, text, the rest."""
+    data = b"".join(segments)
+    rest = data
+    rows: list[tuple[str, int]] = []
+    for script in sorted(CONTRACT_MIN.glob("*.lua")):
+        body = script.read_bytes()
+        if body and body in rest:
+            rows.append((f"contract/min/{script.name}", len(body)))
+            rest = rest.replace(body, b"", 1)
+    text = sum(len(run) for run in TEXT_RUN.findall(rest))
+    rows.append(("text (8+ printable bytes)", text))
+    rows.append(("tables, zeros, short strings", len(rest) - text))
+    return rows
 
 
 def count_function_imports(r: Reader) -> int:
@@ -149,6 +193,8 @@ def report(path: Path, top: int, group: bool) -> str:
     module = parse(path.read_bytes())
     out = [f"{path.name}: {path.stat().st_size:,} bytes", "", "| section | bytes |", "|---|---:|"]
     out += [f"| {name} | {size:,} |" for name, size in module.sections]
+    out += ["", "| data | bytes |", "|---|---:|"]
+    out += [f"| {name} | {size:,} |" for name, size in data_rows(module.data)]
     named = [
         (size, module.names.get(module.imported_functions + i, f"func{i}"))
         for i, size in enumerate(module.bodies)

@@ -47,10 +47,10 @@ from tokenlimit.bridge.resp import encode_command, parse_replies  # noqa: E402
 from tokenlimit.dev import process  # noqa: E402
 from tokenlimit.dev.process import free_port  # noqa: E402
 
-# The filter's own script: the bridge runs only scripts it knows (contract/*.lua). The bench
+# The filter's own script: the bridge runs only scripts it knows (contract/min/*.lua). The bench
 # calls its read-only `peek` (one fixed-window counter of 1,000,000 a minute), whose calling
 # convention is stable; the bridge's cost per call does not depend on what the script does.
-SCRIPT = (ROOT / "contract" / "budget.lua").read_text()
+SCRIPT = (ROOT / "contract" / "min" / "budget.lua").read_text()
 PEEK = ("peek", 0, 0, 60000, 1000000)
 KEYS = 64
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.redis_server import RedisServer  # noqa: E402
 
-SCRIPT = (ROOT / "contract" / "calendar.lua").read_text() + (
-    ROOT / "contract" / "budget.lua"
+SCRIPT = (ROOT / "contract" / "min" / "calendar.lua").read_text() + (
+    ROOT / "contract" / "min" / "budget.lua"
 ).read_text()
 FLUSH_PERIOD_MS = 50  # filter/src/store/batch.zig flush_period_ms
 REFUNDABLE_HOLD_MS = 1000  # filter/src/store/refusals.zig (not used: postpaid fixed windows)

@@ -91,10 +91,16 @@ pub fn build(b: *std.Build) void {
 }
 
 /// The files the filter shares with the control plane live in ../contract (DESIGN.md §2.3);
-/// they reach the source as named imports: `@embedFile("budget.lua")`.
+/// they reach the source as named imports: `@embedFile("budget.lua")`. The Lua scripts come
+/// from ../contract/min/, the same scripts without comments and indentation (issue 17: half
+/// their bytes), made by `python -m tokenlimit.contract_min` and committed; the bridge allows
+/// exactly those (bridge/guard.py), and a stale one fails tests/contract/test_contract_min.py.
 fn addContract(b: *std.Build, module: *std.Build.Module) void {
-    for ([_][]const u8{ "budget.lua", "budget.json", "calendar.json", "calendar.lua", "higress_compat.lua", "cache.lua" }) |name| {
+    for ([_][]const u8{ "budget.json", "calendar.json" }) |name| {
         module.addAnonymousImport(name, .{ .root_source_file = b.path(b.fmt("../contract/{s}", .{name})) });
+    }
+    for ([_][]const u8{ "budget.lua", "calendar.lua", "higress_compat.lua", "cache.lua" }) |name| {
+        module.addAnonymousImport(name, .{ .root_source_file = b.path(b.fmt("../contract/min/{s}", .{name})) });
     }
 }
 

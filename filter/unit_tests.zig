@@ -39,7 +39,6 @@ test {
     _ = @import("src/http/admission.zig");
     _ = @import("src/http/cache.zig");
     _ = @import("src/http/context.zig");
-    _ = @import("src/http/context_ids.zig");
     _ = @import("src/http/downgrade.zig");
     _ = @import("src/http/higress_tokens.zig");
     _ = @import("src/http/model.zig");

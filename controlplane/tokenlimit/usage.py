@@ -70,9 +70,10 @@ Algorithm = Literal["fixed", "sliding", "token_bucket"]
 
 
 def budget_script() -> str:
-    """calendar.lua + budget.lua as shipped in the package, joined in the order the filter
-    embeds them (script.zig `source`): one script, one SHA, the bridge's guard allows it."""
-    contract = importlib.resources.files("tokenlimit") / "contract"
+    """calendar.lua + budget.lua as shipped in the package (contract/min/, as the filter
+    embeds them), joined in the filter's order (script.zig `source`): one script, one SHA, the
+    bridge's guard allows it."""
+    contract = importlib.resources.files("tokenlimit") / "contract" / "min"
     return (contract / "calendar.lua").read_text() + (contract / "budget.lua").read_text()
 
 

@@ -3,7 +3,6 @@
 //! created and freed here and nowhere else.
 const std = @import("std");
 const host = @import("abi/host.zig");
-const context_ids = @import("http/context_ids.zig");
 const http = @import("http/context.zig");
 const metrics = @import("abi/metrics.zig");
 const redis = @import("store/redis.zig");
@@ -12,8 +11,31 @@ const wait = @import("http/wait.zig"); // near the limit (issue 13)
 
 const allocator = host.allocator;
 
-var root_contexts: context_ids.Map(*root.RootContext) = .empty;
-var http_contexts: context_ids.Map(*http.HttpContext) = .empty;
+/// Every live context, root and HTTP, in one table: one hash map instantiation instead of two
+/// (issue 17, module size), keyed by a multiplicative hash (the host numbers contexts 1, 2, 3,
+/// ...; std's Wyhash is a kilobyte of code for a u32).
+var contexts: std.HashMapUnmanaged(u32, Context, IdContext, std.hash_map.default_max_load_percentage) = .empty;
+
+const Context = union(enum) {
+    root: *root.RootContext,
+    http: *http.HttpContext,
+};
+
+const IdContext = struct {
+    pub fn hash(_: IdContext, id: u32) u64 {
+        return @as(u64, id) *% 0x9E3779B97F4A7C15; // Fibonacci hashing: the top bits vary
+    }
+    pub fn eql(_: IdContext, a: u32, b: u32) bool {
+        return a == b;
+    }
+};
+
+fn rootContext(context_id: u32) ?*root.RootContext {
+    return switch (contexts.get(context_id) orelse return null) {
+        .root => |context| context,
+        .http => null,
+    };
+}
 
 export fn proxy_abi_version_0_2_1() void {}
 
@@ -35,7 +57,7 @@ export fn proxy_on_context_create(context_id: u32, parent_context_id: u32) void 
     if (parent_context_id == 0) {
         const context = allocator.create(root.RootContext) catch return outOfMemory("root context");
         context.* = .{ .id = context_id };
-        root_contexts.put(allocator, context_id, context) catch {
+        contexts.put(allocator, context_id, .{ .root = context }) catch {
             allocator.destroy(context);
             return outOfMemory("root context table");
         };
@@ -43,7 +65,7 @@ export fn proxy_on_context_create(context_id: u32, parent_context_id: u32) void 
     }
     const context = allocator.create(http.HttpContext) catch return outOfMemory("http context");
     context.* = .{ .id = context_id, .root_id = parent_context_id };
-    http_contexts.put(allocator, context_id, context) catch {
+    contexts.put(allocator, context_id, .{ .http = context }) catch {
         allocator.destroy(context);
         return outOfMemory("http context table");
     };
@@ -55,7 +77,7 @@ fn outOfMemory(what: []const u8) void {
 }
 
 export fn proxy_on_configure(root_context_id: u32, plugin_config_size: u32) u32 {
-    const context = root_contexts.get(root_context_id) orelse return 0;
+    const context = rootContext(root_context_id) orelse return 0;
     std.debug.assert(context.id == root_context_id);
     _ = host.refreshLogLevel();
     return @intFromBool(context.configure(plugin_config_size));
@@ -64,7 +86,10 @@ export fn proxy_on_configure(root_context_id: u32, plugin_config_size: u32) u32 
 /// The HTTP context of `context_id`, or null for one the table does not hold (created while
 /// memory ran out: such a request passes unlimited).
 fn httpContext(context_id: u32) ?*http.HttpContext {
-    const context = http_contexts.get(context_id) orelse return null;
+    const context = switch (contexts.get(context_id) orelse return null) {
+        .http => |context| context,
+        .root => return null,
+    };
     std.debug.assert(context.id == context_id);
     return context;
 }
@@ -72,7 +97,7 @@ fn httpContext(context_id: u32) ?*http.HttpContext {
 export fn proxy_on_request_headers(context_id: u32, header_count: u32, end_of_stream: u32) u32 {
     _ = header_count;
     const context = httpContext(context_id) orelse return @backingInt(host.Action.@"continue");
-    return @backingInt(context.onRequestHeaders(root_contexts.get(context.root_id), end_of_stream != 0));
+    return @backingInt(context.onRequestHeaders(rootContext(context.root_id), end_of_stream != 0));
 }
 
 export fn proxy_on_request_body(context_id: u32, body_size: u32, end_of_stream: u32) u32 {
@@ -116,14 +141,12 @@ export fn proxy_on_done(context_id: u32) u32 {
 }
 
 export fn proxy_on_delete(context_id: u32) void {
-    if (http_contexts.fetchRemove(context_id)) |entry| {
-        entry.value.deinit();
-        allocator.destroy(entry.value);
-        return;
-    }
-    if (root_contexts.fetchRemove(context_id)) |entry| {
-        entry.value.deinit();
-        allocator.destroy(entry.value);
+    const entry = contexts.fetchRemove(context_id) orelse return;
+    switch (entry.value) {
+        inline else => |context| {
+            context.deinit();
+            allocator.destroy(context);
+        },
     }
 }
 

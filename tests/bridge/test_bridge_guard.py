@@ -28,7 +28,7 @@ from tokenlimit.bridge.resp import encode_command, encode_commands, parse_replie
 from tokenlimit.bridge.server import start
 
 ROOT = Path(__file__).resolve().parents[2]
-BUDGET_LUA = (ROOT / "contract" / "budget.lua").read_bytes()
+BUDGET_LUA = (ROOT / "contract" / "min" / "budget.lua").read_bytes()  # as the filter sends it
 ERR = "x-tokenlimit-bridge-error"
 TOKEN = "guard-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

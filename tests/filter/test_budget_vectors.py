@@ -18,9 +18,10 @@ import redis
 from support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-# As the filter sends it: calendar.lua first (budget.lua calls its calendar_bounds).
-SCRIPT = (ROOT / "contract" / "calendar.lua").read_text() + (
-    ROOT / "contract" / "budget.lua"
+# As the filter sends it: calendar.lua first (budget.lua calls its calendar_bounds), minified
+# (contract/min/, tokenlimit.contract_min).
+SCRIPT = (ROOT / "contract" / "min" / "calendar.lua").read_text() + (
+    ROOT / "contract" / "min" / "budget.lua"
 ).read_text()
 VECTORS = json.loads((ROOT / "contract" / "budget.json").read_text())
 ALGORITHMS = {"fixed": 0, "sliding": 1, "token_bucket": 2}

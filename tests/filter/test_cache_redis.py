@@ -131,7 +131,7 @@ def test_redis_down_serves_misses_and_never_hangs(
 def test_the_bridge_guard_allows_the_cache_script_by_its_sha() -> None:
     from tokenlimit.bridge.guard import Scripts, contract_scripts
 
-    source = (Path(__file__).resolve().parents[2] / "contract" / "cache.lua").read_bytes()
+    source = (Path(__file__).resolve().parents[2] / "contract" / "min" / "cache.lua").read_bytes()
     sha = hashlib.sha1(source).hexdigest().encode()
     scripts = Scripts(contract_scripts())
     assert scripts.refusal([b"EVALSHA", sha, b"1", b"k", b"get"]) is None

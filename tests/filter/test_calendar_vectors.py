@@ -17,8 +17,8 @@ import redis
 from support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-CALENDAR = (ROOT / "contract" / "calendar.lua").read_text()
-BUDGET = (ROOT / "contract" / "budget.lua").read_text()
+CALENDAR = (ROOT / "contract" / "min" / "calendar.lua").read_text()  # as the filter sends it
+BUDGET = (ROOT / "contract" / "min" / "budget.lua").read_text()
 DOCUMENT = json.loads((ROOT / "contract" / "calendar.json").read_text())
 VECTORS: list[dict[str, Any]] = DOCUMENT["vectors"]
 DAY_MS = 86_400_000

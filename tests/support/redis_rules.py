@@ -13,8 +13,9 @@ import redis
 
 from support.redis_server import RedisServer
 
-CONTRACT = Path(__file__).resolve().parents[2] / "contract"
-# The script as the filter embeds it (store/script.zig `source`): calendar.lua, then budget.lua.
+CONTRACT = Path(__file__).resolve().parents[2] / "contract" / "min"
+# The script as the filter embeds it (store/script.zig `source`): calendar.lua, then budget.lua,
+# minified (contract/min/, tokenlimit.contract_min).
 BUDGET_SCRIPT = (CONTRACT / "calendar.lua").read_text() + (CONTRACT / "budget.lua").read_text()
 
 

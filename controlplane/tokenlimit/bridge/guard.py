@@ -11,9 +11,11 @@ descriptors and a caller learns why instead of waiting.
 
 Scripts (`Scripts`): `EVAL` runs any Lua, and Lua may call any Redis command (FLUSHALL, KEYS,
 an endless loop that blocks Redis for every gateway). The bridge runs only the scripts it
-knows by SHA-1: tokenlimit's own, contract/*.lua, shipped in the package (budget.lua,
-higress_compat.lua, and cache.lua for the response cache: its get and set are the only way
-the filter reads or writes cached answers through the bridge).
+knows by SHA-1: tokenlimit's own, shipped in the package as the filter embeds them,
+contract/min/*.lua (budget.lua, higress_compat.lua, and cache.lua for the response cache: its
+get and set are the only way the filter reads or writes cached answers through the bridge).
+Those are contract/*.lua without comments (tokenlimit.contract_min); the readable sources are
+not allowed, since nothing sends them.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ import resource
 from collections.abc import Callable, Iterable, Sequence
 from importlib.resources import files
 
+from tokenlimit.contract_min import MIN_FOLDER
+
 FULL_ERROR = "bridge-full"
 # Descriptors kept for the Redis pool, the listening socket, logs and imports.
 DESCRIPTORS_RESERVE = 128
 
 
 def contract_scripts() -> tuple[bytes, ...]:
-    """Every contract/*.lua shipped with the package (the filter embeds the same files), and
-    calendar.lua + budget.lua joined: the script the filter sends (calendar.lua says why)."""
-    folder = files("tokenlimit") / "contract"
+    """Every contract/min/*.lua shipped with the package (the filter embeds the same files),
+    and calendar.lua + budget.lua joined: the script the filter sends (calendar.lua says why)."""
+    folder = files("tokenlimit") / "contract" / MIN_FOLDER
     bodies = {entry.name: entry.read_bytes() for entry in folder.iterdir()}
     scripts = tuple(bodies[name] for name in sorted(bodies) if name.endswith(".lua"))
     if "calendar.lua" in bodies and "budget.lua" in bodies:

@@ -153,11 +153,16 @@ pub fn logLevel() LogLevel {
 }
 
 /// Formats into a stack buffer (message.zig: `{s}` and `{d}`); a line longer than the buffer
-/// is cut, never dropped.
-pub fn logf(level: LogLevel, comptime format: []const u8, args: anytype) void {
+/// is cut, never dropped. Inline, so a call site only lists its arguments; the level check
+/// and the formatting are `logWith`, once in the module (issue 17, module size).
+pub inline fn logf(level: LogLevel, comptime format: []const u8, args: anytype) void {
+    logWith(level, format, &text.argsOf(args));
+}
+
+noinline fn logWith(level: LogLevel, format: []const u8, args: []const text.Arg) void {
     if (!logEnabled(level)) return; // not formatted for a line Envoy would drop
     var buffer: [1024]u8 = undefined;
-    log(level, text.print(&buffer, format, args));
+    log(level, buffer[0..text.interpolate(&buffer, format, args)]);
 }
 
 // ---- time ------------------------------------------------------------------------------------

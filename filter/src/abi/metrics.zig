@@ -2,6 +2,7 @@
 //! (plugin set) or `tokenlimit_redis_<field>` (Redis store set) in /stats/prometheus.
 //! Defined once per VM (proxy_on_vm_start); until then every id is 0 and increments are no-ops.
 const std = @import("std");
+const message = @import("message.zig");
 const host = @import("host.zig");
 
 pub const Plugin = struct {
@@ -71,13 +72,24 @@ pub fn define() void {
 /// (the refusal is reported by host.zig), which later increments skip: metrics never fail a
 /// request.
 fn defineSet(comptime T: type, comptime prefix: []const u8, comptime gauges: []const []const u8) T {
+    const fields = comptime std.meta.fieldNames(T);
+    // Names and kinds in tables walked by one loop: an inline loop of host calls was a copy of
+    // the call per metric (issue 17, module size).
+    const names, const kinds = comptime blk: {
+        var names: [fields.len][]const u8 = undefined;
+        var kinds: [fields.len]host.MetricType = undefined;
+        for (fields, &names, &kinds) |field, *name, *kind| {
+            name.* = prefix ++ field;
+            kind.* = for (gauges) |gauge| {
+                if (std.mem.eql(u8, gauge, field)) break .gauge;
+            } else .counter;
+        }
+        break :blk .{ names, kinds };
+    };
+    var ids: [fields.len]u32 = undefined;
+    for (&ids, &names, &kinds) |*id, name, kind| id.* = host.defineMetric(kind, name) catch 0;
     var defined: T = .{};
-    inline for (comptime std.meta.fieldNames(T)) |name| {
-        const is_gauge = comptime for (gauges) |gauge| {
-            if (std.mem.eql(u8, gauge, name)) break true;
-        } else false;
-        @field(defined, name) = host.defineMetric(if (is_gauge) .gauge else .counter, prefix ++ name) catch 0;
-    }
+    inline for (fields, 0..) |field, index| @field(defined, field) = ids[index];
     return defined;
 }
 
@@ -103,7 +115,7 @@ pub fn higressRejectionName(buffer: []u8, route: []const u8, cluster: []const u8
 /// Higress's AI metric names (ai-statistics' and ai-token-ratelimit's `generateMetricName`):
 /// `route.<route>.upstream.<cluster>.model.<model>.consumer.<consumer>.metric.<metric>`.
 pub fn higressName(buffer: []u8, route: []const u8, cluster: []const u8, model: []const u8, consumer: []const u8, metric: []const u8) ?[]const u8 {
-    return std.fmt.bufPrint(buffer, "route.{s}.upstream.{s}.model.{s}.consumer.{s}.metric.{s}", .{ route, cluster, model, consumer, metric }) catch null;
+    return message.printAll(buffer, "route.{s}.upstream.{s}.model.{s}.consumer.{s}.metric.{s}", .{ route, cluster, model, consumer, metric });
 }
 
 /// The counter id for `higressRejectionName(route, cluster, consumer)`, defined on first use

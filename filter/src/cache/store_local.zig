@@ -20,6 +20,7 @@
 //! The logic is generic over where values live (`Shared`): Envoy shared data in the module, a
 //! map in the tests below.
 const std = @import("std");
+const message = @import("../abi/message.zig");
 const entry_zig = @import("entry.zig");
 const host = @import("../abi/host.zig");
 const key = @import("key.zig");
@@ -148,13 +149,13 @@ fn unconditional(result: error{ CasMismatch, StoreUnavailable }!void) Error!void
 }
 
 fn pageName(buffer: *[48]u8, generation: u64) []const u8 {
-    return std.fmt.bufPrint(buffer, "tokenlimit:cache:page:{d}", .{generation % page_count}) catch unreachable;
+    return message.print(buffer, "tokenlimit:cache:page:{d}", .{generation % page_count});
 }
 
 fn indexName(buffer: *[48]u8, digest: key.Digest, way: usize) []const u8 {
     const part = if (way == 0) digest[0..4] else digest[4..8];
     const slot = std.mem.readInt(u32, part, .little) % index_slots;
-    return std.fmt.bufPrint(buffer, "tokenlimit:cache:index:{d}", .{slot}) catch unreachable;
+    return message.print(buffer, "tokenlimit:cache:index:{d}", .{slot});
 }
 
 /// Envoy shared data: what the module uses.

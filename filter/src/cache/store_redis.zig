@@ -25,7 +25,8 @@ pub const Name = [18 + 64 + 1]u8;
 
 pub fn name(digest: key.Digest) Name {
     var out: Name = undefined;
-    _ = std.fmt.bufPrint(&out, "tokenlimit:cache:{{{s}}}", .{std.fmt.bytesToHex(digest, .lower)}) catch unreachable;
+    // Concatenated, not bufPrint: a format is its own formatting code (issue 17, module size).
+    out = ("tokenlimit:cache:{" ++ std.fmt.bytesToHex(digest, .lower) ++ "}").*;
     return out;
 }
 

@@ -1,6 +1,7 @@
 //! IP addresses and CIDR ranges for `limit_by_per_ip`. Addresses are kept as 16 bytes; IPv4 is
 //! stored IPv4-mapped (::ffff:a.b.c.d) so one comparison serves both families.
 const std = @import("std");
+const message = @import("../abi/message.zig");
 
 pub const Address = struct {
     bytes: [16]u8,
@@ -164,7 +165,7 @@ fn checkPort(text: []const u8) ParseError!void {
 pub fn format(address: Address, out: *[text_bytes_max]u8) []const u8 {
     if (address.is_ipv4) {
         const b = address.bytes[12..16];
-        return std.fmt.bufPrint(out, "{d}.{d}.{d}.{d}", .{ b[0], b[1], b[2], b[3] }) catch unreachable;
+        return message.print(out, "{d}.{d}.{d}.{d}", .{ b[0], b[1], b[2], b[3] });
     }
     var groups: [8]u16 = undefined;
     for (&groups, 0..) |*group, i| group.* = std.mem.readInt(u16, address.bytes[i * 2 ..][0..2], .big);
@@ -194,7 +195,7 @@ pub fn format(address: Address, out: *[text_bytes_max]u8) []const u8 {
             i += run_len;
             continue;
         }
-        const written = std.fmt.bufPrint(out[len..], "{x}", .{groups[i]}) catch unreachable;
+        const written = message.hex(out[len..], groups[i]);
         len += written.len;
         i += 1;
         if (i < 8 and i != run_start) {

@@ -122,7 +122,7 @@ const Parser = struct {
                 // the route rules apply, no default. Without route rules the config is refused.
                 if (err != error.InvalidConfig or !hasEntries(rules_value)) return err;
                 const d = self.reader.diagnostic;
-                ignored_default = try std.fmt.allocPrint(self.arena, "{s}{s}{s}", .{ d.field(), if (d.field().len > 0) ": " else "", d.reason() });
+                ignored_default = try std.mem.concat(self.arena, u8, &.{ d.field(), if (d.field().len > 0) ": " else "", d.reason() });
                 self.reader.leave(0);
             }
         }

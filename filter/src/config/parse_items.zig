@@ -4,6 +4,7 @@
 //! (`warn_at`, weights, `local_share`) that both items and rules read. Like parse_budget.zig it
 //! shares the parser's Reader (field path, diagnostic) and arena.
 const std = @import("std");
+const message = @import("../abi/message.zig");
 const budget = @import("../meter/budget.zig");
 const config = @import("config.zig");
 const counter = @import("../meter/counter.zig");
@@ -97,7 +98,8 @@ pub const Items = struct {
             else => return self.reader.fail("must be a number " ++ weight_range ++ ", got {s}", .{Reader.typeName(value)}),
         };
         const dot = std.mem.indexOfScalar(u8, text, '.') orelse text.len;
-        const whole = std.fmt.parseInt(u32, text[0..dot], 10) catch return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
+        // u64 as elsewhere in the module: one parseInt instantiation fewer (issue 17).
+        const whole = std.fmt.parseInt(u64, text[0..dot], 10) catch return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
         const fraction_text = if (dot < text.len) text[dot + 1 ..] else "";
         if (fraction_text.len > 3 or whole > bounds.weight_max) return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
         var fraction: u32 = 0;
@@ -106,14 +108,14 @@ pub const Items = struct {
             if (digit > 9) return self.reader.fail("must be a number " ++ weight_range ++ " with at most 3 decimals, got {s}", .{text[0..@min(text.len, 32)]});
             fraction = fraction * 10 + digit;
         }
-        const result = whole * 1000 + fraction;
+        const result: u32 = @intCast(whole * 1000 + fraction); // whole <= weight_max
         if (result > bounds.weight_max * 1000) return self.reader.fail("must be a number " ++ weight_range ++ ", got {s}", .{text});
         return result;
     }
 
     /// Reads token_per_* / request_per_* fields; at least one must be present.
-    pub fn limitsOf(self: Items, map: ObjectMap, comptime also: []const []const u8) ParseError!Limits {
-        try self.reader.ignoreUnknown(map, &(limit_field_names ++ also[0..also.len].*));
+    pub fn limitsOf(self: Items, map: ObjectMap, also: []const []const u8) ParseError!Limits {
+        try self.reader.ignoreUnknownIn(map, &.{ &limit_field_names, also });
         var limits: Limits = .{};
         var count: usize = 0;
         for (limit_fields) |field| {
@@ -233,7 +235,7 @@ pub const Items = struct {
                         const field = if (item.limit_type == .global)
                             "global_threshold"
                         else
-                            std.fmt.bufPrint(&field_buffer, "rule_items[{d}].limit_by_{s}", .{ index - global_count, @tagName(item.limit_type) }) catch unreachable;
+                            message.print(&field_buffer, "rule_items[{d}].limit_by_{s}", .{ index - global_count, @tagName(item.limit_type) });
                         return self.reader.failField(field, "makes counter names longer than the {d} bytes a counter name may have (rule name as counted: {d} bytes, this name: {d} bytes); shorten the rule name or this name", .{ counter.counter_key_bytes_max, rule_name.len, item.source.len });
                     };
                 }

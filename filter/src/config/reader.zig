@@ -55,7 +55,7 @@ pub const Reader = struct {
     pub fn enterIndex(self: *Reader, index: usize) usize {
         const saved = self.path_len;
         var buffer: [24]u8 = undefined;
-        self.append(std.fmt.bufPrint(&buffer, "[{d}]", .{index}) catch "[?]");
+        self.append(message.print(&buffer, "[{d}]", .{index}));
         return saved;
     }
 
@@ -71,17 +71,27 @@ pub const Reader = struct {
     }
 
     /// Records the error at the current path (message.zig formats it without per-message code).
-    pub fn fail(self: *Reader, comptime format: []const u8, args: anytype) ParseError {
+    /// Inline and tiny: a call site only lists its arguments; the work is `failWith`, once in
+    /// the module (a hundred call sites each had their own copy: issue 17, module size).
+    pub inline fn fail(self: *Reader, comptime format: []const u8, args: anytype) ParseError {
+        return self.failWith(format, &message.argsOf(args));
+    }
+
+    pub inline fn failField(self: *Reader, name: []const u8, comptime format: []const u8, args: anytype) ParseError {
+        return self.failFieldWith(name, format, &message.argsOf(args));
+    }
+
+    noinline fn failWith(self: *Reader, format: []const u8, args: []const message.Arg) ParseError {
         const d = self.diagnostic;
         @memcpy(d.field_buffer[0..self.path_len], self.path_buffer[0..self.path_len]);
         d.field_len = self.path_len;
-        d.reason_len = message.print(&d.reason_buffer, format, args).len;
+        d.reason_len = message.interpolate(&d.reason_buffer, format, args);
         return error.InvalidConfig;
     }
 
-    pub fn failField(self: *Reader, name: []const u8, comptime format: []const u8, args: anytype) ParseError {
+    noinline fn failFieldWith(self: *Reader, name: []const u8, format: []const u8, args: []const message.Arg) ParseError {
         _ = self.enter(name);
-        return self.fail(format, args);
+        return self.failWith(format, args);
     }
 
     /// The current path, for callers that restore it after catching a failure.
@@ -183,11 +193,17 @@ pub const Reader = struct {
     /// Higress ignores fields it does not know (its README once documented one it never read),
     /// so the filter does too; each is recorded for the one warning line the root logs.
     pub fn ignoreUnknown(self: *Reader, map: ObjectMap, known: []const []const u8) ParseError!void {
+        return self.ignoreUnknownIn(map, &.{known});
+    }
+
+    /// As `ignoreUnknown`, the known names given in several lists (a list made at run time,
+    /// not per caller at compile time: issue 17, module size).
+    pub fn ignoreUnknownIn(self: *Reader, map: ObjectMap, lists: []const []const []const u8) ParseError!void {
         var it = map.iterator();
         next_field: while (it.next()) |entry| {
-            for (known) |name| {
+            for (lists) |known| for (known) |name| {
                 if (std.mem.eql(u8, entry.key_ptr.*, name)) continue :next_field;
-            }
+            };
             try self.ignore(entry.key_ptr.*);
         }
     }

@@ -82,7 +82,9 @@ pub fn withLimitedStatus(arena: std.mem.Allocator, previous: []const u8) error{O
         }
     }
     try members.append(arena, .{ .key = status_field, .value = .{ .string = "limited" } });
-    std.mem.sort(json_tree.Object.Entry, members.items, {}, keyLessThan);
+    // Keys are unique (json_tree refuses duplicates), so an unstable sort gives Go's order;
+    // heap sort is a fraction of std.mem.sort's stable block sort in code (issue 17).
+    std.sort.heap(json_tree.Object.Entry, members.items, {}, keyLessThan);
     var object: std.ArrayList(u8) = .empty;
     try writeValue(arena, &object, .{ .object = .{ .entries = members.items } });
     var escaped: std.ArrayList(u8) = .empty;
@@ -138,9 +140,10 @@ fn writeStringBody(gpa: std.mem.Allocator, out: *std.ArrayList(u8), text: []cons
             '\n' => try out.appendSlice(gpa, "\\n"),
             '\r' => try out.appendSlice(gpa, "\\r"),
             '\t' => try out.appendSlice(gpa, "\\t"),
-            0...0x08, 0x0b, 0x0c, 0x0e...0x1f, '<', '>', '&' => try out.print(gpa, "\\u{x:0>4}", .{c}),
+            // Written by hand, not out.print: a format is its own code (issue 17, module size).
+            0...0x08, 0x0b, 0x0c, 0x0e...0x1f, '<', '>', '&' => try out.appendSlice(gpa, &.{ '\\', 'u', '0', '0', "0123456789abcdef"[c >> 4], "0123456789abcdef"[c & 0xf] }),
             0xe2 => if (i + 2 < text.len and text[i + 1] == 0x80 and (text[i + 2] == 0xa8 or text[i + 2] == 0xa9)) {
-                try out.print(gpa, "\\u{s}", .{if (text[i + 2] == 0xa8) "2028" else "2029"});
+                try out.appendSlice(gpa, if (text[i + 2] == 0xa8) "\\u2028" else "\\u2029");
                 i += 2;
             } else try out.append(gpa, c),
             else => try out.append(gpa, c),

@@ -2,6 +2,7 @@
 //! and the 503 when the budget store is unavailable) and OpenAI-style `x-ratelimit-*` headers.
 //! Formatting is pure; the send functions make the one host call each.
 const std = @import("std");
+const text_format = @import("../abi/message.zig");
 const budget = @import("../meter/budget.zig");
 const config = @import("../config/config.zig");
 const header_map = @import("../abi/header_map.zig");
@@ -16,12 +17,12 @@ pub fn formatReset(reset_in_ms: u64, buffer: []u8) []const u8 {
     const minutes = (total_s % 3600) / 60;
     const seconds = total_s % 60;
     const text = if (hours > 0)
-        std.fmt.bufPrint(buffer, "{d}h{d}m{d}s", .{ hours, minutes, seconds })
+        text_format.printAll(buffer, "{d}h{d}m{d}s", .{ hours, minutes, seconds })
     else if (minutes > 0)
-        std.fmt.bufPrint(buffer, "{d}m{d}s", .{ minutes, seconds })
+        text_format.printAll(buffer, "{d}m{d}s", .{ minutes, seconds })
     else
-        std.fmt.bufPrint(buffer, "{d}s", .{seconds});
-    return text catch "0s";
+        text_format.printAll(buffer, "{d}s", .{seconds});
+    return text orelse "0s";
 }
 
 /// `Retry-After` in whole seconds, at least 1 (a 0 invites an immediate retry storm).
@@ -74,14 +75,19 @@ pub const LimitHeaders = struct {
 };
 
 fn printNumber(buffer: *[24]u8, number: u64) usize {
-    const text = std.fmt.bufPrint(buffer, "{d}", .{number}) catch return 0;
-    return text.len;
+    return text_format.decimal(buffer, number).len;
 }
 
 /// Micro-USD as US dollars: "12.345678" (at most 14 + 1 + 6 bytes for any u64).
 pub fn printDollars(buffer: *[24]u8, micros: u64) usize {
-    const text = std.fmt.bufPrint(buffer, "{d}.{d:0>6}", .{ micros / 1_000_000, micros % 1_000_000 }) catch return 0;
-    return text.len;
+    const whole = text_format.decimal(buffer, micros / 1_000_000).len;
+    buffer[whole] = '.';
+    const fraction = text_format.decimal(buffer[whole + 1 ..], micros % 1_000_000).len;
+    // Zero-padded to 6 digits: the fraction's digits move to the end, zeros before them.
+    const end = whole + 1 + 6;
+    std.mem.copyBackwards(u8, buffer[end - fraction .. end], buffer[whole + 1 ..][0..fraction]);
+    @memset(buffer[whole + 1 .. end - fraction], '0');
+    return end;
 }
 
 /// Sends the rejection for the budget that refused the request (of `unit`).

@@ -459,10 +459,11 @@ pub const Parser = struct {
         if (digits.len == 0 or (!braced and digits.len != 2) or digits.len > 6) {
             return p.invalid(start, message);
         }
-        const value = std.fmt.parseInt(u21, digits, 16) catch return p.invalid(start, message);
+        // u64 as elsewhere in the module: one parseInt instantiation fewer (issue 17).
+        const value = std.fmt.parseInt(u64, digits, 16) catch return p.invalid(start, message);
         if (value > program.max_code_point) return p.invalid(start, message);
         p.pos = if (braced) digits_end + 1 else digits_end;
-        return value;
+        return @intCast(value);
     }
 
     /// `\p{Name}`, `\p{^Name}` or `\P{Name}` (after the letter): a script unicode.zig holds.

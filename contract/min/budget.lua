@@ -1,0 +1,474 @@
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+local function now_ms()
+if tonumber(ARGV[2])>0 then return tonumber(ARGV[2])end
+local t=redis.call('TIME')
+return tonumber(t[1])*1000+math.floor(tonumber(t[2])/1000)
+end
+
+
+local zone_froms,zone_offsets=nil,nil
+local calendar_codes={[-1]='hour',[-2]='day',[-3]='week',[-4]='month'}
+local nominal_ms={[-1]=3600000,[-2]=86400000,[-3]=604800000,[-4]=2629746000}
+
+local function read_zone(text)
+zone_froms,zone_offsets={},{}
+for from,offset in string.gmatch(text,'(%-?%d+):(%-?%d+)')do
+zone_froms[#zone_froms+1]=tonumber(from)
+zone_offsets[#zone_offsets+1]=tonumber(offset)
+end
+if#zone_froms==0 then error('tokenlimit: empty zone table')end
+end
+
+
+local function window_bounds(length,at)
+if length>0 then
+local start=at-(at%length)
+return start,start+length
+end
+return calendar_bounds(at,calendar_codes[length],zone_froms,zone_offsets)
+end
+
+
+local function nominal(length)
+if length>0 then return length end
+return nominal_ms[length]
+end
+
+local function read(key)
+local v=redis.call('HMGET',key,'s','u','p')
+return{s=tonumber(v[1])or 0,u=tonumber(v[2])or 0,p=tonumber(v[3])or 0}
+end
+
+
+local function current(r,algorithm,length,limit,now)
+if algorithm==2 then
+length=nominal(length)
+if r.u==0 or now<=r.s then
+return{s=(r.u==0)and now or r.s,u=r.u,p=0}
+end
+local refilled=math.floor((now-r.s)*limit/length)
+if refilled>=r.u then return{s=now,u=0,p=0}end
+local spent=math.ceil(refilled*length/limit)
+return{s=r.s+spent,u=r.u-refilled,p=0}
+end
+local start=window_bounds(length,now)
+if r.s==start then return r end
+local previous=0
+if algorithm==1 then
+if length<0 then
+if r.s==window_bounds(length,start-1)then previous=r.u end
+elseif start>=length and r.s==start-length then
+previous=r.u
+end
+end
+return{s=start,u=0,p=previous}
+end
+
+
+local function check(r,algorithm,length,limit,now)
+if algorithm~=2 then
+local start,finish=window_bounds(length,now)
+local reset=finish-math.max(now,start)
+if algorithm==0 then return r.u,reset end
+return r.u+math.floor(r.p*reset/(finish-start)),reset
+end
+length=nominal(length)
+local excess=math.max(r.u-limit,0)+1
+local wait=math.ceil(excess*length/limit)
+return r.u,math.max(1,wait-math.max(now-r.s,0))
+end
+
+local function fits(used,limit,amount)
+if used>=limit then return false end
+if amount>limit then return used==0 end
+return used+amount<=limit
+end
+
+
+
+local function ttl(r,algorithm,length,limit,now)
+if length<0 and algorithm~=2 then
+
+local _,finish=window_bounds(length,now)
+local until_end=math.max(finish-now,1)
+if algorithm==1 then return until_end+32*86400000 end
+return until_end
+end
+length=nominal(length)
+if algorithm==1 then return 2*length end
+if algorithm==2 then return math.max(length,math.ceil(r.u*length/limit))end
+return length
+end
+
+
+
+local used_max=9007199254740992
+
+local function write(key,r,algorithm,length,limit,now)
+r.u=math.min(r.u,used_max)
+redis.call('HSET',key,'s',r.s,'u',r.u,'p',r.p)
+redis.call('PEXPIRE',key,ttl(r,algorithm,length,limit,now))
+end
+
+local marker_ttl_min,marker_ttl_max=600000,3600000
+
+
+local function marker_ttl(args,n,first,stride)
+local longest=0
+for i=1,n do longest=math.max(longest,nominal(tonumber(args[first+stride*(i-1)])))end
+return math.min(math.max(longest,marker_ttl_min),marker_ttl_max)
+end
+
+
+local function admit(now,keys,args)
+local force=tonumber(args[3])==1
+local n=math.floor((#args-3)/4)
+if(#args-3)%4==1 then read_zone(args[#args])end
+local marker=keys[n+1]
+local late=marker~=nil and redis.call('EXISTS',marker)==1
+local states,results,refused={},{},0
+for i=1,n do
+local key=keys[i]
+local base=4+4*(i-1)
+local algorithm,length=tonumber(args[base]),tonumber(args[base+1])
+local limit,amount=tonumber(args[base+2]),tonumber(args[base+3])
+local r=current(read(key),algorithm,length,limit,now)
+local used,reset=check(r,algorithm,length,limit,now)
+states[i]={r=r,algorithm=algorithm,length=length,limit=limit,amount=math.min(amount,limit)}
+results[i]={used,limit,reset}
+if refused==0 and not fits(used,limit,amount)then refused=i end
+end
+local applied=(refused==0 or force)and not late
+if applied then
+for i=1,n do
+local st=states[i]
+st.r.u=st.r.u+st.amount
+write(keys[i],st.r,st.algorithm,st.length,st.limit,now)
+local used,reset=check(st.r,st.algorithm,st.length,st.limit,now)
+results[i]={used,st.limit,reset}
+end
+end
+if marker~=nil and not late then
+redis.call('SET',marker,applied and('a:'..now)or'n','PX',marker_ttl(args,n,5,4))
+end
+local reply={refused,now}
+for i=1,n do
+reply[#reply+1]=results[i][1]
+reply[#reply+1]=results[i][2]
+reply[#reply+1]=results[i][3]
+end
+return reply
+end
+
+
+local function marker_ttl_of(lengths)
+local longest=0
+for _,length in ipairs(lengths)do longest=math.max(longest,nominal(length))end
+return math.min(math.max(longest,marker_ttl_min),marker_ttl_max)
+end
+
+
+
+
+
+local function settle_one(now,releasing,keys,marker,args,first,admitted_at)
+local n=#keys
+local lengths={}
+for i=1,n do lengths[i]=tonumber(args[first+5*(i-1)+1])end
+if marker~=nil then
+local state=redis.call('GET',marker)
+if state=='s'or state=='r'then return-1 end
+if releasing and(state==false or state=='n')then
+
+redis.call('SET',marker,'r','PX',marker_ttl_of(lengths))
+return 0
+end
+
+if state and string.sub(state,1,2)=='a:'then admitted_at=tonumber(string.sub(state,3))end
+end
+local changed=0
+for i=1,n do
+local base=first+5*(i-1)
+local algorithm,length=tonumber(args[base]),tonumber(args[base+1])
+local limit,reserved,actual=tonumber(args[base+2]),tonumber(args[base+3]),tonumber(args[base+4])
+if actual~=reserved then
+local r=current(read(keys[i]),algorithm,length,limit,now)
+if actual>reserved then
+r.u=r.u+(actual-reserved)
+elseif algorithm==2 or window_bounds(length,admitted_at)==r.s then
+r.u=math.max(r.u-(reserved-actual),0)
+end
+write(keys[i],r,algorithm,length,limit,now)
+changed=changed+1
+end
+end
+if marker~=nil then redis.call('SET',marker,'s','PX',marker_ttl_of(lengths))end
+return changed
+end
+
+
+local function settle(now,releasing)
+local n=math.floor((#ARGV-3)/5)
+local admitted_at=tonumber(ARGV[#ARGV])
+if(#ARGV-3)%5==1 then
+read_zone(ARGV[#ARGV])
+admitted_at=tonumber(ARGV[#ARGV-1])
+end
+local keys={}
+for i=1,n do keys[i]=KEYS[i]end
+return settle_one(now,releasing,keys,KEYS[n+1],ARGV,3,admitted_at)
+end
+
+
+
+
+
+
+
+
+local function apply_entries(now,count,first)
+local entries,at,key_at={},first,1
+for j=1,count do
+local n=tonumber(ARGV[at+1])or-1
+if n<1 or at+3+5*n>#ARGV or key_at+n>#KEYS then break end
+entries[j]={at=at,key_at=key_at,n=n}
+at,key_at=at+4+5*n,key_at+n+1
+end
+if#entries~=count then return nil,'tokenlimit: settle_batch arguments do not add up'end
+local results={}
+for j,entry in ipairs(entries)do
+local releasing,zone=ARGV[entry.at]=='release',ARGV[entry.at+3]
+if zone~=''then read_zone(zone)else zone_froms,zone_offsets=nil,nil end
+local keys={}
+for i=1,entry.n do keys[i]=KEYS[entry.key_at+i-1]end
+results[j]=settle_one(now,releasing,keys,KEYS[entry.key_at+entry.n],ARGV,entry.at+4,tonumber(ARGV[entry.at+2]))
+end
+zone_froms,zone_offsets=nil,nil
+return results,at,key_at
+end
+
+local function settle_batch(now)
+local count=tonumber(ARGV[3])or-1
+local results,at,key_at=apply_entries(now,count,4)
+if results==nil then return redis.error_reply(at)end
+if at~=#ARGV+1 or key_at~=#KEYS+1 then
+return redis.error_reply('tokenlimit: settle_batch arguments do not add up')
+end
+return results
+end
+
+
+
+local function batch_admit(now)
+local results,at,key_at=apply_entries(now,tonumber(ARGV[3])or-1,4)
+if results==nil then return redis.error_reply(at)end
+local keys,args={},{'admit',ARGV[2]}
+for i=key_at,#KEYS do keys[#keys+1]=KEYS[i]end
+for i=at,#ARGV do args[#args+1]=ARGV[i]end
+return admit(now,keys,args)
+end
+
+
+local function peek(now)
+if(#ARGV-2)%3==1 then read_zone(ARGV[#ARGV])end
+local reply={now}
+for i,key in ipairs(KEYS)do
+local base=3+3*(i-1)
+local algorithm,length,limit=tonumber(ARGV[base]),tonumber(ARGV[base+1]),tonumber(ARGV[base+2])
+local r=current(read(key),algorithm,length,limit,now)
+local used,reset=check(r,algorithm,length,limit,now)
+reply[#reply+1]=used
+reply[#reply+1]=math.max(limit-used,0)
+reply[#reply+1]=reset
+end
+return reply
+end
+
+
+
+local lease_stride=7
+
+
+
+local function lease_counters()
+local n=(#ARGV-2)/lease_stride
+if n<1 or n~=math.floor(n)or#KEYS~=n+1 then
+return nil,'tokenlimit: lease arguments do not add up'
+end
+local counters={}
+for i=1,n do
+local base=3+lease_stride*(i-1)
+local c={key=KEYS[i]}
+c.algorithm,c.length,c.limit=tonumber(ARGV[base]),tonumber(ARGV[base+1]),tonumber(ARGV[base+2])
+c.want,c.need=tonumber(ARGV[base+3]),tonumber(ARGV[base+4])
+c.carry,c.carry_end=tonumber(ARGV[base+5]),tonumber(ARGV[base+6])
+if c.algorithm~=0 or c.length<=0 then
+return nil,'tokenlimit: leases take fixed windows of a fixed length only'
+end
+counters[i]=c
+end
+return counters
+end
+
+
+
+local function apply_carries(counters,now)
+for _,c in ipairs(counters)do
+c.r=current(read(c.key),c.algorithm,c.length,c.limit,now)
+local _,finish=window_bounds(c.length,now)
+if c.carry<0 then
+c.r.u=c.r.u-c.carry
+elseif c.carry>0 and c.carry_end==finish then
+c.r.u=math.max(c.r.u-c.carry,0)
+end
+end
+end
+
+local function lease_marker_ttl(counters)
+local lengths={}
+for i,c in ipairs(counters)do lengths[i]=c.length end
+return marker_ttl_of(lengths)
+end
+
+local function lease(now)
+local counters,problem=lease_counters()
+if counters==nil then return redis.error_reply(problem)end
+local marker=KEYS[#KEYS]
+if redis.call('EXISTS',marker)==1 then
+return redis.error_reply('tokenlimit: lease already applied (its marker is set)')
+end
+apply_carries(counters,now)
+local refused=0
+for i,c in ipairs(counters)do
+if refused==0 and not fits(c.r.u,c.limit,c.need)then refused=i end
+end
+local grants={}
+for i,c in ipairs(counters)do
+grants[i]=0
+if refused==0 then
+grants[i]=math.min(math.max(c.want,c.need),c.limit-c.r.u)
+c.r.u=c.r.u+grants[i]
+end
+write(c.key,c.r,c.algorithm,c.length,c.limit,now)
+end
+redis.call('SET',marker,'l:'..now..':'..table.concat(grants,','),'PX',lease_marker_ttl(counters))
+local reply={refused,now}
+for _,c in ipairs(counters)do
+local used,reset=check(c.r,c.algorithm,c.length,c.limit,now)
+reply[#reply+1]=used
+reply[#reply+1]=c.limit
+reply[#reply+1]=reset
+end
+for i=1,#counters do reply[#reply+1]=grants[i]end
+return reply
+end
+
+local function lease_return(now)
+local counters,problem=lease_counters()
+if counters==nil then return redis.error_reply(problem)end
+local marker=KEYS[#KEYS]
+local state=redis.call('GET',marker)
+if state==false then
+
+apply_carries(counters,now)
+for _,c in ipairs(counters)do write(c.key,c.r,c.algorithm,c.length,c.limit,now)end
+redis.call('SET',marker,'r','PX',lease_marker_ttl(counters))
+return#counters
+end
+if string.sub(state,1,2)~='l:'then return-1 end
+
+local at,list=string.match(state,'^l:(%d+):(.*)$')
+at=tonumber(at)
+local i,changed=1,0
+for grant in string.gmatch(list,'(%d+)')do
+local c=counters[i]
+if c==nil then break end
+local r=current(read(c.key),c.algorithm,c.length,c.limit,now)
+if tonumber(grant)>0 and window_bounds(c.length,at)==r.s then
+r.u=math.max(r.u-tonumber(grant),0)
+write(c.key,r,c.algorithm,c.length,c.limit,now)
+changed=changed+1
+end
+i=i+1
+end
+redis.call('SET',marker,'s','PX',lease_marker_ttl(counters))
+return changed
+end
+
+if ARGV[1]=='admit'then return admit(now_ms(),KEYS,ARGV)end
+if ARGV[1]=='settle'then return settle(now_ms(),false)end
+if ARGV[1]=='release'then return settle(now_ms(),true)end
+if ARGV[1]=='peek'then return peek(now_ms())end
+if ARGV[1]=='settle_batch'then return settle_batch(now_ms())end
+if ARGV[1]=='batch_admit'then return batch_admit(now_ms())end
+if ARGV[1]=='lease'then return lease(now_ms())end
+if ARGV[1]=='lease_return'then return lease_return(now_ms())end
+return redis.error_reply('tokenlimit: unknown operation '..tostring(ARGV[1]))
