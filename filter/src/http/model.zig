@@ -10,7 +10,6 @@ const host = @import("../abi/host.zig");
 const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 const response = @import("../respond/response.zig");
-const rewrite = @import("rewrite.zig");
 const budget = @import("../meter/budget.zig");
 const match = @import("../match/match.zig");
 const request = @import("../usage/request.zig");
@@ -65,14 +64,6 @@ pub fn fromRequestHeaders(rule: *const config.Rule, out: *Buffer, path: ?[]const
         }
     }
     return fromPath(path orelse return .none, out);
-}
-
-/// The body's top-level `model`, decoded (§2, last): a body past the bound reads as no model.
-pub fn fromRequestBody(size: usize, out: *Buffer) Requested {
-    if (size > rewrite.request_body_bytes_max) return .none;
-    var body = (host.getBuffer(.request_body, 0, size) catch null) orelse return .none;
-    defer body.deinit();
-    return .of(request.decodeModel(body.bytes, request.scan(body.bytes), out));
 }
 
 /// A header's value as it came (a gateway-set header is trusted like any `limit_by_header`).

@@ -161,11 +161,15 @@ pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.
     self.request_bytes = size;
     self.request_sent = true;
     var info: request.RequestInfo = .{};
+    // The body's model for a rule whose budgets depend on it, read from this one read and scan
+    // of the body (a body past the bound reads as no model).
+    var body_model: model.Requested = .none;
     if (size <= rewrite.request_body_bytes_max) {
         if (host.getBuffer(.request_body, 0, size) catch null) |body| {
             var bytes = body;
             defer bytes.deinit();
             info = request.scan(bytes.bytes);
+            if (self.model_pending) body_model = .of(request.decodeModel(bytes.bytes, info, &self.model_buffer));
             // The body's model where the rule's budgets do not read it (model-aware rules read it
             // below): for the metric label and the access log's model field (issue 16).
             if (self.requested_model == .none and self.rule != null and !self.rule.?.modelAware()) {
@@ -185,7 +189,7 @@ pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.
     if (self.phase != .awaiting_body) return .@"continue";
     if (self.model_pending) {
         const rule = self.rule.?;
-        self.requested_model = model.fromRequestBody(size, &self.model_buffer);
+        self.requested_model = body_model;
         if (self.requested_model == .refused) {
             self.enter(.idle);
             return model.refuse(rule, self.requested_model.refused);
