@@ -128,13 +128,14 @@ def test_each_admission_keeps_its_marker(client: redis.Redis) -> None:
 def test_arguments_that_do_not_add_up_change_nothing(client: redis.Redis) -> None:
     key, marker = "tokenlimit:{many}:bad", "tokenlimit:{many}:req:bad"
     client.delete(key, marker)
-    settle = ["settle", 1, 1_700_000_000_000, "", 0, 60_000, 100, 0, 50]
-    good = [1, 0, 0, 60_000, 100, 10, ""]
-    for args in (
+    settle: list[int | str] = ["settle", 1, 1_700_000_000_000, "", 0, 60_000, 100, 0, 50]
+    good: list[int | str] = [1, 0, 0, 60_000, 100, 10, ""]
+    cases: list[list[int | str]] = [
         ["admit_many", 0, 1, *settle, 2, *good],  # two admissions announced, one sent
         ["admit_many", 0, 1, *settle, 1, *good, "extra"],
         ["admit_many", 0, 1, *settle, 0],
-    ):
+    ]
+    for args in cases:
         keys = [key, marker, key, marker] if args[-1] != 0 else [key, marker]
         with pytest.raises(redis.ResponseError, match="do not add up"):
             run(client, keys, args)

@@ -37,6 +37,8 @@ comptime {
     // The smallest entry (one counter) fits a call many times over.
     const smallest = script.batchEntrySize(1);
     std.debug.assert(call_arguments_max + 6 <= 1024);
+    // admit_many (coalesce.zig) has one more: the admission count.
+    std.debug.assert(call_arguments_max + 7 <= 1024);
     std.debug.assert(call_arguments_max >= 32 * (smallest.keys + smallest.arguments));
 }
 
@@ -120,6 +122,22 @@ pub fn Queue(comptime Target: type) type {
             } else return null;
             if (group.entries == 0 or group.size() + script.admissionSize(counters.len) > call_arguments_max) return null;
             const admit_tail = try script.batchAdmitArguments(allocator, group.keys.bytes.items, group.key_count, group.arguments.bytes.items, group.entries, counters, force, marker);
+            errdefer allocator.free(admit_tail);
+            const taken = try self.take(allocator, group, group.sent_ms orelse 0);
+            return .{ .admit_tail = admit_tail, .settle_tail = taken.tail, .entries = taken.entries };
+        }
+
+        /// Admission coalescing (issue 17, coalesce.zig): an admit_many call of `admissions`
+        /// (encoded) with the group's queued settlements applied first, and those settlements as
+        /// their own settle_batch call, to retry if the call fails; null when none wait or they
+        /// would make the call longer than `call_arguments_max`. The caller owns both tails.
+        pub fn carryMany(self: *Self, allocator: std.mem.Allocator, target: Target, tag: []const u8, admissions: script.Encoded, admissions_size: usize) !?Carried {
+            const group = for (self.groups.items) |*group| {
+                if (std.mem.eql(u8, group.tag[0..group.tag_len], tag) and std.mem.eql(u8, group.target.slice(), target.slice())) break group;
+            } else return null;
+            if (group.entries == 0 or group.size() + admissions_size > call_arguments_max) return null;
+            const settlements: script.Encoded = .{ .keys = group.keys.bytes.items, .key_count = group.key_count, .arguments = group.arguments.bytes.items, .entries = group.entries };
+            const admit_tail = try script.admitManyArguments(allocator, settlements, admissions);
             errdefer allocator.free(admit_tail);
             const taken = try self.take(allocator, group, group.sent_ms orelse 0);
             return .{ .admit_tail = admit_tail, .settle_tail = taken.tail, .entries = taken.entries };

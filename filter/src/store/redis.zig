@@ -33,6 +33,8 @@ const higress_compat = @import("higress_compat.zig");
 const cache_script = @import("../cache/store_redis.zig");
 
 const batch = @import("batch.zig");
+const coalesce = @import("coalesce.zig");
+const admit_queue = @import("admit_queue.zig");
 const refusals = @import("refusals.zig");
 const lease_table = @import("lease.zig");
 
@@ -72,10 +74,14 @@ pub const Outcome = union(enum) {
     cached: ?[]const u8,
 };
 
+/// The last reply's integers: its deliveries point into them until the next reply arrives (a
+/// lease reply: 4 a counter; an admit_many reply is bounded by batch.call_arguments_max).
+var integers: [4 * counter.reply_counters_max + 2]i64 = undefined;
+
 /// The last cache_get reply's entry: delivery is synchronous, the next reply frees it.
 var cached_reply: ?[]u8 = null;
 
-const Pending = struct {
+pub const Pending = struct {
     op: Op,
     http_context_id: u32,
     /// Everything after the script argument (numkeys, keys, args): kept to re-send as EVAL.
@@ -93,10 +99,14 @@ const Pending = struct {
     /// An admit carrying queued settlements (batch_admit): those settlements as a settle_batch
     /// call, kept for retry should the admit call fail.
     carried_tail: ?[]u8 = null,
+    /// Admission coalescing (coalesce.zig): the group (rule) this admit call leads, 0: none;
+    /// an admit_many call's admissions, each answered from its part of the reply.
+    group_id: u32 = 0,
+    admissions: ?[]admit_queue.Waiting = null,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
-const Target = struct {
+pub const Target = struct {
     name: [300]u8 = undefined,
     name_len: usize = 0,
     timeout_ms: u32,
@@ -115,7 +125,7 @@ const Target = struct {
 var circuit: circuit_breaker.Circuit = .{};
 var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retries: retry_queue.RetryQueue(Pending, retry_queue_max) = .{};
-var batches: batch.Queue(Target) = .{};
+pub var batches: batch.Queue(Target) = .{};
 var refused: refusals.Cache = .{};
 var leases: lease_table.Table = .{};
 
@@ -157,11 +167,17 @@ pub fn available(now_ms: u64) bool {
 /// Starts the admission script for `counters`; the outcome arrives through `onReply`. The
 /// settlements this worker queued for the same rule ride along (budget.lua `batch_admit`):
 /// they land before this admission is judged, in the same script call.
-pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller) !void {
+pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller, now_ms: u64) !void {
     std.debug.assert(caller.http_context_id != 0);
     const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
     const target = Target.fromConfig(redis);
     const release = try script.releaseArguments(allocator, counters, marker, false);
+    // Coalescing (coalesce.zig): while the rule's admission call is in flight, this one waits
+    // for the next call, which carries all that waited.
+    const group_id = switch (coalesce.join(target, counters, force, marker, release, caller.http_context_id, now_ms)) {
+        .queued => return,
+        .lead => |id| id,
+    };
     errdefer allocator.free(release);
     const carried = batches.carry(allocator, target, counters, force, marker) catch null;
     errdefer if (carried) |taken| {
@@ -171,12 +187,13 @@ pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, 
     };
     const tail = if (carried) |taken| taken.admit_tail else try script.admitArguments(allocator, counters, force, marker);
     errdefer if (carried == null) allocator.free(tail);
-    var call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = release };
+    var call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = release, .group_id = group_id };
     if (carried) |taken| {
         call.carried_tail = taken.settle_tail;
         call.batch_entries = taken.entries;
     }
     try send(call);
+    coalesce.sent(group_id, now_ms, target.timeout_ms);
     if (carried) |taken| host.incrementMetric(metrics.redis.settles_batched, @intCast(taken.entries));
 }
 
@@ -340,7 +357,7 @@ pub fn cacheSet(redis: config.Redis, digest: [32]u8, bytes: []const u8, ttl_ms: 
 
 /// Sends `call` as EVALSHA (or EVAL once Redis said NOSCRIPT). On success the pending table
 /// owns `call.tail`; on failure the caller still does.
-fn send(call: Pending) !void {
+pub fn send(call: Pending) !void {
     if (pending.count() >= pending_max) return error.TooManyCallsInFlight;
     const command = try switch (call.lua) {
         .budget => script.command(allocator, call.tail, call.sent_as_eval),
@@ -375,7 +392,6 @@ pub fn onRedisCallResponse(call_id: u32, status: u32, response_size: u32) ?Deliv
 fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?Delivery {
     const entry = pending.fetchRemove(call_id) orelse return null;
     var call = entry.value;
-    var integers: [4 * counter.reply_counters_max + 2]i64 = undefined; // a lease reply: 4 a counter
     const now_ms = host.nowMs();
     if (cached_reply) |previous| allocator.free(previous);
     cached_reply = null;
@@ -441,7 +457,7 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
         // A failed admit call may or may not have applied its settlements: retried, they apply
         // once (their markers).
         if (outcome == .failed) {
-            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = carried, .target = call.target, .sent_as_eval = false, .batch_entries = call.batch_entries });
+            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = carried, .target = coalesce.retryTarget(&call), .sent_as_eval = false, .batch_entries = call.batch_entries });
         } else allocator.free(carried);
     }
     if (call.release_tail) |release| {
@@ -451,7 +467,19 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
             queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = release, .target = call.target, .sent_as_eval = false });
         } else allocator.free(release);
     }
-    return .{ .http_context_id = call.http_context_id, .outcome = outcome };
+    return coalesce.finish(&call, outcome, now_ms);
+}
+
+/// The next answer to hand to a waiting request after a reply or tick handler returned one
+/// (a coalesced call answers several: main.zig hands them out in turn).
+pub fn nextDelivery() ?Delivery {
+    return coalesce.nextDelivery();
+}
+
+/// Keeps a release or settlement (`batch_entries` > 0: a settle_batch) for the retry tick
+/// (coalesce.zig: a failed coalesced call's releases and carried settlements).
+pub fn queueRetry(target: Target, tail: []u8, batch_entries: usize) void {
+    queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = tail, .target = target, .sent_as_eval = false, .batch_entries = batch_entries });
 }
 
 /// Keeps a failed settlement for the retry tick; drops (and counts) it past the bound.
@@ -470,10 +498,11 @@ fn queueForRetry(call: Pending) void {
 
 /// Each tick: sends the queued settlements (one settle_batch call per rule), then re-sends
 /// failed ones while the circuit lets calls through.
-pub fn onTick(root_context_id: u32) void {
-    if (batches.queued == 0 and retries.len() == 0) return;
-    host.setEffectiveContext(root_context_id) catch return;
+pub fn onTick(root_context_id: u32) ?Delivery {
+    if (batches.queued == 0 and retries.len() == 0 and coalesce.idle()) return null;
+    host.setEffectiveContext(root_context_id) catch return null;
     const now_ms = host.nowMs();
+    coalesce.onTick(now_ms); // admissions past their deadline, stale calls
     while (batches.next(allocator, now_ms) catch null) |ready| sendSettlement(batchCall(ready));
     batches.prune(allocator, now_ms);
     while (retries.len() > 0 and available(host.nowMs())) {
@@ -484,4 +513,5 @@ pub fn onTick(root_context_id: u32) void {
             break;
         };
     }
+    return coalesce.nextDelivery();
 }

@@ -141,7 +141,7 @@ pub const Store = union(enum) {
                 if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
                 const started = if (leasing and redis.canLease(counters, now_ms))
                     redis.lease(remote.settings.*, counters, remote.lease_milli, caller, now_ms)
-                else if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller) else higress_compat.admit(remote.settings.*, counters, caller);
+                else if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller, now_ms) else higress_compat.admit(remote.settings.*, counters, caller);
                 started catch |err| {
                     host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ caller.rule_name, @errorName(err) });
                     return .{ .failed = .not_sent };
