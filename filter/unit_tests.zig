@@ -72,6 +72,7 @@ test {
     _ = @import("src/store/local.zig");
     _ = @import("src/store/local_test.zig");
     _ = @import("src/store/redis.zig");
+    _ = @import("src/store/redis_lease.zig");
     _ = @import("src/store/refusals.zig");
     _ = @import("src/store/resp.zig");
     _ = @import("src/store/resp_fuzz.zig");

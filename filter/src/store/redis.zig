@@ -16,6 +16,11 @@
 //! root tick; so a request costs one script call (its admission) at steady state. A counter
 //! known to be exhausted is refused from this worker's cache until its reset (refusals.zig),
 //! with no call at all.
+//!
+//! Admission coalescing (issue 17, coalesce.zig + admit_queue.zig): while a rule's admission
+//! call is in flight, the worker's further admissions of that rule wait and the next call
+//! (`admit_many`) carries them all, so one reply can answer several requests (`nextDelivery`).
+//! Lease calls: redis_lease.zig.
 const std = @import("std");
 const build_options = @import("build_options");
 const circuit_breaker = @import("circuit.zig");
@@ -115,7 +120,7 @@ pub const Target = struct {
         return self.name[0..self.name_len];
     }
 
-    fn fromConfig(redis: config.Redis) Target {
+    pub fn fromConfig(redis: config.Redis) Target {
         var target = Target{ .timeout_ms = redis.timeout_ms };
         target.name_len = if (transport.targetName(redis, &target.name)) |written| written.len else |_| 0;
         return target;
@@ -126,8 +131,8 @@ var circuit: circuit_breaker.Circuit = .{};
 var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retries: retry_queue.RetryQueue(Pending, retry_queue_max) = .{};
 pub var batches: batch.Queue(Target) = .{};
-var refused: refusals.Cache = .{};
-var leases: lease_table.Table = .{};
+pub var refused: refusals.Cache = .{};
+pub var leases: lease_table.Table = .{};
 
 /// Once per VM (after metrics are defined): the transport, the tick that flushes queued
 /// settlements (batch.flush_period_ms, the bound on the settle delay) and retries.
@@ -251,68 +256,6 @@ pub fn knownRefused(counters: []store.Counter, now_ms: u64) ?usize {
     const index = refused.refusing(counters, now_ms) orelse return null;
     host.incrementMetric(metrics.redis.refused_locally, 1);
     return index;
-}
-
-/// Leases (issue 17, lease.zig): admits `counters` against this worker's slices, no call.
-pub fn admitLeased(counters: []store.Counter, now_ms: u64) bool {
-    return leases.admitLocal(counters, now_ms);
-}
-
-/// Whether a lease call may go for `counters` (else they take the ordinary admit).
-pub fn canLease(counters: []const store.Counter, now_ms: u64) bool {
-    return leases.canAsk(counters, now_ms);
-}
-
-/// Starts a lease call (budget.lua `lease`) for `counters`: this worker's remainders go back
-/// and a new slice of each budget comes, `fraction_milli` of the limit. The reply arrives as an
-/// admission's does (Store.readAdmitReply). Should the answer never come, `lease_return`
-/// under the same marker gives the grant (or, if the lease never ran, the carries) back once.
-pub fn lease(redis: config.Redis, counters: []const store.Counter, fraction_milli: u32, caller: store.Caller, now_ms: u64) !void {
-    std.debug.assert(caller.http_context_id != 0 and counters.len <= counter.counters_max);
-    const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
-    const target = Target.fromConfig(redis);
-    var asks_buffer: [counter.counters_max]lease_table.Ask = undefined;
-    const asks = asks_buffer[0..counters.len];
-    leases.begin(counters, fraction_milli, now_ms, redis.timeout_ms +| batch.flush_period_ms, asks);
-    const give_back = try lease_table.arguments(allocator, counters, asks, marker, true);
-    const tail = lease_table.arguments(allocator, counters, asks, marker, false) catch |err| {
-        queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = give_back, .target = target, .sent_as_eval = false });
-        return err;
-    };
-    send(.{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = give_back }) catch |err| {
-        // The carries were taken from the slices: they go back through the retry queue.
-        allocator.free(tail);
-        queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = give_back, .target = target, .sent_as_eval = false });
-        return err;
-    };
-}
-
-/// Reads a lease reply (lease.zig) and, as readAdmitReply, remembers exhausted counters.
-pub fn readLeaseReply(counters: []store.Counter, values: []const i64) store.Admission {
-    const asked_ms = if (counters.len > 0) counters[0].admitted_at_ms else 0; // prepare's clock
-    const answer = leases.readReply(counters, values, asked_ms);
-    if (answer == .decided) refused.learn(counters, asked_ms);
-    return answer;
-}
-
-/// Settles leased counters (lease.zig): against this worker's slices, or in Redis for what a
-/// slice could not cover. False: not leased, the caller settles them as usual.
-pub fn settleLeased(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, now_ms: u64, caller: store.Caller) !bool {
-    std.debug.assert(counters.len <= counter.counters_max);
-    var covered_buffer: [counter.counters_max]u64 = undefined;
-    const covered = covered_buffer[0..counters.len];
-    switch (leases.settle(counters, actual_tokens, now_ms, covered)) {
-        .local => return true,
-        .redis => return false,
-        .redis_covered => {
-            // What the slice covered counts as reserved: Redis adds only the rest.
-            const adjusted = try allocator.dupe(store.Counter, counters);
-            defer allocator.free(adjusted);
-            for (adjusted, covered) |*each, cover| each.reserved += cover;
-            try settle(redis, adjusted, actual_tokens, caller);
-            return true;
-        },
-    }
 }
 
 /// Reads an admit reply (script.readAdmitReply) and remembers the counters it shows exhausted.
@@ -483,7 +426,7 @@ pub fn queueRetry(target: Target, tail: []u8, batch_entries: usize) void {
 }
 
 /// Keeps a failed settlement for the retry tick; drops (and counts) it past the bound.
-fn queueForRetry(call: Pending) void {
+pub fn queueForRetry(call: Pending) void {
     std.debug.assert(call.op == .settle);
     retries.push(allocator, call) catch |err| {
         if (err == error.Full) {
