@@ -198,3 +198,32 @@ def test_a_waiting_request_keeps_its_own_deadline(
     assert streams[0].request_paused  # the lead's own call is the host's to time out
     assert len(host.redis_calls) == 1
     assert counted(redis_server, "requests") == 0
+
+
+def test_a_carried_request_keeps_its_deadline_while_its_call_is_out(
+    higress_wasm: Path, redis_server: RedisServer
+) -> None:
+    """proxy_redis_call has one timeout per upstream, so the worker's tick ends a coalesced
+    call's requests at their own deadlines (failure_mode closed: 503), and their releases make
+    the call reserve nothing for them when it runs late."""
+    avoid_minute_end(redis_server)
+    clock = Clock()
+    host = Host(higress_wasm, clock=clock)  # calls are answered by hand here
+    assert host.configure(rule(requests=100, failure_mode="closed"))
+    wire = redis_wire(redis_server)
+    streams = [start(host) for _ in range(3)]
+    clock.advance(0.2)  # the first call takes 200 ms
+    (lead,) = host.pending_redis_calls()
+    host.respond_redis_call(lead, wire(host.redis_calls[0].query))
+    (coalesced,) = host.pending_redis_calls()  # carries the two that waited; never answered
+    clock.advance(0.31)  # past 500 ms after they arrived
+    host.tick()
+    assert [status(s) for s in streams] == [200, 503, 503]
+    releases = [c for c in host.redis_calls if c.state == "pending" and b"release" in c.query]
+    assert len(releases) == 2  # one each, sent by the same tick
+    for release in releases:  # they reach Redis first ...
+        host.respond_redis_call(release.callout_id, wire(release.query))
+    call = next(c for c in host.redis_calls if c.callout_id == coalesced)
+    host.respond_redis_call(coalesced, wire(call.query))  # ... the call runs late: too late
+    assert counted(redis_server, "requests") == 1
+    assert [status(s) for s in streams] == [200, 503, 503]

@@ -26,9 +26,10 @@ const allocator = host.allocator;
 
 var table: admit_queue.Table(redis.Target) = .{};
 
-/// Answers not yet handed to their requests. At most one call's admissions plus every waiting
-/// admission (failed or expired together) are pushed between two hand-outs.
-const deliveries_max = admit_queue.waiting_max + admit_queue.admissions_per_call_max + 1;
+/// Answers not yet handed to their requests. At most every waiting admission plus the carried
+/// admissions of each group's call in flight (failed or expired together on a tick) are pushed
+/// between two hand-outs.
+const deliveries_max = admit_queue.waiting_max + (admit_queue.groups_max + 1) * admit_queue.admissions_per_call_max + 1;
 var deliveries: [deliveries_max]redis.Delivery = undefined;
 var delivery_head: usize = 0;
 var delivery_tail: usize = 0;
@@ -39,6 +40,10 @@ fn push(delivery: redis.Delivery) void {
         delivery_tail = 0;
     }
     std.debug.assert(delivery_tail < deliveries_max);
+    if (delivery_tail >= deliveries_max) { // the bounds above make this unreachable; never write past
+        host.log(.err, "redis store: too many answers at once; one request is left to its deadline");
+        return;
+    }
     deliveries[delivery_tail] = delivery;
     delivery_tail += 1;
 }
@@ -105,7 +110,8 @@ fn answer(carried: []admit_queue.Waiting, outcome: redis.Outcome, target: redis.
         .admitted => |values| if (values.len == expected) {
             var at: usize = 0;
             for (carried) |*each| {
-                push(.{ .http_context_id = each.http_context_id, .outcome = .{ .admitted = values[at .. at + each.replyLength()] } });
+                // One already failed at its deadline (its release is queued) gets nothing more.
+                if (each.http_context_id != 0) push(.{ .http_context_id = each.http_context_id, .outcome = .{ .admitted = values[at .. at + each.replyLength()] } });
                 at += each.replyLength();
                 each.deinit(allocator);
             }
@@ -115,12 +121,18 @@ fn answer(carried: []admit_queue.Waiting, outcome: redis.Outcome, target: redis.
         .settled, .peeked, .cached => .bad_reply,
     };
     for (carried) |*each| {
-        push(.{ .http_context_id = each.http_context_id, .outcome = .{ .failed = failure } });
-        // The call may have run: its admissions are given back (or tombstoned) once.
-        redis.queueRetry(target, each.release_tail, 0);
-        each.release_tail = &.{};
+        if (each.http_context_id != 0) push(.{ .http_context_id = each.http_context_id, .outcome = .{ .failed = failure } });
+        giveBack(each, target);
         each.deinit(allocator);
     }
+}
+
+/// A carried admission the call may have run: its release goes to the retry queue, once (it
+/// gives back what the admission reserved, or leaves a tombstone so it reserves nothing).
+fn giveBack(each: *admit_queue.Waiting, target: redis.Target) void {
+    if (each.release_tail.len == 0) return; // queued already
+    redis.queueRetry(target, each.release_tail, 0);
+    each.release_tail = &.{};
 }
 
 /// Sends the group's waiting admissions, a call at a time, until one is in flight or none wait.
@@ -181,9 +193,21 @@ fn sendCall(call: redis.Pending) bool {
     return true;
 }
 
-/// The tick: admissions whose deadline passed while they waited fail (timeout), a group whose
-/// call went stale sends its waiting ones, idle groups are forgotten.
+/// The tick: admissions whose deadline passed while they waited or while their call was out
+/// fail (timeout), a group whose call went stale sends its waiting ones, idle groups are
+/// forgotten.
 pub fn onTick(now_ms: u64) void {
+    // Carried admissions past their deadline fail now, whatever their call does: the Higress
+    // build cannot cut a call's timeout (proxy_redis_init sets one per upstream).
+    var calls = redis.pending.valueIterator();
+    while (calls.next()) |call| {
+        for (call.admissions orelse continue) |*each| {
+            if (each.http_context_id == 0 or each.deadline_ms > now_ms) continue;
+            push(.{ .http_context_id = each.http_context_id, .outcome = .{ .failed = .timeout } });
+            each.http_context_id = 0;
+            giveBack(each, retryTarget(call));
+        }
+    }
     var late: [admit_queue.admissions_per_call_max]admit_queue.Waiting = undefined;
     while (true) {
         const count = table.expire(now_ms, &late);

@@ -128,7 +128,7 @@ pub const Target = struct {
 };
 
 var circuit: circuit_breaker.Circuit = .{};
-var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
+pub var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retries: retry_queue.RetryQueue(Pending, retry_queue_max) = .{};
 pub var batches: batch.Queue(Target) = .{};
 pub var refused: refusals.Cache = .{};
