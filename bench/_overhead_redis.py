@@ -53,17 +53,19 @@ def redis_filter_config(base: FilterConfig, lease_fraction: float = 0.0) -> Filt
 
 def calls_per_request(before: dict[str, int], after: dict[str, int], bridge_cpu_s: float) -> str:
     """Budget-script calls and bridge CPU per admitted request (the gateway's own counters and
-    the bridge process's CPU time, warm-up included)."""
+    the bridge process's CPU time, warm-up included); admissions coalesced: those that went in
+    another's call (admit_many, docs/redis.md)."""
 
     def delta(name: str) -> int:
         key = f"wasmcustom.tokenlimit.{name}"
         return after.get(key, 0) - before.get(key, 0)
 
     calls, allowed = delta("redis_calls"), delta("requests_allowed")
-    batched = delta("redis_settles_batched")
+    batched, coalesced = delta("redis_settles_batched"), delta("redis_admissions_coalesced")
     return (
         f"Redis gateway: {calls} budget-script calls for {allowed} admitted requests = "
         f"{calls / allowed if allowed else 0:.3f} per request ({batched} settlements batched, "
+        f"{coalesced} admissions coalesced, "
         f"{delta('redis_failures')} failed calls, {delta('store_fallbacks')} fallbacks); "
         f"bridge CPU {bridge_cpu_s * 1e6 / allowed if allowed else 0:.0f} µs per request."
     )

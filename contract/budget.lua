@@ -5,8 +5,8 @@
 -- KEYS[i]  counter keys; all share one {rule} hash tag, so this runs on Redis Cluster too.
 -- KEYS[n + 1] (admit, settle, release; optional) the request's marker key, same hash tag: makes
 --          each operation apply once per request (see "Idempotence" below).
--- ARGV[1]  'admit', 'settle', 'release', 'settle_batch', 'batch_admit', 'peek', 'lease' or
---          'lease_return'
+-- ARGV[1]  'admit', 'settle', 'release', 'settle_batch', 'batch_admit', 'admit_many', 'peek',
+--          'lease' or 'lease_return'
 -- ARGV[2]  now in ms, or 0 to use the Redis server's clock (so skewed gateways agree)
 --
 -- admit:  ARGV[3] 1 = shadow mode: add the amounts even where a counter refuses;
@@ -29,6 +29,17 @@
 --         then an admit's arguments from its force flag on; KEYS: the entries' keys, then the
 --         admit's. Applies the settlements, then admits; replies as admit. A gateway worker
 --         sends its queued settlements with its next admission this way: one call for both.
+-- admit_many: (admission coalescing, issue 17) several requests' admissions of one rule in
+--         one call, with queued settlements first. ARGV[3] the number of settle_batch entries,
+--         the entries (as settle_batch), then the number of admissions, then per admission:
+--         its counter count n, its force flag, (algorithm, window, limit, amount) per counter
+--         as admit, its zone table ('' without calendar windows). KEYS: the entries' keys, then
+--         per admission its n counter keys and its marker key. The settlements land, then each
+--         admission runs in order exactly as its own admit would (marker included), seeing the
+--         ones before it: a refusal of one changes nothing for the others beyond what
+--         sequential admits give. Replies with each admission's admit reply, concatenated in
+--         order (the filter knows each one's n). A call whose arguments do not add up is an
+--         error and changes nothing.
 -- peek:   ARGV[3 + 3(i-1) ...] per counter: algorithm, window length ms, limit. Writes nothing.
 --         Returns {now_ms, then per counter: used, remaining, reset_ms}: what an admit of
 --         nothing would report now (`tokenlimit usage` reads counters this way, so the
@@ -291,10 +302,10 @@ end
 -- them and flushes them together, issue 17). Each entry is applied exactly as its own
 -- settle/release would be, markers included, so a batch retried after a lost reply changes
 -- nothing twice. Returns each entry's result (as settle) in order.
--- Applies `count` settle_batch entries from ARGV[first] and KEYS[1] on. Returns each entry's
--- result, and where the arguments and keys after them start; nil and a message when the
--- entries do not add up (then nothing was changed).
-local function apply_entries(now, count, first)
+-- Reads `count` settle_batch entries from ARGV[first] and KEYS[1] on, changing nothing.
+-- Returns the entries, and where the arguments and keys after them start; nil and a message
+-- when the entries do not add up.
+local function parse_entries(count, first)
   local entries, at, key_at = {}, first, 1
   for j = 1, count do
     local n = tonumber(ARGV[at + 1]) or -1
@@ -303,6 +314,11 @@ local function apply_entries(now, count, first)
     at, key_at = at + 4 + 5 * n, key_at + n + 1
   end
   if #entries ~= count then return nil, 'tokenlimit: settle_batch arguments do not add up' end
+  return entries, at, key_at
+end
+
+-- Applies parsed entries in order; returns each entry's result.
+local function apply_parsed(now, entries)
   local results = {}
   for j, entry in ipairs(entries) do
     local releasing, zone = ARGV[entry.at] == 'release', ARGV[entry.at + 3]
@@ -312,7 +328,16 @@ local function apply_entries(now, count, first)
     results[j] = settle_one(now, releasing, keys, KEYS[entry.key_at + entry.n], ARGV, entry.at + 4, tonumber(ARGV[entry.at + 2]))
   end
   zone_froms, zone_offsets = nil, nil
-  return results, at, key_at
+  return results
+end
+
+-- Applies `count` settle_batch entries from ARGV[first] and KEYS[1] on. Returns each entry's
+-- result, and where the arguments and keys after them start; nil and a message when the
+-- entries do not add up (then nothing was changed).
+local function apply_entries(now, count, first)
+  local entries, at, key_at = parse_entries(count, first)
+  if entries == nil then return nil, at end
+  return apply_parsed(now, entries), at, key_at
 end
 
 local function settle_batch(now)
@@ -334,6 +359,38 @@ local function batch_admit(now)
   for i = key_at, #KEYS do keys[#keys + 1] = KEYS[i] end
   for i = at, #ARGV do args[#args + 1] = ARGV[i] end
   return admit(now, keys, args)
+end
+
+-- admit_many: queued settlements, then several admissions of one rule in order (admission
+-- coalescing, issue 17). Every argument is checked before anything is written.
+local function admit_many(now)
+  local entries, at, key_at = parse_entries(tonumber(ARGV[3]) or -1, 4)
+  if entries == nil then return redis.error_reply(at) end
+  local count = tonumber(ARGV[at]) or -1
+  local admissions = {}
+  at = at + 1
+  for j = 1, count do
+    local n = tonumber(ARGV[at]) or -1
+    if n < 1 or at + 2 + 4 * n > #ARGV or key_at + n > #KEYS then break end
+    admissions[j] = {at = at, key_at = key_at, n = n}
+    at, key_at = at + 3 + 4 * n, key_at + n + 1
+  end
+  if count < 1 or #admissions ~= count or at ~= #ARGV + 1 or key_at ~= #KEYS + 1 then
+    return redis.error_reply('tokenlimit: admit_many arguments do not add up')
+  end
+  apply_parsed(now, entries)
+  local reply = {}
+  for _, a in ipairs(admissions) do
+    local keys, args = {}, {'admit', ARGV[2], ARGV[a.at + 1]}
+    for i = 0, a.n do keys[#keys + 1] = KEYS[a.key_at + i] end
+    for i = 1, 4 * a.n do args[#args + 1] = ARGV[a.at + 1 + i] end
+    local zone = ARGV[a.at + 2 + 4 * a.n]
+    zone_froms, zone_offsets = nil, nil
+    if zone ~= '' then args[#args + 1] = zone end
+    for _, value in ipairs(admit(now, keys, args)) do reply[#reply + 1] = value end
+  end
+  zone_froms, zone_offsets = nil, nil
+  return reply
 end
 
 -- Read-only: brings each record forward to `now` in memory only (no HSET, no PEXPIRE).
@@ -469,6 +526,7 @@ if ARGV[1] == 'release' then return settle(now_ms(), true) end
 if ARGV[1] == 'peek' then return peek(now_ms()) end
 if ARGV[1] == 'settle_batch' then return settle_batch(now_ms()) end
 if ARGV[1] == 'batch_admit' then return batch_admit(now_ms()) end
+if ARGV[1] == 'admit_many' then return admit_many(now_ms()) end
 if ARGV[1] == 'lease' then return lease(now_ms()) end
 if ARGV[1] == 'lease_return' then return lease_return(now_ms()) end
 return redis.error_reply('tokenlimit: unknown operation ' .. tostring(ARGV[1]))

@@ -63,14 +63,17 @@ test {
     _ = @import("src/meter/counter.zig");
     _ = @import("src/respond/higress.zig");
     _ = @import("src/respond/response.zig");
+    _ = @import("src/store/admit_queue.zig");
     _ = @import("src/store/batch.zig");
     _ = @import("src/store/circuit.zig");
+    _ = @import("src/store/coalesce.zig");
     _ = @import("src/store/digest_memo.zig");
     _ = @import("src/store/higress_compat.zig");
     _ = @import("src/store/lease.zig");
     _ = @import("src/store/local.zig");
     _ = @import("src/store/local_test.zig");
     _ = @import("src/store/redis.zig");
+    _ = @import("src/store/redis_lease.zig");
     _ = @import("src/store/refusals.zig");
     _ = @import("src/store/resp.zig");
     _ = @import("src/store/resp_fuzz.zig");

@@ -67,6 +67,17 @@
 
 
 
+
+
+
+
+
+
+
+
+
+
+
 local function now_ms()
 if tonumber(ARGV[2])>0 then return tonumber(ARGV[2])end
 local t=redis.call('TIME')
@@ -294,7 +305,7 @@ end
 
 
 
-local function apply_entries(now,count,first)
+local function parse_entries(count,first)
 local entries,at,key_at={},first,1
 for j=1,count do
 local n=tonumber(ARGV[at+1])or-1
@@ -303,6 +314,11 @@ entries[j]={at=at,key_at=key_at,n=n}
 at,key_at=at+4+5*n,key_at+n+1
 end
 if#entries~=count then return nil,'tokenlimit: settle_batch arguments do not add up'end
+return entries,at,key_at
+end
+
+
+local function apply_parsed(now,entries)
 local results={}
 for j,entry in ipairs(entries)do
 local releasing,zone=ARGV[entry.at]=='release',ARGV[entry.at+3]
@@ -312,7 +328,16 @@ for i=1,entry.n do keys[i]=KEYS[entry.key_at+i-1]end
 results[j]=settle_one(now,releasing,keys,KEYS[entry.key_at+entry.n],ARGV,entry.at+4,tonumber(ARGV[entry.at+2]))
 end
 zone_froms,zone_offsets=nil,nil
-return results,at,key_at
+return results
+end
+
+
+
+
+local function apply_entries(now,count,first)
+local entries,at,key_at=parse_entries(count,first)
+if entries==nil then return nil,at end
+return apply_parsed(now,entries),at,key_at
 end
 
 local function settle_batch(now)
@@ -334,6 +359,38 @@ local keys,args={},{'admit',ARGV[2]}
 for i=key_at,#KEYS do keys[#keys+1]=KEYS[i]end
 for i=at,#ARGV do args[#args+1]=ARGV[i]end
 return admit(now,keys,args)
+end
+
+
+
+local function admit_many(now)
+local entries,at,key_at=parse_entries(tonumber(ARGV[3])or-1,4)
+if entries==nil then return redis.error_reply(at)end
+local count=tonumber(ARGV[at])or-1
+local admissions={}
+at=at+1
+for j=1,count do
+local n=tonumber(ARGV[at])or-1
+if n<1 or at+2+4*n>#ARGV or key_at+n>#KEYS then break end
+admissions[j]={at=at,key_at=key_at,n=n}
+at,key_at=at+3+4*n,key_at+n+1
+end
+if count<1 or#admissions~=count or at~=#ARGV+1 or key_at~=#KEYS+1 then
+return redis.error_reply('tokenlimit: admit_many arguments do not add up')
+end
+apply_parsed(now,entries)
+local reply={}
+for _,a in ipairs(admissions)do
+local keys,args={},{'admit',ARGV[2],ARGV[a.at+1]}
+for i=0,a.n do keys[#keys+1]=KEYS[a.key_at+i]end
+for i=1,4*a.n do args[#args+1]=ARGV[a.at+1+i]end
+local zone=ARGV[a.at+2+4*a.n]
+zone_froms,zone_offsets=nil,nil
+if zone~=''then args[#args+1]=zone end
+for _,value in ipairs(admit(now,keys,args))do reply[#reply+1]=value end
+end
+zone_froms,zone_offsets=nil,nil
+return reply
 end
 
 
@@ -469,6 +526,7 @@ if ARGV[1]=='release'then return settle(now_ms(),true)end
 if ARGV[1]=='peek'then return peek(now_ms())end
 if ARGV[1]=='settle_batch'then return settle_batch(now_ms())end
 if ARGV[1]=='batch_admit'then return batch_admit(now_ms())end
+if ARGV[1]=='admit_many'then return admit_many(now_ms())end
 if ARGV[1]=='lease'then return lease(now_ms())end
 if ARGV[1]=='lease_return'then return lease_return(now_ms())end
 return redis.error_reply('tokenlimit: unknown operation '..tostring(ARGV[1]))

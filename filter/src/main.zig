@@ -153,7 +153,7 @@ export fn proxy_on_delete(context_id: u32) void {
 export fn proxy_on_tick(root_context_id: u32) void {
     _ = host.refreshLogLevel(); // follows a level changed through Envoy's admin
     wait.onTick(root_context_id, &httpContext);
-    redis.onTick(root_context_id);
+    deliver(redis.onTick(root_context_id)); // coalesced admissions past their deadline
 }
 
 /// A reply from the tokenlimit bridge (stock Envoy build).
@@ -169,10 +169,13 @@ export fn proxy_on_redis_call_response(root_context_id: u32, call_id: u32, statu
     deliver(redis.onRedisCallResponse(call_id, status, response_size));
 }
 
-fn deliver(delivery: ?redis.Delivery) void {
-    const ready = delivery orelse return;
-    // The request may have ended (client gone) while it waited: nothing left to resume.
-    const context = httpContext(ready.http_context_id) orelse return;
-    host.setEffectiveContext(context.id) catch return;
-    context.onStoreReply(ready.outcome);
+fn deliver(first: ?redis.Delivery) void {
+    // One reply may answer several requests (coalesced admissions, store/coalesce.zig).
+    var next = first;
+    while (next) |ready| : (next = redis.nextDelivery()) {
+        // The request may have ended (client gone) while it waited: nothing left to resume.
+        const context = httpContext(ready.http_context_id) orelse continue;
+        host.setEffectiveContext(context.id) catch continue;
+        context.onStoreReply(ready.outcome);
+    }
 }

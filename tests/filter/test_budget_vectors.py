@@ -181,7 +181,7 @@ def test_lua_scripts_follow_the_shared_vectors(
             run_lease_step(client, key, f"{scenario['name']}:{index}", step, algorithm, limit)
             continue
         asked = (algorithm, window_ms, limit, step["amount"])
-        if step["op"] == "batch_admit":
+        if step["op"] == "batch_admit" or step.get("settlements"):  # admit_many too
             batch = batch_entries(key, f"{scenario['name']}:{index}", step, counter_of, zone)
             keys, args = batch[0] + [key], ["batch_admit", step["at_ms"], *batch[1]]
             args += [int(step.get("force", False)), *asked, *zone]

@@ -55,6 +55,9 @@ pub const Redis = struct {
     settles_batched: u32 = 0,
     /// Requests refused from the worker's cache of exhausted counters, without a Redis call.
     refused_locally: u32 = 0,
+    // coalesce (issue 17): admissions that waited for their rule's call in flight and went in
+    // the next admit_many call with the others that waited (store/coalesce.zig).
+    admissions_coalesced: u32 = 0,
 };
 
 pub var plugin: Plugin = .{};

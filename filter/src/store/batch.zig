@@ -37,6 +37,8 @@ comptime {
     // The smallest entry (one counter) fits a call many times over.
     const smallest = script.batchEntrySize(1);
     std.debug.assert(call_arguments_max + 6 <= 1024);
+    // admit_many (coalesce.zig) has one more: the admission count.
+    std.debug.assert(call_arguments_max + 7 <= 1024);
     std.debug.assert(call_arguments_max >= 32 * (smallest.keys + smallest.arguments));
 }
 
@@ -120,6 +122,22 @@ pub fn Queue(comptime Target: type) type {
             } else return null;
             if (group.entries == 0 or group.size() + script.admissionSize(counters.len) > call_arguments_max) return null;
             const admit_tail = try script.batchAdmitArguments(allocator, group.keys.bytes.items, group.key_count, group.arguments.bytes.items, group.entries, counters, force, marker);
+            errdefer allocator.free(admit_tail);
+            const taken = try self.take(allocator, group, group.sent_ms orelse 0);
+            return .{ .admit_tail = admit_tail, .settle_tail = taken.tail, .entries = taken.entries };
+        }
+
+        /// Admission coalescing (issue 17, coalesce.zig): an admit_many call of `admissions`
+        /// (encoded) with the group's queued settlements applied first, and those settlements as
+        /// their own settle_batch call, to retry if the call fails; null when none wait or they
+        /// would make the call longer than `call_arguments_max`. The caller owns both tails.
+        pub fn carryMany(self: *Self, allocator: std.mem.Allocator, target: Target, tag: []const u8, admissions: script.Encoded, admissions_size: usize) !?Carried {
+            const group = for (self.groups.items) |*group| {
+                if (std.mem.eql(u8, group.tag[0..group.tag_len], tag) and std.mem.eql(u8, group.target.slice(), target.slice())) break group;
+            } else return null;
+            if (group.entries == 0 or group.size() + admissions_size > call_arguments_max) return null;
+            const settlements: script.Encoded = .{ .keys = group.keys.bytes.items, .key_count = group.key_count, .arguments = group.arguments.bytes.items, .entries = group.entries };
+            const admit_tail = try script.admitManyArguments(allocator, settlements, admissions);
             errdefer allocator.free(admit_tail);
             const taken = try self.take(allocator, group, group.sent_ms orelse 0);
             return .{ .admit_tail = admit_tail, .settle_tail = taken.tail, .entries = taken.entries };
@@ -297,4 +315,32 @@ test "batch: past groups_max distinct groups a settlement is refused (sent alone
     try testing.expectError(error.Full, queue.add(testing.allocator, .{ .name = "t" }, &other, 1, script.MarkerKey.init(other[0].key.slice(), "x"), 0));
     try testing.expectEqual(@as(usize, groups_max), queue.queued);
     while (try queue.next(testing.allocator, 0)) |batch| testing.allocator.free(batch.tail);
+}
+
+test "batch: a coalesced admission call carries its group's settlements first, only when they fit" {
+    var queue: Queue(TestTarget) = .{};
+    defer queue.deinit(testing.allocator);
+    const a = [_]store.Counter{testCounter("tokenlimit:{a}:k", 5)};
+    for (0..3) |i| {
+        var id: [4]u8 = undefined;
+        const marker = script.MarkerKey.init(a[0].key.slice(), std.fmt.bufPrint(&id, "{d}", .{i}) catch unreachable);
+        if (try queue.add(testing.allocator, .{ .name = "t" }, &a, 3, marker, 0)) |leading| testing.allocator.free(leading.tail);
+    }
+    try testing.expectEqual(@as(usize, 2), queue.queued);
+    var keys: resp.Command = .{};
+    defer keys.deinit(testing.allocator);
+    var arguments: resp.Command = .{};
+    defer arguments.deinit(testing.allocator);
+    try script.appendAdmissionEntry(testing.allocator, &keys, &arguments, &a, false, script.MarkerKey.init(a[0].key.slice(), "x"));
+    const admissions: script.Encoded = .{ .keys = keys.bytes.items, .key_count = 2, .arguments = arguments.bytes.items, .entries = 1 };
+    // Too long for the bridge with the settlements: the caller sends the admissions alone.
+    try testing.expectEqual(@as(?Queue(TestTarget).Carried, null), try queue.carryMany(testing.allocator, .{ .name = "t" }, "tokenlimit:{a}:", admissions, call_arguments_max));
+    const carried = (try queue.carryMany(testing.allocator, .{ .name = "t" }, "tokenlimit:{a}:", admissions, 9)).?;
+    defer testing.allocator.free(carried.admit_tail);
+    defer testing.allocator.free(carried.settle_tail);
+    try testing.expectEqual(@as(usize, 2), carried.entries);
+    try testing.expect(std.mem.startsWith(u8, carried.admit_tail, "$1\r\n6\r\n")); // 2 x (key, marker), key, marker
+    try testing.expect(std.mem.indexOf(u8, carried.admit_tail, "$10\r\nadmit_many\r\n$1\r\n0\r\n$1\r\n2\r\n$6\r\nsettle\r\n") != null);
+    try testing.expect(std.mem.endsWith(u8, carried.admit_tail, "$1\r\n1\r\n$1\r\n1\r\n$1\r\n0\r\n$1\r\n0\r\n$5\r\n60000\r\n$4\r\n1000\r\n$1\r\n0\r\n$0\r\n\r\n"));
+    try testing.expectEqual(@as(usize, 0), queue.queued);
 }

@@ -16,6 +16,11 @@
 //! root tick; so a request costs one script call (its admission) at steady state. A counter
 //! known to be exhausted is refused from this worker's cache until its reset (refusals.zig),
 //! with no call at all.
+//!
+//! Admission coalescing (issue 17, coalesce.zig + admit_queue.zig): while a rule's admission
+//! call is in flight, the worker's further admissions of that rule wait and the next call
+//! (`admit_many`) carries them all, so one reply can answer several requests (`nextDelivery`).
+//! Lease calls: redis_lease.zig.
 const std = @import("std");
 const build_options = @import("build_options");
 const circuit_breaker = @import("circuit.zig");
@@ -33,6 +38,8 @@ const higress_compat = @import("higress_compat.zig");
 const cache_script = @import("../cache/store_redis.zig");
 
 const batch = @import("batch.zig");
+const coalesce = @import("coalesce.zig");
+const admit_queue = @import("admit_queue.zig");
 const refusals = @import("refusals.zig");
 const lease_table = @import("lease.zig");
 
@@ -72,10 +79,14 @@ pub const Outcome = union(enum) {
     cached: ?[]const u8,
 };
 
+/// The last reply's integers: its deliveries point into them until the next reply arrives (a
+/// lease reply: 4 a counter; an admit_many reply is bounded by batch.call_arguments_max).
+var integers: [4 * counter.reply_counters_max + 2]i64 = undefined;
+
 /// The last cache_get reply's entry: delivery is synchronous, the next reply frees it.
 var cached_reply: ?[]u8 = null;
 
-const Pending = struct {
+pub const Pending = struct {
     op: Op,
     http_context_id: u32,
     /// Everything after the script argument (numkeys, keys, args): kept to re-send as EVAL.
@@ -93,10 +104,14 @@ const Pending = struct {
     /// An admit carrying queued settlements (batch_admit): those settlements as a settle_batch
     /// call, kept for retry should the admit call fail.
     carried_tail: ?[]u8 = null,
+    /// Admission coalescing (coalesce.zig): the group (rule) this admit call leads, 0: none;
+    /// an admit_many call's admissions, each answered from its part of the reply.
+    group_id: u32 = 0,
+    admissions: ?[]admit_queue.Waiting = null,
 };
 
 /// Where the commands go: the bridge cluster (http) or the Higress Redis upstream.
-const Target = struct {
+pub const Target = struct {
     name: [300]u8 = undefined,
     name_len: usize = 0,
     timeout_ms: u32,
@@ -105,7 +120,7 @@ const Target = struct {
         return self.name[0..self.name_len];
     }
 
-    fn fromConfig(redis: config.Redis) Target {
+    pub fn fromConfig(redis: config.Redis) Target {
         var target = Target{ .timeout_ms = redis.timeout_ms };
         target.name_len = if (transport.targetName(redis, &target.name)) |written| written.len else |_| 0;
         return target;
@@ -113,11 +128,11 @@ const Target = struct {
 };
 
 var circuit: circuit_breaker.Circuit = .{};
-var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
+pub var pending: std.AutoHashMapUnmanaged(u32, Pending) = .empty;
 var retries: retry_queue.RetryQueue(Pending, retry_queue_max) = .{};
-var batches: batch.Queue(Target) = .{};
-var refused: refusals.Cache = .{};
-var leases: lease_table.Table = .{};
+pub var batches: batch.Queue(Target) = .{};
+pub var refused: refusals.Cache = .{};
+pub var leases: lease_table.Table = .{};
 
 /// Once per VM (after metrics are defined): the transport, the tick that flushes queued
 /// settlements (batch.flush_period_ms, the bound on the settle delay) and retries.
@@ -157,11 +172,17 @@ pub fn available(now_ms: u64) bool {
 /// Starts the admission script for `counters`; the outcome arrives through `onReply`. The
 /// settlements this worker queued for the same rule ride along (budget.lua `batch_admit`):
 /// they land before this admission is judged, in the same script call.
-pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller) !void {
+pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, caller: store.Caller, now_ms: u64) !void {
     std.debug.assert(caller.http_context_id != 0);
     const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
     const target = Target.fromConfig(redis);
     const release = try script.releaseArguments(allocator, counters, marker, false);
+    // Coalescing (coalesce.zig): while the rule's admission call is in flight, this one waits
+    // for the next call, which carries all that waited.
+    const group_id = switch (coalesce.join(target, counters, force, marker, release, caller.http_context_id, now_ms)) {
+        .queued => return,
+        .lead => |id| id,
+    };
     errdefer allocator.free(release);
     const carried = batches.carry(allocator, target, counters, force, marker) catch null;
     errdefer if (carried) |taken| {
@@ -171,12 +192,13 @@ pub fn admit(redis: config.Redis, counters: []const store.Counter, force: bool, 
     };
     const tail = if (carried) |taken| taken.admit_tail else try script.admitArguments(allocator, counters, force, marker);
     errdefer if (carried == null) allocator.free(tail);
-    var call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = release };
+    var call = Pending{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = release, .group_id = group_id };
     if (carried) |taken| {
         call.carried_tail = taken.settle_tail;
         call.batch_entries = taken.entries;
     }
     try send(call);
+    coalesce.sent(group_id, now_ms, target.timeout_ms);
     if (carried) |taken| host.incrementMetric(metrics.redis.settles_batched, @intCast(taken.entries));
 }
 
@@ -236,68 +258,6 @@ pub fn knownRefused(counters: []store.Counter, now_ms: u64) ?usize {
     return index;
 }
 
-/// Leases (issue 17, lease.zig): admits `counters` against this worker's slices, no call.
-pub fn admitLeased(counters: []store.Counter, now_ms: u64) bool {
-    return leases.admitLocal(counters, now_ms);
-}
-
-/// Whether a lease call may go for `counters` (else they take the ordinary admit).
-pub fn canLease(counters: []const store.Counter, now_ms: u64) bool {
-    return leases.canAsk(counters, now_ms);
-}
-
-/// Starts a lease call (budget.lua `lease`) for `counters`: this worker's remainders go back
-/// and a new slice of each budget comes, `fraction_milli` of the limit. The reply arrives as an
-/// admission's does (Store.readAdmitReply). Should the answer never come, `lease_return`
-/// under the same marker gives the grant (or, if the lease never ran, the carries) back once.
-pub fn lease(redis: config.Redis, counters: []const store.Counter, fraction_milli: u32, caller: store.Caller, now_ms: u64) !void {
-    std.debug.assert(caller.http_context_id != 0 and counters.len <= counter.counters_max);
-    const marker = script.MarkerKey.init(counters[0].key.slice(), caller.request_id);
-    const target = Target.fromConfig(redis);
-    var asks_buffer: [counter.counters_max]lease_table.Ask = undefined;
-    const asks = asks_buffer[0..counters.len];
-    leases.begin(counters, fraction_milli, now_ms, redis.timeout_ms +| batch.flush_period_ms, asks);
-    const give_back = try lease_table.arguments(allocator, counters, asks, marker, true);
-    const tail = lease_table.arguments(allocator, counters, asks, marker, false) catch |err| {
-        queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = give_back, .target = target, .sent_as_eval = false });
-        return err;
-    };
-    send(.{ .op = .admit, .http_context_id = caller.http_context_id, .tail = tail, .target = target, .sent_as_eval = false, .release_tail = give_back }) catch |err| {
-        // The carries were taken from the slices: they go back through the retry queue.
-        allocator.free(tail);
-        queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = give_back, .target = target, .sent_as_eval = false });
-        return err;
-    };
-}
-
-/// Reads a lease reply (lease.zig) and, as readAdmitReply, remembers exhausted counters.
-pub fn readLeaseReply(counters: []store.Counter, values: []const i64) store.Admission {
-    const asked_ms = if (counters.len > 0) counters[0].admitted_at_ms else 0; // prepare's clock
-    const answer = leases.readReply(counters, values, asked_ms);
-    if (answer == .decided) refused.learn(counters, asked_ms);
-    return answer;
-}
-
-/// Settles leased counters (lease.zig): against this worker's slices, or in Redis for what a
-/// slice could not cover. False: not leased, the caller settles them as usual.
-pub fn settleLeased(redis: config.Redis, counters: []const store.Counter, actual_tokens: u64, now_ms: u64, caller: store.Caller) !bool {
-    std.debug.assert(counters.len <= counter.counters_max);
-    var covered_buffer: [counter.counters_max]u64 = undefined;
-    const covered = covered_buffer[0..counters.len];
-    switch (leases.settle(counters, actual_tokens, now_ms, covered)) {
-        .local => return true,
-        .redis => return false,
-        .redis_covered => {
-            // What the slice covered counts as reserved: Redis adds only the rest.
-            const adjusted = try allocator.dupe(store.Counter, counters);
-            defer allocator.free(adjusted);
-            for (adjusted, covered) |*each, cover| each.reserved += cover;
-            try settle(redis, adjusted, actual_tokens, caller);
-            return true;
-        },
-    }
-}
-
 /// Reads an admit reply (script.readAdmitReply) and remembers the counters it shows exhausted.
 /// `forced` (shadow mode) replies teach nothing: shadow admissions always reach Redis.
 pub fn readAdmitReply(counters: []store.Counter, values: []const i64, forced: bool) store.Admission {
@@ -340,7 +300,7 @@ pub fn cacheSet(redis: config.Redis, digest: [32]u8, bytes: []const u8, ttl_ms: 
 
 /// Sends `call` as EVALSHA (or EVAL once Redis said NOSCRIPT). On success the pending table
 /// owns `call.tail`; on failure the caller still does.
-fn send(call: Pending) !void {
+pub fn send(call: Pending) !void {
     if (pending.count() >= pending_max) return error.TooManyCallsInFlight;
     const command = try switch (call.lua) {
         .budget => script.command(allocator, call.tail, call.sent_as_eval),
@@ -375,7 +335,6 @@ pub fn onRedisCallResponse(call_id: u32, status: u32, response_size: u32) ?Deliv
 fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?Delivery {
     const entry = pending.fetchRemove(call_id) orelse return null;
     var call = entry.value;
-    var integers: [4 * counter.reply_counters_max + 2]i64 = undefined; // a lease reply: 4 a counter
     const now_ms = host.nowMs();
     if (cached_reply) |previous| allocator.free(previous);
     cached_reply = null;
@@ -441,7 +400,7 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
         // A failed admit call may or may not have applied its settlements: retried, they apply
         // once (their markers).
         if (outcome == .failed) {
-            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = carried, .target = call.target, .sent_as_eval = false, .batch_entries = call.batch_entries });
+            queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = carried, .target = coalesce.retryTarget(&call), .sent_as_eval = false, .batch_entries = call.batch_entries });
         } else allocator.free(carried);
     }
     if (call.release_tail) |release| {
@@ -451,11 +410,23 @@ fn onReply(call_id: u32, reply: ?[]const u8, transport_failure: store.Failure) ?
             queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = release, .target = call.target, .sent_as_eval = false });
         } else allocator.free(release);
     }
-    return .{ .http_context_id = call.http_context_id, .outcome = outcome };
+    return coalesce.finish(&call, outcome, now_ms);
+}
+
+/// The next answer to hand to a waiting request after a reply or tick handler returned one
+/// (a coalesced call answers several: main.zig hands them out in turn).
+pub fn nextDelivery() ?Delivery {
+    return coalesce.nextDelivery();
+}
+
+/// Keeps a release or settlement (`batch_entries` > 0: a settle_batch) for the retry tick
+/// (coalesce.zig: a failed coalesced call's releases and carried settlements).
+pub fn queueRetry(target: Target, tail: []u8, batch_entries: usize) void {
+    queueForRetry(.{ .op = .settle, .http_context_id = 0, .tail = tail, .target = target, .sent_as_eval = false, .batch_entries = batch_entries });
 }
 
 /// Keeps a failed settlement for the retry tick; drops (and counts) it past the bound.
-fn queueForRetry(call: Pending) void {
+pub fn queueForRetry(call: Pending) void {
     std.debug.assert(call.op == .settle);
     retries.push(allocator, call) catch |err| {
         if (err == error.Full) {
@@ -470,10 +441,11 @@ fn queueForRetry(call: Pending) void {
 
 /// Each tick: sends the queued settlements (one settle_batch call per rule), then re-sends
 /// failed ones while the circuit lets calls through.
-pub fn onTick(root_context_id: u32) void {
-    if (batches.queued == 0 and retries.len() == 0) return;
-    host.setEffectiveContext(root_context_id) catch return;
+pub fn onTick(root_context_id: u32) ?Delivery {
+    if (batches.queued == 0 and retries.len() == 0 and coalesce.idle()) return null;
+    host.setEffectiveContext(root_context_id) catch return null;
     const now_ms = host.nowMs();
+    coalesce.onTick(now_ms); // admissions past their deadline, stale calls
     while (batches.next(allocator, now_ms) catch null) |ready| sendSettlement(batchCall(ready));
     batches.prune(allocator, now_ms);
     while (retries.len() > 0 and available(host.nowMs())) {
@@ -484,4 +456,5 @@ pub fn onTick(root_context_id: u32) void {
             break;
         };
     }
+    return coalesce.nextDelivery();
 }

@@ -192,6 +192,49 @@ pub fn batchArguments(allocator: std.mem.Allocator, keys: []const u8, key_count:
     return tail.bytes.toOwnedSlice(allocator);
 }
 
+/// One admission of an admit_many call (admission coalescing, issue 17; contract/budget.lua):
+/// its keys (the counters', then the request's marker) go to `keys`, its arguments (counter
+/// count, force flag, (algorithm, window, limit, amount) per counter, zone table or '') to
+/// `arguments`. The numbers are the ones its own admit call would carry.
+pub fn appendAdmissionEntry(allocator: std.mem.Allocator, keys: *resp.Command, arguments: *resp.Command, counters: []const store.Counter, force: bool, marker: MarkerKey) !void {
+    std.debug.assert(counters.len > 0);
+    for (counters) |counter| try keys.arg(allocator, counter.key.slice());
+    try keys.arg(allocator, marker.slice());
+    try arguments.argInt(allocator, counters.len);
+    const zone_at = arguments.bytes.items.len;
+    try appendAdmission(allocator, arguments, counters, force);
+    // appendAdmission ends with the zone table only when a window needs one; here it is always there.
+    if (countArguments(arguments.bytes.items[zone_at..]) == 1 + 4 * counters.len) try arguments.arg(allocator, "");
+}
+
+/// Keys and arguments (RESP bulk strings) one admit_many admission of `counter_count`
+/// counters adds to a call.
+pub fn admissionEntrySize(counter_count: usize) struct { keys: usize, arguments: usize } {
+    return .{ .keys = counter_count + 1, .arguments = 3 + 4 * counter_count };
+}
+
+/// Keys and arguments already encoded (appendBatchEntry's, appendAdmissionEntry's) and how
+/// many entries they hold.
+pub const Encoded = struct { keys: []const u8 = "", key_count: usize = 0, arguments: []const u8 = "", entries: usize = 0 };
+
+/// The tail (after the script argument) of an admit_many call: the queued `settlements` (none:
+/// an empty Encoded), then the `admissions`, in order.
+pub fn admitManyArguments(allocator: std.mem.Allocator, settlements: Encoded, admissions: Encoded) ![]u8 {
+    std.debug.assert(admissions.entries > 0 and admissions.key_count >= 2 * admissions.entries);
+    var tail: resp.Command = .{};
+    errdefer tail.deinit(allocator);
+    try tail.argInt(allocator, settlements.key_count + admissions.key_count);
+    try tail.bytes.appendSlice(allocator, settlements.keys);
+    try tail.bytes.appendSlice(allocator, admissions.keys);
+    try tail.arg(allocator, "admit_many");
+    try tail.argInt(allocator, 0);
+    try tail.argInt(allocator, settlements.entries);
+    try tail.bytes.appendSlice(allocator, settlements.arguments);
+    try tail.argInt(allocator, admissions.entries);
+    try tail.bytes.appendSlice(allocator, admissions.arguments);
+    return tail.bytes.toOwnedSlice(allocator);
+}
+
 /// A `peek` (the usage endpoint, issue 16): numkeys and the counters' keys (no marker: a peek
 /// writes nothing), `peek 0`, then (algorithm, window_ms, limit) per counter and the zone table
 /// when a window needs one. Each counter's `admitted_at_ms` is the time the zone table is for.
@@ -417,4 +460,26 @@ test "script: a peek names only the counters (no marker) and reads used and rese
     // Network input of the wrong shape is refused, never trusted.
     try testing.expect(!readPeekReply(&counters, &.{ 1, 2, 3 }));
     try testing.expect(!readPeekReply(&counters, &.{ 1, -1, 0, 0, 0, 0, 0 }));
+}
+
+test "script: an admit_many call names each admission's keys after the settlements', one admission after another" {
+    const a = [_]store.Counter{testCounter("tokenlimit:{r}:a", .tokens, 300, 40)};
+    const b = [_]store.Counter{ testCounter("tokenlimit:{r}:a", .tokens, 300, 7), testCounter("tokenlimit:{r}:n", .requests, 10, 1) };
+    var keys: resp.Command = .{};
+    defer keys.deinit(testing.allocator);
+    var arguments: resp.Command = .{};
+    defer arguments.deinit(testing.allocator);
+    try appendAdmissionEntry(testing.allocator, &keys, &arguments, &a, false, MarkerKey.init(a[0].key.slice(), "1"));
+    try appendAdmissionEntry(testing.allocator, &keys, &arguments, &b, true, MarkerKey.init(b[0].key.slice(), "2"));
+    const sizes = .{ admissionEntrySize(1), admissionEntrySize(2) };
+    try testing.expectEqual(sizes[0].arguments + sizes[1].arguments, countArguments(arguments.bytes.items));
+    try testing.expectEqual(sizes[0].keys + sizes[1].keys, countArguments(keys.bytes.items));
+    const tail = try admitManyArguments(testing.allocator, .{}, .{ .keys = keys.bytes.items, .key_count = 5, .arguments = arguments.bytes.items, .entries = 2 });
+    defer testing.allocator.free(tail);
+    try testing.expectEqualStrings("$1\r\n5\r\n" ++
+        "$16\r\ntokenlimit:{r}:a\r\n$20\r\ntokenlimit:{r}:req:1\r\n" ++
+        "$16\r\ntokenlimit:{r}:a\r\n$16\r\ntokenlimit:{r}:n\r\n$20\r\ntokenlimit:{r}:req:2\r\n" ++
+        "$10\r\nadmit_many\r\n$1\r\n0\r\n$1\r\n0\r\n$1\r\n2\r\n" ++
+        "$1\r\n1\r\n$1\r\n0\r\n$1\r\n0\r\n$5\r\n60000\r\n$3\r\n300\r\n$2\r\n40\r\n$0\r\n\r\n" ++
+        "$1\r\n2\r\n$1\r\n1\r\n$1\r\n0\r\n$5\r\n60000\r\n$3\r\n300\r\n$1\r\n7\r\n$1\r\n0\r\n$5\r\n60000\r\n$2\r\n10\r\n$1\r\n1\r\n$0\r\n\r\n", tail);
 }

@@ -10,6 +10,7 @@ const counter = @import("../meter/counter.zig");
 const host = @import("../abi/host.zig");
 const local = @import("local.zig");
 const redis = @import("redis.zig");
+const redis_lease = @import("redis_lease.zig");
 const script = @import("script.zig");
 const higress_compat = @import("higress_compat.zig");
 
@@ -135,13 +136,13 @@ pub const Store = union(enum) {
             .redis => |remote| {
                 // Leases (issue 17): this worker's slice of each budget covers the request.
                 const leasing = remote.lease_milli > 0 and remote.compat == .none and !force;
-                if (leasing and redis.admitLeased(counters, now_ms)) return .{ .decided = null };
+                if (leasing and redis_lease.admitLeased(counters, now_ms)) return .{ .decided = null };
                 // A counter this worker knows is exhausted refuses without a call (issue 17).
                 if (remote.compat == .none and !force) if (redis.knownRefused(counters, now_ms)) |index| return .{ .decided = index };
                 if (!redis.available(now_ms)) return .{ .failed = .circuit_open };
-                const started = if (leasing and redis.canLease(counters, now_ms))
-                    redis.lease(remote.settings.*, counters, remote.lease_milli, caller, now_ms)
-                else if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller) else higress_compat.admit(remote.settings.*, counters, caller);
+                const started = if (leasing and redis_lease.canLease(counters, now_ms))
+                    redis_lease.lease(remote.settings.*, counters, remote.lease_milli, caller, now_ms)
+                else if (remote.compat == .none) redis.admit(remote.settings.*, counters, force, caller, now_ms) else higress_compat.admit(remote.settings.*, counters, caller);
                 started catch |err| {
                     host.logf(.warn, "rule {s}: could not call the redis store ({s})", .{ caller.rule_name, @errorName(err) });
                     return .{ .failed = .not_sent };
@@ -160,7 +161,7 @@ pub const Store = union(enum) {
         };
         if (remote.compat != .none) return script.readAdmitReply(counters, values, forced);
         // A lease call's reply carries one grant per counter after the admit reply.
-        if (remote.lease_milli > 0 and !forced and values.len == 2 + 4 * counters.len) return redis.readLeaseReply(counters, values);
+        if (remote.lease_milli > 0 and !forced and values.len == 2 + 4 * counters.len) return redis_lease.readLeaseReply(counters, values);
         return redis.readAdmitReply(counters, values, forced);
     }
 
@@ -172,7 +173,7 @@ pub const Store = union(enum) {
             .local => try local.settle(counters, now_ms, actual_tokens),
             .redis => |remote| {
                 // Leases (issue 17): refunds go back to this worker's slice, no call.
-                if (remote.lease_milli > 0 and try redis.settleLeased(remote.settings.*, counters, actual_tokens, now_ms, caller)) return;
+                if (remote.lease_milli > 0 and try redis_lease.settleLeased(remote.settings.*, counters, actual_tokens, now_ms, caller)) return;
                 try if (remote.compat == .none) redis.settle(remote.settings.*, counters, actual_tokens, caller) else higress_compat.settle(remote.settings.*, counters, actual_tokens, caller);
             },
         }
