@@ -2,6 +2,12 @@
 //! config. The document is walked as a `json_tree.Value` tree and checked field by field so that
 //! an error names the field path and the reason (reader.zig keeps the path). Everything the
 //! config keeps is allocated from the arena that `Config` owns.
+//!
+//! The field parsers here and in parse_*.zig are `noinline` (issue 17): inlined, `rule` was one
+//! 18 KB function, and V8 compiles each Wasm function whole with TurboFan in every VM Envoy
+//! runs (three for one worker); that one function cost Envoy ~2.4 MiB of RSS (bench/README.md
+//! "Envoy's RSS"). Out of line they cost 2.4 KB of module and nothing per request: config is
+//! parsed once per configure.
 const std = @import("std");
 const budget = @import("../meter/budget.zig");
 const usage = @import("../usage/usage.zig");
@@ -76,7 +82,7 @@ const Parser = struct {
     reader: Reader,
 
     /// The fields of model-aware budgets (parse_budget.zig).
-    fn budgetFields(self: *Parser) parse_budget.Fields {
+    noinline fn budgetFields(self: *Parser) parse_budget.Fields {
         return .{ .reader = &self.reader, .arena = self.arena };
     }
 
@@ -101,7 +107,7 @@ const Parser = struct {
     const top_fields = rule_fields ++ [_][]const u8{ "_rules_", "model_rewrite" };
     const route_fields = rule_fields ++ [_][]const u8{ "_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_" };
 
-    fn document(self: *Parser, bytes: []const u8) ParseError!Parsed {
+    noinline fn document(self: *Parser, bytes: []const u8) ParseError!Parsed {
         if (bytes.len > config.config_bytes_max) return self.reader.fail("config is {d} bytes, more than the {d} allowed", .{ bytes.len, config.config_bytes_max });
         // Numbers stay text (limits are integers); duplicate keys are refused.
         const root = json_tree.parse(self.arena, bytes) catch |err| switch (err) {
@@ -150,7 +156,7 @@ const Parser = struct {
 
     /// The upstream-filter role (fallback routes): rewrite the request's `model`, limit nothing
     /// (the listener-level instance already counted the request).
-    fn modelRewrite(self: *Parser, map: ObjectMap, value: Value) ParseError![]const u8 {
+    noinline fn modelRewrite(self: *Parser, map: ObjectMap, value: Value) ParseError![]const u8 {
         if (map.count() != 1) {
             return self.reader.fail("model_rewrite configures the upstream filter that renames the model for one upstream; it cannot be combined with other fields", .{});
         }
@@ -169,7 +175,7 @@ const Parser = struct {
         return false;
     }
 
-    fn routeRule(self: *Parser, value: Value) ParseError!RouteRule {
+    noinline fn routeRule(self: *Parser, value: Value) ParseError!RouteRule {
         const map = try self.reader.object(value);
         try self.reader.ignoreUnknown(map, &route_fields);
         // Higress drops empty route, service and prefix names (an empty domain stays).
@@ -310,7 +316,7 @@ const Parser = struct {
 
     /// `usage_path` (issue 16): "" (off), or a path: `/` then printable ASCII without a space,
     /// `?` or `#` (the query string is not part of what is matched).
-    fn usagePath(self: *Parser, value: Value) ParseError![]const u8 {
+    noinline fn usagePath(self: *Parser, value: Value) ParseError![]const u8 {
         const saved = self.reader.enter("usage_path");
         defer self.reader.leave(saved);
         const path = try self.reader.string(value, config.source_name_bytes_max);
@@ -322,7 +328,7 @@ const Parser = struct {
         return path;
     }
 
-    fn weightsField(self: *Parser, value: Value) ParseError!usage.Weights {
+    noinline fn weightsField(self: *Parser, value: Value) ParseError!usage.Weights {
         const saved = self.reader.enter("weights");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);
@@ -338,7 +344,7 @@ const Parser = struct {
         return weights;
     }
 
-    fn redisField(self: *Parser, map: ObjectMap) ParseError!?Redis {
+    noinline fn redisField(self: *Parser, map: ObjectMap) ParseError!?Redis {
         const value = map.get("redis") orelse return null;
         const saved = self.reader.enter("redis");
         defer self.reader.leave(saved);

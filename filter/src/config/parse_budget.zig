@@ -1,5 +1,6 @@
 //! The config fields of model-aware budgets (issue 12, docs/design-model-budgets.md §1), for
 //! parse.zig: `calendar`, `prices`, dollar amounts, `models` / `per_model`, model names.
+//! (Its field parsers are `noinline`: parse.zig says why.)
 const std = @import("std");
 const calendar = @import("../meter/calendar.zig");
 const config = @import("config.zig");
@@ -68,7 +69,7 @@ pub const Fields = struct {
 
     /// `calendar: {"zone": "Europe/Berlin", "transitions": [[from_ms, offset_s], ...]}`, as the
     /// control plane renders a rule's `time_zone` (a hand-written one is checked the same way).
-    pub fn calendarField(self: Fields, value: Value) ParseError!calendar.Table {
+    pub noinline fn calendarField(self: Fields, value: Value) ParseError!calendar.Table {
         const saved = self.reader.enter("calendar");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);
@@ -105,7 +106,7 @@ pub const Fields = struct {
     /// looks like an IANA name, and a zone other than UTC comes with the `calendar` rendered for
     /// it (one for another zone would turn months over at the wrong hour). `calendar` is the
     /// already-read table, if any.
-    pub fn timeZone(self: Fields, map: ObjectMap, table: ?calendar.Table) ParseError!void {
+    pub noinline fn timeZone(self: Fields, map: ObjectMap, table: ?calendar.Table) ParseError!void {
         var zone: []const u8 = "UTC";
         if (map.get("time_zone")) |value| {
             const saved = self.reader.enter("time_zone");
@@ -126,7 +127,7 @@ pub const Fields = struct {
 
     /// `prices: {"<model or pattern>": {"input": 2.5, "output": 10, "cached": 1.25,
     /// "cache_write": 3.75}}`: USD per 1M tokens, kept as micro-USD integers, in document order.
-    pub fn pricesField(self: Fields, value: Value) ParseError![]const config.PriceEntry {
+    pub noinline fn pricesField(self: Fields, value: Value) ParseError![]const config.PriceEntry {
         const saved = self.reader.enter("prices");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);
@@ -177,7 +178,7 @@ pub const Fields = struct {
     }
 
     /// `models` and `per_model` on an item (http/model.zig applies them).
-    pub fn modelConditions(self: Fields, map: ObjectMap, item: *RuleItem) ParseError!void {
+    pub noinline fn modelConditions(self: Fields, map: ObjectMap, item: *RuleItem) ParseError!void {
         if (map.get("per_model")) |value| {
             item.per_model = try self.reader.boolField("per_model", value);
             if (item.per_model and (item.limit_type == .model or item.limit_type == .per_model)) {

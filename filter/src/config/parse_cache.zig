@@ -2,6 +2,7 @@
 //! cache. Not a Higress field, so unknown members are refused (a typo would silently turn the
 //! cache off), and integers must be JSON numbers. The control plane makes the same checks
 //! (tokenlimit.model.cache); contract/config.json's "cache: ..." vectors pin the two equal.
+//! (Its field parsers are `noinline`: parse.zig says why.)
 const std = @import("std");
 const config = @import("config.zig");
 const json_tree = @import("json_tree.zig");
@@ -13,7 +14,7 @@ const ParseError = reader_zig.ParseError;
 const Value = json_tree.Value;
 
 /// The rule's cache, or null when `ttl_seconds` is 0 or absent (no caching).
-pub fn field(reader: *Reader, value: Value) ParseError!?config.Cache {
+pub noinline fn field(reader: *Reader, value: Value) ParseError!?config.Cache {
     const saved = reader.enter("cache");
     defer reader.leave(saved);
     const map = try reader.object(value);

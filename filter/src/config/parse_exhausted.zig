@@ -2,6 +2,7 @@
 //! budget is answered by waiting for room, pacing, lanes or a cheaper model instead of an
 //! immediate 429 (docs/config.md, "Near the limit"). The types live here, beside their parser,
 //! so the shared config.zig gains one field (`Rule.near_limit`) and nothing else.
+//! (Its field parsers are `noinline`: parse.zig says why.)
 const std = @import("std");
 const bounds = @import("limits");
 const json_tree = @import("json_tree.zig");
@@ -81,12 +82,12 @@ pub const Fields = struct {
     reader: *Reader,
     arena: std.mem.Allocator,
 
-    fn items(self: Fields) parse_items.Items {
+    noinline fn items(self: Fields) parse_items.Items {
         return .{ .reader = self.reader, .arena = self.arena };
     }
 
     /// Reads the three fields of a rule's map (all optional).
-    pub fn read(self: Fields, map: ObjectMap) ParseError!NearLimit {
+    pub noinline fn read(self: Fields, map: ObjectMap) ParseError!NearLimit {
         var near: NearLimit = .{};
         if (map.get("when_exhausted")) |value| try self.whenExhausted(value, &near);
         if (map.get("pace_above")) |value| {
@@ -99,7 +100,7 @@ pub const Fields = struct {
         return near;
     }
 
-    fn whenExhausted(self: Fields, value: Value, near: *NearLimit) ParseError!void {
+    noinline fn whenExhausted(self: Fields, value: Value, near: *NearLimit) ParseError!void {
         const saved = self.reader.enter("when_exhausted");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);
@@ -130,7 +131,7 @@ pub const Fields = struct {
         }
     }
 
-    fn priority(self: Fields, value: Value, near: *NearLimit) ParseError!void {
+    noinline fn priority(self: Fields, value: Value, near: *NearLimit) ParseError!void {
         const saved = self.reader.enter("priority");
         defer self.reader.leave(saved);
         const map = try self.reader.object(value);

@@ -3,6 +3,7 @@
 //! `request_per_*` / `cost_per_*` limit fields, the counter-name check, and the thousandths
 //! (`warn_at`, weights, `local_share`) that both items and rules read. Like parse_budget.zig it
 //! shares the parser's Reader (field path, diagnostic) and arena.
+//! (Its field parsers are `noinline`: parse.zig says why.)
 const std = @import("std");
 const message = @import("../abi/message.zig");
 const budget = @import("../meter/budget.zig");
@@ -139,7 +140,7 @@ pub const Items = struct {
         return limits;
     }
 
-    pub fn ruleItem(self: Items, value: Value) ParseError!RuleItem {
+    pub noinline fn ruleItem(self: Items, value: Value) ParseError!RuleItem {
         const map = try self.reader.object(value);
         const known = comptime blk: {
             var names: [limit_by_fields.len + 4][]const u8 = undefined;
@@ -223,7 +224,7 @@ pub const Items = struct {
 
     /// Refuses an item whose counter names would not fit a counter key
     /// (counter.counter_key_bytes_max): the filter could not count it, so it must not load.
-    pub fn checkCounterNames(self: Items, rule_name: []const u8, item: *const RuleItem, index: usize, global_count: usize) ParseError!void {
+    pub noinline fn checkCounterNames(self: Items, rule_name: []const u8, item: *const RuleItem, index: usize, global_count: usize) ParseError!void {
         const identity_longest = "0123456789abcdef0123456789abcdef"; // a hashed value, the longest
         const caller: []const u8 = if (item.limit_type == .global) "global" else identity_longest;
         for (item.keys) |key| {
@@ -243,7 +244,7 @@ pub const Items = struct {
         }
     }
 
-    fn limitKey(self: Items, value: Value, limit_type: LimitType) ParseError!LimitKey {
+    noinline fn limitKey(self: Items, value: Value, limit_type: LimitType) ParseError!LimitKey {
         const map = try self.reader.object(value);
         const key_value = map.get("key") orelse return self.reader.failField("key", "is required", .{});
         const saved = self.reader.enter("key");
@@ -255,7 +256,7 @@ pub const Items = struct {
         return .{ .text = text, .matcher = matcher, .limits = try self.limitsOf(map, &.{"key"}) };
     }
 
-    fn keyMatcher(self: Items, text: []const u8, limit_type: LimitType) ParseError!KeyMatcher {
+    noinline fn keyMatcher(self: Items, text: []const u8, limit_type: LimitType) ParseError!KeyMatcher {
         if (limit_type == .model or limit_type == .per_model) return self.budgetFields().modelMatcher(text);
         if (!limit_type.isPer()) return .{ .literal = text };
         if (std.mem.eql(u8, text, "*")) return .any;

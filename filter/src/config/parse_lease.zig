@@ -5,6 +5,7 @@
 //! a token bucket frees room continuously, so a slice taken now would not stay inside the
 //! budget). The control plane makes the same checks (tokenlimit.model.lease); contract/
 //! config.json's "lease: ..." vectors pin the two equal.
+//! (Its field parsers are `noinline`: parse.zig says why.)
 const std = @import("std");
 const config = @import("config.zig");
 const json_tree = @import("json_tree.zig");
@@ -21,7 +22,7 @@ pub const rule_fields = [_][]const u8{"lease"};
 
 /// The rule's lease, read after the rest of `rule` (its store and algorithm decide whether a
 /// lease is allowed).
-pub fn field(reader: *Reader, items: parse_items.Items, rule: *const config.Rule, value: Value) ParseError!config.Lease {
+pub noinline fn field(reader: *Reader, items: parse_items.Items, rule: *const config.Rule, value: Value) ParseError!config.Lease {
     const saved = reader.enter("lease");
     defer reader.leave(saved);
     const map = try reader.object(value);
