@@ -27,7 +27,9 @@ and the with/without ratios. It also reports the module size and the gateway's m
         [--method POST|GET] [--wasm PATH]
 
 `--breakdown` adds a third gateway whose filter is loaded but matches no request, separating
-the cost of the Wasm plumbing (V8 contexts, callbacks) from the filter's own work.
+the cost of the Wasm plumbing (V8 contexts, callbacks) from the filter's own work. `--trivial`
+adds one running a filter that does nothing at all (bench/trivial_filter.zig, built with
+ziglang): the floor any proxy-wasm filter costs, and issue 17's "trivial filter".
 About 75 s with the defaults (110 s with --breakdown).
 
 Needs wrk (`apt-get install -y wrk`). Prints a Markdown report on stdout, progress on stderr.
@@ -39,6 +41,7 @@ import argparse
 import contextlib
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -111,9 +114,12 @@ def run(args: argparse.Namespace) -> str:
     variants += ("redis",) if args.redis else ()
     variants += tuple(f"feature:{name}" for name in args.features)
     variants += ("baseline",) if args.baseline_wasm else ()
+    variants += ("trivial",) if args.trivial else ()
     modules = {v: wasm for v in variants}
     if args.baseline_wasm:
         modules["baseline"] = Path(args.baseline_wasm).resolve()
+    if args.trivial:
+        modules["trivial"] = build_trivial_filter(work)
     configs = {
         **{
             f"feature:{name}": filter_config(args.admission, feature=name) for name in args.features
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> str:
         "idle": filter_config(args.admission, idle=True),
         "redis": redis_filter_config(filter_config(args.admission), args.lease),
         "baseline": filter_config(args.admission),
+        "trivial": filter_config(args.admission),  # ignored by the module
     }
     envoys: list[h.Envoy] = []
     watch = h.CpuWatch()
@@ -177,6 +184,8 @@ def run(args: argparse.Namespace) -> str:
             mem[v]["end"] = memory(gw[v])
         stats_after = gw["with"].stats()
         text = report(args, wasm, series, mem, stats_before, stats_after)
+        if args.trivial:
+            text += "\n\n" + trivial_report(args, series)
         if args.redis:
             bridge_cpu = h.cpu_seconds(bridge_pid) - bridge_cpu
             redis_after = gw["redis"].stats()
@@ -207,6 +216,7 @@ LABELS = {
     "idle": "filter, no rule matches",
     "redis": "with filter, Redis store",
     "baseline": "with filter, baseline module",
+    "trivial": "trivial filter (does nothing)",
 }
 WASM_STATS_SHOWN = (
     "wasm.wasm_vm_count",
@@ -224,7 +234,7 @@ def report(
     after: dict[str, int],
 ) -> str:
     features = (f"feature:{name}" for name in FEATURES)
-    known = ("without", "with", "baseline", "idle", "redis", *features)
+    known = ("without", "with", "baseline", "trivial", "idle", "redis", *features)
     variants = [v for v in known if (v, args.connections[0]) in series]
     out: list[str] = []
     out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
@@ -388,6 +398,43 @@ def redis_report(
     return f"Redis store ÷ local store, req/s: {ratios}. {calls}"
 
 
+def build_trivial_filter(work: Path) -> Path:
+    """bench/trivial_filter.zig built into `work` (the filter that does nothing)."""
+    out = work / "trivial_filter.wasm"
+    source = Path(__file__).resolve().parent / "trivial_filter.zig"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "build-exe",
+            str(source),
+            "-target",
+            "wasm32-freestanding",
+            "-fno-entry",
+            "-rdynamic",
+            "-O",
+            "ReleaseSmall",
+            f"-femit-bin={out}",
+        ],
+        check=True,
+        cwd=work,
+    )
+    return out
+
+
+def trivial_report(args: argparse.Namespace, series: dict[tuple[str, int], Series]) -> str:
+    """--trivial: the filter's throughput and CPU beside a filter that does nothing."""
+    parts = []
+    for c in args.connections:
+        w, t = series["with", c], series["trivial", c]
+        parts.append(
+            f"{c} connections {ratio(w.rps, t.rps)} "
+            f"({w.cpu_us_per_request - t.cpu_us_per_request:+.1f} µs CPU per request)"
+        )
+    return "With filter ÷ trivial filter, req/s: " + ", ".join(parts) + "."
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:+.1f}" if n < 0 else f"{n / 2**20:.1f}"
 
@@ -449,6 +496,12 @@ def main() -> None:
         "--baseline-wasm",
         help="add a gateway running this other module with the same rule: a before/after of "
         "two builds in the same interleaved rounds",
+    )
+    parser.add_argument(
+        "--trivial",
+        action="store_true",
+        help="add a gateway running a filter that does nothing (bench/trivial_filter.zig, "
+        "built with ziglang): the floor any proxy-wasm filter costs, in the same rounds",
     )
     parser.add_argument(
         "--redis",
