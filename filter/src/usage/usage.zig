@@ -379,3 +379,15 @@ test "usage: a usage object inside content never overrides the real one; deep ne
     };
     try std.testing.expectEqual(@as(u64, 40), (try scanSplitEverywhere("application/json", deep)).weighted(.{}));
 }
+
+test "usage: a quote or backslash anywhere in an eight-byte run of a string is seen (the scanner skips string bodies by words)" {
+    // A decoy `"usage"` inside the content, behind an escaped quote at every offset modulo 8
+    // (and a literal backslash pair): were the escape missed, the decoy would be read.
+    inline for (0..17) |pad| {
+        const filler: [pad]u8 = @splat('x');
+        const body = "{\"content\":\"" ++ filler ++ "\\\"usage\\\":{\\\"prompt_tokens\\\":999}\\\\\",\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}";
+        const usage = try scanSplitEverywhere("application/json", body);
+        try std.testing.expectEqual(@as(?u64, 7), usage.input_tokens);
+        try std.testing.expectEqual(@as(?u64, 5), usage.output_tokens);
+    }
+}
