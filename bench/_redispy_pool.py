@@ -59,7 +59,7 @@ class RedisPyPool:
             socket_connect_timeout=timeout,
         )
 
-    async def execute(self, payload: bytes, count: int, timeout: float) -> list[Reply]:
+    async def execute(self, payload: bytes, count: int, timeout: float) -> list[bytes]:
         where = f"redis {self.target.describe()}"
         try:
             async with asyncio.timeout(timeout):
@@ -84,7 +84,7 @@ class RedisPyPool:
             raise RedisFault("redis-auth-failed", f"{where}: {exc}") from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise RedisFault("redis-unreachable", f"{where}: {exc}") from None
-        return replies
+        return [reply.raw for reply in replies]  # the pool's contract: Redis' wire bytes
 
     def counts(self) -> tuple[int, int]:
         idle = len(self._pool._available_connections)

@@ -10,14 +10,22 @@ separate process (``python -m tokenlimit.bridge``, so its CPU time can be read f
 /proc/<pid>/stat), loads a small token-counting script, then for ``--duration`` seconds each:
 
 1. ``--clients`` concurrent aiohttp clients (keep-alive) POST one ``EVALSHA`` per request to
-   the bridge's ``/v1/resp``;
-2. the same number of concurrent tasks call ``EVALSHA`` directly with redis-py asyncio.
+   the bridge's ``/v1/resp`` (budget.lua's ``peek``: 9 arguments, a 4-integer reply);
+2. the same with one coalesced ``admit_many`` of 8 admissions per request, as a gateway worker
+   sends it under load (issue 17): 79 arguments, a 40-integer reply -- the bridge's cost per
+   argument and per reply element;
+3. GET /healthz: the HTTP floor, no Redis (``--no-http-floor`` skips it);
+4. the same number of concurrent tasks call the peek ``EVALSHA`` directly with redis-py asyncio.
 
 and prints requests/s, p50/p99 latency and CPU seconds per 1000 requests for the bridge
 process (and for the load generator and Redis, for context). Loopback only; bounded in time.
 
     .venv/bin/python bench/bridge.py [--clients 32] [--duration 5] [--pool-size 8] \\
-        [--pools hand,redis-py]
+        [--pools hand,redis-py] [--baseline DIR]
+
+``--baseline DIR`` also runs the bridge of another source tree (DIR/controlplane, e.g. an
+older commit unpacked with ``git archive REF controlplane contract | tar -x -C DIR``) in the
+same run, as ``bridge[baseline]``: before/after figures from one machine and one run.
 """
 
 from __future__ import annotations
@@ -52,6 +60,18 @@ from tokenlimit.dev.process import free_port  # noqa: E402
 # convention is stable; the bridge's cost per call does not depend on what the script does.
 SCRIPT = (ROOT / "contract" / "min" / "budget.lua").read_text()
 PEEK = ("peek", 0, 0, 60000, 1000000)
+ADMISSIONS = 8  # one admit_many: 8 admissions of one counter each, no settlements queued
+
+
+def admit_many_args(call: int) -> list[str | int]:
+    """KEYS then ARGV of one admit_many (contract/budget.lua): per admission its counter key
+    and its own marker key; a budget of 10^15 a minute, so every admission is admitted."""
+    keys: list[str | int] = []
+    for j in range(ADMISSIONS):
+        keys += [f"{{bench}}:c:{j}", f"{{bench}}:m:{call}:{j}"]
+    argv: list[str | int] = ["admit_many", 0, 0, ADMISSIONS]
+    argv += [1, 0, 0, 60000, 10**15, 1, ""] * ADMISSIONS
+    return [len(keys), *keys, *argv]
 KEYS = 64
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -144,6 +164,16 @@ async def bridge_phases(
                 data = await r.read()
                 return r.status == 200 and data[:1] == b"*"
 
+        calls = 0
+
+        async def admit_many(_key: str) -> bool:
+            nonlocal calls
+            calls += 1
+            body = encode_command("EVALSHA", sha, *admit_many_args(calls))
+            async with session.post(url, data=body, headers=headers) as r:
+                data = await r.read()
+                return r.status == 200 and data.startswith(b"*%d\r\n" % (5 * ADMISSIONS))
+
         async def healthz(_key: str) -> bool:
             async with session.get(bridge_url + "/healthz") as r:
                 await r.read()
@@ -152,15 +182,23 @@ async def bridge_phases(
         results.append(
             await drive(f"{label} EVALSHA", args.clients, args.duration, probe, via_bridge)
         )
+        results.append(
+            await drive(f"{label} admit_many", args.clients, args.duration, probe, admit_many)
+        )
         if args.http_floor:
             results.append(
                 await drive(f"{label} /healthz", args.clients, args.duration, probe, healthz)
             )
-        # sanity: the reply really is the script's
+        # sanity: the replies really are the script's
         body = encode_command("EVALSHA", sha, 1, "{bench}:check", *PEEK)
         async with session.post(url, data=body) as r:
             reply = parse_replies(await r.read())[0].to_python()
             assert isinstance(reply, list) and len(reply) == 4, reply
+        body = encode_command("EVALSHA", sha, *admit_many_args(-1))
+        async with session.post(url, data=body) as r:
+            reply = parse_replies(await r.read())[0].to_python()
+            assert isinstance(reply, list) and len(reply) == 5 * ADMISSIONS, reply
+            assert reply[0::5] == [0] * ADMISSIONS, reply  # every admission admitted
     return results
 
 
@@ -211,6 +249,12 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"core busy, {bridge.per_k('bridge') * 1000:.0f} us CPU per request "
             f"(~{1000 / bridge.per_k('bridge'):.0f} EVALSHA req/s per fully used core)"
         )
+        many = phases[f"bridge[{pool}] admit_many"]
+        print(
+            f"  admit_many of {ADMISSIONS} (79 arguments, 40-integer reply): "
+            f"{many.per_k('bridge') * 1000:.0f} us CPU per call "
+            f"(~{1000 / many.per_k('bridge'):.0f} calls/s per fully used core)"
+        )
         floor = phases.get(f"bridge[{pool}] /healthz")
         if floor is not None:
             print(
@@ -224,7 +268,9 @@ POOL_COMMANDS = {
     # the shipped bridge, with its own pipelined pool
     "hand": ["-m", "tokenlimit.bridge", "--insecure"],
     # the same bridge with redis.asyncio (+ hiredis) as its pool
-    "redis-py": [str(ROOT / "bench" / "_redispy_pool.py")],
+    "redis-py": [str(ROOT / "bench" / "_redispy_pool.py"), "--insecure"],
+    # the shipped bridge of another tree (--baseline DIR), for before/after in one run
+    "baseline": ["-m", "tokenlimit.bridge", "--insecure"],
 }
 BANNER = re.compile(r"tokenlimit bridge listening on (http://\S+)")
 
@@ -240,6 +286,11 @@ def main() -> None:
         help="comma-separated bridge pools to run, in one run: hand (shipped), redis-py",
     )
     parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the bridge of another source tree (DIR/controlplane) as bridge[baseline]",
+    )
+    parser.add_argument(
         "--no-http-floor",
         dest="http_floor",
         action="store_false",
@@ -252,6 +303,10 @@ def main() -> None:
     unknown = [p for p in args.pools if p not in POOL_COMMANDS]
     if unknown or not args.pools:
         parser.error(f"--pools: expected some of {', '.join(POOL_COMMANDS)}, got {unknown}")
+    if args.baseline:
+        if not (Path(args.baseline) / "controlplane" / "tokenlimit").is_dir():
+            parser.error(f"--baseline: {args.baseline}/controlplane/tokenlimit is not there")
+        args.pools.insert(0, "baseline")
 
     workdir = Path(tempfile.mkdtemp(prefix="tokenlimit-bench-"))
     redis_port = free_port()
@@ -271,9 +326,10 @@ def main() -> None:
                     raise
                 time.sleep(0.05)
         sha = Redis(port=redis_port).script_load(SCRIPT)
-        env = {"PYTHONPATH": str(ROOT / "controlplane"), "TOKENLIMIT_BRIDGE_TOKEN": ""}
         results: list[Result] = []
         for pool in args.pools:
+            tree = Path(args.baseline) if pool == "baseline" else ROOT
+            env = {"PYTHONPATH": str(tree / "controlplane"), "TOKENLIMIT_BRIDGE_TOKEN": ""}
             log = workdir / f"bridge-{pool}.log"
             bridge_proc = process.spawn(
                 [sys.executable, *POOL_COMMANDS[pool], "--redis",

@@ -316,7 +316,7 @@ class Bridge:
         self.metrics.observe("ok", time.perf_counter() - start)
         return Answer(
             200,
-            replies[0].raw if len(replies) == 1 else b"".join(r.raw for r in replies),
+            replies[0] if len(replies) == 1 else b"".join(replies),
             _RESP_TYPE,
         )
 
@@ -325,7 +325,7 @@ class Bridge:
             replies = await self.pool.execute(encode_command("PING"), 1, self.timeout)
         except RedisFault as fault:
             return text(503, fault.detail, fault.code)
-        if replies[0].is_error:
+        if replies[0].startswith(b"-"):
             return text(503, f"PING: {error_text(replies[0])}", "redis-error")
         return text(200, "ready")
 
