@@ -39,8 +39,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aredis
@@ -74,6 +76,7 @@ def admit_many_args(call: int) -> list[str | int]:
     return [len(keys), *keys, *argv]
 KEYS = 64
 TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -115,6 +118,82 @@ class Probe:
         t = os.times()
         out["load generator"] = t.user + t.system
         return out
+
+
+class RawConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection for ``--client raw``: writes a pre-framed request and
+    reads the answer by its content-length. Far cheaper per request than aiohttp's client
+    (which cost ~100 us of CPU per request, more than the bridge it measures), so on 2 shared
+    cores the bridge, not the load generator, is what saturates."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the bridge closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if b"\r\n" in head[at:] else None])
+        if len(self.buf) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        body = self.buf[end + 4 : end + 4 + length]
+        self.buf = self.buf[end + 4 + length :]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, body))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+class RawClient:
+    """``clients`` RawConnections, one per worker (a free list)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.free: list[RawConnection] = []
+
+    async def open(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            _, conn = await loop.create_connection(RawConnection, self.host, self.port)
+            self.free.append(conn)
+
+    def close(self) -> None:
+        for conn in self.free:
+            if conn.transport is not None:
+                conn.transport.close()
+
+    async def send(self, data: bytes) -> tuple[int, bytes]:
+        conn = self.free.pop()
+        try:
+            return await conn.request(data)
+        finally:
+            self.free.append(conn)
+
+
+def post(path: str, body: bytes) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/x-redis-resp\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
 
 
 async def drive(name: str, clients: int, duration: float, probe: Probe, call: object) -> Result:
@@ -179,6 +258,37 @@ async def bridge_phases(
                 await r.read()
                 return r.status == 200
 
+        if args.client == "raw":
+            raw = RawClient(bridge_url)
+            await raw.open(args.clients)
+            peeks = [
+                post("/v1/resp", encode_command("EVALSHA", sha, 1, f"{{bench}}:{i}", *PEEK))
+                for i in range(KEYS)
+            ]
+            manys = [
+                post("/v1/resp", encode_command("EVALSHA", sha, *admit_many_args(i)))
+                for i in range(4096)  # markers repeat after these: a late admit, same reply
+            ]
+            raw_calls = 0
+
+            async def via_bridge(_key: str) -> bool:
+                nonlocal raw_calls
+                raw_calls += 1
+                status, data = await raw.send(peeks[raw_calls % KEYS])
+                return status == 200 and data[:1] == b"*"
+
+            async def admit_many(_key: str) -> bool:
+                nonlocal raw_calls
+                raw_calls += 1
+                status, data = await raw.send(manys[raw_calls % len(manys)])
+                return status == 200 and data.startswith(b"*%d\r\n" % (5 * ADMISSIONS))
+
+            get = b"GET /healthz HTTP/1.1\r\nhost: bridge\r\n\r\n"
+
+            async def healthz(_key: str) -> bool:
+                status, _ = await raw.send(get)
+                return status == 200
+
         results.append(
             await drive(f"{label} EVALSHA", args.clients, args.duration, probe, via_bridge)
         )
@@ -189,6 +299,8 @@ async def bridge_phases(
             results.append(
                 await drive(f"{label} /healthz", args.clients, args.duration, probe, healthz)
             )
+        if args.client == "raw":
+            raw.close()
         # sanity: the replies really are the script's
         body = encode_command("EVALSHA", sha, 1, "{bench}:check", *PEEK)
         async with session.post(url, data=body) as r:
@@ -215,10 +327,19 @@ async def direct_phase(args: argparse.Namespace, sha: str, redis_port: int, prob
         await client.aclose()
 
 
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """The load generator's loop: uvloop when installed (as the bridge's), for every phase."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def report(args: argparse.Namespace, results: list[Result]) -> None:
     print()
     print(
-        f"{args.clients} concurrent keep-alive clients, {args.duration:g} s per phase, "
+        f"{args.clients} concurrent keep-alive {args.client} clients, {args.duration:g} s per phase, "
         f"bridge pool {args.pool_size}, {os.cpu_count()} CPUs shared by all processes, loopback"
     )
     header = (
@@ -286,6 +407,13 @@ def main() -> None:
         help="comma-separated bridge pools to run, in one run: hand (shipped), redis-py",
     )
     parser.add_argument(
+        "--client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="load generator for the bridge phases: raw keep-alive sockets (cheap; the "
+        "default) or aiohttp's client (what bench/README.md quoted before issue 17)",
+    )
+    parser.add_argument(
         "--baseline",
         metavar="DIR",
         help="also run the bridge of another source tree (DIR/controlplane) as bridge[baseline]",
@@ -341,13 +469,13 @@ def main() -> None:
                 found = process.wait_for_line(bridge_proc, log, BANNER, 10, f"bridge[{pool}]")
                 print(f"bridge[{pool}]: {found.group(0)}")
                 probe = Probe({"bridge": bridge_proc.pid, "redis": redis_proc.pid})
-                results += asyncio.run(
+                results += run_loop(
                     bridge_phases(args, sha, f"bridge[{pool}]", found.group(1), probe)
                 )
             finally:
                 process.terminate(bridge_proc)
         probe = Probe({"redis": redis_proc.pid})
-        results.append(asyncio.run(direct_phase(args, sha, redis_port, probe)))
+        results.append(run_loop(direct_phase(args, sha, redis_port, probe)))
         report(args, results)
     finally:
         process.terminate(redis_proc)
