@@ -135,7 +135,8 @@ class Request:
         self._size = 0
 
 
-Result = Answer | Coroutine[Any, Any, Answer]
+#: An answer now, later (a future the handler resolves), or from a coroutine (run as a task).
+Result = Answer | asyncio.Future[Answer] | Coroutine[Any, Any, Answer]
 
 
 class Handler(Protocol):
@@ -336,19 +337,19 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(result, Answer):
             self._fill(slot, result, result.close)
             return
-        task = self._loop.create_task(result)
-        task.add_done_callback(lambda t: self._done(slot, t))
+        later = result if isinstance(result, asyncio.Future) else self._loop.create_task(result)
+        later.add_done_callback(lambda f: self._done(slot, f))
 
     # ---- answers, in order
 
-    def _done(self, slot: _Slot, task: asyncio.Task[Answer]) -> None:
-        if task.cancelled():
+    def _done(self, slot: _Slot, later: asyncio.Future[Answer]) -> None:
+        if later.cancelled():
             answer = text(503, "the bridge is shutting down", close=True)
-        elif task.exception() is not None:
-            log.error("bridge: handler failed", exc_info=task.exception())
+        elif later.exception() is not None:
+            log.error("bridge: handler failed", exc_info=later.exception())
             answer = text(500, "internal error")
         else:
-            answer = task.result()
+            answer = later.result()
         self._fill(slot, answer, answer.close)
 
     def _fill(self, slot: _Slot, answer: Answer, close: bool) -> None:

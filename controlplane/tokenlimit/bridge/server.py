@@ -91,8 +91,7 @@ import hmac
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from tokenlimit.bridge.config import BridgeConfig
 from tokenlimit.bridge.guard import (
@@ -102,9 +101,9 @@ from tokenlimit.bridge.guard import (
     contract_scripts,
     ensure_descriptors,
 )
-from tokenlimit.bridge.http import Answer, HttpConnection, Request, text
+from tokenlimit.bridge.http import Answer, HttpConnection, Request, Result, text
 from tokenlimit.bridge.metrics import CONTENT_TYPE, Metrics
-from tokenlimit.bridge.pool import RedisFault, RedisPool, error_text
+from tokenlimit.bridge.pool import Outcome, RedisFault, RedisPool, error_text
 from tokenlimit.bridge.resp import ProtocolError, encode_command
 from tokenlimit.bridge.scan import scan_commands
 
@@ -246,7 +245,7 @@ class Bridge:
             request.started, 408, "bad-request", "bad_request", "the body did not arrive in time"
         )
 
-    def handle(self, request: Request) -> Answer | Coroutine[Any, Any, Answer]:
+    def handle(self, request: Request) -> Result:
         path, method = request.path, request.method
         if path == b"/v1/resp":
             if method != b"POST":
@@ -277,9 +276,9 @@ class Bridge:
         self.metrics.observe(outcome, time.perf_counter() - start)
         return text(status, message, error, close)
 
-    def _resp(self, request: Request) -> Answer | Coroutine[Any, Any, Answer]:
-        """Checks the body (scan.py) and the allowlist at once; only a call that goes to Redis
-        becomes a coroutine (a task), so a refusal costs no task."""
+    def _resp(self, request: Request) -> Result:
+        """Checks the body (scan.py) and the allowlist at once; a call that goes to Redis is
+        answered through a future (a coroutine only while no connection is open)."""
         start = request.started
         body = request.body
         try:
@@ -303,7 +302,21 @@ class Bridge:
             labels.append(label)
         timeout = self._timeout(request)
         assert timeout is not None  # head() refused a bad header
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome) -> None:
+            answer.set_result(self._answer(outcome, labels, start))
+
+        if self.pool.submit(body, len(labels), timeout, done):
+            return answer  # a connection was at hand: no task (pool.submit says why)
         return self._forward(body, labels, timeout, start)
+
+    def _answer(self, outcome: Outcome, labels: list[str], start: float) -> Answer:
+        if isinstance(outcome, RedisFault):
+            return self._refuse(start, 503, outcome.code, outcome.outcome, outcome.detail)
+        self.metrics.forwarded(labels)
+        self.metrics.observe("ok", time.perf_counter() - start)
+        return Answer(200, outcome[0] if len(outcome) == 1 else b"".join(outcome), _RESP_TYPE)
 
     async def _forward(
         self, body: bytes, labels: list[str], timeout: float, start: float
@@ -311,14 +324,8 @@ class Bridge:
         try:
             replies = await self.pool.execute(body, len(labels), timeout)
         except RedisFault as fault:
-            return self._refuse(start, 503, fault.code, fault.outcome, fault.detail)
-        self.metrics.forwarded(labels)
-        self.metrics.observe("ok", time.perf_counter() - start)
-        return Answer(
-            200,
-            replies[0] if len(replies) == 1 else b"".join(replies),
-            _RESP_TYPE,
-        )
+            return self._answer(fault, labels, start)
+        return self._answer(replies, labels, start)
 
     async def _readyz(self) -> Answer:
         try:
