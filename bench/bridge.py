@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +74,8 @@ def admit_many_args(call: int) -> list[str | int]:
     argv: list[str | int] = ["admit_many", 0, 0, ADMISSIONS]
     argv += [1, 0, 0, 60000, 10**15, 1, ""] * ADMISSIONS
     return [len(keys), *keys, *argv]
+
+
 KEYS = 64
 TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
@@ -258,6 +260,11 @@ async def bridge_phases(
                 await r.read()
                 return r.status == 200
 
+        call_of: dict[str, Callable[[str], Awaitable[bool]]] = {
+            "peek": via_bridge,
+            "many": admit_many,
+            "healthz": healthz,
+        }
         if args.client == "raw":
             raw = RawClient(bridge_url)
             await raw.open(args.clients)
@@ -271,13 +278,13 @@ async def bridge_phases(
             ]
             raw_calls = 0
 
-            async def via_bridge(_key: str) -> bool:
+            async def raw_peek(_key: str) -> bool:
                 nonlocal raw_calls
                 raw_calls += 1
                 status, data = await raw.send(peeks[raw_calls % KEYS])
                 return status == 200 and data[:1] == b"*"
 
-            async def admit_many(_key: str) -> bool:
+            async def raw_many(_key: str) -> bool:
                 nonlocal raw_calls
                 raw_calls += 1
                 status, data = await raw.send(manys[raw_calls % len(manys)])
@@ -285,19 +292,23 @@ async def bridge_phases(
 
             get = b"GET /healthz HTTP/1.1\r\nhost: bridge\r\n\r\n"
 
-            async def healthz(_key: str) -> bool:
+            async def raw_healthz(_key: str) -> bool:
                 status, _ = await raw.send(get)
                 return status == 200
 
+            call_of.update(peek=raw_peek, many=raw_many, healthz=raw_healthz)
+
         results.append(
-            await drive(f"{label} EVALSHA", args.clients, args.duration, probe, via_bridge)
+            await drive(f"{label} EVALSHA", args.clients, args.duration, probe, call_of["peek"])
         )
         results.append(
-            await drive(f"{label} admit_many", args.clients, args.duration, probe, admit_many)
+            await drive(f"{label} admit_many", args.clients, args.duration, probe, call_of["many"])
         )
         if args.http_floor:
             results.append(
-                await drive(f"{label} /healthz", args.clients, args.duration, probe, healthz)
+                await drive(
+                    f"{label} /healthz", args.clients, args.duration, probe, call_of["healthz"]
+                )
             )
         if args.client == "raw":
             raw.close()
@@ -339,7 +350,8 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def report(args: argparse.Namespace, results: list[Result]) -> None:
     print()
     print(
-        f"{args.clients} concurrent keep-alive {args.client} clients, {args.duration:g} s per phase, "
+        f"{args.clients} concurrent keep-alive {args.client} clients, "
+        f"{args.duration:g} s per phase, "
         f"bridge pool {args.pool_size}, {os.cpu_count()} CPUs shared by all processes, loopback"
     )
     header = (

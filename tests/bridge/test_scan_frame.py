@@ -20,9 +20,10 @@ from tokenlimit.bridge.resp import (
 from tokenlimit.bridge.scan import HEAD_ARGS, scan_commands
 
 SHA = b"0123456789abcdef0123456789abcdef01234567"
+ADMISSION: list[str | int] = [1, 0, 0, 60000, 1000000, 1, ""]
 ADMIT_MANY = encode_command(
     "EVALSHA", SHA, 16, *[f"{{tl}}:r:{i:040d}" for i in range(16)], "admit_many", 0, 0, 8,
-    *[1, 0, 0, 60000, 1000000, 1, ""] * 8,
+    *ADMISSION * 8,
 )  # fmt: skip
 
 VALID = [

@@ -87,7 +87,8 @@ class ReplyFramer:
             if pos >= size:
                 self._need = size + 1 - start
                 return _INCOMPLETE
-            end = scalars(buf, pos).end()
+            run = scalars(buf, pos)  # a `*` pattern: always matches, maybe nothing
+            end = pos if run is None else run.end()
             if end > pos:
                 covered = buf.count(CRLF, pos, end)
                 if covered > need:  # the run went past this array: step exactly `need`
@@ -101,10 +102,13 @@ class ReplyFramer:
             kind = buf[pos]
             m = length(buf, pos)
             if m is None:
-                if kind in b"$*:+-" and buf.find(CRLF, pos) < 0:
-                    if kind in b"+-" or size - pos <= _LINE_MAX:
-                        self._need = size + 1 - start
-                        return _INCOMPLETE
+                if (
+                    kind in b"$*:+-"
+                    and buf.find(CRLF, pos) < 0
+                    and (kind in b"+-" or size - pos <= _LINE_MAX)
+                ):
+                    self._need = size + 1 - start
+                    return _INCOMPLETE
                 return _IRREGULAR
             n = int(m[1])
             pos = m.end()

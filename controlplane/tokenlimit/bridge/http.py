@@ -122,7 +122,7 @@ class Request:
     """What the bridge reads of one request. ``headers`` holds the first value of each
     :data:`WANTED` header (lower-case names, values stripped)."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "started", "_parts", "_size")
+    __slots__ = ("_parts", "_size", "body", "headers", "keep_alive", "method", "path", "started")
 
     def __init__(self) -> None:
         self.method = b""
@@ -384,4 +384,3 @@ class HttpConnection(asyncio.Protocol):
         self._state = _IDLE
         self._discard = True
         self._fill(slot, text(400, message), close=True)
-

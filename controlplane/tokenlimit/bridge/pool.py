@@ -3,8 +3,9 @@
 Each connection pipelines: requests from many HTTP callers are written back to back (one
 write per loop iteration) and matched to replies in FIFO order as they arrive (each connection
 is an asyncio.Protocol); a request goes to an idle connection if there is one, otherwise to the
-least-loaded one while the pool grows in the background. A connection that breaks, or on which a request timed
-out (its late replies would be out of step), takes no new work and is closed -- never reused.
+least-loaded one while the pool grows in the background. A connection that breaks, or on which
+a request timed out (its late replies would be out of step), takes no new work and is closed --
+never reused.
 After a failed connect, new connects back off (25 ms doubling to ``backoff_max``) and callers
 get the last connect error at once instead of waiting. One log line per Redis state change.
 

@@ -39,11 +39,11 @@ def _run_pattern() -> re.Pattern[bytes]:
     CRLFs, which is how the caller counts the arguments a match covered."""
     branches = [r"0\r\n\r\n"]
     for first in range(1, 10):
-        alternatives = [r"\r\n[^\r\n]{%d}\r\n" % first]
+        alternatives = [rf"\r\n[^\r\n]{{{first}}}\r\n"]
         for second in range(10):
-            alternatives.append(r"%d\r\n[^\r\n]{%d}\r\n" % (second, first * 10 + second))
-        branches.append("%d(?:%s)" % (first, "|".join(alternatives)))
-    return re.compile((r"(?:\$(?:%s))*" % "|".join(branches)).encode())
+            alternatives.append(rf"{second}\r\n[^\r\n]{{{first * 10 + second}}}\r\n")
+        branches.append(f"{first}(?:{'|'.join(alternatives)})")
+    return re.compile(rf"(?:\$(?:{'|'.join(branches)}))*".encode())
 
 
 _RUN = _run_pattern()
@@ -93,7 +93,8 @@ def scan_commands(
         i = 0
         while i < count:
             if i >= HEAD_ARGS and run_ok:
-                end = run_match(body, pos).end()
+                run = run_match(body, pos)  # a `*` pattern: always matches, maybe nothing
+                end = pos if run is None else run.end()
                 if end > pos:
                     covered = count_crlf(CRLF, pos, end) >> 1
                     if i + covered > count:
