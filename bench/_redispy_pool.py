@@ -86,6 +86,10 @@ class RedisPyPool:
             raise RedisFault("redis-unreachable", f"{where}: {exc}") from None
         return [reply.raw for reply in replies]  # the pool's contract: Redis' wire bytes
 
+    def submit(self, *_args: object) -> bool:
+        """No task-free path on redis.asyncio: the bridge then awaits execute()."""
+        return False
+
     def counts(self) -> tuple[int, int]:
         idle = len(self._pool._available_connections)
         return idle, len(self._pool._in_use_connections)
