@@ -61,6 +61,25 @@ async def test_pipelined_requests_are_answered_in_order(redis_server: RedisServe
 
 
 @async_test
+async def test_a_client_that_pipelines_hundreds_gets_every_answer_in_order(
+    redis_server: RedisServer,
+) -> None:
+    # past PIPELINE_MAX owed answers the bridge stops reading until it has answered; nothing is
+    # lost or reordered, and a client that reads late still gets everything
+    async with bridge_client(redis_server.url) as c:
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.bridge.port)
+        calls = [encode_command("EVAL", "return ARGV[1]", 0, f"n{i}") for i in range(300)]
+        writer.write(b"".join(post(call) for call in calls))
+        await asyncio.sleep(0.3)
+        for i in range(300):
+            assert (await read_answer(reader))[::2] == (
+                200,
+                b"$%d\r\nn%d\r\n" % (len(str(i)) + 1, i),
+            )
+        writer.close()
+
+
+@async_test
 async def test_a_bad_token_is_refused_before_the_body_and_the_connection_stays(
     redis_server: RedisServer,
 ) -> None:

@@ -38,6 +38,9 @@ log = logging.getLogger("tokenlimit.bridge")
 
 MAX_HEAD_BYTES = 65536  # request line plus headers (aiohttp allowed 8190 per line)
 KEEPALIVE_S = 75.0  # an idle keep-alive connection is closed after this (aiohttp's default)
+#: Answers owed on one connection before it is read no further (a client that pipelines and
+#: never reads would otherwise grow the bridge's memory); reading resumes below half of it.
+PIPELINE_MAX = 32
 
 #: The headers the bridge reads; every other header is parsed and dropped.
 WANTED = frozenset((b"authorization", b"x-tokenlimit-timeout-ms", b"content-length", b"expect"))
@@ -188,6 +191,8 @@ class HttpConnection(asyncio.Protocol):
         self._slots: collections.deque[_Slot] = collections.deque()
         self._slot: _Slot | None = None  # the current request's
         self._closing = False
+        self._paused = False  # reading paused: too many answers owed, or the client not reading
+        self._write_blocked = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_for = _IDLE
         self._idle_since = 0.0
@@ -301,6 +306,8 @@ class HttpConnection(asyncio.Protocol):
         request.keep_alive = self._parser.should_keep_alive()
         slot = self._slot = _Slot(request.method == b"HEAD", request.keep_alive)
         self._slots.append(slot)
+        if len(self._slots) >= PIPELINE_MAX:
+            self._reading()
         answer = self._handler.head(request)
         if answer is not None:
             self._discard = True
@@ -358,6 +365,27 @@ class HttpConnection(asyncio.Protocol):
         slot.close = not keep_alive
         self._flush()
 
+    def _reading(self) -> None:
+        """Reads while fewer than PIPELINE_MAX answers are owed and the client keeps reading."""
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        stop = self._write_blocked or len(self._slots) >= PIPELINE_MAX
+        if stop and not self._paused:
+            self._paused = True
+            transport.pause_reading()
+        elif self._paused and not self._write_blocked and len(self._slots) < PIPELINE_MAX // 2:
+            self._paused = False
+            transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._write_blocked = True
+        self._reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        self._reading()
+
     def _flush(self) -> None:
         slots, transport = self._slots, self._transport
         if transport is None:
@@ -371,6 +399,8 @@ class HttpConnection(asyncio.Protocol):
                 slots.clear()
                 transport.close()
                 return
+        if self._paused:
+            self._reading()
         if not slots and self._state == _IDLE:
             self._idle_since = self._loop.time()
             if self._timer is None:
