@@ -9,9 +9,11 @@ reads, and writes each answer as one pre-framed bytes object: 11 us for the same
 (bench/README.md, ``bridge.py``, has the before/after figures).
 
 What it keeps from the server it replaces, because the protocol and guard depend on it:
-keep-alive and pipelining (answers in request order), ``Expect: 100-continue``, chunked bodies,
-HEAD, a bounded head (``MAX_HEAD_BYTES``, else 400 and closed), idle keep-alive connections
-closed after ``KEEPALIVE_S`` (aiohttp's default), and the guard's read deadline: a request head
+keep-alive and pipelining (answers in request order; past ``PIPELINE_MAX`` answers owed, or
+while the client does not read, the connection is not read), ``Expect: 100-continue``, chunked
+bodies, HEAD, a bounded head (``MAX_HEAD_BYTES``, else 400 and closed), idle keep-alive
+connections closed after ``KEEPALIVE_S`` (aiohttp's default), and the guard's read deadline: a
+request head
 must arrive within ``read_timeout`` of its first byte (or of connecting), else the connection
 is dropped; a body must arrive within ``read_timeout`` of its head, else 408. Timers are armed
 only when a head or body is left incomplete at the end of a read, so a request that arrives in
