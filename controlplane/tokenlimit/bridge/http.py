@@ -13,11 +13,10 @@ keep-alive and pipelining (answers in request order; past ``PIPELINE_MAX`` answe
 while the client does not read, the connection is not read), ``Expect: 100-continue``, chunked
 bodies, HEAD, a bounded head (``MAX_HEAD_BYTES``, else 400 and closed), idle keep-alive
 connections closed after ``KEEPALIVE_S`` (aiohttp's default), and the guard's read deadline: a
-request head
-must arrive within ``read_timeout`` of its first byte (or of connecting), else the connection
-is dropped; a body must arrive within ``read_timeout`` of its head, else 408. Timers are armed
-only when a head or body is left incomplete at the end of a read, so a request that arrives in
-one segment (every call from Envoy) arms none.
+request head must arrive within ``read_timeout`` of its first byte (or of connecting), else the
+connection is dropped; a body must arrive within ``read_timeout`` of its head, else 408. Timers
+are armed only when a head or body is left incomplete at the end of a read, so a request that
+arrives in one segment (every call from Envoy) arms none.
 
 The application is a :class:`Handler`: ``head()`` may answer as soon as the head is in (the
 bridge refuses a bad token or a too-large ``content-length`` before reading any body),
