@@ -59,7 +59,7 @@ class RedisPyPool:
             socket_connect_timeout=timeout,
         )
 
-    async def execute(self, payload: bytes, count: int, timeout: float) -> list[Reply]:
+    async def execute(self, payload: bytes, count: int, timeout: float) -> list[bytes]:
         where = f"redis {self.target.describe()}"
         try:
             async with asyncio.timeout(timeout):
@@ -84,7 +84,11 @@ class RedisPyPool:
             raise RedisFault("redis-auth-failed", f"{where}: {exc}") from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise RedisFault("redis-unreachable", f"{where}: {exc}") from None
-        return replies
+        return [reply.raw for reply in replies]  # the pool's contract: Redis' wire bytes
+
+    def submit(self, *_args: object) -> bool:
+        """No task-free path on redis.asyncio: the bridge then awaits execute()."""
+        return False
 
     def counts(self) -> tuple[int, int]:
         idle = len(self._pool._available_connections)

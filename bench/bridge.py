@@ -10,14 +10,22 @@ separate process (``python -m tokenlimit.bridge``, so its CPU time can be read f
 /proc/<pid>/stat), loads a small token-counting script, then for ``--duration`` seconds each:
 
 1. ``--clients`` concurrent aiohttp clients (keep-alive) POST one ``EVALSHA`` per request to
-   the bridge's ``/v1/resp``;
-2. the same number of concurrent tasks call ``EVALSHA`` directly with redis-py asyncio.
+   the bridge's ``/v1/resp`` (budget.lua's ``peek``: 9 arguments, a 4-integer reply);
+2. the same with one coalesced ``admit_many`` of 8 admissions per request, as a gateway worker
+   sends it under load (issue 17): 79 arguments, a 40-integer reply -- the bridge's cost per
+   argument and per reply element;
+3. GET /healthz: the HTTP floor, no Redis (``--no-http-floor`` skips it);
+4. the same number of concurrent tasks call the peek ``EVALSHA`` directly with redis-py asyncio.
 
 and prints requests/s, p50/p99 latency and CPU seconds per 1000 requests for the bridge
 process (and for the load generator and Redis, for context). Loopback only; bounded in time.
 
     .venv/bin/python bench/bridge.py [--clients 32] [--duration 5] [--pool-size 8] \\
-        [--pools hand,redis-py]
+        [--pools hand,redis-py] [--baseline DIR]
+
+``--baseline DIR`` also runs the bridge of another source tree (DIR/controlplane, e.g. an
+older commit unpacked with ``git archive REF controlplane contract | tar -x -C DIR``) in the
+same run, as ``bridge[baseline]``: before/after figures from one machine and one run.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aredis
@@ -52,8 +62,23 @@ from tokenlimit.dev.process import free_port  # noqa: E402
 # convention is stable; the bridge's cost per call does not depend on what the script does.
 SCRIPT = (ROOT / "contract" / "min" / "budget.lua").read_text()
 PEEK = ("peek", 0, 0, 60000, 1000000)
+ADMISSIONS = 8  # one admit_many: 8 admissions of one counter each, no settlements queued
+
+
+def admit_many_args(call: int) -> list[str | int]:
+    """KEYS then ARGV of one admit_many (contract/budget.lua): per admission its counter key
+    and its own marker key; a budget of 10^15 a minute, so every admission is admitted."""
+    keys: list[str | int] = []
+    for j in range(ADMISSIONS):
+        keys += [f"{{bench}}:c:{j}", f"{{bench}}:m:{call}:{j}"]
+    argv: list[str | int] = ["admit_many", 0, 0, ADMISSIONS]
+    argv += [1, 0, 0, 60000, 10**15, 1, ""] * ADMISSIONS
+    return [len(keys), *keys, *argv]
+
+
 KEYS = 64
 TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -95,6 +120,82 @@ class Probe:
         t = os.times()
         out["load generator"] = t.user + t.system
         return out
+
+
+class RawConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection for ``--client raw``: writes a pre-framed request and
+    reads the answer by its content-length. Far cheaper per request than aiohttp's client
+    (which cost ~100 us of CPU per request, more than the bridge it measures), so on 2 shared
+    cores the bridge, not the load generator, is what saturates."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the bridge closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end].lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at) if b"\r\n" in head[at:] else None])
+        if len(self.buf) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        body = self.buf[end + 4 : end + 4 + length]
+        self.buf = self.buf[end + 4 + length :]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((status, body))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+class RawClient:
+    """``clients`` RawConnections, one per worker (a free list)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.free: list[RawConnection] = []
+
+    async def open(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            _, conn = await loop.create_connection(RawConnection, self.host, self.port)
+            self.free.append(conn)
+
+    def close(self) -> None:
+        for conn in self.free:
+            if conn.transport is not None:
+                conn.transport.close()
+
+    async def send(self, data: bytes) -> tuple[int, bytes]:
+        conn = self.free.pop()
+        try:
+            return await conn.request(data)
+        finally:
+            self.free.append(conn)
+
+
+def post(path: str, body: bytes) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/x-redis-resp\r\n"
+        b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
 
 
 async def drive(name: str, clients: int, duration: float, probe: Probe, call: object) -> Result:
@@ -144,23 +245,83 @@ async def bridge_phases(
                 data = await r.read()
                 return r.status == 200 and data[:1] == b"*"
 
+        calls = 0
+
+        async def admit_many(_key: str) -> bool:
+            nonlocal calls
+            calls += 1
+            body = encode_command("EVALSHA", sha, *admit_many_args(calls))
+            async with session.post(url, data=body, headers=headers) as r:
+                data = await r.read()
+                return r.status == 200 and data.startswith(b"*%d\r\n" % (5 * ADMISSIONS))
+
         async def healthz(_key: str) -> bool:
             async with session.get(bridge_url + "/healthz") as r:
                 await r.read()
                 return r.status == 200
 
+        call_of: dict[str, Callable[[str], Awaitable[bool]]] = {
+            "peek": via_bridge,
+            "many": admit_many,
+            "healthz": healthz,
+        }
+        if args.client == "raw":
+            raw = RawClient(bridge_url)
+            await raw.open(args.clients)
+            peeks = [
+                post("/v1/resp", encode_command("EVALSHA", sha, 1, f"{{bench}}:{i}", *PEEK))
+                for i in range(KEYS)
+            ]
+            manys = [
+                post("/v1/resp", encode_command("EVALSHA", sha, *admit_many_args(i)))
+                for i in range(4096)  # markers repeat after these: a late admit, same reply
+            ]
+            raw_calls = 0
+
+            async def raw_peek(_key: str) -> bool:
+                nonlocal raw_calls
+                raw_calls += 1
+                status, data = await raw.send(peeks[raw_calls % KEYS])
+                return status == 200 and data[:1] == b"*"
+
+            async def raw_many(_key: str) -> bool:
+                nonlocal raw_calls
+                raw_calls += 1
+                status, data = await raw.send(manys[raw_calls % len(manys)])
+                return status == 200 and data.startswith(b"*%d\r\n" % (5 * ADMISSIONS))
+
+            get = b"GET /healthz HTTP/1.1\r\nhost: bridge\r\n\r\n"
+
+            async def raw_healthz(_key: str) -> bool:
+                status, _ = await raw.send(get)
+                return status == 200
+
+            call_of.update(peek=raw_peek, many=raw_many, healthz=raw_healthz)
+
         results.append(
-            await drive(f"{label} EVALSHA", args.clients, args.duration, probe, via_bridge)
+            await drive(f"{label} EVALSHA", args.clients, args.duration, probe, call_of["peek"])
+        )
+        results.append(
+            await drive(f"{label} admit_many", args.clients, args.duration, probe, call_of["many"])
         )
         if args.http_floor:
             results.append(
-                await drive(f"{label} /healthz", args.clients, args.duration, probe, healthz)
+                await drive(
+                    f"{label} /healthz", args.clients, args.duration, probe, call_of["healthz"]
+                )
             )
-        # sanity: the reply really is the script's
+        if args.client == "raw":
+            raw.close()
+        # sanity: the replies really are the script's
         body = encode_command("EVALSHA", sha, 1, "{bench}:check", *PEEK)
         async with session.post(url, data=body) as r:
             reply = parse_replies(await r.read())[0].to_python()
             assert isinstance(reply, list) and len(reply) == 4, reply
+        body = encode_command("EVALSHA", sha, *admit_many_args(-1))
+        async with session.post(url, data=body) as r:
+            reply = parse_replies(await r.read())[0].to_python()
+            assert isinstance(reply, list) and len(reply) == 5 * ADMISSIONS, reply
+            assert reply[0::5] == [0] * ADMISSIONS, reply  # every admission admitted
     return results
 
 
@@ -177,10 +338,20 @@ async def direct_phase(args: argparse.Namespace, sha: str, redis_port: int, prob
         await client.aclose()
 
 
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """The load generator's loop: uvloop when installed (as the bridge's), for every phase."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def report(args: argparse.Namespace, results: list[Result]) -> None:
     print()
     print(
-        f"{args.clients} concurrent keep-alive clients, {args.duration:g} s per phase, "
+        f"{args.clients} concurrent keep-alive {args.client} clients, "
+        f"{args.duration:g} s per phase, "
         f"bridge pool {args.pool_size}, {os.cpu_count()} CPUs shared by all processes, loopback"
     )
     header = (
@@ -211,6 +382,12 @@ def report(args: argparse.Namespace, results: list[Result]) -> None:
             f"core busy, {bridge.per_k('bridge') * 1000:.0f} us CPU per request "
             f"(~{1000 / bridge.per_k('bridge'):.0f} EVALSHA req/s per fully used core)"
         )
+        many = phases[f"bridge[{pool}] admit_many"]
+        print(
+            f"  admit_many of {ADMISSIONS} (79 arguments, 40-integer reply): "
+            f"{many.per_k('bridge') * 1000:.0f} us CPU per call "
+            f"(~{1000 / many.per_k('bridge'):.0f} calls/s per fully used core)"
+        )
         floor = phases.get(f"bridge[{pool}] /healthz")
         if floor is not None:
             print(
@@ -224,7 +401,9 @@ POOL_COMMANDS = {
     # the shipped bridge, with its own pipelined pool
     "hand": ["-m", "tokenlimit.bridge", "--insecure"],
     # the same bridge with redis.asyncio (+ hiredis) as its pool
-    "redis-py": [str(ROOT / "bench" / "_redispy_pool.py")],
+    "redis-py": [str(ROOT / "bench" / "_redispy_pool.py"), "--insecure"],
+    # the shipped bridge of another tree (--baseline DIR), for before/after in one run
+    "baseline": ["-m", "tokenlimit.bridge", "--insecure"],
 }
 BANNER = re.compile(r"tokenlimit bridge listening on (http://\S+)")
 
@@ -240,6 +419,18 @@ def main() -> None:
         help="comma-separated bridge pools to run, in one run: hand (shipped), redis-py",
     )
     parser.add_argument(
+        "--client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="load generator for the bridge phases: raw keep-alive sockets (cheap; the "
+        "default) or aiohttp's client (what bench/README.md quoted before issue 17)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the bridge of another source tree (DIR/controlplane) as bridge[baseline]",
+    )
+    parser.add_argument(
         "--no-http-floor",
         dest="http_floor",
         action="store_false",
@@ -252,6 +443,10 @@ def main() -> None:
     unknown = [p for p in args.pools if p not in POOL_COMMANDS]
     if unknown or not args.pools:
         parser.error(f"--pools: expected some of {', '.join(POOL_COMMANDS)}, got {unknown}")
+    if args.baseline:
+        if not (Path(args.baseline) / "controlplane" / "tokenlimit").is_dir():
+            parser.error(f"--baseline: {args.baseline}/controlplane/tokenlimit is not there")
+        args.pools.insert(0, "baseline")
 
     workdir = Path(tempfile.mkdtemp(prefix="tokenlimit-bench-"))
     redis_port = free_port()
@@ -271,9 +466,10 @@ def main() -> None:
                     raise
                 time.sleep(0.05)
         sha = Redis(port=redis_port).script_load(SCRIPT)
-        env = {"PYTHONPATH": str(ROOT / "controlplane"), "TOKENLIMIT_BRIDGE_TOKEN": ""}
         results: list[Result] = []
         for pool in args.pools:
+            tree = Path(args.baseline) if pool == "baseline" else ROOT
+            env = {"PYTHONPATH": str(tree / "controlplane"), "TOKENLIMIT_BRIDGE_TOKEN": ""}
             log = workdir / f"bridge-{pool}.log"
             bridge_proc = process.spawn(
                 [sys.executable, *POOL_COMMANDS[pool], "--redis",
@@ -285,13 +481,13 @@ def main() -> None:
                 found = process.wait_for_line(bridge_proc, log, BANNER, 10, f"bridge[{pool}]")
                 print(f"bridge[{pool}]: {found.group(0)}")
                 probe = Probe({"bridge": bridge_proc.pid, "redis": redis_proc.pid})
-                results += asyncio.run(
+                results += run_loop(
                     bridge_phases(args, sha, f"bridge[{pool}]", found.group(1), probe)
                 )
             finally:
                 process.terminate(bridge_proc)
         probe = Probe({"redis": redis_proc.pid})
-        results.append(asyncio.run(direct_phase(args, sha, redis_port, probe)))
+        results.append(run_loop(direct_phase(args, sha, redis_port, probe)))
         report(args, results)
     finally:
         process.terminate(redis_proc)

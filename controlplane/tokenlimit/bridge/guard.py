@@ -1,6 +1,7 @@
 """What keeps the bridge alive under hostile connections and what it lets run on Redis.
 
-Connections (`ConnectionGuard`): a cap on open connections and a read deadline. A client that
+Connections (`ConnectionGuard` here, the deadline in tokenlimit.bridge.http): a cap on open
+connections and a read deadline. A client that
 opens connections and sends a request slowly, or never finishes it (slowloris), held one file
 descriptor each for as long as it liked: about 1,020 of them exhausted a process with the
 usual 1,024 descriptors, and every filter call then timed out. Now each connection must
@@ -25,12 +26,15 @@ import hashlib
 import resource
 from collections.abc import Callable, Iterable, Sequence
 from importlib.resources import files
+from typing import cast
 
 from tokenlimit.contract_min import MIN_FOLDER
 
 FULL_ERROR = "bridge-full"
 # Descriptors kept for the Redis pool, the listening socket, logs and imports.
 DESCRIPTORS_RESERVE = 128
+
+Registry = dict[asyncio.BaseTransport, asyncio.Protocol]
 
 
 def contract_scripts() -> tuple[bytes, ...]:
@@ -85,89 +89,26 @@ class _Full(asyncio.Protocol):
         self._answer = answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self._answer)
-        transport.close()
-
-
-class _Guarded(asyncio.Protocol):
-    """aiohttp's protocol for one connection, with a deadline on reading each request head."""
-
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
-        self._guard = guard
-        self._inner = inner
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self.busy = False
-
-    def _arm(self) -> None:
-        if self._timer is None and not self.busy:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._guard.read_timeout, self._expire)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        if not self.busy and self._transport is not None:
-            self._transport.abort()
-
-    def request_started(self) -> None:
-        self.busy = True
-        self._disarm()
-
-    def request_finished(self) -> None:
-        self.busy = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._guard.open[transport] = self
-        self._arm()
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._arm()  # bytes of a new request: its head must be complete within the deadline
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        if self._transport is not None:
-            self._guard.open.pop(self._transport, None)
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        writer = cast(asyncio.Transport, transport)
+        writer.write(self._answer)
+        writer.close()
 
 
 class ConnectionGuard:
-    """Wraps a protocol factory (aiohttp's server) with the cap and the read deadline."""
+    """The connection cap around the HTTP protocol's factory (the read deadline is kept by
+    each connection itself: tokenlimit.bridge.http)."""
 
-    def __init__(
-        self, factory: Callable[[], asyncio.Protocol], max_connections: int, read_timeout: float
-    ) -> None:
+    def __init__(self, factory: Callable[[Registry], asyncio.Protocol], max_connections: int):
         self._factory = factory
         self.max_connections = max_connections
-        self.read_timeout = read_timeout
-        self.open: dict[asyncio.BaseTransport, _Guarded] = {}
+        self.open: Registry = {}  # every connection counted against the cap, while open
         self._full = _full_response(max_connections)
 
     def __call__(self) -> asyncio.Protocol:
         if len(self.open) >= self.max_connections:
             return _Full(self._full)
-        return _Guarded(self, self._factory())
-
-    def find(self, transport: asyncio.BaseTransport | None) -> _Guarded | None:
-        return self.open.get(transport) if transport is not None else None
+        return self._factory(self.open)
 
 
 def ensure_descriptors(max_connections: int) -> None:

@@ -1,10 +1,11 @@
 """The bridge's Redis connections: up to ``size`` pipelined connections, opened lazily.
 
 Each connection pipelines: requests from many HTTP callers are written back to back (one
-write per loop iteration) and matched to replies in FIFO order by a per-connection reader
-task; a request goes to an idle connection if there is one, otherwise to the least-loaded one
-while the pool grows in the background. A connection that breaks, or on which a request timed
-out (its late replies would be out of step), takes no new work and is closed -- never reused.
+write per loop iteration) and matched to replies in FIFO order as they arrive (each connection
+is an asyncio.Protocol); a request goes to an idle connection if there is one, otherwise to the
+least-loaded one while the pool grows in the background. A connection that breaks, or on which
+a request timed out (its late replies would be out of step), takes no new work and is closed --
+never reused.
 After a failed connect, new connects back off (25 ms doubling to ``backoff_max``) and callers
 get the last connect error at once instead of waiting. One log line per Redis state change.
 
@@ -20,6 +21,10 @@ this one              5,073    5.91    13.36   120 us                ~59 us
 redis.asyncio         3,497    8.95    22.74   159 us                ~107 us
 ====================  =======  ======  ======  ====================  ===================
 
+Re-measured after issue 17's fast path (connections as asyncio.Protocols, frame.py, submit;
+bench/README.md, ``bridge.py``): 32 us of bridge CPU per call with this pool, 103 us with
+redis.asyncio in the same server.
+
 redis.asyncio also cannot keep the protocol: it decodes replies, so they must be re-encoded
 and a simple string (``+OK``) would come back as a bulk string, while the filter is promised
 Redis' bytes unchanged; and it holds a connection per request, where this pool lets concurrent
@@ -30,13 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import cast
 
 from tokenlimit.bridge.config import RedisTarget
-from tokenlimit.bridge.resp import ProtocolError, Reply, ReplyParser, encode_command
+from tokenlimit.bridge.frame import ReplyFramer
+from tokenlimit.bridge.resp import ProtocolError, encode_command
 
 log = logging.getLogger("tokenlimit.bridge")
 
@@ -58,55 +67,53 @@ class RedisFault(Exception):
         return self.code.replace("-", "_")
 
 
+Outcome = list[bytes] | RedisFault  # what submit() hands its callback
+
+
 class _Pending:
     __slots__ = ("count", "future", "replies")
 
-    def __init__(self, future: asyncio.Future[list[Reply]], count: int) -> None:
+    def __init__(self, future: asyncio.Future[list[bytes]], count: int) -> None:
         self.future = future
         self.count = count
-        self.replies: list[Reply] = []
+        self.replies: list[bytes] = []
 
 
-class _Conn:
-    """One Redis connection: writes pipelines as they come, a reader task matches replies to
-    callers in FIFO order."""
+class _Conn(asyncio.Protocol):
+    """One Redis connection: writes pipelines as they come; replies are framed as they arrive
+    (frame.py: their ends only, the bytes kept) and matched to callers in FIFO order.
+
+    An asyncio.Protocol, not a StreamReader and a reader task: the replies are matched in the
+    transport's own callback, without a task switch per read (bench/README.md, bridge.py)."""
 
     __slots__ = (
         "_loop",
         "alive",
         "draining",
+        "framer",
+        "handshaking",
         "outbox",
-        "parser",
         "pending",
         "pool",
-        "reader",
-        "task",
-        "writer",
+        "transport",
     )
 
-    def __init__(
-        self,
-        pool: RedisPool,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        parser: ReplyParser,
-    ) -> None:
+    def __init__(self, pool: RedisPool) -> None:
         self.pool = pool
-        self.reader = reader
-        self.writer = writer
-        self.parser = parser
+        self.framer = ReplyFramer()
         self.pending: collections.deque[_Pending] = collections.deque()
         self.outbox: list[bytes] = []
         self.alive = True
         self.draining = False
+        self.handshaking = True  # faults are worded as the connect's until it is in the pool
+        self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self.task = self._loop.create_task(self._read_loop())
 
-    def send(self, payload: bytes, count: int) -> asyncio.Future[list[Reply]]:
+    def send(self, payload: bytes, count: int) -> asyncio.Future[list[bytes]]:
         """Queues a pipeline; the bytes go out at the end of this loop iteration together with
         those of every other caller that picked this connection meanwhile (one syscall here,
         one read for Redis, one read for the replies)."""
-        future: asyncio.Future[list[Reply]] = self._loop.create_future()
+        future: asyncio.Future[list[bytes]] = self._loop.create_future()
         self.pending.append(_Pending(future, count))
         out = self.outbox
         out.append(payload)
@@ -119,8 +126,8 @@ class _Conn:
         if self.pool._batching is self:
             self.pool._batching = None
         out = self.outbox
-        if self.alive and out:
-            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.alive and out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
     def abandon(self) -> None:
@@ -135,35 +142,51 @@ class _Conn:
         if self.draining and all(p.future.done() for p in self.pending):
             self.close(None)
 
-    async def _read_loop(self) -> None:
-        reader, parser, pending = self.reader, self.parser, self.pending
-        fault: RedisFault
-        try:
-            while True:
-                data = await reader.read(262144)
-                if not data:
-                    fault = RedisFault("redis-error", f"{self._where()} closed the connection")
-                    break
-                for reply in parser.feed(data):
-                    if not pending:
-                        raise ProtocolError("reply without a request")
-                    head = pending[0]
-                    head.replies.append(reply)
-                    if len(head.replies) == head.count:
-                        pending.popleft()
-                        if not head.future.done():
-                            head.future.set_result(head.replies)
-                if self.draining:
-                    self._close_if_drained()
-                    if not self.alive:
-                        return
-        except asyncio.CancelledError:
+    # ---- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.alive:
             return
+        pending = self.pending
+        try:
+            for reply in self.framer.feed(data):
+                if not pending:
+                    raise ProtocolError("reply without a request")
+                head = pending[0]
+                head.replies.append(reply)
+                if len(head.replies) == head.count:
+                    pending.popleft()
+                    if not head.future.done():
+                        head.future.set_result(head.replies)
         except ProtocolError as e:
-            fault = RedisFault("redis-error", f"unparseable reply from {self._where()}: {e}")
-        except OSError as e:
-            reason = os.strerror(e.errno) if e.errno else str(e)
-            fault = RedisFault("redis-error", f"connection to {self._where()} lost: {reason}")
+            where = self._where()
+            if self.handshaking:
+                detail = f"{where} sent an unparseable reply: {e}"
+            else:
+                detail = f"unparseable reply from {where}: {e}"
+            self.close(RedisFault("redis-error", detail))
+            return
+        if self.draining:
+            self._close_if_drained()
+
+    def eof_received(self) -> bool:
+        self.close(RedisFault("redis-error", f"{self._where()} closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            fault = RedisFault("redis-error", f"{self._where()} closed the connection")
+        else:
+            errno = getattr(exc, "errno", None)
+            reason = os.strerror(errno) if errno else str(exc)
+            if self.handshaking:
+                fault = RedisFault("redis-error", f"{self._where()}: {reason}")
+            else:
+                fault = RedisFault("redis-error", f"connection to {self._where()} lost: {reason}")
         self.close(fault)
 
     def _where(self) -> str:
@@ -177,14 +200,13 @@ class _Conn:
         self.pool._forget(self)
         waiting = [p for p in self.pending if not p.future.done()]
         self.pending.clear()
-        if waiting and fault is not None:
+        if waiting and fault is not None and not self.handshaking:
             self.pool._note_fault(fault)
         for p in waiting:
             p.future.set_exception(fault or RedisFault("redis-error", "connection closed"))
             p.future.exception()  # a caller may have gone already: mark retrieved
-        self.writer.transport.abort()
-        if self.task is not asyncio.current_task():
-            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class RedisPool:
@@ -207,8 +229,9 @@ class RedisPool:
 
     # ---- public
 
-    async def execute(self, payload: bytes, count: int, timeout: float) -> list[Reply]:
-        """Sends ``count`` already-validated commands; returns their replies.
+    async def execute(self, payload: bytes, count: int, timeout: float) -> list[bytes]:
+        """Sends ``count`` already-validated commands; returns their replies, each as Redis'
+        wire bytes.
 
         Raises :class:`RedisFault`; never waits longer than ``timeout`` seconds.
         """
@@ -236,7 +259,7 @@ class RedisPool:
             self._note_fault(fault)
             raise fault from None
         for reply in replies:
-            if reply.kind == "-" and reply.raw.startswith(_AUTH_ERRORS):
+            if reply.startswith(_AUTH_ERRORS):
                 fault = RedisFault("redis-auth-failed", error_text(reply))
                 conn.close(fault)
                 self._note_fault(fault)
@@ -244,6 +267,67 @@ class RedisPool:
         if self._state != "ok":
             self._set_state("ok", "")
         return replies
+
+    def submit(
+        self, payload: bytes, count: int, timeout: float, done: Callable[[Outcome], None]
+    ) -> bool:
+        """:meth:`execute` without a task, when a connection is at hand: sends at once and
+        calls ``done`` once, from the loop, with the replies or the :class:`RedisFault` that
+        execute would have returned or raised. Returns False, sending nothing, when no
+        connection is open (the caller then awaits execute, which waits for one).
+
+        Why: a task and an ``asyncio.timeout`` per call cost ~8 us of the ~40 us a call costs
+        the bridge (bench/bridge.py, py-spy); a future callback and one timer do the same."""
+        conn = self._pick()
+        if conn is None:
+            return False
+        future = conn.send(payload, count)
+        loop = conn._loop
+        timer = loop.call_later(timeout, self._expired, conn, future, timeout, done)
+        future.add_done_callback(functools.partial(self._answered, conn, timer, done))
+        return True
+
+    def _answered(
+        self,
+        conn: _Conn,
+        timer: asyncio.TimerHandle,
+        done: Callable[[Outcome], None],
+        future: asyncio.Future[list[bytes]],
+    ) -> None:
+        if future.cancelled():
+            return  # timed out: _expired answered
+        timer.cancel()
+        error = future.exception()
+        if error is not None:
+            done(error if isinstance(error, RedisFault) else RedisFault("redis-error", str(error)))
+            return
+        replies = future.result()
+        for reply in replies:
+            if reply.startswith(_AUTH_ERRORS):
+                fault = RedisFault("redis-auth-failed", error_text(reply))
+                conn.close(fault)
+                self._note_fault(fault)
+                done(fault)
+                return
+        if self._state != "ok":
+            self._set_state("ok", "")
+        done(replies)
+
+    def _expired(
+        self,
+        conn: _Conn,
+        future: asyncio.Future[list[bytes]],
+        timeout: float,
+        done: Callable[[Outcome], None],
+    ) -> None:
+        if future.done():
+            return
+        future.cancel()
+        conn.abandon()
+        where, ms = self.target.describe(), f"{timeout * 1000:.0f} ms"
+        fault = RedisFault("redis-timeout", f"no reply from redis {where} within {ms}")
+        self._note_fault(fault)
+        done(fault)
 
     def counts(self) -> tuple[int, int]:
         """(idle, busy) open connections."""
@@ -323,10 +407,11 @@ class RedisPool:
         t = self.target
         where = f"redis {t.describe()}"
         self._connect_phase = "tcp"
+        loop = asyncio.get_running_loop()
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    reader, writer = await asyncio.open_connection(t.host, t.port)
+                    _, conn = await loop.create_connection(lambda: _Conn(self), t.host, t.port)
             except TimeoutError:
                 raise RedisFault(
                     "redis-unreachable",
@@ -343,16 +428,16 @@ class RedisPool:
                 ) from None
             self._connect_phase = "handshake"
             try:
-                parser = await self._handshake(reader, writer, where)
+                await self._handshake(conn, where)
             except BaseException:
-                writer.transport.abort()
+                conn.close(None)
                 raise
         except RedisFault as fault:
             self._connect_failed(fault)
             raise
         finally:
             self._connect_phase = ""
-        conn = _Conn(self, reader, writer, parser)
+        conn.handshaking = False
         if self._closed:
             conn.close(None)
             raise RedisFault("redis-error", "bridge shutting down")
@@ -364,9 +449,7 @@ class RedisPool:
             self._set_state("ok", "")
         return conn
 
-    async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
-    ) -> ReplyParser:
+    async def _handshake(self, conn: _Conn, where: str) -> None:
         t = self.target
         steps: list[tuple[str, bytes]] = []
         if t.password is not None:
@@ -375,35 +458,24 @@ class RedisPool:
         if t.db:
             steps.append((f"SELECT {t.db}", encode_command("SELECT", t.db)))
         steps.append(("PING", encode_command("PING")))
-        writer.write(b"".join(data for _, data in steps))
-        parser = ReplyParser()
-        replies: list[Reply] = []
+        future = conn.send(b"".join(data for _, data in steps), len(steps))
         try:
             async with asyncio.timeout(self.timeout):
-                while len(replies) < len(steps):
-                    data = await reader.read(65536)
-                    if not data:
-                        raise RedisFault("redis-error", f"{where} closed the connection")
-                    replies += parser.feed(data)
+                replies = await future
         except TimeoutError:
             raise RedisFault(
                 "redis-timeout",
                 f"{where} accepted the connection but did not answer within "
                 f"{self.timeout * 1000:.0f} ms",
             ) from None
-        except ProtocolError as e:
-            raise RedisFault("redis-error", f"{where} sent an unparseable reply: {e}") from None
-        except OSError as e:
-            raise RedisFault("redis-error", f"{where}: {e.strerror or e}") from None
         for (step, _), reply in zip(steps, replies, strict=False):
-            if not reply.is_error:
+            if not reply.startswith(b"-"):
                 continue
             text = error_text(reply)
             upper = text.upper()
             if step == "AUTH" or upper.startswith(("NOAUTH", "WRONGPASS")) or ("PASSWORD" in upper):
                 raise RedisFault("redis-auth-failed", f"{where}: {step}: {text}")
             raise RedisFault("redis-error", f"{where}: {step}: {text}")
-        return parser
 
     def _connect_failed(self, fault: RedisFault) -> None:
         self._backoff = min(self.backoff_max, (self._backoff * 2) or _BACKOFF_FIRST)
@@ -430,6 +502,8 @@ class RedisPool:
             self._conns.remove(conn)
 
 
-def error_text(reply: Reply) -> str:
-    value = reply.value if isinstance(reply.value, bytes) else b""
-    return value.decode("utf-8", "replace")
+def error_text(reply: bytes) -> str:
+    """The text of an error reply (``-ERR text\\r\\n`` -> ``ERR text``), else ""."""
+    if not reply.startswith(b"-"):
+        return ""
+    return reply[1:-2].decode("utf-8", "replace")
