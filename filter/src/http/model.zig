@@ -102,7 +102,11 @@ fn lastIndexOf(haystack: []const u8, needle: []const u8) ?usize {
     var at = haystack.len - needle.len + 1;
     while (at > 0) {
         at -= 1;
-        if (haystack[at] == needle[0] and std.mem.eql(u8, haystack[at..][0..needle.len], needle)) return at;
+        // Byte by byte: std.mem.eql loads short slices as words, which a size-optimised
+        // build assembles byte by byte through the stack (~1,000 instructions a call).
+        for (needle, haystack[at..][0..needle.len]) |a, b| {
+            if (a != b) break;
+        } else return at;
     }
     return null;
 }
