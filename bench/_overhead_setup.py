@@ -4,6 +4,8 @@ and filter config it compares (kept apart so the measurement and report read on 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,28 @@ def wrk_script(path: Path, request_path: str, method: str = "POST") -> Path:
         encoding="utf-8",
     )
     return path
+
+
+def build_trivial_filter(work: Path) -> Path:
+    """bench/trivial_filter.zig built into `work` (the filter that does nothing)."""
+    out = work / "trivial_filter.wasm"
+    source = Path(__file__).resolve().parent / "trivial_filter.zig"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "build-exe",
+            str(source),
+            "-target",
+            "wasm32-freestanding",
+            "-fno-entry",
+            "-rdynamic",
+            "-O",
+            "ReleaseSmall",
+            f"-femit-bin={out}",
+        ],
+        check=True,
+        cwd=work,
+    )
+    return out

@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from _overhead_setup import (
     REQUEST_BODY,
     RESPONSE_BODY,
     WARMUP_S,
+    build_trivial_filter,
     filter_config,
     gateway_bootstrap,
     upstream_bootstrap,
@@ -396,31 +396,6 @@ def redis_report(
     )
     calls = calls_per_request(before, after, bridge_cpu_s)
     return f"Redis store ÷ local store, req/s: {ratios}. {calls}"
-
-
-def build_trivial_filter(work: Path) -> Path:
-    """bench/trivial_filter.zig built into `work` (the filter that does nothing)."""
-    out = work / "trivial_filter.wasm"
-    source = Path(__file__).resolve().parent / "trivial_filter.zig"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ziglang",
-            "build-exe",
-            str(source),
-            "-target",
-            "wasm32-freestanding",
-            "-fno-entry",
-            "-rdynamic",
-            "-O",
-            "ReleaseSmall",
-            f"-femit-bin={out}",
-        ],
-        check=True,
-        cwd=work,
-    )
-    return out
 
 
 def trivial_report(args: argparse.Namespace, series: dict[tuple[str, int], Series]) -> str:
