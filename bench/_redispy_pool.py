@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "controlplane"))
 
 from tokenlimit.bridge.config import RedisTarget
-from tokenlimit.bridge.pool import RedisFault
+from tokenlimit.bridge.connection import RedisFault
 from tokenlimit.bridge.resp import Reply
 
 

@@ -34,179 +34,22 @@ callers share one pipelined write and one read.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
-from typing import cast
 
 from tokenlimit.bridge.config import RedisTarget
-from tokenlimit.bridge.frame import ReplyFramer
-from tokenlimit.bridge.resp import ProtocolError, encode_command
+from tokenlimit.bridge.connection import Connection, Outcome, RedisFault, error_text
+from tokenlimit.bridge.resp import encode_command
 
 log = logging.getLogger("tokenlimit.bridge")
 
 _BACKOFF_FIRST = 0.025
 _BATCH_MAX = 128  # HTTP requests coalesced into one write to Redis
 _AUTH_ERRORS = (b"-NOAUTH", b"-WRONGPASS")
-
-
-class RedisFault(Exception):
-    """A Redis-side failure, classified for the ``x-tokenlimit-bridge-error`` header."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code  # redis-unreachable | redis-auth-failed | redis-timeout | redis-error
-        self.detail = detail
-
-    @property
-    def outcome(self) -> str:
-        return self.code.replace("-", "_")
-
-
-Outcome = list[bytes] | RedisFault  # what submit() hands its callback
-
-
-class _Pending:
-    __slots__ = ("count", "future", "replies")
-
-    def __init__(self, future: asyncio.Future[list[bytes]], count: int) -> None:
-        self.future = future
-        self.count = count
-        self.replies: list[bytes] = []
-
-
-class _Conn(asyncio.Protocol):
-    """One Redis connection: writes pipelines as they come; replies are framed as they arrive
-    (frame.py: their ends only, the bytes kept) and matched to callers in FIFO order.
-
-    An asyncio.Protocol, not a StreamReader and a reader task: the replies are matched in the
-    transport's own callback, without a task switch per read (bench/README.md, bridge.py)."""
-
-    __slots__ = (
-        "_loop",
-        "alive",
-        "draining",
-        "framer",
-        "handshaking",
-        "outbox",
-        "pending",
-        "pool",
-        "transport",
-    )
-
-    def __init__(self, pool: RedisPool) -> None:
-        self.pool = pool
-        self.framer = ReplyFramer()
-        self.pending: collections.deque[_Pending] = collections.deque()
-        self.outbox: list[bytes] = []
-        self.alive = True
-        self.draining = False
-        self.handshaking = True  # faults are worded as the connect's until it is in the pool
-        self.transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-
-    def send(self, payload: bytes, count: int) -> asyncio.Future[list[bytes]]:
-        """Queues a pipeline; the bytes go out at the end of this loop iteration together with
-        those of every other caller that picked this connection meanwhile (one syscall here,
-        one read for Redis, one read for the replies)."""
-        future: asyncio.Future[list[bytes]] = self._loop.create_future()
-        self.pending.append(_Pending(future, count))
-        out = self.outbox
-        out.append(payload)
-        if len(out) == 1:
-            self._loop.call_soon(self._flush)
-            self.pool._batching = self
-        return future
-
-    def _flush(self) -> None:
-        if self.pool._batching is self:
-            self.pool._batching = None
-        out = self.outbox
-        if self.alive and out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-
-    def abandon(self) -> None:
-        """A caller gave up waiting: replies still due would be out of step for a new caller,
-        so take no new work and close once the callers still waiting are served."""
-        if not self.draining:
-            self.draining = True
-            self.pool._forget(self)
-        self._close_if_drained()
-
-    def _close_if_drained(self) -> None:
-        if self.draining and all(p.future.done() for p in self.pending):
-            self.close(None)
-
-    # ---- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.alive:
-            return
-        pending = self.pending
-        try:
-            for reply in self.framer.feed(data):
-                if not pending:
-                    raise ProtocolError("reply without a request")
-                head = pending[0]
-                head.replies.append(reply)
-                if len(head.replies) == head.count:
-                    pending.popleft()
-                    if not head.future.done():
-                        head.future.set_result(head.replies)
-        except ProtocolError as e:
-            where = self._where()
-            if self.handshaking:
-                detail = f"{where} sent an unparseable reply: {e}"
-            else:
-                detail = f"unparseable reply from {where}: {e}"
-            self.close(RedisFault("redis-error", detail))
-            return
-        if self.draining:
-            self._close_if_drained()
-
-    def eof_received(self) -> bool:
-        self.close(RedisFault("redis-error", f"{self._where()} closed the connection"))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None:
-            fault = RedisFault("redis-error", f"{self._where()} closed the connection")
-        else:
-            errno = getattr(exc, "errno", None)
-            reason = os.strerror(errno) if errno else str(exc)
-            if self.handshaking:
-                fault = RedisFault("redis-error", f"{self._where()}: {reason}")
-            else:
-                fault = RedisFault("redis-error", f"connection to {self._where()} lost: {reason}")
-        self.close(fault)
-
-    def _where(self) -> str:
-        return f"redis {self.pool.target.describe()}"
-
-    def close(self, fault: RedisFault | None) -> None:
-        """Closes for good; callers still waiting get ``fault``."""
-        if not self.alive:
-            return
-        self.alive = False
-        self.pool._forget(self)
-        waiting = [p for p in self.pending if not p.future.done()]
-        self.pending.clear()
-        if waiting and fault is not None and not self.handshaking:
-            self.pool._note_fault(fault)
-        for p in waiting:
-            p.future.set_exception(fault or RedisFault("redis-error", "connection closed"))
-            p.future.exception()  # a caller may have gone already: mark retrieved
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class RedisPool:
@@ -217,15 +60,15 @@ class RedisPool:
         self.size = size
         self.timeout = timeout
         self.backoff_max = max(backoff_max, _BACKOFF_FIRST)
-        self._conns: list[_Conn] = []
-        self._connecting: asyncio.Task[_Conn] | None = None
+        self._conns: list[Connection] = []
+        self._connecting: asyncio.Task[Connection] | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
         self._last_fault: RedisFault | None = None
         self._state: str | None = None  # None until the first connect attempt ends
         self._closed = False
         self._connect_phase = ""  # "tcp" or "handshake" while a connect is in progress
-        self._batching: _Conn | None = None  # connection whose outbox is not yet flushed
+        self._batching: Connection | None = None  # connection whose outbox is not yet flushed
 
     # ---- public
 
@@ -235,7 +78,7 @@ class RedisPool:
 
         Raises :class:`RedisFault`; never waits longer than ``timeout`` seconds.
         """
-        conn: _Conn | None = None
+        conn: Connection | None = None
         try:
             async with asyncio.timeout(timeout):
                 conn = self._pick()
@@ -289,7 +132,7 @@ class RedisPool:
 
     def _answered(
         self,
-        conn: _Conn,
+        conn: Connection,
         timer: asyncio.TimerHandle,
         done: Callable[[Outcome], None],
         future: asyncio.Future[list[bytes]],
@@ -315,7 +158,7 @@ class RedisPool:
 
     def _expired(
         self,
-        conn: _Conn,
+        conn: Connection,
         future: asyncio.Future[list[bytes]],
         timeout: float,
         done: Callable[[Outcome], None],
@@ -349,7 +192,7 @@ class RedisPool:
 
     # ---- internals
 
-    def _pick(self) -> _Conn | None:
+    def _pick(self) -> Connection | None:
         batching = self._batching
         if (
             batching is not None
@@ -358,7 +201,7 @@ class RedisPool:
             and len(batching.outbox) < _BATCH_MAX
         ):
             return batching  # join the pipeline being collected in this loop iteration
-        best: _Conn | None = None
+        best: Connection | None = None
         for conn in self._conns:
             if not conn.pending:
                 return conn
@@ -373,7 +216,7 @@ class RedisPool:
             self._spawn_connect()  # grow while this request pipelines on a busy connection
         return best
 
-    async def _wait_for_connection(self) -> _Conn:
+    async def _wait_for_connection(self) -> Connection:
         while True:
             conn = self._pick()
             if conn is not None:
@@ -389,7 +232,7 @@ class RedisPool:
                 task = self._spawn_connect()
             await asyncio.shield(task)
 
-    def _spawn_connect(self) -> asyncio.Task[_Conn]:
+    def _spawn_connect(self) -> asyncio.Task[Connection]:
         if self._closed:
             raise RedisFault("redis-error", "bridge shutting down")
         task = asyncio.get_running_loop().create_task(self._connect())
@@ -397,13 +240,13 @@ class RedisPool:
         task.add_done_callback(self._connect_done)
         return task
 
-    def _connect_done(self, task: asyncio.Task[_Conn]) -> None:
+    def _connect_done(self, task: asyncio.Task[Connection]) -> None:
         if self._connecting is task:
             self._connecting = None
         if not task.cancelled():
             task.exception()  # retrieved here; waiters get it through their shield
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self) -> Connection:
         t = self.target
         where = f"redis {t.describe()}"
         self._connect_phase = "tcp"
@@ -411,7 +254,7 @@ class RedisPool:
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    _, conn = await loop.create_connection(lambda: _Conn(self), t.host, t.port)
+                    _, conn = await loop.create_connection(lambda: Connection(self), t.host, t.port)
             except TimeoutError:
                 raise RedisFault(
                     "redis-unreachable",
@@ -449,7 +292,7 @@ class RedisPool:
             self._set_state("ok", "")
         return conn
 
-    async def _handshake(self, conn: _Conn, where: str) -> None:
+    async def _handshake(self, conn: Connection, where: str) -> None:
         t = self.target
         steps: list[tuple[str, bytes]] = []
         if t.password is not None:
@@ -497,13 +340,6 @@ class RedisPool:
             name = state.removeprefix("redis-").replace("-", " ")
             log.warning("redis %s: %s", name, detail)
 
-    def _forget(self, conn: _Conn) -> None:
+    def _forget(self, conn: Connection) -> None:
         if conn in self._conns:
             self._conns.remove(conn)
-
-
-def error_text(reply: bytes) -> str:
-    """The text of an error reply (``-ERR text\\r\\n`` -> ``ERR text``), else ""."""
-    if not reply.startswith(b"-"):
-        return ""
-    return reply[1:-2].decode("utf-8", "replace")

@@ -94,6 +94,7 @@ import time
 from collections.abc import Sequence
 
 from tokenlimit.bridge.config import BridgeConfig
+from tokenlimit.bridge.connection import Outcome, RedisFault, error_text
 from tokenlimit.bridge.guard import (
     ConnectionGuard,
     Registry,
@@ -103,7 +104,7 @@ from tokenlimit.bridge.guard import (
 )
 from tokenlimit.bridge.http import Answer, HttpConnection, Request, Result, text
 from tokenlimit.bridge.metrics import CONTENT_TYPE, Metrics
-from tokenlimit.bridge.pool import Outcome, RedisFault, RedisPool, error_text
+from tokenlimit.bridge.pool import RedisPool
 from tokenlimit.bridge.resp import ProtocolError, encode_command
 from tokenlimit.bridge.scan import scan_commands
 
