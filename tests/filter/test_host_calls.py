@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from support.filter_requests import JSON_RESPONSE, chat_request, openai_body
 from support.proxywasm_host import Clock, Host, LogLevel
@@ -35,8 +34,10 @@ MakeHost = Callable[..., Host]
 PLAIN_CALLS_MAX = 27
 
 
-def plain_host(make_host: MakeHost, clock: Clock, log_level: int = LogLevel.INFO) -> Host:
-    host = make_host(clock=clock, log_level=log_level)
+def plain_host(
+    make_host: MakeHost, clock: Clock, log_level: int = LogLevel.INFO, **options: object
+) -> Host:
+    host = make_host(clock=clock, log_level=log_level, **options)
     assert host.configure(PLAIN_RULE), host.log_messages()
     return host
 
@@ -127,10 +128,9 @@ PLAIN_INSTRUCTIONS_MAX = 150_000
 
 
 def test_a_plain_request_stays_within_its_instruction_budget(
-    filter_wasm: Path, clock: Clock
+    make_host: MakeHost, clock: Clock
 ) -> None:
-    host = Host(filter_wasm, clock=clock, log_level=LogLevel.INFO, count_instructions=True)
-    assert host.configure(PLAIN_RULE), host.log_messages()
+    host = plain_host(make_host, clock, count_instructions=True)
     plain_request(host, "warm")
     before = host.instructions()
     plain_request(host)
