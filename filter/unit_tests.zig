@@ -55,6 +55,7 @@ test {
     _ = @import("src/http/wait.zig");
     _ = @import("src/http/wait_queue.zig");
     _ = @import("src/http/warn.zig");
+    _ = @import("src/match/bytes.zig");
     _ = @import("src/match/match.zig");
     _ = @import("src/match/sha256.zig");
     _ = @import("src/meter/budget.zig");

@@ -11,6 +11,7 @@ const labelled = @import("../abi/labelled_metrics.zig");
 const metrics = @import("../abi/metrics.zig");
 const response = @import("../respond/response.zig");
 const budget = @import("../meter/budget.zig");
+const bytes = @import("../match/bytes.zig");
 const match = @import("../match/match.zig");
 const request = @import("../usage/request.zig");
 const store = @import("../store/store.zig");
@@ -102,11 +103,7 @@ fn lastIndexOf(haystack: []const u8, needle: []const u8) ?usize {
     var at = haystack.len - needle.len + 1;
     while (at > 0) {
         at -= 1;
-        // Byte by byte: std.mem.eql loads short slices as words, which a size-optimised
-        // build assembles byte by byte through the stack (~1,000 instructions a call).
-        for (needle, haystack[at..][0..needle.len]) |a, b| {
-            if (a != b) break;
-        } else return at;
+        if (haystack[at] == needle[0] and bytes.eql(haystack[at..][0..needle.len], needle)) return at;
     }
     return null;
 }

@@ -3,6 +3,7 @@
 //! follows the object path and reports integers, booleans and object starts to a handler;
 //! usage.zig (responses) and request.zig (request bodies) are its two handlers.
 const std = @import("std");
+const slices = @import("../match/bytes.zig");
 
 /// Levels whose keys are tracked; deeper levels are followed by kind only.
 pub const named_depth_max = 16;
@@ -168,9 +169,7 @@ pub fn JsonScanner(comptime Handler: type) type {
             const highs: u64 = 0x8080808080808080;
             var at: usize = 0;
             while (at + 8 <= bytes.len) : (at += 8) {
-                // One unaligned load (wasm is little-endian; readInt and @bitCast of an array
-                // are assembled byte by byte in a size-optimised build).
-                const word = @as(*align(1) const u64, @ptrCast(bytes[at..].ptr)).*;
+                const word = slices.word(bytes[at..]); // little-endian: byte 0 is the low byte
                 const quote = word ^ (ones * '"');
                 const backslash = word ^ (ones * '\\');
                 // A byte of `x` is zero exactly where (x - 1) borrows into its high bit while x's
