@@ -119,6 +119,10 @@ pub const HttpContext = struct {
     /// Admitted and not yet counted in tokenlimit_requests{outcome="allowed"}: counted when the
     /// context ends, under the model the request turned out to name (labelled metrics).
     allowed_uncounted: bool = false,
+    /// The request headers wait with the body and keep their `content-length`: a body rewrite
+    /// (`include_usage`, a downgrade's model) declares the new length (rewrite.declareLength).
+    /// False when Envoy cannot hold the headers: then the length is dropped up front (issue 17).
+    length_kept: bool = false,
 
     pub fn deinit(self: *HttpContext) void {
         if (self.allowed_uncounted) self.countOutcome(.allowed); // its model is known by now

@@ -32,7 +32,7 @@ pub fn onRefused(self: *HttpContext) ?host.Action {
     const near = &rule.near_limit;
     if (near.action != .downgrade or self.downgraded or !self.body_held or rule.shadow) return null;
     const size: usize = @intCast(self.request_bytes);
-    const info = rewriteBody(near.model, size) orelse return null;
+    const info = rewriteBody(near.model, size, self.length_kept) orelse return null;
     self.downgraded = true;
     host.incrementMetric(metrics.plugin.requests_downgraded, 1);
     self.countOutcome(.downgraded);
@@ -72,7 +72,7 @@ pub fn onResponseHeaders(self: *const HttpContext) void {
 
 /// Renames the held body's `model`; returns what the rewritten body asks for, or null when it
 /// names no model (or cannot be rewritten), so nothing changed.
-fn rewriteBody(name: []const u8, size: usize) ?request.RequestInfo {
+fn rewriteBody(name: []const u8, size: usize, keep_length: bool) ?request.RequestInfo {
     if (size == 0 or size > rewrite.request_body_bytes_max) return null;
     var body = (host.getBuffer(.request_body, 0, size) catch null) orelse return null;
     defer body.deinit();
@@ -84,5 +84,6 @@ fn rewriteBody(name: []const u8, size: usize) ?request.RequestInfo {
         host.logf(.warn, "could not rewrite the model for a downgrade: {s}", .{@errorName(err)});
         return null;
     };
+    if (keep_length) rewrite.declareLength(rewritten.len);
     return request.scan(rewritten);
 }

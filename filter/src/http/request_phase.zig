@@ -105,14 +105,19 @@ pub fn onRequestHeaders(self: *HttpContext, root_context: ?*root.RootContext, en
     const body_length = if (end_of_stream) 0 else head.contentLength();
     const body_readable = !end_of_stream and body_length != null and body_length.? <= rewrite.request_body_bytes_max and head.isJson();
     self.include_usage_candidate = body_readable and head.isOpenAiCompletionsPath();
-    // The body may grow by the include_usage member (or a downgrade's model): its length is
-    // no longer known here.
+    // The body may grow by the include_usage member (or a downgrade's model). Where Envoy can
+    // hold the headers, they wait with the body and keep their `content-length` (set anew if
+    // the body changes: a non-streaming request reaches the upstream as the client sent it);
+    // otherwise they go on first, and the length, no longer known, goes (issue 17).
     const downgrades = rule.near_limit.action == .downgrade; // downgrade rewrites the body
-    if (self.include_usage_candidate or (downgrades and body_readable)) host.removeHeader(.request_headers, "content-length") catch {};
+    if (self.include_usage_candidate or (downgrades and body_readable)) {
+        self.length_kept = headersCanBeHeld();
+        if (!self.length_kept) host.removeHeader(.request_headers, "content-length") catch {};
+    }
 
     // Response cache (issue 15): its key may need the whole body.
     const cache_needs_body = cache_flow.onRequestHeaders(self, rule, end_of_stream, body_readable);
-    if (self.model_pending or ((rule.admission == .reserve or downgrades) and body_readable) or cache_needs_body) {
+    if (self.model_pending or ((rule.admission == .reserve or downgrades) and body_readable) or cache_needs_body or self.length_kept) {
         self.enter(.awaiting_body);
         // The headers wait with the body (Envoy buffers it, at most request_body_bytes_max)
         // so the upstream sees nothing of a request the budget refuses.
@@ -180,7 +185,7 @@ pub fn onRequestBody(self: *HttpContext, size: usize, end_of_stream: bool) host.
                 }
             }
             cache_flow.keyFromBody(self, bytes.bytes); // before include_usage changes it
-            if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info)) {
+            if (self.include_usage_candidate and rewrite.addIncludeUsage(bytes.bytes, info, self.length_kept)) {
                 self.hide_usage_event = !info.usage_asked;
             }
         }

@@ -3,6 +3,7 @@
 //! its usage). Both are best effort: a body that cannot be rewritten goes on as it was.
 const std = @import("std");
 const host = @import("../abi/host.zig");
+const message = @import("../abi/message.zig");
 const metrics = @import("../abi/metrics.zig");
 const request = @import("../usage/request.zig");
 
@@ -27,8 +28,9 @@ pub fn rewriteModel(model: []const u8, size: usize) void {
 }
 
 /// Makes a streamed completions body ask for usage (`stream_options.include_usage: true`)
-/// whatever the client said. Returns whether the body now asks for it.
-pub fn addIncludeUsage(body: []const u8, info: request.RequestInfo) bool {
+/// whatever the client said. Returns whether the body now asks for it. `keep_length`: the
+/// request headers are still held, and their `content-length` is set to the new length.
+pub fn addIncludeUsage(body: []const u8, info: request.RequestInfo, keep_length: bool) bool {
     if (!request.needsIncludeUsage(info)) return info.stream;
     const out = allocator.alloc(u8, body.len + request.include_usage_bytes_max) catch return false;
     defer allocator.free(out);
@@ -40,6 +42,17 @@ pub fn addIncludeUsage(body: []const u8, info: request.RequestInfo) bool {
         host.logf(.warn, "could not add stream_options.include_usage: {s}", .{@errorName(err)});
         return false;
     };
+    if (keep_length) declareLength(rewritten.len);
     host.incrementMetric(metrics.plugin.include_usage_added, 1);
     return true;
+}
+
+/// Sets the held request headers' `content-length` to a rewritten body's length, so the
+/// upstream gets a declared length rather than a chunked body (issue 17). Only while the
+/// headers wait with the body: once they have gone on, Envoy no longer lets them change.
+pub fn declareLength(length: usize) void {
+    var digits: [20]u8 = undefined;
+    host.replaceHeader(.request_headers, "content-length", message.decimal(&digits, length)) catch |err| {
+        host.logf(.warn, "could not declare the rewritten body's content-length: {s}", .{@errorName(err)});
+    };
 }
