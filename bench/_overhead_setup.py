@@ -243,10 +243,11 @@ def wrk_script(path: Path, request_path: str, method: str = "POST") -> Path:
     return path
 
 
-def build_trivial_filter(work: Path) -> Path:
-    """bench/trivial_filter.zig built into `work` (the filter that does nothing)."""
-    out = work / "trivial_filter.wasm"
-    source = Path(__file__).resolve().parent / "trivial_filter.zig"
+def build_bench_filter(work: Path, name: str) -> Path:
+    """bench/<name>.zig built into `work`: `trivial_filter` (does nothing) or `floor_filter`
+    (only the host calls a token limiter cannot do without)."""
+    out = work / f"{name}.wasm"
+    source = Path(__file__).resolve().parent / f"{name}.zig"
     subprocess.run(
         [
             sys.executable,

@@ -58,7 +58,7 @@ from _overhead_setup import (
     REQUEST_BODY,
     RESPONSE_BODY,
     WARMUP_S,
-    build_trivial_filter,
+    build_bench_filter,
     filter_config,
     gateway_bootstrap,
     upstream_bootstrap,
@@ -114,12 +114,14 @@ def run(args: argparse.Namespace) -> str:
     variants += ("redis",) if args.redis else ()
     variants += tuple(f"feature:{name}" for name in args.features)
     variants += ("baseline",) if args.baseline_wasm else ()
-    variants += ("trivial",) if args.trivial else ()
+    variants += ("trivial",) if args.trivial or args.floor else ()
+    variants += ("floor",) if args.floor else ()
     modules = {v: wasm for v in variants}
     if args.baseline_wasm:
         modules["baseline"] = Path(args.baseline_wasm).resolve()
-    if args.trivial:
-        modules["trivial"] = build_trivial_filter(work)
+    for bench_filter in ("trivial", "floor"):
+        if bench_filter in variants:
+            modules[bench_filter] = build_bench_filter(work, f"{bench_filter}_filter")
     configs = {
         **{
             f"feature:{name}": filter_config(args.admission, feature=name) for name in args.features
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> str:
         "redis": redis_filter_config(filter_config(args.admission), args.lease),
         "baseline": filter_config(args.admission),
         "trivial": filter_config(args.admission),  # ignored by the module
+        "floor": filter_config(args.admission),  # ignored by the module
     }
     envoys: list[h.Envoy] = []
     watch = h.CpuWatch()
@@ -184,8 +187,10 @@ def run(args: argparse.Namespace) -> str:
             mem[v]["end"] = memory(gw[v])
         stats_after = gw["with"].stats()
         text = report(args, wasm, series, mem, stats_before, stats_after)
-        if args.trivial:
+        if args.trivial or args.floor:
             text += "\n\n" + trivial_report(args, series)
+        if args.floor:
+            text += "\n\n" + floor_report(args, series)
         if args.redis:
             bridge_cpu = h.cpu_seconds(bridge_pid) - bridge_cpu
             redis_after = gw["redis"].stats()
@@ -217,6 +222,7 @@ LABELS = {
     "redis": "with filter, Redis store",
     "baseline": "with filter, baseline module",
     "trivial": "trivial filter (does nothing)",
+    "floor": "floor filter (host calls only)",
 }
 WASM_STATS_SHOWN = (
     "wasm.wasm_vm_count",
@@ -234,7 +240,7 @@ def report(
     after: dict[str, int],
 ) -> str:
     features = (f"feature:{name}" for name in FEATURES)
-    known = ("without", "with", "baseline", "trivial", "idle", "redis", *features)
+    known = ("without", "with", "baseline", "trivial", "floor", "idle", "redis", *features)
     variants = [v for v in known if (v, args.connections[0]) in series]
     out: list[str] = []
     out.append("### Overhead: Envoy with vs. without the tokenlimit filter\n")
@@ -410,6 +416,21 @@ def trivial_report(args: argparse.Namespace, series: dict[tuple[str, int], Serie
     return "With filter ÷ trivial filter, req/s: " + ", ".join(parts) + "."
 
 
+def floor_report(args: argparse.Namespace, series: dict[tuple[str, int], Series]) -> str:
+    """--floor: what the host calls alone cost over a filter that does nothing, and what the
+    filter costs over them (its own work above the floor)."""
+    parts = []
+    for c in args.connections:
+        w, f, t = series["with", c], series["floor", c], series["trivial", c]
+        parts.append(
+            f"{c} connections: floor minus trivial "
+            f"{f.cpu_us_per_request - t.cpu_us_per_request:+.1f} µs, filter minus floor "
+            f"{w.cpu_us_per_request - f.cpu_us_per_request:+.1f} µs, "
+            f"filter ÷ floor req/s {ratio(w.rps, f.rps)}"
+        )
+    return "CPU per request: " + "; ".join(parts) + "."
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:+.1f}" if n < 0 else f"{n / 2**20:.1f}"
 
@@ -477,6 +498,13 @@ def main() -> None:
         action="store_true",
         help="add a gateway running a filter that does nothing (bench/trivial_filter.zig, "
         "built with ziglang): the floor any proxy-wasm filter costs, in the same rounds",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="add a gateway running only the host calls a token limiter needs (bench/"
+        "floor_filter.zig: header, shared data, bodies; no work between them) and the trivial "
+        "filter: the floor under the filter's own work, in the same rounds",
     )
     parser.add_argument(
         "--redis",
