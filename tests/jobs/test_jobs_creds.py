@@ -8,6 +8,7 @@ file (Fernet); a record no key opens fails its batch or job with a clear error, 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tokenlimit.jobs.credentials import CredentialBox, CredentialsUnreadable, pa
 SECRET = "sk-live-0123456789abcdef-never-at-rest"
 PREFIX = "tokenlimit:jobs"
 AUTH = {"authorization": f"Bearer {SECRET}"}
+MockStats = Callable[[], dict[str, Any]]
 
 
 def _client(url: str, key: str = SECRET) -> openai.OpenAI:
@@ -79,7 +81,7 @@ def test_the_stored_credential_record_does_not_hold_the_credential(
 
 
 def test_a_batch_runs_end_to_end_with_its_credentials(
-    services: Services, redis_server: RedisServer, mock_stats
+    services: Services, redis_server: RedisServer, mock_stats: MockStats
 ) -> None:
     _proc, url = services.start(2)
     client = _client(url)
@@ -92,7 +94,7 @@ def test_a_batch_runs_end_to_end_with_its_credentials(
 
 
 def test_a_key_rotated_away_fails_the_batch_and_the_job_with_a_clear_error(
-    services: Services, mock_stats, tmp_path: Path
+    services: Services, mock_stats: MockStats, tmp_path: Path
 ) -> None:
     old = _key_file(tmp_path / "old.key", Fernet.generate_key().decode())
     new = _key_file(tmp_path / "new.key", Fernet.generate_key().decode())
