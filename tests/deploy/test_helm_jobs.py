@@ -1,8 +1,10 @@
 """The chart's jobs service (issue 14): off by default; when on, a Deployment of replicas
-running `tokenlimit jobs` against the chart's Redis, with probes, a Service and a PDB."""
+running `tokenlimit jobs` against the chart's Redis, with probes, a Service and a PDB, and the
+keys that encrypt the credentials it keeps: a generated Secret, or the user's, as a file."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -14,7 +16,9 @@ JOBS_OBJECTS = {
     "Deployment/tokenlimit-jobs",
     "Service/tokenlimit-jobs",
     "PodDisruptionBudget/tokenlimit-jobs",
+    "Secret/tokenlimit-jobs-credential-key",
 }
+KEY_DIR = "/var/run/secrets/tokenlimit/jobs-credential-key"
 ON: dict[str, Any] = {"jobs": {"enabled": True, "gateway": GATEWAY}}
 
 
@@ -51,6 +55,7 @@ def test_on_it_runs_replicas_against_the_charts_redis_and_gateway() -> None:
         "--max-line-bytes": "1048576",
         "--retention-s": "604800",
         "--redis-password-file": "/var/run/secrets/tokenlimit/redis/password",
+        "--credential-key-file": f"{KEY_DIR}/keys",
     }
     c = container(d, "jobs")
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -110,3 +115,62 @@ def test_cli_accepts_every_flag_the_chart_passes() -> None:
     chart = set(jobs_flags(helm_engine.render(ON))) | {"--credential-header"}
     missing = sorted(flag for flag in chart if flag not in result.output)
     assert not missing, f"`tokenlimit jobs` lacks flags the chart passes: {missing}"
+
+
+# --- the credential keys ---------------------------------------------------------------------
+
+
+def _key_volume(r: helm_engine.Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The key Secret's volume and its mount in the jobs container."""
+    d = r.get("Deployment", "tokenlimit-jobs")
+    volume = next(
+        v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "credential-key"
+    )
+    mount = next(m for m in container(d, "jobs")["volumeMounts"] if m["name"] == "credential-key")
+    return volume, mount
+
+
+def test_a_generated_key_is_mounted_read_only_as_the_key_file() -> None:
+    from tokenlimit.jobs.credentials import parse_keys
+
+    r = helm_engine.render(ON)
+    secret = r.get("Secret", "tokenlimit-jobs-credential-key")
+    keys = base64.b64decode(secret["data"]["keys"]).decode()
+    assert len(parse_keys(keys, "the chart's Secret")) == 1  # what the service will read
+    volume, mount = _key_volume(r)
+    assert volume["secret"]["secretName"] == "tokenlimit-jobs-credential-key"
+    assert volume["secret"]["items"] == [{"key": "keys", "path": "keys"}]
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert mount == {"name": "credential-key", "mountPath": KEY_DIR, "readOnly": True}
+    assert jobs_flags(r)["--credential-key-file"] == f"{KEY_DIR}/keys"
+    # The key travels only in its Secret: in no env value, no other object, not the notes.
+    for obj in r.objects:
+        if obj["kind"] != "Secret":
+            text = helm_engine.dump(obj)
+            assert keys.strip() not in text and secret["data"]["keys"] not in text
+    assert keys.strip() not in r.notes
+    # No cluster here, so `lookup` finds nothing and each install makes its own key.
+    again = helm_engine.render(ON).get("Secret", "tokenlimit-jobs-credential-key")
+    assert again["data"]["keys"] != secret["data"]["keys"]
+
+
+def test_an_existing_secret_replaces_the_generated_one() -> None:
+    values = {
+        "jobs": {
+            **ON["jobs"],
+            "credentialKey": {"existingSecret": "jobs-keys", "existingSecretKey": "fernet"},
+        }
+    }
+    r = helm_engine.render(values)
+    assert "Secret/tokenlimit-jobs-credential-key" not in r.names()
+    volume, mount = _key_volume(r)
+    assert volume["secret"]["secretName"] == "jobs-keys"
+    assert volume["secret"]["items"] == [{"key": "fernet", "path": "keys"}]
+    assert mount["readOnly"] is True
+    assert jobs_flags(r)["--credential-key-file"] == f"{KEY_DIR}/keys"
+
+
+def test_an_existing_secret_that_is_not_a_secret_name_is_refused() -> None:
+    values = {"jobs": {**ON["jobs"], "credentialKey": {"existingSecret": "Not_A_Name"}}}
+    message = helm_engine.render_error(values)
+    assert "credentialKey" in message and "existingSecret" in message

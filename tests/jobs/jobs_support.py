@@ -46,11 +46,20 @@ class Services:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
-    def start(self, workers: int = 2, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start(
+        self, workers: int = 2, *extra: str, key_file: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """A service; without `key_file`, every service of the test shares one generated
+        credential key (made beside their logs), as replicas share one in production."""
         log = self.work / f"jobs-{len(self.procs)}.log"
         args = ["--claim-idle-ms", str(CLAIM_IDLE_MS), *extra]
         proc, url = launch.start(
-            self.gateway.listen_url, self.redis_url, log, workers=workers, extra_args=args
+            self.gateway.listen_url,
+            self.redis_url,
+            log,
+            workers=workers,
+            extra_args=args,
+            credential_key_file=key_file,
         )
         self.procs.append(proc)
         self.logs.append(log)

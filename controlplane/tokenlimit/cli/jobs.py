@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from tokenlimit.jobs.credentials import CredentialBox
+
 PASSWORD_ENV = "TOKENLIMIT_REDIS_PASSWORD"
+#: Names the key file that encrypts stored credentials (jobs/credentials.py; kept here, with
+#: PASSWORD_ENV, so `--help` needs no cryptography import).
+CREDENTIAL_KEY_FILE_ENV = "TOKENLIMIT_JOBS_CREDENTIAL_KEY_FILE"
 
 
 @click.command("jobs")
@@ -21,6 +28,15 @@ PASSWORD_ENV = "TOKENLIMIT_REDIS_PASSWORD"
     f"${PASSWORD_ENV}, never the URL).",
 )
 @click.option("--redis-password-file", default=None, metavar="FILE")
+@click.option(  # the credentials a job keeps are encrypted with these keys
+    "--credential-key-file",
+    envvar=CREDENTIAL_KEY_FILE_ENV,
+    show_envvar=True,
+    default=None,
+    metavar="FILE",
+    help="Required: Fernet keys, one a line, that encrypt the credentials each job keeps in "
+    "Redis; the first encrypts, all decrypt (rotation: add the new key first).",
+)
 @click.option("--listen", type=click.IntRange(0, 65535), default=8090, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--workers", type=click.IntRange(0, 256), default=4, show_default=True)
@@ -60,6 +76,7 @@ def jobs_command(
     gateway: str,
     redis_url: str,
     redis_password_file: str | None,
+    credential_key_file: str | None,
     listen: int,
     host: str,
     workers: int,
@@ -103,11 +120,29 @@ def jobs_command(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise click.UsageError(problems) from None
+    box = _credential_box(credential_key_file)
     from tokenlimit.jobs.service import run
 
     try:
-        run(config)
+        run(config, box)
     except OSError as exc:
         raise click.ClickException(
             f"tokenlimit jobs: cannot listen on {host}:{listen}: {exc}"
         ) from None
+
+
+def _credential_box(path: str | None) -> CredentialBox:
+    """The keys, or a usage error naming the file and why: the service never keeps a
+    credential unencrypted, so it does not start without a key."""
+    from tokenlimit.jobs import credentials
+
+    if not path:
+        raise click.UsageError(
+            "tokenlimit jobs needs a key to encrypt the credentials it keeps in Redis: "
+            f"--credential-key-file FILE or ${CREDENTIAL_KEY_FILE_ENV} (one Fernet key a "
+            f"line; make one with: {credentials.MAKE_KEY})"
+        )
+    try:
+        return credentials.load_key_file(Path(path))
+    except credentials.KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--credential-key-file") from None

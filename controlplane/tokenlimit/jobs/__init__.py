@@ -15,6 +15,7 @@ Modules, one concern each:
 
 - config.py     JobsConfig: gateway, Redis, bounds, lifetimes, pacing
 - store.py      Redis keys, TTLs, results written once, credentials, the pace per caller
+- credentials.py the stored credentials encrypted (Fernet), the key file, its errors
 - queue.py      the stream and group: take (claim idle first), touch, ack
 - batch_file.py the JSONL formats and bounds, JobError (OpenAI's error JSON)
 - lifecycle.py  a batch's statuses: create, cancel, finish (output and error files)

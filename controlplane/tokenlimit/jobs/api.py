@@ -325,6 +325,8 @@ def _job_object(job: dict[str, str]) -> dict[str, Any]:
         "finished_at": int(job["finished_at"]) if job.get("finished_at") else None,
         "expires_at": int(job["expires_at"]),
         "response": result.get("response"),
+        # Why a job failed without an answer (credentials_unreadable), OpenAI's error shape.
+        "error": result.get("error"),
     }
 
 

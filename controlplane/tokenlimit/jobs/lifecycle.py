@@ -3,7 +3,9 @@
 Statuses follow OpenAI's: ``in_progress`` from creation (the file was checked on upload and
 again against the endpoint, so there is nothing left to validate), ``cancelling`` after a
 cancel until the lines in flight are done, then one final status -- ``completed``,
-``expired`` (the completion window passed with lines not run) or ``cancelled``. Every change
+``expired`` (the completion window passed with lines not run), ``cancelled``, or ``failed``
+(the batch's stored credentials could not be decrypted: its lines were not sent, `errors`
+says why). Every change
 is one log line (``batch ID: OLD -> NEW ...``) and one count in
 ``tokenlimit_jobs_batches_total{status}``.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from tokenlimit.jobs import batch_file
 from tokenlimit.jobs.config import JobsConfig, parse_window
+from tokenlimit.jobs.credentials import UNREADABLE_CODE, UNREADABLE_MESSAGE
 from tokenlimit.jobs.metrics import Metrics
 from tokenlimit.jobs.queue import Queue
 from tokenlimit.jobs.store import Store, now_s
@@ -149,6 +152,8 @@ async def finish_batch(store: Store, metrics: Metrics, batch_id: str) -> None:
     for index in sorted(results):
         result = json.loads(results[index])
         kinds.add(result["kind"])
+        if (result["line"].get("error") or {}).get("code") == UNREADABLE_CODE:
+            kinds.add(UNREADABLE_CODE)
         line = json.dumps(result["line"], separators=(",", ":"))
         (output if result["kind"] == "completed" else errors).append(line)
     fields: dict[str, str | int] = {"finalizing_at": finalizing}
@@ -175,6 +180,14 @@ async def finish_batch(store: Store, metrics: Metrics, batch_id: str) -> None:
     status = "completed"
     if was in ("cancelling", "cancelled"):
         status = "cancelled"
+    elif UNREADABLE_CODE in kinds:
+        status = "failed"
+        fields["errors"] = json.dumps(
+            {
+                "object": "list",
+                "data": [{"code": UNREADABLE_CODE, "message": UNREADABLE_MESSAGE, "param": None}],
+            }
+        )
     elif "expired" in kinds:
         status = "expired"
     fields["status"] = status
@@ -196,7 +209,7 @@ def batch_object(batch: Mapping[str, str]) -> dict[str, Any]:
         "id": batch["id"],
         "object": "batch",
         "endpoint": batch["endpoint"],
-        "errors": None,
+        "errors": json.loads(batch["errors"]) if batch.get("errors") else None,
         "input_file_id": batch["input_file_id"],
         "completion_window": batch["completion_window"],
         "status": batch["status"],

@@ -12,13 +12,13 @@ from prometheus_client.exposition import generate_latest
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 OUTCOMES = ("completed", "failed", "expired", "cancelled")
-BATCH_STATES = ("in_progress", "cancelling", "completed", "expired", "cancelled")
+BATCH_STATES = ("in_progress", "cancelling", "completed", "expired", "cancelled", "failed")
 
 
 class Metrics:
     """``tokenlimit_jobs_queued``, ``_pending``, ``_running``, ``_finished_total{outcome}``,
     ``_retried_after_429_total``, ``_retried_total`` (5xx, connection errors),
-    ``_taken_over_total`` and ``_batches_total{status}``."""
+    ``_taken_over_total``, ``_batches_total{status}`` and ``_credentials_unreadable_total``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -59,6 +59,12 @@ class Metrics:
             "tokenlimit_jobs_batches",
             "Batch state changes made by this process, by new status.",
             ["status"],
+            registry=r,
+        )
+        self.credentials_unreadable = Counter(
+            "tokenlimit_jobs_credentials_unreadable",
+            "Jobs (batch lines and single requests) failed because no key in the key file "
+            "decrypts their stored credentials (a key removed too soon, an altered record).",
             registry=r,
         )
         for outcome in OUTCOMES:

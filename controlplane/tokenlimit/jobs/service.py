@@ -18,6 +18,7 @@ from aiohttp import web
 
 from tokenlimit.jobs.api import make_app
 from tokenlimit.jobs.config import JobsConfig
+from tokenlimit.jobs.credentials import CredentialBox
 from tokenlimit.jobs.metrics import Metrics
 from tokenlimit.jobs.queue import Queue
 from tokenlimit.jobs.store import Store
@@ -29,9 +30,10 @@ READY_LINE = "tokenlimit jobs listening on"
 GATEWAY_CONNECTIONS_MAX = 64
 
 
-async def serve(config: JobsConfig, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set; prints the ready line once the API accepts connections."""
-    store = Store(config)
+async def serve(config: JobsConfig, box: CredentialBox, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set; prints the ready line once the API accepts connections.
+    Credentials are kept encrypted with `box`'s first key (credentials.py)."""
+    store = Store(config, box)
     queue = Queue(store.redis, config.prefix, config.claim_idle_ms)
     metrics = Metrics()
     await queue.ensure_group()
@@ -49,6 +51,11 @@ async def serve(config: JobsConfig, stop: asyncio.Event) -> None:
     ]
     tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
     host, port = runner.addresses[0][:2]
+    log.info(
+        "credentials at rest: encrypted with the first of %d key(s) in %s",
+        box.key_count,
+        box.source,
+    )
     print(
         f"{READY_LINE} http://{host}:{port} -> gateway {config.gateway}, {config.workers} workers",
         flush=True,
@@ -64,7 +71,7 @@ async def serve(config: JobsConfig, stop: asyncio.Event) -> None:
         await store.close()
 
 
-def run(config: JobsConfig) -> None:
+def run(config: JobsConfig, box: CredentialBox) -> None:
     """Serve until SIGINT or SIGTERM (blocking)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -74,7 +81,7 @@ def run(config: JobsConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        await serve(config, box, stop)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -10,7 +10,7 @@ Key layout (``P`` is ``JobsConfig.prefix``)::
     P:batch:{id}:results   hash   line index -> its result, written ONCE (HSETNX)
     P:batches:{owner}      zset   the owner's batch ids by creation time
     P:job:{id}             hash   a single `Prefer: respond-async` request and its result
-    P:cred:{id}            string the submitter's credential headers (JSON), see below
+    P:cred:{id}            string the submitter's credential headers, encrypted, see below
     P:pace:{owner}         string epoch ms before which no worker sends for this owner
 
 Results are written once: :data:`RECORD_LINE` sets a line's result with HSETNX and counts it in
@@ -19,7 +19,8 @@ take-over) cannot be counted or written twice, and the counters always equal the
 
 Credentials live in their own key, never in the batch or job hash the API returns: they are
 written when the batch is created, expire with its completion window, and are deleted the
-moment the batch or job reaches a final state. Nothing logs them.
+moment the batch or job reaches a final state. They are stored only encrypted (the Store
+cannot be made without a CredentialBox: credentials.py). Nothing logs them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from tokenlimit.jobs.config import JobsConfig
+from tokenlimit.jobs.credentials import CredentialBox
 
 #: A line's result and its count in one step: returns {written (0|1), done, total}. The
 #: results live as long as their batch (a batch gone by its TTL records nothing: no key is
@@ -96,8 +98,11 @@ def owner_of(credentials: Mapping[str, str]) -> str:
 class Store:
     """The Redis side of the service (one client, shared by the API and the workers)."""
 
-    def __init__(self, config: JobsConfig, client: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self, config: JobsConfig, box: CredentialBox, client: aioredis.Redis | None = None
+    ) -> None:
         self.config = config
+        self.box = box
         self.prefix = config.prefix
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
             config.redis, password=config.redis_password, decode_responses=True
@@ -147,7 +152,7 @@ class Store:
             pipe.expire(key, ttl_s)
             pipe.rpush(self.key("batch", batch_id, "lines"), *lines)
             pipe.expire(self.key("batch", batch_id, "lines"), ttl_s)
-            pipe.set(self.key("cred", batch_id), json.dumps(dict(credentials)), ex=ttl_s)
+            pipe.set(self.key("cred", batch_id), self.box.seal(batch_id, credentials), ex=ttl_s)
             index = self.key("batches", str(batch["owner"]))
             pipe.zadd(index, {batch_id: float(batch["created_at"])})
             pipe.expire(index, ttl_s)
@@ -209,7 +214,7 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.key("job", job_id), mapping=_flat(job))
             pipe.expire(self.key("job", job_id), ttl_s)
-            pipe.set(self.key("cred", job_id), json.dumps(dict(credentials)), ex=ttl_s)
+            pipe.set(self.key("cred", job_id), self.box.seal(job_id, credentials), ex=ttl_s)
             await pipe.execute()
 
     async def job(self, job_id: str) -> dict[str, str] | None:
@@ -231,9 +236,11 @@ class Store:
 
     # --- credentials and pacing ----------------------------------------------------------------
 
-    async def credentials(self, owner_id: str) -> dict[str, str] | None:
-        found = await self.redis.get(self.key("cred", owner_id))
-        return cast("dict[str, str]", json.loads(found)) if found else None
+    async def credentials(self, record_id: str) -> dict[str, str] | None:
+        """The credential headers of batch or job `record_id` (None once they are gone);
+        CredentialsUnreadable if no key in the key file opens them."""
+        found = await self.redis.get(self.key("cred", record_id))
+        return self.box.open(record_id, str(found)) if found else None
 
     async def pace_until_ms(self, owner: str) -> int:
         found = await self.redis.get(self.key("pace", owner))

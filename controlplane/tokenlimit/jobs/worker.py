@@ -9,6 +9,11 @@ left for interactive traffic does the same. 5xx and connection errors back off a
 A job fails only when its completion window passes or the upstream refuses it for good
 (a 4xx other than 429). The result is written once (see store.py), then the entry is
 acknowledged: a worker killed before that leaves its entry to be taken over.
+
+Stored credentials no key opens (credentials.py: a key removed from the key file too soon, an
+altered record) fail the job at once, without sending it, with the error code
+`credentials_unreadable`: retrying cannot help, and a loop over it would never end. One log
+line per batch or job names it (never the credentials).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -26,6 +32,7 @@ import aiohttp
 
 from tokenlimit.jobs import batch_file, pacing
 from tokenlimit.jobs.config import JobsConfig
+from tokenlimit.jobs.credentials import UNREADABLE_CODE, UNREADABLE_MESSAGE, CredentialsUnreadable
 from tokenlimit.jobs.metrics import Metrics
 from tokenlimit.jobs.queue import Entry, Queue
 from tokenlimit.jobs.store import FINAL_JOB, Store, now_s
@@ -35,6 +42,10 @@ log = logging.getLogger("tokenlimit.jobs")
 PACE_STEP_S = 1.0
 #: Forwarded from the upstream's answer to a single job's result.
 KEPT_HEADERS = ("content-type", "x-request-id")
+#: Batches and jobs whose unreadable credentials this process has logged (bounded: a batch
+#: of many lines is one log line, not one per line).
+_REPORTED: OrderedDict[str, None] = OrderedDict()
+REPORTED_MAX = 1024
 
 StillWanted = Callable[[], Awaitable[str | None]]  # None: go on; else why to stop
 
@@ -121,7 +132,16 @@ class Worker:
         if raw is None:
             return
         request = json.loads(raw)
-        credentials = await self.store.credentials(batch_id) or {}
+        custom_id = str(request["custom_id"])
+        try:
+            credentials = await self.store.credentials(batch_id) or {}
+        except CredentialsUnreadable as exc:
+            self._unreadable("batch", batch_id, exc)
+            line = batch_file.error_line(
+                batch_id, index, custom_id, UNREADABLE_CODE, UNREADABLE_MESSAGE
+            )
+            await self._record_line(batch_id, index, "failed", line)
+            return
 
         async def still_wanted() -> str | None:
             status = await self.store.redis.hget(self.store.key("batch", batch_id), "status")
@@ -135,7 +155,6 @@ class Worker:
             credentials,
             still_wanted,
         )
-        custom_id = str(request["custom_id"])
         if outcome.kind in ("completed", "failed"):
             line = batch_file.output_line(
                 batch_id,
@@ -153,10 +172,15 @@ class Worker:
             line = batch_file.error_line(
                 batch_id, index, custom_id, f"batch_{outcome.kind}", message
             )
-        result = json.dumps({"kind": outcome.kind, "line": line}, separators=(",", ":"))
-        written, done, total = await self.store.record_line(batch_id, index, result, outcome.kind)
+        await self._record_line(batch_id, index, outcome.kind, line)
+
+    async def _record_line(
+        self, batch_id: str, index: int, kind: str, line: Mapping[str, object]
+    ) -> None:
+        result = json.dumps({"kind": kind, "line": line}, separators=(",", ":"))
+        written, done, total = await self.store.record_line(batch_id, index, result, kind)
         if written:
-            self.metrics.finished.labels(outcome.kind).inc()
+            self.metrics.finished.labels(kind).inc()
         if done >= total:
             await self.finish_if_done(batch_id)
 
@@ -171,8 +195,21 @@ class Worker:
         job = await self.store.job(job_id)
         if job is None or "result" in job or job.get("status") in FINAL_JOB:
             return
+        try:
+            credentials = await self.store.credentials(job_id) or {}
+        except CredentialsUnreadable as exc:
+            self._unreadable("job", job_id, exc)
+            error = {
+                "message": UNREADABLE_MESSAGE,
+                "type": "server_error",
+                "param": None,
+                "code": UNREADABLE_CODE,
+            }
+            result = json.dumps({"response": None, "error": error}, separators=(",", ":"))
+            if await self.store.record_job(job_id, result, "failed"):
+                self.metrics.finished.labels("failed").inc()
+            return
         await self.store.set_job(job_id, status="in_progress", started_at=now_s())
-        credentials = await self.store.credentials(job_id) or {}
 
         async def still_wanted() -> str | None:
             key = self.store.key("job", job_id)
@@ -197,6 +234,23 @@ class Worker:
         result = json.dumps({"response": response}, separators=(",", ":"))
         if await self.store.record_job(job_id, result, outcome.kind):
             self.metrics.finished.labels(outcome.kind).inc()
+
+    def _unreadable(self, kind: str, record_id: str, exc: CredentialsUnreadable) -> None:
+        """Count the failed job; log the first one of each batch or job (this process)."""
+        self.metrics.credentials_unreadable.inc()
+        if record_id in _REPORTED:
+            return
+        _REPORTED[record_id] = None
+        if len(_REPORTED) > REPORTED_MAX:
+            _REPORTED.popitem(last=False)
+        log.warning(
+            "%s %s: its stored credentials cannot be decrypted, its requests fail with %s "
+            "without being sent: %s",
+            kind,
+            record_id,
+            UNREADABLE_CODE,
+            exc,
+        )
 
     # --- one request, as many attempts as it takes ---------------------------------------------
 
