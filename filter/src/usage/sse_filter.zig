@@ -7,7 +7,7 @@
 //! practice nothing waits). An event larger than `held_bytes_max` is passed on as it comes
 //! (it is not a usage-only event).
 const std = @import("std");
-const json_scan = @import("json_scan.zig");
+const usage_scan = @import("usage.zig");
 
 /// An event held longer than this is not a usage chunk (those are ~300 bytes).
 pub const held_bytes_max = 16 * 1024;
@@ -100,23 +100,11 @@ pub const UsageEventFilter = struct {
     }
 };
 
-const EventHandler = struct {
-    usage_object: bool = false,
-    choice: bool = false,
-
-    pub fn number(_: *EventHandler, _: json_scan.Path, _: u64) void {}
-    pub fn literal(_: *EventHandler, _: json_scan.Path, _: ?bool, _: usize, _: usize) void {}
-    pub fn stringValue(_: *EventHandler, _: json_scan.Path, _: usize, _: usize) void {}
-    pub fn objectOpen(self: *EventHandler, path: json_scan.Path, _: usize) void {
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "usage")) self.usage_object = true;
-        if (path.depth == 2 and std.mem.eql(u8, path.parent, "choices")) self.choice = true;
-    }
-};
-
 /// Whether a whole event is OpenAI's usage chunk: its data is one JSON object with a `usage`
 /// object and no choice (`"choices":[]`).
 pub fn isUsageOnly(event: []const u8) bool {
-    var scanner = json_scan.JsonScanner(EventHandler){};
+    // The response scanner: it notes the event's shape beside the usage it reads.
+    var scanner = usage_scan.JsonScanner{};
     var data_lines: usize = 0;
     var lines = std.mem.tokenizeAny(u8, event, "\r\n");
     while (lines.next()) |line| {

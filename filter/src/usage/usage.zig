@@ -66,69 +66,93 @@ pub const Weights = struct {
 
 const Field = enum { input, output, cached_in_input, cache_read, cache_write, thoughts };
 
+/// The object keys usage sits under, as the scanner reports them (json_scan.zig: the first
+/// field stands for every other key).
+const UsageKey = enum(u8) {
+    none,
+    usage,
+    prompt_tokens_details,
+    input_tokens_details,
+    usageMetadata,
+    prompt_tokens,
+    completion_tokens,
+    input_tokens,
+    output_tokens,
+    cache_read_input_tokens,
+    cache_creation_input_tokens,
+    cached_tokens,
+    promptTokenCount,
+    candidatesTokenCount,
+    cachedContentTokenCount,
+    thoughtsTokenCount,
+    prompt_eval_count,
+    eval_count,
+    choices,
+};
+
 /// `depth_max`: the deepest a provider puts the field (json_scan.Path.depth of the number): the
 /// top-level `usage` / `usageMetadata` (2), one level down (3: Anthropic `message.usage`, the
 /// Responses API `response.usage`, a Gemini stream's array of chunks), details one below that.
 /// A `usage` object deeper than that sits in content (a tool call's input, structured output)
-/// and must not override the real one.
-const FieldName = struct { parent: []const u8, key: []const u8, field: Field, depth_max: usize = 3 };
+/// and must not override the real one. `parent = .none`: a member of the top-level object.
+const FieldName = struct { parent: UsageKey, key: UsageKey, field: Field, depth_max: usize = 3 };
 
 /// (parent object key, key) pairs that carry usage, across the dialects.
 const usage_fields = [_]FieldName{
-    .{ .parent = "usage", .key = "prompt_tokens", .field = .input }, // OpenAI chat, Azure, vLLM
-    .{ .parent = "usage", .key = "completion_tokens", .field = .output },
-    .{ .parent = "usage", .key = "input_tokens", .field = .input }, // Responses API, Anthropic
-    .{ .parent = "usage", .key = "output_tokens", .field = .output },
-    .{ .parent = "usage", .key = "cache_read_input_tokens", .field = .cache_read }, // Anthropic
-    .{ .parent = "usage", .key = "cache_creation_input_tokens", .field = .cache_write },
-    .{ .parent = "prompt_tokens_details", .key = "cached_tokens", .field = .cached_in_input, .depth_max = 4 }, // OpenAI
-    .{ .parent = "input_tokens_details", .key = "cached_tokens", .field = .cached_in_input, .depth_max = 4 },
-    .{ .parent = "usageMetadata", .key = "promptTokenCount", .field = .input }, // Gemini
-    .{ .parent = "usageMetadata", .key = "candidatesTokenCount", .field = .output },
-    .{ .parent = "usageMetadata", .key = "cachedContentTokenCount", .field = .cached_in_input },
-    .{ .parent = "usageMetadata", .key = "thoughtsTokenCount", .field = .thoughts },
+    .{ .parent = .usage, .key = .prompt_tokens, .field = .input }, // OpenAI chat, Azure, vLLM
+    .{ .parent = .usage, .key = .completion_tokens, .field = .output },
+    .{ .parent = .usage, .key = .input_tokens, .field = .input }, // Responses API, Anthropic
+    .{ .parent = .usage, .key = .output_tokens, .field = .output },
+    .{ .parent = .usage, .key = .cache_read_input_tokens, .field = .cache_read }, // Anthropic
+    .{ .parent = .usage, .key = .cache_creation_input_tokens, .field = .cache_write },
+    .{ .parent = .prompt_tokens_details, .key = .cached_tokens, .field = .cached_in_input, .depth_max = 4 }, // OpenAI
+    .{ .parent = .input_tokens_details, .key = .cached_tokens, .field = .cached_in_input, .depth_max = 4 },
+    .{ .parent = .usageMetadata, .key = .promptTokenCount, .field = .input }, // Gemini
+    .{ .parent = .usageMetadata, .key = .candidatesTokenCount, .field = .output },
+    .{ .parent = .usageMetadata, .key = .cachedContentTokenCount, .field = .cached_in_input },
+    .{ .parent = .usageMetadata, .key = .thoughtsTokenCount, .field = .thoughts },
     // Ollama's native API reports counts at the top level.
-    .{ .parent = "", .key = "prompt_eval_count", .field = .input },
-    .{ .parent = "", .key = "eval_count", .field = .output },
+    .{ .parent = .none, .key = .prompt_eval_count, .field = .input, .depth_max = 1 },
+    .{ .parent = .none, .key = .eval_count, .field = .output, .depth_max = 1 },
 };
 
-comptime {
-    for (usage_fields) |field| {
-        std.debug.assert(field.key.len <= json_scan.key_bytes_max);
-        std.debug.assert(field.parent.len <= json_scan.key_bytes_max);
-    }
-}
-
 const UsageHandler = struct {
-    usage: Usage = .{},
+    pub const Key = UsageKey;
+    const Path = json_scan.Path(Key);
 
-    pub fn number(self: *UsageHandler, path: json_scan.Path, reported: u64) void {
-        if (path.parent.len == 0 and path.depth != 1) return; // top-level fields only at depth 1
-        if (path.key.len == 0) return; // an array element: every field has a key
+    usage: Usage = .{},
+    /// The document's shape, for sse_filter.zig (an OpenAI usage-only event): a top-level
+    /// `usage` object, and an object in the top-level `choices`.
+    usage_object: bool = false,
+    choice: bool = false,
+
+    pub fn number(self: *UsageHandler, path: Path, reported: u64) void {
+        // Most numbers (ids, indexes, timestamps, totals) sit under no key asked about.
+        if (path.key == .none) return;
+        // A key known at depth > 1 under an unknown (or no) object is no usage field.
+        if (path.parent == .none and path.depth != 1) return;
         const value = @min(reported, value_tokens_max);
         for (usage_fields) |candidate| {
-            if (path.depth > candidate.depth_max) continue;
-            // Lengths first: most numbers (ids, indexes, timestamps) match no field, and a
-            // size-optimised build calls std.mem.eql rather than inlining it (issue 17).
-            if (candidate.key.len != path.key.len or candidate.parent.len != path.parent.len) continue;
-            if (std.mem.eql(u8, candidate.key, path.key) and std.mem.eql(u8, candidate.parent, path.parent)) {
-                switch (candidate.field) {
-                    .input => self.usage.input_tokens = value,
-                    .output => self.usage.output_tokens = value,
-                    .cached_in_input => self.usage.cached_in_input = value,
-                    .cache_read => self.usage.cache_read_tokens = value,
-                    .cache_write => self.usage.cache_write_tokens = value,
-                    .thoughts => self.usage.thoughts_tokens = value,
-                }
-                if (reported > value_tokens_max) self.usage.clamped = true;
-                return;
+            if (candidate.key != path.key or candidate.parent != path.parent or path.depth > candidate.depth_max) continue;
+            switch (candidate.field) {
+                .input => self.usage.input_tokens = value,
+                .output => self.usage.output_tokens = value,
+                .cached_in_input => self.usage.cached_in_input = value,
+                .cache_read => self.usage.cache_read_tokens = value,
+                .cache_write => self.usage.cache_write_tokens = value,
+                .thoughts => self.usage.thoughts_tokens = value,
             }
+            if (reported > value_tokens_max) self.usage.clamped = true;
+            return;
         }
     }
 
-    pub fn literal(_: *UsageHandler, _: json_scan.Path, _: ?bool, _: usize, _: usize) void {}
-    pub fn objectOpen(_: *UsageHandler, _: json_scan.Path, _: usize) void {}
-    pub fn stringValue(_: *UsageHandler, _: json_scan.Path, _: usize, _: usize) void {}
+    pub fn literal(_: *UsageHandler, _: Path, _: ?bool, _: usize, _: usize) void {}
+    pub fn objectOpen(self: *UsageHandler, path: Path, _: usize) void {
+        if (path.depth == 1 and path.key == .usage) self.usage_object = true;
+        if (path.depth == 2 and path.parent == .choices) self.choice = true;
+    }
+    pub fn stringValue(_: *UsageHandler, _: Path, _: usize, _: usize) void {}
 };
 
 pub const JsonScanner = json_scan.JsonScanner(UsageHandler);
@@ -390,4 +414,12 @@ test "usage: a quote or backslash anywhere in an eight-byte run of a string is s
         try std.testing.expectEqual(@as(?u64, 7), usage.input_tokens);
         try std.testing.expectEqual(@as(?u64, 5), usage.output_tokens);
     }
+}
+
+test "usage: the bench's chat answer reads the same split anywhere, as JSON and as one SSE event" {
+    const bench_bodies = @import("bench_bodies.zig");
+    const json = try scanSplitEverywhere("application/json", bench_bodies.response_body);
+    try std.testing.expectEqual(Usage{ .input_tokens = 52, .output_tokens = 118 }, json);
+    const event = "data: " ++ bench_bodies.response_body ++ "\n\ndata: [DONE]\n\n";
+    try std.testing.expectEqual(json, try scanSplitEverywhere("text/event-stream", event));
 }
