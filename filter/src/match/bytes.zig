@@ -1,19 +1,32 @@
 //! Byte-slice equality for the hot path (issue 17). `std.mem.eql` loads short slices as
 //! overlapping words through `@bitCast` of byte arrays, which a size-optimised Wasm build
 //! assembles byte by byte through the stack (~1,000 instructions a call on 4-16 bytes). Here:
-//! whole unaligned words while eight bytes remain, then bytes.
+//! whole unaligned words, the last one overlapping (four-byte words below eight bytes).
 const std = @import("std");
 
 pub fn eql(a: []const u8, b: []const u8) bool {
     if (a.len != b.len) return false;
-    var at: usize = 0;
-    while (at + 8 <= a.len) : (at += 8) {
-        if (word(a[at..]) != word(b[at..])) return false;
+    const len = a.len;
+    // Whole words, then one word (or half-word) ending at the last byte, overlapping what was
+    // compared already: a short key costs two loads a side, not a loop over its tail bytes.
+    if (len >= 8) {
+        var at: usize = 0;
+        while (at + 8 < len) : (at += 8) {
+            if (word(a[at..]) != word(b[at..])) return false;
+        }
+        return word(a[len - 8 ..]) == word(b[len - 8 ..]);
     }
-    for (a[at..], b[at..]) |x, y| {
+    if (len >= 4) return half(a) == half(b) and half(a[len - 4 ..]) == half(b[len - 4 ..]);
+    for (a, b) |x, y| {
         if (x != y) return false;
     }
     return true;
+}
+
+/// The four bytes at the start of `bytes` (at least four), in one unaligned load.
+fn half(bytes: []const u8) u32 {
+    std.debug.assert(bytes.len >= 4);
+    return @as(*align(1) const u32, @ptrCast(bytes.ptr)).*;
 }
 
 /// The eight bytes at the start of `bytes` (at least eight), in one unaligned load.
