@@ -35,6 +35,38 @@ pub fn word(bytes: []const u8) u64 {
     return @as(*align(1) const u64, @ptrCast(bytes.ptr)).*;
 }
 
+/// How many leading bytes of `bytes` are neither `a` nor `b` (a string's body up to its quote
+/// or backslash, an SSE line up to its end), eight bytes at a time, two words a turn so the
+/// loop's own work is paid once per sixteen bytes.
+pub fn countNeither(bytes: []const u8, comptime a: u8, comptime b: u8) usize {
+    var at: usize = 0;
+    while (at + 16 <= bytes.len) : (at += 16) {
+        const low = eitherBytes(word(bytes[at..]), a, b);
+        const high = eitherBytes(word(bytes[at + 8 ..]), a, b);
+        if (low != 0) return at + @ctz(low) / 8;
+        if (high != 0) return at + 8 + @ctz(high) / 8;
+    }
+    if (at + 8 <= bytes.len) {
+        const hits = eitherBytes(word(bytes[at..]), a, b);
+        if (hits != 0) return at + @ctz(hits) / 8;
+        at += 8;
+    }
+    while (at < bytes.len and bytes[at] != a and bytes[at] != b) at += 1;
+    return at;
+}
+
+/// The high bit of each byte of `chunk` (little-endian: byte 0 is the low byte) that is `a`
+/// or `b`, exact up to the lowest one set (a borrow can flag bytes above a match).
+inline fn eitherBytes(chunk: u64, comptime a: u8, comptime b: u8) u64 {
+    const ones: u64 = 0x0101010101010101;
+    const highs: u64 = 0x8080808080808080;
+    const x = chunk ^ (ones * a);
+    const y = chunk ^ (ones * b);
+    // A byte of `x` is zero exactly where (x - 1) borrows into its high bit while x's own high
+    // bit is clear: the usual has-zero-byte test, for both needles.
+    return (((x -% ones) & ~x) | ((y -% ones) & ~y)) & highs;
+}
+
 test "bytes: eql agrees with std.mem.eql on every length and every differing position" {
     var a: [40]u8 = undefined;
     for (&a, 0..) |*c, i| c.* = @intCast('a' + i % 26);
@@ -49,4 +81,21 @@ test "bytes: eql agrees with std.mem.eql on every length and every differing pos
         }
         if (len > 0) try std.testing.expect(!eql(a[0..len], a[0 .. len - 1]));
     }
+}
+
+test "bytes: countNeither finds the first of either byte at every offset and alignment" {
+    var text: [48]u8 = undefined;
+    for (0..text.len + 1) |len| {
+        for (0..len + 1) |first| {
+            @memset(&text, 'x');
+            // A near miss ('"' + 1, 0x80 | '"') everywhere else, and both needles after `first`.
+            for (text[0..len], 0..) |*c, at| c.* = if (at % 3 == 0) '"' + 1 else if (at % 3 == 1) 0x80 | '"' else 'x';
+            if (first < len) text[first] = if (first % 2 == 0) '"' else '\\';
+            if (first + 1 < len) text[first + 1] = '"';
+            try std.testing.expectEqual(first, countNeither(text[0..len], '"', '\\'));
+            try std.testing.expectEqual(first, countNeither(text[0..len], '\\', '"'));
+        }
+    }
+    try std.testing.expectEqual(@as(usize, 3), countNeither("abc\r\n", '\r', '\n'));
+    try std.testing.expectEqual(@as(usize, 0), countNeither("", '\r', '\n'));
 }

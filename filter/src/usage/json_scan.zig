@@ -343,35 +343,9 @@ pub fn JsonScanner(comptime Handler: type) type {
         }
 
         /// How many leading bytes of `bytes` a string's body passes over unchanged (anything
-        /// but a quote or a backslash), eight at a time where it can.
+        /// but a quote or a backslash).
         fn stringBodyBytes(bytes: []const u8) usize {
-            var at: usize = 0;
-            // Two words a turn: the loop's own work is paid once per sixteen bytes.
-            while (at + 16 <= bytes.len) : (at += 16) {
-                const low = specialBytes(slices.word(bytes[at..]));
-                const high = specialBytes(slices.word(bytes[at + 8 ..]));
-                if (low != 0) return at + @ctz(low) / 8;
-                if (high != 0) return at + 8 + @ctz(high) / 8;
-            }
-            if (at + 8 <= bytes.len) {
-                const hits = specialBytes(slices.word(bytes[at..]));
-                if (hits != 0) return at + @ctz(hits) / 8;
-                at += 8;
-            }
-            while (at < bytes.len and bytes[at] != '"' and bytes[at] != '\\') at += 1;
-            return at;
-        }
-
-        /// The high bit of each byte of `word` (little-endian: byte 0 is the low byte) that is
-        /// a quote or a backslash.
-        inline fn specialBytes(word: u64) u64 {
-            const ones: u64 = 0x0101010101010101;
-            const highs: u64 = 0x8080808080808080;
-            const quote = word ^ (ones * '"');
-            const backslash = word ^ (ones * '\\');
-            // A byte of `x` is zero exactly where (x - 1) borrows into its high bit while x's
-            // own high bit is clear: the usual has-zero-byte test, for both needles.
-            return (((quote -% ones) & ~quote) | ((backslash -% ones) & ~backslash)) & highs;
+            return slices.countNeither(bytes, '"', '\\');
         }
 
         inline fn inObject(self: *const Self) bool {
