@@ -197,6 +197,13 @@ pub fn JsonScanner(comptime Handler: type) type {
                         // The whole key, unescaped, lies in this chunk: matched where it is.
                         self.storeKey(bytes[from..i]);
                         i += 1;
+                        // The colon right behind it (compact JSON) is taken here, sparing a
+                        // trip through the dispatch.
+                        if (i < bytes.len and bytes[i] == ':') {
+                            @branchHint(.likely);
+                            i += 1;
+                            continue :state .value;
+                        }
                         continue :state .colon;
                     }
                     self.appendKeyBytes(bytes[from..i]);
@@ -306,7 +313,15 @@ pub fn JsonScanner(comptime Handler: type) type {
                     i += 1;
                     if (c == ',') {
                         @branchHint(.likely);
-                        continue :state if (self.inObject()) .object_key else .value;
+                        if (!self.inObject()) continue :state .value;
+                        // The next key's quote right behind the comma: taken here.
+                        if (i < bytes.len and bytes[i] == '"') {
+                            @branchHint(.likely);
+                            i += 1;
+                            self.key_len = 0;
+                            continue :state .key_string;
+                        }
+                        continue :state .object_key;
                     }
                     if (c == '}' or c == ']') continue :state self.closeContainer(c == '}');
                     if (!isSpace(c)) continue :state .failed;
