@@ -109,6 +109,9 @@ pub const UsageEventFilter = struct {
 
 /// Whether a whole event is OpenAI's usage chunk: its data is one JSON object with a `usage`
 /// object and no choice (`"choices":[]`).
+/// How much of an event `isUsageOnly` reads between looks at what it has found.
+const look_piece_bytes = 64;
+
 pub fn isUsageOnly(event: []const u8) bool {
     // The response scanner: it notes the event's shape beside the usage it reads.
     var scanner = usage_scan.JsonScanner{};
@@ -122,8 +125,16 @@ pub fn isUsageOnly(event: []const u8) bool {
         var data = line["data:".len..];
         if (data.len > 0 and data[0] == ' ') data = data[1..];
         if (data_lines > 0) scanner.feed("\n");
-        scanner.feed(data);
         data_lines += 1;
+        // Fed in pieces, so that a choice ends the look early: every content chunk has one,
+        // ahead of the rest of its fields. Where the pieces split the data changes nothing
+        // (the scanner reads a document split anywhere the same).
+        while (data.len > 0) {
+            const piece = data[0..@min(data.len, look_piece_bytes)];
+            scanner.feed(piece);
+            data = data[piece.len..];
+            if (scanner.handler.choice or scanner.state == .failed) return false;
+        }
     }
     return data_lines > 0 and scanner.state == .done and scanner.handler.usage_object and !scanner.handler.choice;
 }
@@ -159,6 +170,17 @@ test "sse filter: the usage-only event is removed whole, split anywhere, LF or C
 test "sse filter: everything else passes unchanged, an unterminated tail included" {
     const stream = ": comment\n\ndata: {\"choices\":[{\"index\":0}],\"usage\":{\"prompt_tokens\":1}}\n\nevent: x\ndata: {\"usage\":\n\ndata: [DONE]";
     try filterSplitEverywhere(stream, stream);
+}
+
+test "sse filter: OpenAI's own chunks, longer than one look, over two data lines: only the usage chunk goes" {
+    // The usage chunk's choice-free shape is only known at its end, and the content chunk's
+    // choice well past the first look_piece_bytes; multi-line data is joined as one document.
+    const head = "{\"id\":\"chatcmpl-AQ3dNbEnChMaRkOvErHeAd0001\",\"object\":\"chat.completion.chunk\",\"created\":1731000000,\"model\":\"gpt-4o-mini-2024-07-18\",";
+    const content = "data: " ++ head ++ "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n";
+    const usage = "data: " ++ head ++ "\ndata: \"choices\":[],\"usage\":{\"prompt_tokens\":52,\"completion_tokens\":118}}\n\n";
+    comptime std.debug.assert(head.len > 2 * look_piece_bytes);
+    try testing.expect(isUsageOnly(usage) and !isUsageOnly(content));
+    try filterSplitEverywhere(content ++ usage ++ "data: [DONE]\n\n", content ++ "data: [DONE]\n\n");
 }
 
 test "sse filter: an oversized event is passed on as it comes" {
