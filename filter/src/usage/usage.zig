@@ -91,7 +91,7 @@ const UsageKey = enum(u8) {
     choices,
 };
 
-/// `depth_max`: the deepest a provider puts the field (json_scan.Path.depth of the number): the
+/// `depth_max`: the deepest a provider puts the field (the `depth` of the number's path): the
 /// top-level `usage` / `usageMetadata` (2), one level down (3: Anthropic `message.usage`, the
 /// Responses API `response.usage`, a Gemini stream's array of chunks), details one below that.
 /// A `usage` object deeper than that sits in content (a tool call's input, structured output)
