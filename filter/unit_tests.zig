@@ -83,6 +83,8 @@ test {
     _ = @import("src/store/store.zig");
     _ = @import("src/store/transport_higress.zig");
     _ = @import("src/store/transport_http.zig");
+    _ = @import("src/usage/bench_bodies.zig");
+    _ = @import("src/usage/json_keys.zig");
     _ = @import("src/usage/json_scan.zig");
     _ = @import("src/usage/request.zig");
     _ = @import("src/usage/sse_filter.zig");

@@ -3,6 +3,7 @@
 //! OpenAI-style stream reports its usage. Scanned with json_scan.zig; nothing is allocated.
 const std = @import("std");
 const json_scan = @import("json_scan.zig");
+const slices = @import("../match/bytes.zig");
 const usage = @import("usage.zig");
 
 /// Most edits one body gets to make `stream_options.include_usage` true (one per duplicate
@@ -64,31 +65,47 @@ pub const RequestInfo = struct {
 };
 
 const Handler = struct {
+    /// The object keys a request's fields sit under (json_scan.zig: `none` is every other key).
+    pub const Key = enum(u8) {
+        none,
+        model,
+        stream,
+        stream_options,
+        include_usage,
+        max_tokens,
+        max_completion_tokens,
+        max_output_tokens,
+        n,
+        best_of,
+        generationConfig,
+        maxOutputTokens,
+        candidateCount,
+    };
+    const Path = json_scan.Path(Key);
+
     info: RequestInfo = .{},
 
-    pub fn number(self: *Handler, path: json_scan.Path, value: u64) void {
+    pub fn number(self: *Handler, path: Path, value: u64) void {
         const top_level = path.depth == 1;
-        const is_max = top_level and (std.mem.eql(u8, path.key, "max_tokens") or
-            std.mem.eql(u8, path.key, "max_completion_tokens") or
-            std.mem.eql(u8, path.key, "max_output_tokens"));
-        const in_generation_config = path.depth == 2 and std.mem.eql(u8, path.parent, "generationConfig");
-        const is_gemini_max = in_generation_config and std.mem.eql(u8, path.key, "maxOutputTokens");
-        if (is_max or is_gemini_max) self.info.max_output_tokens = value;
-        const is_outputs = (top_level and (std.mem.eql(u8, path.key, "n") or std.mem.eql(u8, path.key, "best_of"))) or
-            (in_generation_config and std.mem.eql(u8, path.key, "candidateCount"));
+        const in_generation_config = path.depth == 2 and path.parent == .generationConfig;
+        const is_max = (top_level and (path.key == .max_tokens or path.key == .max_completion_tokens or
+            path.key == .max_output_tokens)) or (in_generation_config and path.key == .maxOutputTokens);
+        if (is_max) self.info.max_output_tokens = value;
+        const is_outputs = (top_level and (path.key == .n or path.key == .best_of)) or
+            (in_generation_config and path.key == .candidateCount);
         if (is_outputs) self.info.outputs = @max(self.info.outputs orelse 0, value);
     }
 
-    pub fn literal(self: *Handler, path: json_scan.Path, value: ?bool, start: usize, end: usize) void {
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream")) self.info.stream = value orelse false;
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream_options")) {
+    pub fn literal(self: *Handler, path: Path, value: ?bool, start: usize, end: usize) void {
+        if (path.depth == 1 and path.key == .stream) self.info.stream = value orelse false;
+        if (path.depth == 1 and path.key == .stream_options) {
             // `stream_options: null` (or another literal) would override an inserted member.
             self.info.stream_options_seen = true;
             self.info.usage_asked = false;
             self.info.open_insertion = null;
             _ = self.info.addEdit(.{ .kind = .replace_with_object, .at = start, .remove = end - start });
         }
-        if (path.depth == 2 and std.mem.eql(u8, path.parent, "stream_options") and std.mem.eql(u8, path.key, "include_usage")) {
+        if (path.depth == 2 and path.parent == .stream_options and path.key == .include_usage) {
             if (self.info.open_insertion) |index| self.info.edits[index].cancelled = true;
             self.info.open_insertion = null;
             self.info.usage_asked = value orelse false;
@@ -96,16 +113,16 @@ const Handler = struct {
         }
     }
 
-    pub fn stringValue(self: *Handler, path: json_scan.Path, start: usize, end: usize) void {
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "model")) {
+    pub fn stringValue(self: *Handler, path: Path, start: usize, end: usize) void {
+        if (path.depth == 1 and path.key == .model) {
             self.info.model_start = start;
             self.info.model_end = end;
         }
     }
 
-    pub fn objectOpen(self: *Handler, path: json_scan.Path, offset: usize) void {
+    pub fn objectOpen(self: *Handler, path: Path, offset: usize) void {
         if (path.depth == 0) self.info.root_open = offset;
-        if (path.depth == 1 and std.mem.eql(u8, path.key, "stream_options")) {
+        if (path.depth == 1 and path.key == .stream_options) {
             self.info.stream_options_seen = true;
             self.info.usage_asked = false;
             self.info.open_insertion = self.info.addEdit(.{ .kind = .insert_member, .at = offset + 1 });
@@ -125,8 +142,13 @@ pub fn scan(body: []const u8) RequestInfo {
 /// Whether the path is an OpenAI-style completions endpoint, whose streams omit usage unless
 /// the request asks for it (Anthropic, Gemini and the Responses API always report it).
 pub fn isCompletionsPath(path: []const u8) bool {
-    const path_only = path[0 .. std.mem.indexOfScalar(u8, path, '?') orelse path.len];
-    return std.mem.endsWith(u8, path_only, "/chat/completions") or std.mem.endsWith(u8, path_only, "/completions");
+    // Not std.mem.indexOfScalar and endsWith: ~1,300 instructions a call between them in a
+    // size-optimised build, ~400 so (issue 17). `/chat/completions` ends so too.
+    var end: usize = 0;
+    while (end < path.len and path[end] != '?') end += 1;
+    const path_only = path[0..end];
+    const suffix = "/completions";
+    return path_only.len >= suffix.len and slices.eql(path_only[path_only.len - suffix.len ..], suffix);
 }
 
 /// Whether a streamed completions request needs its body changed so the upstream reports
@@ -281,6 +303,8 @@ test "request: finds limits, stream flags and offsets" {
     try std.testing.expect(needsIncludeUsage(info));
     try std.testing.expect(isCompletionsPath("/v1/chat/completions?x=1"));
     try std.testing.expect(!isCompletionsPath("/v1/messages"));
+    try std.testing.expect(isCompletionsPath("/completions") and isCompletionsPath("/v1/completions?stream=/x"));
+    try std.testing.expect(!isCompletionsPath("/v1/completions/x") and !isCompletionsPath("/v1/x?/completions") and !isCompletionsPath("completions"));
     const gemini = scan("{\"generationConfig\":{\"maxOutputTokens\":77}}");
     try std.testing.expectEqual(@as(?u64, 77), gemini.max_output_tokens);
     try std.testing.expectEqual(@as(?u64, null), scan("{\"max_tokens\":").max_output_tokens);
@@ -354,4 +378,44 @@ test "request: the model is decoded before it names a budget, odd spellings refu
     const sixteen: [16]u8 = @splat('a');
     try std.testing.expectEqual(DecodedModel.too_long, decodeString(sixteen ++ "a", &out));
     try std.testing.expectEqualStrings(&sixteen, decodeString(&sixteen, &out).value);
+}
+
+fn expectSameInfo(expected: RequestInfo, actual: RequestInfo) !void {
+    // `edits` past `edits_len` is undefined: every other field, and the edits made, compared.
+    inline for (comptime std.meta.fieldNames(RequestInfo)) |name| {
+        if (comptime !std.mem.eql(u8, name, "edits")) try std.testing.expectEqual(@field(expected, name), @field(actual, name));
+    }
+    try std.testing.expectEqualSlices(Edit, expected.edits[0..expected.edits_len], actual.edits[0..actual.edits_len]);
+}
+
+/// What one buffer gives, checked against every split in two and byte-by-byte feeding.
+fn scanSplitEverywhere(body: []const u8) !RequestInfo {
+    const whole = scan(body);
+    for (0..body.len + 1) |split_at| {
+        var scanner = Scanner{};
+        scanner.feed(body[0..split_at]);
+        scanner.feed(body[split_at..]);
+        try std.testing.expectEqual(Scanner.State.done, scanner.state);
+        try expectSameInfo(whole, scanner.handler.info);
+    }
+    var bytewise = Scanner{};
+    for (body) |c| bytewise.feed(&.{c});
+    try std.testing.expectEqual(Scanner.State.done, bytewise.state);
+    try expectSameInfo(whole, bytewise.handler.info);
+    return whole;
+}
+
+test "request: the bench's chat request reads the same split anywhere, and with a stream's edits" {
+    const bench_bodies = @import("bench_bodies.zig");
+    const body = bench_bodies.request_body;
+    const info = try scanSplitEverywhere(body);
+    try std.testing.expectEqual(@as(?u64, 256), info.max_output_tokens);
+    try std.testing.expect(!info.stream);
+    var out: [16]u8 = undefined;
+    try std.testing.expectEqualStrings("gpt-4o-mini", decodeModel(body, info, &out).value);
+    // The same request streamed with usage declined twice: edits, offsets and flags all split.
+    const streamed = body[0 .. body.len - 1] ++ ",\"stream\":true,\"stream_options\":{\"include_usage\":false},\"stream\\u005foptions\":{\"x\":null,\"include_usage\":null}}";
+    const edited = try scanSplitEverywhere(streamed);
+    try std.testing.expect(edited.stream and needsIncludeUsage(edited));
+    try std.testing.expectEqual(@as(usize, 4), edited.edits_len);
 }
