@@ -7,6 +7,7 @@ compare-and-swapped at settlement, the request body and the answer read) -- and 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,3 +65,18 @@ def test_the_floor_filter_makes_only_the_calls_a_limiter_needs(build: Build) -> 
     assert exchange(host) == calls
     entry = host.shared_data.get("floor:budget")
     assert entry is not None and entry[0][0] == 2  # each request charged once
+
+
+def test_the_zig_tests_scan_the_bodies_the_bench_sends() -> None:
+    # filter/src/usage/bench_bodies.zig holds the scanners' tests to the bench's bodies.
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _overhead_setup import REQUEST_BODY, RESPONSE_BODY
+    finally:
+        sys.path.remove(str(BENCH))
+    zig = (BENCH.parent / "filter" / "src" / "usage" / "bench_bodies.zig").read_text()
+    literals = {
+        name: re.sub(r"\\(.)", r"\1", text)
+        for name, text in re.findall(r'pub const (\w+) = "((?:[^"\\]|\\.)*)";', zig)
+    }
+    assert literals == {"request_body": REQUEST_BODY, "response_body": RESPONSE_BODY}
