@@ -83,6 +83,8 @@ pub fn onRequestHeaders(self: *HttpContext, root_context: ?*root.RootContext, en
         self.model_pending = self.requested_model == .none and !end_of_stream and (length orelse 0) <= rewrite.request_body_bytes_max;
         if (!self.model_pending and !self.resolveModel(rule)) return model.refuseUnpriced(rule, self.requested_model);
     } else {
+        // Nothing to count: no label either (the path's model scan is skipped).
+        if (self.counters.items.len == 0) return .@"continue";
         // labelled metrics (issue 16): the model as the headers name it, for the `model`
         // label only (the rule's budgets do not depend on it; a refusal reads as none).
         self.requested_model = model.fromRequestHeaders(rule, &self.model_buffer, head.pathValue());
