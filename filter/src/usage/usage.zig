@@ -122,8 +122,8 @@ const UsageHandler = struct {
     const Path = json_scan.Path(Key);
 
     usage: Usage = .{},
-    /// The document's shape, for sse_filter.zig (an OpenAI usage-only event): a top-level
-    /// `usage` object, and an object in the top-level `choices`.
+    /// The document's shape, for SseScanner's verdict on each event (an OpenAI usage-only
+    /// event): a top-level `usage` object, and an object in the top-level `choices`.
     usage_object: bool = false,
     choice: bool = false,
 
@@ -170,11 +170,27 @@ pub const SseScanner = struct {
     field_len: usize = 0,
     event_has_data: bool = false,
     last_was_cr: bool = false,
+    /// The event that ended last was OpenAI's usage-only chunk: its data one JSON object with
+    /// a top-level `usage` object and no choice (`"choices":[]`). sse_filter.zig hides it from
+    /// a client that did not ask for usage, on this verdict: the event is read once (issue 17).
+    event_usage_only: bool = false,
 
     pub fn feed(self: *SseScanner, bytes: []const u8) void {
+        _ = self.feedTo(bytes, false);
+    }
+
+    /// Feeds `bytes` up to the end of the first event that ends in them: how many were taken,
+    /// the byte that ended it the last (the first line end of its blank line, so a CR where
+    /// CRLF ends it; the LF is passed over when it comes). Null: no event ended, all taken.
+    /// `event_usage_only` then tells what the event was.
+    pub fn feedToEventEnd(self: *SseScanner, bytes: []const u8) ?usize {
+        return self.feedTo(bytes, true);
+    }
+
+    fn feedTo(self: *SseScanner, bytes: []const u8, comptime stop_at_event_end: bool) ?usize {
         // Byte by byte through `step`, a streamed answer cost ~180 instructions a byte (issue
         // 17). The common runs are taken whole, each doing exactly what `step` would do to its
-        // bytes: none of them is a CR or LF, so none ends a line or follows a CR.
+        // bytes: none of them is a CR or LF, so none ends a line or follows a CR (nor an event).
         var i: usize = 0;
         while (i < bytes.len) {
             switch (self.line_state) {
@@ -205,22 +221,28 @@ pub const SseScanner = struct {
                 },
                 .field_name => {},
             }
-            self.step(bytes[i]);
+            const event_ended = self.step(bytes[i]);
             i += 1;
+            if (stop_at_event_end and event_ended) return i;
         }
+        return null;
     }
 
-    fn step(self: *SseScanner, c: u8) void {
+    /// Takes one byte; whether it ended an event.
+    fn step(self: *SseScanner, c: u8) bool {
         // CRLF counts as one line end; a lone CR ends a line too.
         if (c == '\n' and self.last_was_cr) {
             self.last_was_cr = false;
-            return;
+            return false;
         }
         self.last_was_cr = c == '\r';
         const line_end = c == '\n' or c == '\r';
         switch (self.line_state) {
             .line_start => {
-                if (line_end) return self.endEvent();
+                if (line_end) {
+                    self.endEvent();
+                    return true;
+                }
                 self.field_len = 0;
                 self.line_state = .field_name;
                 self.step_field(c);
@@ -238,8 +260,9 @@ pub const SseScanner = struct {
                 if (line_end) return self.endLine();
                 self.json.feed(&.{c});
             },
-            .ignore => if (line_end) self.endLine(),
+            .ignore => if (line_end) return self.endLine(),
         }
+        return false;
     }
 
     fn step_field(self: *SseScanner, c: u8) void {
@@ -264,13 +287,21 @@ pub const SseScanner = struct {
         self.line_state = .skip_space;
     }
 
-    fn endLine(self: *SseScanner) void {
+    /// A line that is not blank ended (no event ends with it).
+    fn endLine(self: *SseScanner) bool {
         self.line_state = .line_start;
+        return false;
     }
 
     fn endEvent(self: *SseScanner) void {
+        const shape = &self.json.handler;
+        // Complete as it stands: a usage object is never a bare top-level number `finish` ends.
+        self.event_usage_only = self.event_has_data and self.json.state == .done and shape.usage_object and !shape.choice;
         if (self.event_has_data) self.json.finish();
         self.json.reset();
+        // The shape is the event's own; the usage read stays.
+        shape.usage_object = false;
+        shape.choice = false;
         self.event_has_data = false;
         self.line_state = .line_start;
     }
