@@ -102,6 +102,8 @@ STREAM_CHUNKS = [
     STREAM_BODY[a:b]
     for a, b in zip((0, *STREAM_SPLITS), (*STREAM_SPLITS, len(STREAM_BODY)), strict=True)
 ]
+# As OpenAI's servers flush it: one event a write.
+STREAM_EVENT_CHUNKS = [event + b"\n\n" for event in STREAM_BODY.split(b"\n\n")[:-1]]
 
 
 class CountingHost(Host):
@@ -119,8 +121,9 @@ class CountingHost(Host):
             self.by_callback[export] += self.instructions() - before
 
 
-def variants() -> dict[str, tuple[dict[str, Any], str]]:
-    """name -> (filter config as JSON, request: POST, GET or STREAM, a streamed POST)."""
+def variants() -> dict[str, tuple[str, str]]:
+    """name -> (filter config as JSON, request: POST, GET, or STREAM / STREAM_EVENTS: the
+    streamed POST, its answer split mid-event or one event a chunk)."""
     plain = filter_json(filter_config("postpaid"))
     out = {
         "plain rule, POST chat": (plain, "POST"),
@@ -133,6 +136,7 @@ def variants() -> dict[str, tuple[dict[str, Any], str]]:
             "POST",
         )
     out[f"plain rule, POST chat streamed ({len(STREAM_CHUNKS)} chunks)"] = (plain, "STREAM")
+    out["plain rule, POST chat streamed (an event a chunk)"] = (plain, "STREAM_EVENTS")
     return out
 
 
@@ -144,12 +148,12 @@ def measure(
         wasm, clock=Clock(now_ns=CLOCK_NS), log_level=LogLevel.INFO, count_instructions=True
     )
     assert host.configure(config), host.log_messages()
-    body = {"POST": REQUEST_BODY.encode(), "STREAM": STREAM_REQUEST_BODY.encode()}.get(method)
-    response_headers, chunks = (
-        (SSE_RESPONSE, STREAM_CHUNKS)
-        if method == "STREAM"
-        else (JSON_RESPONSE, [RESPONSE_BODY.encode()])
-    )
+    streamed = method.startswith("STREAM")
+    body = STREAM_REQUEST_BODY.encode() if streamed else {"POST": REQUEST_BODY.encode()}.get(method)
+    response_headers, chunks = {
+        "STREAM": (SSE_RESPONSE, STREAM_CHUNKS),
+        "STREAM_EVENTS": (SSE_RESPONSE, STREAM_EVENT_CHUNKS),
+    }.get(method, (JSON_RESPONSE, [RESPONSE_BODY.encode()]))
 
     def one(i: int) -> None:
         extra = {"content-length": str(len(body))} if body is not None else {}
@@ -159,7 +163,7 @@ def measure(
             del headers["content-type"]
         stream = host.http_stream()
         stream.complete(headers, response_headers, chunks, request_body=body)
-        if method == "STREAM":
+        if streamed:
             # What the bench counts is the filter at work: usage read, the usage event hidden.
             assert stream.properties_set["tokenlimit_usage"] == b"reported", stream.properties_set
             assert stream.forwarded_response_body == STREAM_BODY.replace(STREAM_USAGE_EVENT, b"")
