@@ -10,7 +10,9 @@ that, in Envoy); it pins down the part a change to the filter's code moves.
 
 Variants: the plain rule on the chat POST (bench/overhead.py's request and 925-byte answer),
 the same on a GET (no body), a rule that matches nothing (the floor: callbacks that find no
-rule), and each feature of bench/overhead.py's `--features` switched on.
+rule), each feature of bench/overhead.py's `--features` switched on, and a streamed answer
+(the same request with `"stream": true` and no `stream_options`, so the gateway asks for usage
+and hides the usage-only event from the client: OpenAI's chunk stream in STREAM_CHUNKS).
 
     PYTHONPATH=$PWD/controlplane .venv/bin/python bench/instructions.py [--wasm PATH]
         [--baseline-wasm PATH] [--requests 50]
@@ -21,6 +23,7 @@ Prints a Markdown report on stdout. Takes a few seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,6 +43,68 @@ from tokenlimit.wasm import filter_path
 CLOCK_NS = (1_767_225_600 + 10) * 10**9
 WARM_REQUESTS = 16  # first uses: metric names defined, slots claimed, memo filled
 
+STREAM_REQUEST_BODY = json.dumps(
+    {**json.loads(REQUEST_BODY), "stream": True}, separators=(",", ":")
+)
+SSE_RESPONSE = {":status": "200", "content-type": "text/event-stream; charset=utf-8"}
+# The answer's words as OpenAI streams them, one or a few tokens an event.
+STREAM_PIECES = (
+    "The customer",
+    " was billed",
+    " twice for",
+    " the Pro plan",
+    " on the October invoice",
+    " and asks",
+    " for a refund",
+    " of the duplicate",
+    " charge.",
+    " Suggested reply:",
+    ' "Thank you',
+    " for pointing",
+    " this out",
+    " \u2014 I'm sorry",
+    " for the double charge.",
+    " I have refunded",
+    " the duplicate payment;",
+    ' a corrected invoice is on its way."',
+)
+
+
+def stream_events() -> bytes:
+    """OpenAI's chat completion chunks (as its API writes them): a role chunk, a content chunk
+    per piece, the finish chunk, then the usage-only chunk include_usage adds, and [DONE]."""
+    head = (
+        '{"id":"chatcmpl-AQ3dNbEnChMaRkOvErHeAd0001","object":"chat.completion.chunk",'
+        '"created":1731000000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default",'
+        '"system_fingerprint":"fp_0ba0d124f1","choices":'
+    )
+
+    def chunk(delta: str, finish: str = "null") -> str:
+        choice = f'[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]'
+        return f'data: {head}{choice},"usage":null}}\n\n'
+
+    events = [chunk('{"role":"assistant","content":"","refusal":null}')]
+    events += [
+        chunk(json.dumps({"content": piece}, separators=(",", ":"))) for piece in STREAM_PIECES
+    ]
+    events.append(chunk("{}", '"stop"'))
+    usage = '{"prompt_tokens":52,"completion_tokens":118,"total_tokens":170}'
+    events.append(f'data: {head}[],"usage":{usage}}}\n\n')
+    events.append("data: [DONE]\n\n")
+    return "".join(events).encode()
+
+
+STREAM_BODY = stream_events()
+STREAM_USAGE_EVENT = STREAM_BODY[STREAM_BODY.rindex(b"data: {") : STREAM_BODY.rindex(b"data: [")]
+# Where the upstream's writes end: at odd offsets, mid-event and mid-token, as a network splits.
+STREAM_SPLITS = (397, 1203, 2011, 2999, 3457, 4801, 5555)
+STREAM_CHUNKS = [
+    STREAM_BODY[a:b]
+    for a, b in zip((0, *STREAM_SPLITS), (*STREAM_SPLITS, len(STREAM_BODY)), strict=True)
+]
+# As OpenAI's servers flush it: one event a write.
+STREAM_EVENT_CHUNKS = [event + b"\n\n" for event in STREAM_BODY.split(b"\n\n")[:-1]]
+
 
 class CountingHost(Host):
     """The test host, adding up the instructions of each callback the host makes."""
@@ -56,8 +121,9 @@ class CountingHost(Host):
             self.by_callback[export] += self.instructions() - before
 
 
-def variants() -> dict[str, tuple[dict[str, Any], str]]:
-    """name -> (filter config as JSON, request method)."""
+def variants() -> dict[str, tuple[str, str]]:
+    """name -> (filter config as JSON, request: POST, GET, or STREAM / STREAM_EVENTS: the
+    streamed POST, its answer split mid-event or one event a chunk)."""
     plain = filter_json(filter_config("postpaid"))
     out = {
         "plain rule, POST chat": (plain, "POST"),
@@ -69,6 +135,8 @@ def variants() -> dict[str, tuple[dict[str, Any], str]]:
             filter_json(filter_config("postpaid", feature=name)),
             "POST",
         )
+    out[f"plain rule, POST chat streamed ({len(STREAM_CHUNKS)} chunks)"] = (plain, "STREAM")
+    out["plain rule, POST chat streamed (an event a chunk)"] = (plain, "STREAM_EVENTS")
     return out
 
 
@@ -80,7 +148,12 @@ def measure(
         wasm, clock=Clock(now_ns=CLOCK_NS), log_level=LogLevel.INFO, count_instructions=True
     )
     assert host.configure(config), host.log_messages()
-    body = REQUEST_BODY.encode() if method == "POST" else None
+    streamed = method.startswith("STREAM")
+    body = STREAM_REQUEST_BODY.encode() if streamed else {"POST": REQUEST_BODY.encode()}.get(method)
+    response_headers, chunks = {
+        "STREAM": (SSE_RESPONSE, STREAM_CHUNKS),
+        "STREAM_EVENTS": (SSE_RESPONSE, STREAM_EVENT_CHUNKS),
+    }.get(method, (JSON_RESPONSE, [RESPONSE_BODY.encode()]))
 
     def one(i: int) -> None:
         extra = {"content-length": str(len(body))} if body is not None else {}
@@ -89,7 +162,11 @@ def measure(
             headers = {**headers, ":method": "GET"}
             del headers["content-type"]
         stream = host.http_stream()
-        stream.complete(headers, JSON_RESPONSE, [RESPONSE_BODY.encode()], request_body=body)
+        stream.complete(headers, response_headers, chunks, request_body=body)
+        if streamed:
+            # What the bench counts is the filter at work: usage read, the usage event hidden.
+            assert stream.properties_set["tokenlimit_usage"] == b"reported", stream.properties_set
+            assert stream.forwarded_response_body == STREAM_BODY.replace(STREAM_USAGE_EVENT, b"")
 
     for i in range(WARM_REQUESTS):
         one(i)
@@ -117,7 +194,8 @@ def main() -> None:
     print(h.machine_summary() + "\n")
     print(
         "wasmtime fuel (one unit per Wasm operator), the test host, the bench's chat request "
-        f"({len(REQUEST_BODY)}-byte body) and JSON answer ({len(RESPONSE_BODY)} bytes), after "
+        f"({len(REQUEST_BODY)}-byte body) and JSON answer ({len(RESPONSE_BODY)} bytes; streamed: "
+        f"{len(STREAM_BODY):,} bytes, {STREAM_BODY.count(b'data: ')} events), after "
         f"{WARM_REQUESTS} warm-up requests; {args.requests} requests averaged. "
         + ", ".join(
             f"{k}: `{Path(v).name}` ({Path(v).stat().st_size:,} bytes)" for k, v in modules.items()

@@ -88,6 +88,8 @@ test {
     _ = @import("src/usage/json_scan.zig");
     _ = @import("src/usage/request.zig");
     _ = @import("src/usage/sse_filter.zig");
+    _ = @import("src/usage/sse_filter_fuzz.zig");
+    _ = @import("src/usage/sse_scan.zig");
     _ = @import("src/usage/usage.zig");
     _ = @import("src/usage/usage_fuzz.zig");
 }

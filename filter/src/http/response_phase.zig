@@ -62,9 +62,13 @@ pub fn onResponseBody(self: *HttpContext, size: usize, end_of_stream: bool) host
         if (host.getBuffer(.response_body, 0, size) catch null) |chunk| {
             var bytes = chunk;
             defer bytes.deinit();
-            if (!self.response_encoded) self.scanner.feed(bytes.bytes);
             self.response_bytes +|= bytes.bytes.len;
-            if (self.event_filter) |*filter| filterEvents(self, filter, bytes.bytes, end_of_stream) else cache_flow.capture(self, bytes.bytes);
+            if (self.event_filter) |*filter| {
+                filterEvents(self, filter, bytes.bytes, end_of_stream); // it feeds the scanner
+            } else {
+                if (!self.response_encoded) self.scanner.feed(bytes.bytes);
+                cache_flow.capture(self, bytes.bytes);
+            }
         }
     } else if (end_of_stream) {
         if (self.event_filter) |*filter| filterEvents(self, filter, "", true);
@@ -77,21 +81,25 @@ pub fn onResponseBody(self: *HttpContext, size: usize, end_of_stream: bool) host
 }
 
 /// Replaces the chunk with what the client gets of it (whole events, the usage-only one
-/// left out). On any failure the filter steps aside and the bytes pass as they are.
+/// left out). The filter feeds the response's scanner and hides events on its verdicts, so
+/// the stream is read once (issue 17). On any failure the filter steps aside and the bytes
+/// pass as they are (the scanner has read them all the same).
 fn filterEvents(self: *HttpContext, filter: *sse_filter.UsageEventFilter, chunk: []const u8, end_of_stream: bool) void {
     var out: std.ArrayList(u8) = .empty;
     defer out.deinit(allocator);
-    filter.process(allocator, chunk, end_of_stream, &out) catch |err| {
+    const sent = filter.process(allocator, &self.scanner.sse, chunk, end_of_stream, &out) catch |err| sent: {
         host.logf(.warn, "could not filter the usage event ({s}); the stream passes unfiltered", .{@errorName(err)});
         out.clearRetainingCapacity();
         out.appendSlice(allocator, filter.held.items) catch {};
         out.appendSlice(allocator, chunk) catch {};
         filter.deinit(allocator);
         self.event_filter = null;
+        break :sent out.items;
     };
-    cache_flow.capture(self, out.items); // what the client receives
-    if (std.mem.eql(u8, out.items, chunk)) return;
-    host.setBuffer(.response_body, 0, chunk.len, out.items) catch |err| {
+    cache_flow.capture(self, sent); // what the client receives
+    // The chunk itself (whole events, none hidden) stays as it is.
+    if (sent.len == chunk.len and (sent.len == 0 or sent.ptr == chunk.ptr)) return;
+    host.setBuffer(.response_body, 0, chunk.len, sent) catch |err| {
         host.logf(.warn, "could not replace the response chunk: {s}", .{@errorName(err)});
         return;
     };

@@ -122,8 +122,8 @@ const UsageHandler = struct {
     const Path = json_scan.Path(Key);
 
     usage: Usage = .{},
-    /// The document's shape, for sse_filter.zig (an OpenAI usage-only event): a top-level
-    /// `usage` object, and an object in the top-level `choices`.
+    /// The document's shape, for SseScanner's verdict on each event (an OpenAI usage-only
+    /// event): a top-level `usage` object, and an object in the top-level `choices`.
     usage_object: bool = false,
     choice: bool = false,
 
@@ -158,131 +158,8 @@ const UsageHandler = struct {
 
 pub const JsonScanner = json_scan.JsonScanner(UsageHandler);
 
-/// Server-sent events framing in front of the JSON scanner (https://html.spec.whatwg.org/#event-stream-interpretation).
-/// Only `data:` fields matter; lines of any length are handled because data bytes go straight
-/// to the JSON scanner, and field names are matched with a tiny fixed buffer.
-pub const SseScanner = struct {
-    const LineState = enum { line_start, field_name, skip_space, data, ignore };
-
-    json: JsonScanner = .{},
-    line_state: LineState = .line_start,
-    field_buffer: [5]u8 = undefined,
-    field_len: usize = 0,
-    event_has_data: bool = false,
-    last_was_cr: bool = false,
-
-    pub fn feed(self: *SseScanner, bytes: []const u8) void {
-        // Byte by byte through `step`, a streamed answer cost ~180 instructions a byte (issue
-        // 17). The common runs are taken whole, each doing exactly what `step` would do to its
-        // bytes: none of them is a CR or LF, so none ends a line or follows a CR.
-        var i: usize = 0;
-        while (i < bytes.len) {
-            switch (self.line_state) {
-                // The rest of a `data:` line goes to the JSON scanner in one piece; the rest of
-                // another field's line is passed over.
-                .data, .ignore => {
-                    const run = slices.countNeither(bytes[i..], '\r', '\n');
-                    if (run > 0) {
-                        if (self.line_state == .data) self.json.feed(bytes[i..][0..run]);
-                        self.last_was_cr = false;
-                        i += run;
-                        continue;
-                    }
-                },
-                // A line that starts `data:`, whole in this chunk.
-                .line_start => if (bytes.len - i >= 5 and slices.eql(bytes[i..][0..5], "data:")) {
-                    self.last_was_cr = false;
-                    self.startData();
-                    i += 5;
-                    continue;
-                },
-                // The one space after the colon is dropped; any other byte is data's first.
-                .skip_space => if (bytes[i] != '\r' and bytes[i] != '\n') {
-                    self.last_was_cr = false;
-                    self.line_state = .data;
-                    if (bytes[i] == ' ') i += 1;
-                    continue;
-                },
-                .field_name => {},
-            }
-            self.step(bytes[i]);
-            i += 1;
-        }
-    }
-
-    fn step(self: *SseScanner, c: u8) void {
-        // CRLF counts as one line end; a lone CR ends a line too.
-        if (c == '\n' and self.last_was_cr) {
-            self.last_was_cr = false;
-            return;
-        }
-        self.last_was_cr = c == '\r';
-        const line_end = c == '\n' or c == '\r';
-        switch (self.line_state) {
-            .line_start => {
-                if (line_end) return self.endEvent();
-                self.field_len = 0;
-                self.line_state = .field_name;
-                self.step_field(c);
-            },
-            .field_name => {
-                if (line_end) return self.endLine();
-                self.step_field(c);
-            },
-            .skip_space => {
-                if (line_end) return self.endLine();
-                self.line_state = .data;
-                if (c != ' ') self.json.feed(&.{c});
-            },
-            .data => {
-                if (line_end) return self.endLine();
-                self.json.feed(&.{c});
-            },
-            .ignore => if (line_end) self.endLine(),
-        }
-    }
-
-    fn step_field(self: *SseScanner, c: u8) void {
-        if (c == ':') {
-            if (slices.eql(self.field_buffer[0..self.field_len], "data")) return self.startData();
-            self.line_state = .ignore;
-            return;
-        }
-        if (self.field_len == self.field_buffer.len) {
-            self.line_state = .ignore;
-            return;
-        }
-        self.field_buffer[self.field_len] = c;
-        self.field_len += 1;
-    }
-
-    /// A `data:` field's colon has passed: its value (after one optional space) is JSON.
-    fn startData(self: *SseScanner) void {
-        // Lines of one event's data are joined by '\n', which is JSON whitespace.
-        if (self.event_has_data) self.json.feed("\n");
-        self.event_has_data = true;
-        self.line_state = .skip_space;
-    }
-
-    fn endLine(self: *SseScanner) void {
-        self.line_state = .line_start;
-    }
-
-    fn endEvent(self: *SseScanner) void {
-        if (self.event_has_data) self.json.finish();
-        self.json.reset();
-        self.event_has_data = false;
-        self.line_state = .line_start;
-    }
-
-    pub fn finish(self: *SseScanner) void {
-        self.endEvent();
-    }
-
-    pub fn usage(self: *const SseScanner) Usage {
-        return self.json.handler.usage;
-    }
-};
+/// The SSE framing in front of the JSON scanner (sse_scan.zig).
+pub const SseScanner = @import("sse_scan.zig").SseScanner;
 
 /// Scans a response body in whichever framing its content type says.
 pub const Scanner = union(enum) {

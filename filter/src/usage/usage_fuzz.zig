@@ -140,23 +140,33 @@ test "fuzz: the SSE usage-event filter gives one answer however the stream is sp
         const stream = mutate(random, response_seeds[case % 3], &buffer);
         var outputs: [2]std.ArrayList(u8) = .{ .empty, .empty };
         defer for (&outputs) |*out| out.deinit(allocator);
-        for (&outputs, 0..) |*out, pass| {
+        var usages: [2]usage.Usage = undefined;
+        for (&outputs, &usages, 0..) |*out, *read, pass| {
             var filter: sse_filter.UsageEventFilter = .{};
             defer filter.deinit(allocator);
+            // The filter feeds the scanner it reads its verdicts from.
+            var scanner: usage.SseScanner = .{};
+            defer read.* = scanner.usage();
+            defer scanner.finish();
             if (pass == 0) {
-                try filter.process(allocator, stream, true, out);
+                try sse_filter.passChunk(&filter, allocator, &scanner, stream, true, out);
                 continue;
             }
             var at: usize = 0;
             while (at < stream.len) {
                 const step = @min(stream.len - at, random.intRangeAtMost(usize, 1, 7));
-                try filter.process(allocator, stream[at..][0..step], false, out);
+                try sse_filter.passChunk(&filter, allocator, &scanner, stream[at..][0..step], false, out);
                 at += step;
             }
-            try filter.process(allocator, "", true, out);
+            try sse_filter.passChunk(&filter, allocator, &scanner, "", true, out);
         }
         errdefer std.debug.print("case {d}: {s}\n", .{ case, stream });
         try std.testing.expectEqualStrings(outputs[0].items, outputs[1].items);
+        try std.testing.expectEqual(usages[0], usages[1]);
+        var alone: usage.SseScanner = .{}; // the usage read is the scanner's own, filter or not
+        alone.feed(stream);
+        alone.finish();
+        try std.testing.expectEqual(alone.usage(), usages[0]);
         try std.testing.expect(outputs[0].items.len <= stream.len);
     }
 }
