@@ -90,8 +90,69 @@ RESPONSE_BODY = json.dumps(
 # --- configs ---------------------------------------------------------------------------------
 
 
-def upstream_bootstrap(listen_port: int, admin_port: int) -> dict[str, Any]:
-    """An Envoy that answers every request with RESPONSE_BODY, keeping connections alive."""
+# The same exchange streamed (`overhead.py --stream`, `instructions.py`'s streamed rows): the
+# request asks for a stream and no usage, the answer is OpenAI's chunk stream with the
+# usage-only event the gateway's include_usage brings (hidden from this client).
+STREAM_REQUEST_BODY = json.dumps(
+    {**json.loads(REQUEST_BODY), "stream": True}, separators=(",", ":")
+)
+# The answer's words as OpenAI streams them, one or a few tokens an event.
+STREAM_PIECES = (
+    "The customer",
+    " was billed",
+    " twice for",
+    " the Pro plan",
+    " on the October invoice",
+    " and asks",
+    " for a refund",
+    " of the duplicate",
+    " charge.",
+    " Suggested reply:",
+    ' "Thank you',
+    " for pointing",
+    " this out",
+    " \u2014 I'm sorry",
+    " for the double charge.",
+    " I have refunded",
+    " the duplicate payment;",
+    ' a corrected invoice is on its way."',
+)
+
+
+def stream_events() -> bytes:
+    """OpenAI's chat completion chunks (as its API writes them): a role chunk, a content chunk
+    per piece, the finish chunk, then the usage-only chunk include_usage adds, and [DONE]."""
+    head = (
+        '{"id":"chatcmpl-AQ3dNbEnChMaRkOvErHeAd0001","object":"chat.completion.chunk",'
+        '"created":1731000000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default",'
+        '"system_fingerprint":"fp_0ba0d124f1","choices":'
+    )
+
+    def chunk(delta: str, finish: str = "null") -> str:
+        choice = f'[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]'
+        return f'data: {head}{choice},"usage":null}}\n\n'
+
+    events = [chunk('{"role":"assistant","content":"","refusal":null}')]
+    events += [
+        chunk(json.dumps({"content": piece}, separators=(",", ":"))) for piece in STREAM_PIECES
+    ]
+    events.append(chunk("{}", '"stop"'))
+    usage = (
+        f'{{"prompt_tokens":{PROMPT_TOKENS},"completion_tokens":{COMPLETION_TOKENS},'
+        f'"total_tokens":{PROMPT_TOKENS + COMPLETION_TOKENS}}}'
+    )
+    events.append(f'data: {head}[],"usage":{usage}}}\n\n')
+    events.append("data: [DONE]\n\n")
+    return "".join(events).encode()
+
+
+STREAM_BODY = stream_events()
+
+
+def upstream_bootstrap(listen_port: int, admin_port: int, stream: bool = False) -> dict[str, Any]:
+    """An Envoy that answers every request with RESPONSE_BODY (STREAM_BODY, as one SSE write,
+    with `stream`), keeping connections alive."""
+    answer = STREAM_BODY.decode() if stream else RESPONSE_BODY
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": "upstream",
@@ -106,13 +167,16 @@ def upstream_bootstrap(listen_port: int, admin_port: int) -> dict[str, Any]:
                             "match": {"prefix": "/"},
                             "direct_response": {
                                 "status": 200,
-                                "body": {"inline_string": RESPONSE_BODY},
+                                "body": {"inline_string": answer},
                             },
                         }
                     ],
                     "response_headers_to_add": [
                         {
-                            "header": {"key": "content-type", "value": "application/json"},
+                            "header": {
+                                "key": "content-type",
+                                "value": "text/event-stream" if stream else "application/json",
+                            },
                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                         }
                     ],
@@ -219,8 +283,9 @@ def gateway_bootstrap(
     return doc
 
 
-def wrk_script(path: Path, request_path: str, method: str = "POST") -> Path:
-    """wrk cycling the API keys; POST sends the chat body, GET (issue 17's GET path) none."""
+def wrk_script(path: Path, request_path: str, method: str = "POST", stream: bool = False) -> Path:
+    """wrk cycling the API keys; POST sends the chat body (STREAM_REQUEST_BODY with `stream`),
+    GET (issue 17's GET path) none."""
     if method == "GET":
         headers = ", ".join(
             f'wrk.format("GET", {h.lua_string(request_path)}, {{["x-api-key"] = "{k}"}})'
@@ -233,7 +298,7 @@ def wrk_script(path: Path, request_path: str, method: str = "POST") -> Path:
             for k in KEYS
         )
     path.write_text(
-        f"local body = {h.lua_string(REQUEST_BODY)}\n"
+        f"local body = {h.lua_string(STREAM_REQUEST_BODY if stream else REQUEST_BODY)}\n"
         "local requests = {}\n"
         "local i = 0\n"
         f"init = function(args)\n  requests = {{ {headers} }}\nend\n"

@@ -23,7 +23,6 @@ Prints a Markdown report on stdout. Takes a few seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import _harness as h
-from _overhead_setup import FEATURES, KEYS, REQUEST_BODY, RESPONSE_BODY, filter_config
+from _overhead_setup import (
+    FEATURES,
+    KEYS,
+    REQUEST_BODY,
+    RESPONSE_BODY,
+    STREAM_BODY,
+    STREAM_REQUEST_BODY,
+    filter_config,
+)
 from support.filter_requests import JSON_RESPONSE, chat_request
 from support.proxywasm_host import Clock, Host, LogLevel
 from tokenlimit.model import filter_json
@@ -43,58 +50,7 @@ from tokenlimit.wasm import filter_path
 CLOCK_NS = (1_767_225_600 + 10) * 10**9
 WARM_REQUESTS = 16  # first uses: metric names defined, slots claimed, memo filled
 
-STREAM_REQUEST_BODY = json.dumps(
-    {**json.loads(REQUEST_BODY), "stream": True}, separators=(",", ":")
-)
 SSE_RESPONSE = {":status": "200", "content-type": "text/event-stream; charset=utf-8"}
-# The answer's words as OpenAI streams them, one or a few tokens an event.
-STREAM_PIECES = (
-    "The customer",
-    " was billed",
-    " twice for",
-    " the Pro plan",
-    " on the October invoice",
-    " and asks",
-    " for a refund",
-    " of the duplicate",
-    " charge.",
-    " Suggested reply:",
-    ' "Thank you',
-    " for pointing",
-    " this out",
-    " \u2014 I'm sorry",
-    " for the double charge.",
-    " I have refunded",
-    " the duplicate payment;",
-    ' a corrected invoice is on its way."',
-)
-
-
-def stream_events() -> bytes:
-    """OpenAI's chat completion chunks (as its API writes them): a role chunk, a content chunk
-    per piece, the finish chunk, then the usage-only chunk include_usage adds, and [DONE]."""
-    head = (
-        '{"id":"chatcmpl-AQ3dNbEnChMaRkOvErHeAd0001","object":"chat.completion.chunk",'
-        '"created":1731000000,"model":"gpt-4o-mini-2024-07-18","service_tier":"default",'
-        '"system_fingerprint":"fp_0ba0d124f1","choices":'
-    )
-
-    def chunk(delta: str, finish: str = "null") -> str:
-        choice = f'[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]'
-        return f'data: {head}{choice},"usage":null}}\n\n'
-
-    events = [chunk('{"role":"assistant","content":"","refusal":null}')]
-    events += [
-        chunk(json.dumps({"content": piece}, separators=(",", ":"))) for piece in STREAM_PIECES
-    ]
-    events.append(chunk("{}", '"stop"'))
-    usage = '{"prompt_tokens":52,"completion_tokens":118,"total_tokens":170}'
-    events.append(f'data: {head}[],"usage":{usage}}}\n\n')
-    events.append("data: [DONE]\n\n")
-    return "".join(events).encode()
-
-
-STREAM_BODY = stream_events()
 STREAM_USAGE_EVENT = STREAM_BODY[STREAM_BODY.rindex(b"data: {") : STREAM_BODY.rindex(b"data: [")]
 # Where the upstream's writes end: at odd offsets, mid-event and mid-token, as a network splits.
 STREAM_SPLITS = (397, 1203, 2011, 2999, 3457, 4801, 5555)

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> str:
     wrk = h.require_wrk()
     wasm = Path(args.wasm).resolve() if args.wasm else filter_path("envoy")
     work = h.work_dir("overhead")
-    script = wrk_script(work / "chat.lua", args.path, args.method)
+    script = wrk_script(work / "chat.lua", args.path, args.method, args.stream)
     variants: tuple[str, ...] = ("with", "without", *(("idle",) if args.breakdown else ()))
     variants += ("redis",) if args.redis else ()
     variants += tuple(f"feature:{name}" for name in args.features)
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> str:
             stack.enter_context(redis_and_bridge(work)) if args.redis else (None, 0)
         )
         up = h.Envoy("upstream", {}, free_port(), free_port(), work)
-        up.config = upstream_bootstrap(up.listen_port, up.admin_port)
+        up.config = upstream_bootstrap(up.listen_port, up.admin_port, args.stream)
         envoys.append(up.start())
         gw = {}
         for v in variants:
@@ -479,6 +479,13 @@ def main() -> None:
         choices=("POST", "GET"),
         default="POST",
         help="POST (the chat body) or GET (no body: the filter's path without body work)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="POST chat asking for a stream (no stream_options): the upstream answers OpenAI's "
+        "chunk stream (22 events, one write), the filter adds include_usage and hides the "
+        "usage-only event from the client",
     )
     parser.add_argument(
         "--features",
