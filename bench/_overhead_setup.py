@@ -158,6 +158,7 @@ def upstream_bootstrap(listen_port: int, admin_port: int, stream: bool = False) 
         "stat_prefix": "upstream",
         "route_config": {
             "name": "upstream",
+            "max_direct_response_body_size_bytes": 64 * 1024,  # the stream is 6.4 KB
             "virtual_hosts": [
                 {
                     "name": "llm",
