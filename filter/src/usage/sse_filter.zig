@@ -81,6 +81,11 @@ pub const UsageEventFilter = struct {
             try self.held.appendSlice(allocator, chunk[start..]);
         }
         if (end_of_stream) {
+            if (self.ended_on_cr) {
+                // No LF can follow the CR that ended the last event: it is complete.
+                self.ended_on_cr = false;
+                try self.endEvent(&sent, chunk.len, chunk.len, self.ended_usage_only);
+            }
             try sent.other(self.held.items);
             self.held.clearRetainingCapacity();
         }
@@ -202,6 +207,15 @@ test "sse filter: the usage-only event is removed whole, split anywhere, LF or C
     try filterSplitEverywhere(content ++ crlf_usage ++ done, content ++ done);
     const cr_usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\r";
     try filterSplitEverywhere(content ++ cr_usage ++ done, content ++ done);
+}
+
+test "sse filter: a usage-only event ending the stream on a bare CR is removed too" {
+    // Its final CR could still be followed by a LF, so the event waits for the next byte; the
+    // end of the stream is that answer (it was flushed as it was, shown to the client).
+    const content = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\r\r";
+    const cr_usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\r";
+    try filterSplitEverywhere(content ++ cr_usage, content);
+    try filterSplitEverywhere(cr_usage, "");
 }
 
 test "sse filter: everything else passes unchanged, an unterminated tail included" {

@@ -57,7 +57,7 @@ test "fuzz: the one-pass filter sends what the two-pass filter sent, chunk for c
     try std.testing.expect(hidden_total > usage_fuzz.cases / 4); // the cases do reach the hiding
 }
 
-// ---- the reference: sse_filter.zig before issue 17 ----------------------------------------
+// ---- the reference: sse_filter.zig before issue 17 (with the end-of-stream CR fix) --------
 
 const ReferenceFilter = struct {
     held: std.ArrayList(u8) = .empty,
@@ -131,6 +131,10 @@ const ReferenceFilter = struct {
             try self.held.appendSlice(allocator, rest);
         }
         if (end_of_stream) {
+            if (self.ended_on_cr) { // the CR that ended the last event is the stream's end
+                self.ended_on_cr = false;
+                try self.endEvent(allocator, "", out);
+            }
             try out.appendSlice(allocator, self.held.items);
             self.held.clearRetainingCapacity();
         }
