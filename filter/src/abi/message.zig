@@ -112,6 +112,18 @@ pub fn hex(out: []u8, value: u64) []u8 {
     return out[0..n];
 }
 
+/// `parts` end to end at the start of `out`, or null when they do not fit. For names built on
+/// every request (counter names, metric names): no format string to read at run time.
+pub fn join(out: []u8, parts: []const []const u8) ?[]u8 {
+    var len: usize = 0;
+    for (parts) |part| {
+        if (part.len > out.len - len) return null;
+        @memcpy(out[len..][0..part.len], part);
+        len += part.len;
+    }
+    return out[0..len];
+}
+
 test "message: text, numbers and escaped braces" {
     var out: [64]u8 = undefined;
     const args = [_]Arg{ Arg.of(@as([]const u8, "abc")), Arg.of(@as(usize, 42)), Arg.of(-5), Arg.of(@as(u64, std.math.maxInt(u64))) };
@@ -131,4 +143,12 @@ test "message: decimal, hex, and printAll refuses what does not fit" {
     try std.testing.expectEqualStrings("-9223372036854775808 0", args_out[0..interpolate(&args_out, "{d} {d}", &extremes)]);
     try std.testing.expectEqualStrings("a7b", printAll(&out, "a{d}b", .{7}).?);
     try std.testing.expect(printAll(out[0..2], "a{d}b", .{7}) == null);
+}
+
+test "message: join puts the parts end to end, or refuses what does not fit" {
+    var out: [8]u8 = undefined;
+    try std.testing.expectEqualStrings("ab:cd", join(&out, &.{ "ab", ":", "", "cd" }).?);
+    try std.testing.expectEqualStrings("", join(&out, &.{}).?);
+    try std.testing.expectEqualStrings("12345678", join(&out, &.{ "1234", "5678" }).?);
+    try std.testing.expect(join(&out, &.{ "1234", "56789" }) == null);
 }
