@@ -6,10 +6,12 @@
 //! read every answer chunk; at the end, read the entry again and write it back with its CAS.
 //! `bench/overhead.py --floor` runs it beside the filter and the trivial filter: "floor minus
 //! trivial" is what the issue's "filter's own work" cannot go below on this host.
-//! Host allocations come from a fixed ring: nothing here keeps them past the callback.
+//! The callbacks it shares with the trivial filter (and the host allocations' ring) are in
+//! bench_module.zig.
 
-var ring: [1024 * 1024]u8 = undefined;
-var used: usize = 0;
+comptime {
+    _ = @import("bench_module.zig");
+}
 
 extern "env" fn proxy_get_header_map_value(map: u32, key: [*]const u8, key_len: usize, value: *[*]u8, value_len: *usize) u32;
 extern "env" fn proxy_get_buffer_bytes(buffer: u32, start: usize, max: usize, data: *[*]u8, len: *usize) u32;
@@ -21,24 +23,6 @@ const request_body = 0;
 const response_body = 1;
 /// One budget entry for every caller: the bench sends one key.
 const entry = "floor:budget";
-
-export fn proxy_abi_version_0_2_1() void {}
-
-export fn proxy_on_memory_allocate(size: usize) ?[*]u8 {
-    if (size > ring.len) return null;
-    if (used + size > ring.len) used = 0;
-    const start = used;
-    used += size;
-    return ring[start..].ptr;
-}
-
-export fn proxy_on_vm_start(_: u32, _: u32) u32 {
-    return 1;
-}
-export fn proxy_on_configure(_: u32, _: u32) u32 {
-    return 1;
-}
-export fn proxy_on_context_create(_: u32, _: u32) void {}
 
 export fn proxy_on_request_headers(_: u32, _: u32, _: u32) u32 {
     var value: [*]u8 = undefined;
@@ -55,10 +39,6 @@ export fn proxy_on_request_body(_: u32, size: u32, end_of_stream: u32) u32 {
     var data: [*]u8 = undefined;
     var len: usize = 0;
     _ = proxy_get_buffer_bytes(request_body, 0, size, &data, &len);
-    return 0;
-}
-
-export fn proxy_on_response_headers(_: u32, _: u32, _: u32) u32 {
     return 0;
 }
 
@@ -81,9 +61,3 @@ fn charge() void {
     count[0] +%= 1;
     _ = proxy_set_shared_data(entry, entry.len, &count, count.len, cas);
 }
-
-export fn proxy_on_log(_: u32) void {}
-export fn proxy_on_done(_: u32) u32 {
-    return 1;
-}
-export fn proxy_on_delete(_: u32) void {}
