@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from support.http_body import is_chunked, read_body
 from support.redis_server import RedisServer
 from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import FilterConfig, parse_filter_config
@@ -48,8 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: RecordingUpstream
 
     def do_POST(self) -> None:
-        chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
-        body = self._chunked() if chunked else self.rfile.read(int(self.headers["content-length"]))
+        chunked = is_chunked(self)
+        body = read_body(self)
         headers = {name.lower(): value for name, value in self.headers.items()}
         with self.server.lock:
             self.server.seen.append((headers, body, chunked))
@@ -74,15 +75,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
-
-    def _chunked(self) -> bytes:
-        chunks: list[bytes] = []
-        while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-        return b"".join(chunks)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

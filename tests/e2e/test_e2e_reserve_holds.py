@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.http_body import read_body
 from support.redis_server import RedisServer
 from tokenlimit.dev.gateway import Gateway
 from tokenlimit.model import FilterConfig, parse_filter_config
@@ -68,7 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         try:
-            body = self._read_body()
+            body = read_body(self)
         except ValueError:  # the connection closed mid-body: Envoy aborted the request
             self.close_connection = True
             return
@@ -88,19 +89,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("transfer-encoding", "").lower() != "chunked":
-            return self.rfile.read(int(self.headers.get("content-length") or 0))
-        chunks: list[bytes] = []
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(chunks)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
